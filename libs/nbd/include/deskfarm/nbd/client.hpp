@@ -1,0 +1,51 @@
+#pragma once
+// Minimal blocking NBD client (fixed newstyle, NBD_OPT_GO, simple replies) for tests and tools.
+#include <cstdint>
+#include <span>
+#include <stdexcept>
+#include <string>
+
+#include "deskfarm/nbd/unique_fd.hpp"
+
+namespace deskfarm::nbd {
+
+/// Connecting or negotiating failed; the message names host:port, the export and the server's reason.
+class ClientError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// One connection to one export. Calls return the NBD error value of the reply (0 = success).
+class Client {
+ public:
+  /// Connects to host:port and selects `export_name` with NBD_OPT_GO; throws ClientError.
+  Client(const std::string& host, std::uint16_t port, const std::string& export_name);
+  /// Export size in bytes.
+  std::uint64_t size() const { return size_; }
+  /// Transmission flags the server sent.
+  std::uint16_t flags() const { return flags_; }
+  std::uint32_t read(std::uint64_t off, std::span<std::byte> out);
+  std::uint32_t write(std::uint64_t off, std::span<const std::byte> in);
+  std::uint32_t flush();
+  /// Sends NBD_CMD_DISC; the connection is unusable afterwards.
+  void disconnect();
+
+  /// Pipelining: sends one request without waiting for its reply.
+  void send_request(std::uint16_t type, std::uint64_t cookie, std::uint64_t off, std::uint32_t length,
+                    std::span<const std::byte> payload = {});
+  /// Receives one simple reply header; returns its error value and sets `cookie`.
+  std::uint32_t receive_reply(std::uint64_t& cookie);
+  /// Receives a READ payload after a successful receive_reply().
+  void receive_payload(std::span<std::byte> out);
+
+ private:
+  void send_all(std::span<const std::byte> a, std::span<const std::byte> b = {});
+  void recv_all(std::span<std::byte> out);
+  std::string where_;
+  UniqueFd fd_;
+  std::uint64_t size_ = 0;
+  std::uint16_t flags_ = 0;
+  std::uint64_t next_cookie_ = 1;
+};
+
+}  // namespace deskfarm::nbd

@@ -1,0 +1,68 @@
+#pragma once
+// NBD server (fixed newstyle, simple replies): one thread per connection, bounded by max_connections.
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include "deskfarm/nbd/session.hpp"
+
+namespace deskfarm::nbd {
+
+/// The server could not start; the message names the address, port and cause.
+class ServerError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// Server settings.
+struct ServerOptions {
+  std::string address = "127.0.0.1";      ///< IPv4 or IPv6 address to listen on
+  std::uint16_t port = 0;                 ///< 0 = ephemeral, see Server::bound_port(); NBD's own is 10809
+  std::size_t max_connections = 1024;     ///< connections beyond this are closed at accept
+  std::uint32_t max_payload = 32U << 20;  ///< largest READ/WRITE; advertised as maximum block size
+  std::chrono::milliseconds handshake_timeout{30000};  ///< option haggling must finish within this
+  std::function<void(std::string_view)> log;           ///< one line per event; empty = silent
+};
+
+/// Counters since start().
+struct Stats {
+  std::uint64_t accepted = 0;            ///< connections taken
+  std::uint64_t rejected = 0;            ///< connections closed at accept (max_connections reached)
+  std::uint64_t active = 0;              ///< connections open now
+  std::uint64_t handshake_failures = 0;  ///< malformed or timed-out option haggling
+  std::uint64_t protocol_errors = 0;     ///< malformed transmission requests (connection closed)
+  std::uint64_t requests = 0;            ///< transmission requests handled
+  std::uint64_t bytes_read = 0;          ///< READ payload bytes sent
+  std::uint64_t bytes_written = 0;       ///< WRITE payload bytes received
+};
+
+/// Serves exports chosen per connection by a Resolver.
+class Server {
+ public:
+  /// `resolver` picks the export for GO/INFO/EXPORT_NAME; `lister` answers NBD_OPT_LIST (empty = no entries).
+  Server(ServerOptions options, Resolver resolver, Lister lister = {});
+  /// Stops if running.
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  /// Binds and starts accepting; throws ServerError.
+  void start();
+  /// Closes the listener and every connection, then joins all threads. Idempotent.
+  void stop();
+  /// The port actually bound (useful with port 0).
+  std::uint16_t bound_port() const;
+  /// A snapshot of the counters.
+  Stats stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace deskfarm::nbd

@@ -1,0 +1,107 @@
+#pragma once
+// One NBD connection's protocol state machine (fixed newstyle handshake + transmission), independent of sockets.
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "deskfarm/nbd/export.hpp"
+
+namespace deskfarm::nbd {
+
+/// One NBD_OPT_LIST entry.
+struct ExportEntry {
+  std::string name;         ///< export name clients pass to NBD_OPT_GO
+  std::string description;  ///< free text shown by nbdinfo --list
+};
+
+/// The answer to "which export is NAME for PEER": a backend, or a message for the client ("unknown device").
+struct Resolution {
+  std::shared_ptr<Export> backend;  ///< null means refused
+  std::string error;                ///< sent to the client with NBD_REP_ERR_UNKNOWN when refused
+};
+
+/// Called on NBD_OPT_GO, NBD_OPT_INFO and NBD_OPT_EXPORT_NAME with (export name, peer IP address).
+using Resolver = std::function<Resolution(std::string_view name, std::string_view peer)>;
+/// Called on NBD_OPT_LIST with the peer IP address.
+using Lister = std::function<std::vector<ExportEntry>(std::string_view peer)>;
+
+/// The byte stream a session runs on: a socket in the server, a buffer in the fuzzer.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  /// Fills `out` completely; false on end of stream, error or timeout.
+  virtual bool read_exact(std::span<std::byte> out) = 0;
+  /// Sends every part in order; false if the peer is gone.
+  virtual bool write_all(std::span<const std::span<const std::byte>> parts) = 0;
+  /// Called once when option haggling ends (the server lifts its handshake timeout here).
+  virtual void enter_transmission() {}
+};
+
+/// Limits a session enforces.
+struct SessionLimits {
+  std::uint32_t max_payload = 32U << 20;  ///< largest READ/WRITE; advertised as the maximum block size
+  std::uint32_t max_options = 256;        ///< options per handshake before the client is cut off
+};
+
+/// Live counters, shared by all sessions of a server.
+struct SessionCounters {
+  std::atomic<std::uint64_t> requests{0};       ///< transmission requests handled
+  std::atomic<std::uint64_t> bytes_read{0};     ///< payload bytes sent for READ
+  std::atomic<std::uint64_t> bytes_written{0};  ///< payload bytes received for WRITE
+};
+
+/// How a session ended.
+enum class SessionEnd {
+  kDisconnected,    ///< NBD_CMD_DISC
+  kAborted,         ///< NBD_OPT_ABORT, or refused export on NBD_OPT_EXPORT_NAME
+  kPeerClosed,      ///< stream ended without a goodbye (or the server shut it down)
+  kHandshakeError,  ///< malformed option haggling
+  kProtocolError,   ///< malformed transmission request
+};
+
+/// Outcome of Session::run().
+struct SessionResult {
+  SessionEnd end = SessionEnd::kPeerClosed;
+  std::string reason;  ///< what happened, with the request number or option
+  std::string export_name;
+};
+
+/// Runs the protocol for one client over a Transport.
+class Session {
+ public:
+  Session(Transport& transport, const Resolver& resolver, const Lister& lister, std::string peer,
+          SessionLimits limits = {}, SessionCounters* counters = nullptr);
+  /// Handshake, then requests until the client leaves or breaks the protocol; never throws for peer behaviour.
+  SessionResult run();
+
+ private:
+  bool handshake(SessionResult& result);
+  void transmission(SessionResult& result);
+  bool send_option_reply(std::uint32_t option, std::uint32_t type, std::span<const std::byte> data);
+  bool send_option_error(std::uint32_t option, std::uint32_t type, std::string_view message);
+  bool handle_info_or_go(std::uint32_t option, std::span<const std::byte> data, SessionResult& result, bool& go);
+  bool send_simple_reply(std::uint64_t cookie, std::uint32_t error, std::span<const std::byte> payload = {});
+  Resolution resolve(std::string_view name);
+  std::uint16_t transmission_flags() const;
+
+  Transport& transport_;
+  const Resolver& resolver_;
+  const Lister& lister_;
+  std::string peer_;
+  SessionLimits limits_;
+  SessionCounters* counters_;
+  bool no_zeroes_ = false;
+  std::shared_ptr<Export> export_;
+  std::vector<std::byte> buffer_;  // option data and READ/WRITE payloads; grows to the largest request, reused
+};
+
+/// Maps an Export's errno to the NBD error value on the wire (unknown values become EINVAL, as the spec asks).
+std::uint32_t to_wire_error(int err);
+
+}  // namespace deskfarm::nbd

@@ -1,0 +1,315 @@
+#include "deskfarm/nbd/server.hpp"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <list>
+#include <mutex>
+#include <thread>
+
+namespace deskfarm::nbd {
+namespace {
+
+/// A connected socket with a read buffer: request headers are 28 bytes and pipelined clients send many per packet.
+class SocketTransport final : public Transport {
+ public:
+  explicit SocketTransport(int fd) : fd_(fd), buffer_(64 * 1024) {}
+
+  bool read_exact(std::span<std::byte> out) override {
+    std::size_t done = 0;
+    const std::size_t have = std::min(out.size(), end_ - start_);
+    if (have > 0) {
+      std::memcpy(out.data(), buffer_.data() + start_, have);
+      start_ += have;
+      done = have;
+    }
+    while (done < out.size()) {
+      const std::size_t want = out.size() - done;
+      // Large payloads go straight to the caller; small reads refill the buffer to batch later headers.
+      const bool direct = want >= buffer_.size() / 2;
+      ssize_t n = direct ? ::recv(fd_, out.data() + done, want, 0) : ::recv(fd_, buffer_.data(), buffer_.size(), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      if (direct) {
+        done += static_cast<std::size_t>(n);
+      } else {
+        const std::size_t take = std::min(want, static_cast<std::size_t>(n));
+        std::memcpy(out.data() + done, buffer_.data(), take);
+        done += take;
+        start_ = take;
+        end_ = static_cast<std::size_t>(n);
+      }
+    }
+    return true;
+  }
+
+  bool write_all(std::span<const std::span<const std::byte>> parts) override {
+    iovec iov[8];
+    std::size_t count = 0;
+    for (const auto& p : parts) {
+      if (p.empty() || count == std::size(iov)) continue;
+      iov[count++] = {const_cast<std::byte*>(p.data()), p.size()};
+    }
+    std::size_t first = 0;
+    while (first < count) {
+      msghdr msg{};
+      msg.msg_iov = iov + first;
+      msg.msg_iovlen = count - first;
+      ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);  // a vanished peer must not SIGPIPE the whole server
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      auto left = static_cast<std::size_t>(n);
+      while (first < count && left >= iov[first].iov_len) left -= iov[first++].iov_len;
+      if (first < count) {
+        iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
+        iov[first].iov_len -= left;
+      }
+    }
+    return true;
+  }
+
+  void enter_transmission() override {
+    timeval none{};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+  }
+
+ private:
+  int fd_;
+  std::vector<std::byte> buffer_;
+  std::size_t start_ = 0, end_ = 0;
+};
+
+std::string peer_of(const sockaddr_storage& ss, std::string* with_port) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  std::uint16_t port = 0;
+  if (ss.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+    ::inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+    port = ntohs(a->sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+    ::inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+    port = ntohs(a->sin6_port);
+  }
+  *with_port = std::string(host) + ":" + std::to_string(port);
+  return host;
+}
+
+const char* end_name(SessionEnd e) {
+  switch (e) {
+    case SessionEnd::kDisconnected: return "disconnected";
+    case SessionEnd::kAborted: return "aborted";
+    case SessionEnd::kPeerClosed: return "closed";
+    case SessionEnd::kHandshakeError: return "handshake error";
+    case SessionEnd::kProtocolError: return "protocol error";
+  }
+  return "?";
+}
+
+}  // namespace
+
+struct Server::Impl {
+  struct Connection {
+    UniqueFd fd;
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
+
+  ServerOptions options;
+  Resolver resolver;
+  Lister lister;
+  UniqueFd listen_fd;
+  UniqueFd wake_fd;
+  std::thread accept_thread;
+  std::atomic<bool> stopping{false};
+  std::uint16_t port = 0;
+
+  mutable std::mutex mutex;
+  std::list<std::unique_ptr<Connection>> connections;
+  std::atomic<std::uint64_t> accepted{0}, rejected{0}, active{0}, handshake_failures{0}, protocol_errors{0};
+  SessionCounters counters;
+
+  void log(const std::string& line) const {
+    if (!options.log) return;
+    try {
+      options.log(line);
+    } catch (...) {
+      // A broken log sink must not take the connection down with it.
+    }
+  }
+
+  void reap(bool all) {
+    std::list<std::unique_ptr<Connection>> finished;
+    {
+      std::lock_guard lock(mutex);
+      for (auto it = connections.begin(); it != connections.end();) {
+        if (all || (*it)->done.load()) {
+          finished.splice(finished.end(), connections, it++);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (auto& c : finished) {
+      if (c->thread.joinable()) c->thread.join();
+    }
+  }
+
+  void serve(Connection* c, std::string peer, std::string peer_port) {
+    SocketTransport transport(c->fd.get());
+    SessionLimits limits;
+    limits.max_payload = options.max_payload;
+    Session session(transport, resolver, lister, peer, limits, &counters);
+    SessionResult r;
+    try {
+      r = session.run();
+    } catch (const std::exception& e) {
+      r.end = SessionEnd::kProtocolError;
+      r.reason = std::string("internal error: ") + e.what();
+    }
+    if (r.end == SessionEnd::kHandshakeError) handshake_failures.fetch_add(1);
+    if (r.end == SessionEnd::kProtocolError) protocol_errors.fetch_add(1);
+    log("nbd: peer " + peer_port + (r.export_name.empty() ? "" : " export '" + r.export_name + "'") + " " +
+        end_name(r.end) + ": " + r.reason);
+    ::shutdown(c->fd.get(), SHUT_RDWR);
+    active.fetch_sub(1);
+    c->done.store(true);
+  }
+
+  void accept_loop() {
+    while (!stopping.load()) {
+      pollfd fds[2] = {{listen_fd.get(), POLLIN, 0}, {wake_fd.get(), POLLIN, 0}};
+      // The timeout only paces reaping of finished connections; stop() wakes us at once through wake_fd.
+      int rc = ::poll(fds, 2, 1000);
+      reap(false);
+      if (rc <= 0 || stopping.load()) continue;
+      if (!(fds[0].revents & POLLIN)) continue;
+      sockaddr_storage ss{};
+      socklen_t len = sizeof ss;
+      UniqueFd fd(::accept4(listen_fd.get(), reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC));
+      if (!fd) {
+        if (errno == EMFILE || errno == ENFILE) {
+          log(std::string("nbd: accept on port ") + std::to_string(port) + " failed: " + std::strerror(errno) +
+              " (raise the fd limit or lower max_connections)");
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        continue;
+      }
+      std::string peer_port;
+      std::string peer = peer_of(ss, &peer_port);
+      if (active.load() >= options.max_connections) {
+        rejected.fetch_add(1);
+        log("nbd: peer " + peer_port + " rejected: " + std::to_string(options.max_connections) +
+            " connections already open (max_connections)");
+        continue;
+      }
+      int one = 1;
+      ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      const auto ms = options.handshake_timeout.count();
+      if (ms > 0) {
+        timeval tv{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
+        ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      }
+      accepted.fetch_add(1);
+      active.fetch_add(1);
+      auto conn = std::make_unique<Connection>();
+      conn->fd = std::move(fd);
+      Connection* raw = conn.get();
+      {
+        std::lock_guard lock(mutex);
+        connections.push_back(std::move(conn));
+      }
+      try {
+        raw->thread = std::thread([this, raw, peer, peer_port] { serve(raw, peer, peer_port); });
+      } catch (const std::system_error& e) {
+        log("nbd: peer " + peer_port + " dropped: cannot start a thread: " + e.what());
+        active.fetch_sub(1);
+        raw->done.store(true);
+      }
+    }
+  }
+};
+
+Server::Server(ServerOptions options, Resolver resolver, Lister lister) : impl_(std::make_unique<Impl>()) {
+  impl_->options = std::move(options);
+  impl_->resolver = std::move(resolver);
+  impl_->lister = std::move(lister);
+}
+
+Server::~Server() { stop(); }
+
+void Server::start() {
+  auto& s = *impl_;
+  if (s.accept_thread.joinable()) return;
+  const std::string where = s.options.address + ":" + std::to_string(s.options.port);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST | AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  if (int rc = ::getaddrinfo(s.options.address.c_str(), std::to_string(s.options.port).c_str(), &hints, &res); rc != 0) {
+    throw ServerError("nbd: cannot listen on " + where + ": " + ::gai_strerror(rc) + " (use a numeric IP address)");
+  }
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard(res, &::freeaddrinfo);
+  UniqueFd fd(::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) throw ServerError("nbd: cannot create socket for " + where + ": " + std::strerror(errno));
+  int one = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (::bind(fd.get(), res->ai_addr, res->ai_addrlen) != 0) {
+    throw ServerError("nbd: cannot bind " + where + ": " + std::strerror(errno));
+  }
+  if (::listen(fd.get(), 1024) != 0) throw ServerError("nbd: cannot listen on " + where + ": " + std::strerror(errno));
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len);
+  s.port = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
+                                          : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  s.wake_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!s.wake_fd) throw ServerError("nbd: cannot create eventfd for " + where + ": " + std::strerror(errno));
+  s.listen_fd = std::move(fd);
+  s.stopping = false;
+  s.accept_thread = std::thread([&s] { s.accept_loop(); });
+  s.log("nbd: listening on " + s.options.address + ":" + std::to_string(s.port));
+}
+
+void Server::stop() {
+  auto& s = *impl_;
+  if (!s.accept_thread.joinable()) return;
+  s.stopping = true;
+  std::uint64_t one = 1;
+  [[maybe_unused]] auto n = ::write(s.wake_fd.get(), &one, sizeof one);
+  s.accept_thread.join();
+  s.listen_fd.reset();
+  {
+    // Shut down, not close: the descriptor stays valid until its thread has been joined.
+    std::lock_guard lock(s.mutex);
+    for (auto& c : s.connections) ::shutdown(c->fd.get(), SHUT_RDWR);
+  }
+  s.reap(true);
+  s.log("nbd: stopped listening on port " + std::to_string(s.port));
+}
+
+std::uint16_t Server::bound_port() const { return impl_->port; }
+
+Stats Server::stats() const {
+  const auto& s = *impl_;
+  Stats st;
+  st.accepted = s.accepted.load();
+  st.rejected = s.rejected.load();
+  st.active = s.active.load();
+  st.handshake_failures = s.handshake_failures.load();
+  st.protocol_errors = s.protocol_errors.load();
+  st.requests = s.counters.requests.load();
+  st.bytes_read = s.counters.bytes_read.load();
+  st.bytes_written = s.counters.bytes_written.load();
+  return st;
+}
+
+}  // namespace deskfarm::nbd

@@ -1,0 +1,436 @@
+#include <catch2/catch.hpp>
+
+#include <cerrno>
+#include <mutex>
+#include <thread>
+
+#include "deskfarm/nbd/client.hpp"
+#include "deskfarm/nbd/protocol.hpp"
+#include "deskfarm/nbd/server.hpp"
+#include "support.hpp"
+
+using namespace deskfarm::nbd;
+using namespace deskfarm::nbd::test;
+namespace p = deskfarm::nbd::proto;
+
+namespace {
+
+constexpr std::uint64_t kSize = 1 << 20;
+
+/// An in-process server on 127.0.0.1:ephemeral with "ro" (read-only) and "rw" (RAM) exports.
+struct TestServer {
+  std::shared_ptr<MemoryExport> ro = std::make_shared<MemoryExport>(pattern(kSize, 1), true);
+  std::shared_ptr<MemoryExport> rw = std::make_shared<MemoryExport>(kSize, false);
+  std::mutex log_mutex;
+  std::vector<std::string> lines;
+  Server server;
+
+  explicit TestServer(ServerOptions o = {})
+      : server(with_log(std::move(o)),
+               [this](std::string_view name, std::string_view) -> Resolution {
+                 if (name == "ro" || name.empty()) return {ro, {}};
+                 if (name == "rw") return {rw, {}};
+                 return {nullptr, "unknown device '" + std::string(name) + "'"};
+               },
+               [](std::string_view) {
+                 return std::vector<ExportEntry>{{"ro", "read-only vDisk"}, {"rw", "scratch disk"}};
+               }) {
+    server.start();
+  }
+  ServerOptions with_log(ServerOptions o) {
+    o.log = [this](std::string_view line) {
+      std::lock_guard lock(log_mutex);
+      lines.emplace_back(line);
+    };
+    return o;
+  }
+  std::uint16_t port() const { return server.bound_port(); }
+  std::string log_text() {
+    std::lock_guard lock(log_mutex);
+    std::string all;
+    for (auto& l : lines) all += l + "\n";
+    return all;
+  }
+  /// Waits (at most 5 s) until the server has no open connection.
+  void wait_idle() {
+    for (int i = 0; i < 500 && server.stats().active != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+};
+
+struct OptReply {
+  std::uint32_t option = 0, type = 0;
+  std::vector<std::byte> data;
+};
+
+void greet(RawSocket& s, std::uint32_t client_flags = p::kClientFlagFixedNewstyle | p::kClientFlagNoZeroes) {
+  auto hello = s.recv(18);
+  REQUIRE(be_at(hello, 0, 8) == p::kNbdMagic);
+  REQUIRE(be_at(hello, 8, 8) == p::kOptMagic);
+  REQUIRE(be_at(hello, 16, 2) == (p::kFlagFixedNewstyle | p::kFlagNoZeroes));
+  s.send(Msg{}.u32(client_flags).bytes);
+}
+
+void send_option(RawSocket& s, std::uint32_t option, const std::vector<std::byte>& data = {}) {
+  Msg m;
+  m.u64(p::kOptMagic).u32(option).u32(data.size());
+  m.bytes.insert(m.bytes.end(), data.begin(), data.end());
+  s.send(m.bytes);
+}
+
+OptReply read_reply(RawSocket& s) {
+  auto head = s.recv(20);
+  REQUIRE(be_at(head, 0, 8) == p::kOptReplyMagic);
+  OptReply r;
+  r.option = static_cast<std::uint32_t>(be_at(head, 8, 4));
+  r.type = static_cast<std::uint32_t>(be_at(head, 12, 4));
+  r.data = s.recv(static_cast<std::size_t>(be_at(head, 16, 4)));
+  return r;
+}
+
+std::vector<std::byte> go_data(std::string_view name, std::vector<std::uint16_t> infos = {}) {
+  Msg m;
+  m.u32(name.size()).str(name).u16(infos.size());
+  for (auto i : infos) m.u16(i);
+  return m.bytes;
+}
+
+/// Sends NBD_OPT_GO and returns the NBD_INFO_EXPORT transmission flags; fails the test on refusal.
+std::uint16_t go(RawSocket& s, std::string_view name) {
+  send_option(s, p::kOptGo, go_data(name));
+  std::uint16_t flags = 0;
+  for (int i = 0; i < 8; ++i) {
+    auto r = read_reply(s);
+    REQUIRE(r.type != p::kRepErrUnknown);
+    if (r.type == p::kRepAck) return flags;
+    if (r.type == p::kRepInfo && be_at(r.data, 0, 2) == p::kInfoExport) flags = static_cast<std::uint16_t>(be_at(r.data, 10, 2));
+  }
+  FAIL("no ACK to NBD_OPT_GO");
+  return 0;
+}
+
+void request(RawSocket& s, std::uint16_t type, std::uint64_t cookie, std::uint64_t off, std::uint32_t len,
+             std::uint16_t flags = 0) {
+  s.send(Msg{}.u32(p::kRequestMagic).u16(flags).u16(type).u64(cookie).u64(off).u32(len).bytes);
+}
+
+std::uint32_t simple_reply(RawSocket& s, std::uint64_t cookie) {
+  auto r = s.recv(16);
+  REQUIRE(be_at(r, 0, 4) == p::kSimpleReplyMagic);
+  REQUIRE(be_at(r, 8, 8) == cookie);
+  return static_cast<std::uint32_t>(be_at(r, 4, 4));
+}
+
+}  // namespace
+
+TEST_CASE("NBD_OPT_LIST returns every export as NBD_REP_SERVER, then ACK") {
+  TestServer ts;
+  RawSocket s(ts.port());
+  greet(s);
+  send_option(s, p::kOptList);
+  auto a = read_reply(s);
+  auto b = read_reply(s);
+  auto ack = read_reply(s);
+  CHECK(a.type == p::kRepServer);
+  CHECK(be_at(a.data, 0, 4) == 2);
+  CHECK(std::string(reinterpret_cast<const char*>(a.data.data()) + 4, a.data.size() - 4) == "roread-only vDisk");
+  CHECK(b.type == p::kRepServer);
+  CHECK(ack.type == p::kRepAck);
+  CHECK(ack.option == p::kOptList);
+  send_option(s, p::kOptList, {std::byte{1}});  // LIST carries no data
+  CHECK(read_reply(s).type == p::kRepErrInvalid);
+}
+
+TEST_CASE("NBD_OPT_GO for an unknown device is refused with ERR_UNKNOWN and a message, and the client may retry") {
+  TestServer ts;
+  RawSocket s(ts.port());
+  greet(s);
+  send_option(s, p::kOptGo, go_data("pc-42"));
+  auto r = read_reply(s);
+  CHECK(r.type == p::kRepErrUnknown);
+  CHECK(std::string(reinterpret_cast<const char*>(r.data.data()), r.data.size()) == "unknown device 'pc-42'");
+  CHECK((go(s, "ro") & p::kTxReadOnly) != 0);
+}
+
+TEST_CASE("NBD_OPT_INFO reports size, flags and block sizes without entering transmission") {
+  TestServer ts;
+  RawSocket s(ts.port());
+  greet(s);
+  send_option(s, p::kOptInfo, go_data("rw", {p::kInfoBlockSize, p::kInfoName}));
+  auto exp = read_reply(s);
+  REQUIRE(exp.type == p::kRepInfo);
+  CHECK(be_at(exp.data, 0, 2) == p::kInfoExport);
+  CHECK(be_at(exp.data, 2, 8) == kSize);
+  const auto flags = be_at(exp.data, 10, 2);
+  CHECK((flags & p::kTxHasFlags) != 0);
+  CHECK((flags & p::kTxSendFlush) != 0);
+  CHECK((flags & p::kTxReadOnly) == 0);
+  auto bs = read_reply(s);
+  REQUIRE(bs.type == p::kRepInfo);
+  CHECK(be_at(bs.data, 0, 2) == p::kInfoBlockSize);
+  CHECK(be_at(bs.data, 2, 4) == 1);
+  CHECK(be_at(bs.data, 6, 4) == 4096);
+  CHECK(be_at(bs.data, 10, 4) == (32U << 20));
+  auto name = read_reply(s);
+  CHECK(be_at(name.data, 0, 2) == p::kInfoName);
+  CHECK(read_reply(s).type == p::kRepAck);
+  CHECK((go(s, "ro") & p::kTxReadOnly) != 0);  // still haggling after INFO
+}
+
+TEST_CASE("unknown options and structured replies get ERR_UNSUP and haggling continues") {
+  TestServer ts;
+  RawSocket s(ts.port());
+  greet(s);
+  send_option(s, 0x4242, Msg{}.u32(7).bytes);
+  CHECK(read_reply(s).type == p::kRepErrUnsup);
+  send_option(s, p::kOptStructuredReply);
+  CHECK(read_reply(s).type == p::kRepErrUnsup);
+  send_option(s, p::kOptStartTls);
+  CHECK(read_reply(s).type == p::kRepErrUnsup);
+  go(s, "ro");
+}
+
+TEST_CASE("NBD_OPT_GO whose lengths do not add up gets ERR_INVALID") {
+  TestServer ts;
+  RawSocket s(ts.port());
+  greet(s);
+  send_option(s, p::kOptGo, Msg{}.u32(1000).str("ro").u16(0).bytes);  // name length runs past the data
+  CHECK(read_reply(s).type == p::kRepErrInvalid);
+  send_option(s, p::kOptGo, Msg{}.u32(2).str("ro").u16(3).u16(0).bytes);  // 3 requests announced, 1 sent
+  CHECK(read_reply(s).type == p::kRepErrInvalid);
+  send_option(s, p::kOptInfo, Msg{}.u16(0).bytes);  // shorter than the fixed part
+  CHECK(read_reply(s).type == p::kRepErrInvalid);
+  go(s, "ro");
+}
+
+TEST_CASE("an option longer than 64 KiB gets ERR_TOO_BIG and the connection is closed without buffering it") {
+  TestServer ts;
+  RawSocket s(ts.port());
+  greet(s);
+  s.send(Msg{}.u64(p::kOptMagic).u32(p::kOptGo).u32(0xfffffff0).bytes);
+  CHECK(read_reply(s).type == p::kRepErrTooBig);
+  CHECK(s.closed_by_peer());
+  ts.wait_idle();
+  CHECK(ts.server.stats().handshake_failures == 1);
+}
+
+TEST_CASE("NBD_OPT_ABORT is acknowledged and the connection closed") {
+  TestServer ts;
+  RawSocket s(ts.port());
+  greet(s);
+  send_option(s, p::kOptAbort);
+  auto r = read_reply(s);
+  CHECK(r.type == p::kRepAck);
+  CHECK(r.option == p::kOptAbort);
+  CHECK(s.closed_by_peer());
+}
+
+TEST_CASE("malformed handshakes are counted and closed") {
+  TestServer ts;
+  {
+    RawSocket s(ts.port());
+    greet(s, 0x80);  // unknown client flag
+    CHECK(s.closed_by_peer());
+  }
+  {
+    RawSocket s(ts.port());
+    greet(s, p::kClientFlagNoZeroes);  // old (non-fixed) newstyle client
+    CHECK(s.closed_by_peer());
+  }
+  {
+    RawSocket s(ts.port());
+    greet(s);
+    s.send(Msg{}.u64(0x1122334455667788ULL).u32(p::kOptGo).u32(0).bytes);  // bad option magic
+    CHECK(s.closed_by_peer());
+  }
+  ts.wait_idle();
+  CHECK(ts.server.stats().handshake_failures == 3);
+  CHECK_THAT(ts.log_text(), Catch::Contains("unknown client flags 0x00000080"));
+  CHECK_THAT(ts.log_text(), Catch::Contains("bad option magic"));
+}
+
+TEST_CASE("NBD_OPT_EXPORT_NAME selects the export the old way, with and without zero padding") {
+  TestServer ts;
+  for (bool no_zeroes : {true, false}) {
+    RawSocket s(ts.port());
+    greet(s, p::kClientFlagFixedNewstyle | (no_zeroes ? p::kClientFlagNoZeroes : 0));
+    send_option(s, p::kOptExportName, Msg{}.str("ro").bytes);
+    auto r = s.recv(no_zeroes ? 10 : 134);
+    CHECK(be_at(r, 0, 8) == kSize);
+    CHECK((be_at(r, 8, 2) & p::kTxReadOnly) != 0);
+    request(s, p::kCmdRead, 9, 0, 16);
+    REQUIRE(simple_reply(s, 9) == 0);
+    auto data = s.recv(16);
+    const auto orig = pattern(kSize, 1);
+    CHECK(data == std::vector<std::byte>(orig.begin(), orig.begin() + 16));
+  }
+  RawSocket s(ts.port());
+  greet(s);
+  send_option(s, p::kOptExportName, Msg{}.str("nope").bytes);
+  CHECK(s.closed_by_peer());  // this option has no error reply
+}
+
+TEST_CASE("READ past the end of the export fails with EINVAL and the connection stays usable") {
+  TestServer ts;
+  RawSocket s(ts.port());
+  greet(s);
+  go(s, "ro");
+  request(s, p::kCmdRead, 1, kSize - 10, 20);
+  CHECK(simple_reply(s, 1) == p::kEinval);
+  request(s, p::kCmdRead, 2, ~0ULL - 5, 10);  // wraps around 2^64
+  CHECK(simple_reply(s, 2) == p::kEinval);
+  request(s, p::kCmdRead, 3, 0, (32U << 20) + 1);  // over the advertised maximum
+  CHECK(simple_reply(s, 3) == p::kEinval);
+  request(s, p::kCmdRead, 4, kSize - 10, 10);
+  REQUIRE(simple_reply(s, 4) == 0);
+  const auto orig = pattern(kSize, 1);
+  CHECK(s.recv(10) == std::vector<std::byte>(orig.end() - 10, orig.end()));
+  request(s, 77, 5, 0, 0);  // unknown command
+  CHECK(simple_reply(s, 5) == p::kEinval);
+}
+
+TEST_CASE("WRITE to a read-only export fails with EPERM and its payload is consumed") {
+  TestServer ts;
+  RawSocket s(ts.port());
+  greet(s);
+  go(s, "ro");
+  Msg m;
+  m.u32(p::kRequestMagic).u16(0).u16(p::kCmdWrite).u64(1).u64(0).u32(4).u32(0xdeadbeef);
+  s.send(m.bytes);
+  CHECK(simple_reply(s, 1) == p::kEperm);
+  request(s, p::kCmdFlush, 2, 0, 0);
+  CHECK(simple_reply(s, 2) == 0);
+  request(s, p::kCmdDisc, 3, 0, 0);
+  CHECK(s.closed_by_peer());
+}
+
+TEST_CASE("WRITE, WRITE_ZEROES and FUA on a writable export land in it") {
+  TestServer ts;
+  Client c("127.0.0.1", ts.port(), "rw");
+  CHECK((c.flags() & p::kTxSendWriteZeroes) != 0);
+  const auto data = pattern(100000, 5);
+  CHECK(c.write(777, data) == 0);
+  std::vector<std::byte> back(data.size());
+  CHECK(c.read(777, back) == 0);
+  CHECK(back == data);
+  c.send_request(p::kCmdWriteZeroes, 42, 1000, 500);
+  std::uint64_t cookie = 0;
+  CHECK(c.receive_reply(cookie) == 0);
+  CHECK(cookie == 42);
+  std::vector<std::byte> z(500);
+  CHECK(c.read(1000, z) == 0);
+  CHECK(z == std::vector<std::byte>(500));
+  CHECK(c.write(kSize - 1, std::vector<std::byte>(2)) == p::kEinval);
+  c.disconnect();
+}
+
+TEST_CASE("a WRITE larger than the maximum payload closes the connection") {
+  ServerOptions o;
+  o.max_payload = 65536;
+  TestServer ts(o);
+  RawSocket s(ts.port());
+  greet(s);
+  go(s, "rw");
+  request(s, p::kCmdWrite, 1, 0, 65537);
+  CHECK(s.closed_by_peer());
+  ts.wait_idle();
+  CHECK(ts.server.stats().protocol_errors == 1);
+}
+
+TEST_CASE("a request with bad magic closes only that connection and is counted") {
+  TestServer ts;
+  Client good("127.0.0.1", ts.port(), "ro");
+  RawSocket bad(ts.port());
+  greet(bad);
+  go(bad, "ro");
+  bad.send(Msg{}.u32(0xbadc0de5).u16(0).u16(0).u64(1).u64(0).u32(512).bytes);
+  CHECK(bad.closed_by_peer());
+  std::vector<std::byte> buf(4096);
+  CHECK(good.read(8192, buf) == 0);
+  for (int i = 0; i < 500 && ts.server.stats().protocol_errors == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(ts.server.stats().protocol_errors == 1);
+  CHECK_THAT(ts.log_text(), Catch::Contains("bad request magic 0xbadc0de5 in request 1"));
+}
+
+TEST_CASE("a truncated WRITE payload ends the session without touching the export") {
+  TestServer ts;
+  {
+    RawSocket s(ts.port());
+    greet(s);
+    go(s, "rw");
+    Msg m;
+    m.u32(p::kRequestMagic).u16(0).u16(p::kCmdWrite).u64(1).u64(0).u32(4096).u32(0x01020304);
+    s.send(m.bytes);
+  }  // hang up mid-payload
+  ts.wait_idle();
+  std::vector<std::byte> head(4);
+  REQUIRE(ts.rw->read(0, head) == 0);
+  CHECK(head == std::vector<std::byte>(4));
+  CHECK(ts.server.stats().protocol_errors == 1);
+}
+
+TEST_CASE("connections beyond max_connections are closed at accept") {
+  ServerOptions o;
+  o.max_connections = 2;
+  TestServer ts(o);
+  Client a("127.0.0.1", ts.port(), "ro");
+  Client b("127.0.0.1", ts.port(), "ro");
+  CHECK_THROWS_AS(Client("127.0.0.1", ts.port(), "ro"), ClientError);
+  CHECK(ts.server.stats().rejected == 1);
+  a.disconnect();
+  ts.server.stats();
+  for (int i = 0; i < 200 && ts.server.stats().active > 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  Client c("127.0.0.1", ts.port(), "ro");  // room again
+  CHECK(c.size() == kSize);
+}
+
+TEST_CASE("a handshake that stalls is cut off after handshake_timeout") {
+  ServerOptions o;
+  o.handshake_timeout = std::chrono::milliseconds(200);
+  TestServer ts(o);
+  RawSocket s(ts.port());
+  s.recv(18);  // never answer
+  CHECK(s.closed_by_peer());
+}
+
+TEST_CASE("two hundred concurrent connections each read their own range correctly") {
+  TestServer ts;
+  const auto orig = pattern(kSize, 1);
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int i = 0; i < 200; ++i) clients.push_back(std::make_unique<Client>("127.0.0.1", ts.port(), "ro"));
+  CHECK(ts.server.stats().active == 200);
+  std::atomic<int> good{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 200; ++i) {
+    threads.emplace_back([&, i] {
+      std::vector<std::byte> buf(4096);
+      const std::uint64_t off = static_cast<std::uint64_t>(i) * 4096;
+      bool ok = true;
+      for (int k = 0; k < 10; ++k) {
+        ok = ok && clients[static_cast<std::size_t>(i)]->read(off, buf) == 0 &&
+             std::equal(buf.begin(), buf.end(), orig.begin() + static_cast<long>(off));
+      }
+      if (ok) ++good;
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(good == 200);
+}
+
+TEST_CASE("stop() returns with clients still connected and mid-handshake") {
+  auto ts = std::make_unique<TestServer>();
+  Client c("127.0.0.1", ts->port(), "ro");
+  RawSocket half(ts->port());
+  half.recv(18);
+  ts->server.stop();
+  std::vector<std::byte> buf(16);
+  CHECK_THROWS_AS(c.read(0, buf), ClientError);
+  ts.reset();
+}
+
+TEST_CASE("a resolver that throws refuses that client only") {
+  Server server({}, [](std::string_view, std::string_view) -> Resolution { throw std::runtime_error("db down"); });
+  server.start();
+  CHECK_THROWS_WITH(Client("127.0.0.1", server.bound_port(), "x"), Catch::Contains("db down"));
+}

@@ -1,0 +1,87 @@
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "deskfarm/sdk/bus.hpp"
+#include "deskfarm/sdk/clock.hpp"
+#include "executor.hpp"
+
+namespace deskfarm::kernel {
+
+/// Per-subject counters, shown at /metrics.
+struct SubjectStats {
+  std::atomic<std::uint64_t> published{0};
+  std::atomic<std::uint64_t> delivered{0};
+  std::atomic<std::uint64_t> dropped{0};
+};
+
+/// The in-process bus shared by every instance. Delivery is by pointer (no serialisation); each
+/// subscriber's messages go to its instance's strand, so per-publisher order is kept per subscriber.
+class BusCore {
+ public:
+  BusCore(sdk::Clock& clock, std::chrono::milliseconds block_timeout);
+  void publish(sdk::Message message);
+  std::shared_ptr<Subscriber> subscribe(std::string pattern, sdk::Handler handler, sdk::SubscribeOptions options,
+                                        Strand& strand);
+  void unsubscribe(const std::shared_ptr<Subscriber>& sub);
+  void request(sdk::Message message, std::chrono::nanoseconds timeout, sdk::ReplyHandler on_reply, Strand& requester);
+  void reply(const sdk::Message& request, sdk::Message reply);
+
+  /// A snapshot of subject counters, for /metrics.
+  std::map<std::string, std::array<std::uint64_t, 3>> subject_counters() const;
+  std::uint64_t late_replies() const { return late_replies_.load(); }
+
+ private:
+  struct Route {
+    std::vector<std::shared_ptr<Subscriber>> subs;
+    SubjectStats* stats;
+  };
+  struct Pending {
+    sdk::ReplyHandler on_reply;
+    Strand* requester;
+    sdk::TimerId timer;
+  };
+  std::shared_ptr<const Route> route(const std::string& subject);
+  SubjectStats* stats_for_locked(const std::string& subject);
+  void fail_pending(std::uint64_t id, std::string reason);
+
+  sdk::Clock& clock_;
+  std::chrono::milliseconds block_timeout_;
+  mutable std::shared_mutex mutex_;
+  std::vector<std::shared_ptr<Subscriber>> subs_;
+  std::unordered_map<std::string, std::shared_ptr<const Route>> routes_;  // cache, cleared on (un)subscribe
+  std::unordered_map<std::string, std::unique_ptr<SubjectStats>> stats_;
+  std::mutex pending_mutex_;
+  std::unordered_map<std::uint64_t, Pending> pending_;
+  std::atomic<std::uint64_t> next_inbox_{1};
+  std::atomic<std::uint64_t> late_replies_{0};
+};
+
+/// The bus as one instance sees it: handlers run on the instance's strand; its subscriptions end
+/// when the instance stops.
+class InstanceBus final : public sdk::Bus {
+ public:
+  InstanceBus(BusCore& core, Strand& strand) : core_(core), strand_(strand) {}
+  ~InstanceBus() override { close(); }
+  void publish(sdk::Message message) override;
+  sdk::Subscription subscribe(std::string pattern, sdk::Handler handler, sdk::SubscribeOptions options) override;
+  void request(sdk::Message message, std::chrono::nanoseconds timeout, sdk::ReplyHandler on_reply) override;
+  void reply(const sdk::Message& request, sdk::Message reply) override;
+  /// Ends every subscription this instance made.
+  void close();
+
+ private:
+  BusCore& core_;
+  Strand& strand_;
+  std::mutex mutex_;
+  std::vector<std::weak_ptr<Subscriber>> subs_;
+};
+
+}  // namespace deskfarm::kernel

@@ -1,0 +1,71 @@
+#pragma once
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <Poco/JSON/Object.h>
+
+#include "clock.hpp"
+#include "deskfarm/sdk/plugin.hpp"
+#include "log.hpp"
+#include "manifest.hpp"
+#include "plugin_loader.hpp"
+
+namespace deskfarm::kernel {
+
+/// A failure while creating or starting instances; whatever had started was stopped again.
+class StartError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// A manifest brought to life: plugins loaded and checked, instances created and started in
+/// dependency order, stopped in reverse. Constructing one validates everything and starts nothing.
+class Deployment {
+ public:
+  /// Loads every plugin the manifest names and validates configs, roles and order. Throws ValidationError.
+  Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log);
+  ~Deployment();
+  Deployment(const Deployment&) = delete;
+  Deployment& operator=(const Deployment&) = delete;
+
+  /// Creates every instance, then starts them in order; all or nothing. Throws StartError or ValidationError.
+  void start();
+  /// Stops every started instance in reverse order and destroys them. Idempotent.
+  void stop();
+
+  /// Instance names in start order.
+  std::vector<std::string> start_order() const;
+  /// The deployment and every instance (state, health, its own fields), as served at /status.
+  Poco::JSON::Object::Ptr status();
+  /// Prometheus exposition of the kernel's and every instance's metrics.
+  std::string metrics_text();
+  /// Runs `task` on the named instance's executor and waits for it (tests and tools).
+  void run_on(const std::string& instance, std::function<void(sdk::Plugin&, sdk::Context&)> task,
+              std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+  const Manifest& manifest() const { return manifest_; }
+  sdk::Clock& clock();
+  /// The virtual clock, or nullptr with a real one.
+  VirtualClock* virtual_clock();
+  bool running() const { return running_; }
+
+ private:
+  struct Instance;
+  struct Runtime;
+  void stop_started(std::size_t count);
+  void destroy_all();
+
+  Manifest manifest_;
+  LogSink& log_;
+  std::vector<std::unique_ptr<Instance>> instances_;  // in start order
+  std::unique_ptr<Runtime> runtime_;
+  bool running_ = false;
+  std::chrono::steady_clock::time_point started_at_{};
+};
+
+/// Converts a validated TOML value to JSON (strings, numbers, booleans, arrays, tables; dates as text).
+Poco::Dynamic::Var to_json(const toml::node& node);
+
+}  // namespace deskfarm::kernel

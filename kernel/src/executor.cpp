@@ -1,0 +1,195 @@
+#include "executor.hpp"
+
+namespace deskfarm::kernel {
+
+namespace {
+thread_local const Strand* current_strand = nullptr;
+constexpr std::size_t max_batch = 512;  // bounds one strand's turn so others are not starved
+}  // namespace
+
+Strand::Strand(Pool& pool, std::string name) : pool_(pool), name_(std::move(name)) {}
+
+Strand::~Strand() {
+  close();
+  // A turn may still be queued in the pool or running on a worker; it ends without touching the queue.
+  std::unique_lock lock(mutex_);
+  room_.wait(lock, [&] { return !scheduled_; });
+}
+
+void Strand::post(std::function<void()> task) {
+  std::lock_guard lock(mutex_);
+  if (closed_) return;
+  queue_.push_back(Item{std::move(task), nullptr, nullptr});
+  schedule_locked();
+}
+
+bool Strand::running_here() const { return current_strand == this; }
+
+void Strand::schedule_locked() {
+  if (!scheduled_) {
+    scheduled_ = true;
+    pool_.schedule(this);
+  }
+}
+
+bool Strand::deliver(const std::shared_ptr<const sdk::Message>& message, const std::shared_ptr<Subscriber>& sub,
+                     std::chrono::milliseconds block_timeout) {
+  std::unique_lock lock(mutex_);
+  if (closed_) return false;
+  if (sub->queued >= sub->limit) {
+    bool make_room = false;
+    switch (sub->overflow) {
+      case sdk::Overflow::drop_newest:
+        break;
+      case sdk::Overflow::drop_oldest:
+        for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+          if (it->sub == sub) {
+            queue_.erase(it);
+            --sub->queued;
+            make_room = true;
+            break;
+          }
+        }
+        break;
+      case sdk::Overflow::block:
+        // A strand publishing into its own full queue would wait for itself: drop instead.
+        if (running_here()) break;
+        ++waiting_for_room_;
+        make_room = room_.wait_for(lock, block_timeout, [&] { return closed_ || sub->queued < sub->limit; }) && !closed_;
+        --waiting_for_room_;
+        break;
+    }
+    if (!make_room || closed_) {
+      if (sub->dropped) sub->dropped->fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
+  }
+  ++sub->queued;
+  queue_.push_back(Item{nullptr, message, sub});
+  schedule_locked();
+  return true;
+}
+
+void Strand::close() {
+  std::lock_guard lock(mutex_);
+  closed_ = true;
+  for (auto& item : queue_) {
+    if (item.sub) --item.sub->queued;
+  }
+  queue_.clear();
+  room_.notify_all();
+}
+
+void Strand::run_batch() {
+  {
+    std::lock_guard lock(mutex_);
+    if (queue_.size() <= max_batch) {
+      batch_.swap(queue_);
+    } else {
+      batch_.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.begin() + max_batch));
+      queue_.erase(queue_.begin(), queue_.begin() + max_batch);
+    }
+  }
+  const Strand* outer = current_strand;
+  current_strand = this;
+  for (Item& item : batch_) {
+    // A throwing handler must not take the worker down; the instance keeps its other messages.
+    try {
+      if (item.task) {
+        item.task();
+      } else if (item.sub->active.load(std::memory_order_acquire)) {
+        item.sub->handler(*item.message);
+      }
+    } catch (...) {
+      if (item.sub && item.sub->on_drop) item.sub->on_drop(*item.message);
+    }
+  }
+  current_strand = outer;
+  bool more = false;
+  {
+    std::lock_guard lock(mutex_);
+    for (Item& item : batch_) {
+      if (item.sub) --item.sub->queued;
+    }
+    more = !queue_.empty() && !closed_;
+    if (!more) scheduled_ = false;
+    if (waiting_for_room_ > 0 || closed_) room_.notify_all();
+  }
+  batch_.clear();
+  pool_.done_with(this, more);
+}
+
+Pool::Pool(unsigned threads) {
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < threads; ++i) workers_.emplace_back([this] { worker(); });
+}
+
+Pool::~Pool() { shutdown(); }
+
+void Pool::shutdown() {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  work_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void Pool::schedule(Strand* strand) {
+  busy_.fetch_add(1, std::memory_order_acq_rel);
+  bool wake = false;
+  {
+    std::lock_guard lock(mutex_);
+    ready_.push_back(strand);
+    ready_count_.fetch_add(1, std::memory_order_release);
+    wake = sleepers_ > 0;
+  }
+  if (wake) work_.notify_one();
+}
+
+void Pool::done_with(Strand* strand, bool rescheduled) {
+  if (rescheduled) {
+    std::lock_guard lock(mutex_);
+    ready_.push_back(strand);
+    ready_count_.fetch_add(1, std::memory_order_release);
+    return;  // still busy: the same turn continues
+  }
+  if (busy_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    std::lock_guard lock(mutex_);
+    if (idle_waiters_ > 0) idle_.notify_all();
+  }
+}
+
+bool Pool::wait_idle(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  ++idle_waiters_;
+  const bool idle = idle_.wait_for(lock, timeout, [&] { return busy_.load(std::memory_order_acquire) == 0; });
+  --idle_waiters_;
+  return idle;
+}
+
+void Pool::worker() {
+  using clock = std::chrono::steady_clock;
+  while (true) {
+    // Spin a little first: a message arriving within microseconds is served without a futex wake-up.
+    const auto spin_until = clock::now() + std::chrono::microseconds(50);
+    while (ready_count_.load(std::memory_order_acquire) == 0 && clock::now() < spin_until) {
+      std::this_thread::yield();
+    }
+    Strand* strand = nullptr;
+    {
+      std::unique_lock lock(mutex_);
+      ++sleepers_;
+      work_.wait(lock, [&] { return stopping_ || !ready_.empty(); });
+      --sleepers_;
+      if (ready_.empty()) return;  // stopping and drained
+      strand = ready_.front();
+      ready_.pop_front();
+      ready_count_.fetch_sub(1, std::memory_order_release);
+    }
+    strand->run_batch();
+  }
+}
+
+}  // namespace deskfarm::kernel

@@ -1,0 +1,103 @@
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "deskfarm/sdk/bus.hpp"
+#include "deskfarm/sdk/executor.hpp"
+
+namespace deskfarm::kernel {
+
+class Pool;
+struct Subscriber;
+
+/// A serial executor (actor mailbox) scheduled onto the shared worker pool. Plain tasks and bus
+/// deliveries share one FIFO queue, so a plugin sees events in the order they were posted.
+class Strand final : public sdk::Executor {
+ public:
+  Strand(Pool& pool, std::string name);
+  ~Strand() override;
+  void post(std::function<void()> task) override;
+  bool running_here() const override;
+
+  /// Queues a bus message for `sub`; applies the subscriber's overflow policy. False when dropped.
+  bool deliver(const std::shared_ptr<const sdk::Message>& message, const std::shared_ptr<Subscriber>& sub,
+               std::chrono::milliseconds block_timeout);
+  /// Refuses further work and drops what is queued (the instance stopped).
+  void close();
+  const std::string& name() const { return name_; }
+
+ private:
+  friend class Pool;
+  struct Item {
+    std::function<void()> task;
+    std::shared_ptr<const sdk::Message> message;
+    std::shared_ptr<Subscriber> sub;
+  };
+  void schedule_locked();
+  void run_batch();
+
+  Pool& pool_;
+  std::string name_;
+  std::mutex mutex_;
+  std::condition_variable room_;
+  std::vector<Item> queue_;
+  std::vector<Item> batch_;
+  std::size_t waiting_for_room_ = 0;
+  bool scheduled_ = false;
+  bool closed_ = false;
+};
+
+/// A fixed set of worker threads running strands that have work. Workers spin briefly before they
+/// sleep, which keeps request/reply latency low without burning a core when idle.
+class Pool {
+ public:
+  explicit Pool(unsigned threads);
+  ~Pool();
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+  /// Blocks until no strand has queued or running work, or `timeout` passes. True when idle.
+  bool wait_idle(std::chrono::milliseconds timeout);
+  void shutdown();
+  unsigned threads() const { return static_cast<unsigned>(workers_.size()); }
+
+ private:
+  friend class Strand;
+  void schedule(Strand* strand);
+  void done_with(Strand* strand, bool rescheduled);
+  void worker();
+
+  std::mutex mutex_;
+  std::condition_variable work_;
+  std::condition_variable idle_;
+  std::deque<Strand*> ready_;
+  std::atomic<std::size_t> ready_count_{0};
+  std::atomic<std::int64_t> busy_{0};  // strands scheduled or running
+  std::size_t sleepers_ = 0;
+  std::size_t idle_waiters_ = 0;
+  bool stopping_ = false;
+  std::vector<std::thread> workers_;
+};
+
+/// One subscription's state; lives as long as a queued delivery refers to it.
+struct Subscriber {
+  std::string pattern;
+  sdk::Handler handler;
+  Strand* strand = nullptr;
+  std::size_t limit = 65536;
+  sdk::Overflow overflow = sdk::Overflow::block;
+  std::size_t queued = 0;  // guarded by strand->mutex_
+  std::atomic<bool> active{true};
+  std::atomic<std::uint64_t>* dropped = nullptr;  // the subject's drop counter, set by the bus
+  std::function<void(const sdk::Message&)> on_drop;
+};
+
+}  // namespace deskfarm::kernel

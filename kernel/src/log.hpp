@@ -1,0 +1,44 @@
+#pragma once
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "deskfarm/sdk/clock.hpp"
+#include "deskfarm/sdk/log.hpp"
+
+namespace deskfarm::kernel {
+
+/// Where log lines go: stderr by default; tests capture them.
+class LogSink {
+ public:
+  explicit LogSink(sdk::LogLevel threshold = sdk::LogLevel::info) : threshold_(threshold) {}
+  void set_threshold(sdk::LogLevel level) { threshold_ = level; }
+  void set_clock(const sdk::Clock* clock) { clock_ = clock; }
+  void capture(std::function<void(const std::string&)> to) { capture_ = std::move(to); }
+  bool enabled(sdk::LogLevel level) const { return level >= threshold_; }
+  /// Writes "TIME LEVEL subject: message".
+  void write(sdk::LogLevel level, std::string_view subject, std::string_view message);
+
+ private:
+  sdk::LogLevel threshold_;
+  const sdk::Clock* clock_ = nullptr;
+  std::function<void(const std::string&)> capture_;
+  std::mutex mutex_;
+};
+
+/// Parses "debug", "info", "warning", "error".
+std::optional<sdk::LogLevel> parse_log_level(std::string_view text);
+
+class InstanceLogger final : public sdk::Logger {
+ public:
+  InstanceLogger(LogSink& sink, std::string subject) : sink_(sink), subject_(std::move(subject)) {}
+  void write(sdk::LogLevel level, std::string_view message) override { sink_.write(level, subject_, message); }
+  bool enabled(sdk::LogLevel level) const override { return sink_.enabled(level); }
+
+ private:
+  LogSink& sink_;
+  std::string subject_;
+};
+
+}  // namespace deskfarm::kernel

@@ -1,0 +1,57 @@
+#pragma once
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <toml++/toml.h>
+
+#include "deskfarm/sdk/clock.hpp"
+#include "diagnostics.hpp"
+
+namespace deskfarm::kernel {
+
+/// One plugin instance after includes, overlays, `count` expansion and ${ENV} substitution.
+struct InstanceSpec {
+  std::string name;
+  Location where;
+  std::string plugin;
+  Location plugin_where;
+  std::vector<std::pair<std::string, Location>> requires_instances;
+  toml::table config;  ///< every key except plugin/requires/count; nodes keep their source positions
+};
+
+/// A deployment as written in TOML. See configs/README.md for the format.
+struct Manifest {
+  std::filesystem::path file;
+  std::string name;
+  std::string data_store;
+  std::string bus = "inproc";
+  std::string clock = "real";
+  std::optional<sdk::TimePoint> clock_start;
+  std::string admin = "127.0.0.1:0";
+  std::filesystem::path state_dir;
+  unsigned workers = 0;
+  std::chrono::milliseconds bus_block_timeout{1000};
+  std::chrono::seconds start_timeout{30};
+  std::vector<std::string> plugin_path;
+  std::vector<InstanceSpec> instances;
+};
+
+/// Looks up an environment variable; replaceable in tests.
+using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
+EnvLookup process_environment();
+
+/// Reads a manifest file (and its includes). Throws ValidationError listing every problem with file:line:column.
+Manifest load_manifest(const std::filesystem::path& file, const EnvLookup& env = process_environment());
+/// Same, from text (for tests and the fuzzer); includes resolve relative to `base_dir`.
+Manifest load_manifest_text(std::string_view text, const std::string& source_name, const EnvLookup& env,
+                            const std::filesystem::path& base_dir = ".");
+
+/// file:line:column of a toml node.
+Location location_of(const toml::node& node);
+Location location_of(const toml::source_region& region);
+
+}  // namespace deskfarm::kernel

@@ -1,0 +1,118 @@
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <exception>
+
+#include <Poco/JSON/Object.h>
+#include <boost/dll/alias.hpp>
+
+#include "deskfarm/sdk/api.hpp"
+#include "deskfarm/sdk/config.hpp"
+#include "deskfarm/sdk/context.hpp"
+#include "deskfarm/sdk/version.hpp"
+
+extern "C" {
+/// Where a failed create() explains itself; `key` names the config key at fault, if any.
+struct dk_error {
+  char key[128];
+  char message[1024];
+};
+
+/// The one thing a plugin exports (as the Boost.DLL alias `deskfarm_plugin`). C layout: the kernel
+/// reads struct_size and abi_version before touching any other field.
+struct dk_plugin_descriptor {
+  std::uint32_t struct_size;
+  std::uint32_t abi_version;
+  const char* sdk_version;
+  const char* name;
+  const char* version;
+  const char* summary;
+  const char* const* provides_roles;  ///< roles this plugin provides, nullptr-terminated (may be nullptr)
+  const char* const* requires_roles;  ///< roles it needs from other instances, nullptr-terminated (may be nullptr)
+  const dk_config_key* config;
+  std::uint32_t config_count;
+  /// Constructs the plugin with a deskfarm::sdk::Context*; nullptr and `error` filled on failure.
+  void* (*create)(void* context, dk_error* error);
+  /// Destroys what create() returned, inside the plugin's own module.
+  void (*destroy)(void* plugin);
+};
+
+/// The exported entry point's type.
+typedef const dk_plugin_descriptor* (*dk_plugin_entry)();
+}
+
+namespace deskfarm::sdk {
+
+enum class Health { ok, degraded, failed };
+
+/// A plugin instance. The constructor receives the Context; start(), stop() and status() run on the
+/// instance's executor, so a plugin needs no locks for its own state. Exceptions thrown from any of them
+/// are caught by the kernel and reported with the instance's name.
+class DESKFARM_SDK_API Plugin {
+ public:
+  virtual ~Plugin();
+  /// Called once every instance this one requires has started. Must not wait for bus replies.
+  virtual void start() {}
+  /// Called in reverse start order. Join every thread the plugin started.
+  virtual void stop() {}
+  /// Fills the instance's fields of `deskfarm status` and the admin JSON.
+  virtual void status(Poco::JSON::Object& out) const { (void)out; }
+  virtual Health health() const { return Health::ok; }
+};
+
+namespace detail {
+inline void copy_text(char* dst, std::size_t size, const char* src) {
+  std::strncpy(dst, src, size - 1);
+  dst[size - 1] = '\0';
+}
+
+template <class T>
+void* create(void* context, dk_error* error) noexcept {
+  try {
+    return static_cast<Plugin*>(new T(*static_cast<Context*>(context)));
+  } catch (const ConfigError& e) {
+    copy_text(error->key, sizeof error->key, e.key().c_str());
+    copy_text(error->message, sizeof error->message, e.what());
+  } catch (const std::exception& e) {
+    copy_text(error->message, sizeof error->message, e.what());
+  } catch (...) {
+    copy_text(error->message, sizeof error->message, "unknown exception (not derived from std::exception)");
+  }
+  return nullptr;
+}
+
+template <class T>
+void destroy(void* plugin) noexcept {
+  delete static_cast<Plugin*>(plugin);
+}
+
+template <std::size_t N>
+constexpr std::uint32_t count(const dk_config_key (&)[N]) { return N; }
+constexpr std::uint32_t count(std::nullptr_t) { return 0; }
+constexpr const dk_config_key* first(const dk_config_key* k) { return k; }
+constexpr const dk_config_key* first(std::nullptr_t) { return nullptr; }
+}  // namespace detail
+
+}  // namespace deskfarm::sdk
+
+/// Exports plugin class `Class` (constructible from `deskfarm::sdk::Context&`). `Provides` and `Requires`
+/// are nullptr-terminated arrays of role names or nullptr; `ConfigSchema` an array of dk_config_key or nullptr.
+#define DESKFARM_PLUGIN(Class, Name, Version, Summary, Provides, Requires, ConfigSchema)                  \
+  namespace {                                                                                          \
+  const ::dk_plugin_descriptor deskfarm_plugin_descriptor_{                                            \
+      sizeof(::dk_plugin_descriptor),                                                                  \
+      DESKFARM_PLUGIN_ABI,                                                                             \
+      DESKFARM_SDK_VERSION,                                                                            \
+      Name,                                                                                            \
+      Version,                                                                                         \
+      Summary,                                                                                         \
+      Provides,                                                                                        \
+      Requires,                                                                                        \
+      ::deskfarm::sdk::detail::first(ConfigSchema),                                                    \
+      ::deskfarm::sdk::detail::count(ConfigSchema),                                                    \
+      &::deskfarm::sdk::detail::create<Class>,                                                         \
+      &::deskfarm::sdk::detail::destroy<Class>,                                                        \
+  };                                                                                                   \
+  const ::dk_plugin_descriptor* deskfarm_plugin_entry_() { return &deskfarm_plugin_descriptor_; }     \
+  }                                                                                                    \
+  BOOST_DLL_ALIAS(deskfarm_plugin_entry_, deskfarm_plugin)

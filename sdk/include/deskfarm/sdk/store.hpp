@@ -1,0 +1,34 @@
+#pragma once
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <Poco/Data/Session.h>
+
+#include "deskfarm/sdk/api.hpp"
+
+namespace deskfarm::sdk {
+
+/// One step of a plugin's schema: applied once, in version order, inside a transaction.
+struct Migration {
+  int version;
+  std::vector<std::string> statements;
+};
+
+/// The deployment's data store (the IMA data store): SQLite by default, PostgreSQL for real farms.
+class DESKFARM_SDK_API Store {
+ public:
+  virtual ~Store();
+  /// A session from the deployment's pool; use it on your executor, then let it go.
+  virtual Poco::Data::Session session() = 0;
+  /// "SQLite" or "PostgreSQL".
+  virtual std::string connector() const = 0;
+};
+
+/// Brings `component`'s tables up to the newest migration; records versions in deskfarm_schema.
+/// Returns the version now in force. Throws with the failing statement on error (nothing half-applied).
+DESKFARM_SDK_API int migrate(Poco::Data::Session& session, std::string_view component,
+                             std::span<const Migration> migrations);
+
+}  // namespace deskfarm::sdk

@@ -1,0 +1,318 @@
+// deskfarm: run, check and inspect deployments composed from plugins by TOML manifests.
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <Poco/Net/HTTPClientSession.h>
+#include <Poco/Net/HTTPRequest.h>
+#include <Poco/Net/HTTPResponse.h>
+#include <Poco/StreamCopier.h>
+#include <boost/program_options.hpp>
+
+#include "admin.hpp"
+#include "deployment.hpp"
+#include "log.hpp"
+#include "manifest.hpp"
+#include "plugin_loader.hpp"
+
+namespace po = boost::program_options;
+using namespace deskfarm::kernel;
+
+namespace {
+
+// Documented in the README and in --help.
+enum Exit : int {
+  ok = 0,
+  runtime_failure = 1,
+  usage = 2,
+  invalid = 3,
+  start_failed = 4,
+  unreachable = 5,
+};
+
+const char* usage_text =
+    "usage: deskfarm [OPTIONS] COMMAND [ARGS]\n"
+    "\n"
+    "commands:\n"
+    "  run MANIFEST       start the deployment; runs until SIGINT/SIGTERM (or --for), then stops it in reverse order\n"
+    "  check MANIFEST     validate the manifest and every plugin it names; starts nothing\n"
+    "  status [MANIFEST]  print the JSON status of a running deployment (address from --admin, or MANIFEST's\n"
+    "                     state directory where `run` wrote it)\n"
+    "  plugins            list the plugins on the plugin path with versions, roles and load errors\n"
+    "  describe PLUGIN    print a plugin's manifest keys: type, default, description\n"
+    "\n"
+    "exit codes: 0 ok, 1 failure while running or stopping, 2 usage error, 3 invalid manifest or plugin,\n"
+    "            4 an instance failed to start (the others were stopped), 5 deployment not reachable\n";
+
+struct Options {
+  std::string command;
+  std::vector<std::string> args;
+  std::vector<std::string> plugin_path;
+  std::string admin;
+  std::string log_level = "info";
+  std::string run_for;
+};
+
+std::vector<std::filesystem::path> plugin_dirs(const Options& o, const Manifest* m) {
+  std::vector<std::filesystem::path> dirs;
+  for (const auto& p : o.plugin_path) {
+    auto parts = split_path_list(p);
+    dirs.insert(dirs.end(), parts.begin(), parts.end());
+  }
+  if (const char* env = std::getenv("DESKFARM_PLUGIN_PATH")) {
+    auto parts = split_path_list(env);
+    dirs.insert(dirs.end(), parts.begin(), parts.end());
+  }
+  if (m) {
+    for (const auto& p : m->plugin_path) dirs.push_back(m->file.parent_path() / p);
+  }
+  auto defaults = default_plugin_dirs();
+  dirs.insert(dirs.end(), defaults.begin(), defaults.end());
+  return dirs;
+}
+
+// "90s", "5m", "2h", "1d", "250ms", or plain seconds.
+std::chrono::nanoseconds parse_duration(const std::string& text) {
+  std::size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (...) {
+    throw std::invalid_argument("--for '" + text + "' is not a duration like 90s, 5m, 2h, 1d");
+  }
+  const std::string unit = text.substr(used);
+  double seconds = value;
+  if (unit == "ms") seconds = value / 1000;
+  else if (unit == "s" || unit.empty()) seconds = value;
+  else if (unit == "m") seconds = value * 60;
+  else if (unit == "h") seconds = value * 3600;
+  else if (unit == "d") seconds = value * 86400;
+  else throw std::invalid_argument("--for '" + text + "' has an unknown unit '" + unit + "' (ms, s, m, h, d)");
+  if (seconds < 0) throw std::invalid_argument("--for must not be negative");
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(seconds));
+}
+
+void print_errors(const ValidationError& e) {
+  for (const auto& d : e.diagnostics()) std::cerr << "error: " << d.str() << "\n";
+  std::cerr << e.diagnostics().size() << (e.diagnostics().size() == 1 ? " error\n" : " errors\n");
+}
+
+int cmd_check(const Options& o) {
+  if (o.args.size() != 1) {
+    std::cerr << "deskfarm check: give exactly one MANIFEST\n";
+    return usage;
+  }
+  auto manifest = load_manifest(o.args[0]);
+  PluginCatalog catalog(plugin_dirs(o, &manifest));
+  LogSink log;
+  Deployment deployment(manifest, catalog, log);
+  std::cout << o.args[0] << ": ok — deployment " << manifest.name << ", " << manifest.instances.size()
+            << " instances; start order: " << join(deployment.start_order()) << "\n";
+  return ok;
+}
+
+int cmd_plugins(const Options& o) {
+  PluginCatalog catalog(plugin_dirs(o, nullptr));
+  auto entries = catalog.scan();
+  if (entries.empty()) {
+    std::vector<std::string> dirs;
+    for (auto& d : catalog.directories()) dirs.push_back(d.string());
+    std::cout << "no plugins found in " << join(dirs, ":") << "\n";
+    return ok;
+  }
+  int bad = 0;
+  for (const auto& e : entries) {
+    if (!e.plugin) {
+      std::cout << e.file.stem().string() << "  (cannot load: " << e.error << ")  " << e.file.string() << "\n";
+      ++bad;
+      continue;
+    }
+    const auto& d = e.plugin->descriptor();
+    std::cout << d.name << " " << d.version << "  sdk " << d.sdk_version << "  provides: " << join(e.plugin->provides())
+              << "  requires: " << join(e.plugin->requires_roles()) << "\n    " << d.summary << "\n    " << e.file.string()
+              << "\n";
+  }
+  return bad ? invalid : ok;
+}
+
+int cmd_describe(const Options& o) {
+  if (o.args.size() != 1) {
+    std::cerr << "deskfarm describe: give exactly one PLUGIN name\n";
+    return usage;
+  }
+  PluginCatalog catalog(plugin_dirs(o, nullptr));
+  auto lib = catalog.find(o.args[0], Location{"command line"});
+  const auto& d = lib->descriptor();
+  std::cout << d.name << " " << d.version << " — " << d.summary << "\n"
+            << "provides roles: " << join(lib->provides()) << "\nrequires roles: " << join(lib->requires_roles())
+            << "\n\nmanifest keys:\n";
+  for (std::uint32_t i = 0; i < d.config_count; ++i) {
+    const auto& k = d.config[i];
+    std::cout << "  " << k.key << " (" << deskfarm::sdk::type_name(k.type) << ")"
+              << (k.default_toml ? std::string(" = ") + k.default_toml : std::string("  required")) << "\n      "
+              << (k.description ? k.description : "") << "\n";
+  }
+  if (d.config_count == 0) std::cout << "  (none)\n";
+  return ok;
+}
+
+std::filesystem::path admin_file(const Manifest& m) { return m.state_dir / "admin.address"; }
+
+int cmd_status(const Options& o) {
+  std::string address = o.admin;
+  if (address.empty() && o.args.size() == 1) {
+    auto m = load_manifest(o.args[0]);
+    std::ifstream in(admin_file(m));
+    if (!(in >> address)) {
+      std::cerr << "deskfarm status: deployment " << m.name << " is not running (no " << admin_file(m).string() << ")\n";
+      return unreachable;
+    }
+  }
+  if (address.empty()) {
+    std::cerr << "deskfarm status: give the MANIFEST of a running deployment, or --admin HOST:PORT\n";
+    return usage;
+  }
+  auto [host, port] = parse_host_port(address, "--admin");
+  try {
+    Poco::Net::HTTPClientSession session(host, port);
+    session.setTimeout(Poco::Timespan(5, 0));
+    Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_GET, "/status");
+    session.sendRequest(request);
+    Poco::Net::HTTPResponse response;
+    std::istream& body = session.receiveResponse(response);
+    Poco::StreamCopier::copyStream(body, std::cout);
+    return response.getStatus() == Poco::Net::HTTPResponse::HTTP_OK ? ok : runtime_failure;
+  } catch (const Poco::Exception& e) {
+    std::cerr << "deskfarm status: cannot reach the admin endpoint at " << address << ": " << e.displayText() << "\n";
+    return unreachable;
+  }
+}
+
+int cmd_run(const Options& o) {
+  if (o.args.size() != 1) {
+    std::cerr << "deskfarm run: give exactly one MANIFEST\n";
+    return usage;
+  }
+  std::optional<std::chrono::nanoseconds> run_for;
+  if (!o.run_for.empty()) run_for = parse_duration(o.run_for);
+
+  // Signals are taken synchronously by this thread; every other thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto manifest = load_manifest(o.args[0]);
+  if (!o.admin.empty()) manifest.admin = o.admin;
+  PluginCatalog catalog(plugin_dirs(o, &manifest));
+  LogSink log(*parse_log_level(o.log_level));
+  Deployment deployment(manifest, catalog, log);
+  deployment.start();
+  std::unique_ptr<AdminServer> admin;
+  try {
+    admin = std::make_unique<AdminServer>(deployment, manifest.admin);
+  } catch (const std::exception& e) {
+    log.write(deskfarm::sdk::LogLevel::error, "kernel", std::string("admin endpoint ") + manifest.admin + ": " + e.what());
+    deployment.stop();
+    return start_failed;
+  }
+  std::filesystem::create_directories(manifest.state_dir);
+  {
+    std::ofstream(admin_file(manifest)) << admin->address() << "\n";
+  }
+  log.write(deskfarm::sdk::LogLevel::info, "kernel",
+            "deployment " + manifest.name + " running; admin http://" + admin->address() + "/status");
+
+  const auto started = std::chrono::steady_clock::now();
+  int received = 0;
+  auto* vclock = deployment.virtual_clock();
+  const auto virtual_end = vclock && run_for ? std::optional(vclock->now() + *run_for) : std::nullopt;
+  while (true) {
+    if (vclock) {
+      // Simulated time runs as fast as the handlers allow, in slices so signals stay responsive.
+      auto slice = std::chrono::duration_cast<deskfarm::sdk::Duration>(std::chrono::minutes(1));
+      if (virtual_end) slice = std::min(slice, *virtual_end - vclock->now());
+      if (slice.count() > 0) vclock->advance(slice);
+      if (virtual_end && vclock->now() >= *virtual_end) break;
+    } else if (run_for && std::chrono::steady_clock::now() - started >= *run_for) {
+      break;
+    }
+    timespec wait{0, vclock ? 0 : 100'000'000};
+    received = sigtimedwait(&signals, nullptr, &wait);
+    if (received == SIGINT || received == SIGTERM) break;
+  }
+  log.write(deskfarm::sdk::LogLevel::info, "kernel",
+            received > 0 ? std::string("received ") + strsignal(received) + ", stopping" : "run time reached, stopping");
+  admin.reset();
+  std::filesystem::remove(admin_file(manifest));
+  deployment.stop();
+  return ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  po::options_description visible("options");
+  visible.add_options()
+      ("help,h", "print this help")
+      ("version", "print the kernel version, SDK version and plugin ABI")
+      ("plugin-path,p", po::value(&o.plugin_path)->composing(),
+       "a directory (or a:b:c list) to search for plugins, before DESKFARM_PLUGIN_PATH, the manifest's plugin_path "
+       "and the built-in ../plugins beside the executable; repeatable")
+      ("admin", po::value(&o.admin), "run: admin endpoint HOST:PORT (overrides the manifest); status: where to ask")
+      ("log-level", po::value(&o.log_level)->default_value("info"), "debug, info, warning or error")
+      ("for", po::value(&o.run_for),
+       "run: stop after this much deployment time (90s, 5m, 2h, 1d); with clock = \"virtual\" it is simulated time");
+  po::options_description hidden;
+  hidden.add_options()("command", po::value(&o.command))("args", po::value(&o.args));
+  po::options_description all;
+  all.add(visible).add(hidden);
+  po::positional_options_description positional;
+  positional.add("command", 1).add("args", -1);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(all).positional(positional).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "deskfarm: " << e.what() << "\n\n" << usage_text;
+    return usage;
+  }
+  if (vm.count("help")) {
+    std::cout << usage_text << "\n" << visible;
+    return ok;
+  }
+  if (vm.count("version")) {
+    std::cout << "deskfarm " << DESKFARM_VERSION << " (SDK " << DESKFARM_SDK_VERSION << ", plugin ABI " << DESKFARM_PLUGIN_ABI << ")\n";
+    return ok;
+  }
+  if (!parse_log_level(o.log_level)) {
+    std::cerr << "deskfarm: --log-level '" << o.log_level << "' is not one of debug, info, warning, error\n";
+    return usage;
+  }
+  try {
+    if (o.command == "run") return cmd_run(o);
+    if (o.command == "check") return cmd_check(o);
+    if (o.command == "status") return cmd_status(o);
+    if (o.command == "plugins") return cmd_plugins(o);
+    if (o.command == "describe") return cmd_describe(o);
+    if (o.command.empty()) std::cerr << "deskfarm: no command given\n\n" << usage_text;
+    else std::cerr << "deskfarm: unknown command '" << o.command << "'\n\n" << usage_text;
+    return usage;
+  } catch (const ValidationError& e) {
+    print_errors(e);
+    return invalid;
+  } catch (const StartError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return start_failed;
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "deskfarm: " << e.what() << "\n";
+    return usage;
+  } catch (const std::exception& e) {
+    std::cerr << "deskfarm: " << e.what() << "\n";
+    return runtime_failure;
+  }
+}

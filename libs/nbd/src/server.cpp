@@ -37,6 +37,7 @@ class SocketTransport final : public Transport {
       const bool direct = want >= buffer_.size() / 2;
       ssize_t n = direct ? ::recv(fd_, out.data() + done, want, 0) : ::recv(fd_, buffer_.data(), buffer_.size(), 0);
       if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) timed_out_ = true;  // SO_RCVTIMEO (handshake only)
       if (n <= 0) return false;
       if (direct) {
         done += static_cast<std::size_t>(n);
@@ -76,6 +77,9 @@ class SocketTransport final : public Transport {
     return true;
   }
 
+  /// True if a read gave up on the handshake timeout.
+  bool timed_out() const { return timed_out_; }
+
   void enter_transmission() override {
     timeval none{};
     ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
@@ -85,6 +89,7 @@ class SocketTransport final : public Transport {
   int fd_;
   std::vector<std::byte> buffer_;
   std::size_t start_ = 0, end_ = 0;
+  bool timed_out_ = false;
 };
 
 std::string peer_of(const sockaddr_storage& ss, std::string* with_port) {
@@ -174,6 +179,11 @@ struct Server::Impl {
     } catch (const std::exception& e) {
       r.end = SessionEnd::kProtocolError;
       r.reason = std::string("internal error: ") + e.what();
+    }
+    if (transport.timed_out()) {
+      r.end = SessionEnd::kHandshakeError;
+      r.reason = "handshake not finished within " + std::to_string(options.handshake_timeout.count()) +
+                 " ms (handshake_timeout)";
     }
     if (r.end == SessionEnd::kHandshakeError) handshake_failures.fetch_add(1);
     if (r.end == SessionEnd::kProtocolError) protocol_errors.fetch_add(1);

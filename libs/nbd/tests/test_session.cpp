@@ -392,6 +392,9 @@ TEST_CASE("a handshake that stalls is cut off after handshake_timeout") {
   RawSocket s(ts.port());
   s.recv(18);  // never answer
   CHECK(s.closed_by_peer());
+  ts.wait_idle();
+  CHECK(ts.server.stats().handshake_failures == 1);
+  CHECK_THAT(ts.log_text(), Catch::Contains("handshake not finished within 200 ms"));
 }
 
 TEST_CASE("two hundred concurrent connections each read their own range correctly") {

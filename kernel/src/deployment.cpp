@@ -26,30 +26,6 @@ const char* health_name(sdk::Health h) {
   return "?";
 }
 
-bool type_fits(const toml::node& n, std::uint32_t type) {
-  switch (type) {
-    case DK_STRING: return n.is_string();
-    case DK_INTEGER: return n.is_integer();
-    case DK_FLOAT: return n.is_number();
-    case DK_BOOLEAN: return n.is_boolean();
-    case DK_STRING_ARRAY:
-      return n.is_array() && std::all_of(n.as_array()->begin(), n.as_array()->end(), [](auto& e) { return e.is_string(); });
-    case DK_TABLE: return n.is_table();
-    case DK_ARRAY: return n.is_array();
-    default: return false;
-  }
-}
-
-std::string found_type(const toml::node& n) {
-  if (n.is_string()) return "string";
-  if (n.is_integer()) return "integer";
-  if (n.is_floating_point()) return "float";
-  if (n.is_boolean()) return "boolean";
-  if (n.is_array()) return "array";
-  if (n.is_table()) return "table";
-  return "date/time";
-}
-
 /// Runs `fn` on `strand` and waits; returns the exception text, if any, or a timeout message.
 std::optional<std::string> call_on(Strand& strand, const std::function<void()>& fn, std::chrono::milliseconds timeout,
                                    const std::string& what) {
@@ -220,6 +196,7 @@ Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log) 
 
   std::vector<std::unique_ptr<Instance>> all;
   std::map<std::string, std::size_t> index;
+  std::set<std::string> failed_plugins;  // report a broken plugin once, not once per instance
   for (auto& spec : manifest_.instances) {
     auto inst = std::make_unique<Instance>();
     inst->spec = spec;
@@ -228,7 +205,8 @@ Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log) 
     try {
       inst->library = catalog.find(spec.plugin, spec.plugin_where);
     } catch (const ValidationError& e) {
-      for (const auto& d : e.diagnostics()) diags.add(d.where, d.message, d.hint);
+      if (failed_plugins.insert(spec.plugin).second)
+        for (const auto& d : e.diagnostics()) diags.add(d.where, d.message, d.hint);
       index[spec.name] = all.size();
       all.push_back(std::move(inst));
       continue;
@@ -242,15 +220,15 @@ Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log) 
       const std::string key(k.str());
       const auto it = std::find(known.begin(), known.end(), key);
       if (it == known.end()) {
-        diags.add(location_of(k.source()), "unknown key '" + key + "' for plugin " + spec.plugin + " (instance " + spec.name + ")." +
+        diags.add(inst->spec.key_where[key], "unknown key '" + key + "' for plugin " + spec.plugin + " (instance " + spec.name + ")." +
                                                did_you_mean(key, known),
                   "its keys are: " + join(known) + " (`deskfarm describe " + spec.plugin + "` documents them)");
         continue;
       }
       const auto& schema = d.config[it - known.begin()];
       if (!type_fits(v, schema.type)) {
-        diags.add(location_of(v), "key '" + key + "' of instance " + spec.name + " must be " + sdk::type_name(schema.type) +
-                                      ", found " + found_type(v),
+        diags.add(inst->spec.value_where[key], "key '" + key + "' of instance " + spec.name + " must be " + sdk::type_name(schema.type) +
+                                      ", found " + type_of(v),
                   std::string("plugin ") + spec.plugin + " documents it as: " + (schema.description ? schema.description : ""));
         continue;
       }
@@ -376,7 +354,7 @@ void Deployment::start() {
     if (!inst->plugin) {
       Location where = inst->spec.where;
       if (error.key[0]) {
-        if (auto* node = inst->spec.config.get(error.key)) where = location_of(*node);
+        if (auto it = inst->spec.value_where.find(error.key); it != inst->spec.value_where.end()) where = it->second;
       }
       diags.add(where, "instance " + inst->spec.name + " (plugin " + inst->spec.plugin + ") could not be created: " + error.message);
     } else {

@@ -89,6 +89,11 @@ void Strand::run_batch() {
       batch_.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.begin() + max_batch));
       queue_.erase(queue_.begin(), queue_.begin() + max_batch);
     }
+    // A subscriber's limit counts messages waiting, not the ones being handled now.
+    for (Item& item : batch_) {
+      if (item.sub) --item.sub->queued;
+    }
+    if (waiting_for_room_ > 0) room_.notify_all();
   }
   const Strand* outer = current_strand;
   current_strand = this;
@@ -105,18 +110,16 @@ void Strand::run_batch() {
     }
   }
   current_strand = outer;
+  batch_.clear();  // while still scheduled: once scheduled_ is false the strand may be destroyed
+  Pool& pool = pool_;
   bool more = false;
   {
     std::lock_guard lock(mutex_);
-    for (Item& item : batch_) {
-      if (item.sub) --item.sub->queued;
-    }
     more = !queue_.empty() && !closed_;
     if (!more) scheduled_ = false;
     if (waiting_for_room_ > 0 || closed_) room_.notify_all();
   }
-  batch_.clear();
-  pool_.done_with(this, more);
+  pool.done_with(this, more);  // uses the pointer only as a value unless rescheduled
 }
 
 Pool::Pool(unsigned threads) {

@@ -94,7 +94,7 @@ struct Subscriber {
   Strand* strand = nullptr;
   std::size_t limit = 65536;
   sdk::Overflow overflow = sdk::Overflow::block;
-  std::size_t queued = 0;  // guarded by strand->mutex_
+  std::size_t queued = 0;  // waiting in the strand queue; guarded by the strand mutex
   std::atomic<bool> active{true};
   std::atomic<std::uint64_t>* dropped = nullptr;  // the subject's drop counter, set by the bus
   std::function<void(const sdk::Message&)> on_drop;

@@ -1,5 +1,7 @@
 #include "manifest.hpp"
 
+#include "deskfarm/sdk/config.hpp"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -18,16 +20,19 @@ const std::vector<std::string> reserved_instance_keys{"plugin", "requires", "cou
 constexpr int max_include_depth = 16;
 constexpr std::int64_t max_count = 100000;
 
+// Instances are copied (overlays patch them), but toml++ copies drop source positions: `origin` keeps,
+// per top-level key, where the key was written and the original value node (for nested positions).
 struct RawInstance {
   std::string name;
   Location where;
   toml::table table;
+  std::map<std::string, std::pair<Location, const toml::node*>> origin;
 };
 
 struct RawOverlay {
   std::string target;
   Location where;
-  toml::table table;
+  const toml::table* table;
 };
 
 struct Loader {
@@ -149,24 +154,14 @@ void Loader::load_table(std::unique_ptr<toml::table> doc, const std::filesystem:
         return;
       }
     }
-    instances.push_back({std::move(name), std::move(where), tbl});
+    RawInstance raw{std::move(name), std::move(where), tbl, {}};
+    for (auto&& [k, v] : tbl) raw.origin[std::string(k.str())] = {location_of(k.source()), &v};
+    instances.push_back(std::move(raw));
   });
   collect("overlays", [&](std::string name, Location where, const toml::table& tbl) {
-    overlays.push_back({std::move(name), std::move(where), tbl});
+    overlays.push_back({std::move(name), std::move(where), &tbl});
   });
   (void)source;
-}
-
-std::string node_type_name(const toml::node& n) {
-  switch (n.type()) {
-    case toml::node_type::string: return "string";
-    case toml::node_type::integer: return "integer";
-    case toml::node_type::floating_point: return "float";
-    case toml::node_type::boolean: return "boolean";
-    case toml::node_type::array: return "array";
-    case toml::node_type::table: return "table";
-    default: return "date/time";
-  }
 }
 
 // ${NAME}, ${NAME:-default}, $$ → $; `{n}` becomes the copy number of a counted instance.
@@ -208,13 +203,19 @@ std::optional<std::string> substitute(const std::string& in, const toml::node& w
   return out;
 }
 
-void substitute_all(toml::node& node, const EnvLookup& env, const std::string& n, Diagnostics& diags) {
-  if (auto* s = node.as_string()) {
-    if (auto v = substitute(s->get(), node, env, n, diags)) s->get() = *v;
-  } else if (auto* a = node.as_array()) {
-    for (auto& item : *a) substitute_all(item, env, n, diags);
-  } else if (auto* t = node.as_table()) {
-    for (auto&& [k, v] : *t) substitute_all(v, env, n, diags);
+// Substitutes in `copy`, reporting at the positions of `original` (same shape).
+void substitute_all(toml::node& copy, const toml::node& original, const EnvLookup& env, const std::string& n,
+                    Diagnostics& diags) {
+  if (auto* s = copy.as_string()) {
+    if (auto v = substitute(s->get(), original, env, n, diags)) s->get() = *v;
+  } else if (auto* a = copy.as_array()) {
+    const auto* oa = original.as_array();
+    for (std::size_t i = 0; oa && i < a->size() && i < oa->size(); ++i) substitute_all(*a->get(i), *oa->get(i), env, n, diags);
+  } else if (auto* t = copy.as_table()) {
+    const auto* ot = original.as_table();
+    for (auto&& [k, v] : *t) {
+      if (const auto* ov = ot ? ot->get(k.str()) : nullptr) substitute_all(v, *ov, env, n, diags);
+    }
   }
 }
 
@@ -245,7 +246,7 @@ void read_deployment(const toml::table& d, Manifest& m, const EnvLookup& env, Di
       if (auto* s = n->as_string()) {
         if (auto v = substitute(s->get(), *n, env, {}, diags)) out = *v;
       } else {
-        diags.add(location_of(*n), std::string("deployment.") + key + " must be a string, found " + node_type_name(*n));
+        diags.add(location_of(*n), std::string("deployment.") + key + " must be a string, found " + type_of(*n));
       }
     }
   };
@@ -254,7 +255,7 @@ void read_deployment(const toml::table& d, Manifest& m, const EnvLookup& env, Di
     if (!n) return std::nullopt;
     auto v = n->value_exact<std::int64_t>();
     if (!v) {
-      diags.add(location_of(*n), std::string("deployment.") + key + " must be an integer, found " + node_type_name(*n));
+      diags.add(location_of(*n), std::string("deployment.") + key + " must be an integer, found " + type_of(*n));
       return std::nullopt;
     }
     if (*v < lo || *v > hi) {
@@ -338,7 +339,10 @@ Manifest finish(Loader& loader, const std::filesystem::path& file, const EnvLook
                 "an overlay changes keys of an instance defined in [instances.NAME] here or in an included file");
       continue;
     }
-    for (auto&& [k, v] : o.table) it->table.insert_or_assign(k, v);
+    for (auto&& [k, v] : *o.table) {
+      it->table.insert_or_assign(k, v);
+      it->origin[std::string(k.str())] = {location_of(k.source()), &v};
+    }
   }
 
   std::set<std::string> seen;
@@ -349,8 +353,12 @@ Manifest finish(Loader& loader, const std::filesystem::path& file, const EnvLook
     }
     InstanceSpec base;
     base.where = raw.where;
-    const toml::table& t = raw.table;
-    if (auto* p = t.get("plugin")) {
+    // Reserved keys are read from the original nodes, so errors carry their positions.
+    auto original = [&](const char* key) -> const toml::node* {
+      auto it = raw.origin.find(key);
+      return it == raw.origin.end() ? nullptr : it->second.second;
+    };
+    if (auto* p = original("plugin")) {
       if (auto s = p->value<std::string>()) {
         base.plugin = *s;
         base.plugin_where = location_of(*p);
@@ -360,7 +368,7 @@ Manifest finish(Loader& loader, const std::filesystem::path& file, const EnvLook
     } else {
       diags.add(raw.where, "instance '" + raw.name + "' names no plugin", "add plugin = \"NAME\"; `deskfarm plugins` lists them");
     }
-    if (auto* r = t.get("requires")) {
+    if (auto* r = original("requires")) {
       if (auto* arr = r->as_array()) {
         for (auto& item : *arr) {
           if (auto s = item.value<std::string>()) base.requires_instances.emplace_back(*s, location_of(item));
@@ -372,7 +380,7 @@ Manifest finish(Loader& loader, const std::filesystem::path& file, const EnvLook
     }
     std::int64_t count = 1;
     bool counted = false;
-    if (auto* c = t.get("count")) {
+    if (auto* c = original("count")) {
       auto v = c->value_exact<std::int64_t>();
       if (!v || *v < 1 || *v > max_count) {
         diags.add(location_of(*c), "count must be an integer from 1 to " + std::to_string(max_count));
@@ -381,19 +389,21 @@ Manifest finish(Loader& loader, const std::filesystem::path& file, const EnvLook
       count = *v;
       counted = true;
     }
-    for (auto&& [k, v] : t) {
+    for (auto&& [k, v] : raw.table) {
       const std::string key(k.str());
-      if (std::find(reserved_instance_keys.begin(), reserved_instance_keys.end(), key) == reserved_instance_keys.end())
-        base.config.insert(k, v);
+      if (std::find(reserved_instance_keys.begin(), reserved_instance_keys.end(), key) != reserved_instance_keys.end()) continue;
+      base.config.insert(k, v);
+      base.key_where[key] = raw.origin[key].first;
+      base.value_where[key] = location_of(*raw.origin[key].second);
     }
     for (std::int64_t n = 1; n <= count; ++n) {
       InstanceSpec spec = base;
       spec.name = counted ? expand_name(raw.name, n) : raw.name;
       const std::string copy = counted ? std::to_string(n) : std::string{};
       for (auto& [req, loc] : spec.requires_instances) {
-        if (auto v = substitute(req, *t.get("requires"), env, copy, diags)) req = *v;
+        if (auto v = substitute(req, *original("requires"), env, copy, diags)) req = *v;
       }
-      substitute_all(spec.config, env, copy, diags);
+      for (auto&& [k, v] : spec.config) substitute_all(v, *raw.origin[std::string(k.str())].second, env, copy, diags);
       if (!seen.insert(spec.name).second) {
         diags.add(raw.where, "duplicate instance '" + spec.name + "'" + (counted ? " (from count expansion)" : ""));
         continue;
@@ -406,6 +416,32 @@ Manifest finish(Loader& loader, const std::filesystem::path& file, const EnvLook
 }
 
 }  // namespace
+
+std::string type_of(const toml::node& n) {
+  switch (n.type()) {
+    case toml::node_type::string: return "string";
+    case toml::node_type::integer: return "integer";
+    case toml::node_type::floating_point: return "float";
+    case toml::node_type::boolean: return "boolean";
+    case toml::node_type::array: return "array";
+    case toml::node_type::table: return "table";
+    default: return "date/time";
+  }
+}
+
+bool type_fits(const toml::node& n, std::uint32_t type) {
+  switch (type) {
+    case DK_STRING: return n.is_string();
+    case DK_INTEGER: return n.is_integer();
+    case DK_FLOAT: return n.is_number();
+    case DK_BOOLEAN: return n.is_boolean();
+    case DK_STRING_ARRAY:
+      return n.is_array() && std::all_of(n.as_array()->begin(), n.as_array()->end(), [](auto& e) { return e.is_string(); });
+    case DK_TABLE: return n.is_table();
+    case DK_ARRAY: return n.is_array();
+    default: return false;
+  }
+}
 
 Location location_of(const toml::source_region& region) {
   return Location{region.path ? *region.path : std::string{}, region.begin.line, region.begin.column};

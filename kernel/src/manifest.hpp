@@ -1,6 +1,7 @@
 #pragma once
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,7 +21,10 @@ struct InstanceSpec {
   std::string plugin;
   Location plugin_where;
   std::vector<std::pair<std::string, Location>> requires_instances;
-  toml::table config;  ///< every key except plugin/requires/count; nodes keep their source positions
+  toml::table config;  ///< every key except plugin/requires/count
+  /// Where each top-level config key and its value were written (copies of toml nodes lose their positions).
+  std::map<std::string, Location> key_where;
+  std::map<std::string, Location> value_where;
 };
 
 /// A deployment as written in TOML. See configs/README.md for the format.
@@ -49,6 +53,11 @@ Manifest load_manifest(const std::filesystem::path& file, const EnvLookup& env =
 /// Same, from text (for tests and the fuzzer); includes resolve relative to `base_dir`.
 Manifest load_manifest_text(std::string_view text, const std::string& source_name, const EnvLookup& env,
                             const std::filesystem::path& base_dir = ".");
+
+/// True when a manifest value has a config schema type (a dk_value_type).
+bool type_fits(const toml::node& node, std::uint32_t type);
+/// "string", "integer", "float", "boolean", "array", "table" or "date/time".
+std::string type_of(const toml::node& node);
 
 /// file:line:column of a toml node.
 Location location_of(const toml::node& node);

@@ -9,6 +9,8 @@
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <toml++/toml.h>
 
+#include "manifest.hpp"
+
 namespace deskfarm::kernel {
 
 namespace {
@@ -22,18 +24,6 @@ std::vector<std::string> role_list(const char* const* roles) {
 
 bool valid_text(const char* s, std::size_t max = 4096) { return s && std::strlen(s) > 0 && std::strlen(s) < max; }
 
-bool default_matches(const toml::node& n, std::uint32_t type) {
-  switch (type) {
-    case DK_STRING: return n.is_string();
-    case DK_INTEGER: return n.is_integer();
-    case DK_FLOAT: return n.is_number();
-    case DK_BOOLEAN: return n.is_boolean();
-    case DK_STRING_ARRAY: return n.is_array() && n.as_array()->is_homogeneous(toml::node_type::string) ;
-    case DK_TABLE: return n.is_table();
-    case DK_ARRAY: return n.is_array();
-    default: return false;
-  }
-}
 }  // namespace
 
 std::shared_ptr<PluginLibrary> PluginLibrary::load(const std::filesystem::path& file) {
@@ -90,8 +80,8 @@ std::shared_ptr<PluginLibrary> PluginLibrary::load(const std::filesystem::path& 
     if (k.default_toml) {
       try {
         auto t = toml::parse(std::string("v = ") + k.default_toml);
-        if (!default_matches(*t.get("v"), k.type))
-          diags.add(at, std::string("the default of config key '") + k.key + "' is not a " + sdk::type_name(k.type));
+        if (!type_fits(*t.get("v"), k.type))
+          diags.add(at, std::string("the default of config key '") + k.key + "' is not of its declared type, " + sdk::type_name(k.type));
       } catch (const toml::parse_error& e) {
         diags.add(at, std::string("the default of config key '") + k.key + "' is not a TOML value: " + std::string(e.description()));
       }

@@ -1,0 +1,192 @@
+#include <atomic>
+#include <thread>
+
+#include <catch2/catch.hpp>
+
+#include "bus.hpp"
+#include "clock.hpp"
+#include "executor.hpp"
+
+using namespace deskfarm;
+using namespace deskfarm::kernel;
+using namespace std::chrono_literals;
+
+namespace {
+// Waits (bounded) until `done` holds.
+template <class F>
+bool eventually(F done, std::chrono::milliseconds limit = 5s) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+struct Fixture {
+  Pool pool{2};
+  RealClock clock;
+  BusCore bus{clock, 200ms};
+};
+}  // namespace
+
+TEST_CASE("subjects match NATS-style wildcards") {
+  CHECK(sdk::subject_matches("vm.*.state", "vm.42.state"));
+  CHECK_FALSE(sdk::subject_matches("vm.*.state", "vm.42.power.state"));
+  CHECK(sdk::subject_matches("ima.>", "ima.zone.east.update"));
+  CHECK_FALSE(sdk::subject_matches("ima.>", "ima"));
+  CHECK(sdk::subject_matches("ddc.register", "ddc.register"));
+  CHECK_FALSE(sdk::subject_matches("ddc.register", "ddc.registered"));
+  CHECK(sdk::subject_error("a..b", false).find("empty token") != std::string::npos);
+  CHECK(sdk::subject_error("a.>.b", true).find("last token") != std::string::npos);
+  CHECK(sdk::subject_error("a.*", false).find("wildcard") != std::string::npos);
+  CHECK(sdk::subject_error("a.*.>", true).empty());
+}
+
+TEST_CASE("each subscriber sees one publisher's messages in publish order") {
+  Fixture f;
+  Strand a(f.pool, "a"), b(f.pool, "b");
+  std::vector<int> seen_a, seen_b;
+  std::atomic<int> total{0};
+  auto sa = f.bus.subscribe("seq.*", [&](const sdk::Message& m) { seen_a.push_back(sdk::body_as<sdk::Text>(m)->value.size()); ++total; }, {}, a);
+  auto sb = f.bus.subscribe("seq.>", [&](const sdk::Message& m) { seen_b.push_back(sdk::body_as<sdk::Text>(m)->value.size()); ++total; }, {}, b);
+  for (int i = 1; i <= 2000; ++i) f.bus.publish(sdk::make_message("seq.x", sdk::Text{std::string(static_cast<std::size_t>(i % 500 + 1), 'x')}));
+  REQUIRE(eventually([&] { return total == 4000; }));
+  REQUIRE(seen_a == seen_b);
+  for (int i = 1; i <= 2000; ++i) REQUIRE(seen_a[static_cast<std::size_t>(i - 1)] == i % 500 + 1);
+}
+
+TEST_CASE("a request is answered on the requester's executor") {
+  Fixture f;
+  Strand server(f.pool, "server"), client(f.pool, "client");
+  auto s = f.bus.subscribe("echo", [&](const sdk::Message& m) {
+    f.bus.reply(m, sdk::make_message("", sdk::Text{"re: " + sdk::body_as<sdk::Text>(m)->value}));
+  }, {}, server);
+  std::atomic<bool> done{false};
+  std::string answer;
+  bool on_client = false;
+  f.bus.request(sdk::make_message("echo", sdk::Text{"hi"}), 1s, [&](const sdk::Message* reply, std::string_view error) {
+    on_client = client.running_here();
+    answer = reply ? sdk::body_as<sdk::Text>(*reply)->value : std::string(error);
+    done = true;
+  }, client);
+  REQUIRE(eventually([&] { return done.load(); }));
+  CHECK(answer == "re: hi");
+  CHECK(on_client);
+}
+
+TEST_CASE("a request nobody answers times out after its deadline") {
+  Fixture f;
+  Strand server(f.pool, "server"), client(f.pool, "client");
+  auto s = f.bus.subscribe("silent", [](const sdk::Message&) {}, {}, server);
+  std::atomic<bool> done{false};
+  std::string error_text;
+  const auto t0 = std::chrono::steady_clock::now();
+  f.bus.request(sdk::make_message("silent", sdk::Text{"?"}), 50ms, [&](const sdk::Message* reply, std::string_view error) {
+    CHECK(reply == nullptr);
+    error_text = error;
+    done = true;
+  }, client);
+  REQUIRE(eventually([&] { return done.load(); }));
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  CHECK(waited >= 50ms);
+  CHECK(waited < 2s);
+  CHECK(error_text.find("timeout after 50 ms") != std::string::npos);
+}
+
+TEST_CASE("a request to a subject without subscribers fails at once with 'no responders'") {
+  Fixture f;
+  Strand client(f.pool, "client");
+  std::atomic<bool> done{false};
+  std::string error_text;
+  f.bus.request(sdk::make_message("nobody.home", sdk::Text{"?"}), 10s, [&](const sdk::Message*, std::string_view e) {
+    error_text = e;
+    done = true;
+  }, client);
+  REQUIRE(eventually([&] { return done.load(); }, 1s));
+  CHECK(error_text == "no responders on 'nobody.home'");
+}
+
+TEST_CASE("a full queue drops the newest messages and counts them under drop_newest") {
+  Fixture f;
+  Strand slow(f.pool, "slow");
+  std::atomic<bool> release{false};
+  std::atomic<int> handled{0};
+  std::vector<std::string> got;
+  auto s = f.bus.subscribe("q", [&](const sdk::Message& m) {
+    while (!release) std::this_thread::sleep_for(1ms);
+    got.push_back(sdk::body_as<sdk::Text>(m)->value);
+    ++handled;
+  }, {4, sdk::Overflow::drop_newest}, slow);
+  f.bus.publish(sdk::make_message("q", sdk::Text{"0"}));  // taken by the handler, which blocks
+  REQUIRE(eventually([&] { return f.bus.subject_counters()["q"][1] == 1; }));
+  std::this_thread::sleep_for(20ms);
+  for (int i = 1; i <= 10; ++i) f.bus.publish(sdk::make_message("q", sdk::Text{std::to_string(i)}));
+  release = true;
+  REQUIRE(eventually([&] { return handled == 5; }));
+  std::this_thread::sleep_for(20ms);
+  CHECK(got == std::vector<std::string>{"0", "1", "2", "3", "4"});
+  CHECK(f.bus.subject_counters()["$drops.q"][2] == 6);
+}
+
+TEST_CASE("drop_oldest keeps the newest messages") {
+  Fixture f;
+  Strand slow(f.pool, "slow");
+  std::atomic<bool> release{false};
+  std::atomic<int> handled{0};
+  std::vector<std::string> got;
+  auto s = f.bus.subscribe("q", [&](const sdk::Message& m) {
+    while (!release) std::this_thread::sleep_for(1ms);
+    got.push_back(sdk::body_as<sdk::Text>(m)->value);
+    ++handled;
+  }, {3, sdk::Overflow::drop_oldest}, slow);
+  f.bus.publish(sdk::make_message("q", sdk::Text{"0"}));
+  std::this_thread::sleep_for(20ms);
+  for (int i = 1; i <= 10; ++i) f.bus.publish(sdk::make_message("q", sdk::Text{std::to_string(i)}));
+  release = true;
+  REQUIRE(eventually([&] { return handled == 4; }));
+  CHECK(got == std::vector<std::string>{"0", "8", "9", "10"});
+}
+
+TEST_CASE("block makes the publisher wait for room, then drops after the block timeout") {
+  Fixture f;  // block timeout 200 ms
+  Strand slow(f.pool, "slow");
+  std::atomic<bool> release{false};
+  std::atomic<int> handled{0};
+  auto s = f.bus.subscribe("q", [&](const sdk::Message&) {
+    while (!release) std::this_thread::sleep_for(1ms);
+    ++handled;
+  }, {2, sdk::Overflow::block}, slow);
+  f.bus.publish(sdk::make_message("q", sdk::Text{"0"}));
+  std::this_thread::sleep_for(20ms);
+  f.bus.publish(sdk::make_message("q", sdk::Text{"1"}));
+  f.bus.publish(sdk::make_message("q", sdk::Text{"2"}));
+  const auto t0 = std::chrono::steady_clock::now();
+  f.bus.publish(sdk::make_message("q", sdk::Text{"3"}));  // no room: waits 200 ms, then dropped
+  CHECK(std::chrono::steady_clock::now() - t0 >= 190ms);
+  CHECK(f.bus.subject_counters()["$drops.q"][2] == 1);
+  std::thread unblock([&] {
+    std::this_thread::sleep_for(50ms);
+    release = true;
+  });
+  f.bus.publish(sdk::make_message("q", sdk::Text{"4"}));  // room appears within the timeout
+  unblock.join();
+  REQUIRE(eventually([&] { return handled == 4; }));
+  CHECK(f.bus.subject_counters()["$drops.q"][2] == 1);
+}
+
+TEST_CASE("an ended subscription receives nothing more, not even what was queued") {
+  Fixture f;
+  Strand a(f.pool, "a");
+  std::atomic<bool> release{false};
+  std::atomic<int> handled{0};
+  auto sub = f.bus.subscribe("x", [&](const sdk::Message&) {
+    while (!release) std::this_thread::sleep_for(1ms);
+    ++handled;
+  }, {}, a);
+  for (int i = 0; i < 5; ++i) f.bus.publish(sdk::make_message("x", sdk::Text{"m"}));
+  std::this_thread::sleep_for(10ms);
+  f.bus.unsubscribe(sub);
+  release = true;
+  REQUIRE(f.pool.wait_idle(2s));
+  CHECK(handled == 1);  // only the one already running
+}

@@ -1,0 +1,188 @@
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <sstream>
+
+#include <catch2/catch.hpp>
+
+#include "deployment.hpp"
+
+using namespace deskfarm;
+using namespace deskfarm::kernel;
+using namespace std::chrono_literals;
+
+namespace {
+struct Lab {
+  std::filesystem::path dir;
+  std::vector<std::string> lines;
+  LogSink log{sdk::LogLevel::debug};
+  PluginCatalog catalog{{FIXTURE_PLUGIN_DIR}};
+  Lab() {
+    char tmpl[] = "/tmp/deskfarm-deploy-XXXXXX";
+    dir = mkdtemp(tmpl);
+    log.capture([this](const std::string& l) { lines.push_back(l); });
+  }
+  ~Lab() { std::filesystem::remove_all(dir); }
+  std::filesystem::path journal() const { return dir / "journal.txt"; }
+  // A manifest with the given instance tables; the journal path is substituted for JOURNAL.
+  Manifest manifest(std::string instances, std::string extra_deployment = "") {
+    for (std::size_t p; (p = instances.find("JOURNAL")) != std::string::npos;) instances.replace(p, 7, journal().string());
+    const std::string text = "[deployment]\nname = \"lab\"\nstate_dir = \"" + (dir / "var").string() + "\"\n" +
+                             extra_deployment + "\n" + instances;
+    std::ofstream(dir / "lab.toml") << text;
+    return load_manifest(dir / "lab.toml");
+  }
+  std::string journal_text() const {
+    std::ifstream in(journal());
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+  }
+  std::string error_of(const std::string& instances) {
+    try {
+      Deployment d(manifest(instances), catalog, log);
+      d.start();
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+    return "";
+  }
+};
+}  // namespace
+
+TEST_CASE("a plugin built for another ABI is refused with the versions and the fix") {
+  Lab lab;
+  const auto e = lab.error_of("[instances.a]\nplugin = \"fixture_wrong_abi\"\n");
+  CHECK(e.find("fixture_wrong_abi.so: plugin ABI mismatch: the library was built for plugin ABI 999 (SDK 9.0.0), "
+               "this kernel requires ABI 1") != std::string::npos);
+  CHECK(e.find("rebuild the plugin against SDK 0.1.0") != std::string::npos);
+}
+
+TEST_CASE("a library without the entry point is refused as not a plugin") {
+  Lab lab;
+  const auto e = lab.error_of("[instances.a]\nplugin = \"fixture_no_entry\"\n");
+  CHECK(e.find("fixture_no_entry.so: not a deskfarm plugin: the library exports no 'deskfarm_plugin' entry point") !=
+        std::string::npos);
+  CHECK(e.find("DESKFARM_PLUGIN(") != std::string::npos);
+}
+
+TEST_CASE("an unknown plugin is named with what exists and a suggestion") {
+  Lab lab;
+  const auto e = lab.error_of("[instances.a]\nplugin = \"fixture_recordr\"\n");
+  CHECK(e.find("lab.toml:6:10: unknown plugin 'fixture_recordr'. Did you mean 'fixture_recorder'?") != std::string::npos);
+  CHECK(e.find("plugins found: ") != std::string::npos);
+}
+
+TEST_CASE("unknown config keys, wrong types and missing required keys are errors at their position") {
+  Lab lab;
+  const auto e = lab.error_of(
+      "[instances.a]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\njournl = \"j\"\nlimit = \"ten\"\n"
+      "[instances.b]\nplugin = \"fixture_recorder\"\n");
+  CHECK(e.find("lab.toml:8:1: unknown key 'journl' for plugin fixture_recorder (instance a). Did you mean 'journal'?") !=
+        std::string::npos);
+  CHECK(e.find("lab.toml:9:9: key 'limit' of instance a must be integer, found string") != std::string::npos);
+  CHECK(e.find("lab.toml:10:12: instance b lacks required key 'required_key' (string)") != std::string::npos);
+}
+
+TEST_CASE("a value the plugin refuses is reported at the key") {
+  Lab lab;
+  const auto e = lab.error_of("[instances.a]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\nlimit = -3\n");
+  CHECK(e.find("lab.toml:8:9: instance a (plugin fixture_recorder) could not be created: limit must not be negative") !=
+        std::string::npos);
+}
+
+TEST_CASE("a throwing constructor is reported and nothing starts") {
+  Lab lab;
+  const auto e = lab.error_of(
+      "[instances.first]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\njournal = \"JOURNAL\"\n"
+      "[instances.boom]\nplugin = \"fixture_throwing_ctor\"\n");
+  CHECK(e.find("instance boom (plugin fixture_throwing_ctor) could not be created: cannot reach the hypervisor at 127.0.0.1:1") !=
+        std::string::npos);
+  CHECK(lab.journal_text().empty());
+}
+
+TEST_CASE("a throwing start stops what already started, in reverse order") {
+  Lab lab;
+  const auto e = lab.error_of(
+      "[instances.a]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\njournal = \"JOURNAL\"\n"
+      "[instances.b]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\njournal = \"JOURNAL\"\nrequires = [\"a\"]\n"
+      "[instances.boom]\nplugin = \"fixture_throwing_start\"\nrequires = [\"b\"]\n");
+  CHECK(e == "instance boom (plugin fixture_throwing_start) failed to start: port 69 is already in use");
+  CHECK(lab.journal_text() == "start a\nstart b\nstop b\nstop a\n");
+}
+
+TEST_CASE("instances start in requires order and stop in reverse") {
+  Lab lab;
+  auto m = lab.manifest(
+      "[instances.c]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\njournal = \"JOURNAL\"\nrequires = [\"b\"]\n"
+      "[instances.b]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\njournal = \"JOURNAL\"\nrequires = [\"a\"]\n"
+      "[instances.a]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\njournal = \"JOURNAL\"\n");
+  Deployment d(m, lab.catalog, lab.log);
+  CHECK(d.start_order() == std::vector<std::string>{"a", "b", "c"});
+  d.start();
+  auto status = d.status();
+  CHECK(status->getArray("instances")->getObject(0)->getValue<std::string>("state") == "running");
+  CHECK(status->getArray("instances")->getObject(0)->getValue<std::string>("health") == "ok");
+  d.stop();
+  CHECK(lab.journal_text() == "start a\nstart b\nstart c\nstop c\nstop b\nstop a\n");
+}
+
+TEST_CASE("a required role orders its provider first; a missing role is an error") {
+  Lab lab;
+  auto m = lab.manifest(
+      "[instances.user]\nplugin = \"fixture_consumer\"\nrequired_key = \"x\"\njournal = \"JOURNAL\"\n"
+      "[instances.maker]\nplugin = \"fixture_provider\"\nrequired_key = \"x\"\njournal = \"JOURNAL\"\n");
+  Deployment d(m, lab.catalog, lab.log);
+  CHECK(d.start_order() == std::vector<std::string>{"maker", "user"});
+  const auto e = lab.error_of("[instances.user]\nplugin = \"fixture_consumer\"\nrequired_key = \"x\"\n");
+  CHECK(e.find("instance user (plugin fixture_consumer) requires role 'widget', which no instance in this deployment provides") !=
+        std::string::npos);
+}
+
+TEST_CASE("a requires cycle is named as a path") {
+  Lab lab;
+  const auto e = lab.error_of(
+      "[instances.a]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\nrequires = [\"c\"]\n"
+      "[instances.b]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\nrequires = [\"a\"]\n"
+      "[instances.c]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\nrequires = [\"b\"]\n");
+  CHECK(e.find("dependency cycle: a → c → b → a") != std::string::npos);
+  const auto unknown = lab.error_of("[instances.a]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\nrequires = [\"ghost\"]\n");
+  CHECK(unknown.find("lab.toml:8:13: instance a requires 'ghost', which is not an instance of this deployment") != std::string::npos);
+}
+
+TEST_CASE("instances talk over the bus and report metrics") {
+  Lab lab;
+  auto m = lab.manifest(
+      "[instances.echo]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\necho_subject = \"echo.ping\"\n"
+      "[instances.client]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\n");
+  Deployment d(m, lab.catalog, lab.log);
+  d.start();
+  std::promise<std::string> answer;
+  d.run_on("client", [&](sdk::Plugin&, sdk::Context& ctx) {
+    ctx.bus().request(sdk::make_message("echo.ping", sdk::Text{"marco"}), 2s, [&](const sdk::Message* r, std::string_view err) {
+      answer.set_value(r ? sdk::body_as<sdk::Text>(*r)->value : std::string(err));
+    });
+  });
+  auto f = answer.get_future();
+  REQUIRE(f.wait_for(5s) == std::future_status::ready);
+  CHECK(f.get() == "marco");
+  const auto metrics = d.metrics_text();
+  CHECK(metrics.find("deskfarm_bus_published_total{subject=\"echo.ping\"} 1") != std::string::npos);
+  CHECK(metrics.find("deskfarm_instances{state=\"running\"} 2") != std::string::npos);
+}
+
+TEST_CASE("with the virtual clock, an instance's timers are simulated and cancelled at stop") {
+  Lab lab;
+  auto m = lab.manifest("[instances.a]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\n", "clock = \"virtual\"\nclock_start = 2026-01-05T08:00:00Z\n");
+  Deployment d(m, lab.catalog, lab.log);
+  d.start();
+  std::atomic<int> ticks{0};
+  d.run_on("a", [&](sdk::Plugin&, sdk::Context& ctx) { ctx.every(30s, [&] { ++ticks; }); });
+  REQUIRE(d.virtual_clock());
+  const auto t0 = d.virtual_clock()->now();
+  d.virtual_clock()->advance(1h);
+  CHECK(ticks == 120);
+  CHECK(d.virtual_clock()->now() - t0 == 1h);
+  CHECK(std::chrono::duration_cast<std::chrono::seconds>(t0.time_since_epoch()).count() == 1767600000);
+  d.stop();
+}

@@ -15,19 +15,28 @@ FileData::FileData(std::string bytes) : bytes_(std::move(bytes)), size_(bytes_.s
 FileData::FileData(Fd fd, std::uint64_t size) : fd_(std::move(fd)), size_(size) {}
 
 std::optional<std::span<const std::byte>> FileData::read(std::uint64_t offset, std::size_t length,
-                                                         std::vector<std::byte>& scratch) const {
+                                                         ReadCache& cache) const {
   if (offset > size_ || length > size_ - offset) return std::nullopt;
   if (!fd_) return std::span<const std::byte>(reinterpret_cast<const std::byte*>(bytes_.data()) + offset, length);
-  if (scratch.size() < length) scratch.resize(length);
+  if (offset >= cache.offset && offset + length <= cache.offset + cache.valid) {
+    return std::span<const std::byte>(cache.bytes.data() + (offset - cache.offset), length);
+  }
+  // Read ahead so a window-1 transfer costs one pread per ~44 blocks, not one per block.
+  constexpr std::size_t read_ahead = 64 * 1024;
+  const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(std::max(length, read_ahead), size_ - offset));
+  if (cache.bytes.size() < want) cache.bytes.resize(want);
+  cache.valid = 0;
+  cache.offset = offset;
   std::size_t done = 0;
   // Bounded: every pass either makes progress or returns.
-  while (done < length) {
-    const ssize_t got = ::pread(fd_.get(), scratch.data() + done, length - done, static_cast<off_t>(offset + done));
+  while (done < want) {
+    const ssize_t got = ::pread(fd_.get(), cache.bytes.data() + done, want - done, static_cast<off_t>(offset + done));
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) return std::nullopt;  // truncated under us: better to stop than to send a short block
     done += static_cast<std::size_t>(got);
   }
-  return std::span<const std::byte>(scratch.data(), length);
+  cache.valid = want;
+  return std::span<const std::byte>(cache.bytes.data(), length);
 }
 
 std::string to_netascii(std::string_view bytes) {

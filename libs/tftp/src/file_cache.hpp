@@ -19,6 +19,13 @@
 
 namespace deskfarm::tftp::detail {
 
+/// Per-transfer read-ahead for descriptor-backed files: one pread serves many blocks.
+struct ReadCache {
+  std::vector<std::byte> bytes;
+  std::uint64_t offset = 0;
+  std::size_t valid = 0;
+};
+
 /// Immutable content of one served file.
 class FileData {
  public:
@@ -28,9 +35,8 @@ class FileData {
   FileData(Fd fd, std::uint64_t size);
   std::uint64_t size() const { return size_; }
   bool in_memory() const { return !fd_; }
-  /// View of [offset, offset + length): straight from memory or read into `scratch`; nullopt on a short read.
-  std::optional<std::span<const std::byte>> read(std::uint64_t offset, std::size_t length,
-                                                 std::vector<std::byte>& scratch) const;
+  /// View of [offset, offset + length): straight from memory or via `cache` (read ahead); nullopt on a short read.
+  std::optional<std::span<const std::byte>> read(std::uint64_t offset, std::size_t length, ReadCache& cache) const;
 
  private:
   std::string bytes_;

@@ -38,6 +38,9 @@ constexpr std::size_t max_request_bytes = 1024;
 // Fairness: one busy socket may not starve the others within one epoll round.
 constexpr int max_datagrams_per_wakeup = 64;
 constexpr std::size_t max_batch = 64;
+// ACKs and ERRORs are small; one recvmmsg drains up to this many per socket without a second (EAGAIN) call.
+constexpr std::size_t receive_batch = 4;
+constexpr std::size_t receive_slot_bytes = 2048;
 
 struct Connection {
   Connection(std::uint64_t id_value, Fd socket, const Negotiated& negotiated_value, std::uint64_t size, bool rollover)
@@ -59,7 +62,7 @@ struct Connection {
   std::chrono::milliseconds rto{1000};
   int retries = 0;
   bool timer_queued = false;
-  std::vector<std::byte> scratch;
+  ReadCache read_cache;
 };
 
 struct Timer {
@@ -134,6 +137,15 @@ class Server::Impl {
   std::vector<std::byte> packet_;
   std::vector<std::byte> receive_;
   std::minstd_rand random_;
+  // Scratch reused on every wake-up: the hot path neither allocates nor zeroes kilobytes per packet.
+  std::array<epoll_event, 256> events_;
+  std::array<std::array<std::byte, 4>, max_batch> headers_;
+  std::array<std::array<iovec, 2>, max_batch> send_iovs_;
+  std::array<mmsghdr, max_batch> send_messages_;
+  std::vector<std::byte> batch_buffers_;
+  std::array<iovec, receive_batch> receive_iovs_;
+  std::array<mmsghdr, receive_batch> receive_messages_;
+  std::array<sockaddr_storage, receive_batch> receive_from_;
 };
 
 namespace {
@@ -160,7 +172,8 @@ Server::Impl::Impl(ServerOptions options)
       real_root_(checked_root(options_)),
       cache_(real_root_, options_.cache_file_bytes, options_.cache_total_bytes),
       receive_(65536 + 16),
-      random_(std::random_device{}()) {}
+      random_(std::random_device{}()),
+      batch_buffers_(receive_batch * receive_slot_bytes) {}
 
 void Server::Impl::start() {
   if (thread_.joinable()) return;
@@ -251,11 +264,10 @@ void Server::Impl::run_once() {
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(timers_.top().at - Clock::now()).count();
     wait_ms = static_cast<int>(std::clamp<long long>(left, 0, 60'000));
   }
-  std::array<epoll_event, 256> events{};
-  const int count = ::epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), wait_ms);
+  const int count = ::epoll_wait(epoll_.get(), events_.data(), static_cast<int>(events_.size()), wait_ms);
   if (count < 0 && errno != EINTR) throw std::runtime_error("epoll_wait: " + errno_text(errno));
   for (int i = 0; i < count; ++i) {
-    const std::uint64_t id = events[static_cast<std::size_t>(i)].data.u64;
+    const std::uint64_t id = events_[static_cast<std::size_t>(i)].data.u64;
     if (id == wake_id) {
       std::uint64_t value = 0;
       [[maybe_unused]] const auto got = ::read(wake_.get(), &value, sizeof value);
@@ -498,15 +510,15 @@ bool Server::Impl::send_burst(Connection& connection, const Burst& burst, bool r
   const std::uint64_t offset = transfer.block_offset(burst.first);
   std::uint64_t length = 0;
   for (std::uint64_t block = burst.first; block <= burst.last; ++block) length += transfer.block_length(block);
-  const auto bytes = connection.file->read(offset, static_cast<std::size_t>(length), connection.scratch);
+  const auto bytes = connection.file->read(offset, static_cast<std::size_t>(length), connection.read_cache);
   if (!bytes) {
     send_error(connection.fd.get(), connection.peer, nullptr, ErrorCode::not_defined, "file changed while being served");
     finish(connection.id, Outcome::aborted, "file changed while being served");
     return false;
   }
-  std::array<std::array<std::byte, 4>, max_batch> headers{};
-  std::array<std::array<iovec, 2>, max_batch> iovs{};
-  std::array<mmsghdr, max_batch> messages{};
+  auto& headers = headers_;
+  auto& iovs = send_iovs_;
+  auto& messages = send_messages_;
   std::uint64_t block = burst.first;
   std::size_t position = 0;
   // Bounded by the window size: each batch sends up to max_batch blocks or stops on a full socket buffer.
@@ -543,53 +555,62 @@ void Server::Impl::on_connection(std::uint64_t id) {
   const auto found = connections_.find(id);
   if (found == connections_.end()) return;
   Connection& connection = *found->second;
-  for (int i = 0; i < max_datagrams_per_wakeup; ++i) {
-    sockaddr_storage from{};
-    socklen_t length = sizeof from;
-    const ssize_t got = ::recvfrom(connection.fd.get(), receive_.data(), receive_.size(), MSG_DONTWAIT,
-                                   reinterpret_cast<sockaddr*>(&from), &length);
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      return;
+  // Bounded: a few batches per wake-up, then other sockets get their turn (level-triggered epoll returns here).
+  for (int round = 0; round < max_datagrams_per_wakeup / static_cast<int>(receive_batch); ++round) {
+    for (std::size_t i = 0; i < receive_batch; ++i) {
+      receive_iovs_[i] = iovec{batch_buffers_.data() + i * receive_slot_bytes, receive_slot_bytes};
+      receive_messages_[i] = mmsghdr{};
+      receive_messages_[i].msg_hdr.msg_name = &receive_from_[i];
+      receive_messages_[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage);
+      receive_messages_[i].msg_hdr.msg_iov = &receive_iovs_[i];
+      receive_messages_[i].msg_hdr.msg_iovlen = 1;
     }
-    if (!same_endpoint(from, connection.peer)) {
-      // RFC 1350 §4: tell the stranger, keep the transfer going.
-      ++stats_.foreign_tid;
-      send_error(connection.fd.get(), from, nullptr, ErrorCode::unknown_tid, "unknown transfer ID");
-      if (logging()) log("tftp: packet from unknown TID " + format_address(from) + " on transfer of " + connection.filename + " to " + connection.peer_text + " (ERROR 5 sent)");
-      continue;
-    }
-    const auto result = parse_packet(std::span<const std::byte>(receive_.data(), static_cast<std::size_t>(got)));
-    const auto* packet = std::get_if<Packet>(&result);
-    if (packet == nullptr) {
-      ++stats_.malformed_dropped;
-      continue;
-    }
-    if (const auto* ack = std::get_if<Ack>(packet)) {
-      Burst next;
-      switch (connection.transfer.on_ack(ack->block, next)) {
-        case Transfer::AckResult::advanced:
-          connection.retries = 0;
-          if (!send_burst(connection, next, false)) return;
-          connection.deadline = Clock::now() + connection.rto;
-          schedule(connection);
-          break;
-        case Transfer::AckResult::complete:
-          finish(id, Outcome::done, "");
-          return;
-        case Transfer::AckResult::duplicate:
-        case Transfer::AckResult::stale:
-          ++stats_.duplicate_acks;
-          break;
+    const int got = ::recvmmsg(connection.fd.get(), receive_messages_.data(), receive_batch, MSG_DONTWAIT, nullptr);
+    if (got <= 0) return;
+    for (std::size_t i = 0; i < static_cast<std::size_t>(got); ++i) {
+      const sockaddr_storage& from = receive_from_[i];
+      if (!same_endpoint(from, connection.peer)) {
+        // RFC 1350 §4: tell the stranger, keep the transfer going.
+        ++stats_.foreign_tid;
+        send_error(connection.fd.get(), from, nullptr, ErrorCode::unknown_tid, "unknown transfer ID");
+        if (logging()) log("tftp: packet from unknown TID " + format_address(from) + " on transfer of " + connection.filename + " to " + connection.peer_text + " (ERROR 5 sent)");
+        continue;
       }
-    } else if (const auto* error = std::get_if<Error>(packet)) {
-      ++stats_.client_errors;
-      finish(id, Outcome::client_error,
-             "client ERROR " + std::to_string(static_cast<unsigned>(error->code)) + " '" + error->message + "'");
-      return;
-    } else {
-      ++stats_.malformed_dropped;
+      const std::size_t size = receive_messages_[i].msg_len;
+      const bool truncated = (receive_messages_[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+      const auto result = parse_packet(std::span<const std::byte>(batch_buffers_.data() + i * receive_slot_bytes, size));
+      const auto* packet = std::get_if<Packet>(&result);
+      if (packet == nullptr) {
+        ++stats_.malformed_dropped;
+        continue;
+      }
+      if (const auto* ack = std::get_if<Ack>(packet); ack != nullptr && !truncated) {
+        Burst next;
+        switch (connection.transfer.on_ack(ack->block, next)) {
+          case Transfer::AckResult::advanced:
+            connection.retries = 0;
+            if (!send_burst(connection, next, false)) return;
+            connection.deadline = Clock::now() + connection.rto;
+            schedule(connection);
+            break;
+          case Transfer::AckResult::complete:
+            finish(id, Outcome::done, "");
+            return;
+          case Transfer::AckResult::duplicate:
+          case Transfer::AckResult::stale:
+            ++stats_.duplicate_acks;
+            break;
+        }
+      } else if (const auto* error = std::get_if<Error>(packet)) {
+        ++stats_.client_errors;
+        finish(id, Outcome::client_error,
+               "client ERROR " + std::to_string(static_cast<unsigned>(error->code)) + " '" + error->message + "'");
+        return;
+      } else {
+        ++stats_.malformed_dropped;
+      }
     }
+    if (static_cast<std::size_t>(got) < receive_batch) return;  // queue drained: no EAGAIN round trip
   }
 }
 

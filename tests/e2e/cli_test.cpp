@@ -1,0 +1,138 @@
+#include <fstream>
+
+#include <catch2/catch.hpp>
+#include <deskfarm/testing/files.hpp>
+#include <deskfarm/testing/process.hpp>
+#include <deskfarm/testing/temp_dir.hpp>
+
+using namespace deskfarm::testing;
+using namespace std::chrono_literals;
+
+namespace {
+const std::string bin = DESKFARM_BIN;
+const std::string fixtures = FIXTURE_PLUGIN_DIR;
+
+std::filesystem::path manifest(const TempDir& dir, const std::string& instances, const std::string& extra = "") {
+  const auto file = dir / "lab.toml";
+  write_text(file, "[deployment]\nname = \"lab\"\nstate_dir = \"" + (dir / "var").string() + "\"\nadmin = \"127.0.0.1:0\"\n" +
+                       extra + "\n" + instances);
+  return file;
+}
+}  // namespace
+
+TEST_CASE("deskfarm --help lists every command and the exit codes") {
+  auto r = run_child({bin, "--help"}, 10s);
+  CHECK(r.exit_code == 0);
+  for (const char* word : {"run MANIFEST", "check MANIFEST", "status", "plugins", "describe PLUGIN", "--plugin-path",
+                           "--version", "exit codes"})
+    CHECK(r.out.find(word) != std::string::npos);
+}
+
+TEST_CASE("an unknown command or option is a usage error (exit 2)") {
+  CHECK(run_child({bin, "frobnicate"}, 10s).exit_code == 2);
+  CHECK(run_child({bin, "--bogus"}, 10s).exit_code == 2);
+  CHECK(run_child({bin, "run"}, 10s).exit_code == 2);
+}
+
+TEST_CASE("deskfarm --version names the SDK and the plugin ABI") {
+  auto r = run_child({bin, "--version"}, 10s);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("SDK 0.1.0, plugin ABI 1") != std::string::npos);
+}
+
+TEST_CASE("deskfarm check reports every manifest error with its position and exits 3") {
+  TempDir dir;
+  auto file = manifest(dir, "[instances.a]\nplugin = \"hello\"\ngreting = \"hi\"\ninterval_s = \"often\"\n");
+  auto r = run_child({bin, "check", file.string()}, 20s);
+  CHECK(r.exit_code == 3);
+  CHECK(r.err.find(file.string() + ":8:1: unknown key 'greting' for plugin hello (instance a). Did you mean 'greeting'?") !=
+        std::string::npos);
+  CHECK(r.err.find(file.string() + ":9:14: key 'interval_s' of instance a must be integer, found string") != std::string::npos);
+  CHECK(r.err.find("2 errors") != std::string::npos);
+}
+
+TEST_CASE("deskfarm check accepts the shipped manifests") {
+  for (const char* m : {"configs/pilot.toml", "configs/minimal.toml"}) {
+    auto r = run_child({bin, "check", std::string(SOURCE_DIR) + "/" + m}, 30s);
+    INFO(m << ": " << r.err);
+    CHECK(r.exit_code == 0);
+    CHECK(r.out.find(": ok — deployment ") != std::string::npos);
+  }
+}
+
+TEST_CASE("deskfarm plugins and describe show versions, roles and manifest keys") {
+  auto r = run_child({bin, "plugins"}, 20s);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("hello 1.0.0  sdk 0.1.0  provides: greeter") != std::string::npos);
+  auto d = run_child({bin, "describe", "hello"}, 20s);
+  CHECK(d.exit_code == 0);
+  CHECK(d.out.find("interval_s (integer) = 30") != std::string::npos);
+  auto missing = run_child({bin, "describe", "helo"}, 20s);
+  CHECK(missing.exit_code == 3);
+  CHECK(missing.err.find("unknown plugin 'helo'. Did you mean 'hello'?") != std::string::npos);
+}
+
+TEST_CASE("a running deployment answers deskfarm status and /metrics, and stops cleanly on SIGTERM") {
+  TempDir dir;
+  auto file = manifest(dir, "[instances.greeter]\nplugin = \"hello\"\ngreeting = \"good morning\"\ninterval_s = 1\n");
+  ChildProcess run({bin, "run", file.string()}, dir / "run.log");
+  const auto address_file = dir / "var" / "admin.address";
+  REQUIRE(eventually([&] { return std::filesystem::exists(address_file) && !read_text(address_file).empty(); }, 20s));
+  auto status = run_child({bin, "status", file.string()}, 10s);
+  CHECK(status.exit_code == 0);
+  CHECK(status.out.find("\"deployment\": \"lab\"") != std::string::npos);
+  CHECK(status.out.find("\"state\": \"running\"") != std::string::npos);
+  CHECK(status.out.find("\"greeting\": \"good morning\"") != std::string::npos);
+  REQUIRE(eventually([&] {
+    auto m = run_child({"curl", "-sf", "http://" + read_text(address_file).substr(0, read_text(address_file).find('\n')) + "/metrics"}, 10s);
+    return m.out.find("hello_greetings_total{instance=\"greeter\"} ") != std::string::npos &&
+           m.out.find("deskfarm_bus_published_total{subject=\"hello.greeter\"}") != std::string::npos;
+  }, 10s));
+  run.signal(SIGTERM);
+  auto code = run.wait(15s);
+  REQUIRE(code);
+  CHECK(*code == 0);
+  const auto log = read_text(dir / "run.log");
+  CHECK(log.find("received Terminated, stopping") != std::string::npos);
+  CHECK(log.find("instance greeter stopped") != std::string::npos);
+  CHECK(log.find("deployment lab stopped") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(address_file));
+  CHECK(run_child({bin, "status", file.string()}, 10s).exit_code == 5);
+}
+
+TEST_CASE("SIGINT stops instances in reverse start order") {
+  TempDir dir;
+  const auto journal = (dir / "journal").string();
+  auto file = manifest(dir, "[instances.b]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\njournal = \"" + journal +
+                                "\"\nrequires = [\"a\"]\n[instances.a]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\njournal = \"" +
+                                journal + "\"\n");
+  ChildProcess run({bin, "--plugin-path", fixtures, "run", file.string()}, dir / "run.log");
+  REQUIRE(eventually([&] { return read_text(journal) == "start a\nstart b\n"; }, 20s));
+  run.signal(SIGINT);
+  auto code = run.wait(15s);
+  REQUIRE(code);
+  CHECK(*code == 0);
+  CHECK(read_text(journal) == "start a\nstart b\nstop b\nstop a\n");
+}
+
+TEST_CASE("a failing start exits 4 after stopping what had started") {
+  TempDir dir;
+  const auto journal = (dir / "journal").string();
+  auto file = manifest(dir, "[instances.a]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\njournal = \"" + journal +
+                                "\"\n[instances.bad]\nplugin = \"fixture_throwing_start\"\nrequires = [\"a\"]\n");
+  auto r = run_child({bin, "--plugin-path", fixtures, "run", file.string()}, 30s);
+  CHECK(r.exit_code == 4);
+  CHECK(r.err.find("error: instance bad (plugin fixture_throwing_start) failed to start: port 69 is already in use") !=
+        std::string::npos);
+  CHECK(read_text(journal) == "start a\nstop a\n");
+}
+
+TEST_CASE("with clock = virtual, --for runs simulated time as fast as the handlers allow") {
+  TempDir dir;
+  auto file = manifest(dir, "[instances.greeter]\nplugin = \"hello\"\ninterval_s = 30\n", "clock = \"virtual\"\n");
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = run_child({bin, "run", "--for", "1d", file.string()}, 60s);
+  CHECK(r.exit_code == 0);
+  CHECK(std::chrono::steady_clock::now() - t0 < 30s);
+  CHECK(r.err.find("run time reached, stopping") != std::string::npos);
+}

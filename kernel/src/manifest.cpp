@@ -459,8 +459,7 @@ EnvLookup process_environment() {
 Manifest load_manifest(const std::filesystem::path& file, const EnvLookup& env) {
   Loader loader{env, {}, {}, {}, {}, nullptr, {}};
   loader.load_file(file, Location{file.string()}, true);
-  loader.diags.throw_if_any();
-  return finish(loader, file, env);
+  return finish(loader, file, env);  // reports what loading found together with the rest
 }
 
 Manifest load_manifest_text(std::string_view text, const std::string& source_name, const EnvLookup& env,
@@ -468,7 +467,6 @@ Manifest load_manifest_text(std::string_view text, const std::string& source_nam
   Loader loader{env, {}, {}, {}, {}, nullptr, {}};
   auto doc = parse(text, source_name, loader.diags);
   if (doc) loader.load_table(std::move(doc), base_dir / source_name, true);
-  loader.diags.throw_if_any();
   return finish(loader, base_dir / source_name, env);
 }
 

@@ -2,6 +2,7 @@
 #include <thread>
 
 #include <catch2/catch.hpp>
+#include <deskfarm/testing/process.hpp>
 
 #include "bus.hpp"
 #include "clock.hpp"
@@ -11,22 +12,32 @@ using namespace deskfarm;
 using namespace deskfarm::kernel;
 using namespace std::chrono_literals;
 
+using deskfarm::testing::eventually;
+
 namespace {
-// Waits (bounded) until `done` holds.
-template <class F>
-bool eventually(F done, std::chrono::milliseconds limit = 5s) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
 struct Fixture {
   Pool pool{2};
   RealClock clock;
   BusCore bus{clock, 200ms};
 };
+
+// A subscriber on "q" whose handler holds the first message until released, so its queue fills up.
+struct SlowSubscriber {
+  SlowSubscriber(Fixture& f, sdk::SubscribeOptions options) : strand(f.pool, "slow") {
+    sub = f.bus.subscribe("q", [this](const sdk::Message& m) {
+      while (!release) std::this_thread::sleep_for(1ms);
+      got.push_back(sdk::body_as<sdk::Text>(m)->value);
+      ++handled;
+    }, options, strand);
+  }
+  Strand strand;
+  std::atomic<bool> release{false};
+  std::atomic<int> handled{0};
+  std::vector<std::string> got;
+  std::shared_ptr<Subscriber> sub;
+};
+
+void publish_q(Fixture& f, const std::string& text) { f.bus.publish(sdk::make_message("q", sdk::Text{text})); }
 }  // namespace
 
 TEST_CASE("subjects match NATS-style wildcards") {
@@ -108,69 +119,48 @@ TEST_CASE("a request to a subject without subscribers fails at once with 'no res
 
 TEST_CASE("a full queue drops the newest messages and counts them under drop_newest") {
   Fixture f;
-  Strand slow(f.pool, "slow");
-  std::atomic<bool> release{false};
-  std::atomic<int> handled{0};
-  std::vector<std::string> got;
-  auto s = f.bus.subscribe("q", [&](const sdk::Message& m) {
-    while (!release) std::this_thread::sleep_for(1ms);
-    got.push_back(sdk::body_as<sdk::Text>(m)->value);
-    ++handled;
-  }, {4, sdk::Overflow::drop_newest}, slow);
-  f.bus.publish(sdk::make_message("q", sdk::Text{"0"}));  // taken by the handler, which blocks
+  SlowSubscriber slow(f, {4, sdk::Overflow::drop_newest});
+  publish_q(f, "0");  // taken by the handler, which blocks
   REQUIRE(eventually([&] { return f.bus.subject_counters()["q"][1] == 1; }));
   std::this_thread::sleep_for(20ms);
-  for (int i = 1; i <= 10; ++i) f.bus.publish(sdk::make_message("q", sdk::Text{std::to_string(i)}));
-  release = true;
-  REQUIRE(eventually([&] { return handled == 5; }));
+  for (int i = 1; i <= 10; ++i) publish_q(f, std::to_string(i));
+  slow.release = true;
+  REQUIRE(eventually([&] { return slow.handled == 5; }));
   std::this_thread::sleep_for(20ms);
-  CHECK(got == std::vector<std::string>{"0", "1", "2", "3", "4"});
+  CHECK(slow.got == std::vector<std::string>{"0", "1", "2", "3", "4"});
   CHECK(f.bus.subject_counters()["$drops.q"][2] == 6);
 }
 
 TEST_CASE("drop_oldest keeps the newest messages") {
   Fixture f;
-  Strand slow(f.pool, "slow");
-  std::atomic<bool> release{false};
-  std::atomic<int> handled{0};
-  std::vector<std::string> got;
-  auto s = f.bus.subscribe("q", [&](const sdk::Message& m) {
-    while (!release) std::this_thread::sleep_for(1ms);
-    got.push_back(sdk::body_as<sdk::Text>(m)->value);
-    ++handled;
-  }, {3, sdk::Overflow::drop_oldest}, slow);
-  f.bus.publish(sdk::make_message("q", sdk::Text{"0"}));
+  SlowSubscriber slow(f, {3, sdk::Overflow::drop_oldest});
+  publish_q(f, "0");
   std::this_thread::sleep_for(20ms);
-  for (int i = 1; i <= 10; ++i) f.bus.publish(sdk::make_message("q", sdk::Text{std::to_string(i)}));
-  release = true;
-  REQUIRE(eventually([&] { return handled == 4; }));
-  CHECK(got == std::vector<std::string>{"0", "8", "9", "10"});
+  for (int i = 1; i <= 10; ++i) publish_q(f, std::to_string(i));
+  slow.release = true;
+  REQUIRE(eventually([&] { return slow.handled == 4; }));
+  CHECK(slow.got == std::vector<std::string>{"0", "8", "9", "10"});
 }
 
 TEST_CASE("block makes the publisher wait for room, then drops after the block timeout") {
   Fixture f;  // block timeout 200 ms
-  Strand slow(f.pool, "slow");
-  std::atomic<bool> release{false};
-  std::atomic<int> handled{0};
-  auto s = f.bus.subscribe("q", [&](const sdk::Message&) {
-    while (!release) std::this_thread::sleep_for(1ms);
-    ++handled;
-  }, {2, sdk::Overflow::block}, slow);
-  f.bus.publish(sdk::make_message("q", sdk::Text{"0"}));
+  SlowSubscriber slow(f, {2, sdk::Overflow::block});
+  publish_q(f, "0");
   std::this_thread::sleep_for(20ms);
-  f.bus.publish(sdk::make_message("q", sdk::Text{"1"}));
-  f.bus.publish(sdk::make_message("q", sdk::Text{"2"}));
+  publish_q(f, "1");
+  publish_q(f, "2");
   const auto t0 = std::chrono::steady_clock::now();
-  f.bus.publish(sdk::make_message("q", sdk::Text{"3"}));  // no room: waits 200 ms, then dropped
+  publish_q(f, "3");  // no room: waits 200 ms, then dropped
   CHECK(std::chrono::steady_clock::now() - t0 >= 190ms);
   CHECK(f.bus.subject_counters()["$drops.q"][2] == 1);
   std::thread unblock([&] {
     std::this_thread::sleep_for(50ms);
-    release = true;
+    slow.release = true;
   });
-  f.bus.publish(sdk::make_message("q", sdk::Text{"4"}));  // room appears within the timeout
+  publish_q(f, "4");  // room appears within the timeout
   unblock.join();
-  REQUIRE(eventually([&] { return handled == 4; }));
+  REQUIRE(eventually([&] { return slow.handled == 4; }));
+  CHECK(slow.got == std::vector<std::string>{"0", "1", "2", "4"});
   CHECK(f.bus.subject_counters()["$drops.q"][2] == 1);
 }
 

@@ -4,6 +4,8 @@
 #include <sstream>
 
 #include <catch2/catch.hpp>
+#include <deskfarm/testing/files.hpp>
+#include <deskfarm/testing/temp_dir.hpp>
 
 #include "deployment.hpp"
 
@@ -13,31 +15,22 @@ using namespace std::chrono_literals;
 
 namespace {
 struct Lab {
-  std::filesystem::path dir;
+  deskfarm::testing::TempDir scratch{"deskfarm-deploy"};
+  std::filesystem::path dir = scratch.path();
   std::vector<std::string> lines;
   LogSink log{sdk::LogLevel::debug};
   PluginCatalog catalog{{FIXTURE_PLUGIN_DIR}};
-  Lab() {
-    char tmpl[] = "/tmp/deskfarm-deploy-XXXXXX";
-    dir = mkdtemp(tmpl);
-    log.capture([this](const std::string& l) { lines.push_back(l); });
-  }
-  ~Lab() { std::filesystem::remove_all(dir); }
+  Lab() { log.capture([this](const std::string& l) { lines.push_back(l); }); }
   std::filesystem::path journal() const { return dir / "journal.txt"; }
   // A manifest with the given instance tables; the journal path is substituted for JOURNAL.
   Manifest manifest(std::string instances, std::string extra_deployment = "") {
     for (std::size_t p; (p = instances.find("JOURNAL")) != std::string::npos;) instances.replace(p, 7, journal().string());
     const std::string text = "[deployment]\nname = \"lab\"\nstate_dir = \"" + (dir / "var").string() + "\"\n" +
                              extra_deployment + "\n" + instances;
-    std::ofstream(dir / "lab.toml") << text;
+    deskfarm::testing::write_text(dir / "lab.toml", text);
     return load_manifest(dir / "lab.toml");
   }
-  std::string journal_text() const {
-    std::ifstream in(journal());
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-  }
+  std::string journal_text() const { return deskfarm::testing::read_text(journal()); }
   std::string error_of(const std::string& instances) {
     try {
       Deployment d(manifest(instances), catalog, log);

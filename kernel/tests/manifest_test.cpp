@@ -2,6 +2,8 @@
 #include <fstream>
 
 #include <catch2/catch.hpp>
+#include <deskfarm/testing/files.hpp>
+#include <deskfarm/testing/temp_dir.hpp>
 
 #include "manifest.hpp"
 
@@ -25,16 +27,11 @@ std::string error_of(std::string_view text, EnvLookup env = env_of({})) {
   return "";
 }
 
-struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/deskfarm-manifest-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
+// A scratch folder of manifests and fragments.
+struct TempDir : deskfarm::testing::TempDir {
   void write(const std::string& name, const std::string& text) const {
-    std::filesystem::create_directories((path / name).parent_path());
-    std::ofstream(path / name) << text;
+    std::filesystem::create_directories((path() / name).parent_path());
+    deskfarm::testing::write_text(path() / name, text);
   }
 };
 }  // namespace
@@ -126,14 +123,14 @@ TEST_CASE("includes compose fragments, overlays patch included instances, duplic
   dir.write("fragments/pvs.toml", "[instances.pvs-1]\nplugin = \"pvs\"\ntftp = \"127.0.0.1:69\"\n");
   dir.write("main.toml", "include = [\"fragments/pvs.toml\"]\n[deployment]\nname = \"x\"\n"
                          "[overlays.pvs-1]\ntftp = \"127.0.0.1:1069\"\n[instances.ddc]\nplugin = \"ddc\"\n");
-  auto m = load_manifest(dir.path / "main.toml", env_of({}));
+  auto m = load_manifest(dir.path() / "main.toml", env_of({}));
   REQUIRE(m.instances.size() == 2);
   CHECK(m.instances[0].name == "pvs-1");
   CHECK(m.instances[0].config.get("tftp")->value<std::string>() == "127.0.0.1:1069");
 
   dir.write("dup.toml", "include = [\"fragments/pvs.toml\"]\n[deployment]\nname = \"x\"\n[instances.pvs-1]\nplugin = \"pvs\"\n");
   try {
-    load_manifest(dir.path / "dup.toml", env_of({}));
+    load_manifest(dir.path() / "dup.toml", env_of({}));
     FAIL("duplicate accepted");
   } catch (const ValidationError& e) {
     CHECK(std::string(e.what()).find("dup.toml:4:12: duplicate instance 'pvs-1' (first defined at ") != std::string::npos);
@@ -146,7 +143,7 @@ TEST_CASE("an include cycle is reported as a path") {
   dir.write("a.toml", "include = [\"b.toml\"]\n[deployment]\nname = \"x\"\n");
   dir.write("b.toml", "include = [\"a.toml\"]\n");
   try {
-    load_manifest(dir.path / "a.toml", env_of({}));
+    load_manifest(dir.path() / "a.toml", env_of({}));
     FAIL("cycle accepted");
   } catch (const ValidationError& e) {
     CHECK(std::string(e.what()).find("include cycle: a.toml → b.toml → a.toml") != std::string::npos);
@@ -158,7 +155,7 @@ TEST_CASE("a fragment may not carry [deployment]; an overlay needs a target") {
   dir.write("frag.toml", "[deployment]\nname = \"y\"\n");
   dir.write("main.toml", "include = [\"frag.toml\"]\n[deployment]\nname = \"x\"\n[overlays.ghost]\nk = 1\n");
   try {
-    load_manifest(dir.path / "main.toml", env_of({}));
+    load_manifest(dir.path() / "main.toml", env_of({}));
     FAIL("accepted");
   } catch (const ValidationError& e) {
     const std::string w = e.what();

@@ -7,6 +7,8 @@ packages=(
   # libraries
   libboost-dev libboost-program-options-dev libboost-filesystem-dev
   libpoco-dev libtomlplusplus-dev catch2 libpq-dev
+  # PostgreSQL server for the data-store test
+  postgresql
   # real peers used by the tests
   tftp-hpa atftp curl libnbd-bin nbdkit qemu-utils
 )

@@ -1,5 +1,7 @@
 #include "bus.hpp"
 
+#include <algorithm>
+#include <charconv>
 #include <stdexcept>
 
 namespace deskfarm::kernel {
@@ -16,6 +18,15 @@ void check_subject(std::string_view subject, bool is_pattern) {
 BusCore::BusCore(sdk::Clock& clock, std::chrono::milliseconds block_timeout)
     : clock_(clock), block_timeout_(block_timeout) {}
 
+BusCore::~BusCore() {
+  {
+    std::lock_guard lock(pending_mutex_);
+    closing_ = true;  // a sweep that runs from now on neither expires nor re-arms
+    if (sweep_timer_ != 0) clock_.cancel(sweep_timer_);
+  }
+  sweeper_.reset();  // drops a queued sweep, waits for a running one
+}
+
 SubjectStats* BusCore::stats_for_locked(const std::string& subject) {
   auto& slot = stats_[subject];
   if (!slot) slot = std::make_unique<SubjectStats>();
@@ -27,6 +38,7 @@ std::shared_ptr<const BusCore::Route> BusCore::route(const std::string& subject)
     std::shared_lock lock(mutex_);
     if (auto it = routes_.find(subject); it != routes_.end()) return it->second;
   }
+  check_subject(subject, false);  // only well-formed subjects are cached, so a hit needs no check
   std::unique_lock lock(mutex_);
   if (auto it = routes_.find(subject); it != routes_.end()) return it->second;
   auto r = std::make_shared<Route>();
@@ -40,16 +52,24 @@ std::shared_ptr<const BusCore::Route> BusCore::route(const std::string& subject)
 }
 
 void BusCore::publish(sdk::Message message) {
-  check_subject(message.subject, false);
   const auto r = route(message.subject);
   r->stats->published.fetch_add(1, std::memory_order_relaxed);
   if (r->subs.empty()) return;
+  r->stats->delivered.fetch_add(deliver(*r, std::move(message)), std::memory_order_relaxed);
+}
+
+std::uint64_t BusCore::deliver(const Route& r, sdk::Message&& message) {
+  if (r.subs.size() == 1) {
+    // One receiver, the common case: the message moves into its queue, no shared copy is allocated.
+    const auto& sub = r.subs.front();
+    return sub->strand->deliver(std::move(message), sub, block_timeout_) ? 1 : 0;
+  }
   const auto shared = std::make_shared<const sdk::Message>(std::move(message));
   std::uint64_t delivered = 0;
-  for (const auto& sub : r->subs) {
+  for (const auto& sub : r.subs) {
     if (sub->strand->deliver(shared, sub, block_timeout_)) ++delivered;
   }
-  r->stats->delivered.fetch_add(delivered, std::memory_order_relaxed);
+  return delivered;
 }
 
 std::shared_ptr<Subscriber> BusCore::subscribe(std::string pattern, sdk::Handler handler,
@@ -78,7 +98,6 @@ void BusCore::unsubscribe(const std::shared_ptr<Subscriber>& sub) {
 
 void BusCore::request(sdk::Message message, std::chrono::nanoseconds timeout, sdk::ReplyHandler on_reply,
                       Strand& requester) {
-  check_subject(message.subject, false);
   const auto r = route(message.subject);
   r->stats->published.fetch_add(1, std::memory_order_relaxed);
   if (r->subs.empty()) {
@@ -86,43 +105,76 @@ void BusCore::request(sdk::Message message, std::chrono::nanoseconds timeout, sd
     return;
   }
   const std::uint64_t id = next_inbox_.fetch_add(1, std::memory_order_relaxed);
-  message.reply_to = std::string(inbox_prefix) + std::to_string(id);
+  // "_INBOX." and up to 8 digits stay within the string's inline buffer: no allocation per request.
+  char digits[24];
+  const auto end = std::to_chars(digits, digits + sizeof digits, id).ptr;
+  message.reply_to.reserve(inbox_prefix.size() + static_cast<std::size_t>(end - digits));
+  message.reply_to.assign(inbox_prefix).append(digits, end);
   {
     std::lock_guard lock(pending_mutex_);
-    pending_.emplace(id, Pending{std::move(on_reply), &requester, 0});
+    const auto deadline = clock_.now() + timeout;
+    pending_.emplace(id, Pending{std::move(on_reply), &requester, deadline,
+                                 std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count(), message.subject});
+    deadlines_.emplace_back(deadline, id);
+    std::push_heap(deadlines_.begin(), deadlines_.end(), std::greater<>{});
+    // Answered requests leave their entry behind; drop them before they outnumber the live ones.
+    if (deadlines_.size() > 2 * pending_.size() + 64) {
+      std::erase_if(deadlines_, [&](const auto& d) { return !pending_.contains(d.second); });
+      std::make_heap(deadlines_.begin(), deadlines_.end(), std::greater<>{});
+    }
+    if (!sweeper_) sweeper_ = std::make_unique<Strand>(requester.pool(), "bus.timeouts");
+    if (!armed_for_ || deadline < *armed_for_) arm_sweep_locked(deadline);
   }
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count();
-  const sdk::TimerId timer = clock_.after(timeout, requester, [this, id, ms, subject = message.subject] {
-    fail_pending(id, "timeout after " + std::to_string(ms) + " ms waiting for a reply on '" + subject + "'");
-  });
-  {
-    std::lock_guard lock(pending_mutex_);
-    if (auto it = pending_.find(id); it != pending_.end()) it->second.timer = timer;
-  }
-  const auto shared = std::make_shared<const sdk::Message>(std::move(message));
-  std::uint64_t delivered = 0;
-  for (const auto& sub : r->subs) {
-    if (sub->strand->deliver(shared, sub, block_timeout_)) ++delivered;
-  }
-  r->stats->delivered.fetch_add(delivered, std::memory_order_relaxed);
+  r->stats->delivered.fetch_add(deliver(*r, std::move(message)), std::memory_order_relaxed);
 }
 
-void BusCore::fail_pending(std::uint64_t id, std::string reason) {
-  Pending p;
+void BusCore::arm_sweep_locked(sdk::TimePoint deadline) {
+  if (sweep_timer_ != 0) clock_.cancel(sweep_timer_);  // if it already fired, that sweep just finds less to do
+  const std::uint64_t seq = ++sweep_seq_;
+  armed_for_ = deadline;
+  sweep_timer_ = clock_.after(deadline - clock_.now(), *sweeper_, [this, seq] { sweep(seq); });
+}
+
+void BusCore::sweep(std::uint64_t seq) {
+  std::vector<Pending> expired;
   {
     std::lock_guard lock(pending_mutex_);
-    auto it = pending_.find(id);
-    if (it == pending_.end()) return;
-    p = std::move(it->second);
-    pending_.erase(it);
+    if (closing_) return;
+    if (seq == sweep_seq_) {
+      sweep_timer_ = 0;
+      armed_for_.reset();
+    }
+    const auto now = clock_.now();
+    while (!deadlines_.empty()) {
+      const auto [deadline, id] = deadlines_.front();
+      const auto it = pending_.find(id);
+      if (it != pending_.end() && deadline > now) break;
+      std::pop_heap(deadlines_.begin(), deadlines_.end(), std::greater<>{});
+      deadlines_.pop_back();
+      if (it != pending_.end()) {
+        expired.push_back(std::move(it->second));
+        pending_.erase(it);
+      }
+    }
+    if (!deadlines_.empty() && (!armed_for_ || deadlines_.front().first < *armed_for_)) {
+      arm_sweep_locked(deadlines_.front().first);
+    }
   }
-  p.on_reply(nullptr, reason);  // the timer already runs on the requester's strand
+  // In (deadline, id) order, as one timer per request would have fired.
+  for (auto& p : expired) {
+    p.requester->post([h = std::move(p.on_reply), ms = p.timeout_ms, subject = std::move(p.subject)] {
+      h(nullptr, "timeout after " + std::to_string(ms) + " ms waiting for a reply on '" + subject + "'");
+    });
+  }
 }
 
 void BusCore::reply(const sdk::Message& request, sdk::Message reply) {
   const std::string_view to = request.reply_to;
-  if (!to.starts_with(inbox_prefix)) throw std::invalid_argument("bus: reply to a message that is not a request");
-  const std::uint64_t id = std::stoull(std::string(to.substr(inbox_prefix.size())));
+  std::uint64_t id = 0;
+  const char* digits = to.data() + std::min(to.size(), inbox_prefix.size());
+  if (!to.starts_with(inbox_prefix) || std::from_chars(digits, to.data() + to.size(), id).ec != std::errc{}) {
+    throw std::invalid_argument("bus: reply to a message that is not a request");
+  }
   Pending p;
   {
     std::lock_guard lock(pending_mutex_);
@@ -134,7 +186,6 @@ void BusCore::reply(const sdk::Message& request, sdk::Message reply) {
     p = std::move(it->second);
     pending_.erase(it);
   }
-  clock_.cancel(p.timer);
   reply.subject = request.reply_to;
   p.requester->post([h = std::move(p.on_reply), m = std::make_shared<sdk::Message>(std::move(reply))] { h(m.get(), {}); });
 }

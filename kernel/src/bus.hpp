@@ -4,6 +4,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
@@ -27,6 +28,9 @@ struct SubjectStats {
 class BusCore {
  public:
   BusCore(sdk::Clock& clock, std::chrono::milliseconds block_timeout);
+  ~BusCore();
+  BusCore(const BusCore&) = delete;
+  BusCore& operator=(const BusCore&) = delete;
   void publish(sdk::Message message);
   std::shared_ptr<Subscriber> subscribe(std::string pattern, sdk::Handler handler, sdk::SubscribeOptions options,
                                         Strand& strand);
@@ -45,12 +49,19 @@ class BusCore {
   };
   struct Pending {
     sdk::ReplyHandler on_reply;
-    Strand* requester;
-    sdk::TimerId timer;
+    Strand* requester = nullptr;
+    sdk::TimePoint deadline;
+    std::chrono::milliseconds::rep timeout_ms = 0;
+    std::string subject;
   };
   std::shared_ptr<const Route> route(const std::string& subject);
+  /// Queues `message` for every subscriber of `r`; returns how many took it.
+  std::uint64_t deliver(const Route& r, sdk::Message&& message);
   SubjectStats* stats_for_locked(const std::string& subject);
-  void fail_pending(std::uint64_t id, std::string reason);
+  /// Arms the one clock timer that expires requests, for `deadline`; pending_mutex_ held.
+  void arm_sweep_locked(sdk::TimePoint deadline);
+  /// Fails every request past its deadline and re-arms for the next one (on sweeper_).
+  void sweep(std::uint64_t seq);
 
   sdk::Clock& clock_;
   std::chrono::milliseconds block_timeout_;
@@ -58,8 +69,16 @@ class BusCore {
   std::vector<std::shared_ptr<Subscriber>> subs_;
   std::unordered_map<std::string, std::shared_ptr<const Route>> routes_;  // cache, cleared on (un)subscribe
   std::unordered_map<std::string, std::unique_ptr<SubjectStats>> stats_;
+  // Request timeouts: one clock timer for the earliest deadline instead of a timer added and
+  // cancelled per request, which cost a wake-up of the clock thread on every round trip.
   std::mutex pending_mutex_;
   std::unordered_map<std::uint64_t, Pending> pending_;
+  std::vector<std::pair<sdk::TimePoint, std::uint64_t>> deadlines_;  // min-heap; answered ones linger
+  std::optional<sdk::TimePoint> armed_for_;
+  sdk::TimerId sweep_timer_ = 0;
+  std::uint64_t sweep_seq_ = 0;
+  bool closing_ = false;
+  std::unique_ptr<Strand> sweeper_;  // where the sweep timer runs; created with the first request
   std::atomic<std::uint64_t> next_inbox_{1};
   std::atomic<std::uint64_t> late_replies_{0};
 };

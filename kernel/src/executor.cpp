@@ -19,7 +19,7 @@ Strand::~Strand() {
 void Strand::post(std::function<void()> task) {
   std::lock_guard lock(mutex_);
   if (closed_) return;
-  queue_.push_back(Item{std::move(task), nullptr, nullptr});
+  queue_.push_back(Item{std::move(task), nullptr, nullptr, {}});
   schedule_locked();
 }
 
@@ -32,40 +32,57 @@ void Strand::schedule_locked() {
   }
 }
 
+bool Strand::make_room_locked(std::unique_lock<std::mutex>& lock, const std::shared_ptr<Subscriber>& sub,
+                              std::chrono::milliseconds block_timeout) {
+  if (closed_) return false;
+  if (sub->queued < sub->limit) return true;
+  bool room = false;
+  switch (sub->overflow) {
+    case sdk::Overflow::drop_newest:
+      break;
+    case sdk::Overflow::drop_oldest:
+      for (auto it = queue_.begin() + static_cast<std::ptrdiff_t>(head_); it != queue_.end(); ++it) {
+        if (it->sub == sub) {
+          if (it == queue_.begin() + static_cast<std::ptrdiff_t>(head_)) {
+            *it = Item{};  // the usual case, a strand with one subscription: no shifting
+            ++head_;
+          } else {
+            queue_.erase(it);
+          }
+          --sub->queued;
+          if (sub->dropped) sub->dropped->fetch_add(1, std::memory_order_relaxed);  // the oldest one
+          return true;
+        }
+      }
+      break;
+    case sdk::Overflow::block:
+      // A strand publishing into its own full queue would wait for itself: drop instead.
+      if (running_here()) break;
+      ++waiting_for_room_;
+      room = room_.wait_for(lock, block_timeout, [&] { return closed_ || sub->queued < sub->limit; }) && !closed_;
+      --waiting_for_room_;
+      break;
+  }
+  if (!room && sub->dropped) sub->dropped->fetch_add(1, std::memory_order_relaxed);
+  return room;
+}
+
 bool Strand::deliver(const std::shared_ptr<const sdk::Message>& message, const std::shared_ptr<Subscriber>& sub,
                      std::chrono::milliseconds block_timeout) {
   std::unique_lock lock(mutex_);
-  if (closed_) return false;
-  if (sub->queued >= sub->limit) {
-    bool make_room = false;
-    switch (sub->overflow) {
-      case sdk::Overflow::drop_newest:
-        break;
-      case sdk::Overflow::drop_oldest:
-        for (auto it = queue_.begin(); it != queue_.end(); ++it) {
-          if (it->sub == sub) {
-            queue_.erase(it);
-            --sub->queued;
-            make_room = true;
-            break;
-          }
-        }
-        break;
-      case sdk::Overflow::block:
-        // A strand publishing into its own full queue would wait for itself: drop instead.
-        if (running_here()) break;
-        ++waiting_for_room_;
-        make_room = room_.wait_for(lock, block_timeout, [&] { return closed_ || sub->queued < sub->limit; }) && !closed_;
-        --waiting_for_room_;
-        break;
-    }
-    if (!make_room || closed_) {
-      if (sub->dropped) sub->dropped->fetch_add(1, std::memory_order_relaxed);
-      return false;
-    }
-  }
+  if (!make_room_locked(lock, sub, block_timeout)) return false;
   ++sub->queued;
-  queue_.push_back(Item{nullptr, message, sub});
+  queue_.push_back(Item{nullptr, sub, message, {}});
+  schedule_locked();
+  return true;
+}
+
+bool Strand::deliver(sdk::Message&& message, const std::shared_ptr<Subscriber>& sub,
+                     std::chrono::milliseconds block_timeout) {
+  std::unique_lock lock(mutex_);
+  if (!make_room_locked(lock, sub, block_timeout)) return false;
+  ++sub->queued;
+  queue_.push_back(Item{nullptr, sub, nullptr, std::move(message)});
   schedule_locked();
   return true;
 }
@@ -73,21 +90,32 @@ bool Strand::deliver(const std::shared_ptr<const sdk::Message>& message, const s
 void Strand::close() {
   std::lock_guard lock(mutex_);
   closed_ = true;
-  for (auto& item : queue_) {
-    if (item.sub) --item.sub->queued;
+  for (std::size_t i = head_; i < queue_.size(); ++i) {
+    if (queue_[i].sub) --queue_[i].sub->queued;
   }
   queue_.clear();
+  head_ = 0;
   room_.notify_all();
 }
 
 void Strand::run_batch() {
   {
     std::lock_guard lock(mutex_);
-    if (queue_.size() <= max_batch) {
+    if (head_ == 0 && queue_.size() <= max_batch) {
       batch_.swap(queue_);
     } else {
-      batch_.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.begin() + max_batch));
-      queue_.erase(queue_.begin(), queue_.begin() + max_batch);
+      // Take from the front without shifting the rest: a deep queue costs O(1) per message, not O(depth).
+      const auto first = queue_.begin() + static_cast<std::ptrdiff_t>(head_);
+      const std::size_t n = std::min(max_batch, queue_.size() - head_);
+      batch_.assign(std::make_move_iterator(first), std::make_move_iterator(first + static_cast<std::ptrdiff_t>(n)));
+      head_ += n;
+      if (head_ == queue_.size()) {
+        queue_.clear();
+        head_ = 0;
+      } else if (head_ * 2 > queue_.size()) {
+        queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(head_));  // amortised O(1)
+        head_ = 0;
+      }
     }
     // A subscriber's limit counts messages waiting, not the ones being handled now.
     for (Item& item : batch_) {
@@ -103,10 +131,10 @@ void Strand::run_batch() {
       if (item.task) {
         item.task();
       } else if (item.sub->active.load(std::memory_order_acquire)) {
-        item.sub->handler(*item.message);
+        item.sub->handler(item.delivered());
       }
     } catch (...) {
-      if (item.sub && item.sub->on_drop) item.sub->on_drop(*item.message);
+      if (item.sub && item.sub->on_drop) item.sub->on_drop(item.delivered());
     }
   }
   current_strand = outer;
@@ -115,7 +143,7 @@ void Strand::run_batch() {
   bool more = false;
   {
     std::lock_guard lock(mutex_);
-    more = !queue_.empty() && !closed_;
+    more = queue_.size() > head_ && !closed_;
     if (!more) scheduled_ = false;
     if (waiting_for_room_ > 0 || closed_) room_.notify_all();
   }

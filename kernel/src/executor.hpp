@@ -31,17 +31,25 @@ class Strand final : public sdk::Executor {
   /// Queues a bus message for `sub`; applies the subscriber's overflow policy. False when dropped.
   bool deliver(const std::shared_ptr<const sdk::Message>& message, const std::shared_ptr<Subscriber>& sub,
                std::chrono::milliseconds block_timeout);
+  /// As above, for a message with this one receiver: it is queued by value, with no shared copy.
+  bool deliver(sdk::Message&& message, const std::shared_ptr<Subscriber>& sub, std::chrono::milliseconds block_timeout);
   /// Refuses further work and drops what is queued (the instance stopped).
   void close();
   const std::string& name() const { return name_; }
+  Pool& pool() const { return pool_; }
 
  private:
   friend class Pool;
   struct Item {
-    std::function<void()> task;
-    std::shared_ptr<const sdk::Message> message;
-    std::shared_ptr<Subscriber> sub;
+    std::function<void()> task;                  // a posted task; empty for a delivery
+    std::shared_ptr<Subscriber> sub;             // set for a delivery
+    std::shared_ptr<const sdk::Message> shared;  // a message with several receivers
+    sdk::Message message;                        // the message itself when it has one receiver
+    const sdk::Message& delivered() const { return shared ? *shared : message; }
   };
+  /// Applies `sub`'s overflow policy; false when the new message is to be dropped.
+  bool make_room_locked(std::unique_lock<std::mutex>& lock, const std::shared_ptr<Subscriber>& sub,
+                        std::chrono::milliseconds block_timeout);
   void schedule_locked();
   void run_batch();
 
@@ -49,7 +57,8 @@ class Strand final : public sdk::Executor {
   std::string name_;
   std::mutex mutex_;
   std::condition_variable room_;
-  std::vector<Item> queue_;
+  std::vector<Item> queue_;  // waiting items are [head_, size)
+  std::size_t head_ = 0;
   std::vector<Item> batch_;
   std::size_t waiting_for_room_ = 0;
   bool scheduled_ = false;

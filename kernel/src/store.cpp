@@ -4,10 +4,63 @@
 
 #include <Poco/Data/PostgreSQL/Connector.h>
 #include <Poco/Data/SQLite/Connector.h>
+#include <Poco/URI.h>
 
 namespace deskfarm::kernel {
 
 namespace {
+// postgresql://user:secret@host/db → postgresql://user:***@host/db, for error messages and logs.
+std::string redacted(const std::string& url) {
+  const auto scheme = url.find("://");
+  const auto at = url.find('@');
+  if (scheme == std::string::npos || at == std::string::npos) return url;
+  const auto colon = url.find(':', scheme + 3);
+  if (colon == std::string::npos || colon > at) return url;
+  return url.substr(0, colon + 1) + "***" + url.substr(at);
+}
+
+// libpq keyword value, quoted when it needs to be.
+std::string quoted(const std::string& value) {
+  if (!value.empty() && value.find_first_of(" '\\") == std::string::npos) return value;
+  std::string out = "'";
+  for (char c : value) {
+    if (c == '\'' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "'";
+}
+
+// Poco's PostgreSQL connector takes "key=value" pairs, not URLs: translate, decoding %-escapes.
+std::string libpq_keywords(const std::string& url) {
+  Poco::URI uri;
+  try {
+    uri = Poco::URI(url);
+  } catch (const Poco::Exception& e) {
+    throw std::invalid_argument("data_store '" + redacted(url) + "' is not a valid URL: " + e.displayText());
+  }
+  std::string out;
+  auto add = [&](const char* key, const std::string& value) {
+    if (value.empty()) return;
+    if (!out.empty()) out += ' ';
+    out += std::string(key) + "=" + quoted(value);
+  };
+  add("host", uri.getHost());
+  if (uri.getPort() != 0) add("port", std::to_string(uri.getPort()));
+  const std::string info = uri.getUserInfo();
+  const auto colon = info.find(':');
+  std::string user, password;  // URI::decode appends
+  Poco::URI::decode(info.substr(0, colon), user);
+  if (colon != std::string::npos) Poco::URI::decode(info.substr(colon + 1), password);
+  add("user", user);
+  add("password", password);
+  std::string db = uri.getPath();
+  if (!db.empty() && db.front() == '/') db.erase(0, 1);
+  add("dbname", db);
+  for (const auto& [k, v] : uri.getQueryParameters()) add(k.c_str(), v);
+  if (out.empty()) throw std::invalid_argument("data_store '" + redacted(url) + "' names no server");
+  return out;
+}
+
 void register_connectors() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -23,7 +76,7 @@ StoreUrl StoreUrl::parse(const std::string& url) {
     if (path.empty()) throw std::invalid_argument("data_store 'sqlite:' needs a file path, e.g. \"sqlite:var/pilot/datastore.db\"");
     return {"sqlite", path};
   }
-  if (url.starts_with("postgresql://") || url.starts_with("postgres://")) return {"postgresql", url};
+  if (url.starts_with("postgresql://") || url.starts_with("postgres://")) return {"postgresql", libpq_keywords(url)};
   throw std::invalid_argument("data_store '" + url +
                               "' is neither \"sqlite:PATH\" nor \"postgresql://user@host:port/db\"");
 }
@@ -31,6 +84,15 @@ StoreUrl StoreUrl::parse(const std::string& url) {
 KernelStore::KernelStore(std::string url) : url_(std::move(url)), parsed_(StoreUrl::parse(url_)) {}
 
 Poco::Data::Session KernelStore::session() {
+  try {
+    return open_session();
+  } catch (const Poco::Exception& e) {
+    // Poco's what() is only the class name; users need the reason and the store.
+    throw std::runtime_error("data store " + redacted(url_) + ": " + e.displayText());
+  }
+}
+
+Poco::Data::Session KernelStore::open_session() {
   std::lock_guard lock(mutex_);
   if (!pool_) {
     register_connectors();

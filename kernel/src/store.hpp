@@ -27,6 +27,7 @@ class KernelStore final : public sdk::Store {
   const std::string& url() const { return url_; }
 
  private:
+  Poco::Data::Session open_session();
   std::string url_;
   StoreUrl parsed_;
   std::mutex mutex_;

@@ -2,6 +2,7 @@
 // config access, subject matching and schema migrations.
 #include <Poco/Data/Transaction.h>
 #include <Poco/JSON/Array.h>
+#include <Poco/String.h>
 
 #include "deskfarm/sdk/bus.hpp"
 #include "deskfarm/sdk/clock.hpp"
@@ -120,15 +121,36 @@ std::string subject_error(std::string_view subject, bool is_pattern) {
   }
 }
 
+std::string sql(const Poco::Data::Session& session, std::string_view text) {
+  if (Poco::icompare(session.connector(), "postgresql") != 0) return std::string(text);
+  std::string out;
+  int n = 0;
+  char quote = 0;
+  for (char c : text) {
+    if (quote) {
+      if (c == quote) quote = 0;
+    } else if (c == '\'' || c == '"') {
+      quote = c;
+    } else if (c == '?') {
+      out += '$' + std::to_string(++n);
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
 int migrate(Poco::Data::Session& session, std::string_view component, std::span<const Migration> migrations) {
-  session << "CREATE TABLE IF NOT EXISTS deskfarm_schema (component VARCHAR(128) PRIMARY KEY, version INTEGER NOT NULL)",
-      now;
   std::string name(component);
   int current = 0;
-  {
+  try {
+    session << "CREATE TABLE IF NOT EXISTS deskfarm_schema (component VARCHAR(128) PRIMARY KEY, version INTEGER NOT NULL)",
+        now;
     std::vector<int> found;
-    session << "SELECT version FROM deskfarm_schema WHERE component = ?", use(name), into(found), now;
+    session << sql(session, "SELECT version FROM deskfarm_schema WHERE component = ?"), use(name), into(found), now;
     if (!found.empty()) current = found.front();
+  } catch (const Poco::Exception& e) {
+    throw std::runtime_error(name + ": cannot read the schema version: " + e.displayText());
   }
   for (const Migration& m : migrations) {
     if (m.version <= current) continue;
@@ -142,11 +164,15 @@ int migrate(Poco::Data::Session& session, std::string_view component, std::span<
       }
     }
     int version = m.version;
-    if (current == 0)
-      session << "INSERT INTO deskfarm_schema (component, version) VALUES (?, ?)", use(name), use(version), now;
-    else
-      session << "UPDATE deskfarm_schema SET version = ? WHERE component = ?", use(version), use(name), now;
-    tx.commit();
+    try {
+      if (current == 0)
+        session << sql(session, "INSERT INTO deskfarm_schema (component, version) VALUES (?, ?)"), use(name), use(version), now;
+      else
+        session << sql(session, "UPDATE deskfarm_schema SET version = ? WHERE component = ?"), use(version), use(name), now;
+      tx.commit();
+    } catch (const Poco::Exception& e) {
+      throw std::runtime_error(name + ": cannot record schema version " + std::to_string(version) + ": " + e.displayText());
+    }
     current = version;
   }
   return current;

@@ -26,6 +26,10 @@ class DESKFARM_SDK_API Store {
   virtual std::string connector() const = 0;
 };
 
+/// Writes `sql`'s `?` placeholders in the session's own style: unchanged for SQLite, `$1, $2, …` for
+/// PostgreSQL (whose Poco connector does not translate them). `?` inside quoted literals is left alone.
+DESKFARM_SDK_API std::string sql(const Poco::Data::Session& session, std::string_view text);
+
 /// Brings `component`'s tables up to the newest migration; records versions in deskfarm_schema.
 /// Returns the version now in force. Throws with the failing statement on error (nothing half-applied).
 DESKFARM_SDK_API int migrate(Poco::Data::Session& session, std::string_view component,

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Starts a private PostgreSQL server on 127.0.0.1 (its own data directory, a free port, run as an
+# unprivileged user), runs the kernel's [postgres] tests against it, and stops it by its PID.
+set -euo pipefail
+kernel_tests=$1
+bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+work=$(mktemp -d /tmp/deskfarm-pg-XXXXXX)
+user=nobody
+pid=""
+cleanup() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+chown "$user" "$work"
+as_user() { if [ "$(id -u)" = 0 ]; then runuser -u "$user" -- "$@"; else "$@"; fi; }
+as_user "$bindir/initdb" -D "$work/data" -A trust -U deskfarm >/dev/null
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+as_user "$bindir/postgres" -D "$work/data" -h 127.0.0.1 -p "$port" -k "$work" >"$work/server.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do
+  if "$bindir/pg_isready" -h 127.0.0.1 -p "$port" >/dev/null 2>&1; then break; fi
+  sleep 0.1
+done
+"$bindir/pg_isready" -h 127.0.0.1 -p "$port" >/dev/null || { cat "$work/server.log"; exit 1; }
+DESKFARM_TEST_POSTGRES_URL="postgresql://deskfarm@127.0.0.1:$port/postgres" "$kernel_tests" "[postgres]"

@@ -10,5 +10,7 @@ function(deskfarm_add_plugin name)
     set_target_properties(${name} PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${DESKFARM_PLUGIN_OUTPUT_DIR})
   endif()
   target_link_libraries(${name} PRIVATE Deskfarm::sdk ${P_LIBS})
-  target_link_options(${name} PRIVATE -Wl,--no-undefined)
+  if(NOT DESKFARM_FUZZ)  # sanitizer runtimes live in the executable, so fuzz builds leave symbols open
+    target_link_options(${name} PRIVATE -Wl,--no-undefined)
+  endif()
 endfunction()

@@ -53,7 +53,7 @@ struct TestServer {
   }
   /// Waits (at most 5 s) until the server has no open connection.
   void wait_idle() {
-    for (int i = 0; i < 500 && server.stats().active != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    eventually([this] { return server.stats().active == 0; }, std::chrono::seconds(5));
   }
 };
 
@@ -132,7 +132,7 @@ TEST_CASE("NBD_OPT_LIST returns every export as NBD_REP_SERVER, then ACK") {
   auto ack = read_reply(s);
   CHECK(a.type == p::kRepServer);
   CHECK(be_at(a.data, 0, 4) == 2);
-  CHECK(std::string(reinterpret_cast<const char*>(a.data.data()) + 4, a.data.size() - 4) == "roread-only vDisk");
+  CHECK(to_string(std::span(a.data).subspan(4)) == "roread-only vDisk");
   CHECK(b.type == p::kRepServer);
   CHECK(ack.type == p::kRepAck);
   CHECK(ack.option == p::kOptList);
@@ -147,7 +147,7 @@ TEST_CASE("NBD_OPT_GO for an unknown device is refused with ERR_UNKNOWN and a me
   send_option(s, p::kOptGo, go_data("pc-42"));
   auto r = read_reply(s);
   CHECK(r.type == p::kRepErrUnknown);
-  CHECK(std::string(reinterpret_cast<const char*>(r.data.data()), r.data.size()) == "unknown device 'pc-42'");
+  CHECK(to_string(r.data) == "unknown device 'pc-42'");
   CHECK((go(s, "ro") & p::kTxReadOnly) != 0);
 }
 
@@ -346,9 +346,7 @@ TEST_CASE("a request with bad magic closes only that connection and is counted")
   CHECK(bad.closed_by_peer());
   std::vector<std::byte> buf(4096);
   CHECK(good.read(8192, buf) == 0);
-  for (int i = 0; i < 500 && ts.server.stats().protocol_errors == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  eventually([&] { return ts.server.stats().protocol_errors != 0; }, std::chrono::seconds(5));
   CHECK(ts.server.stats().protocol_errors == 1);
   CHECK_THAT(ts.log_text(), Catch::Contains("bad request magic 0xbadc0de5 in request 1"));
 }
@@ -380,7 +378,7 @@ TEST_CASE("connections beyond max_connections are closed at accept") {
   CHECK(ts.server.stats().rejected == 1);
   a.disconnect();
   ts.server.stats();
-  for (int i = 0; i < 200 && ts.server.stats().active > 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  eventually([&] { return ts.server.stats().active <= 1; }, std::chrono::seconds(2));
   Client c("127.0.0.1", ts.port(), "ro");  // room again
   CHECK(c.size() == kSize);
 }

@@ -15,9 +15,9 @@ struct Served {
     options.root = dir.path() / "root";
     fs::create_directories(options.root);
     root = options.root;
-    write_file(root / "empty.bin", "");
-    write_file(root / "exact512.bin", pattern_bytes(512, 3));
-    write_file(root / "one-mib.bin", pattern_bytes(1 << 20, 4));
+    write_text(root / "empty.bin", "");
+    write_file(root / "exact512.bin", pattern(512, 3));
+    write_file(root / "one-mib.bin", pattern(1 << 20, 4));
     server = std::make_unique<Server>(options);
     server->start();
     port = std::to_string(server->bound_port());
@@ -31,75 +31,67 @@ struct Served {
 void check_download(ChildProcess& child, const fs::path& got, const fs::path& expected, const fs::path& log,
                     std::chrono::milliseconds limit = 30'000ms) {
   const auto status = child.wait(limit);
-  INFO("client output: " << read_file(log));
+  INFO("client output: " << read_text(log));
   REQUIRE(status.has_value());
   CHECK(*status == 0);
   REQUIRE(fs::exists(got));
   CHECK(fs::file_size(got) == fs::file_size(expected));
-  CHECK(read_file(got) == read_file(expected));
+  CHECK(read_text(got) == read_text(expected));
 }
 
-const char* const files[] = {"empty.bin", "exact512.bin", "one-mib.bin"};
+/// True when `program` exists; otherwise warns that the test is skipped.
+bool installed(const fs::path& program, std::string_view what = {}) {
+  if (fs::exists(program)) return true;
+  WARN(program.string() << (what.empty() ? "" : " (" + std::string(what) + ")") << " is not installed - skipped");
+  return false;
+}
+
+/// Fetches each of the served files of 0 B, 512 B and 1 MiB with the client `argv(file, out)` and checks
+/// every copy; output goes to <tag>-<file>, the client's messages to <tag>.log.
+template <typename Argv>
+void fetch_each(const Served& served, const std::string& tag, Argv argv) {
+  for (const std::string file : {"empty.bin", "exact512.bin", "one-mib.bin"}) {
+    INFO(file);
+    const auto out = served.dir.path() / (tag + "-" + file);
+    const auto log = served.dir.path() / (tag + ".log");
+    ChildProcess child(argv(file, out.string()), log);
+    check_download(child, out, served.root / file, log);
+  }
+}
 
 }  // namespace
 
 TEST_CASE("tftp-hpa fetches files of 0 B, 512 B and 1 MiB intact in binary mode") {
-  if (!fs::exists("/usr/bin/tftp")) {
-    WARN("/usr/bin/tftp (tftp-hpa) is not installed" " - skipped");
-    return;
-  }
+  if (!installed("/usr/bin/tftp", "tftp-hpa")) return;
   Served served;
-  for (const std::string file : files) {
-    INFO(file);
-    const auto out = served.dir.path() / ("hpa-" + file);
-    const auto log = served.dir.path() / "hpa.log";
-    ChildProcess child({"/usr/bin/tftp", "-m", "binary", "127.0.0.1", served.port, "-c", "get", file, out.string()}, log);
-    check_download(child, out, served.root / file, log);
-  }
+  fetch_each(served, "hpa", [&](const std::string& file, const std::string& out) -> std::vector<std::string> {
+    return {"/usr/bin/tftp", "-m", "binary", "127.0.0.1", served.port, "-c", "get", file, out};
+  });
 }
 
 TEST_CASE("curl with --tftp-blksize 1468 fetches files of 0 B, 512 B and 1 MiB intact") {
-  if (!fs::exists("/usr/bin/curl")) {
-    WARN("/usr/bin/curl is not installed" " - skipped");
-    return;
-  }
+  if (!installed("/usr/bin/curl")) return;
   Served served;
-  for (const std::string file : files) {
-    INFO(file);
-    const auto out = served.dir.path() / ("curl-" + file);
-    const auto log = served.dir.path() / "curl.log";
-    ChildProcess child({"/usr/bin/curl", "-sS", "--max-time", "30", "--tftp-blksize", "1468",
-                        "tftp://127.0.0.1:" + served.port + "/" + file, "-o", out.string()},
-                       log);
-    check_download(child, out, served.root / file, log);
-  }
+  fetch_each(served, "curl", [&](const std::string& file, const std::string& out) -> std::vector<std::string> {
+    return {"/usr/bin/curl", "-sS", "--max-time", "30", "--tftp-blksize", "1468", "tftp://127.0.0.1:" + served.port + "/" + file,
+            "-o", out};
+  });
 }
 
 TEST_CASE("atftp with blksize 1468, tsize and windowsize 16 fetches files of 0 B, 512 B and 1 MiB intact") {
-  if (!fs::exists("/usr/bin/atftp")) {
-    WARN("/usr/bin/atftp is not installed" " - skipped");
-    return;
-  }
+  if (!installed("/usr/bin/atftp")) return;
   Served served;
-  for (const std::string file : files) {
-    INFO(file);
-    const auto out = served.dir.path() / ("atftp-" + file);
-    const auto log = served.dir.path() / "atftp.log";
-    ChildProcess child({"/usr/bin/atftp", "--option", "blksize 1468", "--option", "tsize 0", "--option", "windowsize 16",
-                        "-g", "-r", file, "-l", out.string(), "127.0.0.1", served.port},
-                       log);
-    check_download(child, out, served.root / file, log);
-  }
+  fetch_each(served, "atftp", [&](const std::string& file, const std::string& out) -> std::vector<std::string> {
+    return {"/usr/bin/atftp", "--option", "blksize 1468", "--option", "tsize 0", "--option", "windowsize 16",
+            "-g", "-r", file, "-l", out, "127.0.0.1", served.port};
+  });
 }
 
 TEST_CASE("atftp fetches a file of more than 65,535 blocks of 512 B intact (block number rollover)") {
-  if (!fs::exists("/usr/bin/atftp")) {
-    WARN("/usr/bin/atftp is not installed" " - skipped");
-    return;
-  }
+  if (!installed("/usr/bin/atftp")) return;
   Served served;
   // 33 MiB at 512 B = 67,584 blocks + the final empty one: past the 16-bit wrap.
-  write_file(served.root / "big.bin", pattern_bytes(33u << 20, 5));
+  write_file(served.root / "big.bin", pattern(33u << 20, 5));
   const auto out = served.dir.path() / "atftp-big.bin";
   const auto log = served.dir.path() / "atftp-big.log";
   ChildProcess child({"/usr/bin/atftp", "--option", "blksize 512", "--option", "windowsize 16", "-g", "-r", "big.bin", "-l",

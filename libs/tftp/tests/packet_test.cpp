@@ -1,10 +1,10 @@
 #include <catch2/catch.hpp>
 
 #include "deskfarm/tftp/packet.hpp"
-#include "test_support.hpp"
+#include <deskfarm/testing/files.hpp>
 
 using namespace deskfarm::tftp;
-using tftp_test::to_bytes;
+using deskfarm::testing::to_bytes;
 
 namespace {
 
@@ -55,7 +55,7 @@ TEST_CASE("DATA, ACK, ERROR and OACK encode and parse back") {
   auto result = parse_packet(bytes);
   const auto& data = std::get<Data>(std::get<Packet>(result));
   CHECK(data.block == 65535);
-  CHECK(tftp_test::to_string({data.payload.begin(), data.payload.end()}) == "hello");
+  CHECK(deskfarm::testing::to_string(data.payload) == "hello");
 
   bytes.clear();
   encode_ack(bytes, 7);

@@ -27,7 +27,11 @@ struct Fixture {
     server->start();
     port = server->bound_port();
   }
-  void put(const std::string& name, const std::string& bytes) const { write_file(root / name, bytes); }
+  void put(const std::string& name, std::string_view text) const { put(name, std::as_bytes(std::span(text))); }
+  void put(const std::string& name, std::span<const std::byte> bytes) const {
+    fs::create_directories((root / name).parent_path());
+    write_file(root / name, bytes);
+  }
   TempDir dir;
   fs::path root;
   std::unique_ptr<Server> server;
@@ -46,7 +50,7 @@ const T* as(const std::optional<std::pair<Packet, std::uint16_t>>& received) {
 
 TEST_CASE("a client asking for blksize 1468 and tsize gets both in the OACK and the file intact") {
   Fixture fixture({}, true);
-  const auto content = pattern_bytes(100'000);
+  const auto content = to_string(pattern(100'000));
   fixture.put("ARDBP32.BIN", content);
   ClientOptions options;
   options.blksize = 1468;
@@ -65,7 +69,7 @@ TEST_CASE("a client asking for blksize 1468 and tsize gets both in the OACK and 
 
 TEST_CASE("a client without options gets DATA 1 straight away and 512-byte blocks") {
   Fixture fixture;
-  fixture.put("a", pattern_bytes(1300));
+  fixture.put("a", pattern(1300));
   RawSocket socket;
   socket.send(fixture.port, rrq("a"));
   const auto first = socket.receive_packet(2000ms);
@@ -78,7 +82,7 @@ TEST_CASE("a client without options gets DATA 1 straight away and 512-byte block
 
 TEST_CASE("a file whose size is a multiple of blksize ends with an empty DATA") {
   Fixture fixture;
-  fixture.put("exact", pattern_bytes(512));
+  fixture.put("exact", pattern(512));
   RawSocket socket;
   socket.send(fixture.port, rrq("exact"));
   auto received = socket.receive_packet(2000ms);
@@ -123,7 +127,7 @@ TEST_CASE("file not found is ERROR 1 even when options were asked, never an OACK
 
 TEST_CASE("a packet from an unknown TID gets ERROR 5 and the transfer goes on") {
   Fixture fixture;
-  const auto content = pattern_bytes(700);
+  const auto content = to_string(pattern(700));
   fixture.put("f", content);
   RawSocket client;
   RawSocket stranger;
@@ -149,7 +153,7 @@ TEST_CASE("a duplicate ACK never makes the server resend DATA (Sorcerer's Appren
   ServerOptions options;
   options.retransmit = 3000ms;
   Fixture fixture(options);
-  fixture.put("f", pattern_bytes(4 * 512 + 1));
+  fixture.put("f", pattern(4 * 512 + 1));
   RawSocket socket;
   socket.send(fixture.port, rrq("f"));
   auto received = socket.receive_packet(2000ms);
@@ -174,7 +178,7 @@ TEST_CASE("on timeout the server resends the window after the last ACKed block, 
   options.retransmit = 100ms;
   options.max_retries = 2;
   Fixture fixture(options);
-  fixture.put("f", pattern_bytes(20 * 512));
+  fixture.put("f", pattern(20 * 512));
   RawSocket socket;
   socket.send(fixture.port, rrq("f", {{"windowsize", "4"}}));
   auto received = socket.receive_packet(2000ms);
@@ -206,7 +210,7 @@ TEST_CASE("on timeout the server resends the window after the last ACKed block, 
 
 TEST_CASE("ERROR 8 from the client after the OACK ends the transfer quietly") {
   Fixture fixture;
-  fixture.put("f", pattern_bytes(5000));
+  fixture.put("f", pattern(5000));
   RawSocket socket;
   socket.send(fixture.port, rrq("f", {{"tsize", "0"}}));
   const auto received = socket.receive_packet(2000ms);
@@ -234,7 +238,7 @@ TEST_CASE("a WRQ is refused with ERROR 2: the server is read-only") {
 
 TEST_CASE("path traversal and symlinks out of the root are refused with ERROR 2") {
   Fixture fixture;
-  write_file(fixture.dir.path() / "secret", "top secret");
+  write_text(fixture.dir.path() / "secret", "top secret");
   fs::create_symlink(fixture.dir.path() / "secret", fixture.root / "link");
   fs::create_directories(fixture.root / "sub");
   for (const std::string name : {"../secret", "sub/../../secret", "..\\secret", "link"}) {
@@ -326,7 +330,7 @@ TEST_CASE("an RRQ beyond max_transfers gets ERROR 0 server busy") {
   ServerOptions options;
   options.max_transfers = 2;
   Fixture fixture(options);
-  fixture.put("f", pattern_bytes(10'000));
+  fixture.put("f", pattern(10'000));
   RawSocket a, b, c;
   a.send(fixture.port, rrq("f"));
   b.send(fixture.port, rrq("f"));
@@ -342,7 +346,7 @@ TEST_CASE("an RRQ beyond max_transfers gets ERROR 0 server busy") {
 
 TEST_CASE("a retransmitted RRQ from the same client port does not start a second transfer") {
   Fixture fixture;
-  fixture.put("f", pattern_bytes(10'000));
+  fixture.put("f", pattern(10'000));
   RawSocket socket;
   socket.send(fixture.port, rrq("f"));
   socket.send(fixture.port, rrq("f"));
@@ -352,7 +356,7 @@ TEST_CASE("a retransmitted RRQ from the same client port does not start a second
 }
 
 TEST_CASE("files of more than 65,535 blocks arrive intact with rollover to 0 and to 1") {
-  const auto content = pattern_bytes(70'000 * 8 + 5);
+  const auto content = to_string(pattern(70'000 * 8 + 5));
   for (const bool to_zero : {true, false}) {
     INFO("rollover_to_zero=" << to_zero);
     ServerOptions options;
@@ -374,7 +378,7 @@ TEST_CASE("windowsize 16 downloads match and the server grants at most max_windo
   ServerOptions options;
   options.max_windowsize = 8;
   Fixture fixture(options);
-  const auto content = pattern_bytes(1 << 20);
+  const auto content = to_string(pattern(1 << 20));
   fixture.put("m", content);
   ClientOptions client;
   client.blksize = 1468;
@@ -386,7 +390,7 @@ TEST_CASE("windowsize 16 downloads match and the server grants at most max_windo
 
 TEST_CASE("a file read by many concurrent clients is loaded from disk once and a changed file is reloaded") {
   Fixture fixture;
-  fixture.put("shared", pattern_bytes(5000));
+  fixture.put("shared", pattern(5000));
   std::vector<std::unique_ptr<RawSocket>> sockets;
   for (int i = 0; i < 20; ++i) {
     sockets.push_back(std::make_unique<RawSocket>());
@@ -398,8 +402,8 @@ TEST_CASE("a file read by many concurrent clients is loaded from disk once and a
   CHECK(stats.file_loads == 1);
   CHECK(stats.file_cache_hits == 19);
   CHECK(stats.transfers_active == 20);
-  fixture.put("shared", pattern_bytes(6000, 2));
-  CHECK(to_string(Client().get("127.0.0.1", fixture.port, "shared").data) == pattern_bytes(6000, 2));
+  fixture.put("shared", pattern(6000, 2));
+  CHECK(to_string(Client().get("127.0.0.1", fixture.port, "shared").data) == to_string(pattern(6000, 2)));
   CHECK(wait_for_stats(*fixture.server, [&](const Stats& s) { return s.file_loads == 2; }));
 }
 
@@ -407,7 +411,7 @@ TEST_CASE("large files are streamed from a shared descriptor and arrive intact")
   ServerOptions options;
   options.cache_file_bytes = 4096;  // force the pread path
   Fixture fixture(options);
-  const auto content = pattern_bytes(300'000);
+  const auto content = to_string(pattern(300'000));
   fixture.put("large", content);
   ClientOptions client;
   client.blksize = 1468;
@@ -433,7 +437,7 @@ TEST_CASE("a transfer that outlives max_lifetime is ended with ERROR 0") {
   options.retransmit = 200ms;
   options.max_retries = 100;
   Fixture fixture(options);
-  fixture.put("f", pattern_bytes(2000));
+  fixture.put("f", pattern(2000));
   RawSocket socket;
   socket.send(fixture.port, rrq("f"));
   std::optional<Error> last_error;
@@ -471,7 +475,7 @@ TEST_CASE("a bad root or port range is a ServerError that names it") {
 
 TEST_CASE("stop() ends active transfers and may be called twice") {
   Fixture fixture;
-  fixture.put("f", pattern_bytes(10'000));
+  fixture.put("f", pattern(10'000));
   RawSocket socket;
   socket.send(fixture.port, rrq("f"));
   REQUIRE(as<Data>(socket.receive_packet(2000ms)) != nullptr);
@@ -482,7 +486,7 @@ TEST_CASE("stop() ends active transfers and may be called twice") {
 
 TEST_CASE("one event thread serves 1,000 concurrent transfers") {
   Fixture fixture;
-  const auto content = pattern_bytes(4 * 512 + 100);
+  const auto content = to_string(pattern(4 * 512 + 100));
   fixture.put("f", content);
   constexpr std::size_t count = 1000;
   struct Peer {
@@ -520,7 +524,7 @@ TEST_CASE("one event thread serves 1,000 concurrent transfers") {
         if (data == nullptr) continue;
         if (peer.tid == 0) peer.tid = received->second;
         if (data->block == peer.next) {
-          peer.data.append(reinterpret_cast<const char*>(data->payload.data()), data->payload.size());
+          peer.data += to_string(data->payload);
           ++peer.next;
           if (data->payload.size() < 512) peer.done = true;
         }

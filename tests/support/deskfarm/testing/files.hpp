@@ -8,6 +8,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <Poco/DigestEngine.h>
@@ -26,6 +27,17 @@ inline std::vector<std::byte> pattern(std::size_t size, std::uint32_t seed = 1) 
     out[i] = static_cast<std::byte>(x);
   }
   return out;
+}
+
+/// The bytes as text, one char each (for comparing payloads with string literals and readable failures).
+inline std::string to_string(std::span<const std::byte> bytes) {
+  return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+/// The text as bytes, one each (embedded NULs kept when given a string_view with its length).
+inline std::vector<std::byte> to_bytes(std::string_view text) {
+  const auto* first = reinterpret_cast<const std::byte*>(text.data());
+  return std::vector<std::byte>(first, first + text.size());
 }
 
 inline void write_file(const std::filesystem::path& path, std::span<const std::byte> bytes) {

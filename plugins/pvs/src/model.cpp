@@ -1,0 +1,469 @@
+#include "model.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <charconv>
+#include <cstring>
+#include <thread>
+#include <set>
+#include <vector>
+
+#include <Poco/Data/Session.h>
+#include <Poco/Data/Transaction.h>
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+
+#include <deskfarm/nbd/export.hpp>
+#include <deskfarm/nbd/version_chain.hpp>
+
+namespace deskfarm::pvs {
+
+using sdk::ConfigError;
+using namespace Poco::Data::Keywords;
+
+std::string to_string(Mode m) { return m == Mode::standard ? "standard" : "private"; }
+
+std::optional<std::string> normalize_mac(std::string_view text) {
+  if (text.size() != 17) return std::nullopt;
+  std::string out;
+  for (std::size_t i = 0; i < 17; ++i) {
+    char c = text[i];
+    if (i % 3 == 2) {
+      if (c != ':' && c != '-') return std::nullopt;
+      out += ':';
+      continue;
+    }
+    if (c >= 'A' && c <= 'F') c = static_cast<char>(c - 'A' + 'a');
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return std::nullopt;
+    out += c;
+  }
+  return out;
+}
+
+bool valid_vdisk_name(std::string_view name) {
+  if (name.empty() || name.size() > 64 || name.front() == '.') return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
+           c == '-';
+  });
+}
+
+namespace {
+
+ListenAddress parse_listen(const std::string& key, const std::string& text) {
+  const auto colon = text.rfind(':');
+  auto bad = [&](const std::string& why) {
+    return ConfigError(key, key + " '" + text + "': " + why + " (expected \"IPv4:port\", e.g. \"127.0.0.1:10809\")");
+  };
+  if (colon == std::string::npos) throw bad("no port");
+  ListenAddress a{text.substr(0, colon), 0};
+  unsigned port = 0;
+  const std::string p = text.substr(colon + 1);
+  auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), port);
+  if (p.empty() || ec != std::errc() || end != p.data() + p.size() || port > 65535) throw bad("port is not 0..65535");
+  a.port = static_cast<std::uint16_t>(port);
+  int dots = 0;
+  for (char c : a.host) {
+    if (c == '.') ++dots;
+    else if (c < '0' || c > '9') throw bad("host is not an IPv4 address");
+  }
+  if (dots != 3) throw bad("host is not an IPv4 address");
+  return a;
+}
+
+std::int64_t ranged(const sdk::Config& c, const std::string& key, std::int64_t low, std::int64_t high) {
+  const auto v = c.integer(key);
+  if (v < low || v > high)
+    throw ConfigError(key, key + " = " + std::to_string(v) + " is outside " + std::to_string(low) + ".." +
+                               std::to_string(high));
+  return v;
+}
+
+std::string field(const Poco::JSON::Object::Ptr& t, const std::string& array, std::size_t index,
+                  const std::string& name, bool required) {
+  const std::string where = array + "[" + std::to_string(index) + "]";
+  if (!t->has(name) || t->isNull(name)) {
+    if (required) throw ConfigError(array, where + " has no '" + name + "'");
+    return {};
+  }
+  const auto v = t->get(name);
+  if (!v.isString()) throw ConfigError(array, where + "." + name + " must be a string");
+  return v.convert<std::string>();
+}
+
+void only_keys(const Poco::JSON::Object::Ptr& t, const std::string& array, std::size_t index,
+               std::initializer_list<const char*> allowed) {
+  for (const auto& [k, v] : *t) {
+    if (std::none_of(allowed.begin(), allowed.end(), [&](const char* a) { return k == a; })) {
+      std::string list;
+      for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
+      throw ConfigError(array, array + "[" + std::to_string(index) + "] has unknown key '" + k + "' (known: " + list +
+                                   ")");
+    }
+  }
+}
+
+}  // namespace
+
+Options parse_options(const sdk::Config& c, const std::filesystem::path& state_dir) {
+  Options o;
+  const std::string tftp = c.string("tftp");
+  if (tftp != "off") o.tftp = parse_listen("tftp", tftp);
+  o.tftp_root = c.string("tftp_root").empty() ? state_dir / "tftp" : std::filesystem::path(c.string("tftp_root"));
+  o.bootstrap_file = c.string("bootstrap_file");
+  if (o.bootstrap_file.empty() || o.bootstrap_file.find_first_of("/\\") != std::string::npos || o.bootstrap_file.size() > 128)
+    throw ConfigError("bootstrap_file", "bootstrap_file '" + o.bootstrap_file +
+                                            "' must be a plain file name (no '/' or '\\'), 1..128 characters");
+  o.stream = parse_listen("stream", c.string("stream"));
+
+  auto& b = o.bootstrap;
+  const auto servers = c.strings("login_servers");
+  if (servers.size() > bootstrap::max_login_servers)
+    throw ConfigError("login_servers", "login_servers has " + std::to_string(servers.size()) +
+                                           " entries; a bootstrap carries at most 4 (failover order)");
+  for (const auto& s : servers) {
+    try {
+      b.login_servers.push_back(bootstrap::parse_endpoint(s, "login_servers"));
+    } catch (const bootstrap::BootstrapError& e) {
+      throw ConfigError("login_servers", std::string(e.what()).substr(11));
+    }
+  }
+  if (servers.empty() && o.stream.host == "0.0.0.0")
+    throw ConfigError("login_servers", "stream listens on 0.0.0.0, which devices cannot dial: list the addresses "
+                                       "devices should use in login_servers");
+  b.version = static_cast<std::uint32_t>(ranged(c, "bootstrap_version", 1, 4294967295LL));
+  b.login_polling_timeout_ms = static_cast<std::uint32_t>(ranged(c, "login_polling_timeout_ms", 1000, 300000));
+  b.login_general_timeout_ms = static_cast<std::uint32_t>(ranged(c, "login_general_timeout_ms", 1000, 3600000));
+  if (b.login_general_timeout_ms < b.login_polling_timeout_ms)
+    throw ConfigError("login_general_timeout_ms", "login_general_timeout_ms must be at least login_polling_timeout_ms");
+  const auto recovery = c.string("recovery");
+  if (recovery == "reboot_to_hd") b.recovery = bootstrap::Recovery::reboot_to_hd;
+  else if (recovery == "restore_network") b.recovery = bootstrap::Recovery::restore_network;
+  else throw ConfigError("recovery", "recovery '" + recovery + "' is neither \"reboot_to_hd\" nor \"restore_network\"");
+  b.recovery_time_s = static_cast<std::uint32_t>(ranged(c, "recovery_time_s", 0, 86400));
+  b.verbose = c.boolean("verbose");
+  b.interrupt_safe = c.boolean("interrupt_safe");
+  b.advanced_memory = c.boolean("advanced_memory");
+  const auto addressing = c.string("addressing");
+  if (addressing == "static") {
+    b.addressing = bootstrap::Addressing::static_ip;
+    b.static_address = {c.string("static_ip"), c.string("static_mask"), c.string("static_gateway"),
+                        c.string("static_dns")};
+  } else if (addressing != "dhcp") {
+    throw ConfigError("addressing", "addressing '" + addressing + "' is neither \"dhcp\" nor \"static\"");
+  }
+  if (b.addressing == bootstrap::Addressing::static_ip) {
+    bootstrap::Bootstrap probe = b;
+    probe.login_servers = {{"127.0.0.1", 1}};
+    if (auto e = bootstrap::validate(probe); !e.empty()) {
+      const std::string f = e.substr(0, e.find(' '));
+      throw ConfigError(f == "ip" || f == "mask" || f == "gateway" || f == "dns" ? "static_" + f : "addressing", e);
+    }
+  }
+
+  o.max_connections = static_cast<std::size_t>(ranged(c, "max_connections", 1, 65536));
+  o.store = c.string("store").empty() ? state_dir.parent_path() / "vdisks" : std::filesystem::path(c.string("store"));
+  o.write_cache_dir = c.string("write_cache_dir").empty() ? state_dir / "write-cache"
+                                                          : std::filesystem::path(c.string("write_cache_dir"));
+  o.write_cache_ram = static_cast<std::uint64_t>(ranged(c, "write_cache_ram_mb", 0, 1 << 20)) << 20;
+  o.write_cache_disk = static_cast<std::uint64_t>(ranged(c, "write_cache_disk_mb", 0, 1LL << 30)) << 20;
+  const auto bs = ranged(c, "write_cache_block_size", 4096, 1 << 20);
+  if ((bs & (bs - 1)) != 0)
+    throw ConfigError("write_cache_block_size", "write_cache_block_size " + std::to_string(bs) +
+                                                    " is not a power of two (4096..1048576)");
+  o.write_cache_block_size = static_cast<std::uint32_t>(bs);
+  o.refresh_s = ranged(c, "refresh_s", 1, 86400);
+
+  std::set<std::string> names;
+  const auto vdisks = c.array("vdisks");
+  for (std::size_t i = 0; vdisks && i < vdisks->size(); ++i) {
+    const auto t = vdisks->getObject(static_cast<unsigned>(i));
+    if (!t) throw ConfigError("vdisks", "vdisks[" + std::to_string(i) + "] must be a table {name = ..., ...}");
+    only_keys(t, "vdisks", i, {"name", "file", "size_mb", "mode"});
+    VdiskSeed v;
+    v.name = field(t, "vdisks", i, "name", true);
+    if (!valid_vdisk_name(v.name))
+      throw ConfigError("vdisks", "vdisks[" + std::to_string(i) + "].name '" + v.name +
+                                      "' must be 1..64 of [A-Za-z0-9_.-], not starting with '.'");
+    if (!names.insert(v.name).second) throw ConfigError("vdisks", "vDisk '" + v.name + "' is declared twice");
+    v.file = field(t, "vdisks", i, "file", false);
+    if (v.file.empty()) v.file = v.name + ".img";
+    if (v.file.find('/') != std::string::npos || v.file.starts_with(".") || v.file.ends_with(".dfv"))
+      throw ConfigError("vdisks", "vdisks[" + std::to_string(i) + "].file '" + v.file +
+                                      "' must be a file name inside the store (no '/', no leading '.', not .dfv)");
+    const std::string mode = field(t, "vdisks", i, "mode", false);
+    if (mode == "private") v.mode = Mode::private_image;
+    else if (!mode.empty() && mode != "standard")
+      throw ConfigError("vdisks", "vdisks[" + std::to_string(i) + "].mode '" + mode +
+                                      "' is neither \"standard\" nor \"private\"");
+    if (t->has("size_mb")) {
+      const auto s = t->get("size_mb");
+      if (!s.isInteger() || s.convert<std::int64_t>() < 1 || s.convert<std::int64_t>() > (1LL << 24))
+        throw ConfigError("vdisks", "vdisks[" + std::to_string(i) + "].size_mb must be an integer 1..16777216");
+      v.size_mb = s.convert<std::uint64_t>();
+    }
+    if (v.size_mb == 0 && !std::filesystem::exists(o.store / v.file))
+      throw ConfigError("vdisks", "vDisk '" + v.name + "': " + (o.store / v.file).string() +
+                                      " does not exist; copy the image there or give size_mb to create an empty one");
+    o.vdisks.push_back(std::move(v));
+  }
+  std::set<std::string> macs;
+  const auto devices = c.array("devices");
+  for (std::size_t i = 0; devices && i < devices->size(); ++i) {
+    const auto t = devices->getObject(static_cast<unsigned>(i));
+    if (!t) throw ConfigError("devices", "devices[" + std::to_string(i) + "] must be a table {mac = ..., vdisk = ...}");
+    only_keys(t, "devices", i, {"mac", "vdisk", "name", "type"});
+    DeviceSeed d;
+    const std::string mac = field(t, "devices", i, "mac", true);
+    const auto norm = normalize_mac(mac);
+    if (!norm)
+      throw ConfigError("devices", "devices[" + std::to_string(i) + "].mac '" + mac +
+                                       "' is not a MAC address like \"52:54:00:12:34:56\"");
+    d.mac = *norm;
+    if (!macs.insert(d.mac).second) throw ConfigError("devices", "device " + d.mac + " is declared twice");
+    d.vdisk = field(t, "devices", i, "vdisk", true);
+    if (!names.contains(d.vdisk) && !valid_vdisk_name(d.vdisk))
+      throw ConfigError("devices", "devices[" + std::to_string(i) + "].vdisk '" + d.vdisk + "' is not a vDisk name");
+    d.name = field(t, "devices", i, "name", false);
+    d.type = field(t, "devices", i, "type", false);
+    if (d.type.empty()) d.type = kProduction;
+    if (d.type != kProduction && d.type != kTest)
+      throw ConfigError("devices", "devices[" + std::to_string(i) + "].type '" + d.type +
+                                       "' is neither \"production\" nor \"test\"");
+    o.devices.push_back(std::move(d));
+  }
+  return o;
+}
+
+// ---- rows ----
+
+const VersionRow* VdiskRow::bootable(bool include_test) const {
+  for (auto it = versions.rbegin(); it != versions.rend(); ++it) {
+    if (it->access == kProduction || (include_test && it->access == kTest)) return &*it;
+  }
+  return nullptr;
+}
+const VersionRow* VdiskRow::maintenance() const {
+  for (const auto& v : versions)
+    if (v.access == kMaintenance) return &v;
+  return nullptr;
+}
+const VersionRow* VdiskRow::find(int number) const {
+  for (const auto& v : versions)
+    if (v.number == number) return &v;
+  return nullptr;
+}
+
+// ---- catalog ----
+
+namespace {
+const std::vector<sdk::Migration> migrations = {
+    {1,
+     {"CREATE TABLE pvs_vdisks (name VARCHAR(64) PRIMARY KEY, mode VARCHAR(16) NOT NULL, size_bytes BIGINT NOT NULL)",
+      "CREATE TABLE pvs_versions (vdisk VARCHAR(64) NOT NULL, number INTEGER NOT NULL, file VARCHAR(256) NOT NULL, "
+      "parent INTEGER NOT NULL, access VARCHAR(16) NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (vdisk, number))",
+      "CREATE TABLE pvs_devices (mac VARCHAR(17) PRIMARY KEY, vdisk VARCHAR(64) NOT NULL, name VARCHAR(128) NOT NULL, "
+      "type VARCHAR(16) NOT NULL)"}},
+};
+
+std::int64_t now_s() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+Mode mode_of(const std::string& s) { return s == "private" ? Mode::private_image : Mode::standard; }
+
+void create_sparse(const std::filesystem::path& path, std::uint64_t size) {
+  std::filesystem::create_directories(path.parent_path());
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+  if (fd < 0) throw std::runtime_error("pvs: cannot create vDisk " + path.string() + ": " + std::strerror(errno));
+  const int rc = ::ftruncate(fd, static_cast<off_t>(size));
+  ::close(fd);
+  if (rc != 0) throw std::runtime_error("pvs: cannot size vDisk " + path.string() + ": " + std::strerror(errno));
+}
+}  // namespace
+
+void Catalog::migrate() {
+  auto s = store_.session();
+  // Two HA peers may migrate the same store at once; the loser retries and finds the tables in place.
+  for (int attempt = 0;; ++attempt) {
+    try {
+      sdk::migrate(s, "pvs", migrations);
+      return;
+    } catch (const std::exception&) {
+      if (attempt == 2) throw;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+}
+
+void Catalog::seed(const std::vector<VdiskSeed>& vdisks, const std::vector<DeviceSeed>& devices) {
+  std::filesystem::create_directories(dir_);
+  for (const auto& v : vdisks) {
+    const auto path = dir_ / v.file;
+    if (!std::filesystem::exists(path)) create_sparse(path, v.size_mb << 20);
+    const std::uint64_t size = std::filesystem::file_size(path);
+    auto s = store_.session();
+    Poco::Data::Transaction tx(s);
+    std::string name = v.name, mode = to_string(v.mode), file = v.file;
+    auto isize = static_cast<Poco::Int64>(size);
+    int count = 0;
+    s << "SELECT COUNT(*) FROM pvs_vdisks WHERE name = ?", use(name), into(count), now;
+    if (count == 0) {
+      s << "INSERT INTO pvs_vdisks (name, mode, size_bytes) VALUES (?, ?, ?)", use(name), use(mode), use(isize), now;
+      int number = 0, parent = -1;
+      std::string access = kProduction;
+      Poco::Int64 created = now_s();
+      s << "INSERT INTO pvs_versions (vdisk, number, file, parent, access, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+          use(name), use(number), use(file), use(parent), use(access), use(created), now;
+    } else {
+      s << "UPDATE pvs_vdisks SET mode = ? WHERE name = ?", use(mode), use(name), now;
+    }
+    tx.commit();
+  }
+  for (const auto& d : devices) assign(d);
+}
+
+void Catalog::assign(const DeviceSeed& d) {
+  auto s = store_.session();
+  std::string mac = d.mac, vdisk = d.vdisk, name = d.name, type = d.type;
+  int known = 0;
+  s << "SELECT COUNT(*) FROM pvs_vdisks WHERE name = ?", use(vdisk), into(known), now;
+  if (known == 0) throw ActionError("device " + mac + ": vDisk '" + vdisk + "' does not exist in the store");
+  Poco::Data::Transaction tx(s);
+  int count = 0;
+  s << "SELECT COUNT(*) FROM pvs_devices WHERE mac = ?", use(mac), into(count), now;
+  if (count == 0)
+    s << "INSERT INTO pvs_devices (mac, vdisk, name, type) VALUES (?, ?, ?, ?)", use(mac), use(vdisk), use(name),
+        use(type), now;
+  else
+    s << "UPDATE pvs_devices SET vdisk = ?, name = ?, type = ? WHERE mac = ?", use(vdisk), use(name), use(type),
+        use(mac), now;
+  tx.commit();
+}
+
+Snapshot Catalog::load() {
+  Snapshot snap;
+  auto s = store_.session();
+  {
+    std::vector<std::string> names, modes;
+    std::vector<Poco::Int64> sizes;
+    s << "SELECT name, mode, size_bytes FROM pvs_vdisks", into(names), into(modes), into(sizes), now;
+    for (std::size_t i = 0; i < names.size(); ++i)
+      snap.vdisks[names[i]] = VdiskRow{names[i], mode_of(modes[i]), static_cast<std::uint64_t>(sizes[i]), {}};
+  }
+  {
+    std::vector<std::string> vdisks, files, access;
+    std::vector<int> numbers, parents;
+    std::vector<Poco::Int64> created;
+    s << "SELECT vdisk, number, file, parent, access, created_at FROM pvs_versions ORDER BY vdisk, number",
+        into(vdisks), into(numbers), into(files), into(parents), into(access), into(created), now;
+    for (std::size_t i = 0; i < vdisks.size(); ++i) {
+      auto it = snap.vdisks.find(vdisks[i]);
+      if (it != snap.vdisks.end())
+        it->second.versions.push_back({numbers[i], files[i], parents[i], access[i], created[i]});
+    }
+  }
+  {
+    std::vector<std::string> macs, vdisks, names, types;
+    s << "SELECT mac, vdisk, name, type FROM pvs_devices", into(macs), into(vdisks), into(names), into(types), now;
+    for (std::size_t i = 0; i < macs.size(); ++i) snap.devices[macs[i]] = {macs[i], vdisks[i], names[i], types[i]};
+  }
+  return snap;
+}
+
+namespace {
+const VdiskRow& vdisk_of(const Snapshot& snap, const std::string& name) {
+  auto it = snap.vdisks.find(name);
+  if (it == snap.vdisks.end()) throw ActionError("unknown vDisk '" + name + "'");
+  return it->second;
+}
+}  // namespace
+
+int Catalog::new_version(const std::string& name) {
+  const Snapshot snap = load();
+  const VdiskRow& v = vdisk_of(snap, name);
+  if (v.mode != Mode::standard)
+    throw ActionError("vDisk '" + name + "' is in private mode: it is written in place and has no versions");
+  if (const auto* m = v.maintenance())
+    throw ActionError("vDisk '" + name + "' already has version " + std::to_string(m->number) +
+                      " in maintenance; promote or merge it before making another");
+  const VersionRow& top = v.versions.back();
+  int number = top.number + 1;
+  std::string file = name + "." + std::to_string(number) + ".dfv";
+  nbd::create_version(dir_ / file, dir_ / top.file);
+  auto s = store_.session();
+  std::string vdisk = name, access = kMaintenance;
+  int parent = top.number;
+  Poco::Int64 created = now_s();
+  s << "INSERT INTO pvs_versions (vdisk, number, file, parent, access, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+      use(vdisk), use(number), use(file), use(parent), use(access), use(created), now;
+  return number;
+}
+
+int Catalog::promote(const std::string& name, std::optional<int> version, const std::string& to) {
+  if (to != kTest && to != kProduction) throw ActionError("promote to '" + to + "': only \"test\" or \"production\"");
+  const Snapshot snap = load();
+  const VdiskRow& v = vdisk_of(snap, name);
+  const VersionRow* row = nullptr;
+  if (version) {
+    row = v.find(*version);
+    if (!row) throw ActionError("vDisk '" + name + "' has no version " + std::to_string(*version));
+  } else {
+    for (const auto& r : v.versions)
+      if (r.access != kProduction) row = &r;
+    if (!row) throw ActionError("vDisk '" + name + "' has no version in maintenance or test to promote");
+  }
+  if (row->access == kProduction) throw ActionError("version " + std::to_string(row->number) + " is already production");
+  if (row->access == kTest && to == kTest) throw ActionError("version " + std::to_string(row->number) + " is already test");
+  auto s = store_.session();
+  std::string vdisk = name, access = to;
+  int number = row->number;
+  s << "UPDATE pvs_versions SET access = ? WHERE vdisk = ? AND number = ?", use(access), use(vdisk), use(number), now;
+  return number;
+}
+
+int Catalog::merge_base(const std::string& name, std::optional<int> version, const std::string& access) {
+  if (access != kMaintenance && access != kTest && access != kProduction)
+    throw ActionError("merge access '" + access + "': only maintenance, test or production");
+  const Snapshot snap = load();
+  const VdiskRow& v = vdisk_of(snap, name);
+  if (v.mode != Mode::standard) throw ActionError("vDisk '" + name + "' is in private mode: nothing to merge");
+  const VersionRow* row = version ? v.find(*version) : v.bootable(false);
+  if (!row) throw ActionError("vDisk '" + name + "' has no such version to merge");
+  if (row->access == kMaintenance)
+    throw ActionError("version " + std::to_string(row->number) + " is in maintenance; promote it first");
+  if (access == kMaintenance && v.maintenance())
+    throw ActionError("vDisk '" + name + "' already has a version in maintenance");
+  const int number = v.versions.back().number + 1;
+  const std::string file = name + "." + std::to_string(number) + ".img";
+  const auto tmp = dir_ / (file + ".partial");
+  // Read the whole chain once into a new raw base; only a complete file is renamed into place.
+  {
+    nbd::ChainExport chain(dir_ / row->file);
+    std::filesystem::remove(tmp);
+    create_sparse(tmp, chain.size());
+    nbd::FileExport out(tmp, false);
+    std::vector<std::byte> buf(1 << 20), zero(1 << 20);
+    for (std::uint64_t off = 0; off < chain.size(); off += buf.size()) {
+      const auto n = std::min<std::uint64_t>(buf.size(), chain.size() - off);
+      std::span<std::byte> piece(buf.data(), n);
+      if (int e = chain.read(off, piece)) throw ActionError("merge: read of " + row->file + " failed: " + std::strerror(e));
+      if (std::equal(piece.begin(), piece.end(), zero.begin())) continue;  // keep holes sparse
+      if (int e = out.write(off, piece)) throw ActionError("merge: write of " + file + " failed: " + std::strerror(e));
+    }
+    if (int e = out.flush()) throw ActionError("merge: flush of " + file + " failed: " + std::strerror(e));
+  }
+  std::filesystem::rename(tmp, dir_ / file);
+  auto s = store_.session();
+  std::string vdisk = name, f = file, a = access;
+  int n = number, parent = -1;
+  Poco::Int64 created = now_s();
+  s << "INSERT INTO pvs_versions (vdisk, number, file, parent, access, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+      use(vdisk), use(n), use(f), use(parent), use(a), use(created), now;
+  return number;
+}
+
+}  // namespace deskfarm::pvs

@@ -1,0 +1,306 @@
+#include "streamer.hpp"
+
+#include <cerrno>
+
+#include <Poco/JSON/Array.h>
+
+#include <deskfarm/nbd/version_chain.hpp>
+
+namespace deskfarm::pvs {
+
+Streamer::Streamer(std::filesystem::path store_dir, nbd::WriteCacheOptions cache, StreamerMetrics metrics)
+    : dir_(std::move(store_dir)), cache_(std::move(cache)), metrics_(metrics) {}
+
+void Streamer::update(Snapshot snapshot) {
+  std::lock_guard lock(mutex_);
+  snap_ = std::move(snapshot);
+}
+
+Snapshot Streamer::snapshot() const {
+  std::lock_guard lock(mutex_);
+  return snap_;
+}
+
+std::shared_ptr<nbd::Export> Streamer::layer(const std::string& file) {
+  // Caller holds mutex_. One open chain per version file, shared by every device booting it.
+  auto& slot = layers_[file];
+  if (auto e = slot.lock()) return e;
+  std::shared_ptr<nbd::Export> e;
+  if (file.ends_with(".dfv")) e = std::make_shared<nbd::ChainExport>(dir_ / file);
+  else e = std::make_shared<nbd::FileExport>(dir_ / file, true);
+  slot = e;
+  return e;
+}
+
+nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) {
+  const std::string requested(name);
+  auto refuse = [&](sdk::Counter* c, std::string why) {
+    if (c) c->inc();
+    return nbd::Resolution{nullptr, "pvs: " + why};
+  };
+  std::lock_guard lock(mutex_);
+  // vdisk@maintenance: the one writer of a version in maintenance.
+  if (const auto at = requested.find('@'); at != std::string::npos) {
+    const std::string vdisk = requested.substr(0, at);
+    if (requested.substr(at + 1) != "maintenance")
+      return refuse(metrics_.unknown, "unknown export '" + requested + "' (use a device MAC or VDISK@maintenance)");
+    auto it = snap_.vdisks.find(vdisk);
+    if (it == snap_.vdisks.end()) return refuse(metrics_.unknown, "unknown vDisk '" + vdisk + "'");
+    const VersionRow* m = it->second.maintenance();
+    if (!m)
+      return refuse(metrics_.refused, "vDisk '" + vdisk + "' has no version in maintenance; create one with "
+                                      "pvs.<instance>.admin.version.new");
+    const std::string key = vdisk + "@maintenance";
+    if (auto l = live_.find(key); l != live_.end() && !l->second.export_.expired())
+      return refuse(metrics_.refused, "version " + std::to_string(m->number) + " of '" + vdisk +
+                                          "' is already open for maintenance from " + l->second.info.peer +
+                                          " (one writer at a time)");
+    DeviceEvent info{"boot", key, vdisk, m->number, std::string(peer), "maintenance"};
+    std::shared_ptr<nbd::Export> inner;
+    try {
+      inner = std::make_shared<MaintenanceExport>(dir_ / m->file);
+    } catch (const std::exception& e) {
+      return refuse(metrics_.refused, std::string("cannot open maintenance version: ") + e.what());
+    }
+    auto d = std::make_shared<DeviceExport>(weak_from_this(), key, inner, nullptr, false, info);
+    live_[key] = Live{d, info, std::chrono::system_clock::now()};
+    return {d, {}};
+  }
+
+  const auto mac = normalize_mac(requested);
+  if (!mac) return refuse(metrics_.unknown, "export '" + requested + "' is not a device MAC (52:54:00:12:34:56)");
+  auto dev = snap_.devices.find(*mac);
+  if (dev == snap_.devices.end())
+    return refuse(metrics_.unknown, "unknown device " + *mac + ": no device record; add it to the manifest's "
+                                    "devices or assign it with pvs.<instance>.admin.device.assign");
+  auto vd = snap_.vdisks.find(dev->second.vdisk);
+  if (vd == snap_.vdisks.end())
+    return refuse(metrics_.refused, "device " + *mac + " is assigned to vDisk '" + dev->second.vdisk +
+                                        "', which does not exist");
+  const VdiskRow& vdisk = vd->second;
+
+  if (vdisk.mode == Mode::private_image) {
+    const std::string key = vdisk.name + "@private";
+    if (auto l = live_.find(key); l != live_.end() && !l->second.export_.expired())
+      return refuse(metrics_.refused, "vDisk '" + vdisk.name + "' is in private mode and already open by device " +
+                                          l->second.info.export_name + " from " + l->second.info.peer +
+                                          " (private images have one writer; use standard mode to share)");
+    const VersionRow& base = vdisk.versions.front();
+    DeviceEvent info{"boot", *mac, vdisk.name, base.number, std::string(peer), "private"};
+    std::shared_ptr<nbd::Export> inner;
+    try {
+      inner = std::make_shared<nbd::FileExport>(dir_ / base.file, false);
+    } catch (const std::exception& e) {
+      return refuse(metrics_.refused, e.what());
+    }
+    auto d = std::make_shared<DeviceExport>(weak_from_this(), key, inner, nullptr, false, info);
+    live_[key] = Live{d, info, std::chrono::system_clock::now()};
+    return {d, {}};
+  }
+
+  // Standard mode: connections of one device share its write cache; when the last one closes the device has
+  // rebooted and the next connection boots the newest production version with an empty cache.
+  if (auto l = live_.find(*mac); l != live_.end())
+    if (auto d = l->second.export_.lock()) return {d, {}};
+  const VersionRow* v = vdisk.bootable(dev->second.type == kTest);
+  if (!v) return refuse(metrics_.refused, "vDisk '" + vdisk.name + "' has no production version to boot");
+  DeviceEvent info{"boot", *mac, vdisk.name, v->number, std::string(peer), "standard"};
+  try {
+    auto base = layer(v->file);
+    nbd::WriteCacheOptions o = cache_;
+    o.device = *mac;
+    auto cache = std::make_shared<nbd::WriteCache>(base, o);
+    auto d = std::make_shared<DeviceExport>(weak_from_this(), *mac, cache, cache, true, info);
+    live_[*mac] = Live{d, info, std::chrono::system_clock::now()};
+    return {d, {}};
+  } catch (const std::exception& e) {
+    return refuse(metrics_.refused, "cannot open vDisk '" + vdisk.name + "' version " + std::to_string(v->number) +
+                                        ": " + e.what());
+  }
+}
+
+std::vector<nbd::ExportEntry> Streamer::list(std::string_view) const {
+  std::lock_guard lock(mutex_);
+  std::vector<nbd::ExportEntry> out;
+  for (const auto& [mac, d] : snap_.devices) {
+    std::string desc = (d.name.empty() ? "device" : d.name) + " -> vDisk " + d.vdisk;
+    if (auto vd = snap_.vdisks.find(d.vdisk); vd != snap_.vdisks.end()) {
+      desc += " (" + to_string(vd->second.mode) + ")";
+      if (const auto* v = vd->second.bootable(d.type == kTest)) desc += " version " + std::to_string(v->number);
+    }
+    out.push_back({mac, desc});
+  }
+  for (const auto& [name, v] : snap_.vdisks)
+    if (const auto* m = v.maintenance())
+      out.push_back({name + "@maintenance", "vDisk " + name + " version " + std::to_string(m->number) +
+                                                " in maintenance (one writer)"});
+  return out;
+}
+
+void Streamer::released(const std::string& key, const DeviceExport* which) {
+  DeviceEvent info;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = live_.find(key);
+    if (it == live_.end()) return;
+    // Only forget the entry if it still refers to the export going away (a new boot may have replaced it).
+    auto current = it->second.export_.lock();
+    if (current && current.get() != which) return;
+    info = it->second.info;
+    live_.erase(it);
+  }
+  (void)info;
+}
+
+void Streamer::emit(const DeviceEvent& e) const {
+  if (e.kind == "boot" && metrics_.boots) metrics_.boots->inc();
+  if (e.kind == "disconnect" && metrics_.disconnects) metrics_.disconnects->inc();
+  if (sink_) sink_(e);
+}
+
+std::size_t Streamer::active() const {
+  std::lock_guard lock(mutex_);
+  std::size_t n = 0;
+  for (const auto& [k, l] : live_)
+    if (!l.export_.expired()) ++n;
+  return n;
+}
+
+std::uint64_t Streamer::cache_bytes() const {
+  std::lock_guard lock(mutex_);
+  std::uint64_t n = 0;
+  for (const auto& [k, l] : live_)
+    if (auto d = l.export_.lock(); d && d->cache()) {
+      const auto u = d->cache()->usage();
+      n += u.ram_bytes + u.disk_bytes;
+    }
+  return n;
+}
+
+void Streamer::status(Poco::JSON::Object& out) const {
+  std::lock_guard lock(mutex_);
+  Poco::JSON::Array::Ptr sessions = new Poco::JSON::Array;
+  std::uint64_t ram = 0, disk = 0;
+  for (const auto& [k, l] : live_) {
+    auto d = l.export_.lock();
+    if (!d) continue;
+    Poco::JSON::Object::Ptr s = new Poco::JSON::Object;
+    s->set("export", l.info.export_name);
+    s->set("vdisk", l.info.vdisk);
+    s->set("version", l.info.version);
+    s->set("mode", l.info.mode);
+    s->set("peer", l.info.peer);
+    if (d->cache()) {
+      const auto u = d->cache()->usage();
+      s->set("write_cache_ram_bytes", u.ram_bytes);
+      s->set("write_cache_disk_bytes", u.disk_bytes);
+      ram += u.ram_bytes;
+      disk += u.disk_bytes;
+    }
+    sessions->add(s);
+  }
+  out.set("active_devices", sessions->size());
+  out.set("sessions", sessions);
+  out.set("write_cache_ram_bytes", ram);
+  out.set("write_cache_disk_bytes", disk);
+  Poco::JSON::Array::Ptr vdisks = new Poco::JSON::Array;
+  for (const auto& [name, v] : snap_.vdisks) {
+    Poco::JSON::Object::Ptr o = new Poco::JSON::Object;
+    o->set("name", name);
+    o->set("mode", to_string(v.mode));
+    o->set("size_bytes", v.size);
+    Poco::JSON::Array::Ptr versions = new Poco::JSON::Array;
+    for (const auto& r : v.versions) {
+      Poco::JSON::Object::Ptr vo = new Poco::JSON::Object;
+      vo->set("number", r.number);
+      vo->set("access", r.access);
+      vo->set("file", r.file);
+      vo->set("parent", r.parent);
+      versions->add(vo);
+    }
+    o->set("versions", versions);
+    if (const auto* b = v.bootable(false)) o->set("production", b->number);
+    vdisks->add(o);
+  }
+  out.set("vdisks", vdisks);
+  out.set("devices", snap_.devices.size());
+}
+
+// ---- DeviceExport ----
+
+DeviceExport::DeviceExport(std::weak_ptr<Streamer> owner, std::string key, std::shared_ptr<nbd::Export> inner,
+                           std::shared_ptr<nbd::WriteCache> cache, bool multi_conn, DeviceEvent info)
+    : owner_(std::move(owner)),
+      key_(std::move(key)),
+      inner_(std::move(inner)),
+      cache_(std::move(cache)),
+      multi_conn_(multi_conn),
+      info_(std::move(info)) {}
+
+DeviceExport::~DeviceExport() {
+  if (auto o = owner_.lock()) {
+    o->released(key_, this);
+    // NBD_OPT_INFO (nbdinfo --list) resolves without any I/O: that is a look, not a boot.
+    if (booted_.load()) {
+      DeviceEvent e = info_;
+      e.kind = "disconnect";
+      o->emit(e);
+    }
+  }
+}
+
+void DeviceExport::touch() {
+  if (!booted_.exchange(true))
+    if (auto o = owner_.lock()) o->emit(info_);
+}
+
+int DeviceExport::read(std::uint64_t off, std::span<std::byte> out) {
+  touch();
+  return inner_->read(off, out);
+}
+int DeviceExport::write(std::uint64_t off, std::span<const std::byte> in) {
+  touch();
+  return inner_->write(off, in);
+}
+int DeviceExport::write_zeroes(std::uint64_t off, std::uint64_t length) {
+  touch();
+  return inner_->write_zeroes(off, length);
+}
+
+// ---- MaintenanceExport ----
+
+MaintenanceExport::MaintenanceExport(const std::filesystem::path& version_file)
+    : file_(version_file),
+      writer_(std::make_unique<nbd::VersionWriter>(version_file)),
+      view_(std::make_unique<nbd::ChainExport>(version_file)) {
+  size_ = view_->size();
+}
+
+int MaintenanceExport::read(std::uint64_t off, std::span<std::byte> out) {
+  std::lock_guard lock(mutex_);
+  if (!nbd::in_bounds(off, out.size(), size_)) return EINVAL;
+  if (stale_) {
+    if (int e = writer_->flush()) return e;
+    try {
+      view_ = std::make_unique<nbd::ChainExport>(file_);
+    } catch (const std::exception&) {
+      return EIO;
+    }
+    stale_ = false;
+  }
+  return view_->read(off, out);
+}
+
+int MaintenanceExport::write(std::uint64_t off, std::span<const std::byte> in) {
+  std::lock_guard lock(mutex_);
+  if (!nbd::in_bounds(off, in.size(), size_)) return EINVAL;
+  stale_ = true;
+  return writer_->write(off, in);
+}
+
+int MaintenanceExport::flush() {
+  std::lock_guard lock(mutex_);
+  return writer_->flush();
+}
+
+}  // namespace deskfarm::pvs

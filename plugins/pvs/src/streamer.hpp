@@ -1,0 +1,130 @@
+#pragma once
+// pvs: which export an NBD connection gets (device MAC -> vDisk version -> write cache), shared by the NBD threads.
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <Poco/JSON/Object.h>
+
+#include <deskfarm/nbd/session.hpp>
+#include <deskfarm/nbd/version_chain.hpp>
+#include <deskfarm/nbd/write_cache.hpp>
+#include <deskfarm/sdk/metrics.hpp>
+
+#include "model.hpp"
+
+namespace deskfarm::pvs {
+
+/// A device booting or going away, reported from an NBD thread.
+struct DeviceEvent {
+  std::string kind;  ///< "boot" | "disconnect"
+  std::string export_name;
+  std::string vdisk;
+  int version = 0;
+  std::string peer;
+  std::string mode;  ///< standard | private | maintenance
+};
+
+struct StreamerMetrics {
+  sdk::Counter* boots = nullptr;
+  sdk::Counter* disconnects = nullptr;
+  sdk::Counter* unknown = nullptr;
+  sdk::Counter* refused = nullptr;
+};
+
+class DeviceExport;
+
+/// Thread-safe: resolve() and list() run on NBD connection threads, update() and status on the executor.
+class Streamer : public std::enable_shared_from_this<Streamer> {
+ public:
+  Streamer(std::filesystem::path store_dir, nbd::WriteCacheOptions cache, StreamerMetrics metrics);
+
+  /// Replaces the catalog view; sessions already running keep the version they booted.
+  void update(Snapshot snapshot);
+  Snapshot snapshot() const;
+  /// NBD resolver: a device MAC or "vdisk@maintenance".
+  nbd::Resolution resolve(std::string_view name, std::string_view peer);
+  std::vector<nbd::ExportEntry> list(std::string_view peer) const;
+  /// Where boot/disconnect events go (called on NBD threads); set before the server starts.
+  void on_event(std::function<void(const DeviceEvent&)> sink) { sink_ = std::move(sink); }
+  /// Names of vDisk files a running session uses (refuses merges that would pull them away; informative).
+  void status(Poco::JSON::Object& out) const;
+  std::size_t active() const;
+  std::uint64_t cache_bytes() const;
+
+ private:
+  friend class DeviceExport;
+  struct Live {
+    std::weak_ptr<DeviceExport> export_;
+    DeviceEvent info;
+    std::chrono::system_clock::time_point since;
+  };
+  std::shared_ptr<nbd::Export> layer(const std::string& file);  // shared read-only chain per version file
+  void released(const std::string& key, const DeviceExport* which);
+  void emit(const DeviceEvent& e) const;
+
+  std::filesystem::path dir_;
+  nbd::WriteCacheOptions cache_;
+  StreamerMetrics metrics_;
+  std::function<void(const DeviceEvent&)> sink_;
+
+  mutable std::mutex mutex_;
+  Snapshot snap_;
+  std::map<std::string, std::weak_ptr<nbd::Export>> layers_;
+  std::map<std::string, Live> live_;  // key: MAC, or "vdisk@maintenance", or "vdisk@private"
+};
+
+/// What one device (or the maintenance writer) holds while connected; reports itself gone when the last
+/// connection drops it, which is also when its write cache is discarded.
+class DeviceExport final : public nbd::Export {
+ public:
+  DeviceExport(std::weak_ptr<Streamer> owner, std::string key, std::shared_ptr<nbd::Export> inner,
+               std::shared_ptr<nbd::WriteCache> cache, bool multi_conn, DeviceEvent info);
+  ~DeviceExport() override;
+  std::uint64_t size() const override { return inner_->size(); }
+  bool read_only() const override { return inner_->read_only(); }
+  int read(std::uint64_t off, std::span<std::byte> out) override;
+  int write(std::uint64_t off, std::span<const std::byte> in) override;
+  int flush() override { return inner_->flush(); }
+  int write_zeroes(std::uint64_t off, std::uint64_t length) override;
+  bool multi_conn_safe() const override { return multi_conn_; }
+  const nbd::WriteCache* cache() const { return cache_.get(); }
+
+ private:
+  void touch();
+  std::weak_ptr<Streamer> owner_;
+  std::string key_;
+  std::shared_ptr<nbd::Export> inner_;
+  std::shared_ptr<nbd::WriteCache> cache_;
+  bool multi_conn_;
+  DeviceEvent info_;
+  std::atomic<bool> booted_{false};
+};
+
+/// A maintenance version opened read-write: writes go to the version file, reads see them.
+class MaintenanceExport final : public nbd::Export {
+ public:
+  explicit MaintenanceExport(const std::filesystem::path& version_file);
+  std::uint64_t size() const override { return size_; }
+  bool read_only() const override { return false; }
+  int read(std::uint64_t off, std::span<std::byte> out) override;
+  int write(std::uint64_t off, std::span<const std::byte> in) override;
+  int flush() override;
+  bool multi_conn_safe() const override { return false; }
+
+ private:
+  std::filesystem::path file_;
+  std::mutex mutex_;
+  std::unique_ptr<nbd::VersionWriter> writer_;
+  std::unique_ptr<nbd::ChainExport> view_;  // reopened after writes: ChainExport reads the bitmap once
+  bool stale_ = false;
+  std::uint64_t size_ = 0;
+};
+
+}  // namespace deskfarm::pvs

@@ -62,7 +62,7 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
     } catch (const std::exception& e) {
       return refuse(metrics_.refused, std::string("cannot open maintenance version: ") + e.what());
     }
-    auto d = std::make_shared<DeviceExport>(weak_from_this(), key, inner, nullptr, false, info);
+    auto d = std::make_shared<DeviceExport>(weak_from_this(), key, inner, nullptr, nullptr, false, info);
     live_[key] = Live{d, info, std::chrono::system_clock::now()};
     return {d, {}};
   }
@@ -93,7 +93,7 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
     } catch (const std::exception& e) {
       return refuse(metrics_.refused, e.what());
     }
-    auto d = std::make_shared<DeviceExport>(weak_from_this(), key, inner, nullptr, false, info);
+    auto d = std::make_shared<DeviceExport>(weak_from_this(), key, inner, nullptr, nullptr, false, info);
     live_[key] = Live{d, info, std::chrono::system_clock::now()};
     return {d, {}};
   }
@@ -110,7 +110,7 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
     nbd::WriteCacheOptions o = cache_;
     o.device = *mac;
     auto cache = std::make_shared<nbd::WriteCache>(base, o);
-    auto d = std::make_shared<DeviceExport>(weak_from_this(), *mac, cache, cache, true, info);
+    auto d = std::make_shared<DeviceExport>(weak_from_this(), *mac, cache, cache, base, true, info);
     live_[*mac] = Live{d, info, std::chrono::system_clock::now()};
     return {d, {}};
   } catch (const std::exception& e) {
@@ -229,11 +229,13 @@ void Streamer::status(Poco::JSON::Object& out) const {
 // ---- DeviceExport ----
 
 DeviceExport::DeviceExport(std::weak_ptr<Streamer> owner, std::string key, std::shared_ptr<nbd::Export> inner,
-                           std::shared_ptr<nbd::WriteCache> cache, bool multi_conn, DeviceEvent info)
+                           std::shared_ptr<nbd::WriteCache> cache, std::shared_ptr<nbd::Export> base,
+                           bool multi_conn, DeviceEvent info)
     : owner_(std::move(owner)),
       key_(std::move(key)),
       inner_(std::move(inner)),
       cache_(std::move(cache)),
+      base_(std::move(base)),
       multi_conn_(multi_conn),
       info_(std::move(info)) {}
 
@@ -256,14 +258,17 @@ void DeviceExport::touch() {
 
 int DeviceExport::read(std::uint64_t off, std::span<std::byte> out) {
   touch();
+  if (base_ && !dirty_.load(std::memory_order_acquire)) return base_->read(off, out);
   return inner_->read(off, out);
 }
 int DeviceExport::write(std::uint64_t off, std::span<const std::byte> in) {
   touch();
+  dirty_.store(true, std::memory_order_release);
   return inner_->write(off, in);
 }
 int DeviceExport::write_zeroes(std::uint64_t off, std::uint64_t length) {
   touch();
+  dirty_.store(true, std::memory_order_release);
   return inner_->write_zeroes(off, length);
 }
 

@@ -84,8 +84,11 @@ class Streamer : public std::enable_shared_from_this<Streamer> {
 /// connection drops it, which is also when its write cache is discarded.
 class DeviceExport final : public nbd::Export {
  public:
+  /// `base`: what `cache` sits on; a device that has written nothing reads it directly (a boot is mostly reads, and
+  /// the cache would split them into copy-on-write blocks).
   DeviceExport(std::weak_ptr<Streamer> owner, std::string key, std::shared_ptr<nbd::Export> inner,
-               std::shared_ptr<nbd::WriteCache> cache, bool multi_conn, DeviceEvent info);
+               std::shared_ptr<nbd::WriteCache> cache, std::shared_ptr<nbd::Export> base, bool multi_conn,
+               DeviceEvent info);
   ~DeviceExport() override;
   std::uint64_t size() const override { return inner_->size(); }
   bool read_only() const override { return inner_->read_only(); }
@@ -102,6 +105,8 @@ class DeviceExport final : public nbd::Export {
   std::string key_;
   std::shared_ptr<nbd::Export> inner_;
   std::shared_ptr<nbd::WriteCache> cache_;
+  std::shared_ptr<nbd::Export> base_;
+  std::atomic<bool> dirty_{false};  // set before the first write is forwarded; from then on reads see the cache
   bool multi_conn_;
   DeviceEvent info_;
   std::atomic<bool> booted_{false};

@@ -1,0 +1,212 @@
+// Boot storm: N devices (MACs) each open their export and read a boot working set from one base vDisk through
+// their write cache; the same load generator then runs against nbdkit --filter=cow and qemu-nbd serving the base.
+//   pvs_bootstorm [--devices 500] [--concurrency 64] [--ws-mib 16] [--request-kib 256] [--base-mib 64] [--no-peers]
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <deskfarm/nbd/client.hpp>
+#include <deskfarm/testing/files.hpp>
+#include <deskfarm/testing/process.hpp>
+#include <deskfarm/testing/temp_dir.hpp>
+
+#include "deployment.hpp"
+
+using namespace deskfarm;
+namespace dt = deskfarm::testing;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Args {
+  int devices = 500;
+  int concurrency = 64;
+  std::uint64_t ws_mib = 16;
+  std::uint64_t request_kib = 256;
+  std::uint64_t base_mib = 64;
+  bool peers = true;
+};
+
+std::string mac_of(int i) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "52:54:00:%02x:%02x:%02x", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+  return buf;
+}
+
+struct Result {
+  std::string name;
+  double total_s = 0;
+  double p50_ms = 0, p99_ms = 0, max_ms = 0;
+  int failures = 0;
+  std::string first_error;
+};
+
+/// Every device: connect, read the working set in request-size pieces, disconnect (the write cache goes with it).
+Result storm(const std::string& name, std::uint16_t port, const Args& a, bool per_device_export,
+             const std::string& fixed_export = "") {
+  std::atomic<int> next{0};
+  std::vector<double> times(static_cast<std::size_t>(a.devices), -1);
+  std::mutex m;
+  Result r{name};
+  const auto t0 = Clock::now();
+  std::vector<std::thread> workers;
+  for (int w = 0; w < a.concurrency; ++w) {
+    workers.emplace_back([&] {
+      std::vector<std::byte> buf(a.request_kib << 10);
+      for (int i; (i = next.fetch_add(1)) < a.devices;) {
+        const auto s = Clock::now();
+        try {
+          nbd::Client c("127.0.0.1", port, per_device_export ? mac_of(i) : fixed_export);
+          for (std::uint64_t off = 0; off < (a.ws_mib << 20); off += buf.size()) {
+            if (auto e = c.read(off, buf)) throw std::runtime_error("read error " + std::to_string(e));
+          }
+          c.disconnect();
+          times[static_cast<std::size_t>(i)] = std::chrono::duration<double, std::milli>(Clock::now() - s).count();
+        } catch (const std::exception& e) {
+          std::lock_guard lock(m);
+          if (r.failures++ == 0) r.first_error = e.what();
+        }
+      }
+    });
+  }
+  for (auto& t : workers) t.join();
+  r.total_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::vector<double> ok;
+  for (double t : times)
+    if (t >= 0) ok.push_back(t);
+  std::sort(ok.begin(), ok.end());
+  if (!ok.empty()) {
+    r.p50_ms = ok[ok.size() / 2];
+    r.p99_ms = ok[std::min(ok.size() - 1, ok.size() * 99 / 100)];
+    r.max_ms = ok.back();
+  }
+  return r;
+}
+
+void print(const Result& r, const Args& a) {
+  const int done = a.devices - r.failures;
+  std::printf("%-26s devices %4d ok %4d  total %7.2f s  %8.1f boots/s  %9.1f MiB/s  p50 %8.1f ms  p99 %8.1f ms  max %8.1f ms\n",
+              r.name.c_str(), a.devices, done, r.total_s, done / r.total_s,
+              static_cast<double>(done) * static_cast<double>(a.ws_mib) / r.total_s, r.p50_ms, r.p99_ms, r.max_ms);
+  if (r.failures) std::printf("  %d failures, first: %s\n", r.failures, r.first_error.c_str());
+}
+
+bool wait_port(std::uint16_t port, const std::string& export_name) {
+  return dt::eventually(
+      [&] {
+        try {
+          nbd::Client c("127.0.0.1", port, export_name);
+          c.disconnect();
+          return true;
+        } catch (const std::exception&) {
+          return false;
+        }
+      },
+      std::chrono::seconds(15));
+}
+
+std::uint16_t free_port() {
+  // The kernel picks an unused port; the peer binds it right after (a small race, fine for a bench).
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto val = [&] { return i + 1 < argc ? std::stoull(argv[++i]) : 0ULL; };
+    if (k == "--devices") a.devices = static_cast<int>(val());
+    else if (k == "--concurrency") a.concurrency = static_cast<int>(val());
+    else if (k == "--ws-mib") a.ws_mib = val();
+    else if (k == "--request-kib") a.request_kib = val();
+    else if (k == "--base-mib") a.base_mib = val();
+    else if (k == "--no-peers") a.peers = false;
+    else {
+      std::fprintf(stderr, "unknown argument %s\n", k.c_str());
+      return 2;
+    }
+  }
+  a.base_mib = std::max(a.base_mib, a.ws_mib);
+  dt::TempDir dir("pvs-bench");
+  const auto store = dir.path() / "vdisks";
+  std::filesystem::create_directories(store);
+  dt::write_file(store / "gold.img", dt::pattern(a.base_mib << 20, 3));
+
+  std::string toml = "[deployment]\nname = \"bench\"\nstate_dir = \"" + (dir.path() / "var").string() +
+                     "\"\ndata_store = \"sqlite:" + (dir.path() / "ds.db").string() +
+                     "\"\n[instances.pvs-1]\nplugin = \"pvs\"\ntftp = \"off\"\nstream = \"127.0.0.1:0\"\nstore = \"" +
+                     store.string() + "\"\nmax_connections = 4096\nvdisks = [ { name = \"gold\" } ]\ndevices = [\n";
+  for (int i = 0; i < a.devices; ++i) toml += "  { mac = \"" + mac_of(i) + "\", vdisk = \"gold\" },\n";
+  toml += "]\n";
+  dt::write_text(dir / "bench.toml", toml);
+
+  std::printf("boot storm: %d devices, %d at a time, %llu MiB working set each in %llu KiB reads, base %llu MiB\n",
+              a.devices, a.concurrency, static_cast<unsigned long long>(a.ws_mib),
+              static_cast<unsigned long long>(a.request_kib), static_cast<unsigned long long>(a.base_mib));
+  kernel::LogSink log(sdk::LogLevel::warning);
+  kernel::PluginCatalog catalog({PLUGIN_DIR});
+  std::vector<Result> results;
+  {
+    kernel::Deployment d(kernel::load_manifest(dir / "bench.toml"), catalog, log);
+    d.start();
+    std::uint16_t port = 0;
+    d.run_on("pvs-1", [&](sdk::Plugin& p, sdk::Context&) {
+      Poco::JSON::Object o;
+      p.status(o);
+      port = static_cast<std::uint16_t>(o.getValue<int>("stream_port"));
+    });
+    storm("warm-up", port, Args{.devices = std::min(a.devices, 16), .concurrency = 4, .ws_mib = a.ws_mib,
+                                .request_kib = a.request_kib}, true);
+    results.push_back(storm("pvs (per-device cache)", port, a, true));
+    print(results.back(), a);
+    d.stop();
+  }
+  if (a.peers && dt::have_program("nbdkit")) {
+    const auto port = free_port();
+    dt::ChildProcess nbdkit({"nbdkit", "-f", "-i", "127.0.0.1", "-p", std::to_string(port), "--filter=cow", "file",
+                             (store / "gold.img").string()});
+    if (wait_port(port, "")) {
+      results.push_back(storm("nbdkit --filter=cow file", port, a, false));
+      print(results.back(), a);
+    } else {
+      std::printf("nbdkit did not come up on port %u\n", port);
+    }
+  }
+  if (a.peers && dt::have_program("qemu-nbd")) {
+    const auto port = free_port();
+    dt::ChildProcess qemu({"qemu-nbd", "-f", "raw", "-r", "-t", "-e", "4096", "-x", "gold", "-b", "127.0.0.1", "-p",
+                           std::to_string(port), (store / "gold.img").string()});
+    if (wait_port(port, "gold")) {
+      results.push_back(storm("qemu-nbd -r (shared)", port, a, false, "gold"));
+      print(results.back(), a);
+    } else {
+      std::printf("qemu-nbd did not come up on port %u\n", port);
+    }
+  }
+  for (std::size_t i = 1; i < results.size(); ++i)
+    std::printf("pvs / %s: time ratio %.2f (below 1 = pvs faster)\n", results[i].name.c_str(),
+                results[0].total_s / results[i].total_s);
+  return results.empty() || results[0].failures ? 1 : 0;
+}

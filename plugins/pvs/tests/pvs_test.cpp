@@ -41,7 +41,7 @@ TEST_CASE("a configured server list of up to four goes into the bootstrap in fai
   CHECK(b.static_address.gateway == "10.0.1.1");
 }
 
-TEST_CASE("a device reads its vDisk by MAC; an unknown MAC is refused by name") {
+TEST_CASE("a device reads its vDisk by MAC, and an unknown MAC is refused by name") {
   Lab lab;
   lab.start();
   auto c = lab.connect(mac_a);
@@ -222,7 +222,7 @@ TEST_CASE("devices are assigned over the bus and boot and disconnect events are 
   CHECK(!lab.request("pvs.pvs-1.admin.device.assign", R"({"mac":"52:54:00:00:00:98","vdisk":"nope"})")->getValue<bool>("ok"));
 }
 
-TEST_CASE("two pvs servers share one store; a device whose server dies reads the same bytes from the other") {
+TEST_CASE("two pvs servers share one store, and a device whose server dies reads the same bytes from the other") {
   Lab lab;
   const auto p1 = free_port(), p2 = free_port();
   const std::string servers = "login_servers = [\"127.0.0.1:" + std::to_string(p1) + "\", \"127.0.0.1:" +

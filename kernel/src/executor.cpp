@@ -1,10 +1,35 @@
 #include "executor.hpp"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace deskfarm::kernel {
 
 namespace {
 thread_local const Strand* current_strand = nullptr;
 constexpr std::size_t max_batch = 512;  // bounds one strand's turn so others are not starved
+// How long a worker keeps an emptied strand before giving it back to the pool. A steady publisher
+// refills it within this, so the strand is not rescheduled (pool lock, maybe a wake-up) per message.
+constexpr auto linger_time = std::chrono::microseconds(20);
+
+void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+// Takes a strand lock. Its holders keep it for tens of nanoseconds, so a short spin almost always
+// gets it; std::mutex alone would put the loser to sleep in the kernel (futex) and make the owner
+// pay a wake-up syscall, once per message when publisher and worker meet on every item.
+std::unique_lock<std::mutex> lock_briefly_held(std::mutex& m) {
+  for (int backoff = 1; backoff <= 256; backoff *= 2) {
+    if (m.try_lock()) return std::unique_lock<std::mutex>(m, std::adopt_lock);
+    for (int i = 0; i < backoff; ++i) cpu_relax();  // fewer attempts: each one takes the line from the owner
+  }
+  return std::unique_lock<std::mutex>(m);
+}
 }  // namespace
 
 Strand::Strand(Pool& pool, std::string name) : pool_(pool), name_(std::move(name)) {}
@@ -17,18 +42,20 @@ Strand::~Strand() {
 }
 
 void Strand::post(std::function<void()> task) {
-  std::lock_guard lock(mutex_);
+  auto lock = lock_briefly_held(mutex_);
   if (closed_) return;
-  queue_.push_back(Item{std::move(task), nullptr, nullptr, {}});
-  schedule_locked();
+  queue_.emplace_back(std::move(task));
+  added_locked();
 }
 
 bool Strand::running_here() const { return current_strand == this; }
 
-void Strand::schedule_locked() {
+void Strand::added_locked() {
   if (!scheduled_) {
-    scheduled_ = true;
-    pool_.schedule(this);
+    // A pool that has stopped runs nothing more; the item stays queued until close() drops it.
+    scheduled_ = pool_.schedule(this);
+  } else if (lingering_) {
+    poked_.store(true, std::memory_order_release);
   }
 }
 
@@ -42,7 +69,7 @@ bool Strand::make_room_locked(std::unique_lock<std::mutex>& lock, const std::sha
       break;
     case sdk::Overflow::drop_oldest:
       for (auto it = queue_.begin() + static_cast<std::ptrdiff_t>(head_); it != queue_.end(); ++it) {
-        if (it->sub == sub) {
+        if (it->sub == sub.get()) {
           if (it == queue_.begin() + static_cast<std::ptrdiff_t>(head_)) {
             *it = Item{};  // the usual case, a strand with one subscription: no shifting
             ++head_;
@@ -50,6 +77,7 @@ bool Strand::make_room_locked(std::unique_lock<std::mutex>& lock, const std::sha
             queue_.erase(it);
           }
           --sub->queued;
+          if (--sub->outstanding == 0) sub->pin.reset();  // not the last reference: the caller holds one
           if (sub->dropped) sub->dropped->fetch_add(1, std::memory_order_relaxed);  // the oldest one
           return true;
         }
@@ -69,38 +97,54 @@ bool Strand::make_room_locked(std::unique_lock<std::mutex>& lock, const std::sha
 
 bool Strand::deliver(const std::shared_ptr<const sdk::Message>& message, const std::shared_ptr<Subscriber>& sub,
                      std::chrono::milliseconds block_timeout) {
-  std::unique_lock lock(mutex_);
+  auto lock = lock_briefly_held(mutex_);
   if (!make_room_locked(lock, sub, block_timeout)) return false;
   ++sub->queued;
-  queue_.push_back(Item{nullptr, sub, message, {}});
-  schedule_locked();
+  hold_locked(sub);
+  queue_.emplace_back(sub.get(), message);
+  added_locked();
   return true;
 }
 
 bool Strand::deliver(sdk::Message&& message, const std::shared_ptr<Subscriber>& sub,
                      std::chrono::milliseconds block_timeout) {
-  std::unique_lock lock(mutex_);
+  auto lock = lock_briefly_held(mutex_);
   if (!make_room_locked(lock, sub, block_timeout)) return false;
   ++sub->queued;
-  queue_.push_back(Item{nullptr, sub, nullptr, std::move(message)});
-  schedule_locked();
+  hold_locked(sub);
+  queue_.emplace_back(sub.get(), std::move(message));
+  added_locked();
   return true;
 }
 
+void Strand::hold_locked(const std::shared_ptr<Subscriber>& sub) {
+  if (sub->outstanding++ == 0) sub->pin = sub;
+}
+
+void Strand::release_locked(Subscriber* sub, std::size_t n, std::vector<std::shared_ptr<Subscriber>>& released) {
+  sub->outstanding -= n;
+  if (sub->outstanding == 0) released.push_back(std::move(sub->pin));
+}
+
 void Strand::close() {
+  std::vector<std::shared_ptr<Subscriber>> released;  // destroyed after the lock is released
   std::lock_guard lock(mutex_);
   closed_ = true;
   for (std::size_t i = head_; i < queue_.size(); ++i) {
-    if (queue_[i].sub) --queue_[i].sub->queued;
+    if (Subscriber* sub = queue_[i].sub) {
+      --sub->queued;
+      release_locked(sub, 1, released);
+    }
   }
   queue_.clear();
   head_ = 0;
+  poked_.store(true, std::memory_order_release);  // ends a linger at once
   room_.notify_all();
 }
 
-void Strand::run_batch() {
+bool Strand::run_batch() {
   {
-    std::lock_guard lock(mutex_);
+    auto lock = lock_briefly_held(mutex_);
     if (head_ == 0 && queue_.size() <= max_batch) {
       batch_.swap(queue_);
     } else {
@@ -118,8 +162,12 @@ void Strand::run_batch() {
       }
     }
     // A subscriber's limit counts messages waiting, not the ones being handled now.
+    batch_subs_.clear();
     for (Item& item : batch_) {
-      if (item.sub) --item.sub->queued;
+      if (!item.sub) continue;
+      --item.sub->queued;
+      if (batch_subs_.empty() || batch_subs_.back().first != item.sub) batch_subs_.emplace_back(item.sub, 0);
+      ++batch_subs_.back().second;
     }
     if (waiting_for_room_ > 0) room_.notify_all();
   }
@@ -130,7 +178,7 @@ void Strand::run_batch() {
     try {
       if (item.task) {
         item.task();
-      } else if (item.sub->active.load(std::memory_order_acquire)) {
+      } else if (item.sub && item.sub->active.load(std::memory_order_acquire)) {
         item.sub->handler(item.delivered());
       }
     } catch (...) {
@@ -138,20 +186,40 @@ void Strand::run_batch() {
     }
   }
   current_strand = outer;
+  // Only a strand that is being fed faster than one item per turn is worth holding on to: a strand
+  // in a request/reply exchange gets one item at a time and is best served by whichever worker is free.
+  const bool streaming = batch_.size() > 1;
   batch_.clear();  // while still scheduled: once scheduled_ is false the strand may be destroyed
-  Pool& pool = pool_;
-  bool more = false;
-  {
-    std::lock_guard lock(mutex_);
-    more = queue_.size() > head_ && !closed_;
-    if (!more) scheduled_ = false;
-    if (waiting_for_room_ > 0 || closed_) room_.notify_all();
+  std::vector<std::shared_ptr<Subscriber>> released;  // destroyed after the lock is released
+  auto lock = lock_briefly_held(mutex_);
+  for (const auto& [sub, n] : batch_subs_) release_locked(sub, n, released);
+  if (waiting_for_room_ > 0 || closed_) room_.notify_all();
+  if (queue_.size() > head_ && !closed_) return true;
+  if (streaming && !closed_ && pool_.may_linger()) {
+    lingering_ = true;
+    poked_.store(false, std::memory_order_relaxed);
+    lock.unlock();
+    linger();
+    lock = lock_briefly_held(mutex_);
+    lingering_ = false;
+    if (closed_) room_.notify_all();
+    if (queue_.size() > head_ && !closed_) return true;
   }
-  pool.done_with(this, more);  // uses the pointer only as a value unless rescheduled
+  scheduled_ = false;  // the last touch: from here the strand may be destroyed
+  return false;
+}
+
+void Strand::linger() {
+  const auto until = std::chrono::steady_clock::now() + linger_time;
+  for (unsigned spins = 1; !poked_.load(std::memory_order_acquire); ++spins) {
+    cpu_relax();
+    if (spins % 64 == 0 && (!pool_.may_linger() || std::chrono::steady_clock::now() > until)) return;
+  }
 }
 
 Pool::Pool(unsigned threads) {
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  live_workers_ = threads;
   for (unsigned i = 0; i < threads; ++i) workers_.emplace_back([this] { worker(); });
 }
 
@@ -160,66 +228,77 @@ Pool::~Pool() { shutdown(); }
 void Pool::shutdown() {
   {
     std::lock_guard lock(mutex_);
-    if (stopping_) return;
-    stopping_ = true;
+    if (stopping_.load(std::memory_order_relaxed)) return;
+    stopping_.store(true, std::memory_order_relaxed);
   }
   work_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
-void Pool::schedule(Strand* strand) {
-  busy_.fetch_add(1, std::memory_order_acq_rel);
+bool Pool::schedule(Strand* strand) {
   bool wake = false;
   {
     std::lock_guard lock(mutex_);
+    if (live_workers_ == 0) return false;  // shut down: no worker would ever take it
+    busy_.fetch_add(1, std::memory_order_relaxed);
     ready_.push_back(strand);
     ready_count_.fetch_add(1, std::memory_order_release);
     wake = sleepers_ > 0;
   }
   if (wake) work_.notify_one();
+  return true;
 }
 
-void Pool::done_with(Strand* strand, bool rescheduled) {
-  if (rescheduled) {
-    std::lock_guard lock(mutex_);
-    ready_.push_back(strand);
-    ready_count_.fetch_add(1, std::memory_order_release);
-    return;  // still busy: the same turn continues
-  }
-  if (busy_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    std::lock_guard lock(mutex_);
-    if (idle_waiters_ > 0) idle_.notify_all();
-  }
+bool Pool::may_linger() const {
+  // Not while another strand waits for a worker, someone waits for idleness, or the pool stops.
+  return ready_count_.load(std::memory_order_relaxed) == 0 && idle_waiters_.load(std::memory_order_relaxed) == 0 &&
+         !stopping_.load(std::memory_order_relaxed);
 }
 
 bool Pool::wait_idle(std::chrono::milliseconds timeout) {
   std::unique_lock lock(mutex_);
-  ++idle_waiters_;
+  idle_waiters_.fetch_add(1, std::memory_order_relaxed);
   const bool idle = idle_.wait_for(lock, timeout, [&] { return busy_.load(std::memory_order_acquire) == 0; });
-  --idle_waiters_;
+  idle_waiters_.fetch_sub(1, std::memory_order_relaxed);
   return idle;
 }
 
 void Pool::worker() {
   using clock = std::chrono::steady_clock;
+  Strand* strand = nullptr;
   while (true) {
-    // Spin a little first: a message arriving within microseconds is served without a futex wake-up.
-    const auto spin_until = clock::now() + std::chrono::microseconds(50);
-    while (ready_count_.load(std::memory_order_acquire) == 0 && clock::now() < spin_until) {
-      std::this_thread::yield();
-    }
-    Strand* strand = nullptr;
-    {
+    if (!strand) {
+      // Spin a little first: a message arriving within microseconds is served without a futex wake-up.
+      const auto spin_until = clock::now() + std::chrono::microseconds(50);
+      while (ready_count_.load(std::memory_order_acquire) == 0 && clock::now() < spin_until) {
+        std::this_thread::yield();
+      }
       std::unique_lock lock(mutex_);
       ++sleepers_;
-      work_.wait(lock, [&] { return stopping_ || !ready_.empty(); });
+      work_.wait(lock, [&] { return stopping_.load(std::memory_order_relaxed) || !ready_.empty(); });
       --sleepers_;
-      if (ready_.empty()) return;  // stopping and drained
+      if (ready_.empty()) {  // stopping and drained
+        --live_workers_;
+        return;
+      }
       strand = ready_.front();
       ready_.pop_front();
       ready_count_.fetch_sub(1, std::memory_order_release);
     }
-    strand->run_batch();
+    if (strand->run_batch()) {
+      // More work: keep the turn unless another strand is waiting, then go to the back of the line.
+      if (ready_count_.load(std::memory_order_acquire) == 0) continue;
+      std::lock_guard lock(mutex_);
+      ready_.push_back(strand);
+      ready_count_.fetch_add(1, std::memory_order_release);
+      strand = nullptr;
+      continue;
+    }
+    strand = nullptr;  // may already be destroyed
+    if (busy_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard lock(mutex_);
+      if (idle_waiters_.load(std::memory_order_relaxed) > 0) idle_.notify_all();
+    }
   }
 }
 

@@ -41,17 +41,29 @@ class Strand final : public sdk::Executor {
  private:
   friend class Pool;
   struct Item {
+    Item() = default;
+    explicit Item(std::function<void()>&& t) : task(std::move(t)) {}
+    Item(Subscriber* s, const std::shared_ptr<const sdk::Message>& m) : sub(s), shared(m) {}
+    Item(Subscriber* s, sdk::Message&& m) : sub(s), message(std::move(m)) {}
     std::function<void()> task;                  // a posted task; empty for a delivery
-    std::shared_ptr<Subscriber> sub;             // set for a delivery
+    Subscriber* sub = nullptr;                   // set for a delivery; kept alive by Subscriber::pin
     std::shared_ptr<const sdk::Message> shared;  // a message with several receivers
     sdk::Message message;                        // the message itself when it has one receiver
     const sdk::Message& delivered() const { return shared ? *shared : message; }
   };
+  /// Counts a new item for `sub`, pinning it while it has any.
+  static void hold_locked(const std::shared_ptr<Subscriber>& sub);
+  /// Uncounts `n` items of `sub`; the pin, if that was the last, goes to `released` (freed unlocked).
+  static void release_locked(Subscriber* sub, std::size_t n, std::vector<std::shared_ptr<Subscriber>>& released);
   /// Applies `sub`'s overflow policy; false when the new message is to be dropped.
   bool make_room_locked(std::unique_lock<std::mutex>& lock, const std::shared_ptr<Subscriber>& sub,
                         std::chrono::milliseconds block_timeout);
-  void schedule_locked();
-  void run_batch();
+  /// Called with an item queued: schedules the strand, or ends a linger.
+  void added_locked();
+  /// Runs up to max_batch items; true when the strand has more and is still scheduled.
+  bool run_batch();
+  /// Waits briefly for new work on an emptied strand (see linger_time).
+  void linger();
 
   Pool& pool_;
   std::string name_;
@@ -60,9 +72,12 @@ class Strand final : public sdk::Executor {
   std::vector<Item> queue_;  // waiting items are [head_, size)
   std::size_t head_ = 0;
   std::vector<Item> batch_;
+  std::vector<std::pair<Subscriber*, std::size_t>> batch_subs_;  // items per subscriber in batch_
   std::size_t waiting_for_room_ = 0;
   bool scheduled_ = false;
   bool closed_ = false;
+  bool lingering_ = false;           // a worker holds the emptied strand, waiting for poked_
+  std::atomic<bool> poked_{false};  // work arrived or the strand closed while lingering
 };
 
 /// A fixed set of worker threads running strands that have work. Workers spin briefly before they
@@ -80,8 +95,10 @@ class Pool {
 
  private:
   friend class Strand;
-  void schedule(Strand* strand);
-  void done_with(Strand* strand, bool rescheduled);
+  /// Queues a strand's turn; false once the pool has shut down.
+  bool schedule(Strand* strand);
+  /// True when a worker may hold an emptied strand a little longer.
+  bool may_linger() const;
   void worker();
 
   std::mutex mutex_;
@@ -89,10 +106,11 @@ class Pool {
   std::condition_variable idle_;
   std::deque<Strand*> ready_;
   std::atomic<std::size_t> ready_count_{0};
-  std::atomic<std::int64_t> busy_{0};  // strands scheduled or running
+  std::atomic<std::int64_t> busy_{0};  // strands scheduled or running (or lingering)
   std::size_t sleepers_ = 0;
-  std::size_t idle_waiters_ = 0;
-  bool stopping_ = false;
+  std::size_t live_workers_ = 0;
+  std::atomic<std::size_t> idle_waiters_{0};  // written under mutex_, read by lingering workers
+  std::atomic<bool> stopping_{false};         // written under mutex_
   std::vector<std::thread> workers_;
 };
 
@@ -104,6 +122,10 @@ struct Subscriber {
   std::size_t limit = 65536;
   sdk::Overflow overflow = sdk::Overflow::block;
   std::size_t queued = 0;  // waiting in the strand queue; guarded by the strand mutex
+  // Queued or being handled. While non-zero the subscriber pins itself, so a queued item holds a
+  // plain pointer instead of copying a shared_ptr (two atomic operations) per message.
+  std::size_t outstanding = 0;        // guarded by the strand mutex
+  std::shared_ptr<Subscriber> pin;  // guarded by the strand mutex
   std::atomic<bool> active{true};
   std::atomic<std::uint64_t>* dropped = nullptr;  // the subject's drop counter, set by the bus
   std::function<void(const sdk::Message&)> on_drop;

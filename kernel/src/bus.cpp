@@ -136,7 +136,6 @@ void BusCore::arm_sweep_locked(sdk::TimePoint deadline) {
 }
 
 void BusCore::sweep(std::uint64_t seq) {
-  std::vector<Pending> expired;
   {
     std::lock_guard lock(pending_mutex_);
     if (closing_) return;
@@ -152,19 +151,17 @@ void BusCore::sweep(std::uint64_t seq) {
       std::pop_heap(deadlines_.begin(), deadlines_.end(), std::greater<>{});
       deadlines_.pop_back();
       if (it != pending_.end()) {
-        expired.push_back(std::move(it->second));
+        // Posted under the lock, in (deadline, id) order, so forget_requests() cannot race the post.
+        Pending& p = it->second;
+        p.requester->post([h = std::move(p.on_reply), ms = p.timeout_ms, subject = std::move(p.subject)] {
+          h(nullptr, "timeout after " + std::to_string(ms) + " ms waiting for a reply on '" + subject + "'");
+        });
         pending_.erase(it);
       }
     }
     if (!deadlines_.empty() && (!armed_for_ || deadlines_.front().first < *armed_for_)) {
       arm_sweep_locked(deadlines_.front().first);
     }
-  }
-  // In (deadline, id) order, as one timer per request would have fired.
-  for (auto& p : expired) {
-    p.requester->post([h = std::move(p.on_reply), ms = p.timeout_ms, subject = std::move(p.subject)] {
-      h(nullptr, "timeout after " + std::to_string(ms) + " ms waiting for a reply on '" + subject + "'");
-    });
   }
 }
 
@@ -175,19 +172,21 @@ void BusCore::reply(const sdk::Message& request, sdk::Message reply) {
   if (!to.starts_with(inbox_prefix) || std::from_chars(digits, to.data() + to.size(), id).ec != std::errc{}) {
     throw std::invalid_argument("bus: reply to a message that is not a request");
   }
-  Pending p;
-  {
-    std::lock_guard lock(pending_mutex_);
-    auto it = pending_.find(id);
-    if (it == pending_.end()) {
-      late_replies_.fetch_add(1, std::memory_order_relaxed);  // timed out, or a second responder
-      return;
-    }
-    p = std::move(it->second);
-    pending_.erase(it);
-  }
   reply.subject = request.reply_to;
-  p.requester->post([h = std::move(p.on_reply), m = std::make_shared<sdk::Message>(std::move(reply))] { h(m.get(), {}); });
+  auto message = std::make_shared<sdk::Message>(std::move(reply));
+  std::lock_guard lock(pending_mutex_);  // held across the post: see forget_requests()
+  auto it = pending_.find(id);
+  if (it == pending_.end()) {
+    late_replies_.fetch_add(1, std::memory_order_relaxed);  // timed out, or a second responder
+    return;
+  }
+  it->second.requester->post([h = std::move(it->second.on_reply), m = std::move(message)] { h(m.get(), {}); });
+  pending_.erase(it);
+}
+
+void BusCore::forget_requests(const Strand& requester) {
+  std::lock_guard lock(pending_mutex_);
+  std::erase_if(pending_, [&](const auto& entry) { return entry.second.requester == &requester; });
 }
 
 std::map<std::string, std::array<std::uint64_t, 3>> BusCore::subject_counters() const {
@@ -227,6 +226,7 @@ void InstanceBus::close() {
   for (auto& weak : subs) {
     if (auto s = weak.lock()) core_.unsubscribe(s);
   }
+  core_.forget_requests(strand_);
 }
 
 }  // namespace deskfarm::kernel

@@ -37,6 +37,9 @@ class BusCore {
   void unsubscribe(const std::shared_ptr<Subscriber>& sub);
   void request(sdk::Message message, std::chrono::nanoseconds timeout, sdk::ReplyHandler on_reply, Strand& requester);
   void reply(const sdk::Message& request, sdk::Message reply);
+  /// Drops the pending requests made from `requester` (its instance stopped): their replies and
+  /// timeouts must never reach a strand that is about to be destroyed.
+  void forget_requests(const Strand& requester);
 
   /// A snapshot of subject counters, for /metrics.
   std::map<std::string, std::array<std::uint64_t, 3>> subject_counters() const;
@@ -93,7 +96,7 @@ class InstanceBus final : public sdk::Bus {
   sdk::Subscription subscribe(std::string pattern, sdk::Handler handler, sdk::SubscribeOptions options) override;
   void request(sdk::Message message, std::chrono::nanoseconds timeout, sdk::ReplyHandler on_reply) override;
   void reply(const sdk::Message& request, sdk::Message reply) override;
-  /// Ends every subscription this instance made.
+  /// Ends every subscription this instance made and forgets its pending requests.
   void close();
 
  private:

@@ -180,3 +180,26 @@ TEST_CASE("an ended subscription receives nothing more, not even what was queued
   REQUIRE(f.pool.wait_idle(2s));
   CHECK(handled == 1);  // only the one already running
 }
+
+TEST_CASE("a reply to a requester that has stopped is counted late and never reaches it") {
+  Fixture f;
+  Strand server(f.pool, "server");
+  std::vector<sdk::Message> held;
+  std::mutex m;
+  auto s = f.bus.subscribe("slow.echo", [&](const sdk::Message& msg) {
+    std::lock_guard lock(m);
+    held.push_back(msg);
+  }, {}, server);
+  std::atomic<int> called{0};
+  {
+    auto client = std::make_unique<Strand>(f.pool, "client");
+    f.bus.request(sdk::make_message("slow.echo", sdk::Text{"?"}), 50ms, [&](const sdk::Message*, std::string_view) { ++called; },
+                  *client);
+    REQUIRE(eventually([&] { std::lock_guard lock(m); return held.size() == 1; }));
+    f.bus.forget_requests(*client);  // what InstanceBus::close() does when the instance stops
+  }  // the requester's strand is gone
+  std::this_thread::sleep_for(100ms);  // past the deadline: the timeout must not fire either
+  f.bus.reply(held.front(), sdk::make_message("", sdk::Text{"late"}));
+  CHECK(f.bus.late_replies() == 1);
+  CHECK(called == 0);
+}

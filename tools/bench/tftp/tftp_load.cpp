@@ -17,7 +17,8 @@
 #include <sys/socket.h>
 
 #include "deskfarm/tftp/packet.hpp"
-#include "sha256.hpp"
+#include <Poco/DigestEngine.h>
+#include <Poco/SHA2Engine.h>
 #include "socket.hpp"
 
 namespace {
@@ -48,7 +49,7 @@ struct Download {
   std::uint16_t windowsize = 1;
   std::optional<std::uint64_t> tsize;
   std::uint64_t bytes = 0;
-  deskfarm::bench::Sha256 sha;
+  Poco::SHA2Engine sha{Poco::SHA2Engine::SHA_256};
   std::vector<std::byte> last_sent;
   Clock::time_point last_activity;
   int retries = 0;
@@ -182,7 +183,7 @@ class Load {
       return end(slot, false, "size " + std::to_string(download.bytes) + " != tsize " + std::to_string(*download.tsize));
     }
     if (!config_.expect_sha256.empty()) {
-      const std::string got = download.sha.hex();
+      const std::string got = Poco::DigestEngine::digestToHex(download.sha.digest());
       if (got != config_.expect_sha256) return end(slot, false, "sha256 " + got + " != expected");
     }
     end(slot, true, "");
@@ -227,7 +228,7 @@ class Load {
         download.in_window = 0;
         continue;
       }
-      download.sha.update(data->payload.data(), data->payload.size());
+      download.sha.update(data->payload.data(), static_cast<unsigned>(data->payload.size()));
       download.bytes += data->payload.size();
       ++download.expected;
       if (data->payload.size() < download.blksize) {

@@ -136,3 +136,26 @@ TEST_CASE("with clock = virtual, --for runs simulated time as fast as the handle
   CHECK(std::chrono::steady_clock::now() - t0 < 30s);
   CHECK(r.err.find("run time reached, stopping") != std::string::npos);
 }
+
+TEST_CASE("the pilot deployment serves the bootstrap over TFTP and desktops' vDisks over NBD to real clients",
+          "[pilot]") {
+  // Runs configs/pilot.toml unchanged (its fixed loopback ports), in a scratch working directory for var/.
+  TempDir dir;
+  const std::string pilot = std::string(SOURCE_DIR) + "/configs/pilot.toml";
+  ChildProcess run({"sh", "-c", "cd " + dir.path().string() + " && exec " + bin + " run --admin 127.0.0.1:0 " + pilot},
+                   dir / "run.log");
+  REQUIRE(eventually([&] { return read_text(dir / "run.log").find("deployment pilot running") != std::string::npos; }, 30s));
+  auto boot = run_child({"curl", "-sf", "tftp://127.0.0.1:6969/ARDBP32.BIN"}, 20s);
+  CHECK(boot.exit_code == 0);
+  CHECK(boot.out.starts_with("DESKFARM-BOOTSTRAP 1\n"));
+  CHECK(boot.out.find("login_server = 127.0.0.1:10809\n") != std::string::npos);
+  auto list = run_child({"nbdinfo", "--list", "nbd://127.0.0.1:10809"}, 20s);
+  CHECK(list.exit_code == 0);
+  CHECK(list.out.find("export=\"52:54:00:00:01:01\"") != std::string::npos);
+  CHECK(list.out.find("export-size: 67108864") != std::string::npos);
+  run.signal(SIGTERM);
+  auto code = run.wait(15s);
+  REQUIRE(code);
+  CHECK(*code == 0);
+  CHECK(read_text(dir / "run.log").find("instance pvs-1 stopped") != std::string::npos);
+}

@@ -3,6 +3,7 @@
 # unprivileged user), runs the kernel's [postgres] tests against it, and stops it by its PID.
 set -euo pipefail
 kernel_tests=$1
+deskfarm=${2:-}
 bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
 work=$(mktemp -d /tmp/deskfarm-pg-XXXXXX)
 user=nobody
@@ -24,3 +25,28 @@ for _ in $(seq 100); do
 done
 "$bindir/pg_isready" -h 127.0.0.1 -p "$port" >/dev/null || { cat "$work/server.log"; exit 1; }
 DESKFARM_TEST_POSTGRES_URL="postgresql://deskfarm@127.0.0.1:$port/postgres" "$kernel_tests" "[postgres]"
+
+[ -n "$deskfarm" ] || exit 0
+# A role plugin on the same server: pvs keeps its devices and vDisks there (run twice: seeding is idempotent).
+url="postgresql://deskfarm@127.0.0.1:$port/postgres"
+cat >"$work/pg.toml" <<TOML
+[deployment]
+name = "pg"
+state_dir = "$work/var"
+data_store = "$url"
+admin = "127.0.0.1:0"
+[instances.pvs-1]
+plugin = "pvs"
+tftp = "127.0.0.1:0"
+stream = "127.0.0.1:0"
+store = "$work/vdisks"
+vdisks = [ { name = "base", size_mb = 4 } ]
+devices = [ { mac = "52:54:00:00:09:01", vdisk = "base" } ]
+TOML
+for round in 1 2; do
+  "$deskfarm" run --for 1s "$work/pg.toml" 2>"$work/run.log" || { cat "$work/run.log"; exit 1; }
+  grep -q "instance pvs-1 (pvs .*) running" "$work/run.log" || { cat "$work/run.log"; exit 1; }
+done
+devices=$("$bindir/psql" -h 127.0.0.1 -p "$port" -U deskfarm -d postgres -tAc "SELECT mac || ' ' || vdisk FROM pvs_devices")
+[ "$devices" = "52:54:00:00:09:01 base" ] || { echo "pvs_devices holds: $devices"; exit 1; }
+echo "pvs on PostgreSQL: ok"

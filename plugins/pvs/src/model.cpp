@@ -17,6 +17,7 @@
 #include <Poco/JSON/Object.h>
 
 #include <deskfarm/nbd/export.hpp>
+#include <deskfarm/sdk/store.hpp>
 #include <deskfarm/nbd/version_chain.hpp>
 
 namespace deskfarm::pvs {
@@ -310,16 +311,16 @@ void Catalog::seed(const std::vector<VdiskSeed>& vdisks, const std::vector<Devic
     std::string name = v.name, mode = to_string(v.mode), file = v.file;
     auto isize = static_cast<Poco::Int64>(size);
     int count = 0;
-    s << "SELECT COUNT(*) FROM pvs_vdisks WHERE name = ?", use(name), into(count), now;
+    s << sdk::sql(s, "SELECT COUNT(*) FROM pvs_vdisks WHERE name = ?"), use(name), into(count), now;
     if (count == 0) {
-      s << "INSERT INTO pvs_vdisks (name, mode, size_bytes) VALUES (?, ?, ?)", use(name), use(mode), use(isize), now;
+      s << sdk::sql(s, "INSERT INTO pvs_vdisks (name, mode, size_bytes) VALUES (?, ?, ?)"), use(name), use(mode), use(isize), now;
       int number = 0, parent = -1;
       std::string access = kProduction;
       Poco::Int64 created = now_s();
-      s << "INSERT INTO pvs_versions (vdisk, number, file, parent, access, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+      s << sdk::sql(s, "INSERT INTO pvs_versions (vdisk, number, file, parent, access, created_at) VALUES (?, ?, ?, ?, ?, ?)"),
           use(name), use(number), use(file), use(parent), use(access), use(created), now;
     } else {
-      s << "UPDATE pvs_vdisks SET mode = ? WHERE name = ?", use(mode), use(name), now;
+      s << sdk::sql(s, "UPDATE pvs_vdisks SET mode = ? WHERE name = ?"), use(mode), use(name), now;
     }
     tx.commit();
   }
@@ -330,16 +331,16 @@ void Catalog::assign(const DeviceSeed& d) {
   auto s = store_.session();
   std::string mac = d.mac, vdisk = d.vdisk, name = d.name, type = d.type;
   int known = 0;
-  s << "SELECT COUNT(*) FROM pvs_vdisks WHERE name = ?", use(vdisk), into(known), now;
+  s << sdk::sql(s, "SELECT COUNT(*) FROM pvs_vdisks WHERE name = ?"), use(vdisk), into(known), now;
   if (known == 0) throw ActionError("device " + mac + ": vDisk '" + vdisk + "' does not exist in the store");
   Poco::Data::Transaction tx(s);
   int count = 0;
-  s << "SELECT COUNT(*) FROM pvs_devices WHERE mac = ?", use(mac), into(count), now;
+  s << sdk::sql(s, "SELECT COUNT(*) FROM pvs_devices WHERE mac = ?"), use(mac), into(count), now;
   if (count == 0)
-    s << "INSERT INTO pvs_devices (mac, vdisk, name, type) VALUES (?, ?, ?, ?)", use(mac), use(vdisk), use(name),
+    s << sdk::sql(s, "INSERT INTO pvs_devices (mac, vdisk, name, type) VALUES (?, ?, ?, ?)"), use(mac), use(vdisk), use(name),
         use(type), now;
   else
-    s << "UPDATE pvs_devices SET vdisk = ?, name = ?, type = ? WHERE mac = ?", use(vdisk), use(name), use(type),
+    s << sdk::sql(s, "UPDATE pvs_devices SET vdisk = ?, name = ?, type = ? WHERE mac = ?"), use(vdisk), use(name), use(type),
         use(mac), now;
   tx.commit();
 }
@@ -398,7 +399,7 @@ int Catalog::new_version(const std::string& name) {
   std::string vdisk = name, access = kMaintenance;
   int parent = top.number;
   Poco::Int64 created = now_s();
-  s << "INSERT INTO pvs_versions (vdisk, number, file, parent, access, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+  s << sdk::sql(s, "INSERT INTO pvs_versions (vdisk, number, file, parent, access, created_at) VALUES (?, ?, ?, ?, ?, ?)"),
       use(vdisk), use(number), use(file), use(parent), use(access), use(created), now;
   return number;
 }
@@ -421,7 +422,7 @@ int Catalog::promote(const std::string& name, std::optional<int> version, const 
   auto s = store_.session();
   std::string vdisk = name, access = to;
   int number = row->number;
-  s << "UPDATE pvs_versions SET access = ? WHERE vdisk = ? AND number = ?", use(access), use(vdisk), use(number), now;
+  s << sdk::sql(s, "UPDATE pvs_versions SET access = ? WHERE vdisk = ? AND number = ?"), use(access), use(vdisk), use(number), now;
   return number;
 }
 
@@ -461,7 +462,7 @@ int Catalog::merge_base(const std::string& name, std::optional<int> version, con
   std::string vdisk = name, f = file, a = access;
   int n = number, parent = -1;
   Poco::Int64 created = now_s();
-  s << "INSERT INTO pvs_versions (vdisk, number, file, parent, access, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+  s << sdk::sql(s, "INSERT INTO pvs_versions (vdisk, number, file, parent, access, created_at) VALUES (?, ?, ?, ?, ?, ?)"),
       use(vdisk), use(n), use(f), use(parent), use(a), use(created), now;
   return number;
 }

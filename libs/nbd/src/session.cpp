@@ -282,6 +282,14 @@ void Session::transmission(SessionResult& result) {
     if (counters_) counters_->requests.fetch_add(1, std::memory_order_relaxed);
     const bool fua = flags & proto::kCmdFlagFua;
     const bool bad_flags = flags & ~std::uint16_t{proto::kCmdFlagFua | proto::kCmdFlagNoHole};
+    // WRITE and WRITE_ZEROES share their checks and FUA handling; `apply` does the change itself.
+    const auto modify = [&](auto&& apply) -> std::uint32_t {
+      if (bad_flags || length == 0) return proto::kEinval;
+      if (export_->read_only()) return proto::kEperm;
+      if (!in_bounds(offset, length, size)) return proto::kEinval;
+      if (int err = apply()) return to_wire_error(err);
+      return fua ? to_wire_error(export_->flush()) : 0;
+    };
     bool ok = true;
     switch (type) {
       case proto::kCmdRead: {
@@ -311,19 +319,7 @@ void Session::transmission(SessionResult& result) {
           return end(SessionEnd::kProtocolError, "write payload truncated in request " + std::to_string(n));
         }
         if (counters_) counters_->bytes_written.fetch_add(length, std::memory_order_relaxed);
-        std::uint32_t error = 0;
-        if (bad_flags || length == 0) {
-          error = proto::kEinval;
-        } else if (export_->read_only()) {
-          error = proto::kEperm;
-        } else if (!in_bounds(offset, length, size)) {
-          error = proto::kEinval;
-        } else if (int err = export_->write(offset, payload)) {
-          error = to_wire_error(err);
-        } else if (fua) {
-          error = to_wire_error(export_->flush());
-        }
-        ok = send_simple_reply(cookie, error);
+        ok = send_simple_reply(cookie, modify([&] { return export_->write(offset, payload); }));
         break;
       }
       case proto::kCmdDisc:
@@ -332,22 +328,9 @@ void Session::transmission(SessionResult& result) {
         ok = send_simple_reply(cookie, bad_flags || length != 0 || offset != 0 ? proto::kEinval
                                                                                  : to_wire_error(export_->flush()));
         break;
-      case proto::kCmdWriteZeroes: {
-        std::uint32_t error = 0;
-        if (bad_flags || length == 0) {
-          error = proto::kEinval;
-        } else if (export_->read_only()) {
-          error = proto::kEperm;
-        } else if (!in_bounds(offset, length, size)) {
-          error = proto::kEinval;
-        } else if (int err = export_->write_zeroes(offset, length)) {
-          error = to_wire_error(err);
-        } else if (fua) {
-          error = to_wire_error(export_->flush());
-        }
-        ok = send_simple_reply(cookie, error);
+      case proto::kCmdWriteZeroes:
+        ok = send_simple_reply(cookie, modify([&] { return export_->write_zeroes(offset, length); }));
         break;
-      }
       default:
         // Unknown commands carry no payload we could know about; the spec asks for EINVAL.
         ok = send_simple_reply(cookie, proto::kEinval);

@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# Installs every Debian 12 package deskfarm needs to build, test and benchmark. Idempotent; run as root.
+# Installs every Debian 12 package deskfarm needs to build and test; with --bench also the peers the
+# benchmarks under tools/bench/ compare against. Idempotent; run as root.
 set -euo pipefail
+bench=false
+case "${1:-}" in
+  "") ;;
+  --bench) bench=true ;;
+  *) echo "usage: scripts/setup.sh [--bench]" >&2; exit 2 ;;
+esac
 packages=(
   # toolchain
   build-essential cmake ninja-build pkg-config ccache clang libclang-rt-14-dev
@@ -10,8 +17,11 @@ packages=(
   # PostgreSQL server for the data-store test
   postgresql
   # real peers used by the tests
-  tftp-hpa atftp curl libnbd-bin nbdkit qemu-utils
+  tftp-hpa atftp curl libnbd-bin nbdkit qemu-utils python3
 )
+# Benchmark peers: tftpd-hpa and dnsmasq as packages; atftpd conflicts with tftpd-hpa, so it is unpacked
+# privately into /tmp/atftpd, where tools/bench/tftp/run.sh looks for it.
+if $bench; then packages+=(tftpd-hpa dnsmasq-base linux-perf); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,4 +30,8 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if $bench && [ ! -x /tmp/atftpd/usr/sbin/atftpd ]; then
+  (cd /tmp && rm -f atftpd_*.deb && apt-get download atftpd >/dev/null && dpkg -x atftpd_*.deb /tmp/atftpd && rm -f atftpd_*.deb)
 fi

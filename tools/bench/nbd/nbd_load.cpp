@@ -1,45 +1,91 @@
 // nbd_load: NBD load generator over the raw protocol (no libnbd needed).
-//   nbd_load HOST PORT NAME --mode seq|rand|randwrite [--bs BYTES] [--conns N] [--qd N] [--seconds S]
+//   nbd_load HOST PORT NAME [--mode seq|rand|randwrite] [--bs BYTES] [--conns N] [--qd N] [--seconds S]   (--help)
 // Each connection keeps QD requests in flight. Prints one line: mode, MiB/s, IOPS.
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <iostream>
+#include <limits>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <boost/program_options.hpp>
 
 #include "deskfarm/nbd/client.hpp"
 #include "deskfarm/nbd/protocol.hpp"
 
 using namespace deskfarm::nbd;
 using Clock = std::chrono::steady_clock;
+namespace po = boost::program_options;
+
+namespace {
+
+const char* synopsis = "usage: nbd_load HOST PORT NAME [--mode seq|rand|randwrite] [--bs B] [--conns N] [--qd N] [--seconds S]\n";
+
+[[noreturn]] void usage(const std::string& why, const po::options_description& options) {
+  std::cerr << "nbd_load: " << why << "\n" << synopsis << options;
+  std::exit(2);
+}
+
+// Integer arguments are read as long long and range-checked here: po alone would read "--bs=-1" as 4294967295.
+long long checked(const po::variables_map& vm, const std::string& key, long long low, long long high,
+                  const po::options_description& options) {
+  const auto value = vm[key].as<long long>();
+  if (value < low || value > high) usage("--" + key + " must be in " + std::to_string(low) + ".." + std::to_string(high), options);
+  return value;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 4) {
-    std::fprintf(stderr, "usage: %s HOST PORT NAME --mode seq|rand|randwrite [--bs B] [--conns N] [--qd N] [--seconds S]\n",
-                 argv[0]);
-    return 2;
+  po::options_description flags("options");
+  flags.add_options()
+      ("help,h", "print this help and exit")
+      ("mode", po::value<std::string>()->value_name("MODE")->default_value("seq"),
+       "seq: each connection streams its own slice of the disk; rand: random reads; randwrite: random writes")
+      ("bs", po::value<long long>()->value_name("B")->default_value(0),
+       "request size in bytes; 0 = 262144 for seq, 4096 otherwise")
+      ("conns", po::value<long long>()->value_name("N")->default_value(4), "connections, at least 1")
+      ("qd", po::value<long long>()->value_name("N")->default_value(8), "requests in flight per connection, at least 1")
+      ("seconds", po::value<double>()->value_name("S")->default_value(5, "5"), "how long to issue requests");
+  po::options_description hidden;
+  hidden.add_options()
+      ("host", po::value<std::string>())
+      ("port", po::value<std::string>())
+      ("name", po::value<std::string>());
+  po::options_description all;
+  all.add(flags).add(hidden);
+  po::positional_options_description positional;
+  positional.add("host", 1).add("port", 1).add("name", 1);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(all).positional(positional).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& error) {
+    usage(error.what(), flags);
   }
-  const std::string host = argv[1], name = argv[3];
-  const auto port = static_cast<std::uint16_t>(std::stoi(argv[2]));
-  std::string mode = "seq";
-  std::uint32_t bs = 0;
-  int conns = 4, qd = 8;
-  double seconds = 5;
-  for (int i = 4; i + 1 < argc; i += 2) {
-    std::string a = argv[i], v = argv[i + 1];
-    if (a == "--mode") mode = v;
-    else if (a == "--bs") bs = static_cast<std::uint32_t>(std::stoul(v));
-    else if (a == "--conns") conns = std::stoi(v);
-    else if (a == "--qd") qd = std::stoi(v);
-    else if (a == "--seconds") seconds = std::stod(v);
-    else {
-      std::fprintf(stderr, "nbd_load: unknown argument %s\n", a.c_str());
-      return 2;
-    }
+  if (vm.count("help")) {
+    std::cout << "nbd_load: NBD load generator; prints one line: mode, MiB/s, IOPS.\n" << synopsis << flags;
+    return 0;
   }
+  if (!vm.count("name")) usage("HOST, PORT and NAME are required", flags);
+  const std::string host = vm["host"].as<std::string>(), name = vm["name"].as<std::string>();
+  const std::string port_text = vm["port"].as<std::string>();
+  std::uint16_t port = 0;
+  const auto [end, error] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (port_text.empty() || error != std::errc{} || end != port_text.data() + port_text.size()) {
+    usage("PORT must be a number in 0..65535, not '" + port_text + "'", flags);
+  }
+  const std::string mode = vm["mode"].as<std::string>();
+  if (mode != "seq" && mode != "rand" && mode != "randwrite") usage("--mode must be seq, rand or randwrite", flags);
+  auto bs = static_cast<std::uint32_t>(checked(vm, "bs", 0, std::numeric_limits<std::uint32_t>::max(), flags));
+  const int conns = static_cast<int>(checked(vm, "conns", 1, std::numeric_limits<int>::max(), flags));
+  const int qd = static_cast<int>(checked(vm, "qd", 1, std::numeric_limits<int>::max(), flags));
+  const double seconds = vm["seconds"].as<double>();
   if (bs == 0) bs = mode == "seq" ? 256 * 1024 : 4096;
   const bool write = mode == "randwrite";
   std::atomic<std::uint64_t> ops{0}, errors{0};

@@ -1,47 +1,82 @@
 // nbd_serve: serves one raw image with deskfarm::nbd (bench peer for nbdkit and qemu-nbd).
 //   nbd_serve FILE [--port N] [--name NAME] [--cow [--ram-mib N] [--cache-dir DIR]]
-// Prints "port N" once listening; runs until SIGINT/SIGTERM.
+// Prints "port N" once listening; runs until SIGINT/SIGTERM. --help lists the options.
 #include <signal.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <limits>
 #include <string>
+
+#include <boost/program_options.hpp>
 
 #include "deskfarm/nbd/server.hpp"
 #include "deskfarm/nbd/write_cache.hpp"
 
 using namespace deskfarm::nbd;
+namespace po = boost::program_options;
+
+namespace {
+
+const char* synopsis = "usage: nbd_serve FILE [--port N] [--name NAME] [--cow [--ram-mib N] [--cache-dir DIR]]\n";
+
+[[noreturn]] void usage(const std::string& why, const po::options_description& options) {
+  std::cerr << "nbd_serve: " << why << "\n" << synopsis << options;
+  std::exit(2);
+}
+
+// Integer flags are read as long long and range-checked here: po alone would read "--port=-1" as 65535.
+long long checked(const po::variables_map& vm, const char* flag, long long low, long long high,
+                  const po::options_description& options) {
+  const auto value = vm[flag].as<long long>();
+  if (value < low || value > high) {
+    usage("--" + std::string(flag) + " must be in " + std::to_string(low) + ".." + std::to_string(high), options);
+  }
+  return value;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s FILE [--port N] [--name NAME] [--cow [--ram-mib N] [--cache-dir DIR]]\n", argv[0]);
-    return 2;
-  }
-  std::string file = argv[1], name;
   ServerOptions options;
-  bool cow = false;
   WriteCacheOptions cache;
-  for (int i = 2; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "nbd_serve: %s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--port") options.port = static_cast<std::uint16_t>(std::stoi(next()));
-    else if (a == "--name") name = next();
-    else if (a == "--cow") cow = true;
-    else if (a == "--ram-mib") cache.ram_limit = std::stoull(next()) << 20;
-    else if (a == "--cache-dir") cache.cache_dir = next();
-    else {
-      std::fprintf(stderr, "nbd_serve: unknown argument %s\n", a.c_str());
-      return 2;
-    }
+  po::options_description flags("options");
+  flags.add_options()
+      ("help,h", "print this help and exit")
+      ("port", po::value<long long>()->value_name("N")->default_value(options.port),
+       "TCP port on 127.0.0.1; 0 = ephemeral (the bound port is printed as \"port N\" on stdout)")
+      ("name", po::value<std::string>()->value_name("NAME"), "serve only this export name (default: any name)")
+      ("cow", "copy-on-write: one RAM write cache over the read-only image, shared by all connections")
+      ("ram-mib", po::value<long long>()->value_name("N")->default_value(static_cast<long long>(cache.ram_limit >> 20)),
+       "with --cow: MiB of written blocks kept in RAM before overflowing to --cache-dir")
+      ("cache-dir", po::value<std::string>()->value_name("DIR"), "with --cow: overflow directory (default: RAM only)");
+  po::options_description hidden;
+  hidden.add_options()("file", po::value<std::string>());
+  po::options_description all;
+  all.add(flags).add(hidden);
+  po::positional_options_description positional;
+  positional.add("file", 1);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(all).positional(positional).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& error) {
+    usage(error.what(), flags);
   }
+  if (vm.count("help")) {
+    std::cout << "nbd_serve: serves one raw image over NBD until SIGINT/SIGTERM.\n" << synopsis << flags;
+    return 0;
+  }
+  if (!vm.count("file")) usage("FILE is required", flags);
+  const std::string file = vm["file"].as<std::string>();
+  const std::string name = vm.count("name") ? vm["name"].as<std::string>() : std::string();
+  const bool cow = vm.count("cow") != 0;
+  options.port = static_cast<std::uint16_t>(checked(vm, "port", 0, 65535, flags));
+  cache.ram_limit = static_cast<std::uint64_t>(checked(vm, "ram-mib", 0, std::numeric_limits<long long>::max() >> 20, flags))
+                    << 20;
+  if (vm.count("cache-dir")) cache.cache_dir = vm["cache-dir"].as<std::string>();
   // Block the stop signals before any thread exists so that only sigwait below sees them.
   sigset_t stop;
   sigemptyset(&stop);

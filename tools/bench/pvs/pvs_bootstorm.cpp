@@ -1,6 +1,7 @@
 // Boot storm: N devices (MACs) each open their export and read a boot working set from one base vDisk through
 // their write cache; the same load generator then runs against nbdkit --filter=cow and qemu-nbd serving the base.
 //   pvs_bootstorm [--devices 500] [--concurrency 64] [--ws-mib 16] [--request-kib 256] [--base-mib 64] [--no-peers]
+//   (--help lists them)
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -12,11 +13,14 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iostream>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <boost/program_options.hpp>
 #include <deskfarm/nbd/client.hpp>
 #include <deskfarm/testing/files.hpp>
 #include <deskfarm/testing/process.hpp>
@@ -27,6 +31,7 @@
 using namespace deskfarm;
 namespace dt = deskfarm::testing;
 using Clock = std::chrono::steady_clock;
+namespace po = boost::program_options;
 
 namespace {
 
@@ -130,24 +135,59 @@ std::uint16_t free_port() {
   return ntohs(addr.sin_port);
 }
 
+const char* synopsis = "usage: pvs_bootstorm [OPTIONS]\n";
+
+[[noreturn]] void usage(const std::string& why, const po::options_description& options) {
+  std::cerr << "pvs_bootstorm: " << why << "\n" << synopsis << options;
+  std::exit(2);
+}
+
+// Integer flags are read as long long and range-checked here: po alone would read "--ws-mib=-1" as 2^64-1.
+long long checked(const po::variables_map& vm, const std::string& flag, long long low, long long high,
+                  const po::options_description& options) {
+  const auto value = vm[flag].as<long long>();
+  if (value < low || value > high) usage("--" + flag + " must be in " + std::to_string(low) + ".." + std::to_string(high), options);
+  return value;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    auto val = [&] { return i + 1 < argc ? std::stoull(argv[++i]) : 0ULL; };
-    if (k == "--devices") a.devices = static_cast<int>(val());
-    else if (k == "--concurrency") a.concurrency = static_cast<int>(val());
-    else if (k == "--ws-mib") a.ws_mib = val();
-    else if (k == "--request-kib") a.request_kib = val();
-    else if (k == "--base-mib") a.base_mib = val();
-    else if (k == "--no-peers") a.peers = false;
-    else {
-      std::fprintf(stderr, "unknown argument %s\n", k.c_str());
-      return 2;
-    }
+  po::options_description flags("options");
+  flags.add_options()
+      ("help,h", "print this help and exit")
+      ("devices", po::value<long long>()->value_name("N")->default_value(a.devices),
+       "devices (MACs) that boot, each with its own export and write cache; 1..16777216")
+      ("concurrency", po::value<long long>()->value_name("N")->default_value(a.concurrency), "devices booting at a time, at least 1")
+      ("ws-mib", po::value<long long>()->value_name("MIB")->default_value(static_cast<long long>(a.ws_mib)),
+       "boot working set each device reads, in MiB")
+      ("request-kib", po::value<long long>()->value_name("KIB")->default_value(static_cast<long long>(a.request_kib)),
+       "size of each read, in KiB, 1..32768")
+      ("base-mib", po::value<long long>()->value_name("MIB")->default_value(static_cast<long long>(a.base_mib)),
+       "size of the base vDisk in MiB (raised to --ws-mib if smaller)")
+      ("no-peers", "skip the nbdkit --filter=cow and qemu-nbd runs");
+  const po::positional_options_description no_operands;  // every argument is a flag
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(flags).positional(no_operands).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& error) {
+    usage(error.what(), flags);
   }
+  if (vm.count("help")) {
+    std::cout << "pvs_bootstorm: boot storm against the pvs plugin, then nbdkit --filter=cow and qemu-nbd "
+                 "(those found on PATH).\n"
+              << synopsis << flags;
+    return 0;
+  }
+  constexpr long long mib_limit = 1 << 20;  // 1 TiB: keeps the byte counts far from overflow
+  a.devices = static_cast<int>(checked(vm, "devices", 1, 1 << 24, flags));
+  a.concurrency = static_cast<int>(checked(vm, "concurrency", 1, std::numeric_limits<int>::max(), flags));
+  a.ws_mib = static_cast<std::uint64_t>(checked(vm, "ws-mib", 0, mib_limit, flags));
+  a.request_kib = static_cast<std::uint64_t>(checked(vm, "request-kib", 1, 32 << 10, flags));
+  a.base_mib = static_cast<std::uint64_t>(checked(vm, "base-mib", 0, mib_limit, flags));
+  a.peers = vm.count("no-peers") == 0;
   a.base_mib = std::max(a.base_mib, a.ws_mib);
   dt::TempDir dir("pvs-bench");
   const auto store = dir.path() / "vdisks";

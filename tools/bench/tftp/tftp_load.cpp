@@ -1,12 +1,15 @@
 // tftp_load: many concurrent TFTP downloads from one process (one epoll thread), each checked for size
 // (against tsize) and optionally SHA-256. Prints MiB/s and transfers/s.
 // usage: tftp_load --server HOST:PORT --file NAME [--clients N] [--transfers T] [--blksize B] [--windowsize W]
-//                  [--expect-sha256 HEX] [--timeout-ms MS] [--deadline-s S]
+//                  [--expect-sha256 HEX] [--timeout-ms MS] [--deadline-s S]      (--help lists them)
 #include <algorithm>
+#include <charconv>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -16,6 +19,8 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
+#include <boost/program_options.hpp>
+
 #include "deskfarm/tftp/packet.hpp"
 #include <Poco/DigestEngine.h>
 #include <Poco/SHA2Engine.h>
@@ -23,6 +28,7 @@
 
 namespace {
 
+namespace po = boost::program_options;
 using namespace deskfarm::tftp;
 using deskfarm::tftp::detail::Fd;
 using Clock = std::chrono::steady_clock;
@@ -55,43 +61,85 @@ struct Download {
   int retries = 0;
 };
 
+const char* synopsis = "usage: tftp_load --server HOST:PORT --file NAME [OPTIONS]\n";
+
+po::options_description& flags() {
+  static po::options_description options = [] {
+    po::options_description o("options");
+    o.add_options()
+        ("help,h", "print this help and exit")
+        ("server", po::value<std::string>()->value_name("HOST:PORT")->default_value("127.0.0.1:69"),
+         "server to download from; HOST is an IP literal")
+        ("file", po::value<std::string>()->value_name("NAME"), "file to request (required)")
+        ("clients", po::value<long long>()->value_name("N")->default_value(1), "concurrent downloads, at least 1")
+        ("transfers", po::value<long long>()->value_name("T")->default_value(0),
+         "downloads in all; 0 = one per client")
+        ("blksize", po::value<long long>()->value_name("B"), "ask for this blksize, 0..65535 (default: do not ask)")
+        ("windowsize", po::value<long long>()->value_name("W"),
+         "ask for this windowsize, 0..65535 (default: do not ask)")
+        ("expect-sha256", po::value<std::string>()->value_name("HEX"),
+         "fail a download whose SHA-256 (lower-case hex) differs")
+        ("timeout-ms", po::value<long long>()->value_name("MS")->default_value(1000),
+         "resend after this long without a reply; 5 resends fail the download")
+        ("deadline-s", po::value<long long>()->value_name("S")->default_value(300), "stop the whole run after this long");
+    return o;
+  }();
+  return options;
+}
+
 [[noreturn]] void usage(const std::string& why) {
-  std::cerr << "tftp_load: " << why
-            << "\nusage: tftp_load --server HOST:PORT --file NAME [--clients N] [--transfers T] [--blksize B]"
-               " [--windowsize W] [--expect-sha256 HEX] [--timeout-ms MS] [--deadline-s S]\n";
+  std::cerr << "tftp_load: " << why << "\n" << synopsis << flags();
   std::exit(2);
 }
 
-Config parse(int argc, char** argv) {
-  Config config;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) usage(std::string(arg) + " needs a value");
-      return argv[++i];
-    };
-    try {
-      if (arg == "--server") {
-        const std::string server = value();
-        const auto colon = server.rfind(':');
-        if (colon == std::string::npos) usage("--server wants HOST:PORT");
-        config.host = server.substr(0, colon);
-        config.port = static_cast<std::uint16_t>(std::stoul(server.substr(colon + 1)));
-      } else if (arg == "--file") config.file = value();
-      else if (arg == "--clients") config.clients = std::stoul(value());
-      else if (arg == "--transfers") config.transfers = std::stoul(value());
-      else if (arg == "--blksize") config.blksize = static_cast<std::uint16_t>(std::stoul(value()));
-      else if (arg == "--windowsize") config.windowsize = static_cast<std::uint16_t>(std::stoul(value()));
-      else if (arg == "--expect-sha256") config.expect_sha256 = value();
-      else if (arg == "--timeout-ms") config.timeout = std::chrono::milliseconds(std::stoul(value()));
-      else if (arg == "--deadline-s") config.deadline = std::chrono::seconds(std::stoul(value()));
-      else usage("unknown argument '" + std::string(arg) + "'");
-    } catch (const std::logic_error&) {
-      usage("bad number for " + std::string(arg));
-    }
+// Integer flags are read as long long and range-checked here: po alone would read "--clients=-1" as SIZE_MAX.
+template <class T>
+T checked(const po::variables_map& vm, const char* flag, long long low, long long high) {
+  const auto value = vm[flag].as<long long>();
+  if (value < low || value > high) {
+    usage("--" + std::string(flag) + " must be in " + std::to_string(low) + ".." + std::to_string(high));
   }
+  return static_cast<T>(value);
+}
+
+Config parse(int argc, char** argv) {
+  constexpr auto u16 = static_cast<long long>(std::numeric_limits<std::uint16_t>::max());
+  constexpr auto most = std::numeric_limits<long long>::max();
+  const po::positional_options_description no_operands;  // every argument is a flag
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(flags()).positional(no_operands).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& error) {
+    usage(error.what());
+  }
+  if (vm.count("help")) {
+    std::cout << "tftp_load: many concurrent TFTP downloads, each checked against tsize and optionally SHA-256;\n"
+                 "prints MiB/s and transfers/s, exits 1 unless every download succeeded.\n"
+              << synopsis << flags();
+    std::exit(0);
+  }
+  Config config;
+  const std::string server = vm["server"].as<std::string>();
+  const auto colon = server.rfind(':');
+  if (colon == std::string::npos) usage("--server wants HOST:PORT");
+  config.host = server.substr(0, colon);
+  const std::string port = server.substr(colon + 1);
+  unsigned port_number = 0;
+  const auto [end, error] = std::from_chars(port.data(), port.data() + port.size(), port_number);
+  if (port.empty() || error != std::errc{} || end != port.data() + port.size() || port_number > u16) {
+    usage("--server wants HOST:PORT with PORT in 0..65535, not '" + server + "'");
+  }
+  config.port = static_cast<std::uint16_t>(port_number);
+  if (vm.count("file")) config.file = vm["file"].as<std::string>();
+  config.clients = checked<std::size_t>(vm, "clients", 1, most);
+  config.transfers = checked<std::size_t>(vm, "transfers", 0, most);
+  if (vm.count("blksize")) config.blksize = checked<std::uint16_t>(vm, "blksize", 0, u16);
+  if (vm.count("windowsize")) config.windowsize = checked<std::uint16_t>(vm, "windowsize", 0, u16);
+  if (vm.count("expect-sha256")) config.expect_sha256 = vm["expect-sha256"].as<std::string>();
+  config.timeout = std::chrono::milliseconds(checked<std::int64_t>(vm, "timeout-ms", 0, most / 1'000'000));
+  config.deadline = std::chrono::seconds(checked<std::int64_t>(vm, "deadline-s", 0, most / 1'000'000'000));
   if (config.file.empty()) usage("--file is required");
-  if (config.clients == 0) usage("--clients must be at least 1");
   if (config.transfers == 0) config.transfers = config.clients;
   return config;
 }

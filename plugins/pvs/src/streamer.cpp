@@ -138,18 +138,14 @@ std::vector<nbd::ExportEntry> Streamer::list(std::string_view) const {
 }
 
 void Streamer::released(const std::string& key, const DeviceExport* which) {
-  DeviceEvent info;
-  {
-    std::lock_guard lock(mutex_);
-    auto it = live_.find(key);
-    if (it == live_.end()) return;
-    // Only forget the entry if it still refers to the export going away (a new boot may have replaced it).
-    auto current = it->second.export_.lock();
-    if (current && current.get() != which) return;
-    info = it->second.info;
-    live_.erase(it);
-  }
-  (void)info;
+  std::shared_ptr<DeviceExport> current;  // let go after the lock: see cache_bytes()
+  std::lock_guard lock(mutex_);
+  auto it = live_.find(key);
+  if (it == live_.end()) return;
+  // Only forget the entry if it still refers to the export going away (a new boot may have replaced it).
+  current = it->second.export_.lock();
+  if (current && current.get() != which) return;
+  live_.erase(it);
 }
 
 void Streamer::emit(const DeviceEvent& e) const {
@@ -167,23 +163,29 @@ std::size_t Streamer::active() const {
 }
 
 std::uint64_t Streamer::cache_bytes() const {
+  // Exports locked here may be the last reference once their device disconnects; their destructor calls
+  // released(), which takes mutex_, so they are let go only after the lock (declared first, dies last).
+  std::vector<std::shared_ptr<DeviceExport>> held;
   std::lock_guard lock(mutex_);
   std::uint64_t n = 0;
   for (const auto& [k, l] : live_)
     if (auto d = l.export_.lock(); d && d->cache()) {
       const auto u = d->cache()->usage();
       n += u.ram_bytes + u.disk_bytes;
+      held.push_back(std::move(d));
     }
   return n;
 }
 
 void Streamer::status(Poco::JSON::Object& out) const {
+  std::vector<std::shared_ptr<DeviceExport>> held;  // released after the lock: see cache_bytes()
   std::lock_guard lock(mutex_);
   Poco::JSON::Array::Ptr sessions = new Poco::JSON::Array;
   std::uint64_t ram = 0, disk = 0;
   for (const auto& [k, l] : live_) {
     auto d = l.export_.lock();
     if (!d) continue;
+    held.push_back(d);
     Poco::JSON::Object::Ptr s = new Poco::JSON::Object;
     s->set("export", l.info.export_name);
     s->set("vdisk", l.info.vdisk);

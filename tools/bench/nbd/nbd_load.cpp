@@ -15,6 +15,8 @@
 
 #include <boost/program_options.hpp>
 
+#include "../bench_cli.hpp"
+
 #include "deskfarm/nbd/client.hpp"
 #include "deskfarm/nbd/protocol.hpp"
 
@@ -61,13 +63,7 @@ int main(int argc, char** argv) {
   all.add(flags).add(hidden);
   po::positional_options_description positional;
   positional.add("host", 1).add("port", 1).add("name", 1);
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(all).positional(positional).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& error) {
-    usage(error.what(), flags);
-  }
+  const auto vm = deskfarm::bench::parse_command_line(argc, argv, all, positional, [&](const std::string& why) { usage(why, flags); });
   if (vm.count("help")) {
     std::cout << "nbd_load: NBD load generator; prints one line: mode, MiB/s, IOPS.\n" << synopsis << flags;
     return 0;

@@ -12,6 +12,8 @@
 
 #include <boost/program_options.hpp>
 
+#include "../bench_cli.hpp"
+
 #include "deskfarm/nbd/server.hpp"
 #include "deskfarm/nbd/write_cache.hpp"
 
@@ -58,13 +60,7 @@ int main(int argc, char** argv) {
   all.add(flags).add(hidden);
   po::positional_options_description positional;
   positional.add("file", 1);
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(all).positional(positional).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& error) {
-    usage(error.what(), flags);
-  }
+  const auto vm = deskfarm::bench::parse_command_line(argc, argv, all, positional, [&](const std::string& why) { usage(why, flags); });
   if (vm.count("help")) {
     std::cout << "nbd_serve: serves one raw image over NBD until SIGINT/SIGTERM.\n" << synopsis << flags;
     return 0;

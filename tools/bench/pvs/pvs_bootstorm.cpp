@@ -21,6 +21,8 @@
 #include <vector>
 
 #include <boost/program_options.hpp>
+
+#include "../bench_cli.hpp"
 #include <deskfarm/nbd/client.hpp>
 #include <deskfarm/testing/files.hpp>
 #include <deskfarm/testing/process.hpp>
@@ -168,13 +170,7 @@ int main(int argc, char** argv) {
        "size of the base vDisk in MiB (raised to --ws-mib if smaller)")
       ("no-peers", "skip the nbdkit --filter=cow and qemu-nbd runs");
   const po::positional_options_description no_operands;  // every argument is a flag
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(flags).positional(no_operands).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& error) {
-    usage(error.what(), flags);
-  }
+  const auto vm = deskfarm::bench::parse_command_line(argc, argv, flags, no_operands, [&](const std::string& why) { usage(why, flags); });
   if (vm.count("help")) {
     std::cout << "pvs_bootstorm: boot storm against the pvs plugin, then nbdkit --filter=cow and qemu-nbd "
                  "(those found on PATH).\n"

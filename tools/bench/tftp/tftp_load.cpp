@@ -21,6 +21,8 @@
 
 #include <boost/program_options.hpp>
 
+#include "../bench_cli.hpp"
+
 #include "deskfarm/tftp/packet.hpp"
 #include <Poco/DigestEngine.h>
 #include <Poco/SHA2Engine.h>
@@ -106,13 +108,7 @@ Config parse(int argc, char** argv) {
   constexpr auto u16 = static_cast<long long>(std::numeric_limits<std::uint16_t>::max());
   constexpr auto most = std::numeric_limits<long long>::max();
   const po::positional_options_description no_operands;  // every argument is a flag
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(flags()).positional(no_operands).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& error) {
-    usage(error.what());
-  }
+  const auto vm = deskfarm::bench::parse_command_line(argc, argv, flags(), no_operands, [&](const std::string& why) { usage(why); });
   if (vm.count("help")) {
     std::cout << "tftp_load: many concurrent TFTP downloads, each checked against tsize and optionally SHA-256;\n"
                  "prints MiB/s and transfers/s, exits 1 unless every download succeeded.\n"

@@ -15,6 +15,8 @@
 
 #include <boost/program_options.hpp>
 
+#include "../bench_cli.hpp"
+
 #include "deskfarm/tftp/server.hpp"
 
 namespace po = boost::program_options;
@@ -64,13 +66,7 @@ int main(int argc, char** argv) {
        "concurrent transfers; more RRQs get \"server busy\"")
       ("verbose", "print the server's log lines on stderr");
   const po::positional_options_description no_operands;  // every argument is a flag
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(flags).positional(no_operands).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& error) {
-    usage(error.what(), flags);
-  }
+  const auto vm = deskfarm::bench::parse_command_line(argc, argv, flags, no_operands, [&](const std::string& why) { usage(why, flags); });
   if (vm.count("help")) {
     std::cout << "tftp_serve: serves one directory over TFTP until SIGINT/SIGTERM.\n" << synopsis << flags;
     return 0;

@@ -1,0 +1,27 @@
+#pragma once
+// Command-line parsing shared by the benchmark tools (Boost.Program_options).
+#include <functional>
+#include <string>
+
+#include <boost/program_options.hpp>
+
+namespace deskfarm::bench {
+
+/// Parses argv against `options` and `positional`; a bad, missing or unknown argument goes to `fail`
+/// (which prints usage and exits).
+inline boost::program_options::variables_map parse_command_line(
+    int argc, char** argv, const boost::program_options::options_description& options,
+    const boost::program_options::positional_options_description& positional,
+    const std::function<void(const std::string&)>& fail) {
+  namespace po = boost::program_options;
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(options).positional(positional).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& error) {
+    fail(error.what());
+  }
+  return vm;
+}
+
+}  // namespace deskfarm::bench

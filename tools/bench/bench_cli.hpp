@@ -24,4 +24,14 @@ inline boost::program_options::variables_map parse_command_line(
   return vm;
 }
 
+/// Integer flag `flag` (declared as long long: Program_options alone would wrap "-1" into an unsigned type),
+/// checked to lie in low..high; outside it, `fail` gets "--FLAG must be in LOW..HIGH".
+inline long long checked_integer(const boost::program_options::variables_map& vm, const std::string& flag, long long low,
+                                 long long high, const std::function<void(const std::string&)>& fail) {
+  const auto value = vm[flag].as<long long>();
+  if (value < low || value > high)
+    fail("--" + flag + " must be in " + std::to_string(low) + ".." + std::to_string(high));
+  return value;
+}
+
 }  // namespace deskfarm::bench

@@ -36,9 +36,7 @@ const char* synopsis = "usage: nbd_load HOST PORT NAME [--mode seq|rand|randwrit
 // Integer arguments are read as long long and range-checked here: po alone would read "--bs=-1" as 4294967295.
 long long checked(const po::variables_map& vm, const std::string& key, long long low, long long high,
                   const po::options_description& options) {
-  const auto value = vm[key].as<long long>();
-  if (value < low || value > high) usage("--" + key + " must be in " + std::to_string(low) + ".." + std::to_string(high), options);
-  return value;
+  return deskfarm::bench::checked_integer(vm, key, low, high, [&](const std::string& why) { usage(why, options); });
 }
 
 }  // namespace

@@ -32,11 +32,7 @@ const char* synopsis = "usage: nbd_serve FILE [--port N] [--name NAME] [--cow [-
 // Integer flags are read as long long and range-checked here: po alone would read "--port=-1" as 65535.
 long long checked(const po::variables_map& vm, const char* flag, long long low, long long high,
                   const po::options_description& options) {
-  const auto value = vm[flag].as<long long>();
-  if (value < low || value > high) {
-    usage("--" + std::string(flag) + " must be in " + std::to_string(low) + ".." + std::to_string(high), options);
-  }
-  return value;
+  return deskfarm::bench::checked_integer(vm, flag, low, high, [&](const std::string& why) { usage(why, options); });
 }
 
 }  // namespace

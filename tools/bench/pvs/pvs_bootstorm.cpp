@@ -147,9 +147,7 @@ const char* synopsis = "usage: pvs_bootstorm [OPTIONS]\n";
 // Integer flags are read as long long and range-checked here: po alone would read "--ws-mib=-1" as 2^64-1.
 long long checked(const po::variables_map& vm, const std::string& flag, long long low, long long high,
                   const po::options_description& options) {
-  const auto value = vm[flag].as<long long>();
-  if (value < low || value > high) usage("--" + flag + " must be in " + std::to_string(low) + ".." + std::to_string(high), options);
-  return value;
+  return deskfarm::bench::checked_integer(vm, flag, low, high, [&](const std::string& why) { usage(why, options); });
 }
 
 }  // namespace

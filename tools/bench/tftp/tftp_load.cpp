@@ -97,11 +97,7 @@ po::options_description& flags() {
 // Integer flags are read as long long and range-checked here: po alone would read "--clients=-1" as SIZE_MAX.
 template <class T>
 T checked(const po::variables_map& vm, const char* flag, long long low, long long high) {
-  const auto value = vm[flag].as<long long>();
-  if (value < low || value > high) {
-    usage("--" + std::string(flag) + " must be in " + std::to_string(low) + ".." + std::to_string(high));
-  }
-  return static_cast<T>(value);
+  return static_cast<T>(deskfarm::bench::checked_integer(vm, flag, low, high, [&](const std::string& why) { usage(why); }));
 }
 
 Config parse(int argc, char** argv) {

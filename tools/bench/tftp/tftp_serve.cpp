@@ -37,11 +37,7 @@ const char* synopsis = "usage: tftp_serve --root DIR [OPTIONS]\n";
 template <class T>
 T checked(const po::variables_map& vm, const char* flag, long long low, long long high,
           const po::options_description& options) {
-  const auto value = vm[flag].as<long long>();
-  if (value < low || value > high) {
-    usage("--" + std::string(flag) + " must be in " + std::to_string(low) + ".." + std::to_string(high), options);
-  }
-  return static_cast<T>(value);
+  return static_cast<T>(deskfarm::bench::checked_integer(vm, flag, low, high, [&](const std::string& why) { usage(why, options); }));
 }
 
 }  // namespace

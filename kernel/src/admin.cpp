@@ -1,5 +1,6 @@
 #include "admin.hpp"
 
+#include <algorithm>
 #include <sstream>
 #include <stdexcept>
 
@@ -12,6 +13,7 @@
 #include <Poco/Net/ServerSocket.h>
 
 #include "deployment.hpp"
+#include "deskfarm/sdk/service.hpp"
 
 namespace deskfarm::kernel {
 
@@ -36,10 +38,11 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
   explicit Handler(Deployment& d) : deployment_(d) {}
   void handleRequest(Poco::Net::HTTPServerRequest& request, Poco::Net::HTTPServerResponse& response) override {
     const std::string path = request.getURI().substr(0, request.getURI().find('?'));
+    if (request.getMethod() == "POST" && path.starts_with("/request/")) return bus_request(request, response, path.substr(9));
     if (request.getMethod() != "GET" && request.getMethod() != "HEAD") {
       response.setStatus(Poco::Net::HTTPResponse::HTTP_METHOD_NOT_ALLOWED);
-      response.set("Allow", "GET, HEAD");
-      response.send() << "only GET\n";
+      response.set("Allow", "GET, HEAD, POST /request/SUBJECT");
+      response.send() << "only GET, or POST /request/SUBJECT\n";
       return;
     }
     try {
@@ -66,6 +69,38 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
   }
 
  private:
+  /// POST /request/SUBJECT with a JSON body: a bus request on the operator's behalf; the reply's JSON is the body.
+  void bus_request(Poco::Net::HTTPServerRequest& request, Poco::Net::HTTPServerResponse& response, const std::string& subject) {
+    constexpr std::size_t max_body = 1 << 20;
+    std::string body(std::min<std::size_t>(max_body + 1, request.getContentLength() >= 0
+                                                             ? static_cast<std::size_t>(request.getContentLength())
+                                                             : max_body + 1), '\0');
+    request.stream().read(body.data(), static_cast<std::streamsize>(body.size()));
+    body.resize(static_cast<std::size_t>(request.stream().gcount()));
+    if (body.size() > max_body) {
+      response.setStatus(Poco::Net::HTTPResponse::HTTP_REQUEST_ENTITY_TOO_LARGE);
+      response.send() << "request body over 1 MiB\n";
+      return;
+    }
+    if (body.empty()) body = "{}";
+    long timeout_ms = 10000;
+    if (request.has("X-Timeout-Ms")) timeout_ms = std::clamp(std::atol(request.get("X-Timeout-Ms").c_str()), 1L, 600000L);
+    const auto a = deployment_.request(subject, body, std::chrono::milliseconds(timeout_ms));
+    response.setContentType("application/json");
+    if (a.ok) {
+      response.set("X-Reply-Type", a.type);
+      response.send() << a.body << "\n";
+      return;
+    }
+    using S = Poco::Net::HTTPResponse;
+    response.setStatus(a.type == "timeout" ? S::HTTP_GATEWAY_TIMEOUT
+                       : a.type == "no_responders" ? S::HTTP_NOT_FOUND
+                       : a.type == "bad_request" ? S::HTTP_BAD_REQUEST
+                       : S::HTTP_BAD_GATEWAY);
+    // A plugin's Error envelope goes out as it is; the kernel's own failures get the same shape.
+    response.send() << (a.type == "error" ? a.body : sdk::to_value(sdk::Error{a.type, a.body}).to_json()) << "\n";
+  }
+
   Deployment& deployment_;
 };
 

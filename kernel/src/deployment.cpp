@@ -7,8 +7,11 @@
 #include <sstream>
 
 #include <Poco/JSON/Array.h>
+#include <Poco/JSON/Parser.h>
 
+#include "blocking_pool.hpp"
 #include "bus.hpp"
+#include "config_check.hpp"
 #include "executor.hpp"
 #include "metrics.hpp"
 #include "store.hpp"
@@ -98,28 +101,6 @@ class InstanceClock final : public sdk::Clock {
 
 }  // namespace
 
-Poco::Dynamic::Var to_json(const toml::node& node) {
-  if (auto* s = node.as_string()) return s->get();
-  if (auto* i = node.as_integer()) return static_cast<Poco::Int64>(i->get());
-  if (auto* f = node.as_floating_point()) return f->get();
-  if (auto* b = node.as_boolean()) return b->get();
-  if (auto* a = node.as_array()) {
-    Poco::JSON::Array::Ptr out = new Poco::JSON::Array;
-    for (auto& e : *a) out->add(to_json(e));
-    return out;
-  }
-  if (auto* t = node.as_table()) {
-    Poco::JSON::Object::Ptr out = new Poco::JSON::Object;
-    for (auto&& [k, v] : *t) out->set(std::string(k.str()), to_json(v));
-    return out;
-  }
-  std::ostringstream text;
-  if (auto* dt = node.as_date_time()) text << *dt;
-  else if (auto* d = node.as_date()) text << *d;
-  else if (auto* t = node.as_time()) text << *t;
-  return text.str();
-}
-
 /// Everything shared by the instances while the deployment runs.
 struct Deployment::Runtime {
   explicit Runtime(const Manifest& m)
@@ -129,12 +110,20 @@ struct Deployment::Runtime {
                         pool, m.clock_start.value_or(std::chrono::time_point_cast<sdk::Duration>(std::chrono::system_clock::now()))))
                   : std::unique_ptr<sdk::Clock>(new RealClock)),
         bus(*clock, m.bus_block_timeout),
-        store(m.data_store) {}
+        store(m.data_store),
+        blocking(m.blocking_workers, m.blocking_queue) {}
   Pool pool;
   std::unique_ptr<sdk::Clock> clock;
   BusCore bus;
   MetricsRegistry metrics;
   KernelStore store;
+  BlockingPool blocking;
+  /// Where operator requests (`deskfarm request`) enter the bus; replies run here.
+  Strand admin_strand{pool, "admin"};
+  InstanceBus admin_bus{bus, admin_strand};
+  /// Discovery: what every running instance advertised. Guarded by its mutex (read from any executor).
+  std::mutex directory_mutex;
+  std::map<std::string, sdk::InstanceInfo> directory;
 };
 
 /// One instance: its spec, its plugin library, its context and (once created) its plugin object.
@@ -152,6 +141,8 @@ struct Deployment::Instance final : sdk::Context {
   std::unique_ptr<InstanceClock> clock_view;
   std::unique_ptr<InstanceLogger> logger;
   std::unique_ptr<InstanceMetrics> metrics_view;
+  std::shared_ptr<sdk::Lifeline> line;
+  std::map<std::string, std::string> endpoints;  // advertised while starting
   void* plugin = nullptr;
 
   const std::string& name() const override { return spec.name; }
@@ -168,6 +159,25 @@ struct Deployment::Instance final : sdk::Context {
     std::filesystem::create_directories(dir);
     return dir;
   }
+  std::shared_ptr<sdk::Lifeline> lifeline() override { return line; }
+  void advertise(const std::string& endpoint, const std::string& address) override {
+    std::lock_guard lock(rt->directory_mutex);
+    endpoints[endpoint] = address;
+    if (auto it = rt->directory.find(spec.name); it != rt->directory.end()) it->second.endpoints = endpoints;
+  }
+  std::vector<sdk::InstanceInfo> instances(const std::string& role) override {
+    std::lock_guard lock(rt->directory_mutex);
+    std::vector<sdk::InstanceInfo> out;
+    for (const auto& [_, info] : rt->directory) {
+      if (role.empty() || std::find(info.roles.begin(), info.roles.end(), role) != info.roles.end()) out.push_back(info);
+    }
+    return out;
+  }
+  void submit_blocking(std::function<void(std::stop_token)> work) override { rt->blocking.submit(spec.name, std::move(work)); }
+  sdk::InstanceInfo info(const std::string& st) {
+    std::lock_guard lock(rt->directory_mutex);
+    return sdk::InstanceInfo{spec.name, spec.plugin, library->provides(), endpoints, st};
+  }
   sdk::Plugin& object() { return *static_cast<sdk::Plugin*>(plugin); }
 
   /// Destroys the plugin (inside its own module) and then the context pieces it used.
@@ -178,6 +188,7 @@ struct Deployment::Instance final : sdk::Context {
     }
     if (bus_view) bus_view->close();
     if (clock_view) clock_view->close();
+    if (line) line->end();
     if (strand) strand->close();
     strand.reset();
     bus_view.reset();
@@ -211,41 +222,27 @@ Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log) 
       all.push_back(std::move(inst));
       continue;
     }
-    // Config: every key known and typed, required keys present, defaults filled in.
+    // Config: every key known, typed, in range and choices, required keys present, defaults filled in.
     const auto& d = inst->library->descriptor();
-    std::vector<std::string> known;
-    for (std::uint32_t i = 0; i < d.config_count; ++i) known.emplace_back(d.config[i].key);
-    Poco::JSON::Object::Ptr values = new Poco::JSON::Object;
-    for (auto&& [k, v] : spec.config) {
-      const std::string key(k.str());
-      const auto it = std::find(known.begin(), known.end(), key);
-      if (it == known.end()) {
-        diags.add(inst->spec.key_where[key], "unknown key '" + key + "' for plugin " + spec.plugin + " (instance " + spec.name + ")." +
-                                               did_you_mean(key, known),
-                  "its keys are: " + join(known) + " (`deskfarm describe " + spec.plugin + "` documents them)");
-        continue;
+    const auto& sp = inst->spec;
+    auto where = [&sp](const std::string& key) {
+      const auto k = sp.key_where.find(key);
+      const auto v = sp.value_where.find(key);
+      return ValueSite{k == sp.key_where.end() ? &sp.where : &k->second, v == sp.value_where.end() ? &sp.where : &v->second};
+    };
+    const std::size_t before = diags.size();
+    sdk::Value values = check_config(spec.config, d.config, d.config_count, where,
+                                      "instance " + spec.name + " (plugin " + spec.plugin + ")", diags);
+    inst->cfg = std::make_unique<sdk::Config>(std::move(values));
+    // The plugin's own checks run only on a config that passed the schema.
+    if (d.validate && diags.size() == before) {
+      dk_error error{};
+      if (d.validate(static_cast<const void*>(inst->cfg.get()), &error) != 0) {
+        const auto v = error.key[0] ? sp.value_where.find(error.key) : sp.value_where.end();
+        diags.add(v == sp.value_where.end() ? sp.where : v->second,
+                  "instance " + spec.name + " (plugin " + spec.plugin + "): " + error.message);
       }
-      const auto& schema = d.config[it - known.begin()];
-      if (!type_fits(v, schema.type)) {
-        diags.add(inst->spec.value_where[key], "key '" + key + "' of instance " + spec.name + " must be " + sdk::type_name(schema.type) +
-                                      ", found " + type_of(v),
-                  std::string("plugin ") + spec.plugin + " documents it as: " + (schema.description ? schema.description : ""));
-        continue;
-      }
-      values->set(key, to_json(v));
     }
-    for (std::uint32_t i = 0; i < d.config_count; ++i) {
-      const auto& schema = d.config[i];
-      if (values->has(schema.key) || spec.config.contains(schema.key)) continue;
-      if (!schema.default_toml) {
-        diags.add(spec.where, "instance " + spec.name + " lacks required key '" + schema.key + "' (" + sdk::type_name(schema.type) + ")",
-                  schema.description ? schema.description : "");
-        continue;
-      }
-      auto parsed = toml::parse(std::string("v = ") + schema.default_toml);
-      values->set(schema.key, to_json(*parsed.get("v")));
-    }
-    inst->cfg = std::make_unique<sdk::Config>(values);
     index[spec.name] = all.size();
     all.push_back(std::move(inst));
   }
@@ -349,6 +346,7 @@ void Deployment::start() {
     inst->clock_view = std::make_unique<InstanceClock>(*runtime_->clock);
     inst->logger = std::make_unique<InstanceLogger>(log_, inst->spec.name);
     inst->metrics_view = std::make_unique<InstanceMetrics>(runtime_->metrics, inst->spec.name);
+    inst->line = std::make_shared<sdk::Lifeline>(*inst->strand);
     dk_error error{};
     inst->plugin = inst->library->descriptor().create(static_cast<sdk::Context*>(inst.get()), &error);
     if (!inst->plugin) {
@@ -383,6 +381,12 @@ void Deployment::start() {
       throw StartError(message);
     }
     inst.state = "running";
+    {
+      auto info = inst.info("running");
+      std::lock_guard lock(runtime_->directory_mutex);
+      runtime_->directory[inst.spec.name] = info;
+    }
+    runtime_->bus.publish(sdk::make_message(sdk::instance_up_subject, inst.info("running")));
     log_.write(sdk::LogLevel::info, subject, "instance " + inst.spec.name + " (" + inst.spec.plugin + " " +
                                                  inst.library->descriptor().version + ") running");
   }
@@ -395,10 +399,17 @@ void Deployment::stop_started(std::size_t count) {
     auto& inst = *instances_[i];
     if (inst.state != "running" && inst.state != "failed") continue;
     inst.state = "stopping";
+    {
+      std::lock_guard lock(runtime_->directory_mutex);
+      runtime_->directory.erase(inst.spec.name);
+    }
+    runtime_->bus.publish(sdk::make_message(sdk::instance_down_subject, inst.info("stopped")));
     inst.bus_view->close();
     inst.clock_view->close();
     auto error = call_on(*inst.strand, [&inst] { inst.object().stop(); }, std::chrono::seconds(30), "stop()");
     if (error) log_.write(sdk::LogLevel::error, "kernel", "instance " + inst.spec.name + " failed to stop cleanly: " + *error);
+    if (!runtime_->blocking.cancel(inst.spec.name, std::chrono::seconds(30)))
+      log_.write(sdk::LogLevel::error, "kernel", "instance " + inst.spec.name + ": blocking work still runs 30 s after stop");
     inst.state = "stopped";
     log_.write(sdk::LogLevel::info, "kernel", "instance " + inst.spec.name + " stopped");
   }
@@ -412,6 +423,8 @@ void Deployment::stop() {
   if (!runtime_) return;
   stop_started(instances_.size());
   destroy_all();
+  runtime_->admin_bus.close();
+  runtime_->admin_strand.close();
   running_ = false;
   runtime_->pool.shutdown();
   log_.write(sdk::LogLevel::info, "kernel", "deployment " + manifest_.name + " stopped");
@@ -430,6 +443,33 @@ void Deployment::run_on(const std::string& instance, std::function<void(sdk::Plu
     return;
   }
   throw std::invalid_argument("no instance named " + instance);
+}
+
+BusAnswer Deployment::request(const std::string& subject, const std::string& json, std::chrono::milliseconds timeout) {
+  if (!runtime_) return {false, "not_running", "the deployment is not running"};
+  if (auto error = sdk::subject_error(subject, false); !error.empty()) return {false, "bad_request", error};
+  try {
+    (void)sdk::Value::parse_json(json);
+  } catch (const std::exception& e) {
+    return {false, "bad_request", std::string("request body: ") + e.what()};
+  }
+  sdk::Message m;
+  m.subject = subject;
+  m.type = sdk::json_type;
+  m.bytes = json;
+  // The reply may come after we stopped waiting: it writes only into state it shares.
+  auto done = std::make_shared<std::promise<BusAnswer>>();
+  auto answer = done->get_future();
+  runtime_->admin_strand.post([this, m = std::move(m), timeout, done]() mutable {
+    runtime_->admin_bus.request(std::move(m), timeout, [done](const sdk::Message* reply, std::string_view error) {
+      if (!reply) return done->set_value({false, sdk::detail::bus_error_code(error), std::string(error)});
+      const bool failed = reply->type == sdk::Error::type_name;
+      done->set_value({!failed, failed ? "error" : std::string(reply->type), reply->encoded()});
+    });
+  });
+  if (answer.wait_for(timeout + std::chrono::seconds(2)) != std::future_status::ready)
+    return {false, "timeout", "no answer within " + std::to_string(timeout.count()) + " ms"};
+  return answer.get();
 }
 
 Poco::JSON::Object::Ptr Deployment::status() {
@@ -451,7 +491,7 @@ Poco::JSON::Object::Ptr Deployment::status() {
     o->set("version", std::string(inst->library->descriptor().version));
     o->set("state", inst->state);
     if (inst->plugin && inst->state == "running") {
-      Poco::JSON::Object::Ptr fields = new Poco::JSON::Object;
+      auto fields = std::make_shared<sdk::Value>(sdk::Value::object());
       std::string health = "ok";
       auto* raw = inst.get();
       auto error = call_on(*inst->strand, [raw, f = fields.get(), &health] {
@@ -463,7 +503,7 @@ Poco::JSON::Object::Ptr Deployment::status() {
         o->set("status_error", *error);
       }
       o->set("health", health);
-      o->set("fields", fields);
+      o->set("fields", Poco::JSON::Parser().parse(fields->to_json()));
     }
     list->add(o);
   }

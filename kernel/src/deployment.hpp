@@ -20,6 +20,14 @@ class StartError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// The answer to an operator's bus request: `ok` with the reply's type and JSON body, or not with an error
+/// code ("timeout", "no_responders", "bad_request", "error" with the plugin's Error envelope as `body`).
+struct BusAnswer {
+  bool ok = false;
+  std::string type;  ///< reply type, or the error code
+  std::string body;  ///< JSON reply, or the error text / envelope
+};
+
 /// A manifest brought to life: plugins loaded and checked, instances created and started in
 /// dependency order, stopped in reverse. Constructing one validates everything and starts nothing.
 class Deployment {
@@ -39,6 +47,8 @@ class Deployment {
   std::vector<std::string> start_order() const;
   /// The deployment and every instance (state, health, its own fields), as served at /status.
   Poco::JSON::Object::Ptr status();
+  /// Sends a JSON request (type deskfarm.json) to `subject` and waits for the reply (the admin endpoint's POST /request).
+  BusAnswer request(const std::string& subject, const std::string& json, std::chrono::milliseconds timeout);
   /// Prometheus exposition of the kernel's and every instance's metrics.
   std::string metrics_text();
   /// Runs `task` on the named instance's executor and waits for it (tests and tools).
@@ -65,7 +75,5 @@ class Deployment {
   std::chrono::steady_clock::time_point started_at_{};
 };
 
-/// Converts a validated TOML value to JSON (strings, numbers, booleans, arrays, tables; dates as text).
-Poco::Dynamic::Var to_json(const toml::node& node);
 
 }  // namespace deskfarm::kernel

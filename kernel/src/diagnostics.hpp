@@ -41,6 +41,7 @@ class Diagnostics {
     items_.push_back({std::move(where), std::move(message), std::move(hint)});
   }
   bool empty() const { return items_.empty(); }
+  std::size_t size() const { return items_.size(); }
   void throw_if_any() const {
     if (!items_.empty()) throw ValidationError(items_);
   }

@@ -38,6 +38,8 @@ struct Manifest {
   std::string admin = "127.0.0.1:0";
   std::filesystem::path state_dir;
   unsigned workers = 0;
+  unsigned blocking_workers = 4;      ///< threads for plugins' blocking work (run_blocking)
+  std::size_t blocking_queue = 1024;  ///< blocking jobs that may wait before more are refused
   std::chrono::milliseconds bus_block_timeout{1000};
   std::chrono::seconds start_timeout{30};
   std::vector<std::string> plugin_path;

@@ -7,8 +7,10 @@
 #include <dlfcn.h>
 
 #include <boost/dll/runtime_symbol_info.hpp>
+#include <Poco/Version.h>
 #include <toml++/toml.h>
 
+#include "config_check.hpp"
 #include "manifest.hpp"
 
 namespace deskfarm::kernel {
@@ -66,27 +68,15 @@ std::shared_ptr<PluginLibrary> PluginLibrary::load(const std::filesystem::path& 
   if (!valid_text(d->version, 64)) diags.add(at, "the descriptor has no plugin version");
   if (!d->create || !d->destroy) diags.add(at, "the descriptor has no create/destroy functions");
   if (d->config_count > 0 && !d->config) diags.add(at, "the descriptor counts config keys but has none");
-  std::set<std::string> keys;
-  for (std::uint32_t i = 0; d->config && i < d->config_count; ++i) {
-    const dk_config_key& k = d->config[i];
-    if (!valid_text(k.key, 128)) {
-      diags.add(at, "config key #" + std::to_string(i) + " has no name");
-      continue;
-    }
-    if (!keys.insert(k.key).second) diags.add(at, std::string("config key '") + k.key + "' is declared twice");
-    if (k.key == std::string("plugin") || k.key == std::string("requires") || k.key == std::string("count"))
-      diags.add(at, std::string("config key '") + k.key + "' is reserved by the manifest");
-    if (k.type < DK_STRING || k.type > DK_ARRAY) diags.add(at, std::string("config key '") + k.key + "' has an unknown type");
-    if (k.default_toml) {
-      try {
-        auto t = toml::parse(std::string("v = ") + k.default_toml);
-        if (!type_fits(*t.get("v"), k.type))
-          diags.add(at, std::string("the default of config key '") + k.key + "' is not of its declared type, " + sdk::type_name(k.type));
-      } catch (const toml::parse_error& e) {
-        diags.add(at, std::string("the default of config key '") + k.key + "' is not a TOML value: " + std::string(e.description()));
-      }
-    }
+  if (d->poco_version != POCO_VERSION) {
+    // The data store hands plugins Poco objects; another Poco build has another layout.
+    auto text = [](std::uint32_t v) {
+      return std::to_string(v >> 24) + "." + std::to_string((v >> 16) & 0xff) + "." + std::to_string((v >> 8) & 0xff);
+    };
+    diags.add(at, "the plugin was built against Poco " + text(d->poco_version) + ", this kernel uses Poco " + text(POCO_VERSION),
+              "rebuild the plugin against the SDK installed with this kernel (and its Poco)");
   }
+  check_schema(d->config, d->config_count, at, diags);
   diags.throw_if_any();
   lib->descriptor_ = d;
   return lib;

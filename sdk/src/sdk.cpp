@@ -1,7 +1,13 @@
 // The SDK's shared library: out-of-line destructors (so type info exists once, in this library),
 // config access, subject matching and schema migrations.
+#include <cmath>
+#include <sstream>
+
 #include <Poco/Data/Transaction.h>
 #include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+#include <Poco/JSON/Stringifier.h>
 #include <Poco/String.h>
 
 #include "deskfarm/sdk/bus.hpp"
@@ -9,10 +15,13 @@
 #include "deskfarm/sdk/config.hpp"
 #include "deskfarm/sdk/context.hpp"
 #include "deskfarm/sdk/executor.hpp"
+#include "deskfarm/sdk/lifeline.hpp"
 #include "deskfarm/sdk/log.hpp"
 #include "deskfarm/sdk/metrics.hpp"
 #include "deskfarm/sdk/plugin.hpp"
+#include "deskfarm/sdk/service.hpp"
 #include "deskfarm/sdk/store.hpp"
+#include "deskfarm/sdk/value.hpp"
 
 using namespace Poco::Data::Keywords;
 
@@ -36,35 +45,191 @@ const char* type_name(std::uint32_t type) {
     case DK_STRING_ARRAY: return "array of strings";
     case DK_TABLE: return "table";
     case DK_ARRAY: return "array";
+    case DK_SECRET: return "secret";
+    case DK_TABLE_ARRAY: return "array of tables";
     default: return "unknown type";
   }
 }
 
-Config::Config(Poco::JSON::Object::Ptr values)
-    : values_(values ? std::move(values) : Poco::JSON::Object::Ptr(new Poco::JSON::Object)) {}
+// ---- Value ----
 
 namespace {
-Poco::Dynamic::Var value_of(const Poco::JSON::Object::Ptr& values, const std::string& key) {
-  if (!values->has(key)) throw ConfigError(key, "config key '" + key + "' is not in this plugin's schema");
-  return values->get(key);
+[[noreturn]] void wrong_kind(const char* expected, const Value& v) {
+  throw std::invalid_argument(std::string("expected ") + expected + ", found " + v.kind());
+}
+
+Poco::Dynamic::Var to_poco(const Value& v) {
+  if (v.is_null()) return Poco::Dynamic::Var();
+  if (v.is_bool()) return v.as_bool();
+  if (v.is_integer()) return static_cast<Poco::Int64>(v.as_integer());
+  if (v.is_number()) return v.as_number();
+  if (v.is_string()) return v.as_string();
+  if (v.is_array()) {
+    Poco::JSON::Array::Ptr a = new Poco::JSON::Array;
+    for (const auto& e : v.as_array()) a->add(to_poco(e));
+    return a;
+  }
+  Poco::JSON::Object::Ptr o = new Poco::JSON::Object;
+  for (const auto& [k, e] : v.as_object()) o->set(k, to_poco(e));
+  return o;
+}
+
+Value from_poco(const Poco::Dynamic::Var& v) {
+  if (v.isEmpty()) return Value();
+  if (v.type() == typeid(Poco::JSON::Object::Ptr)) {
+    Value out = Value::object();
+    const auto o = v.extract<Poco::JSON::Object::Ptr>();
+    for (const auto& [k, e] : *o) out.set(k, from_poco(e));
+    return out;
+  }
+  if (v.type() == typeid(Poco::JSON::Array::Ptr)) {
+    Value out = Value::array();
+    const auto a = v.extract<Poco::JSON::Array::Ptr>();
+    for (const auto& e : *a) out.push(from_poco(e));
+    return out;
+  }
+  if (v.type() == typeid(bool)) return Value(v.extract<bool>());
+  if (v.isString()) return Value(v.convert<std::string>());
+  if (v.isInteger()) {
+    if (!v.isSigned() && v.convert<Poco::UInt64>() > static_cast<Poco::UInt64>(INT64_MAX))
+      throw std::invalid_argument("integer " + v.convert<std::string>() + " is too large");
+    return Value(static_cast<std::int64_t>(v.convert<Poco::Int64>()));
+  }
+  if (v.isNumeric()) return Value(v.convert<double>());
+  return Value(v.convert<std::string>());
 }
 }  // namespace
 
-std::string Config::string(const std::string& key) const { return value_of(values_, key).convert<std::string>(); }
-std::int64_t Config::integer(const std::string& key) const { return value_of(values_, key).convert<std::int64_t>(); }
-double Config::number(const std::string& key) const { return value_of(values_, key).convert<double>(); }
-bool Config::boolean(const std::string& key) const { return value_of(values_, key).convert<bool>(); }
+const char* Value::kind() const {
+  static constexpr const char* names[] = {"null", "boolean", "integer", "float", "string", "array", "table"};
+  return names[v_.index()];
+}
+bool Value::as_bool() const {
+  if (!is_bool()) wrong_kind("boolean", *this);
+  return std::get<bool>(v_);
+}
+std::int64_t Value::as_integer() const {
+  if (!is_integer()) wrong_kind("integer", *this);
+  return std::get<std::int64_t>(v_);
+}
+double Value::as_number() const {
+  if (is_integer()) return static_cast<double>(std::get<std::int64_t>(v_));
+  if (v_.index() != 3) wrong_kind("number", *this);
+  return std::get<double>(v_);
+}
+const std::string& Value::as_string() const {
+  if (!is_string()) wrong_kind("string", *this);
+  return std::get<std::string>(v_);
+}
+const Value::Array& Value::as_array() const {
+  if (!is_array()) wrong_kind("array", *this);
+  return std::get<Array>(v_);
+}
+Value::Array& Value::as_array() {
+  if (!is_array()) wrong_kind("array", *this);
+  return std::get<Array>(v_);
+}
+const Value::Object& Value::as_object() const {
+  if (!is_object()) wrong_kind("table", *this);
+  return std::get<Object>(v_);
+}
+Value::Object& Value::as_object() {
+  if (!is_object()) wrong_kind("table", *this);
+  return std::get<Object>(v_);
+}
+const Value* Value::find(std::string_view key) const {
+  if (!is_object()) return nullptr;
+  const auto& o = std::get<Object>(v_);
+  const auto it = o.find(key);
+  return it == o.end() ? nullptr : &it->second;
+}
+Value& Value::operator[](std::string_view key) {
+  if (is_null()) v_ = Object{};
+  auto& o = as_object();
+  auto it = o.find(key);
+  if (it == o.end()) it = o.emplace(std::string(key), Value()).first;
+  return it->second;
+}
+Value& Value::set(std::string_view key, Value value) {
+  (*this)[key] = std::move(value);
+  return *this;
+}
+Value& Value::push(Value value) {
+  if (is_null()) v_ = Array{};
+  as_array().push_back(std::move(value));
+  return *this;
+}
+std::size_t Value::size() const {
+  if (is_array()) return std::get<Array>(v_).size();
+  if (is_object()) return std::get<Object>(v_).size();
+  return 0;
+}
+std::string Value::to_json() const {
+  if (v_.index() == 3 && !std::isfinite(std::get<double>(v_))) return "null";  // JSON has no NaN or infinity
+  std::ostringstream out;
+  Poco::JSON::Stringifier::condense(to_poco(*this), out);
+  return out.str();
+}
+Value Value::parse_json(std::string_view text) {
+  try {
+    Poco::JSON::Parser parser;
+    return from_poco(parser.parse(std::string(text)));
+  } catch (const Poco::Exception& e) {
+    throw std::invalid_argument("invalid JSON: " + e.displayText());
+  }
+}
+
+namespace detail {
+void decode_fail(std::string_view path, std::string_view expected, const Value& found) {
+  throw DecodeError(std::string(path) + ": expected " + std::string(expected) + ", found " + found.kind());
+}
+void version_mismatch(const Message& m, std::string_view type, std::uint32_t wanted) {
+  throw MessageError("message " + std::string(type) + " version " + std::to_string(m.version) + " on subject " + m.subject +
+                     ": this plugin understands version " + std::to_string(wanted) +
+                     " (rebuild one side against the same SDK interfaces)");
+}
+std::string bus_error_code(std::string_view error) {
+  if (error.starts_with("timeout")) return "timeout";
+  if (error.starts_with("no responders")) return "no_responders";
+  return "bus";
+}
+}  // namespace detail
+
+// ---- Lifeline ----
+
+bool Lifeline::post(std::function<void()> task) {
+  std::lock_guard lock(mutex_);
+  if (!executor_) return false;
+  executor_->post(std::move(task));
+  return true;
+}
+bool Lifeline::alive() const {
+  std::lock_guard lock(mutex_);
+  return executor_ != nullptr;
+}
+void Lifeline::end() {
+  std::lock_guard lock(mutex_);
+  executor_ = nullptr;
+}
+
+// ---- Config ----
+
+Config::Config(Value values) : values_(values.is_null() ? Value::object() : std::move(values)) {}
+
+const Value& Config::value(const std::string& key) const {
+  const Value* v = values_.find(key);
+  if (!v) throw ConfigError(key, "config key '" + key + "' is not in this plugin's schema");
+  return *v;
+}
+std::string Config::string(const std::string& key) const { return value(key).as_string(); }
+std::int64_t Config::integer(const std::string& key) const { return value(key).as_integer(); }
+double Config::number(const std::string& key) const { return value(key).as_number(); }
+bool Config::boolean(const std::string& key) const { return value(key).as_bool(); }
+Secret Config::secret(const std::string& key) const { return Secret(value(key).as_string()); }
 std::vector<std::string> Config::strings(const std::string& key) const {
   std::vector<std::string> out;
-  auto arr = array(key);
-  for (std::size_t i = 0; arr && i < arr->size(); ++i) out.push_back(arr->get(i).convert<std::string>());
+  for (const auto& e : value(key).as_array()) out.push_back(e.as_string());
   return out;
-}
-Poco::JSON::Object::Ptr Config::table(const std::string& key) const {
-  return value_of(values_, key).extract<Poco::JSON::Object::Ptr>();
-}
-Poco::JSON::Array::Ptr Config::array(const std::string& key) const {
-  return value_of(values_, key).extract<Poco::JSON::Array::Ptr>();
 }
 
 Subscription& Subscription::operator=(Subscription&& other) noexcept {

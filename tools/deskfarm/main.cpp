@@ -41,7 +41,11 @@ const char* usage_text =
     "  status [MANIFEST]  print the JSON status of a running deployment (address from --admin, or MANIFEST's\n"
     "                     state directory where `run` wrote it)\n"
     "  plugins            list the plugins on the plugin path with versions, roles and load errors\n"
-    "  describe PLUGIN    print a plugin's manifest keys: type, default, description\n"
+    "  describe PLUGIN    print a plugin's manifest keys: type, default, limits, description (--markdown: the\n"
+    "                     README table)\n"
+    "  request SUBJECT [JSON] [MANIFEST]\n"
+    "                     send a bus request to a running deployment (JSON object, default {}) and print the\n"
+    "                     reply's JSON; exit 1 with the error envelope on stderr when it fails\n"
     "\n"
     "exit codes: 0 ok, 1 failure while running or stopping, 2 usage error, 3 invalid manifest or plugin,\n"
     "            4 an instance failed to start (the others were stopped), 5 deployment not reachable\n";
@@ -53,6 +57,8 @@ struct Options {
   std::string admin;
   std::string log_level = "info";
   std::string run_for;
+  bool markdown = false;
+  std::string timeout = "10s";
 };
 
 std::vector<std::filesystem::path> plugin_dirs(const Options& o, const Manifest* m) {
@@ -137,6 +143,47 @@ int cmd_plugins(const Options& o) {
   return bad ? invalid : ok;
 }
 
+/// What `describe` prints for a row's default: secrets are never shown, not even a default.
+std::string default_text(const dk_config_key& k) {
+  if (!k.default_toml) return "required";
+  if (k.type == DK_SECRET && std::string_view(k.default_toml) != "\"\"") return "(secret)";
+  return k.default_toml;
+}
+
+std::string limits_text(const dk_config_key& k) {
+  std::string out;
+  if (k.flags & DK_HAS_RANGE) {
+    std::ostringstream r;
+    r << k.min << ".." << k.max;
+    out = r.str();
+  }
+  if (k.one_of) {
+    std::string choices(k.one_of);
+    for (auto& c : choices) if (c == '|') c = ',';
+    out += (out.empty() ? "" : "; ") + std::string("one of ") + choices;
+  }
+  return out;
+}
+
+void describe_rows(const dk_config_key* keys, std::uint32_t count, const std::string& prefix, bool markdown) {
+  for (std::uint32_t i = 0; i < count; ++i) {
+    const auto& k = keys[i];
+    const std::string name = prefix + k.key;
+    const std::string limits = limits_text(k);
+    if (markdown) {
+      std::string desc = k.description ? k.description : "";
+      for (auto& c : desc) if (c == '|') c = '/';
+      std::cout << "| `" << name << "` | " << deskfarm::sdk::type_name(k.type) << " | `" << default_text(k) << "` | "
+                << limits << " | " << desc << " |\n";
+    } else {
+      std::cout << "  " << name << " (" << deskfarm::sdk::type_name(k.type) << ")"
+                << (k.default_toml ? " = " + default_text(k) : std::string("  required"))
+                << (limits.empty() ? "" : "  [" + limits + "]") << "\n      " << (k.description ? k.description : "") << "\n";
+    }
+    if (k.fields) describe_rows(k.fields, k.field_count, name + (k.type == DK_TABLE_ARRAY ? "[]." : "."), markdown);
+  }
+}
+
 int cmd_describe(const Options& o) {
   if (o.args.size() != 1) {
     std::cerr << "deskfarm describe: give exactly one PLUGIN name\n";
@@ -145,36 +192,51 @@ int cmd_describe(const Options& o) {
   PluginCatalog catalog(plugin_dirs(o, nullptr));
   auto lib = catalog.find(o.args[0], Location{"command line"});
   const auto& d = lib->descriptor();
+  if (o.markdown) {
+    // The key table of the plugin's README is this output, so the two cannot drift apart.
+    std::cout << "| key | type | default | limits | description |\n|---|---|---|---|---|\n";
+    describe_rows(d.config, d.config_count, "", true);
+    return ok;
+  }
   std::cout << d.name << " " << d.version << " — " << d.summary << "\n"
             << "provides roles: " << join(lib->provides()) << "\nrequires roles: " << join(lib->requires_roles())
             << "\n\nmanifest keys:\n";
-  for (std::uint32_t i = 0; i < d.config_count; ++i) {
-    const auto& k = d.config[i];
-    std::cout << "  " << k.key << " (" << deskfarm::sdk::type_name(k.type) << ")"
-              << (k.default_toml ? std::string(" = ") + k.default_toml : std::string("  required")) << "\n      "
-              << (k.description ? k.description : "") << "\n";
-  }
+  describe_rows(d.config, d.config_count, "", false);
   if (d.config_count == 0) std::cout << "  (none)\n";
   return ok;
 }
 
 std::filesystem::path admin_file(const Manifest& m) { return m.state_dir / "admin.address"; }
 
-int cmd_status(const Options& o) {
-  std::string address = o.admin;
-  if (address.empty() && o.args.size() == 1) {
-    auto m = load_manifest(o.args[0]);
-    std::ifstream in(admin_file(m));
-    if (!(in >> address)) {
-      std::cerr << "deskfarm status: deployment " << m.name << " is not running (no " << admin_file(m).string() << ")\n";
-      return unreachable;
-    }
+/// The admin address of a running deployment: --admin, or what `run` wrote into MANIFEST's state directory.
+std::optional<std::string> admin_address(const Options& o, const std::string& command, const std::string& manifest,
+                                         int& exit_code) {
+  if (!o.admin.empty()) return o.admin;
+  if (manifest.empty()) {
+    std::cerr << "deskfarm " << command << ": give the MANIFEST of a running deployment, or --admin HOST:PORT\n";
+    exit_code = usage;
+    return std::nullopt;
   }
-  if (address.empty()) {
-    std::cerr << "deskfarm status: give the MANIFEST of a running deployment, or --admin HOST:PORT\n";
+  auto m = load_manifest(manifest);
+  std::ifstream in(admin_file(m));
+  std::string address;
+  if (!(in >> address)) {
+    std::cerr << "deskfarm " << command << ": deployment " << m.name << " is not running (no " << admin_file(m).string() << ")\n";
+    exit_code = unreachable;
+    return std::nullopt;
+  }
+  return address;
+}
+
+int cmd_status(const Options& o) {
+  if (o.args.size() > 1) {
+    std::cerr << "deskfarm status: give at most one MANIFEST\n";
     return usage;
   }
-  auto [host, port] = parse_host_port(address, "--admin");
+  int code = ok;
+  const auto address = admin_address(o, "status", o.args.empty() ? "" : o.args[0], code);
+  if (!address) return code;
+  auto [host, port] = parse_host_port(*address, "--admin");
   try {
     Poco::Net::HTTPClientSession session(host, port);
     session.setTimeout(Poco::Timespan(5, 0));
@@ -185,7 +247,43 @@ int cmd_status(const Options& o) {
     Poco::StreamCopier::copyStream(body, std::cout);
     return response.getStatus() == Poco::Net::HTTPResponse::HTTP_OK ? ok : runtime_failure;
   } catch (const Poco::Exception& e) {
-    std::cerr << "deskfarm status: cannot reach the admin endpoint at " << address << ": " << e.displayText() << "\n";
+    std::cerr << "deskfarm status: cannot reach the admin endpoint at " << *address << ": " << e.displayText() << "\n";
+    return unreachable;
+  }
+}
+
+int cmd_request(const Options& o) {
+  // request SUBJECT [JSON] [MANIFEST]: a JSON argument starts with '{'.
+  if (o.args.empty() || o.args.size() > 3) {
+    std::cerr << "deskfarm request: give SUBJECT, then optionally a JSON object and the MANIFEST of the deployment\n";
+    return usage;
+  }
+  std::string json = "{}";
+  std::string manifest;
+  for (std::size_t i = 1; i < o.args.size(); ++i) {
+    if (!o.args[i].empty() && o.args[i].front() == '{') json = o.args[i];
+    else manifest = o.args[i];
+  }
+  const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(parse_duration(o.timeout));
+  int code = ok;
+  const auto address = admin_address(o, "request", manifest, code);
+  if (!address) return code;
+  auto [host, port] = parse_host_port(*address, "--admin");
+  try {
+    Poco::Net::HTTPClientSession session(host, port);
+    session.setTimeout(Poco::Timespan(static_cast<long>(timeout.count() / 1000) + 5, 0));
+    Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_POST, "/request/" + o.args[0]);
+    request.setContentType("application/json");
+    request.setContentLength(static_cast<std::streamsize>(json.size()));
+    request.set("X-Timeout-Ms", std::to_string(timeout.count()));
+    session.sendRequest(request) << json;
+    Poco::Net::HTTPResponse response;
+    std::istream& body = session.receiveResponse(response);
+    const bool good = response.getStatus() == Poco::Net::HTTPResponse::HTTP_OK;
+    Poco::StreamCopier::copyStream(body, good ? std::cout : std::cerr);
+    return good ? ok : runtime_failure;
+  } catch (const Poco::Exception& e) {
+    std::cerr << "deskfarm request: cannot reach the admin endpoint at " << *address << ": " << e.displayText() << "\n";
     return unreachable;
   }
 }
@@ -266,7 +364,9 @@ int main(int argc, char** argv) {
       ("admin", po::value(&o.admin), "run: admin endpoint HOST:PORT (overrides the manifest); status: where to ask")
       ("log-level", po::value(&o.log_level)->default_value("info"), "debug, info, warning or error")
       ("for", po::value(&o.run_for),
-       "run: stop after this much deployment time (90s, 5m, 2h, 1d); with clock = \"virtual\" it is simulated time");
+       "run: stop after this much deployment time (90s, 5m, 2h, 1d); with clock = \"virtual\" it is simulated time")
+      ("timeout", po::value(&o.timeout)->default_value("10s"), "request: how long to wait for the reply")
+      ("markdown", po::bool_switch(&o.markdown), "describe: print the manifest keys as the README's Markdown table");
   po::options_description hidden;
   hidden.add_options()("command", po::value(&o.command))("args", po::value(&o.args));
   po::options_description all;
@@ -299,6 +399,7 @@ int main(int argc, char** argv) {
     if (o.command == "status") return cmd_status(o);
     if (o.command == "plugins") return cmd_plugins(o);
     if (o.command == "describe") return cmd_describe(o);
+    if (o.command == "request") return cmd_request(o);
     if (o.command.empty()) std::cerr << "deskfarm: no command given\n\n" << usage_text;
     else std::cerr << "deskfarm: unknown command '" << o.command << "'\n\n" << usage_text;
     return usage;

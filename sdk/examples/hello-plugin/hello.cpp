@@ -6,46 +6,59 @@ namespace {
 using namespace deskfarm::sdk;
 
 constexpr const char* provides[] = {"greeter", nullptr};
-constexpr dk_config_key config[] = {
-    {"greeting", DK_STRING, "\"hello\"", "what the plugin says"},
-    {"interval_s", DK_INTEGER, "30", "seconds between greetings, published on hello.<instance>"},
+
+/// The manifest keys, bound into this struct by the schema below.
+struct HelloConfig {
+  std::string greeting;
+  std::int64_t interval_s = 30;
 };
+
+constexpr auto config = schema<HelloConfig>(
+    option("greeting", &HelloConfig::greeting, "\"hello\"", "what the plugin says"),
+    option("interval_s", &HelloConfig::interval_s, "30", "seconds between greetings, published on hello.<instance>")
+        .range(1, 86400));
+
+}  // namespace
+
+/// A ping: the text to greet.
+struct Ping {
+  static constexpr std::string_view type_name = "deskfarm.hello.Ping";
+  static constexpr std::uint32_t type_version = 1;
+  std::string name;
+  static constexpr auto fields() { return std::tuple{field("name", &Ping::name)}; }
+};
+
+namespace {
 
 class Hello final : public Plugin {
  public:
-  explicit Hello(Context& ctx)
-      : ctx_(ctx), greeting_(ctx.config().string("greeting")), interval_s_(ctx.config().integer("interval_s")) {
-    if (interval_s_ < 1) throw ConfigError("interval_s", "interval_s must be at least 1 second");
-  }
+  explicit Hello(Context& ctx) : ctx_(ctx), config_(config.bind(ctx.config())) {}
 
   void start() override {
-    ping_ = subscribe<Text>(ctx_.bus(), "hello.ping", [this](const Text& t, const Message& m) {
-      ctx_.bus().reply(m, make_message("", Text{greeting_ + ", " + t.value}));
-    });
-    ctx_.every(std::chrono::seconds(interval_s_), [this] {
+    ping_ = serve<Ping, Text>(ctx_.bus(), "hello.ping", [this](const Ping& p) { return Text{config_.greeting + ", " + p.name}; });
+    ctx_.every(std::chrono::seconds(config_.interval_s), [this] {
       ++greetings_;
-      publish(ctx_.bus(), "hello." + ctx_.name(), Text{greeting_});
-      ctx_.metrics().counter("hello_greetings_total", "Greetings published").inc();
+      publish(ctx_.bus(), "hello." + ctx_.name(), Text{config_.greeting});
+      ctx_.metrics().counter("deskfarm_hello_greetings_total", "Greetings published").inc();
     });
-    ctx_.log().info("ready to greet every " + std::to_string(interval_s_) + " s");
+    ctx_.log().info("ready to greet every " + std::to_string(config_.interval_s) + " s");
   }
 
   void stop() override { ping_.reset(); }
 
-  void status(Poco::JSON::Object& out) const override {
-    out.set("greeting", greeting_);
+  void status(Value& out) const override {
+    out.set("greeting", config_.greeting);
     out.set("greetings", greetings_);
   }
 
  private:
   Context& ctx_;
-  std::string greeting_;
-  std::int64_t interval_s_;
+  HelloConfig config_;
   std::int64_t greetings_ = 0;
   Subscription ping_;
 };
 
 }  // namespace
 
-DESKFARM_PLUGIN(Hello, "hello", "1.0.0", "Greets on the bus and answers hello.ping (the SDK example)", provides,
+DESKFARM_PLUGIN(Hello, "hello", "1.1.0", "Greets on the bus and answers hello.ping (the SDK example)", provides,
                 nullptr, config)

@@ -3,7 +3,7 @@
 #include <cstring>
 #include <exception>
 
-#include <Poco/JSON/Object.h>
+#include <Poco/Version.h>
 #include <boost/dll/alias.hpp>
 
 #include "deskfarm/sdk/api.hpp"
@@ -35,6 +35,11 @@ struct dk_plugin_descriptor {
   void* (*create)(void* context, dk_error* error);
   /// Destroys what create() returned, inside the plugin's own module.
   void (*destroy)(void* plugin);
+  /// Checks a deskfarm::sdk::Config* beyond what the schema says (`deskfarm check` runs it without starting
+  /// anything); nonzero and `error` filled when refused. nullptr = nothing more to check.
+  int (*validate)(const void* config, dk_error* error);
+  /// POCO_VERSION the plugin was built with: the data store hands out Poco objects, so it must match the kernel's.
+  std::uint32_t poco_version;
 };
 
 /// The exported entry point's type.
@@ -48,15 +53,21 @@ enum class Health { ok, degraded, failed };
 /// A plugin instance. The constructor receives the Context; start(), stop() and status() run on the
 /// instance's executor, so a plugin needs no locks for its own state. Exceptions thrown from any of them
 /// are caught by the kernel and reported with the instance's name.
+///
+/// A plugin class may declare `static void validate(const deskfarm::sdk::Config&)` that throws ConfigError
+/// for values the schema cannot judge alone; `deskfarm check` and `deskfarm run` call it before creating
+/// any instance.
 class DESKFARM_SDK_API Plugin {
  public:
   virtual ~Plugin();
   /// Called once every instance this one requires has started. Must not wait for bus replies.
   virtual void start() {}
-  /// Called in reverse start order. Join every thread the plugin started.
+  /// Called in reverse start order, only for an instance whose start() returned normally (one whose start()
+  /// threw or timed out is destroyed without stop(): its destructor must release what start() took).
+  /// Join every thread the plugin started.
   virtual void stop() {}
-  /// Fills the instance's fields of `deskfarm status` and the admin JSON.
-  virtual void status(Poco::JSON::Object& out) const { (void)out; }
+  /// Fills the instance's fields of `deskfarm status` and the admin JSON (an object).
+  virtual void status(Value& out) const { (void)out; }
   virtual Health health() const { return Health::ok; }
 };
 
@@ -86,17 +97,40 @@ void destroy(void* plugin) noexcept {
   delete static_cast<Plugin*>(plugin);
 }
 
-template <std::size_t N>
-constexpr std::uint32_t count(const dk_config_key (&)[N]) { return N; }
+template <class T>
+int validate(const void* config, dk_error* error) noexcept {
+  try {
+    T::validate(*static_cast<const Config*>(config));
+    return 0;
+  } catch (const ConfigError& e) {
+    copy_text(error->key, sizeof error->key, e.key().c_str());
+    copy_text(error->message, sizeof error->message, e.what());
+  } catch (const std::exception& e) {
+    copy_text(error->message, sizeof error->message, e.what());
+  } catch (...) {
+    copy_text(error->message, sizeof error->message, "unknown exception (not derived from std::exception)");
+  }
+  return 1;
+}
+
+template <class T>
+constexpr int (*validator())(const void*, dk_error*) {
+  if constexpr (requires(const Config& c) { T::validate(c); }) return &validate<T>;
+  else return nullptr;
+}
+
 constexpr std::uint32_t count(std::nullptr_t) { return 0; }
-constexpr const dk_config_key* first(const dk_config_key* k) { return k; }
 constexpr const dk_config_key* first(std::nullptr_t) { return nullptr; }
+template <class S>
+constexpr std::uint32_t count(const S& schema) { return static_cast<std::uint32_t>(schema.keys.size()); }
+template <class S>
+constexpr const dk_config_key* first(const S& schema) { return schema.keys.data(); }
 }  // namespace detail
 
 }  // namespace deskfarm::sdk
 
 /// Exports plugin class `Class` (constructible from `deskfarm::sdk::Context&`). `Provides` and `Requires`
-/// are nullptr-terminated arrays of role names or nullptr; `ConfigSchema` an array of dk_config_key or nullptr.
+/// are nullptr-terminated arrays of role names or nullptr; `ConfigSchema` an sdk::schema<...>(...) or nullptr.
 #define DESKFARM_PLUGIN(Class, Name, Version, Summary, Provides, Requires, ConfigSchema)                  \
   namespace {                                                                                          \
   const ::dk_plugin_descriptor deskfarm_plugin_descriptor_{                                            \
@@ -112,6 +146,8 @@ constexpr const dk_config_key* first(std::nullptr_t) { return nullptr; }
       ::deskfarm::sdk::detail::count(ConfigSchema),                                                    \
       &::deskfarm::sdk::detail::create<Class>,                                                         \
       &::deskfarm::sdk::detail::destroy<Class>,                                                        \
+      ::deskfarm::sdk::detail::validator<Class>(),                                                     \
+      POCO_VERSION,                                                                                    \
   };                                                                                                   \
   const ::dk_plugin_descriptor* deskfarm_plugin_entry_() { return &deskfarm_plugin_descriptor_; }     \
   }                                                                                                    \

@@ -3,9 +3,9 @@
 
 /// The plugin ABI: a plugin loads only into a kernel with exactly this number. Bump on any change to the
 /// descriptor, Context, Plugin, Bus, Clock, Executor, Logger, Metrics, Store or Config layout.
-#define DESKFARM_PLUGIN_ABI 1
+#define DESKFARM_PLUGIN_ABI 2
 /// The SDK's semantic version; features are added in minor versions within one ABI.
-#define DESKFARM_SDK_VERSION "0.1.0"
+#define DESKFARM_SDK_VERSION "0.2.0"
 
 namespace deskfarm::sdk {
 /// The ABI integer compiled into this SDK.

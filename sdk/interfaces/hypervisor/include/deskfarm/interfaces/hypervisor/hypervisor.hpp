@@ -1,0 +1,172 @@
+#pragma once
+// The hypervisor role's contract: inventory, VM lifecycle as asynchronous tasks, power-state events that carry
+// the VM's MAC (so pvs can tell a boot from a reconnect). Every adapter (Xen, Hyper-V, ESX, QEMU, a third
+// party's) serves these requests and publishes these events; vendor states map onto PowerState and the vendor's
+// own state name travels beside it.
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <deskfarm/sdk/service.hpp>
+
+namespace deskfarm::interfaces::hypervisor {
+
+using sdk::field;
+
+/// Power states common to every vendor; `vendor_state` keeps the vendor's word ("Halted", "poweredOn", "Saved").
+inline constexpr const char* kOff = "off";
+inline constexpr const char* kStarting = "starting";
+inline constexpr const char* kRunning = "running";
+inline constexpr const char* kPaused = "paused";
+inline constexpr const char* kSuspended = "suspended";
+inline constexpr const char* kStopping = "stopping";
+
+struct Network {
+  std::string name;
+  std::string tftp_server;  ///< DHCP option 66
+  std::string boot_file;    ///< DHCP option 67
+  static constexpr auto fields() {
+    return std::tuple{field("name", &Network::name), field("tftp_server", &Network::tftp_server),
+                      field("boot_file", &Network::boot_file)};
+  }
+};
+
+struct Host {
+  std::string id;
+  std::string pool;
+  std::int64_t memory_mb = 0;
+  std::int64_t free_memory_mb = 0;
+  std::int64_t vcpus = 0;
+  bool up = true;
+  static constexpr auto fields() {
+    return std::tuple{field("id", &Host::id), field("pool", &Host::pool), field("memory_mb", &Host::memory_mb),
+                      field("free_memory_mb", &Host::free_memory_mb), field("vcpus", &Host::vcpus), field("up", &Host::up)};
+  }
+};
+
+struct Vm {
+  std::string id;
+  std::string name;
+  std::string mac;
+  std::string host;  ///< "" while off
+  std::string power_state;   ///< one of the k* states above
+  std::string vendor_state;  ///< the vendor's own name for it
+  std::int64_t memory_mb = 0;
+  std::int64_t vcpus = 0;
+  std::string network;
+  std::string iso;                     ///< attached to the virtual CD-ROM, "" = none
+  std::vector<std::string> boot_order;  ///< "network", "cdrom", "disk"
+  static constexpr auto fields() {
+    return std::tuple{field("id", &Vm::id),           field("name", &Vm::name),
+                      field("mac", &Vm::mac),         field("host", &Vm::host),
+                      field("power_state", &Vm::power_state), field("vendor_state", &Vm::vendor_state),
+                      field("memory_mb", &Vm::memory_mb),     field("vcpus", &Vm::vcpus),
+                      field("network", &Vm::network), field("iso", &Vm::iso),
+                      field("boot_order", &Vm::boot_order)};
+  }
+};
+
+/// inventory: no arguments (sdk::Empty) → Inventory.
+struct Inventory {
+  static constexpr std::string_view type_name = "deskfarm.hypervisor.Inventory";
+  static constexpr std::uint32_t type_version = 1;
+  std::string vendor;  ///< "xen", "hyperv", "esx", …
+  std::vector<Host> hosts;
+  std::vector<std::string> templates;
+  std::vector<std::string> isos;
+  std::vector<Network> networks;
+  std::vector<Vm> vms;
+  static constexpr auto fields() {
+    return std::tuple{field("vendor", &Inventory::vendor), field("hosts", &Inventory::hosts),
+                      field("templates", &Inventory::templates), field("isos", &Inventory::isos),
+                      field("networks", &Inventory::networks), field("vms", &Inventory::vms)};
+  }
+};
+
+/// A lifecycle action on a VM, queued and throttled per connection. `action`: "create" (from `template_name`,
+/// with `name`), "start", "shutdown" (clean), "power_off" (hard), "reboot", "suspend", "resume", "destroy",
+/// "attach_iso" (`iso`), "eject_iso", "set_boot_order" (`boot_order`).
+struct VmAction {
+  static constexpr std::string_view type_name = "deskfarm.hypervisor.VmAction";
+  static constexpr std::uint32_t type_version = 1;
+  std::string action;
+  std::string vm;  ///< VM id ("" for create)
+  std::string template_name;
+  std::string name;
+  std::string iso;
+  std::vector<std::string> boot_order;
+  static constexpr auto fields() {
+    return std::tuple{field("action", &VmAction::action),  field("vm", &VmAction::vm),
+                      field("template", &VmAction::template_name), field("name", &VmAction::name),
+                      field("iso", &VmAction::iso), field("boot_order", &VmAction::boot_order)};
+  }
+};
+
+/// A task: the reply to a VmAction, and its progress events. States: "pending", "started", "completed",
+/// "failed", "cancelled". A failed task carries the vendor's error code ("VM_BAD_POWER_STATE",
+/// "InvalidPowerState", a WMI return code) and message.
+struct Task {
+  static constexpr std::string_view type_name = "deskfarm.hypervisor.Task";
+  static constexpr std::uint32_t type_version = 1;
+  std::string id;
+  std::string action;
+  std::string vm;
+  std::string state;
+  double progress = 0;  ///< 0..1
+  std::string error_code;
+  std::string error;
+  static constexpr auto fields() {
+    return std::tuple{field("id", &Task::id),       field("action", &Task::action), field("vm", &Task::vm),
+                      field("state", &Task::state), field("progress", &Task::progress),
+                      field("error_code", &Task::error_code), field("error", &Task::error)};
+  }
+};
+
+/// cancel: a pending or started task.
+struct CancelTask {
+  static constexpr std::string_view type_name = "deskfarm.hypervisor.CancelTask";
+  static constexpr std::uint32_t type_version = 1;
+  std::string task;
+  static constexpr auto fields() { return std::tuple{field("task", &CancelTask::task)}; }
+};
+
+/// Published on every power-state change. `reason`: "action" (a task), "host_failure", "ha_restart",
+/// "guest" (the guest shut itself down or rebooted).
+struct PowerStateEvent {
+  static constexpr std::string_view type_name = "deskfarm.hypervisor.PowerStateEvent";
+  static constexpr std::uint32_t type_version = 1;
+  std::string vm;
+  std::string mac;
+  std::string previous;
+  std::string state;
+  std::string vendor_state;
+  std::string host;
+  std::string reason;
+  std::string adapter;  ///< the adapter instance
+  static constexpr auto fields() {
+    return std::tuple{field("vm", &PowerStateEvent::vm),         field("mac", &PowerStateEvent::mac),
+                      field("previous", &PowerStateEvent::previous), field("state", &PowerStateEvent::state),
+                      field("vendor_state", &PowerStateEvent::vendor_state), field("host", &PowerStateEvent::host),
+                      field("reason", &PowerStateEvent::reason),     field("adapter", &PowerStateEvent::adapter)};
+  }
+  /// True when this event starts a fresh boot of the VM (pvs ends the device's previous session).
+  bool is_boot() const { return state == kStarting || (state == kRunning && previous == kOff); }
+};
+
+// ---- subjects ----
+/// Requests: hypervisor.<instance>.inventory (Empty → Inventory), hypervisor.<instance>.vm.action
+/// (VmAction → Task), hypervisor.<instance>.task.cancel (CancelTask → Task).
+inline std::string request_subject(std::string_view instance, std::string_view what) {
+  return "hypervisor." + std::string(instance) + "." + std::string(what);
+}
+/// Power-state events: hypervisor.<instance>.vm.<vm>.power (subscribe to hypervisor.*.vm.*.power).
+inline std::string power_subject(std::string_view instance, std::string_view vm) {
+  return "hypervisor." + std::string(instance) + ".vm." + std::string(vm) + ".power";
+}
+/// Task progress: hypervisor.<instance>.task.<id>.
+inline std::string task_subject(std::string_view instance, std::string_view task) {
+  return "hypervisor." + std::string(instance) + ".task." + std::string(task);
+}
+inline constexpr const char* all_power_events = "hypervisor.*.vm.*.power";
+
+}  // namespace deskfarm::interfaces::hypervisor

@@ -38,11 +38,11 @@ bool fits(const toml::node& n, std::uint32_t type) {
 
 /// Checks one value against its row; `path` names it in messages. Returns false on a fault (already reported).
 bool check_value(const toml::node& n, const dk_config_key& k, const std::string& path, const Location& at,
-                 const std::string& context, Diagnostics& diags, sdk::Value& out);
+                 const ConfigContext& context, Diagnostics& diags, sdk::Value& out);
 
 sdk::Value check_table(const toml::table& table, const dk_config_key* keys, std::uint32_t count,
                        const std::function<ValueSite(const std::string&)>& where, const std::string& path_prefix,
-                       const Location& nested_at, const std::string& context, Diagnostics& diags) {
+                       const Location& nested_at, const ConfigContext& context, Diagnostics& diags) {
   sdk::Value values = sdk::Value::object();
   std::vector<std::string> known;
   for (std::uint32_t i = 0; i < count; ++i) known.emplace_back(keys[i].key);
@@ -52,8 +52,8 @@ sdk::Value check_table(const toml::table& table, const dk_config_key* keys, std:
     const ValueSite site = where ? where(key) : ValueSite{&nested_at, &nested_at};
     const auto it = std::find(known.begin(), known.end(), key);
     if (it == known.end()) {
-      diags.add(*site.key, "unknown key '" + path + "' for " + context + "." + did_you_mean(key, known),
-                "its keys are: " + join(known));
+      diags.add(*site.key, "unknown key '" + path + "' for " + context.plugin_and_instance() + "." + did_you_mean(key, known),
+                "its keys are: " + join(known) + " (`deskfarm describe " + context.plugin + "` documents them)");
       continue;
     }
     sdk::Value value;
@@ -63,7 +63,7 @@ sdk::Value check_table(const toml::table& table, const dk_config_key* keys, std:
     const auto& row = keys[i];
     if (table.contains(row.key)) continue;
     if (!row.default_toml) {
-      diags.add(nested_at, context + " lacks required key '" + path_prefix + row.key + "' (" + sdk::type_name(row.type) + ")",
+      diags.add(nested_at, "instance " + context.instance + " lacks required key '" + path_prefix + row.key + "' (" + sdk::type_name(row.type) + ")",
                 row.description ? row.description : "");
       continue;
     }
@@ -73,16 +73,16 @@ sdk::Value check_table(const toml::table& table, const dk_config_key* keys, std:
 }
 
 bool check_value(const toml::node& n, const dk_config_key& k, const std::string& path, const Location& at,
-                 const std::string& context, Diagnostics& diags, sdk::Value& out) {
+                 const ConfigContext& context, Diagnostics& diags, sdk::Value& out) {
   if (!fits(n, k.type)) {
-    diags.add(at, "key '" + path + "' of " + context + " must be " + sdk::type_name(k.type) + ", found " + type_of(n),
+    diags.add(at, "key '" + path + "' of instance " + context.instance + " must be " + sdk::type_name(k.type) + ", found " + type_of(n),
               std::string("documented as: ") + (k.description ? k.description : ""));
     return false;
   }
   if ((k.flags & DK_HAS_RANGE) && n.is_number()) {
     const double v = n.is_integer() ? static_cast<double>(n.as_integer()->get()) : n.as_floating_point()->get();
     if (!(v >= k.min && v <= k.max)) {
-      diags.add(at, "key '" + path + "' of " + context + " is " + number_text(v) + ", outside " + number_text(k.min) + ".." +
+      diags.add(at, "key '" + path + "' of instance " + context.instance + " is " + number_text(v) + ", outside " + number_text(k.min) + ".." +
                         number_text(k.max),
                 std::string("documented as: ") + (k.description ? k.description : ""));
       return false;
@@ -92,7 +92,7 @@ bool check_value(const toml::node& n, const dk_config_key& k, const std::string&
     const auto choices = split_choices(k.one_of);
     const std::string v = n.as_string()->get();
     if (std::find(choices.begin(), choices.end(), v) == choices.end()) {
-      diags.add(at, "key '" + path + "' of " + context + " is \"" + v + "\"; it must be one of " + join(choices, ", ") + "." +
+      diags.add(at, "key '" + path + "' of instance " + context.instance + " is \"" + v + "\"; it must be one of " + join(choices, ", ") + "." +
                         did_you_mean(v, choices));
       return false;
     }
@@ -167,7 +167,7 @@ void check_schema(const dk_config_key* keys, std::uint32_t count, const Location
         sdk::Value ignored;
         Diagnostics inner;
         if (!fits(*t.get("v"), k.type) ||
-            !check_value(*t.get("v"), k, name, at, "its own default", inner, ignored) || !inner.empty())
+            !check_value(*t.get("v"), k, name, at, ConfigContext{"(default)", "(this plugin)"}, inner, ignored) || !inner.empty())
           diags.add(at, "the default of config key '" + name + "' (" + k.default_toml + ") does not fit its declaration (" +
                             sdk::type_name(k.type) + ")");
       } catch (const toml::parse_error& e) {
@@ -178,7 +178,7 @@ void check_schema(const dk_config_key* keys, std::uint32_t count, const Location
 }
 
 sdk::Value check_config(const toml::table& table, const dk_config_key* keys, std::uint32_t count,
-                        const std::function<ValueSite(const std::string&)>& where, const std::string& context,
+                        const std::function<ValueSite(const std::string&)>& where, const ConfigContext& context,
                         Diagnostics& diags) {
   const ValueSite top = where("");
   return check_table(table, keys, count, where, "", *top.value, context, diags);

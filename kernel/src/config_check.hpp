@@ -22,12 +22,19 @@ struct ValueSite {
   const Location* value;  ///< where its value was written
 };
 
+/// Names the instance and plugin in messages about a config.
+struct ConfigContext {
+  std::string instance;
+  std::string plugin;
+  std::string plugin_and_instance() const { return "plugin " + plugin + " (instance " + instance + ")"; }
+};
+
 /// Validates `table` against `keys`: every key known, of its type, in its range and choices, tables of a table
 /// array checked against their own schema, required keys present; fills in defaults. Returns the values as a
 /// Value table. `where(key)` locates a top-level key; nested faults are reported at their top-level value with
-/// a path ("vdisks[2].size_mb"). `context` names the instance in messages ("instance pvs-1 (plugin pvs)").
+/// a path ("vdisks[2].size_mb").
 sdk::Value check_config(const toml::table& table, const dk_config_key* keys, std::uint32_t count,
-                        const std::function<ValueSite(const std::string&)>& where, const std::string& context,
+                        const std::function<ValueSite(const std::string&)>& where, const ConfigContext& context,
                         Diagnostics& diags);
 
 /// A TOML value as an sdk::Value (dates and times as text).

@@ -232,7 +232,7 @@ Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log) 
     };
     const std::size_t before = diags.size();
     sdk::Value values = check_config(spec.config, d.config, d.config_count, where,
-                                      "instance " + spec.name + " (plugin " + spec.plugin + ")", diags);
+                                      ConfigContext{spec.name, spec.plugin}, diags);
     inst->cfg = std::make_unique<sdk::Config>(std::move(values));
     // The plugin's own checks run only on a config that passed the schema.
     if (d.validate && diags.size() == before) {
@@ -240,7 +240,7 @@ Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log) 
       if (d.validate(static_cast<const void*>(inst->cfg.get()), &error) != 0) {
         const auto v = error.key[0] ? sp.value_where.find(error.key) : sp.value_where.end();
         diags.add(v == sp.value_where.end() ? sp.where : v->second,
-                  "instance " + spec.name + " (plugin " + spec.plugin + "): " + error.message);
+                  "instance " + spec.name + " (plugin " + spec.plugin + ") refused its config: " + error.message);
       }
     }
     index[spec.name] = all.size();

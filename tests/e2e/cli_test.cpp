@@ -1,6 +1,7 @@
 #include <fstream>
 
 #include <catch2/catch.hpp>
+#include <deskfarm/sdk/version.hpp>
 #include <deskfarm/testing/files.hpp>
 #include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
@@ -37,7 +38,7 @@ TEST_CASE("an unknown command or option is a usage error (exit 2)") {
 TEST_CASE("deskfarm --version names the SDK and the plugin ABI") {
   auto r = run_child({bin, "--version"}, 10s);
   CHECK(r.exit_code == 0);
-  CHECK(r.out.find("SDK 0.1.0, plugin ABI 1") != std::string::npos);
+  CHECK(r.out.find("SDK " DESKFARM_SDK_VERSION ", plugin ABI " + std::to_string(DESKFARM_PLUGIN_ABI)) != std::string::npos);
 }
 
 TEST_CASE("deskfarm check reports every manifest error with its position and exits 3") {
@@ -63,10 +64,15 @@ TEST_CASE("deskfarm check accepts the shipped manifests") {
 TEST_CASE("deskfarm plugins and describe show versions, roles and manifest keys") {
   auto r = run_child({bin, "plugins"}, 20s);
   CHECK(r.exit_code == 0);
-  CHECK(r.out.find("hello 1.0.0  sdk 0.1.0  provides: greeter") != std::string::npos);
+  CHECK(r.out.find("hello 1.1.0  sdk " DESKFARM_SDK_VERSION "  provides: greeter") != std::string::npos);
   auto d = run_child({bin, "describe", "hello"}, 20s);
   CHECK(d.exit_code == 0);
   CHECK(d.out.find("interval_s (integer) = 30") != std::string::npos);
+  CHECK(d.out.find("interval_s (integer) = 30  [1..86400]") != std::string::npos);
+  auto md = run_child({bin, "--plugin-path", fixtures, "describe", "--markdown", "fixture_recorder"}, 20s);
+  CHECK(md.exit_code == 0);
+  CHECK(md.out.find("| `mode` | string | `\"fast\"` | one of fast,slow | how to run |") != std::string::npos);
+  CHECK(md.out.find("| `password` | secret |") != std::string::npos);
   auto missing = run_child({bin, "describe", "helo"}, 20s);
   CHECK(missing.exit_code == 3);
   CHECK(missing.err.find("unknown plugin 'helo'. Did you mean 'hello'?") != std::string::npos);
@@ -85,9 +91,19 @@ TEST_CASE("a running deployment answers deskfarm status and /metrics, and stops 
   CHECK(status.out.find("\"greeting\": \"good morning\"") != std::string::npos);
   REQUIRE(eventually([&] {
     auto m = run_child({"curl", "-sf", "http://" + read_text(address_file).substr(0, read_text(address_file).find('\n')) + "/metrics"}, 10s);
-    return m.out.find("hello_greetings_total{instance=\"greeter\"} ") != std::string::npos &&
+    return m.out.find("deskfarm_hello_greetings_total{instance=\"greeter\"} ") != std::string::npos &&
            m.out.find("deskfarm_bus_published_total{subject=\"hello.greeter\"}") != std::string::npos;
   }, 10s));
+  // An operator's request through the admin endpoint reaches the plugin's typed service.
+  auto ping = run_child({bin, "request", "hello.ping", R"({"name":"operator"})", file.string()}, 10s);
+  CHECK(ping.exit_code == 0);
+  CHECK(ping.out.find("good morning, operator") != std::string::npos);
+  auto nobody = run_child({bin, "request", "hello.nobody", file.string(), "--timeout", "1s"}, 10s);
+  CHECK(nobody.exit_code == 1);
+  CHECK(nobody.err.find("\"code\":\"no_responders\"") != std::string::npos);
+  auto bad = run_child({bin, "request", "hello.ping", R"({"name":5})", file.string()}, 10s);
+  CHECK(bad.exit_code == 1);
+  CHECK(bad.err.find("bad_request") != std::string::npos);
   run.signal(SIGTERM);
   auto code = run.wait(15s);
   REQUIRE(code);

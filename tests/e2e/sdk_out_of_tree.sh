@@ -15,7 +15,7 @@ deskfarm="$work/prefix/bin/deskfarm"
 export LD_LIBRARY_PATH="$work/prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 listing=$("$deskfarm" --plugin-path "$work/hello" plugins)
 echo "$listing"
-grep -q "^hello 1.0.0  sdk 0.1.0" <<<"$listing"
+grep -q "^hello 1.1.0  sdk 0.2.0" <<<"$listing"
 grep -q "$work/hello/hello.so" <<<"$listing"
 cat >"$work/lab.toml" <<TOML
 [deployment]
@@ -28,6 +28,6 @@ interval_s = 30
 TOML
 "$deskfarm" --plugin-path "$work/hello" check "$work/lab.toml"
 "$deskfarm" --plugin-path "$work/hello" run --for 1h "$work/lab.toml" 2>"$work/run.log"
-grep -q "instance greeter (hello 1.0.0) running" "$work/run.log"
+grep -q "instance greeter (hello 1.1.0) running" "$work/run.log"
 grep -q "deployment sdk-example stopped" "$work/run.log"
 echo "out-of-tree example plugin built against the installed SDK and ran: ok"

@@ -1,189 +1,14 @@
+// The lifecycle of a deployment: validate, create every instance, start in order, stop in reverse.
 #include "deployment.hpp"
 
-#include <algorithm>
-#include <future>
-#include <map>
 #include <set>
-#include <sstream>
 
-#include <Poco/JSON/Array.h>
-
-#include "bus.hpp"
-#include "executor.hpp"
-#include "metrics.hpp"
-#include "store.hpp"
+#include "config_validation.hpp"
+#include "dependency_graph.hpp"
+#include "instance.hpp"
+#include "runtime.hpp"
 
 namespace deskfarm::kernel {
-
-namespace {
-
-const char* health_name(sdk::Health h) {
-  switch (h) {
-    case sdk::Health::ok: return "ok";
-    case sdk::Health::degraded: return "degraded";
-    case sdk::Health::failed: return "failed";
-  }
-  return "?";
-}
-
-/// Runs `fn` on `strand` and waits; returns the exception text, if any, or a timeout message.
-std::optional<std::string> call_on(Strand& strand, const std::function<void()>& fn, std::chrono::milliseconds timeout,
-                                   const std::string& what) {
-  auto done = std::make_shared<std::promise<std::optional<std::string>>>();
-  auto result = done->get_future();
-  strand.post([fn, done] {
-    try {
-      fn();
-      done->set_value(std::nullopt);
-    } catch (const std::exception& e) {
-      done->set_value(std::string(e.what()));  // copied now: the exception's code lives in the plugin
-    } catch (...) {
-      done->set_value(std::string("unknown exception"));
-    }
-  });
-  if (result.wait_for(timeout) != std::future_status::ready) {
-    return what + " did not return within " + std::to_string(timeout.count()) + " ms";
-  }
-  return result.get();
-}
-
-/// Wraps the deployment clock so every timer an instance sets is cancelled when it stops.
-class InstanceClock final : public sdk::Clock {
- public:
-  explicit InstanceClock(sdk::Clock& clock) : clock_(clock) {}
-  sdk::TimePoint now() const override { return clock_.now(); }
-  sdk::TimerId after(sdk::Duration delay, sdk::Executor& ex, std::function<void()> task) override {
-    std::lock_guard lock(mutex_);
-    if (closed_) return 0;
-    // A one-shot timer forgets itself when it fires, so the set holds only live timers.
-    auto slot = std::make_shared<std::atomic<sdk::TimerId>>(0);
-    const auto id = clock_.after(delay, ex, [this, slot, t = std::move(task)] {
-      forget(slot->load());
-      t();
-    });
-    slot->store(id);
-    ids_.insert(id);
-    return id;
-  }
-  sdk::TimerId every(sdk::Duration period, sdk::Executor& ex, std::function<void()> task) override {
-    std::lock_guard lock(mutex_);
-    if (closed_) return 0;
-    const auto id = clock_.every(period, ex, std::move(task));
-    ids_.insert(id);
-    return id;
-  }
-  bool cancel(sdk::TimerId id) override {
-    std::lock_guard lock(mutex_);
-    ids_.erase(id);
-    return clock_.cancel(id);
-  }
-  bool is_virtual() const override { return clock_.is_virtual(); }
-  void close() {
-    std::lock_guard lock(mutex_);
-    closed_ = true;
-    for (auto id : ids_) clock_.cancel(id);
-    ids_.clear();
-  }
-
- private:
-  void forget(sdk::TimerId id) {
-    std::lock_guard lock(mutex_);
-    ids_.erase(id);
-  }
-  sdk::Clock& clock_;
-  std::mutex mutex_;
-  std::set<sdk::TimerId> ids_;
-  bool closed_ = false;
-};
-
-}  // namespace
-
-Poco::Dynamic::Var to_json(const toml::node& node) {
-  if (auto* s = node.as_string()) return s->get();
-  if (auto* i = node.as_integer()) return static_cast<Poco::Int64>(i->get());
-  if (auto* f = node.as_floating_point()) return f->get();
-  if (auto* b = node.as_boolean()) return b->get();
-  if (auto* a = node.as_array()) {
-    Poco::JSON::Array::Ptr out = new Poco::JSON::Array;
-    for (auto& e : *a) out->add(to_json(e));
-    return out;
-  }
-  if (auto* t = node.as_table()) {
-    Poco::JSON::Object::Ptr out = new Poco::JSON::Object;
-    for (auto&& [k, v] : *t) out->set(std::string(k.str()), to_json(v));
-    return out;
-  }
-  std::ostringstream text;
-  if (auto* dt = node.as_date_time()) text << *dt;
-  else if (auto* d = node.as_date()) text << *d;
-  else if (auto* t = node.as_time()) text << *t;
-  return text.str();
-}
-
-/// Everything shared by the instances while the deployment runs.
-struct Deployment::Runtime {
-  explicit Runtime(const Manifest& m)
-      : pool(m.workers),
-        clock(m.clock == "virtual"
-                  ? std::unique_ptr<sdk::Clock>(new VirtualClock(
-                        pool, m.clock_start.value_or(std::chrono::time_point_cast<sdk::Duration>(std::chrono::system_clock::now()))))
-                  : std::unique_ptr<sdk::Clock>(new RealClock)),
-        bus(*clock, m.bus_block_timeout),
-        store(m.data_store) {}
-  Pool pool;
-  std::unique_ptr<sdk::Clock> clock;
-  BusCore bus;
-  MetricsRegistry metrics;
-  KernelStore store;
-};
-
-/// One instance: its spec, its plugin library, its context and (once created) its plugin object.
-struct Deployment::Instance final : sdk::Context {
-  InstanceSpec spec;
-  std::shared_ptr<PluginLibrary> library;
-  std::unique_ptr<sdk::Config> cfg;
-  std::filesystem::path state_root;
-  std::string deployment_name;
-  std::string state = "validated";
-  // Set while the deployment runs:
-  Runtime* rt = nullptr;
-  std::unique_ptr<Strand> strand;
-  std::unique_ptr<InstanceBus> bus_view;
-  std::unique_ptr<InstanceClock> clock_view;
-  std::unique_ptr<InstanceLogger> logger;
-  std::unique_ptr<InstanceMetrics> metrics_view;
-  void* plugin = nullptr;
-
-  const std::string& name() const override { return spec.name; }
-  const std::string& deployment() const override { return deployment_name; }
-  const sdk::Config& config() const override { return *cfg; }
-  sdk::Bus& bus() override { return *bus_view; }
-  sdk::Clock& clock() override { return *clock_view; }
-  sdk::Executor& executor() override { return *strand; }
-  sdk::Logger& log() override { return *logger; }
-  sdk::Metrics& metrics() override { return *metrics_view; }
-  sdk::Store& store() override { return rt->store; }
-  std::filesystem::path state_dir() override {
-    auto dir = state_root / spec.name;
-    std::filesystem::create_directories(dir);
-    return dir;
-  }
-  sdk::Plugin& object() { return *static_cast<sdk::Plugin*>(plugin); }
-
-  /// Destroys the plugin (inside its own module) and then the context pieces it used.
-  void destroy() {
-    if (plugin) {
-      library->descriptor().destroy(plugin);
-      plugin = nullptr;
-    }
-    if (bus_view) bus_view->close();
-    if (clock_view) clock_view->close();
-    if (strand) strand->close();
-    strand.reset();
-    bus_view.reset();
-    clock_view.reset();
-  }
-};
 
 Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log) : manifest_(std::move(manifest)), log_(log) {
   Diagnostics diags;
@@ -195,122 +20,28 @@ Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log) 
   }
 
   std::vector<std::unique_ptr<Instance>> all;
-  std::map<std::string, std::size_t> index;
+  std::vector<DependencyNode> nodes;
   std::set<std::string> failed_plugins;  // report a broken plugin once, not once per instance
   for (auto& spec : manifest_.instances) {
     auto inst = std::make_unique<Instance>();
     inst->spec = spec;
     inst->state_root = manifest_.state_dir;
     inst->deployment_name = manifest_.name;
+    DependencyNode node{spec.name, spec.plugin, spec.where, spec.requires_instances, {}, {}, true};
     try {
       inst->library = catalog.find(spec.plugin, spec.plugin_where);
+      inst->cfg = validate_config(spec, inst->library->descriptor(), diags);
+      node.provides = inst->library->provides();
+      node.requires_roles = inst->library->requires_roles();
     } catch (const ValidationError& e) {
       if (failed_plugins.insert(spec.plugin).second)
         for (const auto& d : e.diagnostics()) diags.add(d.where, d.message, d.hint);
-      index[spec.name] = all.size();
-      all.push_back(std::move(inst));
-      continue;
+      node.plugin_loaded = false;
     }
-    // Config: every key known and typed, required keys present, defaults filled in.
-    const auto& d = inst->library->descriptor();
-    std::vector<std::string> known;
-    for (std::uint32_t i = 0; i < d.config_count; ++i) known.emplace_back(d.config[i].key);
-    Poco::JSON::Object::Ptr values = new Poco::JSON::Object;
-    for (auto&& [k, v] : spec.config) {
-      const std::string key(k.str());
-      const auto it = std::find(known.begin(), known.end(), key);
-      if (it == known.end()) {
-        diags.add(inst->spec.key_where[key], "unknown key '" + key + "' for plugin " + spec.plugin + " (instance " + spec.name + ")." +
-                                               did_you_mean(key, known),
-                  "its keys are: " + join(known) + " (`deskfarm describe " + spec.plugin + "` documents them)");
-        continue;
-      }
-      const auto& schema = d.config[it - known.begin()];
-      if (!type_fits(v, schema.type)) {
-        diags.add(inst->spec.value_where[key], "key '" + key + "' of instance " + spec.name + " must be " + sdk::type_name(schema.type) +
-                                      ", found " + type_of(v),
-                  std::string("plugin ") + spec.plugin + " documents it as: " + (schema.description ? schema.description : ""));
-        continue;
-      }
-      values->set(key, to_json(v));
-    }
-    for (std::uint32_t i = 0; i < d.config_count; ++i) {
-      const auto& schema = d.config[i];
-      if (values->has(schema.key) || spec.config.contains(schema.key)) continue;
-      if (!schema.default_toml) {
-        diags.add(spec.where, "instance " + spec.name + " lacks required key '" + schema.key + "' (" + sdk::type_name(schema.type) + ")",
-                  schema.description ? schema.description : "");
-        continue;
-      }
-      auto parsed = toml::parse(std::string("v = ") + schema.default_toml);
-      values->set(schema.key, to_json(*parsed.get("v")));
-    }
-    inst->cfg = std::make_unique<sdk::Config>(values);
-    index[spec.name] = all.size();
+    nodes.push_back(std::move(node));
     all.push_back(std::move(inst));
   }
-
-  // Dependencies: explicit requires, plus every instance that provides a role the plugin requires.
-  std::vector<std::vector<std::size_t>> deps(all.size());
-  for (std::size_t i = 0; i < all.size(); ++i) {
-    auto& inst = *all[i];
-    for (const auto& [req, loc] : inst.spec.requires_instances) {
-      auto it = index.find(req);
-      if (it == index.end()) {
-        std::vector<std::string> names;
-        for (auto& [n, _] : index) names.push_back(n);
-        diags.add(loc, "instance " + inst.spec.name + " requires '" + req + "', which is not an instance of this deployment." +
-                           did_you_mean(req, names));
-      } else if (it->second == i) {
-        diags.add(loc, "instance " + inst.spec.name + " requires itself");
-      } else {
-        deps[i].push_back(it->second);
-      }
-    }
-    if (!inst.library) continue;
-    for (const auto& role : inst.library->requires_roles()) {
-      std::vector<std::size_t> providers;
-      for (std::size_t j = 0; j < all.size(); ++j) {
-        if (j == i || !all[j]->library) continue;
-        const auto p = all[j]->library->provides();
-        if (std::find(p.begin(), p.end(), role) != p.end()) providers.push_back(j);
-      }
-      if (providers.empty()) {
-        diags.add(inst.spec.where, "instance " + inst.spec.name + " (plugin " + inst.spec.plugin + ") requires role '" + role +
-                                       "', which no instance in this deployment provides",
-                  "add an instance of a plugin that provides '" + role + "' (`deskfarm plugins` lists roles)");
-      }
-      deps[i].insert(deps[i].end(), providers.begin(), providers.end());
-    }
-  }
-
-  // Topological order, stable by manifest position; a cycle is reported as a path.
-  std::vector<int> mark(all.size(), 0);  // 0 new, 1 on stack, 2 done
-  std::vector<std::size_t> order;
-  std::vector<std::size_t> stack;
-  bool cycle_reported = false;
-  std::function<void(std::size_t)> visit = [&](std::size_t i) {
-    if (mark[i] == 2) return;
-    if (mark[i] == 1) {
-      if (!cycle_reported) {
-        auto from = std::find(stack.begin(), stack.end(), i);
-        std::string path;
-        for (auto it = from; it != stack.end(); ++it) path += all[*it]->spec.name + " → ";
-        path += all[i]->spec.name;
-        diags.add(all[i]->spec.where, "dependency cycle: " + path,
-                  "an instance cannot (directly or through roles) require one that requires it; remove one `requires` entry");
-        cycle_reported = true;
-      }
-      return;
-    }
-    mark[i] = 1;
-    stack.push_back(i);
-    for (auto d : deps[i]) visit(d);
-    stack.pop_back();
-    mark[i] = 2;
-    order.push_back(i);
-  };
-  for (std::size_t i = 0; i < all.size(); ++i) visit(i);
+  const auto order = dependency_order(nodes, diags);
   diags.throw_if_any();
   for (auto i : order) instances_.push_back(std::move(all[i]));
 }
@@ -343,15 +74,8 @@ void Deployment::start() {
   // Create every instance first: constructors validate their config before anything starts.
   Diagnostics diags;
   for (auto& inst : instances_) {
-    inst->rt = runtime_.get();
-    inst->strand = std::make_unique<Strand>(runtime_->pool, inst->spec.name);
-    inst->bus_view = std::make_unique<InstanceBus>(runtime_->bus, *inst->strand);
-    inst->clock_view = std::make_unique<InstanceClock>(*runtime_->clock);
-    inst->logger = std::make_unique<InstanceLogger>(log_, inst->spec.name);
-    inst->metrics_view = std::make_unique<InstanceMetrics>(runtime_->metrics, inst->spec.name);
     dk_error error{};
-    inst->plugin = inst->library->descriptor().create(static_cast<sdk::Context*>(inst.get()), &error);
-    if (!inst->plugin) {
+    if (!inst->create(*runtime_, log_, error)) {
       Location where = inst->spec.where;
       if (error.key[0]) {
         if (auto it = inst->spec.value_where.find(error.key); it != inst->spec.value_where.end()) where = it->second;
@@ -430,75 +154,6 @@ void Deployment::run_on(const std::string& instance, std::function<void(sdk::Plu
     return;
   }
   throw std::invalid_argument("no instance named " + instance);
-}
-
-Poco::JSON::Object::Ptr Deployment::status() {
-  Poco::JSON::Object::Ptr out = new Poco::JSON::Object;
-  out->set("deployment", manifest_.name);
-  out->set("manifest", manifest_.file.string());
-  out->set("clock", manifest_.clock);
-  out->set("running", running_);
-  if (runtime_) {
-    const auto now = runtime_->clock->now();
-    out->set("time_unix_ms", static_cast<Poco::Int64>(std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count()));
-    out->set("uptime_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - started_at_).count());
-  }
-  Poco::JSON::Array::Ptr list = new Poco::JSON::Array;
-  for (auto& inst : instances_) {
-    Poco::JSON::Object::Ptr o = new Poco::JSON::Object;
-    o->set("name", inst->spec.name);
-    o->set("plugin", inst->spec.plugin);
-    o->set("version", std::string(inst->library->descriptor().version));
-    o->set("state", inst->state);
-    if (inst->plugin && inst->state == "running") {
-      Poco::JSON::Object::Ptr fields = new Poco::JSON::Object;
-      std::string health = "ok";
-      auto* raw = inst.get();
-      auto error = call_on(*inst->strand, [raw, f = fields.get(), &health] {
-        raw->object().status(*f);
-        health = health_name(raw->object().health());
-      }, std::chrono::seconds(2), "status()");
-      if (error) {
-        health = "unknown";
-        o->set("status_error", *error);
-      }
-      o->set("health", health);
-      o->set("fields", fields);
-    }
-    list->add(o);
-  }
-  out->set("instances", list);
-  return out;
-}
-
-std::string Deployment::metrics_text() {
-  std::string out;
-  out += "# HELP deskfarm_instances Instances of the deployment by state.\n# TYPE deskfarm_instances gauge\n";
-  std::map<std::string, int> states;
-  for (auto& inst : instances_) states[inst->state]++;
-  for (auto& [state, n] : states) out += "deskfarm_instances{state=\"" + state + "\"} " + std::to_string(n) + "\n";
-  if (!runtime_) return out;
-  out += "# HELP deskfarm_bus_published_total Messages published, by subject.\n# TYPE deskfarm_bus_published_total counter\n";
-  std::string delivered =
-      "# HELP deskfarm_bus_delivered_total Messages queued to subscribers, by subject.\n# TYPE deskfarm_bus_delivered_total counter\n";
-  std::string dropped =
-      "# HELP deskfarm_bus_dropped_total Messages dropped by a full subscriber queue, by subscription pattern.\n"
-      "# TYPE deskfarm_bus_dropped_total counter\n";
-  for (const auto& [subject, c] : runtime_->bus.subject_counters()) {
-    if (subject.starts_with("$drops.")) {
-      dropped += "deskfarm_bus_dropped_total" + render_labels({{"pattern", subject.substr(7)}}) + " " + std::to_string(c[2]) + "\n";
-      continue;
-    }
-    const auto labels = render_labels({{"subject", subject}});
-    out += "deskfarm_bus_published_total" + labels + " " + std::to_string(c[0]) + "\n";
-    delivered += "deskfarm_bus_delivered_total" + labels + " " + std::to_string(c[1]) + "\n";
-  }
-  out += delivered + dropped;
-  out += "# HELP deskfarm_bus_late_replies_total Replies that arrived after their request timed out.\n"
-         "# TYPE deskfarm_bus_late_replies_total counter\ndeskfarm_bus_late_replies_total " +
-         std::to_string(runtime_->bus.late_replies()) + "\n";
-  out += runtime_->metrics.render();
-  return out;
 }
 
 }  // namespace deskfarm::kernel

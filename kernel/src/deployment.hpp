@@ -14,6 +14,9 @@
 
 namespace deskfarm::kernel {
 
+struct Instance;
+struct Runtime;
+
 /// A failure while creating or starting instances; whatever had started was stopped again.
 class StartError : public std::runtime_error {
  public:
@@ -37,9 +40,9 @@ class Deployment {
 
   /// Instance names in start order.
   std::vector<std::string> start_order() const;
-  /// The deployment and every instance (state, health, its own fields), as served at /status.
+  /// The deployment and every instance (state, health, its own fields), as served at /status (status.cpp).
   Poco::JSON::Object::Ptr status();
-  /// Prometheus exposition of the kernel's and every instance's metrics.
+  /// Prometheus exposition of the kernel's and every instance's metrics (status.cpp).
   std::string metrics_text();
   /// Runs `task` on the named instance's executor and waits for it (tests and tools).
   void run_on(const std::string& instance, std::function<void(sdk::Plugin&, sdk::Context&)> task,
@@ -52,8 +55,6 @@ class Deployment {
   bool running() const { return running_; }
 
  private:
-  struct Instance;
-  struct Runtime;
   void stop_started(std::size_t count);
   void destroy_all();
 
@@ -64,8 +65,5 @@ class Deployment {
   bool running_ = false;
   std::chrono::steady_clock::time_point started_at_{};
 };
-
-/// Converts a validated TOML value to JSON (strings, numbers, booleans, arrays, tables; dates as text).
-Poco::Dynamic::Var to_json(const toml::node& node);
 
 }  // namespace deskfarm::kernel

@@ -1,0 +1,82 @@
+#pragma once
+// The per-instance implementation of sdk::Context: what one plugin instance sees of the kernel.
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "bus.hpp"
+#include "deskfarm/sdk/context.hpp"
+#include "deskfarm/sdk/plugin.hpp"
+#include "executor.hpp"
+#include "log.hpp"
+#include "manifest.hpp"
+#include "metrics.hpp"
+#include "plugin_loader.hpp"
+#include "runtime.hpp"
+
+namespace deskfarm::kernel {
+
+/// Wraps the deployment clock so every timer an instance sets is cancelled when it stops.
+class InstanceClock final : public sdk::Clock {
+ public:
+  explicit InstanceClock(sdk::Clock& clock) : clock_(clock) {}
+  sdk::TimePoint now() const override { return clock_.now(); }
+  sdk::TimerId after(sdk::Duration delay, sdk::Executor& ex, std::function<void()> task) override;
+  sdk::TimerId every(sdk::Duration period, sdk::Executor& ex, std::function<void()> task) override;
+  bool cancel(sdk::TimerId id) override;
+  bool is_virtual() const override { return clock_.is_virtual(); }
+  /// Cancels every live timer and refuses new ones.
+  void close();
+
+ private:
+  void forget(sdk::TimerId id);
+  sdk::Clock& clock_;
+  std::mutex mutex_;
+  std::set<sdk::TimerId> ids_;
+  bool closed_ = false;
+};
+
+/// One instance: its spec, its plugin library, its context and (once created) its plugin object.
+struct Instance final : sdk::Context {
+  InstanceSpec spec;
+  std::shared_ptr<PluginLibrary> library;
+  std::unique_ptr<sdk::Config> cfg;
+  std::filesystem::path state_root;
+  std::string deployment_name;
+  std::string state = "validated";
+  // Set while the deployment runs:
+  Runtime* rt = nullptr;
+  std::unique_ptr<Strand> strand;
+  std::unique_ptr<InstanceBus> bus_view;
+  std::unique_ptr<InstanceClock> clock_view;
+  std::unique_ptr<InstanceLogger> logger;
+  std::unique_ptr<InstanceMetrics> metrics_view;
+  void* plugin = nullptr;
+
+  const std::string& name() const override { return spec.name; }
+  const std::string& deployment() const override { return deployment_name; }
+  const sdk::Config& config() const override { return *cfg; }
+  sdk::Bus& bus() override { return *bus_view; }
+  sdk::Clock& clock() override { return *clock_view; }
+  sdk::Executor& executor() override { return *strand; }
+  sdk::Logger& log() override { return *logger; }
+  sdk::Metrics& metrics() override { return *metrics_view; }
+  sdk::Store& store() override { return rt->store; }
+  std::filesystem::path state_dir() override;
+
+  /// Builds the context pieces on `runtime` and constructs the plugin; false (and `error` filled) when
+  /// the plugin's create() refused.
+  bool create(Runtime& runtime, LogSink& log, dk_error& error);
+  sdk::Plugin& object() { return *static_cast<sdk::Plugin*>(plugin); }
+  /// Destroys the plugin (inside its own module) and then the context pieces it used.
+  void destroy();
+};
+
+/// Runs `fn` on `strand` and waits; returns the exception text, if any, or a timeout message.
+std::optional<std::string> call_on(Strand& strand, const std::function<void()>& fn, std::chrono::milliseconds timeout,
+                                   const std::string& what);
+
+}  // namespace deskfarm::kernel

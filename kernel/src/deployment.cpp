@@ -46,7 +46,12 @@ Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log) 
   for (auto i : order) instances_.push_back(std::move(all[i]));
 }
 
-Deployment::~Deployment() { stop(); }
+Deployment::~Deployment() {
+  stop();
+  for (auto& inst : instances_) {
+    if (inst->leaked) (void)inst.release();  // see Instance::destroy
+  }
+}
 
 std::vector<std::string> Deployment::start_order() const {
   std::vector<std::string> out;
@@ -86,24 +91,21 @@ void Deployment::start() {
     }
   }
   if (!diags.empty()) {
-    destroy_all();
-    runtime_.reset();
-    log_.set_clock(nullptr);
+    teardown();
     diags.throw_if_any();
   }
   for (std::size_t i = 0; i < instances_.size(); ++i) {
     auto& inst = *instances_[i];
     inst.state = "starting";
-    auto error = call_on(*inst.strand, [&inst] { inst.object().start(); },
+    auto* raw = &inst;  // the Instance outlives a late start(): it is destroyed only after its strand drained
+    auto error = call_on(*inst.strand, [raw] { raw->object().start(); },
                          std::chrono::duration_cast<std::chrono::milliseconds>(manifest_.start_timeout), "start()");
     if (error) {
       inst.state = "failed";
       const std::string message = "instance " + inst.spec.name + " (plugin " + inst.spec.plugin + ") failed to start: " + *error;
       log_.write(sdk::LogLevel::error, subject, message + "; stopping the " + std::to_string(i) + " instances already started");
       stop_started(i);
-      destroy_all();
-      runtime_.reset();
-      log_.set_clock(nullptr);
+      teardown();
       throw StartError(message);
     }
     inst.state = "running";
@@ -121,26 +123,42 @@ void Deployment::stop_started(std::size_t count) {
     inst.state = "stopping";
     inst.bus_view->close();
     inst.clock_view->close();
-    auto error = call_on(*inst.strand, [&inst] { inst.object().stop(); }, std::chrono::seconds(30), "stop()");
+    auto* raw = &inst;
+    auto error = call_on(*inst.strand, [raw] { raw->object().stop(); },
+                         std::chrono::duration_cast<std::chrono::milliseconds>(manifest_.stop_timeout), "stop()");
     if (error) log_.write(sdk::LogLevel::error, "kernel", "instance " + inst.spec.name + " failed to stop cleanly: " + *error);
     inst.state = "stopped";
     log_.write(sdk::LogLevel::info, "kernel", "instance " + inst.spec.name + " stopped");
   }
 }
 
-void Deployment::destroy_all() {
-  for (auto it = instances_.rbegin(); it != instances_.rend(); ++it) (*it)->destroy();
+void Deployment::teardown() {
+  const auto drain = std::chrono::duration_cast<std::chrono::milliseconds>(manifest_.stop_timeout);
+  std::vector<std::string> leaked;
+  for (auto it = instances_.rbegin(); it != instances_.rend(); ++it) {
+    if (!(*it)->destroy(drain)) leaked.push_back((*it)->spec.name);
+  }
+  running_ = false;
+  log_.set_clock(nullptr);
+  if (leaked.empty()) {
+    runtime_->pool.shutdown();
+    runtime_.reset();
+    return;
+  }
+  // A plugin call that never returns holds a worker thread and may still use the bus, clock and
+  // store: deleting any of it would crash the process, joining the worker would hang it. Leak them.
+  log_.write(sdk::LogLevel::error, "kernel",
+             "instance " + join(leaked) + " did not return from a plugin call within " +
+                 std::to_string(manifest_.stop_timeout.count()) +
+                 " s (stop_timeout_s); it is left running and not destroyed; restart the process to reclaim it");
+  (void)runtime_.release();
 }
 
 void Deployment::stop() {
   if (!runtime_) return;
   stop_started(instances_.size());
-  destroy_all();
-  running_ = false;
-  runtime_->pool.shutdown();
+  teardown();
   log_.write(sdk::LogLevel::info, "kernel", "deployment " + manifest_.name + " stopped");
-  log_.set_clock(nullptr);
-  runtime_.reset();
 }
 
 void Deployment::run_on(const std::string& instance, std::function<void(sdk::Plugin&, sdk::Context&)> task,
@@ -149,7 +167,8 @@ void Deployment::run_on(const std::string& instance, std::function<void(sdk::Plu
     if (inst->spec.name != instance) continue;
     if (!inst->plugin || !inst->strand) throw std::logic_error("instance " + instance + " is not running");
     auto* raw = inst.get();
-    if (auto error = call_on(*inst->strand, [raw, &task] { task(raw->object(), *raw); }, timeout, "task on " + instance))
+    if (auto error = call_on(*inst->strand, [raw, task = std::move(task)] { task(raw->object(), *raw); }, timeout,
+                             "task on " + instance))
       throw std::runtime_error(*error);
     return;
   }

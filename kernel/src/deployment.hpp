@@ -56,7 +56,9 @@ class Deployment {
 
  private:
   void stop_started(std::size_t count);
-  void destroy_all();
+  /// Destroys every instance once its strand drained (bounded by stop_timeout), then the runtime;
+  /// an instance stuck in a plugin call is leaked with the runtime instead (logged).
+  void teardown();
 
   Manifest manifest_;
   LogSink& log_;

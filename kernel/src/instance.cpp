@@ -1,6 +1,5 @@
 #include "instance.hpp"
 
-#include <future>
 
 namespace deskfarm::kernel {
 
@@ -44,24 +43,43 @@ void InstanceClock::forget(sdk::TimerId id) {
   ids_.erase(id);
 }
 
-std::optional<std::string> call_on(Strand& strand, const std::function<void()>& fn, std::chrono::milliseconds timeout,
-                                   const std::string& what) {
-  auto done = std::make_shared<std::promise<std::optional<std::string>>>();
-  auto result = done->get_future();
-  strand.post([fn, done] {
+std::shared_ptr<StrandCall> StrandCall::post(Strand& strand, std::function<void()> fn) {
+  auto call = std::make_shared<StrandCall>();
+  strand.post([call, fn = std::move(fn)] {
     try {
       fn();
-      done->set_value(std::nullopt);
+      call->finish(std::nullopt);
     } catch (const std::exception& e) {
-      done->set_value(std::string(e.what()));  // copied now: the exception's code lives in the plugin
+      call->finish(std::string(e.what()));  // copied now: the exception's code lives in the plugin
     } catch (...) {
-      done->set_value(std::string("unknown exception"));
+      call->finish(std::string("unknown exception"));
     }
   });
-  if (result.wait_for(timeout) != std::future_status::ready) {
-    return what + " did not return within " + std::to_string(timeout.count()) + " ms";
-  }
-  return result.get();
+  return call;
+}
+
+void StrandCall::finish(std::optional<std::string> error) {
+  std::lock_guard lock(mutex_);
+  error_ = std::move(error);
+  done_ = true;
+  done_cv_.notify_all();
+}
+
+bool StrandCall::wait(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  return done_cv_.wait_for(lock, timeout, [&] { return done_; });
+}
+
+std::optional<std::string> StrandCall::error() const {
+  std::lock_guard lock(mutex_);
+  return error_;
+}
+
+std::optional<std::string> call_on(Strand& strand, std::function<void()> fn, std::chrono::milliseconds timeout,
+                                   const std::string& what) {
+  auto call = StrandCall::post(strand, std::move(fn));
+  if (!call->wait(timeout)) return what + " did not return within " + std::to_string(timeout.count()) + " ms";
+  return call->error();
 }
 
 std::filesystem::path Instance::state_dir() {
@@ -81,17 +99,23 @@ bool Instance::create(Runtime& runtime, LogSink& log, dk_error& error) {
   return plugin != nullptr;
 }
 
-void Instance::destroy() {
+bool Instance::destroy(std::chrono::milliseconds drain_timeout) {
+  if (leaked) return false;
+  // No new messages or timers first; then what is queued (a stop() behind a slow handler) may finish.
+  if (bus_view) bus_view->close();
+  if (clock_view) clock_view->close();
+  if (strand && !strand->drain(drain_timeout)) {
+    leaked = true;  // the owner keeps this object, and so the plugin, its context and its library, alive
+    return false;
+  }
   if (plugin) {
     library->descriptor().destroy(plugin);
     plugin = nullptr;
   }
-  if (bus_view) bus_view->close();
-  if (clock_view) clock_view->close();
-  if (strand) strand->close();
   strand.reset();
   bus_view.reset();
   clock_view.reset();
+  return true;
 }
 
 }  // namespace deskfarm::kernel

@@ -2,6 +2,7 @@
 // The per-instance implementation of sdk::Context: what one plugin instance sees of the kernel.
 #include <filesystem>
 #include <memory>
+#include <condition_variable>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -39,6 +40,30 @@ class InstanceClock final : public sdk::Clock {
   bool closed_ = false;
 };
 
+/// One call posted onto a strand. The caller and the task share it: a caller that stops waiting
+/// leaves behind nothing the task touches, because the task owns its function and writes only here.
+class StrandCall {
+ public:
+  /// Posts `fn` to `strand`; the task owns `fn` and everything it captured.
+  static std::shared_ptr<StrandCall> post(Strand& strand, std::function<void()> fn);
+  /// Waits until the task has run, or `timeout`; true when it has run.
+  bool wait(std::chrono::milliseconds timeout);
+  /// After wait() returned true: empty when `fn` returned, else the exception's text.
+  std::optional<std::string> error() const;
+
+ private:
+  void finish(std::optional<std::string> error);
+  mutable std::mutex mutex_;
+  std::condition_variable done_cv_;
+  bool done_ = false;
+  std::optional<std::string> error_;
+};
+
+/// Runs `fn` on `strand` and waits up to `timeout`; returns the exception text, if any, or a timeout
+/// message naming `what`. After a timeout the task may still run: `fn` must own what it touches.
+std::optional<std::string> call_on(Strand& strand, std::function<void()> fn, std::chrono::milliseconds timeout,
+                                   const std::string& what);
+
 /// One instance: its spec, its plugin library, its context and (once created) its plugin object.
 struct Instance final : sdk::Context {
   InstanceSpec spec;
@@ -55,6 +80,8 @@ struct Instance final : sdk::Context {
   std::unique_ptr<InstanceLogger> logger;
   std::unique_ptr<InstanceMetrics> metrics_view;
   void* plugin = nullptr;
+  /// A plugin call never returned, so the plugin, this context and its library stay alive for good.
+  bool leaked = false;
 
   const std::string& name() const override { return spec.name; }
   const std::string& deployment() const override { return deployment_name; }
@@ -71,12 +98,12 @@ struct Instance final : sdk::Context {
   /// the plugin's create() refused.
   bool create(Runtime& runtime, LogSink& log, dk_error& error);
   sdk::Plugin& object() { return *static_cast<sdk::Plugin*>(plugin); }
-  /// Destroys the plugin (inside its own module) and then the context pieces it used.
-  void destroy();
+  /// Ends the instance's subscriptions and timers, lets its strand finish what is queued or running
+  /// (at most `drain_timeout`), then destroys the plugin (inside its own module) and the context
+  /// pieces. A plugin whose call is still running then is not destroyed: `leaked` is set, false is
+  /// returned, and the owner must never delete this object (nor the Runtime it uses), since deleting
+  /// them under the plugin's running code would crash the process.
+  bool destroy(std::chrono::milliseconds drain_timeout);
 };
-
-/// Runs `fn` on `strand` and waits; returns the exception text, if any, or a timeout message.
-std::optional<std::string> call_on(Strand& strand, const std::function<void()>& fn, std::chrono::milliseconds timeout,
-                                   const std::string& what);
 
 }  // namespace deskfarm::kernel

@@ -15,7 +15,7 @@ namespace {
 const std::vector<std::string> top_level_keys{"include", "deployment", "instances", "overlays"};
 const std::vector<std::string> deployment_keys{"name",    "data_store", "bus",         "clock",
                                                "clock_start", "admin", "state_dir", "workers",
-                                               "bus_block_timeout_ms", "start_timeout_s", "plugin_path"};
+                                               "bus_block_timeout_ms", "start_timeout_s", "stop_timeout_s", "plugin_path"};
 const std::vector<std::string> reserved_instance_keys{"plugin", "requires", "count"};
 constexpr int max_include_depth = 16;
 constexpr std::int64_t max_count = 100000;
@@ -277,6 +277,7 @@ void read_deployment(const toml::table& d, Manifest& m, const EnvLookup& env, Di
   if (auto v = int_key("workers", 0, 256)) m.workers = static_cast<unsigned>(*v);
   if (auto v = int_key("bus_block_timeout_ms", 0, 600000)) m.bus_block_timeout = std::chrono::milliseconds(*v);
   if (auto v = int_key("start_timeout_s", 1, 3600)) m.start_timeout = std::chrono::seconds(*v);
+  if (auto v = int_key("stop_timeout_s", 1, 3600)) m.stop_timeout = std::chrono::seconds(*v);
   if (auto* n = d.get("plugin_path")) {
     auto* arr = n->as_array();
     if (!arr) diags.add(location_of(*n), "deployment.plugin_path must be an array of directories");

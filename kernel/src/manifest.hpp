@@ -40,6 +40,7 @@ struct Manifest {
   unsigned workers = 0;
   std::chrono::milliseconds bus_block_timeout{1000};
   std::chrono::seconds start_timeout{30};
+  std::chrono::seconds stop_timeout{30};
   std::vector<std::string> plugin_path;
   std::vector<InstanceSpec> instances;
 };

@@ -41,19 +41,25 @@ Poco::JSON::Object::Ptr Deployment::status() {
     o->set("version", std::string(inst->library->descriptor().version));
     o->set("state", inst->state);
     if (inst->plugin && inst->state == "running") {
-      Poco::JSON::Object::Ptr fields = new Poco::JSON::Object;
-      std::string health = "ok";
+      // The task owns what it writes: after a timeout it may still run, long after this returned.
+      struct Answer {
+        Poco::JSON::Object::Ptr fields = new Poco::JSON::Object;
+        std::string health = "ok";
+      };
+      auto answer = std::make_shared<Answer>();
       auto* raw = inst.get();
-      auto error = call_on(*inst->strand, [raw, f = fields.get(), &health] {
-        raw->object().status(*f);
-        health = health_name(raw->object().health());
+      auto error = call_on(*inst->strand, [raw, answer] {
+        raw->object().status(*answer->fields);
+        answer->health = health_name(raw->object().health());
       }, std::chrono::seconds(2), "status()");
       if (error) {
-        health = "unknown";
+        o->set("health", "unknown");
         o->set("status_error", *error);
+        o->set("fields", Poco::JSON::Object::Ptr(new Poco::JSON::Object));
+      } else {
+        o->set("health", answer->health);
+        o->set("fields", answer->fields);
       }
-      o->set("health", health);
-      o->set("fields", fields);
     }
     list->add(o);
   }

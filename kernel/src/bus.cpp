@@ -4,6 +4,8 @@
 #include <charconv>
 #include <stdexcept>
 
+#include "metrics.hpp"
+
 namespace deskfarm::kernel {
 
 namespace {
@@ -83,7 +85,9 @@ std::shared_ptr<Subscriber> BusCore::subscribe(std::string pattern, sdk::Handler
   sub->limit = options.queue_limit;
   sub->overflow = options.overflow;
   std::unique_lock lock(mutex_);
-  sub->dropped = &stats_for_locked("$drops." + sub->pattern)->dropped;
+  auto& dropped = dropped_[sub->pattern];
+  if (!dropped) dropped = std::make_unique<std::atomic<std::uint64_t>>(0);
+  sub->dropped = dropped.get();
   subs_.push_back(sub);
   routes_.clear();
   return sub;
@@ -189,13 +193,39 @@ void BusCore::forget_requests(const Strand& requester) {
   std::erase_if(pending_, [&](const auto& entry) { return entry.second.requester == &requester; });
 }
 
-std::map<std::string, std::array<std::uint64_t, 3>> BusCore::subject_counters() const {
-  std::map<std::string, std::array<std::uint64_t, 3>> out;
+std::map<std::string, std::array<std::uint64_t, 2>> BusCore::subject_counters() const {
+  std::map<std::string, std::array<std::uint64_t, 2>> out;
   std::shared_lock lock(mutex_);
-  for (const auto& [subject, s] : stats_) {
-    out[subject] = {s->published.load(), s->delivered.load(), s->dropped.load()};
-  }
+  for (const auto& [subject, s] : stats_) out[subject] = {s->published.load(), s->delivered.load()};
   return out;
+}
+
+std::map<std::string, std::uint64_t> BusCore::dropped_counters() const {
+  std::map<std::string, std::uint64_t> out;
+  std::shared_lock lock(mutex_);
+  for (const auto& [pattern, n] : dropped_) out[pattern] = n->load();
+  return out;
+}
+
+std::string BusCore::metrics_text() const {
+  std::string published = "# HELP deskfarm_bus_published_total Messages published, by subject.\n"
+                          "# TYPE deskfarm_bus_published_total counter\n";
+  std::string delivered = "# HELP deskfarm_bus_delivered_total Messages queued to subscribers, by subject.\n"
+                          "# TYPE deskfarm_bus_delivered_total counter\n";
+  for (const auto& [subject, c] : subject_counters()) {
+    const auto labels = render_labels({{"subject", subject}});
+    published += "deskfarm_bus_published_total" + labels + " " + std::to_string(c[0]) + "\n";
+    delivered += "deskfarm_bus_delivered_total" + labels + " " + std::to_string(c[1]) + "\n";
+  }
+  std::string dropped = "# HELP deskfarm_bus_dropped_total Messages dropped by a full subscriber queue, by subscription pattern.\n"
+                        "# TYPE deskfarm_bus_dropped_total counter\n";
+  for (const auto& [pattern, n] : dropped_counters()) {
+    dropped += "deskfarm_bus_dropped_total" + render_labels({{"pattern", pattern}}) + " " + std::to_string(n) + "\n";
+  }
+  return published + delivered + dropped +
+         "# HELP deskfarm_bus_late_replies_total Replies that arrived after their request was answered or timed out.\n"
+         "# TYPE deskfarm_bus_late_replies_total counter\ndeskfarm_bus_late_replies_total " +
+         std::to_string(late_replies()) + "\n";
 }
 
 void InstanceBus::publish(sdk::Message message) { core_.publish(std::move(message)); }

@@ -20,7 +20,6 @@ namespace deskfarm::kernel {
 struct SubjectStats {
   std::atomic<std::uint64_t> published{0};
   std::atomic<std::uint64_t> delivered{0};
-  std::atomic<std::uint64_t> dropped{0};
 };
 
 /// The in-process bus shared by every instance. Delivery is by pointer (no serialisation); each
@@ -41,9 +40,13 @@ class BusCore {
   /// timeouts must never reach a strand that is about to be destroyed.
   void forget_requests(const Strand& requester);
 
-  /// A snapshot of subject counters, for /metrics.
-  std::map<std::string, std::array<std::uint64_t, 3>> subject_counters() const;
+  /// A snapshot of the per-subject counters: {published, delivered}.
+  std::map<std::string, std::array<std::uint64_t, 2>> subject_counters() const;
+  /// A snapshot of the messages dropped by full queues, per subscription pattern.
+  std::map<std::string, std::uint64_t> dropped_counters() const;
   std::uint64_t late_replies() const { return late_replies_.load(); }
+  /// The bus's own metric families in Prometheus text: published, delivered, dropped, late replies.
+  std::string metrics_text() const;
 
  private:
   struct Route {
@@ -72,6 +75,7 @@ class BusCore {
   std::vector<std::shared_ptr<Subscriber>> subs_;
   std::unordered_map<std::string, std::shared_ptr<const Route>> routes_;  // cache, cleared on (un)subscribe
   std::unordered_map<std::string, std::unique_ptr<SubjectStats>> stats_;
+  std::unordered_map<std::string, std::unique_ptr<std::atomic<std::uint64_t>>> dropped_;  // by pattern
   // Request timeouts: one clock timer for the earliest deadline instead of a timer added and
   // cancelled per request, which cost a wake-up of the clock thread on every round trip.
   std::mutex pending_mutex_;

@@ -14,6 +14,9 @@
 
 namespace deskfarm::kernel {
 
+struct Instance;
+struct Runtime;
+
 /// A failure while creating or starting instances; whatever had started was stopped again.
 class StartError : public std::runtime_error {
  public:
@@ -45,11 +48,11 @@ class Deployment {
 
   /// Instance names in start order.
   std::vector<std::string> start_order() const;
-  /// The deployment and every instance (state, health, its own fields), as served at /status.
+  /// The deployment and every instance (state, health, its own fields), as served at /status (status.cpp).
   Poco::JSON::Object::Ptr status();
   /// Sends a JSON request (type deskfarm.json) to `subject` and waits for the reply (the admin endpoint's POST /request).
   BusAnswer request(const std::string& subject, const std::string& json, std::chrono::milliseconds timeout);
-  /// Prometheus exposition of the kernel's and every instance's metrics.
+  /// Prometheus exposition of the kernel's and every instance's metrics (status.cpp).
   std::string metrics_text();
   /// Runs `task` on the named instance's executor and waits for it (tests and tools).
   void run_on(const std::string& instance, std::function<void(sdk::Plugin&, sdk::Context&)> task,
@@ -62,10 +65,12 @@ class Deployment {
   bool running() const { return running_; }
 
  private:
-  struct Instance;
-  struct Runtime;
   void stop_started(std::size_t count);
-  void destroy_all();
+  /// Destroys every instance once its strand drained (bounded by stop_timeout), then the runtime;
+  /// an instance stuck in a plugin call is leaked with the runtime instead (logged).
+  void teardown();
+  /// Publishes kernel.instance.up/down and updates the discovery directory.
+  void announce(Instance& inst, bool up);
 
   Manifest manifest_;
   LogSink& log_;

@@ -142,6 +142,19 @@ void Strand::close() {
   room_.notify_all();
 }
 
+bool Strand::drain(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::unique_lock lock(mutex_);
+  draining_ = true;
+  room_.wait_until(lock, deadline, [&] { return !scheduled_; });
+  lock.unlock();
+  close();  // whatever was posted meanwhile is dropped; a running item is waited for below
+  lock.lock();
+  const bool idle = room_.wait_until(lock, deadline, [&] { return !scheduled_; });
+  draining_ = false;
+  return idle;
+}
+
 bool Strand::run_batch() {
   {
     auto lock = lock_briefly_held(mutex_);
@@ -205,6 +218,7 @@ bool Strand::run_batch() {
     if (closed_) room_.notify_all();
     if (queue_.size() > head_ && !closed_) return true;
   }
+  if (draining_) room_.notify_all();
   scheduled_ = false;  // the last touch: from here the strand may be destroyed
   return false;
 }

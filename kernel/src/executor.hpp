@@ -35,6 +35,9 @@ class Strand final : public sdk::Executor {
   bool deliver(sdk::Message&& message, const std::shared_ptr<Subscriber>& sub, std::chrono::milliseconds block_timeout);
   /// Refuses further work and drops what is queued (the instance stopped).
   void close();
+  /// Lets what is queued run, then closes: waits until nothing is queued or running, or `timeout`.
+  /// False when an item is still running then (a plugin call that does not return).
+  bool drain(std::chrono::milliseconds timeout);
   const std::string& name() const { return name_; }
   Pool& pool() const { return pool_; }
 
@@ -76,6 +79,7 @@ class Strand final : public sdk::Executor {
   std::size_t waiting_for_room_ = 0;
   bool scheduled_ = false;
   bool closed_ = false;
+  bool draining_ = false;            // drain() waits on room_ for scheduled_ to become false
   bool lingering_ = false;           // a worker holds the emptied strand, waiting for poked_
   std::atomic<bool> poked_{false};  // work arrived or the strand closed while lingering
 };

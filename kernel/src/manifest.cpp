@@ -15,7 +15,7 @@ namespace {
 const std::vector<std::string> top_level_keys{"include", "deployment", "instances", "overlays"};
 const std::vector<std::string> deployment_keys{"name",    "data_store", "bus",         "clock",
                                                "clock_start", "admin", "state_dir", "workers",
-                                               "bus_block_timeout_ms", "start_timeout_s", "plugin_path",
+                                               "bus_block_timeout_ms", "start_timeout_s", "stop_timeout_s", "plugin_path",
                                                "blocking_workers", "blocking_queue"};
 const std::vector<std::string> reserved_instance_keys{"plugin", "requires", "count"};
 constexpr int max_include_depth = 16;
@@ -280,6 +280,7 @@ void read_deployment(const toml::table& d, Manifest& m, const EnvLookup& env, Di
   if (auto v = int_key("blocking_queue", 1, 1000000)) m.blocking_queue = static_cast<std::size_t>(*v);
   if (auto v = int_key("bus_block_timeout_ms", 0, 600000)) m.bus_block_timeout = std::chrono::milliseconds(*v);
   if (auto v = int_key("start_timeout_s", 1, 3600)) m.start_timeout = std::chrono::seconds(*v);
+  if (auto v = int_key("stop_timeout_s", 1, 3600)) m.stop_timeout = std::chrono::seconds(*v);
   if (auto* n = d.get("plugin_path")) {
     auto* arr = n->as_array();
     if (!arr) diags.add(location_of(*n), "deployment.plugin_path must be an array of directories");

@@ -42,6 +42,7 @@ struct Manifest {
   std::size_t blocking_queue = 1024;  ///< blocking jobs that may wait before more are refused
   std::chrono::milliseconds bus_block_timeout{1000};
   std::chrono::seconds start_timeout{30};
+  std::chrono::seconds stop_timeout{30};
   std::vector<std::string> plugin_path;
   std::vector<InstanceSpec> instances;
 };

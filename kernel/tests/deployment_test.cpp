@@ -2,9 +2,11 @@
 #include <fstream>
 #include <future>
 #include <sstream>
+#include <thread>
 
 #include <catch2/catch.hpp>
 #include <deskfarm/testing/files.hpp>
+#include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
 
 #include "deployment.hpp"
@@ -22,9 +24,13 @@ struct Lab {
   PluginCatalog catalog{{FIXTURE_PLUGIN_DIR}};
   Lab() { log.capture([this](const std::string& l) { lines.push_back(l); }); }
   std::filesystem::path journal() const { return dir / "journal.txt"; }
-  // A manifest with the given instance tables; the journal path is substituted for JOURNAL.
+  // The file whose creation ends a fixture_blocking wait.
+  std::filesystem::path release_file() const { return dir / "release"; }
+  void release() const { deskfarm::testing::write_text(release_file(), "go"); }
+  // A manifest with the given instance tables; JOURNAL and RELEASE are replaced by those paths.
   Manifest manifest(std::string instances, std::string extra_deployment = "") {
     for (std::size_t p; (p = instances.find("JOURNAL")) != std::string::npos;) instances.replace(p, 7, journal().string());
+    for (std::size_t p; (p = instances.find("RELEASE")) != std::string::npos;) instances.replace(p, 7, release_file().string());
     const std::string text = "[deployment]\nname = \"lab\"\nstate_dir = \"" + (dir / "var").string() + "\"\n" +
                              extra_deployment + "\n" + instances;
     deskfarm::testing::write_text(dir / "lab.toml", text);
@@ -178,4 +184,78 @@ TEST_CASE("with the virtual clock, an instance's timers are simulated and cancel
   CHECK(d.virtual_clock()->now() - t0 == 1h);
   CHECK(std::chrono::duration_cast<std::chrono::seconds>(t0.time_since_epoch()).count() == 1767600000);
   d.stop();
+}
+
+// Lifetime: a plugin call that outlives the kernel's wait must find everything it touches still alive.
+// These tests prove it under AddressSanitizer (build-asan); without it a late write may go unnoticed.
+namespace {
+std::string blocking(const std::string& name, const std::string& block_in, const std::string& extra = "") {
+  return "[instances." + name + "]\nplugin = \"fixture_blocking\"\njournal = \"JOURNAL\"\nrelease_file = \"RELEASE\"\nblock_in = \"" +
+         block_in + "\"\n" + extra;
+}
+}  // namespace
+
+TEST_CASE("a status() that outlives its 2 s wait reports unknown health, and its late answer harms nothing") {
+  Lab lab;
+  Deployment d(lab.manifest(blocking("slow", "status")), lab.catalog, lab.log);
+  d.start();
+  const auto first = d.status()->getArray("instances")->getObject(0);
+  CHECK(first->getValue<std::string>("health") == "unknown");
+  CHECK(first->getValue<std::string>("status_error") == "status() did not return within 2000 ms");
+  lab.release();  // the first status() now finishes, long after the call that asked for it returned
+  const auto second = d.status()->getArray("instances")->getObject(0);
+  CHECK(second->getValue<std::string>("health") == "ok");
+  CHECK(second->getObject("fields")->getValue<bool>("answered"));
+  d.stop();
+  CHECK(lab.journal_text() == "start slow\nstarted slow\nstop slow\nstopped slow\ndestroy slow\n");
+}
+
+TEST_CASE("run_on gives up after its timeout; the task still runs later with everything it captured") {
+  Lab lab;
+  Deployment d(lab.manifest(blocking("a", "")), lab.catalog, lab.log);
+  d.start();
+  auto go = std::make_shared<std::atomic<bool>>(false);
+  auto finished = std::make_shared<std::atomic<bool>>(false);
+  CHECK_THROWS_WITH(d.run_on("a", [go, finished](sdk::Plugin&, sdk::Context&) {
+    for (int i = 0; i < 2000 && !go->load(); ++i) std::this_thread::sleep_for(5ms);
+    finished->store(go->load());  // reads its own captures after run_on has returned
+  }, 100ms), "task on a did not return within 100 ms");
+  go->store(true);
+  CHECK(deskfarm::testing::eventually([&] { return finished->load(); }, 10s));
+  d.stop();
+}
+
+TEST_CASE("a stop() that never returns is logged and leaked, not destroyed under its running code") {
+  Lab lab;
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    Deployment d(lab.manifest(blocking("stuck", "stop"), "stop_timeout_s = 1\n"), lab.catalog, lab.log);
+    d.start();
+    d.stop();
+    CHECK(std::chrono::steady_clock::now() - t0 < 10s);  // 1 s for stop(), 1 s more to drain
+  }
+  bool logged = false;
+  for (const auto& l : lab.lines) {
+    if (l.find("instance stuck did not return from a plugin call within 1 s (stop_timeout_s); it is left running") !=
+        std::string::npos)
+      logged = true;
+  }
+  CHECK(logged);
+  lab.release();  // the leaked plugin's stop() now returns and writes with its own (still live) members
+  CHECK(deskfarm::testing::eventually([&] { return lab.journal_text().find("stopped stuck") != std::string::npos; }, 10s));
+  CHECK(lab.journal_text().find("destroy stuck") == std::string::npos);
+}
+
+TEST_CASE("a start() that outlives start_timeout is waited for before its plugin is destroyed") {
+  Lab lab;
+  Deployment d(lab.manifest(blocking("late", "start"), "start_timeout_s = 1\nstop_timeout_s = 20\n"), lab.catalog, lab.log);
+  // Released while the kernel drains the instance's strand, after start() has given up on it.
+  std::thread releaser([&lab] {
+    std::this_thread::sleep_for(1500ms);
+    lab.release();
+  });
+  CHECK_THROWS_WITH(d.start(), "instance late (plugin fixture_blocking) failed to start: start() did not return within 1000 ms");
+  releaser.join();
+  // Timed out, then finished: treated as a failed start, so destroyed without stop().
+  CHECK(lab.journal_text() == "start late\nstarted late\ndestroy late\n");
 }

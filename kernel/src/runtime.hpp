@@ -1,0 +1,44 @@
+#pragma once
+#include <chrono>
+#include <memory>
+
+#include <map>
+#include <mutex>
+
+#include "blocking_pool.hpp"
+#include "bus.hpp"
+#include "deskfarm/sdk/discovery.hpp"
+#include "clock.hpp"
+#include "executor.hpp"
+#include "manifest.hpp"
+#include "metrics.hpp"
+#include "store.hpp"
+
+namespace deskfarm::kernel {
+
+/// Everything the instances of a deployment share while it runs: workers, clock, bus, metrics, store.
+struct Runtime {
+  explicit Runtime(const Manifest& m)
+      : pool(m.workers),
+        clock(m.clock == "virtual"
+                  ? std::unique_ptr<sdk::Clock>(new VirtualClock(
+                        pool, m.clock_start.value_or(std::chrono::time_point_cast<sdk::Duration>(std::chrono::system_clock::now()))))
+                  : std::unique_ptr<sdk::Clock>(new RealClock)),
+        bus(*clock, m.bus_block_timeout),
+        store(m.data_store),
+        blocking(m.blocking_workers, m.blocking_queue) {}
+  Pool pool;
+  std::unique_ptr<sdk::Clock> clock;
+  BusCore bus;
+  MetricsRegistry metrics;
+  KernelStore store;
+  BlockingPool blocking;
+  /// Where operator requests (`deskfarm request`) enter the bus; their replies run here.
+  Strand admin_strand{pool, "admin"};
+  InstanceBus admin_bus{bus, admin_strand};
+  /// Discovery: what every running instance advertised; read from any executor.
+  std::mutex directory_mutex;
+  std::map<std::string, sdk::InstanceInfo> directory;
+};
+
+}  // namespace deskfarm::kernel

@@ -178,24 +178,29 @@ std::uint64_t VirtualClock::skipped_ticks() const {
   return timers_.skipped();
 }
 
+// Determinism: time moves to the earliest pending deadline only once the pool is idle, so everything
+// caused by earlier instants has finished. Every timer due at that instant is then posted as one batch in
+// (deadline, id) order, and each strand runs its own in that order; tasks of different instances at one
+// instant may interleave, as they would in real time. A timer a task sets while the batch runs is due
+// later (or, with no delay, at this instant) and goes into a following batch, so virtual time never passes
+// a pending timer. One idle wait per instant instead of per timer is what makes a farm's worth of
+// heartbeats cheap: 10,000 instances on a 30 s period cost one thread round trip per 10,000 ticks.
 std::size_t VirtualClock::run_until_quiet(sdk::TimePoint limit) {
   std::size_t fired = 0;
   while (true) {
-    // Let everything caused by the previous timer finish before time moves on.
     while (!pool_.wait_idle(std::chrono::milliseconds(100))) {
     }
-    std::optional<TimerQueue::Due> due;
     {
       std::lock_guard lock(mutex_);
       const auto next = timers_.next();
       if (!next || *next > limit.time_since_epoch()) break;
       if (*next > now().time_since_epoch()) now_.store(next->count(), std::memory_order_release);
-      due = timers_.pop_due(*next);
+      while (auto due = timers_.pop_due(*next)) batch_.push_back(std::move(*due));
     }
-    if (due) {
-      due->post();
-      ++fired;
-    }
+    // Posted unlocked: a task that runs at once may set or cancel timers.
+    for (const auto& due : batch_) due.post();
+    fired += batch_.size();
+    batch_.clear();
   }
   return fired;
 }

@@ -99,8 +99,9 @@ class RealClock final : public sdk::Clock {
   std::thread thread_;
 };
 
-/// Simulated time. Time moves only when advance() is called: each due timer fires in (deadline, id) order
-/// after the worker pool has gone idle, so a run is deterministic and as fast as the handlers allow.
+/// Simulated time. Time moves only when advance() is called. It moves to the earliest pending deadline,
+/// posts every timer due at that instant as one batch, waits once for the worker pool to go idle, and
+/// repeats; so a run is deterministic (see run_until_quiet) and as fast as the handlers allow.
 class VirtualClock final : public sdk::Clock {
  public:
   VirtualClock(Pool& pool, sdk::TimePoint start);
@@ -122,6 +123,7 @@ class VirtualClock final : public sdk::Clock {
   mutable std::mutex mutex_;
   std::atomic<sdk::Duration::rep> now_;
   TimerQueue timers_;
+  std::vector<TimerQueue::Due> batch_;  // only run_until_quiet's caller touches it
 };
 
 }  // namespace deskfarm::kernel

@@ -1,4 +1,5 @@
 #include <atomic>
+#include <set>
 #include <thread>
 
 #include <catch2/catch.hpp>
@@ -43,7 +44,50 @@ TEST_CASE("virtual timers fire in deadline order, ties in scheduling order, acro
     clock.after(5s, a, [&] { note("a35"); });  // scheduled by a handler: still in order
   });
   clock.advance(2min);
-  CHECK(order == std::vector<std::string>{"b10@10", "a10@10", "b30@30", "a35@35", "a60@60"});
+  REQUIRE(order.size() == 5);
+  // Timers of different executors due at one instant run in parallel, in either order.
+  CHECK(std::set<std::string>(order.begin(), order.begin() + 2) == std::set<std::string>{"b10@10", "a10@10"});
+  CHECK(std::vector<std::string>(order.begin() + 2, order.end()) ==
+        std::vector<std::string>{"b30@30", "a35@35", "a60@60"});
+}
+
+TEST_CASE("virtual timers due at one instant run on each executor in scheduling order, before time moves on") {
+  Pool pool(2);
+  VirtualClock clock(pool, sdk::TimePoint{});
+  constexpr int executors = 50, per_executor = 20;
+  std::vector<std::unique_ptr<Strand>> strands;
+  std::vector<std::vector<int>> seen(executors);  // each written only on its own strand
+  std::vector<std::vector<sdk::TimePoint>> when(executors);
+  for (int e = 0; e < executors; ++e) strands.push_back(std::make_unique<Strand>(pool, "s" + std::to_string(e)));
+  for (int i = 0; i < per_executor; ++i) {
+    for (int e = 0; e < executors; ++e) {
+      clock.after(10s, *strands[e], [&, e, i] {
+        seen[e].push_back(i);
+        when[e].push_back(clock.now());
+        // Set by a task for the same instant: a later batch, still at 10 s, after this executor's own ones.
+        if (i == per_executor - 1) clock.after(0s, *strands[e], [&, e] {
+          seen[e].push_back(-1);
+          when[e].push_back(clock.now());
+        });
+      });
+    }
+  }
+  clock.after(11s, *strands[0], [&] {
+    seen[0].push_back(-2);
+    when[0].push_back(clock.now());
+  });
+  CHECK(clock.advance(1min) == executors * per_executor + executors + 1);
+  REQUIRE(pool.wait_idle(1s));
+  for (int e = 0; e < executors; ++e) {
+    std::vector<int> expected;
+    for (int i = 0; i < per_executor; ++i) expected.push_back(i);
+    expected.push_back(-1);
+    if (e == 0) expected.push_back(-2);
+    CHECK(seen[e] == expected);
+    REQUIRE(when[e].size() == expected.size());
+    for (std::size_t k = 0; k < per_executor + 1u; ++k) CHECK(when[e][k] == sdk::TimePoint(10s));
+  }
+  CHECK(when[0].back() == sdk::TimePoint(11s));
 }
 
 namespace {

@@ -22,10 +22,13 @@ class Hello final : public Plugin {
     ping_ = subscribe<Text>(ctx_.bus(), "hello.ping", [this](const Text& t, const Message& m) {
       ctx_.bus().reply(m, make_message("", Text{greeting_ + ", " + t.value}));
     });
+    // Looked up once: a timer handler runs for every tick of every instance, so it does only the tick's work.
+    greeted_ = &ctx_.metrics().counter("hello_greetings_total", "Greetings published");
+    subject_ = "hello." + ctx_.name();
     ctx_.every(std::chrono::seconds(interval_s_), [this] {
       ++greetings_;
-      publish(ctx_.bus(), "hello." + ctx_.name(), Text{greeting_});
-      ctx_.metrics().counter("hello_greetings_total", "Greetings published").inc();
+      publish(ctx_.bus(), subject_, Text{greeting_});
+      greeted_->inc();
     });
     ctx_.log().info("ready to greet every " + std::to_string(interval_s_) + " s");
   }
@@ -42,6 +45,8 @@ class Hello final : public Plugin {
   std::string greeting_;
   std::int64_t interval_s_;
   std::int64_t greetings_ = 0;
+  std::string subject_;
+  Counter* greeted_ = nullptr;
   Subscription ping_;
 };
 

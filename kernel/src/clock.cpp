@@ -39,30 +39,29 @@ bool TimerQueue::cancel(sdk::TimerId id) {
   return true;
 }
 
-void TimerQueue::prune() {
+TimerQueue::Entries::iterator TimerQueue::prune() {
   while (!heap_.empty()) {
     const Slot& top = heap_.front();
     const auto it = entries_.find(top.id);
-    if (it != entries_.end() && it->second.deadline == top.deadline) return;
+    if (it != entries_.end() && it->second.deadline == top.deadline) return it;
     std::pop_heap(heap_.begin(), heap_.end(), std::greater<>{});
     heap_.pop_back();
   }
+  return entries_.end();
 }
 
 std::optional<TimerQueue::Deadline> TimerQueue::next() {
-  prune();
-  if (heap_.empty()) return std::nullopt;
+  if (prune() == entries_.end()) return std::nullopt;
   return heap_.front().deadline;
 }
 
 std::optional<TimerQueue::Due> TimerQueue::pop_due(Deadline now) {
   while (true) {
-    prune();
-    if (heap_.empty() || heap_.front().deadline > now) return std::nullopt;
+    const auto it = prune();
+    if (it == entries_.end() || heap_.front().deadline > now) return std::nullopt;
     const Slot slot = heap_.front();
     std::pop_heap(heap_.begin(), heap_.end(), std::greater<>{});
     heap_.pop_back();
-    const auto it = entries_.find(slot.id);  // live: prune() checked it
     Entry& entry = it->second;
     if (entry.period.count() <= 0) {
       Due due{entry.executor, std::move(entry.task)};

@@ -63,12 +63,13 @@ class TimerQueue {
     sdk::TimerId id;
     bool operator>(const Slot& o) const { return deadline != o.deadline ? deadline > o.deadline : id > o.id; }
   };
-  /// Drops heap slots of cancelled timers at the top; rebuilds the heap when they outnumber live ones.
-  void prune();
+  using Entries = std::unordered_map<sdk::TimerId, Entry>;
+  /// Drops heap slots of cancelled timers from the top; returns the entry of the earliest live timer (or end()).
+  Entries::iterator prune();
   // A binary heap of (deadline, id) with lazy deletion: cancel() only erases the entry, and a slot whose
   // entry is gone or has moved on is discarded when it surfaces. Pushing and popping allocate nothing.
   std::vector<Slot> heap_;
-  std::unordered_map<sdk::TimerId, Entry> entries_;
+  Entries entries_;
   sdk::TimerId next_id_ = 1;
   std::uint64_t skipped_ = 0;
 };

@@ -21,7 +21,9 @@ class Pool;
 struct TimerTask {
   explicit TimerTask(std::function<void()> f) : run(std::move(f)) {}
   std::function<void()> run;
-  std::atomic<bool> in_flight{false};  // a tick is queued or running (periodic timers only)
+  // A tick is queued or running (periodic timers only). A tick dropped by a closed strand leaves it set, so
+  // the timer stays silent until cancelled — which the kernel does when it stops the instance.
+  std::atomic<bool> in_flight{false};
 };
 
 /// Pending timers ordered by (deadline, id): ties fire in the order they were scheduled. A deadline is

@@ -44,8 +44,14 @@ std::shared_ptr<const BusCore::Route> BusCore::route(const std::string& subject)
   std::unique_lock lock(mutex_);
   if (auto it = routes_.find(subject); it != routes_.end()) return it->second;
   auto r = std::make_shared<Route>();
-  for (const auto& sub : subs_) {
-    if (sdk::subject_matches(sub->pattern, subject)) r->subs.push_back(sub);
+  std::vector<std::string_view> matched;
+  for (const auto& [pattern, count] : patterns_) {
+    if (sdk::subject_matches(pattern, subject)) matched.push_back(pattern);
+  }
+  if (!matched.empty()) {
+    for (const auto& sub : subs_) {  // in subscription order
+      if (std::find(matched.begin(), matched.end(), sub->pattern) != matched.end()) r->subs.push_back(sub);
+    }
   }
   r->stats = stats_for_locked(subject);
   if (routes_.size() >= max_cached_routes) routes_.clear();
@@ -89,6 +95,7 @@ std::shared_ptr<Subscriber> BusCore::subscribe(std::string pattern, sdk::Handler
   if (!dropped) dropped = std::make_unique<std::atomic<std::uint64_t>>(0);
   sub->dropped = dropped.get();
   subs_.push_back(sub);
+  ++patterns_[sub->pattern];
   routes_.clear();
   return sub;
 }
@@ -96,7 +103,9 @@ std::shared_ptr<Subscriber> BusCore::subscribe(std::string pattern, sdk::Handler
 void BusCore::unsubscribe(const std::shared_ptr<Subscriber>& sub) {
   sub->active.store(false, std::memory_order_release);
   std::unique_lock lock(mutex_);
-  std::erase(subs_, sub);
+  if (std::erase(subs_, sub) > 0) {
+    if (auto it = patterns_.find(sub->pattern); it != patterns_.end() && --it->second == 0) patterns_.erase(it);
+  }
   routes_.clear();
 }
 

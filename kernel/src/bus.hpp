@@ -73,6 +73,9 @@ class BusCore {
   std::chrono::milliseconds block_timeout_;
   mutable std::shared_mutex mutex_;
   std::vector<std::shared_ptr<Subscriber>> subs_;
+  // Subscriptions per distinct pattern: a new subject is matched once per pattern, not once per subscriber
+  // (10,000 instances subscribed to one pattern would cost 10,000 matches per subject).
+  std::unordered_map<std::string, std::size_t> patterns_;
   std::unordered_map<std::string, std::shared_ptr<const Route>> routes_;  // cache, cleared on (un)subscribe
   std::unordered_map<std::string, std::unique_ptr<SubjectStats>> stats_;
   std::unordered_map<std::string, std::unique_ptr<std::atomic<std::uint64_t>>> dropped_;  // by pattern

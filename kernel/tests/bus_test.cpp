@@ -203,3 +203,31 @@ TEST_CASE("a reply to a requester that has stopped is counted late and never rea
   CHECK(f.bus.late_replies() == 1);
   CHECK(called == 0);
 }
+
+TEST_CASE("a subject reaches every pattern that matches it, one subscriber per instance, and no more after unsubscribe") {
+  Fixture f;
+  Strand s(f.pool, "s");
+  std::vector<std::string> got;  // written on strand s only
+  std::vector<std::shared_ptr<Subscriber>> subs;
+  // Several subscribers share a pattern (as many instances of one plugin do); patterns interleave.
+  for (const char* pattern : {"vm.*.state", "vm.>", "vm.*.state", "vm.7.state", "ima.>"}) {
+    subs.push_back(f.bus.subscribe(pattern, [&got, p = std::string(pattern)](const sdk::Message&) { got.push_back(p); },
+                                   {}, s));
+  }
+  f.bus.publish(sdk::make_message("vm.7.state", sdk::Text{"on"}));
+  REQUIRE(f.pool.wait_idle(2s));
+  // In subscription order, every matching subscription once.
+  CHECK(got == std::vector<std::string>{"vm.*.state", "vm.>", "vm.*.state", "vm.7.state"});
+  got.clear();
+  f.bus.unsubscribe(subs[0]);
+  f.bus.unsubscribe(subs[3]);
+  f.bus.publish(sdk::make_message("vm.7.state", sdk::Text{"off"}));
+  REQUIRE(f.pool.wait_idle(2s));
+  CHECK(got == std::vector<std::string>{"vm.>", "vm.*.state"});
+  got.clear();
+  f.bus.unsubscribe(subs[1]);
+  f.bus.unsubscribe(subs[2]);
+  f.bus.publish(sdk::make_message("vm.7.state", sdk::Text{"gone"}));
+  REQUIRE(f.pool.wait_idle(2s));
+  CHECK(got.empty());
+}

@@ -182,13 +182,18 @@ struct Deployment::Instance final : sdk::Context {
 
   /// Destroys the plugin (inside its own module) and then the context pieces it used.
   void destroy() {
+    // Nothing may run on the plugin once it is gone. Its own threads may have posted through the lifeline while
+    // stop() ran (a closing connection, say), and the strand may be running that on a worker right now: refuse
+    // further posts, then let what is queued finish before the plugin is destroyed.
+    if (line) line->end();
+    // A task stuck for 30 s keeps the plugin alive (leaked) rather than destroyed under it.
+    if (plugin && strand && call_on(*strand, [] {}, std::chrono::seconds(30), "queued work")) plugin = nullptr;
     if (plugin) {
       library->descriptor().destroy(plugin);
       plugin = nullptr;
     }
     if (bus_view) bus_view->close();
     if (clock_view) clock_view->close();
-    if (line) line->end();
     if (strand) strand->close();
     strand.reset();
     bus_view.reset();

@@ -31,7 +31,7 @@ constexpr const char* provides[] = {"pvs", nullptr};
 // The nested schemas of the `vdisks` and `devices` tables (namespace scope: the rows above point at them).
 constexpr auto vdisk_schema = schema<VdiskSeed>(
     option("name", &VdiskSeed::name, nullptr, "vDisk name: 1..64 of [A-Za-z0-9_.-], not starting with '.'"),
-    option("file", &VdiskSeed::file, "\"\"", "image file inside the store; \"\" = <name>.img"),
+    option("file", &VdiskSeed::file, "\"\"", "image file inside the store; \"\" = NAME.img"),
     option("size_mb", &VdiskSeed::size_mb, "0",
            "size of the empty sparse image created when the file is missing; 0 = the file must exist")
         .range(0, 16777216),
@@ -47,13 +47,13 @@ constexpr auto device_schema = schema<DeviceSeed>(
         .one_of("production|test"));
 
 constexpr auto pvs_schema = schema<PvsConfig>(
-    option("tftp", &PvsConfig::tftp, "\"127.0.0.1:69\"", "TFTP listen address \"IPv4:port\" serving the bootstrap; \"off\" = none"),
-    option("tftp_root", &PvsConfig::tftp_root, "\"\"", "directory of extra TFTP files; \"\" = <state_dir>/tftp"),
+    option("tftp", &PvsConfig::tftp, "\"127.0.0.1:69\"", "TFTP listen address \"IPv4:port\" serving the bootstrap (port 0 = any free one, see status); \"off\" = none"),
+    option("tftp_root", &PvsConfig::tftp_root, "\"\"", "directory of extra TFTP files; \"\" = tftp in the instance's state directory"),
     option("bootstrap_file", &PvsConfig::bootstrap_file, "\"ARDBP32.BIN\"", "name the bootstrap is served under (DHCP option 67)"),
     option("bootstrap_version", &PvsConfig::bootstrap_version, "1", "configuration serial written into the bootstrap")
         .range(1, 4294967295.0),
     option("login_servers", &PvsConfig::login_servers, "[]",
-           "up to 4 \"host:port\" streaming servers in failover order; [] = this one"),
+           "up to 4 \"host:port\" streaming servers in failover order; [] = this one (then stream must not be 0.0.0.0)"),
     option("login_polling_timeout_ms", &PvsConfig::login_polling_timeout_ms, "5000",
            "bootstrap: wait per login server before the next")
         .range(1000, 300000),
@@ -73,10 +73,10 @@ constexpr auto pvs_schema = schema<PvsConfig>(
     option("verbose", &PvsConfig::verbose, "false", "bootstrap: verbose firmware output"),
     option("interrupt_safe", &PvsConfig::interrupt_safe, "false", "bootstrap: interrupt-safe mode"),
     option("advanced_memory", &PvsConfig::advanced_memory, "true", "bootstrap: advanced memory support"),
-    option("stream", &PvsConfig::stream, "\"127.0.0.1:10809\"", "NBD listen address \"IPv4:port\"; export name = device MAC"),
+    option("stream", &PvsConfig::stream, "\"127.0.0.1:10809\"", "NBD listen address \"IPv4:port\" (port 0 = any free one, see status); export name = device MAC"),
     option("max_connections", &PvsConfig::max_connections, "1024", "NBD connections at once").range(1, 65536),
-    option("store", &PvsConfig::store, "\"\"", "vDisk store directory shared by HA peers; \"\" = <deployment state dir>/vdisks"),
-    option("write_cache_dir", &PvsConfig::write_cache_dir, "\"\"", "overflow files of write caches; \"\" = <state_dir>/write-cache"),
+    option("store", &PvsConfig::store, "\"\"", "vDisk store directory shared by HA peers (relative: to the working directory); \"\" = vdisks in the deployment's state directory"),
+    option("write_cache_dir", &PvsConfig::write_cache_dir, "\"\"", "overflow files of write caches; \"\" = write-cache in the instance's state directory"),
     option("write_cache_ram_mb", &PvsConfig::write_cache_ram_mb, "64", "per-device write cache in RAM before overflowing to disk")
         .range(0, 1048576),
     option("write_cache_disk_mb", &PvsConfig::write_cache_disk_mb, "0", "per-device overflow file limit; 0 = up to the vDisk size")

@@ -412,6 +412,7 @@ void Deployment::stop_started(std::size_t count) {
     inst.bus_view->close();
     inst.clock_view->close();
     auto error = call_on(*inst.strand, [&inst] { inst.object().stop(); }, std::chrono::seconds(30), "stop()");
+    if (inst.line) inst.line->end();  // from now on the plugin's threads and blocking work post nothing more
     if (error) log_.write(sdk::LogLevel::error, "kernel", "instance " + inst.spec.name + " failed to stop cleanly: " + *error);
     if (!runtime_->blocking.cancel(inst.spec.name, std::chrono::seconds(30)))
       log_.write(sdk::LogLevel::error, "kernel", "instance " + inst.spec.name + ": blocking work still runs 30 s after stop");

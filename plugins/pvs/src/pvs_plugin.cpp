@@ -223,6 +223,14 @@ class Pvs final : public Plugin {
     for (const auto& s : bootstrap_.login_servers) servers.push(s.host + ":" + std::to_string(s.port));
     out.set("login_servers", std::move(servers));
     out.set("store", options_.store.string());
+    // HA peers as discovery knows them (running pvs instances of this deployment and where they stream).
+    Value peers = Value::array();
+    for (const auto& p : ctx_.instances("pvs")) {
+      if (p.name == ctx_.name()) continue;
+      const auto stream = p.endpoints.find(api::stream_endpoint);
+      peers.push(Value::object().set("name", p.name).set("stream", stream == p.endpoints.end() ? "" : stream->second));
+    }
+    out.set("peers", std::move(peers));
     if (!catalog_error_.empty()) out.set("catalog_error", catalog_error_);
     out.set("data_store_jobs", jobs_.size() + (job_running_ ? 1 : 0));
     if (streamer_) streamer_->status(out);

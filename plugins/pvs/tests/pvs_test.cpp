@@ -259,6 +259,11 @@ TEST_CASE("two pvs servers share one store, and a device whose server dies reads
   const auto b = fetch_bootstrap(lab.tftp_port("pvs-2"));
   REQUIRE(b.login_servers.size() == 2);
   CHECK(b.login_servers[0].port == p1);
+  // Each sees the other through discovery, with the stream endpoint it advertised.
+  const auto peers = lab.status("pvs-2").find("peers")->as_array();
+  REQUIRE(peers.size() == 1);
+  CHECK(Lab::text(peers[0], "name") == "pvs-1");
+  CHECK(Lab::text(peers[0], "stream") == "127.0.0.1:" + std::to_string(p1));
 
   // A version made through pvs-1 is seen by pvs-2 (shared data store, change notice on the bus).
   REQUIRE(lab.admin("version.new", api::NewVersion{"gold"}).ok());

@@ -24,12 +24,6 @@ std::vector<std::string> split_choices(const char* one_of) {
   return out;
 }
 
-std::string number_text(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
-
 bool fits(const toml::node& n, std::uint32_t type) {
   if (type == DK_SECRET) return n.is_string();
   if (type == DK_TABLE_ARRAY) return n.is_array() && std::all_of(n.as_array()->begin(), n.as_array()->end(), [](auto& e) { return e.is_table(); });
@@ -115,6 +109,16 @@ bool check_value(const toml::node& n, const dk_config_key& k, const std::string&
 }
 
 }  // namespace
+
+std::string number_text(double v) {
+  // Integral limits print in full (4294967295, not the stream default 4.29497e+09).
+  if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 9007199254740992.0)
+    return std::to_string(static_cast<std::int64_t>(v));
+  std::ostringstream s;
+  s.precision(17);
+  s << v;
+  return s.str();
+}
 
 sdk::Value to_value(const toml::node& node) {
   if (auto* s = node.as_string()) return sdk::Value(s->get());

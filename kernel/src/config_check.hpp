@@ -37,6 +37,9 @@ sdk::Value check_config(const toml::table& table, const dk_config_key* keys, std
                         const std::function<ValueSite(const std::string&)>& where, const ConfigContext& context,
                         Diagnostics& diags);
 
+/// A schema limit or a value as text: integral numbers in full, others with all their digits.
+std::string number_text(double v);
+
 /// A TOML value as an sdk::Value (dates and times as text).
 sdk::Value to_value(const toml::node& node);
 

@@ -154,6 +154,7 @@ void Deployment::stop_started(std::size_t count) {
     auto* raw = &inst;
     auto error = call_on(*inst.strand, [raw] { raw->object().stop(); },
                          std::chrono::duration_cast<std::chrono::milliseconds>(manifest_.stop_timeout), "stop()");
+    if (inst.line) inst.line->end();  // from now on the plugin's threads and blocking work post nothing more
     if (error) log_.write(sdk::LogLevel::error, "kernel", "instance " + inst.spec.name + " failed to stop cleanly: " + *error);
     // Its blocking work: queued jobs are dropped, running ones see their stop_token, and we wait for them.
     if (!runtime_->blocking.cancel(inst.spec.name, std::chrono::duration_cast<std::chrono::milliseconds>(manifest_.stop_timeout)))

@@ -52,6 +52,18 @@ TEST_CASE("deskfarm check reports every manifest error with its position and exi
   CHECK(r.err.find("2 errors") != std::string::npos);
 }
 
+TEST_CASE("deskfarm check runs the pvs plugin's own checks: a malformed device MAC is an error at its key") {
+  TempDir dir;
+  auto file = manifest(dir, "[instances.pvs-1]\nplugin = \"pvs\"\nstore = \"" + (dir / "vdisks").string() +
+                                "\"\nvdisks = [ { name = \"gold\", size_mb = 4 } ]\n"
+                                "devices = [ { mac = \"zz\", vdisk = \"gold\" } ]\n");
+  auto r = run_child({bin, "check", file.string()}, 20s);
+  CHECK(r.exit_code == 3);
+  CHECK(r.err.find(file.string() + ":10:11: instance pvs-1 (plugin pvs): devices[0].mac") != std::string::npos);
+  CHECK(r.err.find("devices[0].mac 'zz' is not a MAC address") != std::string::npos);
+  CHECK(!std::filesystem::exists(dir / "vdisks" / "gold.img"));  // checked, nothing created
+}
+
 TEST_CASE("deskfarm check accepts the shipped manifests") {
   for (const char* m : {"configs/pilot.toml", "configs/minimal.toml"}) {
     auto r = run_child({bin, "check", std::string(SOURCE_DIR) + "/" + m}, 30s);
@@ -161,6 +173,8 @@ TEST_CASE("the pilot deployment serves the bootstrap over TFTP and desktops' vDi
   ChildProcess run({"sh", "-c", "cd " + dir.path().string() + " && exec " + bin + " run --admin 127.0.0.1:0 " + pilot},
                    dir / "run.log");
   REQUIRE(eventually([&] { return read_text(dir / "run.log").find("deployment pilot running") != std::string::npos; }, 30s));
+  // pvs loads its catalog from the data store after start, off its executor; devices wait for that.
+  REQUIRE(eventually([&] { return read_text(dir / "run.log").find("pvs: catalog loaded") != std::string::npos; }, 30s));
   auto boot = run_child({"curl", "-sf", "tftp://127.0.0.1:6969/ARDBP32.BIN"}, 20s);
   CHECK(boot.exit_code == 0);
   CHECK(boot.out.starts_with("DESKFARM-BOOTSTRAP 1\n"));

@@ -12,6 +12,7 @@
 #include <boost/program_options.hpp>
 
 #include "admin.hpp"
+#include "config_check.hpp"
 #include "deployment.hpp"
 #include "log.hpp"
 #include "manifest.hpp"
@@ -153,9 +154,7 @@ std::string default_text(const dk_config_key& k) {
 std::string limits_text(const dk_config_key& k) {
   std::string out;
   if (k.flags & DK_HAS_RANGE) {
-    std::ostringstream r;
-    r << k.min << ".." << k.max;
-    out = r.str();
+    out = deskfarm::kernel::number_text(k.min) + ".." + deskfarm::kernel::number_text(k.max);
   }
   if (k.one_of) {
     std::string choices(k.one_of);

@@ -13,8 +13,6 @@
 
 #include <Poco/Data/Session.h>
 #include <Poco/Data/Transaction.h>
-#include <Poco/JSON/Array.h>
-#include <Poco/JSON/Object.h>
 
 #include <deskfarm/nbd/export.hpp>
 #include <deskfarm/sdk/store.hpp>
@@ -26,6 +24,7 @@ using sdk::ConfigError;
 using namespace Poco::Data::Keywords;
 
 std::string to_string(Mode m) { return m == Mode::standard ? "standard" : "private"; }
+Mode mode_of(const std::string& s) { return s == "private" ? Mode::private_image : Mode::standard; }
 
 std::optional<std::string> normalize_mac(std::string_view text) {
   if (text.size() != 17) return std::nullopt;
@@ -75,88 +74,47 @@ ListenAddress parse_listen(const std::string& key, const std::string& text) {
   return a;
 }
 
-std::int64_t ranged(const sdk::Config& c, const std::string& key, std::int64_t low, std::int64_t high) {
-  const auto v = c.integer(key);
-  if (v < low || v > high)
-    throw ConfigError(key, key + " = " + std::to_string(v) + " is outside " + std::to_string(low) + ".." +
-                               std::to_string(high));
-  return v;
-}
-
-std::string field(const Poco::JSON::Object::Ptr& t, const std::string& array, std::size_t index,
-                  const std::string& name, bool required) {
-  const std::string where = array + "[" + std::to_string(index) + "]";
-  if (!t->has(name) || t->isNull(name)) {
-    if (required) throw ConfigError(array, where + " has no '" + name + "'");
-    return {};
-  }
-  const auto v = t->get(name);
-  if (!v.isString()) throw ConfigError(array, where + "." + name + " must be a string");
-  return v.convert<std::string>();
-}
-
-void only_keys(const Poco::JSON::Object::Ptr& t, const std::string& array, std::size_t index,
-               std::initializer_list<const char*> allowed) {
-  for (const auto& [k, v] : *t) {
-    if (std::none_of(allowed.begin(), allowed.end(), [&](const char* a) { return k == a; })) {
-      std::string list;
-      for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
-      throw ConfigError(array, array + "[" + std::to_string(index) + "] has unknown key '" + k + "' (known: " + list +
-                                   ")");
-    }
-  }
-}
-
 }  // namespace
 
-Options parse_options(const sdk::Config& c, const std::filesystem::path& state_dir) {
+Options make_options(const PvsConfig& c, const std::filesystem::path& state_dir) {
   Options o;
-  const std::string tftp = c.string("tftp");
-  if (tftp != "off") o.tftp = parse_listen("tftp", tftp);
-  o.tftp_root = c.string("tftp_root").empty() ? state_dir / "tftp" : std::filesystem::path(c.string("tftp_root"));
-  o.bootstrap_file = c.string("bootstrap_file");
+  if (c.tftp != "off") o.tftp = parse_listen("tftp", c.tftp);
+  o.tftp_root = c.tftp_root.empty() ? state_dir / "tftp" : std::filesystem::path(c.tftp_root);
+  o.bootstrap_file = c.bootstrap_file;
   if (o.bootstrap_file.empty() || o.bootstrap_file.find_first_of("/\\") != std::string::npos || o.bootstrap_file.size() > 128)
     throw ConfigError("bootstrap_file", "bootstrap_file '" + o.bootstrap_file +
                                             "' must be a plain file name (no '/' or '\\'), 1..128 characters");
-  o.stream = parse_listen("stream", c.string("stream"));
+  o.stream = parse_listen("stream", c.stream);
 
   auto& b = o.bootstrap;
-  const auto servers = c.strings("login_servers");
-  if (servers.size() > bootstrap::max_login_servers)
-    throw ConfigError("login_servers", "login_servers has " + std::to_string(servers.size()) +
+  if (c.login_servers.size() > bootstrap::max_login_servers)
+    throw ConfigError("login_servers", "login_servers has " + std::to_string(c.login_servers.size()) +
                                            " entries; a bootstrap carries at most 4 (failover order)");
-  for (const auto& s : servers) {
+  for (const auto& s : c.login_servers) {
     try {
       b.login_servers.push_back(bootstrap::parse_endpoint(s, "login_servers"));
     } catch (const bootstrap::BootstrapError& e) {
       throw ConfigError("login_servers", std::string(e.what()).substr(11));
     }
   }
-  if (servers.empty() && o.stream.host == "0.0.0.0")
+  if (c.login_servers.empty() && o.stream.host == "0.0.0.0")
     throw ConfigError("login_servers", "stream listens on 0.0.0.0, which devices cannot dial: list the addresses "
                                        "devices should use in login_servers");
-  b.version = static_cast<std::uint32_t>(ranged(c, "bootstrap_version", 1, 4294967295LL));
-  b.login_polling_timeout_ms = static_cast<std::uint32_t>(ranged(c, "login_polling_timeout_ms", 1000, 300000));
-  b.login_general_timeout_ms = static_cast<std::uint32_t>(ranged(c, "login_general_timeout_ms", 1000, 3600000));
+  // The schema's ranges fit every one of these into 32 bits.
+  b.version = static_cast<std::uint32_t>(c.bootstrap_version);
+  b.login_polling_timeout_ms = static_cast<std::uint32_t>(c.login_polling_timeout_ms);
+  b.login_general_timeout_ms = static_cast<std::uint32_t>(c.login_general_timeout_ms);
   if (b.login_general_timeout_ms < b.login_polling_timeout_ms)
     throw ConfigError("login_general_timeout_ms", "login_general_timeout_ms must be at least login_polling_timeout_ms");
-  const auto recovery = c.string("recovery");
-  if (recovery == "reboot_to_hd") b.recovery = bootstrap::Recovery::reboot_to_hd;
-  else if (recovery == "restore_network") b.recovery = bootstrap::Recovery::restore_network;
-  else throw ConfigError("recovery", "recovery '" + recovery + "' is neither \"reboot_to_hd\" nor \"restore_network\"");
-  b.recovery_time_s = static_cast<std::uint32_t>(ranged(c, "recovery_time_s", 0, 86400));
-  b.verbose = c.boolean("verbose");
-  b.interrupt_safe = c.boolean("interrupt_safe");
-  b.advanced_memory = c.boolean("advanced_memory");
-  const auto addressing = c.string("addressing");
-  if (addressing == "static") {
+  b.recovery = c.recovery == "reboot_to_hd" ? bootstrap::Recovery::reboot_to_hd : bootstrap::Recovery::restore_network;
+  b.recovery_time_s = static_cast<std::uint32_t>(c.recovery_time_s);
+  b.verbose = c.verbose;
+  b.interrupt_safe = c.interrupt_safe;
+  b.advanced_memory = c.advanced_memory;
+  if (c.addressing == "static") {
     b.addressing = bootstrap::Addressing::static_ip;
-    b.static_address = {c.string("static_ip"), c.string("static_mask"), c.string("static_gateway"),
-                        c.string("static_dns")};
-  } else if (addressing != "dhcp") {
-    throw ConfigError("addressing", "addressing '" + addressing + "' is neither \"dhcp\" nor \"static\"");
-  }
-  if (b.addressing == bootstrap::Addressing::static_ip) {
+    b.static_address = {c.static_ip, c.static_mask, c.static_gateway, c.static_dns};
+    // The bootstrap's own check (dotted quads, ip and mask present) is the one that counts.
     bootstrap::Bootstrap probe = b;
     probe.login_servers = {{"127.0.0.1", 1}};
     if (auto e = bootstrap::validate(probe); !e.empty()) {
@@ -165,78 +123,52 @@ Options parse_options(const sdk::Config& c, const std::filesystem::path& state_d
     }
   }
 
-  o.max_connections = static_cast<std::size_t>(ranged(c, "max_connections", 1, 65536));
-  o.store = c.string("store").empty() ? state_dir.parent_path() / "vdisks" : std::filesystem::path(c.string("store"));
-  o.write_cache_dir = c.string("write_cache_dir").empty() ? state_dir / "write-cache"
-                                                          : std::filesystem::path(c.string("write_cache_dir"));
-  o.write_cache_ram = static_cast<std::uint64_t>(ranged(c, "write_cache_ram_mb", 0, 1 << 20)) << 20;
-  o.write_cache_disk = static_cast<std::uint64_t>(ranged(c, "write_cache_disk_mb", 0, 1LL << 30)) << 20;
-  const auto bs = ranged(c, "write_cache_block_size", 4096, 1 << 20);
+  o.max_connections = static_cast<std::size_t>(c.max_connections);
+  o.store = c.store.empty() ? state_dir.parent_path() / "vdisks" : std::filesystem::path(c.store);
+  o.write_cache_dir = c.write_cache_dir.empty() ? state_dir / "write-cache" : std::filesystem::path(c.write_cache_dir);
+  o.write_cache_ram = static_cast<std::uint64_t>(c.write_cache_ram_mb) << 20;
+  o.write_cache_disk = static_cast<std::uint64_t>(c.write_cache_disk_mb) << 20;
+  const auto bs = c.write_cache_block_size;
   if ((bs & (bs - 1)) != 0)
     throw ConfigError("write_cache_block_size", "write_cache_block_size " + std::to_string(bs) +
                                                     " is not a power of two (4096..1048576)");
   o.write_cache_block_size = static_cast<std::uint32_t>(bs);
-  o.refresh_s = ranged(c, "refresh_s", 1, 86400);
+  o.refresh_s = c.refresh_s;
 
   std::set<std::string> names;
-  const auto vdisks = c.array("vdisks");
-  for (std::size_t i = 0; vdisks && i < vdisks->size(); ++i) {
-    const auto t = vdisks->getObject(static_cast<unsigned>(i));
-    if (!t) throw ConfigError("vdisks", "vdisks[" + std::to_string(i) + "] must be a table {name = ..., ...}");
-    only_keys(t, "vdisks", i, {"name", "file", "size_mb", "mode"});
-    VdiskSeed v;
-    v.name = field(t, "vdisks", i, "name", true);
+  for (std::size_t i = 0; i < c.vdisks.size(); ++i) {
+    const std::string at = "vdisks[" + std::to_string(i) + "]";
+    VdiskSeed v = c.vdisks[i];
     if (!valid_vdisk_name(v.name))
-      throw ConfigError("vdisks", "vdisks[" + std::to_string(i) + "].name '" + v.name +
-                                      "' must be 1..64 of [A-Za-z0-9_.-], not starting with '.'");
+      throw ConfigError("vdisks", at + ".name '" + v.name + "' must be 1..64 of [A-Za-z0-9_.-], not starting with '.'");
     if (!names.insert(v.name).second) throw ConfigError("vdisks", "vDisk '" + v.name + "' is declared twice");
-    v.file = field(t, "vdisks", i, "file", false);
     if (v.file.empty()) v.file = v.name + ".img";
     if (v.file.find('/') != std::string::npos || v.file.starts_with(".") || v.file.ends_with(".dfv"))
-      throw ConfigError("vdisks", "vdisks[" + std::to_string(i) + "].file '" + v.file +
+      throw ConfigError("vdisks", at + ".file '" + v.file +
                                       "' must be a file name inside the store (no '/', no leading '.', not .dfv)");
-    const std::string mode = field(t, "vdisks", i, "mode", false);
-    if (mode == "private") v.mode = Mode::private_image;
-    else if (!mode.empty() && mode != "standard")
-      throw ConfigError("vdisks", "vdisks[" + std::to_string(i) + "].mode '" + mode +
-                                      "' is neither \"standard\" nor \"private\"");
-    if (t->has("size_mb")) {
-      const auto s = t->get("size_mb");
-      if (!s.isInteger() || s.convert<std::int64_t>() < 1 || s.convert<std::int64_t>() > (1LL << 24))
-        throw ConfigError("vdisks", "vdisks[" + std::to_string(i) + "].size_mb must be an integer 1..16777216");
-      v.size_mb = s.convert<std::uint64_t>();
-    }
-    if (v.size_mb == 0 && !std::filesystem::exists(o.store / v.file))
-      throw ConfigError("vdisks", "vDisk '" + v.name + "': " + (o.store / v.file).string() +
-                                      " does not exist; copy the image there or give size_mb to create an empty one");
     o.vdisks.push_back(std::move(v));
   }
   std::set<std::string> macs;
-  const auto devices = c.array("devices");
-  for (std::size_t i = 0; devices && i < devices->size(); ++i) {
-    const auto t = devices->getObject(static_cast<unsigned>(i));
-    if (!t) throw ConfigError("devices", "devices[" + std::to_string(i) + "] must be a table {mac = ..., vdisk = ...}");
-    only_keys(t, "devices", i, {"mac", "vdisk", "name", "type"});
-    DeviceSeed d;
-    const std::string mac = field(t, "devices", i, "mac", true);
-    const auto norm = normalize_mac(mac);
-    if (!norm)
-      throw ConfigError("devices", "devices[" + std::to_string(i) + "].mac '" + mac +
-                                       "' is not a MAC address like \"52:54:00:12:34:56\"");
+  for (std::size_t i = 0; i < c.devices.size(); ++i) {
+    const std::string at = "devices[" + std::to_string(i) + "]";
+    DeviceSeed d = c.devices[i];
+    const auto norm = normalize_mac(d.mac);
+    if (!norm) throw ConfigError("devices", at + ".mac '" + d.mac + "' is not a MAC address like \"52:54:00:12:34:56\"");
     d.mac = *norm;
     if (!macs.insert(d.mac).second) throw ConfigError("devices", "device " + d.mac + " is declared twice");
-    d.vdisk = field(t, "devices", i, "vdisk", true);
     if (!names.contains(d.vdisk) && !valid_vdisk_name(d.vdisk))
-      throw ConfigError("devices", "devices[" + std::to_string(i) + "].vdisk '" + d.vdisk + "' is not a vDisk name");
-    d.name = field(t, "devices", i, "name", false);
-    d.type = field(t, "devices", i, "type", false);
-    if (d.type.empty()) d.type = kProduction;
-    if (d.type != kProduction && d.type != kTest)
-      throw ConfigError("devices", "devices[" + std::to_string(i) + "].type '" + d.type +
-                                       "' is neither \"production\" nor \"test\"");
+      throw ConfigError("devices", at + ".vdisk '" + d.vdisk + "' is not a vDisk name");
     o.devices.push_back(std::move(d));
   }
   return o;
+}
+
+void require_images(const Options& o) {
+  for (const auto& v : o.vdisks) {
+    if (v.size_mb == 0 && !std::filesystem::exists(o.store / v.file))
+      throw ConfigError("vdisks", "vDisk '" + v.name + "': " + (o.store / v.file).string() +
+                                      " does not exist; copy the image there or give size_mb to create an empty one");
+  }
 }
 
 // ---- rows ----
@@ -274,8 +206,6 @@ std::int64_t now_s() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-Mode mode_of(const std::string& s) { return s == "private" ? Mode::private_image : Mode::standard; }
-
 void create_sparse(const std::filesystem::path& path, std::uint64_t size) {
   std::filesystem::create_directories(path.parent_path());
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
@@ -308,7 +238,7 @@ void Catalog::seed(const std::vector<VdiskSeed>& vdisks, const std::vector<Devic
     const std::uint64_t size = std::filesystem::file_size(path);
     auto s = store_.session();
     Poco::Data::Transaction tx(s);
-    std::string name = v.name, mode = to_string(v.mode), file = v.file;
+    std::string name = v.name, mode = v.mode, file = v.file;
     auto isize = static_cast<Poco::Int64>(size);
     int count = 0;
     s << sdk::sql(s, "SELECT COUNT(*) FROM pvs_vdisks WHERE name = ?"), use(name), into(count), now;
@@ -426,7 +356,8 @@ int Catalog::promote(const std::string& name, std::optional<int> version, const 
   return number;
 }
 
-int Catalog::merge_base(const std::string& name, std::optional<int> version, const std::string& access) {
+int Catalog::merge_base(const std::string& name, std::optional<int> version, const std::string& access,
+                        std::stop_token stop) {
   if (access != kMaintenance && access != kTest && access != kProduction)
     throw ActionError("merge access '" + access + "': only maintenance, test or production");
   const Snapshot snap = load();
@@ -449,6 +380,10 @@ int Catalog::merge_base(const std::string& name, std::optional<int> version, con
     nbd::FileExport out(tmp, false);
     std::vector<std::byte> buf(1 << 20), zero(1 << 20);
     for (std::uint64_t off = 0; off < chain.size(); off += buf.size()) {
+      if (stop.stop_requested()) {
+        std::filesystem::remove(tmp);
+        throw ActionError("merge of vDisk '" + name + "' abandoned: the instance is stopping");
+      }
       const auto n = std::min<std::uint64_t>(buf.size(), chain.size() - off);
       std::span<std::byte> piece(buf.data(), n);
       if (int e = chain.read(off, piece)) throw ActionError("merge: read of " + row->file + " failed: " + std::strerror(e));

@@ -5,6 +5,7 @@
 #include <map>
 #include <optional>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <vector>
 
@@ -22,14 +23,17 @@ struct ListenAddress {
 
 enum class Mode { standard, private_image };
 std::string to_string(Mode m);
+Mode mode_of(const std::string& text);  ///< "private" or else standard
 
+/// One `vdisks` table of the manifest (bound by the nested config schema), seeded into the data store.
 struct VdiskSeed {
   std::string name;
-  std::string file;  ///< relative to the store
+  std::string file;           ///< relative to the store; "" in the manifest = "<name>.img"
   std::uint64_t size_mb = 0;  ///< 0 = the file must exist
-  Mode mode = Mode::standard;
+  std::string mode = "standard";
 };
 
+/// One `devices` table of the manifest (bound by the nested config schema), seeded into the data store.
 struct DeviceSeed {
   std::string mac;
   std::string vdisk;
@@ -37,7 +41,38 @@ struct DeviceSeed {
   std::string type = "production";  ///< production | test
 };
 
-/// The validated manifest of one pvs instance.
+/// The manifest keys of one pvs instance, as the config schema (pvs_plugin.cpp) binds them.
+struct PvsConfig {
+  std::string tftp;
+  std::string tftp_root;
+  std::string bootstrap_file;
+  std::int64_t bootstrap_version = 1;
+  std::vector<std::string> login_servers;
+  std::int64_t login_polling_timeout_ms = 5000;
+  std::int64_t login_general_timeout_ms = 30000;
+  std::string recovery;
+  std::int64_t recovery_time_s = 50;
+  std::string addressing;
+  std::string static_ip;
+  std::string static_mask;
+  std::string static_gateway;
+  std::string static_dns;
+  bool verbose = false;
+  bool interrupt_safe = false;
+  bool advanced_memory = true;
+  std::string stream;
+  std::int64_t max_connections = 1024;
+  std::string store;
+  std::string write_cache_dir;
+  std::int64_t write_cache_ram_mb = 64;
+  std::int64_t write_cache_disk_mb = 0;
+  std::int64_t write_cache_block_size = 4096;
+  std::int64_t refresh_s = 10;
+  std::vector<VdiskSeed> vdisks;
+  std::vector<DeviceSeed> devices;
+};
+
+/// What the instance runs with: the bound config with addresses parsed, paths resolved, MACs normalised.
 struct Options {
   std::optional<ListenAddress> tftp;  ///< nullopt = TFTP off
   std::filesystem::path tftp_root;
@@ -51,12 +86,18 @@ struct Options {
   std::uint64_t write_cache_disk = 0;
   std::uint32_t write_cache_block_size = 4096;
   std::int64_t refresh_s = 10;
-  std::vector<VdiskSeed> vdisks;
-  std::vector<DeviceSeed> devices;
+  std::vector<VdiskSeed> vdisks;  ///< `file` filled in
+  std::vector<DeviceSeed> devices;  ///< `mac` normalised
 };
 
-/// Reads and checks the config; throws sdk::ConfigError naming the key.
-Options parse_options(const sdk::Config& config, const std::filesystem::path& state_dir);
+/// Derives the Options from a bound config, checking what the schema cannot (address and MAC syntax, vDisk
+/// names, a power-of-two block size, static addressing, the bootstrap's limits); throws sdk::ConfigError
+/// naming the key. Ranges and choices were checked by the kernel already. Touches no file: `deskfarm check`
+/// runs it through the plugin's validate() with an empty `state_dir`.
+Options make_options(const PvsConfig& config, const std::filesystem::path& state_dir);
+/// Refuses a vDisk without size_mb whose image is not in the store (at construction, not at check: the
+/// store is a directory of the machine that runs the deployment).
+void require_images(const Options& options);
 
 /// "52:54:00:12:34:56" (lower case, colons) or nullopt when `text` is not a MAC (":" or "-" separators).
 std::optional<std::string> normalize_mac(std::string_view text);
@@ -107,7 +148,8 @@ class ActionError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// Data-store access (tables pvs_vdisks, pvs_versions, pvs_devices). Call from the instance's executor.
+/// Data-store access (tables pvs_vdisks, pvs_versions, pvs_devices). Every call opens its own session, so a
+/// Catalog may live on a blocking-pool thread; the plugin runs its calls one at a time (see pvs_plugin.cpp).
 class Catalog {
  public:
   Catalog(sdk::Store& store, std::filesystem::path store_dir) : store_(store), dir_(std::move(store_dir)) {}
@@ -121,7 +163,9 @@ class Catalog {
   /// maintenance -> test -> production (or straight to `to`); returns the version promoted.
   int promote(const std::string& vdisk, std::optional<int> version, const std::string& to);
   /// Collapses the chain of `version` (default newest production) into a new raw base with `access`.
-  int merge_base(const std::string& vdisk, std::optional<int> version, const std::string& access);
+  /// Reads the whole chain: run it off the executor. Gives up (nothing written to the store) once `stop` is requested.
+  int merge_base(const std::string& vdisk, std::optional<int> version, const std::string& access,
+                 std::stop_token stop = {});
   void assign(const DeviceSeed& device);
 
  private:

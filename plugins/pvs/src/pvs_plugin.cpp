@@ -1,20 +1,17 @@
 // pvs: Provisioning Services — bootstrap over TFTP, vDisks streamed over NBD by device MAC, standard-image mode
 // with a per-device write cache, private images, versions (maintenance -> test -> production, merge), HA pairs.
 #include <algorithm>
-#include <atomic>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <sstream>
-
-#include <Poco/JSON/Array.h>
-#include <Poco/JSON/Object.h>
-#include <Poco/JSON/Parser.h>
-#include <Poco/JSON/Stringifier.h>
 
 #include <deskfarm/bootstrap/bootstrap.hpp>
+#include <deskfarm/interfaces/pvs/pvs.hpp>
 #include <deskfarm/nbd/server.hpp>
 #include <deskfarm/sdk/plugin.hpp>
+#include <deskfarm/sdk/store.hpp>
 #include <deskfarm/tftp/server.hpp>
 
 #include "model.hpp"
@@ -24,48 +21,101 @@ namespace {
 
 using namespace deskfarm;
 using namespace deskfarm::sdk;
-using deskfarm::pvs::ActionError;
+namespace api = deskfarm::interfaces::pvs;
+using pvs::DeviceSeed;
+using pvs::PvsConfig;
+using pvs::VdiskSeed;
 
 constexpr const char* provides[] = {"pvs", nullptr};
-constexpr dk_config_key config[] = {
-    {"tftp", DK_STRING, "\"127.0.0.1:69\"", "TFTP listen address \"IPv4:port\" serving the bootstrap; \"off\" = none"},
-    {"tftp_root", DK_STRING, "\"\"", "directory of extra TFTP files; \"\" = <state_dir>/tftp"},
-    {"bootstrap_file", DK_STRING, "\"ARDBP32.BIN\"", "name the bootstrap is served under (DHCP option 67)"},
-    {"bootstrap_version", DK_INTEGER, "1", "configuration serial written into the bootstrap"},
-    {"login_servers", DK_STRING_ARRAY, "[]", "up to 4 \"host:port\" streaming servers in failover order; [] = this one"},
-    {"login_polling_timeout_ms", DK_INTEGER, "5000", "bootstrap: wait per login server before the next (1000..300000)"},
-    {"login_general_timeout_ms", DK_INTEGER, "30000", "bootstrap: give up on all servers after (1000..3600000)"},
-    {"recovery", DK_STRING, "\"restore_network\"", "bootstrap: \"restore_network\" or \"reboot_to_hd\""},
-    {"recovery_time_s", DK_INTEGER, "50", "bootstrap: wait before retrying the network (0..86400)"},
-    {"addressing", DK_STRING, "\"dhcp\"", "bootstrap: \"dhcp\" or \"static\" (then static_ip/mask/gateway/dns)"},
-    {"static_ip", DK_STRING, "\"\"", "bootstrap: device IPv4 with addressing = \"static\""},
-    {"static_mask", DK_STRING, "\"\"", "bootstrap: subnet mask with addressing = \"static\""},
-    {"static_gateway", DK_STRING, "\"\"", "bootstrap: gateway with addressing = \"static\""},
-    {"static_dns", DK_STRING, "\"\"", "bootstrap: DNS server with addressing = \"static\" (optional)"},
-    {"verbose", DK_BOOLEAN, "false", "bootstrap: verbose firmware output"},
-    {"interrupt_safe", DK_BOOLEAN, "false", "bootstrap: interrupt-safe mode"},
-    {"advanced_memory", DK_BOOLEAN, "true", "bootstrap: advanced memory support"},
-    {"stream", DK_STRING, "\"127.0.0.1:10809\"", "NBD listen address \"IPv4:port\"; export name = device MAC"},
-    {"max_connections", DK_INTEGER, "1024", "NBD connections at once (1..65536)"},
-    {"store", DK_STRING, "\"\"", "vDisk store directory shared by HA peers; \"\" = <deployment state dir>/vdisks"},
-    {"write_cache_dir", DK_STRING, "\"\"", "overflow files of write caches; \"\" = <state_dir>/write-cache"},
-    {"write_cache_ram_mb", DK_INTEGER, "64", "per-device write cache in RAM before overflowing to disk"},
-    {"write_cache_disk_mb", DK_INTEGER, "0", "per-device overflow file limit; 0 = up to the vDisk size"},
-    {"write_cache_block_size", DK_INTEGER, "4096", "copy-on-write block, power of two 4096..1048576"},
-    {"refresh_s", DK_INTEGER, "10", "re-read devices and versions from the data store this often (HA peers)"},
-    {"vdisks", DK_ARRAY, "[]", "vDisks to seed: {name, file = \"<name>.img\", size_mb, mode = \"standard\"|\"private\"}"},
-    {"devices", DK_ARRAY, "[]", "devices to seed: {mac, vdisk, name, type = \"production\"|\"test\"}"},
-};
 
-std::string json_text(const Poco::JSON::Object& o) {
-  std::ostringstream s;
-  Poco::JSON::Stringifier::stringify(o, s);
-  return s.str();
+// The nested schemas of the `vdisks` and `devices` tables (namespace scope: the rows above point at them).
+constexpr auto vdisk_schema = schema<VdiskSeed>(
+    option("name", &VdiskSeed::name, nullptr, "vDisk name: 1..64 of [A-Za-z0-9_.-], not starting with '.'"),
+    option("file", &VdiskSeed::file, "\"\"", "image file inside the store; \"\" = NAME.img"),
+    option("size_mb", &VdiskSeed::size_mb, "0",
+           "size of the empty sparse image created when the file is missing; 0 = the file must exist")
+        .range(0, 16777216),
+    option("mode", &VdiskSeed::mode, "\"standard\"",
+           "standard: shared read-only, a write cache per device; private: one device writes in place")
+        .one_of("standard|private"));
+
+constexpr auto device_schema = schema<DeviceSeed>(
+    option("mac", &DeviceSeed::mac, nullptr, "the device's MAC, \"52:54:00:12:34:56\" (':' or '-'); its NBD export name"),
+    option("vdisk", &DeviceSeed::vdisk, nullptr, "the vDisk it boots"),
+    option("name", &DeviceSeed::name, "\"\"", "a name for listings"),
+    option("type", &DeviceSeed::type, "\"production\"", "test devices also boot versions in test")
+        .one_of("production|test"));
+
+constexpr auto pvs_schema = schema<PvsConfig>(
+    option("tftp", &PvsConfig::tftp, "\"127.0.0.1:69\"", "TFTP listen address \"IPv4:port\" serving the bootstrap (port 0 = any free one, see status); \"off\" = none"),
+    option("tftp_root", &PvsConfig::tftp_root, "\"\"", "directory of extra TFTP files; \"\" = tftp in the instance's state directory"),
+    option("bootstrap_file", &PvsConfig::bootstrap_file, "\"ARDBP32.BIN\"", "name the bootstrap is served under (DHCP option 67)"),
+    option("bootstrap_version", &PvsConfig::bootstrap_version, "1", "configuration serial written into the bootstrap")
+        .range(1, 4294967295.0),
+    option("login_servers", &PvsConfig::login_servers, "[]",
+           "up to 4 \"host:port\" streaming servers in failover order; [] = this one (then stream must not be 0.0.0.0)"),
+    option("login_polling_timeout_ms", &PvsConfig::login_polling_timeout_ms, "5000",
+           "bootstrap: wait per login server before the next")
+        .range(1000, 300000),
+    option("login_general_timeout_ms", &PvsConfig::login_general_timeout_ms, "30000",
+           "bootstrap: give up on all servers after this (at least login_polling_timeout_ms)")
+        .range(1000, 3600000),
+    option("recovery", &PvsConfig::recovery, "\"restore_network\"", "bootstrap: what the firmware does when no server answers")
+        .one_of("restore_network|reboot_to_hd"),
+    option("recovery_time_s", &PvsConfig::recovery_time_s, "50", "bootstrap: wait before retrying the network")
+        .range(0, 86400),
+    option("addressing", &PvsConfig::addressing, "\"dhcp\"", "bootstrap: device addressing; static needs static_ip and static_mask")
+        .one_of("dhcp|static"),
+    option("static_ip", &PvsConfig::static_ip, "\"\"", "bootstrap: device IPv4 with addressing = \"static\""),
+    option("static_mask", &PvsConfig::static_mask, "\"\"", "bootstrap: subnet mask with addressing = \"static\""),
+    option("static_gateway", &PvsConfig::static_gateway, "\"\"", "bootstrap: gateway with addressing = \"static\""),
+    option("static_dns", &PvsConfig::static_dns, "\"\"", "bootstrap: DNS server with addressing = \"static\" (optional)"),
+    option("verbose", &PvsConfig::verbose, "false", "bootstrap: verbose firmware output"),
+    option("interrupt_safe", &PvsConfig::interrupt_safe, "false", "bootstrap: interrupt-safe mode"),
+    option("advanced_memory", &PvsConfig::advanced_memory, "true", "bootstrap: advanced memory support"),
+    option("stream", &PvsConfig::stream, "\"127.0.0.1:10809\"", "NBD listen address \"IPv4:port\" (port 0 = any free one, see status); export name = device MAC"),
+    option("max_connections", &PvsConfig::max_connections, "1024", "NBD connections at once").range(1, 65536),
+    option("store", &PvsConfig::store, "\"\"", "vDisk store directory shared by HA peers (relative: to the working directory); \"\" = vdisks in the deployment's state directory"),
+    option("write_cache_dir", &PvsConfig::write_cache_dir, "\"\"", "overflow files of write caches; \"\" = write-cache in the instance's state directory"),
+    option("write_cache_ram_mb", &PvsConfig::write_cache_ram_mb, "64", "per-device write cache in RAM before overflowing to disk")
+        .range(0, 1048576),
+    option("write_cache_disk_mb", &PvsConfig::write_cache_disk_mb, "0", "per-device overflow file limit; 0 = up to the vDisk size")
+        .range(0, 1073741824.0),
+    option("write_cache_block_size", &PvsConfig::write_cache_block_size, "4096", "copy-on-write block, a power of two")
+        .range(4096, 1048576),
+    option("refresh_s", &PvsConfig::refresh_s, "10", "re-read devices and versions from the data store this often (HA peers)")
+        .range(1, 86400),
+    option("vdisks", &PvsConfig::vdisks, "[]", "vDisks to seed into the data store", vdisk_schema),
+    option("devices", &PvsConfig::devices, "[]", "devices to seed into the data store", device_schema));
+
+/// What an admin action did on the blocking pool: its result and the catalog as it then stood, or why it was refused.
+struct Outcome {
+  std::optional<std::int64_t> version;
+  std::string mac;
+  std::string refused;  ///< an ActionError's text: the request was understood but cannot be done
+  pvs::Snapshot snapshot;
+};
+using Action = std::function<Outcome(pvs::Catalog&, std::stop_token)>;
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+std::string required(const std::string& value, const char* action, const char* field) {
+  if (value.empty()) throw RequestError("bad_request", std::string(action) + " needs \"" + field + "\"");
+  return value;
+}
+
+std::optional<int> version_number(const std::optional<std::int64_t>& v) {
+  if (v && (*v < 0 || *v > 1000000)) throw RequestError("bad_request", "version " + std::to_string(*v) + " is not 0..1000000");
+  return v ? std::optional<int>(static_cast<int>(*v)) : std::nullopt;
 }
 
 class Pvs final : public Plugin {
  public:
-  explicit Pvs(Context& ctx) : ctx_(ctx), options_(pvs::parse_options(ctx.config(), ctx.state_dir())) {
+  explicit Pvs(Context& ctx) : ctx_(ctx), options_(pvs::make_options(pvs_schema.bind(ctx.config()), ctx.state_dir())) {
+    pvs::require_images(options_);
     auto& m = ctx_.metrics();
     metrics_.boots = &m.counter("pvs_device_boots_total", "Devices that started reading their vDisk");
     metrics_.disconnects = &m.counter("pvs_device_disconnects_total", "Device sessions ended (write cache discarded)");
@@ -74,36 +124,32 @@ class Pvs final : public Plugin {
     bootstraps_ = &m.counter("pvs_bootstrap_served_total", "Bootstrap downloads started over TFTP");
     actions_ = &m.counter("pvs_admin_actions_total", "Admin requests answered");
   }
+  // A start() that threw part-way is not followed by stop(): the servers it started go here.
+  ~Pvs() override { close_servers(); }
+
+  /// What the schema cannot judge (`deskfarm check` runs this before anything starts).
+  static void validate(const Config& config) { (void)pvs::make_options(pvs_schema.bind(config), {}); }
 
   void start() override {
-    alive_ = std::make_shared<std::atomic<bool>>(true);
-    catalog_ = std::make_unique<pvs::Catalog>(ctx_.store(), options_.store);
-    catalog_->migrate();
-    catalog_->seed(options_.vdisks, options_.devices);
-
+    store_ = &ctx_.store();
+    const auto line = ctx_.lifeline();
     nbd::WriteCacheOptions cache{.block_size = options_.write_cache_block_size,
                                  .ram_limit = options_.write_cache_ram,
                                  .cache_dir = options_.write_cache_dir,
                                  .disk_limit = options_.write_cache_disk,
                                  .device = "device"};
     std::filesystem::create_directories(options_.write_cache_dir);
-    streamer_ = std::make_shared<pvs::Streamer>(options_.store, cache, metrics_);
-    streamer_->update(catalog_->load());
-    streamer_->on_event([this, alive = alive_](const pvs::DeviceEvent& e) {
-      // NBD thread: hand over to the executor; nothing runs once stop() has begun.
-      if (!alive->load()) return;
-      ctx_.executor().post([this, alive, e] {
-        if (alive->load()) device_event(e);
-      });
-    });
+    streamer_ = std::make_shared<pvs::Streamer>(ctx_.name(), options_.store, cache, metrics_);
+    // NBD thread: hand over to the executor; the lifeline drops it once the instance has stopped.
+    streamer_->on_event([this, line](const pvs::DeviceEvent& e) { line->post([this, e] { device_event(e); }); });
 
     std::weak_ptr<pvs::Streamer> weak = streamer_;
     nbd::ServerOptions so;
     so.address = options_.stream.host;
     so.port = options_.stream.port;
     so.max_connections = options_.max_connections;
-    so.log = [this, alive = alive_](std::string_view line) {
-      if (alive->load()) ctx_.log().debug(line);
+    so.log = [this, line](std::string_view text) {
+      if (line->alive()) ctx_.log().debug(text);
     };
     nbd_ = std::make_unique<nbd::Server>(
         so,
@@ -140,16 +186,18 @@ class Pvs final : public Plugin {
       tftp_ = std::make_unique<tftp::Server>(to);
       tftp_->start();
       tftp_port_ = tftp_->bound_port();
+      ctx_.advertise(api::tftp_endpoint, options_.tftp->host + ":" + std::to_string(tftp_port_));
     }
+    ctx_.advertise(api::stream_endpoint, options_.stream.host + ":" + std::to_string(stream_port_));
 
-    subs_.push_back(ctx_.bus().subscribe("pvs.*.vdisk.changed", [this](const Message& m) {
-      if (m.subject != subject("vdisk.changed")) refresh();
-    }));
-    for (const char* action : {"version.new", "version.promote", "version.merge", "device.assign", "vdisk.list"}) {
-      subs_.push_back(ctx_.bus().subscribe(subject(std::string("admin.") + action), [this, a = std::string(action)](const Message& m) {
-        answer(a, m);
-      }));
-    }
+    // HA peers sharing the data store announce their changes; ours are in the view already.
+    subs_.push_back(subscribe<api::VdiskChanged>(ctx_.bus(), "pvs.*.vdisk.changed",
+                                                 [this](const api::VdiskChanged& c, const Message&) {
+                                                   if (c.server != ctx_.name()) refresh();
+                                                 }));
+    serve_admin();
+    // The first job migrates and seeds the data store; devices are told to retry until it is loaded.
+    refresh();
     ctx_.every(std::chrono::seconds(options_.refresh_s), [this] { refresh(); });
 
     std::string servers;
@@ -162,60 +210,135 @@ class Pvs final : public Plugin {
   }
 
   void stop() override {
-    if (alive_) alive_->store(false);
     subs_.clear();
+    jobs_.clear();  // not begun: dropped; a running job sees its stop_token and the kernel waits for it
+    close_servers();
+  }
+
+  void status(Value& out) const override {
+    out.set("tftp_port", tftp_port_);
+    out.set("stream_port", stream_port_);
+    out.set("bootstrap_file", options_.bootstrap_file);
+    Value servers = Value::array();
+    for (const auto& s : bootstrap_.login_servers) servers.push(s.host + ":" + std::to_string(s.port));
+    out.set("login_servers", std::move(servers));
+    out.set("store", options_.store.string());
+    // HA peers as discovery knows them (running pvs instances of this deployment and where they stream).
+    Value peers = Value::array();
+    for (const auto& p : ctx_.instances("pvs")) {
+      if (p.name == ctx_.name()) continue;
+      const auto stream = p.endpoints.find(api::stream_endpoint);
+      peers.push(Value::object().set("name", p.name).set("stream", stream == p.endpoints.end() ? "" : stream->second));
+    }
+    out.set("peers", std::move(peers));
+    if (!catalog_error_.empty()) out.set("catalog_error", catalog_error_);
+    out.set("data_store_jobs", jobs_.size() + (job_running_ ? 1 : 0));
+    if (streamer_) streamer_->status(out);
+    if (nbd_) {
+      const auto s = nbd_->stats();
+      Value n = Value::object();
+      n.set("accepted", s.accepted);
+      n.set("active", s.active);
+      n.set("requests", s.requests);
+      n.set("bytes_read", s.bytes_read);
+      n.set("bytes_written", s.bytes_written);
+      n.set("protocol_errors", s.protocol_errors);
+      out.set("nbd", std::move(n));
+    }
+    if (tftp_) {
+      const auto s = tftp_->stats();
+      Value t = Value::object();
+      t.set("rrq", s.rrq);
+      t.set("transfers_done", s.transfers_done);
+      t.set("requests_refused", s.requests_refused);
+      out.set("tftp", std::move(t));
+    }
+  }
+
+  Health health() const override {
+    if (!nbd_) return Health::failed;
+    return loaded_ && catalog_error_.empty() ? Health::ok : Health::degraded;
+  }
+
+ private:
+  void close_servers() {
     if (tftp_) tftp_->stop();
     if (nbd_) nbd_->stop();  // closes every device connection; their write caches go with them
     tftp_.reset();
     nbd_.reset();
   }
 
-  void status(Poco::JSON::Object& out) const override {
-    out.set("tftp_port", tftp_port_);
-    out.set("stream_port", stream_port_);
-    out.set("bootstrap_file", options_.bootstrap_file);
-    Poco::JSON::Array::Ptr servers = new Poco::JSON::Array;
-    for (const auto& s : bootstrap_.login_servers) servers->add(s.host + ":" + std::to_string(s.port));
-    out.set("login_servers", servers);
-    out.set("store", options_.store.string());
-    if (streamer_) streamer_->status(out);
-    if (nbd_) {
-      const auto s = nbd_->stats();
-      Poco::JSON::Object::Ptr n = new Poco::JSON::Object;
-      n->set("accepted", s.accepted);
-      n->set("active", s.active);
-      n->set("requests", s.requests);
-      n->set("bytes_read", s.bytes_read);
-      n->set("bytes_written", s.bytes_written);
-      n->set("protocol_errors", s.protocol_errors);
-      out.set("nbd", n);
-    }
-    if (tftp_) {
-      const auto s = tftp_->stats();
-      Poco::JSON::Object::Ptr t = new Poco::JSON::Object;
-      t->set("rrq", s.rrq);
-      t->set("transfers_done", s.transfers_done);
-      t->set("requests_refused", s.requests_refused);
-      out.set("tftp", t);
-    }
+  // ---- data-store jobs ----
+  // Every data-store call runs on the blocking pool with its own Catalog (and so its own sessions), one job at a
+  // time in request order: a refresh never overtakes an action, two actions never race for a version number, and
+  // the executor never waits for the store or a merge. Results come back to the executor in the job's `done`.
+
+  /// Queues `work(catalog, stop)`; `done(Reply<R>)` runs on the executor afterwards, and `begin` (if any) on the
+  /// executor as the job leaves the queue.
+  template <class R>
+  void data_job(std::function<R(pvs::Catalog&, std::stop_token)> work, std::function<void(Reply<R>)> done,
+                std::function<void()> begin = nullptr) {
+    jobs_.push_back([this, work = std::move(work), done = std::move(done), begin = std::move(begin)] {
+      if (begin) begin();
+      ctx_.run_blocking(
+          [store = store_, dir = options_.store, work](std::stop_token stop) {
+            pvs::Catalog catalog(*store, dir);
+            return work(catalog, stop);
+          },
+          [this, done](Reply<R> reply) {
+            try {
+              done(std::move(reply));
+            } catch (const std::exception& e) {
+              ctx_.log().error(std::string("pvs: handling a data-store result failed: ") + e.what());
+            }
+            job_running_ = false;
+            next_job();
+          });
+    });
+    next_job();
   }
 
-  Health health() const override { return nbd_ ? Health::ok : Health::failed; }
-
- private:
-  static std::string lower(std::string s) {
-    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    return s;
+  void next_job() {
+    if (job_running_ || jobs_.empty()) return;
+    job_running_ = true;
+    auto job = std::move(jobs_.front());
+    jobs_.pop_front();
+    job();
   }
-  std::string subject(const std::string& tail) const { return "pvs." + ctx_.name() + "." + tail; }
 
+  /// Re-reads the catalog (until it has loaded once: migrates and seeds it first). One queued refresh is enough.
   void refresh() {
-    try {
-      streamer_->update(catalog_->load());
-      update_gauges();
-    } catch (const std::exception& e) {
-      ctx_.log().warning(std::string("pvs: data store refresh failed, keeping the last view: ") + e.what());
-    }
+    if (refresh_queued_) return;
+    refresh_queued_ = true;
+    const bool first = !loaded_;
+    data_job<pvs::Snapshot>(
+        [first, vdisks = options_.vdisks, devices = options_.devices](pvs::Catalog& catalog, std::stop_token) {
+          if (first) {
+            catalog.migrate();  // idempotent: a second first-time job after a failed one finds the tables in place
+            catalog.seed(vdisks, devices);
+          }
+          return catalog.load();
+        },
+        [this, first](Reply<pvs::Snapshot> r) {
+          if (!r) {
+            catalog_error_ = r.error().message;
+            if (first)
+              ctx_.log().error("pvs: cannot prepare the data store (retrying every " + std::to_string(options_.refresh_s) +
+                               " s): " + catalog_error_);
+            else
+              ctx_.log().warning("pvs: data store refresh failed, keeping the last view: " + catalog_error_);
+            return;
+          }
+          catalog_error_.clear();
+          streamer_->update(*r);
+          update_gauges();
+          if (first && !loaded_)
+            ctx_.log().info("pvs: catalog loaded: " + std::to_string(r->vdisks.size()) + " vDisks, " +
+                            std::to_string(r->devices.size()) + " devices");
+          loaded_ = true;
+        },
+        // From here on a change notice queues another refresh: this one may read before the change.
+        [this] { refresh_queued_ = false; });
   }
 
   void update_gauges() {
@@ -226,74 +349,103 @@ class Pvs final : public Plugin {
   }
 
   void device_event(const pvs::DeviceEvent& e) {
-    Poco::JSON::Object o;
-    o.set("export", e.export_name);
-    o.set("vdisk", e.vdisk);
-    o.set("version", e.version);
-    o.set("mode", e.mode);
-    o.set("peer", e.peer);
-    o.set("server", ctx_.name());
-    publish(ctx_.bus(), subject("device." + e.kind), Text{json_text(o)});
-    ctx_.log().info("pvs: device " + e.export_name + " " + e.kind + " (vDisk " + e.vdisk + " version " +
+    publish(ctx_.bus(), api::device_subject(ctx_.name(), e.kind), e);
+    ctx_.log().info("pvs: device " + e.mac + " " + e.kind + " (vDisk " + e.vdisk + " version " +
                     std::to_string(e.version) + ", " + e.mode + ", from " + e.peer + ")");
     update_gauges();
   }
 
-  // Admin requests: a deskfarm.text body holding a JSON object; the reply is {"ok":true,...} or {"ok":false,"error"}.
-  void answer(const std::string& action, const Message& m) {
-    Poco::JSON::Object reply;
-    try {
-      Poco::JSON::Object::Ptr req = new Poco::JSON::Object;
-      if (const auto* t = body_as<Text>(m); t && !t->value.empty()) {
-        req = Poco::JSON::Parser().parse(t->value).extract<Poco::JSON::Object::Ptr>();
-        if (!req) throw ActionError("request body is not a JSON object");
-      }
-      auto str = [&](const char* k, const std::string& def = {}) {
-        if (!req->has(k)) {
-          if (def.empty()) throw ActionError(std::string("request needs \"") + k + "\"");
-          return def;
-        }
-        return req->getValue<std::string>(k);
-      };
-      auto num = [&](const char* k) -> std::optional<int> {
-        if (!req->has(k)) return std::nullopt;
-        return req->getValue<int>(k);
-      };
-      bool changed = true;
-      if (action == "version.new") {
-        reply.set("version", catalog_->new_version(str("vdisk")));
-      } else if (action == "version.promote") {
-        reply.set("version", catalog_->promote(str("vdisk"), num("version"), str("to", pvs::kProduction)));
-      } else if (action == "version.merge") {
-        reply.set("version", catalog_->merge_base(str("vdisk"), num("version"), str("access", pvs::kProduction)));
-      } else if (action == "device.assign") {
-        pvs::DeviceSeed d;
-        const auto mac = pvs::normalize_mac(str("mac"));
-        if (!mac) throw ActionError("mac '" + str("mac") + "' is not a MAC address");
-        d.mac = *mac;
-        d.vdisk = str("vdisk");
-        d.name = req->has("name") ? req->getValue<std::string>("name") : "";
-        d.type = str("type", pvs::kProduction);
-        if (d.type != pvs::kProduction && d.type != pvs::kTest) throw ActionError("type must be production or test");
-        catalog_->assign(d);
-        reply.set("mac", d.mac);
-      } else {
-        changed = false;
-      }
-      if (changed) {
-        refresh();
-        publish(ctx_.bus(), subject("vdisk.changed"), Text{action});
-        ctx_.log().info("pvs: " + action + " " + (body_as<Text>(m) ? body_as<Text>(m)->value : "") + " done");
-      }
-      streamer_->status(reply);
-      reply.set("ok", true);
-    } catch (const std::exception& e) {
-      reply.set("ok", false);
-      reply.set("error", "pvs " + ctx_.name() + ": " + action + ": " + e.what());
-      ctx_.log().warning("pvs: " + action + " refused: " + e.what());
-    }
-    actions_->inc();
-    if (!m.reply_to.empty()) ctx_.bus().reply(m, make_message("", Text{json_text(reply)}));
+  // ---- admin requests (interfaces/pvs: typed, or JSON from `deskfarm request`) ----
+
+  void serve_admin() {
+    auto& bus = ctx_.bus();
+    const auto& me = ctx_.name();
+    subs_.push_back(serve_async<api::NewVersion, api::AdminReply>(
+        bus, api::admin_subject(me, "version.new"), [this](const api::NewVersion& r, Responder<api::AdminReply> out) {
+          const auto vdisk = required(r.vdisk, "version.new", "vdisk");
+          act(std::move(out), "version.new", vdisk, [vdisk](pvs::Catalog& c, std::stop_token) {
+            return Outcome{c.new_version(vdisk)};
+          });
+        }));
+    subs_.push_back(serve_async<api::PromoteVersion, api::AdminReply>(
+        bus, api::admin_subject(me, "version.promote"),
+        [this](const api::PromoteVersion& r, Responder<api::AdminReply> out) {
+          const auto vdisk = required(r.vdisk, "version.promote", "vdisk");
+          act(std::move(out), "version.promote", vdisk,
+              [vdisk, version = version_number(r.version), to = r.to](pvs::Catalog& c, std::stop_token) {
+                return Outcome{c.promote(vdisk, version, to)};
+              });
+        }));
+    // A merge reads the whole chain: minutes for a large vDisk, so its reply comes when the blocking work is done.
+    subs_.push_back(serve_async<api::MergeVersion, api::AdminReply>(
+        bus, api::admin_subject(me, "version.merge"), [this](const api::MergeVersion& r, Responder<api::AdminReply> out) {
+          const auto vdisk = required(r.vdisk, "version.merge", "vdisk");
+          act(std::move(out), "version.merge", vdisk,
+              [vdisk, version = version_number(r.version), access = r.access](pvs::Catalog& c, std::stop_token stop) {
+                return Outcome{c.merge_base(vdisk, version, access, stop)};
+              });
+        }));
+    subs_.push_back(serve_async<api::AssignDevice, api::AdminReply>(
+        bus, api::admin_subject(me, "device.assign"), [this](const api::AssignDevice& r, Responder<api::AdminReply> out) {
+          DeviceSeed d;
+          const auto mac = pvs::normalize_mac(required(r.mac, "device.assign", "mac"));
+          if (!mac) throw RequestError("bad_request", "mac '" + r.mac + "' is not a MAC address like \"52:54:00:12:34:56\"");
+          d.mac = *mac;
+          d.vdisk = required(r.vdisk, "device.assign", "vdisk");
+          d.name = r.name;
+          d.type = r.type;
+          if (d.type != pvs::kProduction && d.type != pvs::kTest)
+            throw RequestError("bad_request", "type '" + d.type + "' is neither \"production\" nor \"test\"");
+          act(std::move(out), "device.assign", d.vdisk, [d](pvs::Catalog& c, std::stop_token) {
+            c.assign(d);
+            return Outcome{std::nullopt, d.mac};
+          });
+        }));
+    subs_.push_back(serve<Empty, api::AdminReply>(bus, api::admin_subject(me, "vdisk.list"), [this](const Empty&) {
+      actions_->inc();
+      api::AdminReply reply;
+      reply.action = "vdisk.list";
+      streamer_->describe(reply);
+      return reply;
+    }));
+  }
+
+  /// Runs an admin action as a data-store job; on success the view is updated, peers told, and `out` answered.
+  void act(Responder<api::AdminReply> out, std::string action, std::string vdisk, Action work) {
+    data_job<Outcome>(
+        [work](pvs::Catalog& catalog, std::stop_token stop) {
+          Outcome o;
+          try {
+            o = work(catalog, stop);
+          } catch (const pvs::ActionError& e) {
+            o.refused = e.what();
+            return o;
+          }
+          o.snapshot = catalog.load();
+          return o;
+        },
+        [this, out, action, vdisk](Reply<Outcome> r) mutable {
+          actions_->inc();
+          const std::string code = !r ? "failed" : "refused";
+          if (!r || !r->refused.empty()) {
+            const std::string why = !r ? r.error().message : r->refused;
+            ctx_.log().warning("pvs: " + action + " of vDisk '" + vdisk + "' " + code + ": " + why);
+            out.fail(code, "pvs " + ctx_.name() + ": " + action + ": " + why);
+            return;
+          }
+          streamer_->update(r->snapshot);
+          update_gauges();
+          publish(ctx_.bus(), api::vdisk_changed_subject(ctx_.name()), api::VdiskChanged{action, vdisk, ctx_.name()});
+          api::AdminReply reply;
+          reply.action = action;
+          reply.version = r->version;
+          reply.mac = r->mac;
+          streamer_->describe(reply);
+          ctx_.log().info("pvs: " + action + " of vDisk '" + vdisk + "' done" +
+                          (r->version ? ": version " + std::to_string(*r->version) : std::string()) +
+                          (r->mac.empty() ? std::string() : ": device " + r->mac));
+          out.ok(std::move(reply));
+        });
   }
 
   Context& ctx_;
@@ -301,8 +453,12 @@ class Pvs final : public Plugin {
   pvs::StreamerMetrics metrics_;
   Counter* bootstraps_ = nullptr;
   Counter* actions_ = nullptr;
-  std::shared_ptr<std::atomic<bool>> alive_;
-  std::unique_ptr<pvs::Catalog> catalog_;
+  Store* store_ = nullptr;
+  std::deque<std::function<void()>> jobs_;  // data-store jobs not begun (see data_job)
+  bool job_running_ = false;
+  bool refresh_queued_ = false;
+  bool loaded_ = false;
+  std::string catalog_error_;
   std::shared_ptr<pvs::Streamer> streamer_;
   std::unique_ptr<nbd::Server> nbd_;
   std::unique_ptr<tftp::Server> tftp_;
@@ -316,6 +472,6 @@ class Pvs final : public Plugin {
 
 }  // namespace
 
-DESKFARM_PLUGIN(Pvs, "pvs", "1.0.0",
+DESKFARM_PLUGIN(Pvs, "pvs", "2.0.0",
                 "Provisioning Services: bootstrap over TFTP, vDisks over NBD by device MAC, write caches, versions, HA",
-                provides, nullptr, config)
+                provides, nullptr, pvs_schema)

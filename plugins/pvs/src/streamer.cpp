@@ -2,18 +2,18 @@
 
 #include <cerrno>
 
-#include <Poco/JSON/Array.h>
-
 #include <deskfarm/nbd/version_chain.hpp>
 
 namespace deskfarm::pvs {
 
-Streamer::Streamer(std::filesystem::path store_dir, nbd::WriteCacheOptions cache, StreamerMetrics metrics)
-    : dir_(std::move(store_dir)), cache_(std::move(cache)), metrics_(metrics) {}
+Streamer::Streamer(std::string server, std::filesystem::path store_dir, nbd::WriteCacheOptions cache,
+                   StreamerMetrics metrics)
+    : dir_(std::move(store_dir)), cache_(std::move(cache)), metrics_(metrics), server_(std::move(server)) {}
 
 void Streamer::update(Snapshot snapshot) {
   std::lock_guard lock(mutex_);
   snap_ = std::move(snapshot);
+  loaded_ = true;
 }
 
 Snapshot Streamer::snapshot() const {
@@ -39,6 +39,7 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
     return nbd::Resolution{nullptr, "pvs: " + why};
   };
   std::lock_guard lock(mutex_);
+  if (!loaded_) return refuse(metrics_.refused, "the catalog is still loading from the data store; retry in a moment");
   // vdisk@maintenance: the one writer of a version in maintenance.
   if (const auto at = requested.find('@'); at != std::string::npos) {
     const std::string vdisk = requested.substr(0, at);
@@ -55,7 +56,7 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
       return refuse(metrics_.refused, "version " + std::to_string(m->number) + " of '" + vdisk +
                                           "' is already open for maintenance from " + l->second.info.peer +
                                           " (one writer at a time)");
-    DeviceEvent info{"boot", key, vdisk, m->number, std::string(peer), "maintenance"};
+    const DeviceEvent info = boot_event(key, vdisk, m->number, "maintenance", peer);
     std::shared_ptr<nbd::Export> inner;
     try {
       inner = std::make_shared<MaintenanceExport>(dir_ / m->file);
@@ -83,10 +84,10 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
     const std::string key = vdisk.name + "@private";
     if (auto l = live_.find(key); l != live_.end() && !l->second.export_.expired())
       return refuse(metrics_.refused, "vDisk '" + vdisk.name + "' is in private mode and already open by device " +
-                                          l->second.info.export_name + " from " + l->second.info.peer +
+                                          l->second.info.mac + " from " + l->second.info.peer +
                                           " (private images have one writer; use standard mode to share)");
     const VersionRow& base = vdisk.versions.front();
-    DeviceEvent info{"boot", *mac, vdisk.name, base.number, std::string(peer), "private"};
+    const DeviceEvent info = boot_event(*mac, vdisk.name, base.number, "private", peer);
     std::shared_ptr<nbd::Export> inner;
     try {
       inner = std::make_shared<nbd::FileExport>(dir_ / base.file, false);
@@ -104,7 +105,7 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
     if (auto d = l->second.export_.lock()) return {d, {}};
   const VersionRow* v = vdisk.bootable(dev->second.type == kTest);
   if (!v) return refuse(metrics_.refused, "vDisk '" + vdisk.name + "' has no production version to boot");
-  DeviceEvent info{"boot", *mac, vdisk.name, v->number, std::string(peer), "standard"};
+  const DeviceEvent info = boot_event(*mac, vdisk.name, v->number, "standard", peer);
   try {
     auto base = layer(v->file);
     nbd::WriteCacheOptions o = cache_;
@@ -177,55 +178,72 @@ std::uint64_t Streamer::cache_bytes() const {
   return n;
 }
 
-void Streamer::status(Poco::JSON::Object& out) const {
+void Streamer::status(sdk::Value& out) const {
   std::vector<std::shared_ptr<DeviceExport>> held;  // released after the lock: see cache_bytes()
   std::lock_guard lock(mutex_);
-  Poco::JSON::Array::Ptr sessions = new Poco::JSON::Array;
+  sdk::Value sessions = sdk::Value::array();
   std::uint64_t ram = 0, disk = 0;
   for (const auto& [k, l] : live_) {
     auto d = l.export_.lock();
     if (!d) continue;
     held.push_back(d);
-    Poco::JSON::Object::Ptr s = new Poco::JSON::Object;
-    s->set("export", l.info.export_name);
-    s->set("vdisk", l.info.vdisk);
-    s->set("version", l.info.version);
-    s->set("mode", l.info.mode);
-    s->set("peer", l.info.peer);
+    sdk::Value s = sdk::Value::object();
+    s.set("export", l.info.mac);
+    s.set("vdisk", l.info.vdisk);
+    s.set("version", l.info.version);
+    s.set("mode", l.info.mode);
+    s.set("peer", l.info.peer);
     if (d->cache()) {
       const auto u = d->cache()->usage();
-      s->set("write_cache_ram_bytes", u.ram_bytes);
-      s->set("write_cache_disk_bytes", u.disk_bytes);
+      s.set("write_cache_ram_bytes", u.ram_bytes);
+      s.set("write_cache_disk_bytes", u.disk_bytes);
       ram += u.ram_bytes;
       disk += u.disk_bytes;
     }
-    sessions->add(s);
+    sessions.push(std::move(s));
   }
-  out.set("active_devices", sessions->size());
-  out.set("sessions", sessions);
+  out.set("catalog", loaded_ ? "loaded" : "loading");
+  out.set("active_devices", sessions.size());
+  out.set("sessions", std::move(sessions));
   out.set("write_cache_ram_bytes", ram);
   out.set("write_cache_disk_bytes", disk);
-  Poco::JSON::Array::Ptr vdisks = new Poco::JSON::Array;
-  for (const auto& [name, v] : snap_.vdisks) {
-    Poco::JSON::Object::Ptr o = new Poco::JSON::Object;
-    o->set("name", name);
-    o->set("mode", to_string(v.mode));
-    o->set("size_bytes", v.size);
-    Poco::JSON::Array::Ptr versions = new Poco::JSON::Array;
-    for (const auto& r : v.versions) {
-      Poco::JSON::Object::Ptr vo = new Poco::JSON::Object;
-      vo->set("number", r.number);
-      vo->set("access", r.access);
-      vo->set("file", r.file);
-      vo->set("parent", r.parent);
-      versions->add(vo);
-    }
-    o->set("versions", versions);
-    if (const auto* b = v.bootable(false)) o->set("production", b->number);
-    vdisks->add(o);
+  // The same vDisk view as the admin replies (interfaces::pvs::VdiskInfo), plus the version devices boot.
+  sdk::Value vdisks = sdk::to_value(vdisk_infos());
+  for (auto& v : vdisks.as_array()) {
+    const auto row = snap_.vdisks.find(v.find("name")->as_string());
+    if (const auto* b = row->second.bootable(false)) v.set("production", b->number);
   }
-  out.set("vdisks", vdisks);
+  out.set("vdisks", std::move(vdisks));
   out.set("devices", snap_.devices.size());
+}
+
+std::vector<interfaces::pvs::VdiskInfo> Streamer::vdisk_infos() const {
+  std::vector<interfaces::pvs::VdiskInfo> out;
+  for (const auto& [name, v] : snap_.vdisks) {
+    interfaces::pvs::VdiskInfo info{name, to_string(v.mode), static_cast<std::int64_t>(v.size), {}};
+    for (const auto& r : v.versions) info.versions.push_back({r.number, r.access, r.parent, r.file});
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+void Streamer::describe(interfaces::pvs::AdminReply& out) const {
+  std::vector<std::shared_ptr<DeviceExport>> held;  // released after the lock: see cache_bytes()
+  std::lock_guard lock(mutex_);
+  out.vdisks = vdisk_infos();
+  out.devices.clear();
+  for (const auto& [mac, d] : snap_.devices) {
+    bool connected = false;
+    for (const auto& key : {mac, d.vdisk + "@private"}) {  // a private image is held under its vDisk's name
+      auto l = live_.find(key);
+      if (l == live_.end() || l->second.info.mac != mac) continue;
+      if (auto e = l->second.export_.lock()) {
+        connected = true;
+        held.push_back(std::move(e));
+      }
+    }
+    out.devices.push_back({mac, d.vdisk, d.name, d.type, connected});
+  }
 }
 
 // ---- DeviceExport ----

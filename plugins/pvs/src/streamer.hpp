@@ -10,26 +10,20 @@
 #include <string>
 #include <vector>
 
-#include <Poco/JSON/Object.h>
-
 #include <deskfarm/nbd/session.hpp>
 #include <deskfarm/nbd/version_chain.hpp>
 #include <deskfarm/nbd/write_cache.hpp>
+#include <deskfarm/interfaces/pvs/pvs.hpp>
 #include <deskfarm/sdk/metrics.hpp>
+#include <deskfarm/sdk/value.hpp>
 
 #include "model.hpp"
 
 namespace deskfarm::pvs {
 
-/// A device booting or going away, reported from an NBD thread.
-struct DeviceEvent {
-  std::string kind;  ///< "boot" | "disconnect"
-  std::string export_name;
-  std::string vdisk;
-  int version = 0;
-  std::string peer;
-  std::string mode;  ///< standard | private | maintenance
-};
+/// A device booting or going away, reported from an NBD thread: the pvs contract's event, whose `mac` is the
+/// export name (a device MAC, or "vdisk@maintenance" for the maintenance writer).
+using DeviceEvent = interfaces::pvs::DeviceEvent;
 
 struct StreamerMetrics {
   sdk::Counter* boots = nullptr;
@@ -43,9 +37,11 @@ class DeviceExport;
 /// Thread-safe: resolve() and list() run on NBD connection threads, update() and status on the executor.
 class Streamer : public std::enable_shared_from_this<Streamer> {
  public:
-  Streamer(std::filesystem::path store_dir, nbd::WriteCacheOptions cache, StreamerMetrics metrics);
+  /// `server`: the instance name, written into every DeviceEvent.
+  Streamer(std::string server, std::filesystem::path store_dir, nbd::WriteCacheOptions cache, StreamerMetrics metrics);
 
-  /// Replaces the catalog view; sessions already running keep the version they booted.
+  /// Replaces the catalog view; sessions already running keep the version they booted. Until the first
+  /// update every connection is refused as "still loading".
   void update(Snapshot snapshot);
   Snapshot snapshot() const;
   /// NBD resolver: a device MAC or "vdisk@maintenance".
@@ -54,7 +50,9 @@ class Streamer : public std::enable_shared_from_this<Streamer> {
   /// Where boot/disconnect events go (called on NBD threads); set before the server starts.
   void on_event(std::function<void(const DeviceEvent&)> sink) { sink_ = std::move(sink); }
   /// Names of vDisk files a running session uses (refuses merges that would pull them away; informative).
-  void status(Poco::JSON::Object& out) const;
+  void status(sdk::Value& out) const;
+  /// The catalog as the admin replies show it: vDisks with their versions, devices and whether each is connected.
+  void describe(interfaces::pvs::AdminReply& out) const;
   std::size_t active() const;
   std::uint64_t cache_bytes() const;
 
@@ -68,13 +66,20 @@ class Streamer : public std::enable_shared_from_this<Streamer> {
   std::shared_ptr<nbd::Export> layer(const std::string& file);  // shared read-only chain per version file
   void released(const std::string& key, const DeviceExport* which);
   void emit(const DeviceEvent& e) const;
+  DeviceEvent boot_event(const std::string& key, const std::string& vdisk, int version, const char* mode,
+                         std::string_view peer) const {
+    return DeviceEvent{"boot", key, vdisk, version, mode, std::string(peer), server_};
+  }
+  std::vector<interfaces::pvs::VdiskInfo> vdisk_infos() const;  // caller holds mutex_
 
   std::filesystem::path dir_;
   nbd::WriteCacheOptions cache_;
   StreamerMetrics metrics_;
   std::function<void(const DeviceEvent&)> sink_;
+  std::string server_;
 
   mutable std::mutex mutex_;
+  bool loaded_ = false;
   Snapshot snap_;
   std::map<std::string, std::weak_ptr<nbd::Export>> layers_;
   std::map<std::string, Live> live_;  // key: MAC, or "vdisk@maintenance", or "vdisk@private"

@@ -1,5 +1,6 @@
 // pvs against real peers: curl and tftp-hpa fetch the bootstrap; nbdinfo, nbdcopy, qemu-img and qemu-io use exports.
 #include <Poco/JSON/Array.h>
+#include <Poco/JSON/Parser.h>
 
 #include <deskfarm/bootstrap/bootstrap.hpp>
 #include <deskfarm/testing/process.hpp>
@@ -98,7 +99,7 @@ TEST_CASE("qemu-io writes land only in that device's write cache") {
   REQUIRE(w.exit_code == 0);
   CHECK(all(w).find("Pattern verification failed") == std::string::npos);
   CHECK(dt::sha256_file(lab.base()) == sha);
-  REQUIRE(dt::eventually([&] { return lab.status()->getValue<int>("active_devices") == 0; }));
+  REQUIRE(dt::eventually([&] { return lab.status_int("active_devices") == 0; }));
   // After the reboot (reconnect), and on the other device, the original bytes are back.
   for (const char* mac : {mac_a, mac_b}) {
     const auto r = dt::run_child({"qemu-io", "-f", "raw", "-c", "read -P 0xab 0 4k", nbd_url(lab, mac)}, 60s);

@@ -9,14 +9,12 @@
 #include <sstream>
 #include <string>
 
-#include <Poco/JSON/Object.h>
-#include <Poco/JSON/Parser.h>
-#include <Poco/JSON/Stringifier.h>
-
 #include <catch2/catch.hpp>
 
+#include <deskfarm/interfaces/pvs/pvs.hpp>
 #include <deskfarm/nbd/client.hpp>
 #include <deskfarm/testing/files.hpp>
+#include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
 
 #include "deployment.hpp"
@@ -25,6 +23,7 @@ namespace pvs_test {
 
 using namespace deskfarm;
 namespace dt = deskfarm::testing;
+namespace api = deskfarm::interfaces::pvs;
 
 inline constexpr const char* mac_a = "52:54:00:00:00:0a";
 inline constexpr const char* mac_b = "52:54:00:00:00:0b";
@@ -76,13 +75,20 @@ struct Lab {
     dt::write_text(dir / "lab.toml", text);
     return kernel::load_manifest(dir / "lab.toml");
   }
-  /// Starts one instance "pvs-1" with the default vDisks; `extra` adds keys (store is always this lab's).
-  void start(const std::string& extra = "") {
-    start_instances(pvs_instance("pvs-1", "store = \"" + store().string() + "\"\n" + extra));
+  /// Instance "pvs-1" with the default vDisks; `extra` adds keys (store is always this lab's).
+  std::string one(const std::string& extra = "") const {
+    return pvs_instance("pvs-1", "store = \"" + store().string() + "\"\n" + extra);
   }
+  void start(const std::string& extra = "") { start_instances(one(extra)); }
+  /// Starts the deployment and waits until every instance has loaded its catalog from the data store (that
+  /// happens on the blocking pool after start(); devices are refused as "still loading" until then).
   void start_instances(const std::string& instances) {
     d = std::make_unique<kernel::Deployment>(manifest(instances), catalog, log);
     d->start();
+    for (const auto& name : d->start_order()) {
+      INFO("instance " << name);
+      REQUIRE(dt::eventually([&] { return text(status(name), "catalog") == "loaded"; }, std::chrono::seconds(30)));
+    }
   }
   /// The error text of a deployment that fails to start.
   std::string start_error(const std::string& extra) {
@@ -93,36 +99,65 @@ struct Lab {
     }
     return "";
   }
+  /// The error text of a manifest refused while the deployment is only constructed: what `deskfarm check` runs.
+  std::string check_error(const std::string& instances) {
+    try {
+      kernel::Deployment checked(manifest(instances), catalog, log);
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+    return "";
+  }
 
-  Poco::JSON::Object::Ptr status(const std::string& instance = "pvs-1") {
-    Poco::JSON::Object::Ptr out = new Poco::JSON::Object;
-    d->run_on(instance, [&](sdk::Plugin& p, sdk::Context&) { p.status(*out); });
+  sdk::Value status(const std::string& instance = "pvs-1") {
+    sdk::Value out = sdk::Value::object();
+    d->run_on(instance, [&](sdk::Plugin& p, sdk::Context&) { p.status(out); });
     return out;
   }
+  static std::int64_t integer(const sdk::Value& v, std::string_view key) {
+    const auto* f = v.find(key);
+    INFO("status field " << key << " in " << v.to_json());
+    REQUIRE(f);
+    return f->as_integer();
+  }
+  static std::string text(const sdk::Value& v, std::string_view key) {
+    const auto* f = v.find(key);
+    return f && f->is_string() ? f->as_string() : std::string();
+  }
+  std::int64_t status_int(const std::string& key, const std::string& instance = "pvs-1") {
+    return integer(status(instance), key);
+  }
+  /// The version devices boot of the first vDisk (by name) in the status.
+  std::int64_t production(const std::string& instance = "pvs-1") {
+    return integer(status(instance).find("vdisks")->as_array().at(0), "production");
+  }
   std::uint16_t stream_port(const std::string& instance = "pvs-1") {
-    return static_cast<std::uint16_t>(status(instance)->getValue<int>("stream_port"));
+    return static_cast<std::uint16_t>(status_int("stream_port", instance));
   }
   std::uint16_t tftp_port(const std::string& instance = "pvs-1") {
-    return static_cast<std::uint16_t>(status(instance)->getValue<int>("tftp_port"));
+    return static_cast<std::uint16_t>(status_int("tftp_port", instance));
   }
   nbd::Client connect(const std::string& export_name, const std::string& instance = "pvs-1") {
     return nbd::Client("127.0.0.1", stream_port(instance), export_name);
   }
 
-  /// Sends an admin request on the bus (from inside the instance) and returns the JSON reply.
-  Poco::JSON::Object::Ptr request(const std::string& subject, const std::string& json,
-                                  const std::string& instance = "pvs-1") {
-    auto done = std::make_shared<std::promise<std::string>>();
-    auto fut = done->get_future();
-    d->run_on(instance, [&](sdk::Plugin&, sdk::Context& ctx) {
-      ctx.bus().request(sdk::make_message(subject, sdk::Text{json}), std::chrono::seconds(30),
-                        [done](const sdk::Message* reply, std::string_view error) {
-                          if (!reply) done->set_value("{\"ok\":false,\"error\":\"bus: " + std::string(error) + "\"}");
-                          else done->set_value(sdk::body_as<sdk::Text>(*reply)->value);
-                        });
+  /// Sends a typed request on the bus from inside `from` and hands the reply to `on_reply` there (no wait).
+  template <class Req>
+  void send(const std::string& subject, Req req, std::function<void(sdk::Reply<api::AdminReply>)> on_reply,
+            const std::string& from = "pvs-1") {
+    d->run_on(from, [&](sdk::Plugin&, sdk::Context& ctx) {
+      sdk::request<Req, api::AdminReply>(ctx.bus(), subject, std::move(req), std::chrono::seconds(60), std::move(on_reply));
     });
-    REQUIRE(fut.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
-    return Poco::JSON::Parser().parse(fut.get()).extract<Poco::JSON::Object::Ptr>();
+  }
+  /// A typed admin request to pvs.<instance>.admin.<action>; waits for the reply or the error.
+  template <class Req>
+  sdk::Reply<api::AdminReply> admin(const std::string& action, Req req, const std::string& instance = "pvs-1") {
+    auto done = std::make_shared<std::promise<sdk::Reply<api::AdminReply>>>();
+    auto fut = done->get_future();
+    send(api::admin_subject(instance, action), std::move(req), [done](sdk::Reply<api::AdminReply> r) { done->set_value(std::move(r)); },
+         instance);
+    REQUIRE(fut.wait_for(std::chrono::seconds(90)) == std::future_status::ready);
+    return fut.get();
   }
 };
 

@@ -1,4 +1,7 @@
 // pvs in-process behaviour: bootstrap, device exports, write caches, versions, private mode, HA, config errors.
+#include <future>
+#include <thread>
+
 #include <deskfarm/bootstrap/bootstrap.hpp>
 #include <deskfarm/tftp/client.hpp>
 #include <deskfarm/testing/process.hpp>
@@ -74,13 +77,13 @@ TEST_CASE("writes land in the device's own write cache, never in the base, and v
     CHECK(read_all(a2, 4096, 16) == fill(16, 0xab));
     auto b = lab.connect(mac_b);
     CHECK(read_all(b, 4096, 1 << 20) == slice(original, 4096, 1 << 20));
-    CHECK(lab.status()->getValue<int>("write_cache_ram_bytes") >= (1 << 20));
+    CHECK(lab.status_int("write_cache_ram_bytes") >= (1 << 20));
     a.disconnect();
     a2.disconnect();
   }
   CHECK(dt::sha256_file(lab.base()) == sha);
   // Reconnecting is a reboot: the cache is gone.
-  REQUIRE(dt::eventually([&] { return lab.status()->getValue<int>("active_devices") == 0; }));
+  REQUIRE(dt::eventually([&] { return lab.status_int("active_devices") == 0; }));
   auto again = lab.connect(mac_a);
   CHECK(read_all(again, 4096, 1 << 20) == slice(original, 4096, 1 << 20));
 }
@@ -103,10 +106,14 @@ TEST_CASE("a new version is written in maintenance by one writer, then reaches d
   Lab lab;
   lab.start();
   const auto original = dt::read_file(lab.base());
-  auto r = lab.request("pvs.pvs-1.admin.version.new", R"({"vdisk":"gold"})");
-  REQUIRE(r->getValue<bool>("ok"));
-  CHECK(r->getValue<int>("version") == 1);
-  CHECK(!lab.request("pvs.pvs-1.admin.version.new", R"({"vdisk":"gold"})")->getValue<bool>("ok"));  // one at a time
+  auto r = lab.admin("version.new", api::NewVersion{"gold"});
+  REQUIRE(r.ok());
+  CHECK(r->version == 1);
+  CHECK(r->action == "version.new");
+  const auto again = lab.admin("version.new", api::NewVersion{"gold"});  // one at a time
+  REQUIRE(!again.ok());
+  CHECK(again.error().code == "refused");
+  CHECK_THAT(again.error().message, Catch::Contains("already has version 1 in maintenance"));
 
   {
     auto m = lab.connect("gold@maintenance");
@@ -125,20 +132,20 @@ TEST_CASE("a new version is written in maintenance by one writer, then reaches d
   CHECK(read_all(before, 1 << 20, 16) == slice(original, 1 << 20, 16));
 
   // Test: only test devices see it.
-  REQUIRE(lab.request("pvs.pvs-1.admin.version.promote", R"({"vdisk":"gold","to":"test"})")->getValue<bool>("ok"));
+  REQUIRE(lab.admin("version.promote", api::PromoteVersion{"gold", std::nullopt, "test"}).ok());
   {
     auto tester = lab.connect(mac_b);
     CHECK(read_all(tester, 1 << 20, 16) == fill(16, 0x5a));
     tester.disconnect();
   }
-  auto r2 = lab.request("pvs.pvs-1.admin.version.promote", R"({"vdisk":"gold"})");
-  REQUIRE(r2->getValue<bool>("ok"));
-  CHECK(r2->getValue<int>("version") == 1);
+  auto r2 = lab.admin("version.promote", api::PromoteVersion{"gold"});
+  REQUIRE(r2.ok());
+  CHECK(r2->version == 1);
 
   // The running session keeps the bytes it booted with; a reboot picks up production version 1.
   CHECK(read_all(before, 1 << 20, 16) == slice(original, 1 << 20, 16));
   before.disconnect();
-  REQUIRE(dt::eventually([&] { return lab.status()->getValue<int>("active_devices") == 0; }));
+  REQUIRE(dt::eventually([&] { return lab.status_int("active_devices") == 0; }));
   auto after = lab.connect(mac_a);
   CHECK(read_all(after, 1 << 20, 16) == fill(16, 0x5a));
   CHECK(read_all(after, 0, 1 << 20) == slice(original, 0, 1 << 20));
@@ -148,17 +155,17 @@ TEST_CASE("a new version is written in maintenance by one writer, then reaches d
 TEST_CASE("merging collapses the chain into a new base that devices boot next") {
   Lab lab;
   lab.start();
-  REQUIRE(lab.request("pvs.pvs-1.admin.version.new", R"({"vdisk":"gold"})")->getValue<bool>("ok"));
+  REQUIRE(lab.admin("version.new", api::NewVersion{"gold"}).ok());
   {
     auto m = lab.connect("gold@maintenance");
     REQUIRE(m.write(0, fill(4096, 0x77)) == 0);
     REQUIRE(m.flush() == 0);  // the version file is complete before the writer leaves
     m.disconnect();
   }
-  REQUIRE(lab.request("pvs.pvs-1.admin.version.promote", R"({"vdisk":"gold"})")->getValue<bool>("ok"));
-  auto r = lab.request("pvs.pvs-1.admin.version.merge", R"({"vdisk":"gold"})");
-  REQUIRE(r->getValue<bool>("ok"));
-  CHECK(r->getValue<int>("version") == 2);
+  REQUIRE(lab.admin("version.promote", api::PromoteVersion{"gold"}).ok());
+  auto r = lab.admin("version.merge", api::MergeVersion{"gold"});
+  REQUIRE(r.ok());
+  CHECK(r->version == 2);
   auto merged = dt::read_file(lab.store() / "gold.2.img");
   auto expected = dt::read_file(lab.base());
   std::fill(expected.begin(), expected.begin() + 4096, std::byte{0x77});
@@ -166,7 +173,7 @@ TEST_CASE("merging collapses the chain into a new base that devices boot next") 
   CHECK(dt::sha256_bytes(merged) == dt::sha256_bytes(expected));
   auto a = lab.connect(mac_a);
   CHECK(dt::sha256_bytes(read_all(a, 0, base_size)) == dt::sha256_bytes(expected));
-  CHECK(lab.status()->getArray("vdisks")->getObject(0)->getValue<int>("production") == 2);
+  CHECK(lab.production() == 2);
 }
 
 TEST_CASE("a private image has one writer and keeps its writes") {
@@ -187,27 +194,30 @@ TEST_CASE("a private image has one writer and keeps its writes") {
     p.disconnect();
   }
   CHECK(slice(dt::read_file(lab.store() / "solo.img"), 0, 4096) == fill(4096, 0x3c));
-  REQUIRE(dt::eventually([&] { return lab.status()->getValue<int>("active_devices") == 0; }));
+  REQUIRE(dt::eventually([&] { return lab.status_int("active_devices") == 0; }));
   auto again = lab.connect(mac_p);
   CHECK(read_all(again, 0, 4096) == fill(4096, 0x3c));
-  CHECK(!lab.request("pvs.pvs-1.admin.version.new", R"({"vdisk":"solo"})")->getValue<bool>("ok"));
+  CHECK_THAT(lab.admin("version.new", api::NewVersion{"solo"}).error().message, Catch::Contains("private mode"));
 }
 
 TEST_CASE("devices are assigned over the bus and boot and disconnect events are published") {
   Lab lab;
   lab.start();
-  auto events = std::make_shared<std::vector<std::string>>();
+  // Written on pvs-1's executor, read here only under the mutex.
+  auto events = std::make_shared<std::vector<std::pair<std::string, api::DeviceEvent>>>();
   auto mutex = std::make_shared<std::mutex>();
   deskfarm::sdk::Subscription sub;
   lab.d->run_on("pvs-1", [&](sdk::Plugin&, sdk::Context& ctx) {
-    sub = ctx.bus().subscribe("pvs.pvs-1.device.>", [events, mutex](const sdk::Message& m) {
-      std::lock_guard lock(*mutex);
-      events->push_back(m.subject + " " + sdk::body_as<sdk::Text>(m)->value);
-    });
+    sub = sdk::subscribe<api::DeviceEvent>(ctx.bus(), "pvs.pvs-1.device.>",
+                                           [events, mutex](const api::DeviceEvent& e, const sdk::Message& m) {
+                                             std::lock_guard lock(*mutex);
+                                             events->emplace_back(m.subject, e);
+                                           });
   });
   CHECK_THROWS(lab.connect("52:54:00:00:00:99"));
-  auto r = lab.request("pvs.pvs-1.admin.device.assign", R"({"mac":"52:54:00:00:00:99","vdisk":"gold","name":"late"})");
-  REQUIRE(r->getValue<bool>("ok"));
+  auto r = lab.admin("device.assign", api::AssignDevice{"52-54-00-00-00-99", "gold", "late"});
+  REQUIRE(r.ok());
+  CHECK(r->mac == "52:54:00:00:00:99");
   {
     auto c = lab.connect("52:54:00:00:00:99");
     CHECK(read_all(c, 0, 512) == slice(dt::read_file(lab.base()), 0, 512));
@@ -218,10 +228,17 @@ TEST_CASE("devices are assigned over the bus and boot and disconnect events are 
     return events->size() >= 2;
   }));
   std::lock_guard lock(*mutex);
-  CHECK((*events)[0].find("pvs.pvs-1.device.boot {") == 0);
-  CHECK((*events)[0].find("\"export\":\"52:54:00:00:00:99\"") != std::string::npos);
-  CHECK((*events)[1].find("pvs.pvs-1.device.disconnect") == 0);
-  CHECK(!lab.request("pvs.pvs-1.admin.device.assign", R"({"mac":"52:54:00:00:00:98","vdisk":"nope"})")->getValue<bool>("ok"));
+  const auto& [boot_subject, boot] = (*events)[0];
+  CHECK(boot_subject == api::device_subject("pvs-1", "boot"));
+  CHECK(boot.kind == "boot");
+  CHECK(boot.mac == "52:54:00:00:00:99");
+  CHECK(boot.vdisk == "gold");
+  CHECK(boot.mode == "standard");
+  CHECK(boot.server == "pvs-1");
+  CHECK((*events)[1].first == api::device_subject("pvs-1", "disconnect"));
+  CHECK((*events)[1].second.kind == "disconnect");
+  CHECK(lab.admin("device.assign", api::AssignDevice{"52:54:00:00:00:98", "nope"}).error().code == "refused");
+  CHECK(lab.admin("device.assign", api::AssignDevice{"zz", "gold"}).error().code == "bad_request");
 }
 
 TEST_CASE("two pvs servers share one store, and a device whose server dies reads the same bytes from the other") {
@@ -242,12 +259,17 @@ TEST_CASE("two pvs servers share one store, and a device whose server dies reads
   const auto b = fetch_bootstrap(lab.tftp_port("pvs-2"));
   REQUIRE(b.login_servers.size() == 2);
   CHECK(b.login_servers[0].port == p1);
+  // Each sees the other through discovery, with the stream endpoint it advertised.
+  const auto peers = lab.status("pvs-2").find("peers")->as_array();
+  REQUIRE(peers.size() == 1);
+  CHECK(Lab::text(peers[0], "name") == "pvs-1");
+  CHECK(Lab::text(peers[0], "stream") == "127.0.0.1:" + std::to_string(p1));
 
   // A version made through pvs-1 is seen by pvs-2 (shared data store, change notice on the bus).
-  REQUIRE(lab.request("pvs.pvs-1.admin.version.new", R"({"vdisk":"gold"})")->getValue<bool>("ok"));
-  REQUIRE(lab.request("pvs.pvs-1.admin.version.promote", R"({"vdisk":"gold"})")->getValue<bool>("ok"));
+  REQUIRE(lab.admin("version.new", api::NewVersion{"gold"}).ok());
+  REQUIRE(lab.admin("version.promote", api::PromoteVersion{"gold"}).ok());
   REQUIRE(dt::eventually([&] {
-    return lab.status("pvs-2")->getArray("vdisks")->getObject(0)->getValue<int>("production") == 1;
+    return lab.production("pvs-2") == 1;
   }));
 
   nbd::Client first("127.0.0.1", b.login_servers[0].port, mac_a);
@@ -273,7 +295,8 @@ TEST_CASE("malformed config values are refused at their key") {
   Lab lab;
   CHECK_THAT(lab.start_error("login_servers = [\"a:1\", \"b:2\", \"c:3\", \"d:4\", \"e:5\"]\n"),
              Catch::Contains("lab.toml:") && Catch::Contains("at most 4"));
-  CHECK_THAT(lab.start_error("recovery = \"pray\"\n"), Catch::Contains("recovery 'pray' is neither"));
+  CHECK_THAT(lab.start_error("recovery = \"pray\"\n"),
+             Catch::Contains("'recovery'") && Catch::Contains("restore_network, reboot_to_hd"));
   CHECK_THAT(lab.start_error("write_cache_block_size = 5000\n"),
              Catch::Contains("lab.toml:11:") && Catch::Contains("not a power of two"));
   CHECK_THAT(lab.start_error("login_servers = [\"10.0.0.1\"]\n"), Catch::Contains("not host:port"));
@@ -282,11 +305,121 @@ TEST_CASE("malformed config values are refused at their key") {
 TEST_CASE("seeding is idempotent: a restart keeps versions made at run time") {
   Lab lab;
   lab.start();
-  REQUIRE(lab.request("pvs.pvs-1.admin.version.new", R"({"vdisk":"gold"})")->getValue<bool>("ok"));
+  REQUIRE(lab.admin("version.new", api::NewVersion{"gold"}).ok());
   lab.d->stop();
   lab.d.reset();
   lab.start();
-  auto versions = lab.status()->getArray("vdisks")->getObject(0)->getArray("versions");
-  CHECK(versions->size() == 2);
-  CHECK(versions->getObject(1)->getValue<std::string>("access") == "maintenance");
+  const auto status = lab.status();
+  const auto& versions = status.find("vdisks")->as_array().at(0).find("versions")->as_array();
+  REQUIRE(versions.size() == 2);
+  CHECK(Lab::text(versions[1], "access") == "maintenance");
+}
+
+namespace {
+/// `text` with its first `what` replaced by `with` (REQUIREs that it is there).
+std::string replaced(std::string text, const std::string& what, const std::string& with) {
+  const auto at = text.find(what);
+  REQUIRE(at != std::string::npos);
+  return text.replace(at, what.size(), with);
+}
+const std::string solo = "{ name = \"solo\", size_mb = 4, mode = \"private\" }";
+}  // namespace
+
+TEST_CASE("deskfarm check refuses a malformed device MAC before anything starts") {
+  Lab lab;
+  // Deployment construction is what `deskfarm check` runs: schema, then the plugin's validate().
+  const auto error = lab.check_error(replaced(lab.one(), mac_a, "zz"));
+  CHECK_THAT(error, Catch::Contains("lab.toml:") && Catch::Contains("devices[0].mac 'zz' is not a MAC address"));
+  CHECK(!std::filesystem::exists(lab.dir / "ds.db"));  // no data store was opened, no image created
+  CHECK(!std::filesystem::exists(lab.store() / "solo.img"));
+  // The other checks the schema cannot express run there too.
+  CHECK_THAT(lab.check_error(lab.one("write_cache_block_size = 5000\n")), Catch::Contains("not a power of two"));
+  CHECK_THAT(lab.check_error(lab.one("addressing = \"static\"\nstatic_ip = \"10.0.0.9\"\n")), Catch::Contains("static"));
+  CHECK_THAT(lab.check_error(replaced(lab.one(), "name = \"solo\"", "name = \".hidden\"")),
+             Catch::Contains("vdisks[1].name '.hidden' must be"));
+  CHECK(lab.check_error(lab.one()).empty());
+}
+
+TEST_CASE("the vdisks and devices table schemas refuse unknown keys, values out of range and unknown choices") {
+  Lab lab;
+  CHECK_THAT(lab.check_error(replaced(lab.one(), solo, "{ name = \"solo\", size_mb = 4, colour = \"red\" }")),
+             Catch::Contains("unknown key 'vdisks[1].colour'") && Catch::Contains("lab.toml:"));
+  CHECK_THAT(lab.check_error(replaced(lab.one(), solo, "{ name = \"solo\", size_mb = -1 }")),
+             Catch::Contains("'vdisks[1].size_mb'") && Catch::Contains("outside 0..16777216"));
+  CHECK_THAT(lab.check_error(replaced(lab.one(), solo, "{ name = \"solo\", size_mb = 4, mode = \"shared\" }")),
+             Catch::Contains("standard, private"));
+  CHECK_THAT(lab.check_error(replaced(lab.one(), "type = \"test\"", "type = \"qa\"")),
+             Catch::Contains("'devices[1].type'") && Catch::Contains("production, test"));
+  CHECK_THAT(lab.check_error(replaced(lab.one(), "vdisk = \"solo\", ", "")), Catch::Contains("devices[2].vdisk"));
+}
+
+TEST_CASE("the operator's JSON view of the admin requests (deskfarm request) answers like the typed one") {
+  using namespace std::chrono_literals;
+  Lab lab;
+  lab.start();
+  // What `deskfarm request pvs.pvs-1.admin.version.new '{"vdisk":"gold"}'` sends: type deskfarm.json.
+  const auto made = lab.d->request(api::admin_subject("pvs-1", "version.new"), R"({"vdisk":"gold"})", 30s);
+  INFO(made.body);
+  REQUIRE(made.ok);
+  CHECK(made.type == api::AdminReply::type_name);
+  const auto reply = sdk::from_value<api::AdminReply>(sdk::Value::parse_json(made.body));
+  CHECK(reply.version == 1);
+  REQUIRE(reply.vdisks.size() == 2);
+  CHECK(reply.vdisks[0].versions.size() == 2);
+  CHECK(reply.devices.size() == 3);
+
+  const auto twice = lab.d->request(api::admin_subject("pvs-1", "version.new"), R"({"vdisk":"gold"})", 30s);
+  CHECK(!twice.ok);
+  const auto error = sdk::from_value<sdk::Error>(sdk::Value::parse_json(twice.body));
+  CHECK(error.code == "refused");
+  CHECK_THAT(error.message, Catch::Contains("pvs pvs-1: version.new: vDisk 'gold' already has version 1"));
+
+  const auto wrong = lab.d->request(api::admin_subject("pvs-1", "version.new"), R"({"vdisk":7})", 30s);
+  CHECK(!wrong.ok);
+  CHECK(sdk::from_value<sdk::Error>(sdk::Value::parse_json(wrong.body)).code == "bad_request");
+
+  const auto list = lab.d->request(api::admin_subject("pvs-1", "vdisk.list"), "{}", 30s);
+  REQUIRE(list.ok);
+  CHECK(sdk::from_value<api::AdminReply>(sdk::Value::parse_json(list.body)).vdisks.at(0).versions.at(1).access ==
+        "maintenance");
+}
+
+TEST_CASE("deskfarm status answers within a second while a large merge runs on the blocking pool") {
+  using namespace std::chrono_literals;
+  // A 384 MiB sparse vDisk (a few hundred MiB, not GiB, to keep the suite fast): its merge reads the whole chain.
+  Lab lab;
+  lab.start_instances(replaced(lab.one(), solo, solo + ", { name = \"big\", size_mb = 384 }"));
+  REQUIRE(lab.admin("version.new", api::NewVersion{"big"}).ok());
+  {
+    auto m = lab.connect("big@maintenance");
+    REQUIRE(m.write((384u << 20) - 8192, fill(8192, 0x42)) == 0);
+    REQUIRE(m.flush() == 0);
+    m.disconnect();
+  }
+  REQUIRE(lab.admin("version.promote", api::PromoteVersion{"big"}).ok());
+
+  // The merge is asked for from another thread, as an operator's `deskfarm request` would be.
+  auto merge = std::async(std::launch::async, [&] {
+    return lab.d->request(api::admin_subject("pvs-1", "version.merge"), R"({"vdisk":"big"})", 120s);
+  });
+  int during = 0;  // status answers computed while the merge job was running
+  auto slowest = 0ms;
+  const auto end = std::chrono::steady_clock::now() + 150s;
+  while (merge.wait_for(0ms) != std::future_status::ready && std::chrono::steady_clock::now() < end) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto status = lab.d->status();
+    slowest = std::max(slowest, std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0));
+    const auto pvs = status->getArray("instances")->getObject(0);
+    REQUIRE(pvs->getValue<std::string>("name") == "pvs-1");
+    REQUIRE(!pvs->has("status_error"));
+    if (pvs->getObject("fields")->getValue<int>("data_store_jobs") >= 1) ++during;
+    std::this_thread::sleep_for(20ms);
+  }
+  const auto answer = merge.get();
+  INFO(answer.body);
+  REQUIRE(answer.ok);
+  CHECK(sdk::from_value<api::AdminReply>(sdk::Value::parse_json(answer.body)).version == 2);
+  CHECK(during >= 1);
+  CHECK(slowest < 1000ms);
+  CHECK(std::filesystem::file_size(lab.store() / "big.2.img") == (384u << 20));
 }

@@ -206,11 +206,14 @@ int main(int argc, char** argv) {
     kernel::Deployment d(kernel::load_manifest(dir / "bench.toml"), catalog, log);
     d.start();
     std::uint16_t port = 0;
-    d.run_on("pvs-1", [&](sdk::Plugin& p, sdk::Context&) {
-      Poco::JSON::Object o;
-      p.status(o);
-      port = static_cast<std::uint16_t>(o.getValue<int>("stream_port"));
-    });
+    // Devices are refused until the catalog has loaded from the data store (after start(), off the executor).
+    const bool loaded = dt::eventually([&] {
+      sdk::Value o = sdk::Value::object();
+      d.run_on("pvs-1", [&](sdk::Plugin& p, sdk::Context&) { p.status(o); });
+      port = static_cast<std::uint16_t>(o.find("stream_port")->as_integer());
+      return o.find("catalog") && o.find("catalog")->as_string() == "loaded";
+    }, std::chrono::seconds(30));
+    if (!loaded) throw std::runtime_error("pvs-1 did not load its catalog from the data store within 30 s");
     storm("warm-up", port, Args{.devices = std::min(a.devices, 16), .concurrency = 4, .ws_mib = a.ws_mib,
                                 .request_kib = a.request_kib}, true);
     results.push_back(storm("pvs (per-device cache)", port, a, true));

@@ -1,6 +1,7 @@
 // The lifecycle of a deployment: validate, create every instance, start in order, stop in reverse.
 #include "deployment.hpp"
 
+#include <cstring>
 #include <future>
 #include <set>
 
@@ -27,7 +28,9 @@ std::unique_ptr<sdk::Config> checked_config(const Instance& inst, Diagnostics& d
   if (d.validate && diags.size() == before) {
     dk_error error{};
     if (d.validate(static_cast<const void*>(cfg.get()), &error) != 0) {
-      const auto v = error.key[0] ? sp.value_where.find(error.key) : sp.value_where.end();
+      // A nested key ("devices[0].mac") is located at its top-level value.
+      const std::string key(error.key, std::strcspn(error.key, "[."));
+      const auto v = key.empty() ? sp.value_where.end() : sp.value_where.find(key);
       diags.add(v == sp.value_where.end() ? sp.where : v->second,
                 "instance " + sp.name + " (plugin " + sp.plugin + ") refused its config: " + error.message);
     }

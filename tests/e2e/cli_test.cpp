@@ -59,7 +59,7 @@ TEST_CASE("deskfarm check runs the pvs plugin's own checks: a malformed device M
                                 "devices = [ { mac = \"zz\", vdisk = \"gold\" } ]\n");
   auto r = run_child({bin, "check", file.string()}, 20s);
   CHECK(r.exit_code == 3);
-  CHECK(r.err.find(file.string() + ":10:11: instance pvs-1 (plugin pvs): devices[0].mac") != std::string::npos);
+  CHECK(r.err.find(file.string() + ":10:11: instance pvs-1 (plugin pvs) refused its config: devices[0].mac") != std::string::npos);
   CHECK(r.err.find("devices[0].mac 'zz' is not a MAC address") != std::string::npos);
   CHECK(!std::filesystem::exists(dir / "vdisks" / "gold.img"));  // checked, nothing created
 }

@@ -54,7 +54,8 @@ class DESKFARM_SDK_API Context {
   virtual void submit_blocking(std::function<void(std::stop_token)> work) = 0;
 
   /// Runs `work(stop_token)` on the blocking pool (file copies, merges, slow queries), then `done` on this
-  /// instance's executor with its result as a Reply (an exception becomes Error{"failed", what()}). `done`
+  /// instance's executor with its result as a Reply (a RequestError keeps its code, any other exception becomes
+  /// Error{"failed", what()}). `done`
   /// never runs after the instance stopped.
   template <class Work, class Done>
   void run_blocking(Work work, Done done) {
@@ -69,6 +70,8 @@ class DESKFARM_SDK_API Context {
         } else {
           result->emplace(w(stop));
         }
+      } catch (const RequestError& e) {
+        result->emplace(Error{e.code(), e.what()});
       } catch (const std::exception& e) {
         result->emplace(Error{"failed", e.what()});
       } catch (...) {

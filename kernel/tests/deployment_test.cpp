@@ -57,6 +57,13 @@ TEST_CASE("a plugin built for another ABI is refused with the versions and the f
   CHECK(e.find("rebuild the plugin against SDK " DESKFARM_SDK_VERSION) != std::string::npos);
 }
 
+TEST_CASE("a plugin built against another Poco is refused, since the data store hands it Poco objects") {
+  Lab lab;
+  const auto e = lab.error_of("[instances.a]\nplugin = \"fixture_wrong_poco\"\n");
+  CHECK(e.find("fixture_wrong_poco.so: the plugin was built against Poco 1.9.4, this kernel uses Poco ") != std::string::npos);
+  CHECK(e.find("rebuild the plugin against the SDK installed with this kernel") != std::string::npos);
+}
+
 TEST_CASE("a library without the entry point is refused as not a plugin") {
   Lab lab;
   const auto e = lab.error_of("[instances.a]\nplugin = \"fixture_no_entry\"\n");

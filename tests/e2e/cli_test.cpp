@@ -73,6 +73,19 @@ TEST_CASE("deskfarm check accepts the shipped manifests") {
   }
 }
 
+TEST_CASE("each plugin README's key table is exactly what describe --markdown prints") {
+  for (auto [plugin, readme] : {std::pair{"pvs", "plugins/pvs/README.md"}, std::pair{"hello", "sdk/examples/hello-plugin/README.md"}}) {
+    const std::string text = read_text(std::filesystem::path(SOURCE_DIR) / readme);
+    const std::string marker = std::string("<!-- generated: deskfarm describe ") + plugin + " --markdown -->\n";
+    const auto at = text.find(marker);
+    INFO(readme);
+    REQUIRE(at != std::string::npos);
+    auto d = run_child({bin, "describe", "--markdown", plugin}, 20s);
+    REQUIRE(d.exit_code == 0);
+    CHECK(text.substr(at + marker.size(), d.out.size()) == d.out);
+  }
+}
+
 TEST_CASE("deskfarm plugins and describe show versions, roles and manifest keys") {
   auto r = run_child({bin, "plugins"}, 20s);
   CHECK(r.exit_code == 0);

@@ -76,6 +76,16 @@ std::string Deployment::metrics_text() {
   for (auto& [state, n] : states) out += "deskfarm_instances{state=\"" + state + "\"} " + std::to_string(n) + "\n";
   if (!runtime_) return out;
   out += runtime_->bus.metrics_text();
+  std::uint64_t skipped = 0;
+  if (auto* v = dynamic_cast<VirtualClock*>(runtime_->clock.get())) skipped = v->skipped_ticks();
+  else if (auto* r = dynamic_cast<RealClock*>(runtime_->clock.get())) skipped = r->skipped_ticks();
+  out += "# HELP deskfarm_kernel_timer_ticks_skipped_total Periodic timer ticks skipped because the previous tick "
+         "had not run yet (a busy or blocked instance).\n# TYPE deskfarm_kernel_timer_ticks_skipped_total counter\n"
+         "deskfarm_kernel_timer_ticks_skipped_total " + std::to_string(skipped) + "\n";
+  out += "# HELP deskfarm_kernel_blocking_jobs Blocking jobs (run_blocking) by state.\n"
+         "# TYPE deskfarm_kernel_blocking_jobs gauge\ndeskfarm_kernel_blocking_jobs{state=\"queued\"} " +
+         std::to_string(runtime_->blocking.queued()) + "\ndeskfarm_kernel_blocking_jobs{state=\"running\"} " +
+         std::to_string(runtime_->blocking.running()) + "\n";
   out += runtime_->metrics.render();
   return out;
 }

@@ -120,7 +120,7 @@ TEST_CASE("instances start in requires order and stop in reverse") {
   CHECK(lab.journal_text() == "start a\nstart b\nstart c\nstop c\nstop b\nstop a\n");
 }
 
-TEST_CASE("a required role orders its provider first; a missing role is an error") {
+TEST_CASE("a required role orders its provider first, and a missing role is an error") {
   Lab lab;
   auto m = lab.manifest(
       "[instances.user]\nplugin = \"fixture_consumer\"\nrequired_key = \"x\"\njournal = \"JOURNAL\"\n"

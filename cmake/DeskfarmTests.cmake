@@ -1,0 +1,16 @@
+# deskfarm_discover_tests(TARGET [TEST_PREFIX p] [PROPERTIES k v ...])
+# The one way a Catch2 test binary is registered with CTest: every TEST_CASE becomes its own CTest test.
+# `-w NoTests` makes a test whose name filter matches nothing fail instead of printing "No tests ran" and
+# passing, so a name Catch cannot round-trip through CTest (one with `;`, or `[...]` read as a tag) is red,
+# not silently skipped. Keep `; [ ] , \` out of TEST_CASE names.
+function(deskfarm_discover_tests target)
+  cmake_parse_arguments(T "" "TEST_PREFIX" "PROPERTIES" ${ARGN})
+  set(extra)
+  if(DEFINED T_TEST_PREFIX)
+    list(APPEND extra TEST_PREFIX "${T_TEST_PREFIX}")
+  endif()
+  if(T_PROPERTIES)
+    list(APPEND extra PROPERTIES ${T_PROPERTIES})
+  endif()
+  catch_discover_tests(${target} EXTRA_ARGS -w NoTests ${extra})
+endfunction()

@@ -2,6 +2,7 @@
 
 #include <catch2/catch.hpp>
 #include <deskfarm/testing/files.hpp>
+#include <deskfarm/testing/peers.hpp>
 #include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
 
@@ -73,6 +74,7 @@ TEST_CASE("deskfarm plugins and describe show versions, roles and manifest keys"
 }
 
 TEST_CASE("a running deployment answers deskfarm status and /metrics, and stops cleanly on SIGTERM") {
+  if (!require_program("curl")) return;
   TempDir dir;
   auto file = manifest(dir, "[instances.greeter]\nplugin = \"hello\"\ngreeting = \"good morning\"\ninterval_s = 1\n");
   ChildProcess run({bin, "run", file.string()}, dir / "run.log");
@@ -140,6 +142,7 @@ TEST_CASE("with clock = virtual, --for runs simulated time as fast as the handle
 TEST_CASE("the pilot deployment serves the bootstrap over TFTP and desktops' vDisks over NBD to real clients",
           "[pilot]") {
   // Runs configs/pilot.toml unchanged (its fixed loopback ports), in a scratch working directory for var/.
+  if (!require_program("curl") || !require_program("nbdinfo")) return;
   TempDir dir;
   const std::string pilot = std::string(SOURCE_DIR) + "/configs/pilot.toml";
   ChildProcess run({"sh", "-c", "cd " + dir.path().string() + " && exec " + bin + " run --admin 127.0.0.1:0 " + pilot},

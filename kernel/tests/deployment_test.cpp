@@ -1,6 +1,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <optional>
 #include <sstream>
 
 #include <catch2/catch.hpp>
@@ -177,5 +178,20 @@ TEST_CASE("with the virtual clock, an instance's timers are simulated and cancel
   CHECK(ticks == 120);
   CHECK(d.virtual_clock()->now() - t0 == 1h);
   CHECK(std::chrono::duration_cast<std::chrono::seconds>(t0.time_since_epoch()).count() == 1767600000);
+  // The clock dies with the deployment, so look right after the instance stopped, while it still runs:
+  // stop() logs "instance a stopped" on this thread before tearing the clock down. Another simulated hour
+  // then must fire nothing.
+  std::optional<std::size_t> fired_after_stop;
+  int ticks_after_stop = -1;
+  lab.log.capture([&](const std::string& line) {
+    lab.lines.push_back(line);
+    if (line.find("instance a stopped") == std::string::npos || !d.virtual_clock()) return;
+    fired_after_stop = d.virtual_clock()->advance(1h);
+    ticks_after_stop = ticks;
+  });
   d.stop();
+  REQUIRE(fired_after_stop.has_value());
+  CHECK(*fired_after_stop == 0);
+  CHECK(ticks_after_stop == 120);
+  CHECK(ticks == 120);
 }

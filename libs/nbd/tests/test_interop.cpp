@@ -155,7 +155,19 @@ TEST_CASE("a qemu-io write lands in that device's write cache and leaves the bas
 TEST_CASE("qemu-io cannot write to the read-only base vDisk") {
   if (!require_program("qemu-io")) return;
   Farm farm;
+  const auto base_sum = sha256_file(farm.dir / "win10.img");
   auto w = run_child({"qemu-io", "-f", "raw", "-c", "write -P 0xcd 0 4k", farm.url("win10")});
   INFO(w.out << w.err);
-  CHECK_THAT(w.out + w.err, !Catch::Contains("wrote 4096/4096"));
+  CHECK(w.exit_code != 0);
+  // The server was reached and said read-only: qemu opens read-write by default and the export's
+  // NBD_FLAG_READ_ONLY makes it refuse with EACCES - not a connection error.
+  CHECK(farm.server->stats().accepted >= 1);
+  CHECK_THAT(w.out + w.err, Catch::Contains("Could not open image: Permission denied"));
+  CHECK_THAT(w.out + w.err, !Catch::Contains("Connection refused") && !Catch::Contains("wrote 4096/4096"));
+  // Opened read-only, the same export reads, and its write is refused by the block layer.
+  auto r = run_child({"qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", "-c", "write -P 0xcd 0 4k", farm.url("win10")});
+  INFO(r.out << r.err);
+  CHECK_THAT(r.out, Catch::Contains("read 4096/4096 bytes"));
+  CHECK_THAT(r.out + r.err, Catch::Contains("Block node is read-only") && !Catch::Contains("wrote 4096/4096"));
+  CHECK(sha256_file(farm.dir / "win10.img") == base_sum);
 }

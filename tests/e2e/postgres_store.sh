@@ -22,14 +22,25 @@ trap cleanup EXIT
 chown "$user" "$work"
 as_user() { if [ "$(id -u)" = 0 ]; then runuser -u "$user" -- "$@"; else "$@"; fi; }
 as_user "$bindir/initdb" -D "$work/data" -A trust -U deskfarm >/dev/null
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-as_user "$bindir/postgres" -D "$work/data" -h 127.0.0.1 -p "$port" -k "$work" >"$work/server.log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do
-  if "$bindir/pg_isready" -h 127.0.0.1 -p "$port" >/dev/null 2>&1; then break; fi
-  sleep 0.1
+# PostgreSQL cannot listen on port 0 and report it, so a free port is picked and released first; another
+# test (ctest -j) may take it in between, so a bind failure picks a new port (at most 5 tries).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=""
+for _ in 1 2 3 4 5; do
+  port=$(free_port)
+  as_user "$bindir/postgres" -D "$work/data" -h 127.0.0.1 -p "$port" -k "$work" >"$work/server.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do
+    if "$bindir/pg_isready" -h 127.0.0.1 -p "$port" >/dev/null 2>&1 || ! kill -0 "$pid" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then break; fi
+  wait "$pid" || true
+  pid=""
+  grep -q "could not bind\|Address already in use" "$work/server.log" || break
+  echo "postgres_store.sh: port $port was taken meanwhile; trying another"
 done
-"$bindir/pg_isready" -h 127.0.0.1 -p "$port" >/dev/null || { cat "$work/server.log"; exit 1; }
+[ -n "$pid" ] && "$bindir/pg_isready" -h 127.0.0.1 -p "$port" >/dev/null || { cat "$work/server.log"; exit 1; }
 # -w NoTests: a renamed test case must fail here, not pass with nothing run.
 DESKFARM_TEST_POSTGRES_URL="postgresql://deskfarm@127.0.0.1:$port/postgres" "$kernel_tests" -w NoTests "[postgres]"
 

@@ -2,7 +2,7 @@
 # The one way a Catch2 test binary is registered with CTest: every TEST_CASE becomes its own CTest test.
 # `-w NoTests` makes a test whose name filter matches nothing fail instead of printing "No tests ran" and
 # passing, so a name Catch cannot round-trip through CTest (one with `;`, or `[...]` read as a tag) is red,
-# not silently skipped. Keep `; [ ] , \` out of TEST_CASE names.
+# not silently skipped. Keep `;` and `[ ]` out of TEST_CASE names (commas are escaped and do run).
 # A test that lacks a peer program outside CI prints DESKFARM-TEST-SKIPPED (tests/support/deskfarm/testing/
 # peers.hpp) and CTest reports it as skipped rather than passed.
 function(deskfarm_discover_tests target)

@@ -16,21 +16,26 @@ using deskfarm::testing::eventually;
 
 namespace {
 struct Fixture {
+  explicit Fixture(std::chrono::milliseconds block_timeout = 200ms) : bus{clock, block_timeout} {}
   Pool pool{2};
   RealClock clock;
-  BusCore bus{clock, 200ms};
+  BusCore bus;
 };
 
 // A subscriber on "q" whose handler holds the first message until released, so its queue fills up.
+// `busy` turns true once the handler holds a message: from then on, every publish lands in the queue.
 struct SlowSubscriber {
   SlowSubscriber(Fixture& f, sdk::SubscribeOptions options) : strand(f.pool, "slow") {
     sub = f.bus.subscribe("q", [this](const sdk::Message& m) {
-      while (!release) std::this_thread::sleep_for(1ms);
+      busy = true;
+      // Bounded: released by the test, or given up after 30 s so a failing test cannot hang the suite.
+      for (int i = 0; i < 30'000 && !release; ++i) std::this_thread::sleep_for(1ms);
       got.push_back(sdk::body_as<sdk::Text>(m)->value);
       ++handled;
     }, options, strand);
   }
   Strand strand;
+  std::atomic<bool> busy{false};
   std::atomic<bool> release{false};
   std::atomic<int> handled{0};
   std::vector<std::string> got;
@@ -90,15 +95,18 @@ TEST_CASE("a request nobody answers times out after its deadline") {
   Strand server(f.pool, "server"), client(f.pool, "client");
   auto s = f.bus.subscribe("silent", [](const sdk::Message&) {}, {}, server);
   std::atomic<bool> done{false};
+  bool got_reply = true;
   std::string error_text;
   const auto t0 = std::chrono::steady_clock::now();
+  // The callback runs on a pool thread: it only records; the main thread asserts (Catch2 is not thread-safe).
   f.bus.request(sdk::make_message("silent", sdk::Text{"?"}), 50ms, [&](const sdk::Message* reply, std::string_view error) {
-    CHECK(reply == nullptr);
+    got_reply = reply != nullptr;
     error_text = error;
     done = true;
   }, client);
   REQUIRE(eventually([&] { return done.load(); }));
   const auto waited = std::chrono::steady_clock::now() - t0;
+  CHECK_FALSE(got_reply);
   CHECK(waited >= 50ms);
   CHECK(waited < 2s);
   CHECK(error_text.find("timeout after 50 ms") != std::string::npos);
@@ -121,12 +129,12 @@ TEST_CASE("a full queue drops the newest messages and counts them under drop_new
   Fixture f;
   SlowSubscriber slow(f, {4, sdk::Overflow::drop_newest});
   publish_q(f, "0");  // taken by the handler, which blocks
-  REQUIRE(eventually([&] { return f.bus.subject_counters()["q"][1] == 1; }));
-  std::this_thread::sleep_for(20ms);
+  REQUIRE(eventually([&] { return slow.busy.load(); }));
   for (int i = 1; i <= 10; ++i) publish_q(f, std::to_string(i));
   slow.release = true;
   REQUIRE(eventually([&] { return slow.handled == 5; }));
-  std::this_thread::sleep_for(20ms);
+  REQUIRE(f.pool.wait_idle(2s));  // nothing else was queued to arrive later
+  CHECK(slow.handled == 5);
   CHECK(slow.got == std::vector<std::string>{"0", "1", "2", "3", "4"});
   CHECK(f.bus.dropped_counters()["q"] == 6);
 }
@@ -135,26 +143,29 @@ TEST_CASE("drop_oldest keeps the newest messages") {
   Fixture f;
   SlowSubscriber slow(f, {3, sdk::Overflow::drop_oldest});
   publish_q(f, "0");
-  std::this_thread::sleep_for(20ms);
+  REQUIRE(eventually([&] { return slow.busy.load(); }));
   for (int i = 1; i <= 10; ++i) publish_q(f, std::to_string(i));
   slow.release = true;
   REQUIRE(eventually([&] { return slow.handled == 4; }));
+  REQUIRE(f.pool.wait_idle(2s));
+  CHECK(slow.handled == 4);
   CHECK(slow.got == std::vector<std::string>{"0", "8", "9", "10"});
 }
 
 TEST_CASE("block makes the publisher wait for room, then drops after the block timeout") {
-  Fixture f;  // block timeout 200 ms
+  // A block timeout of 1 s leaves the release below ample time to make room even on a loaded machine.
+  Fixture f(1s);
   SlowSubscriber slow(f, {2, sdk::Overflow::block});
   publish_q(f, "0");
-  std::this_thread::sleep_for(20ms);
+  REQUIRE(eventually([&] { return slow.busy.load(); }));
   publish_q(f, "1");
   publish_q(f, "2");
   const auto t0 = std::chrono::steady_clock::now();
-  publish_q(f, "3");  // no room: waits 200 ms, then dropped
-  CHECK(std::chrono::steady_clock::now() - t0 >= 190ms);
+  publish_q(f, "3");  // no room: waits 1 s, then dropped
+  CHECK(std::chrono::steady_clock::now() - t0 >= 990ms);
   CHECK(f.bus.dropped_counters()["q"] == 1);
   std::thread unblock([&] {
-    std::this_thread::sleep_for(50ms);
+    std::this_thread::sleep_for(50ms);  // lets the publisher below start waiting first
     slow.release = true;
   });
   publish_q(f, "4");  // room appears within the timeout
@@ -167,14 +178,15 @@ TEST_CASE("block makes the publisher wait for room, then drops after the block t
 TEST_CASE("an ended subscription receives nothing more, not even what was queued") {
   Fixture f;
   Strand a(f.pool, "a");
-  std::atomic<bool> release{false};
+  std::atomic<bool> busy{false}, release{false};
   std::atomic<int> handled{0};
   auto sub = f.bus.subscribe("x", [&](const sdk::Message&) {
-    while (!release) std::this_thread::sleep_for(1ms);
+    busy = true;
+    for (int i = 0; i < 30'000 && !release; ++i) std::this_thread::sleep_for(1ms);  // bounded, as above
     ++handled;
   }, {}, a);
   for (int i = 0; i < 5; ++i) f.bus.publish(sdk::make_message("x", sdk::Text{"m"}));
-  std::this_thread::sleep_for(10ms);
+  REQUIRE(eventually([&] { return busy.load(); }));  // one running, four queued
   f.bus.unsubscribe(sub);
   release = true;
   REQUIRE(f.pool.wait_idle(2s));
@@ -198,7 +210,8 @@ TEST_CASE("a reply to a requester that has stopped is counted late and never rea
     REQUIRE(eventually([&] { std::lock_guard lock(m); return held.size() == 1; }));
     f.bus.forget_requests(*client);  // what InstanceBus::close() does when the instance stops
   }  // the requester's strand is gone
-  std::this_thread::sleep_for(100ms);  // past the deadline: the timeout must not fire either
+  std::this_thread::sleep_for(100ms);  // let the 50 ms deadline pass: the timeout must not fire either
+  REQUIRE(f.pool.wait_idle(2s));
   f.bus.reply(held.front(), sdk::make_message("", sdk::Text{"late"}));
   CHECK(f.bus.late_replies() == 1);
   CHECK(called == 0);

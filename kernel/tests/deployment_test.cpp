@@ -1,6 +1,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -133,7 +134,7 @@ TEST_CASE("instances start in requires order and stop in reverse") {
   CHECK(lab.journal_text() == "start a\nstart b\nstart c\nstop c\nstop b\nstop a\n");
 }
 
-TEST_CASE("a required role orders its provider first; a missing role is an error") {
+TEST_CASE("a required role orders its provider first, and a missing role is an error") {
   Lab lab;
   auto m = lab.manifest(
       "[instances.user]\nplugin = \"fixture_consumer\"\nrequired_key = \"x\"\njournal = \"JOURNAL\"\n"
@@ -190,7 +191,22 @@ TEST_CASE("with the virtual clock, an instance's timers are simulated and cancel
   CHECK(ticks == 120);
   CHECK(d.virtual_clock()->now() - t0 == 1h);
   CHECK(std::chrono::duration_cast<std::chrono::seconds>(t0.time_since_epoch()).count() == 1767600000);
+  // The clock dies with the deployment, so look right after the instance stopped, while it still runs:
+  // stop() logs "instance a stopped" on this thread before tearing the clock down. Another simulated hour
+  // then must fire nothing.
+  std::optional<std::size_t> fired_after_stop;
+  int ticks_after_stop = -1;
+  lab.log.capture([&](const std::string& line) {
+    lab.lines.push_back(line);
+    if (line.find("instance a stopped") == std::string::npos || !d.virtual_clock()) return;
+    fired_after_stop = d.virtual_clock()->advance(1h);
+    ticks_after_stop = ticks;
+  });
   d.stop();
+  REQUIRE(fired_after_stop.has_value());
+  CHECK(*fired_after_stop == 0);
+  CHECK(ticks_after_stop == 120);
+  CHECK(ticks == 120);
 }
 
 // Lifetime: a plugin call that outlives the kernel's wait must find everything it touches still alive.

@@ -150,7 +150,7 @@ TEST_CASE("an include cycle is reported as a path") {
   }
 }
 
-TEST_CASE("a fragment may not carry [deployment]; an overlay needs a target") {
+TEST_CASE("a fragment may not carry a deployment table, and an overlay needs a target") {
   TempDir dir;
   dir.write("frag.toml", "[deployment]\nname = \"y\"\n");
   dir.write("main.toml", "include = [\"frag.toml\"]\n[deployment]\nname = \"x\"\n[overlays.ghost]\nk = 1\n");

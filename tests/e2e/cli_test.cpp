@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 #include <deskfarm/sdk/version.hpp>
 #include <deskfarm/testing/files.hpp>
+#include <deskfarm/testing/peers.hpp>
 #include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
 
@@ -104,6 +105,7 @@ TEST_CASE("deskfarm plugins and describe show versions, roles and manifest keys"
 }
 
 TEST_CASE("a running deployment answers deskfarm status and /metrics, and stops cleanly on SIGTERM") {
+  if (!require_program("curl")) return;
   TempDir dir;
   auto file = manifest(dir, "[instances.greeter]\nplugin = \"hello\"\ngreeting = \"good morning\"\ninterval_s = 1\n");
   ChildProcess run({bin, "run", file.string()}, dir / "run.log");
@@ -180,19 +182,34 @@ TEST_CASE("with clock = virtual, --for runs simulated time as fast as the handle
 
 TEST_CASE("the pilot deployment serves the bootstrap over TFTP and desktops' vDisks over NBD to real clients",
           "[pilot]") {
-  // Runs configs/pilot.toml unchanged (its fixed loopback ports), in a scratch working directory for var/.
+  // Runs configs/pilot.toml with every port picked by the servers themselves (DESKFARM_TFTP_PORT=0 and
+  // DESKFARM_NBD_PORT=0 fill in its ${...:-default} ports, --admin takes port 0), so the test never competes
+  // with scripts/pilot.sh or a parallel test for the pilot's fixed ports; `deskfarm status` reports the
+  // ports chosen. A scratch working directory holds var/.
+  if (!require_program("curl") || !require_program("nbdinfo")) return;
   TempDir dir;
   const std::string pilot = std::string(SOURCE_DIR) + "/configs/pilot.toml";
-  ChildProcess run({"sh", "-c", "cd " + dir.path().string() + " && exec " + bin + " run --admin 127.0.0.1:0 " + pilot},
+  const std::string in_dir = "cd " + dir.path().string() + " && ";
+  ChildProcess run({"sh", "-c", in_dir + "DESKFARM_TFTP_PORT=0 DESKFARM_NBD_PORT=0 exec " + bin + " run --admin 127.0.0.1:0 " + pilot},
                    dir / "run.log");
   REQUIRE(eventually([&] { return read_text(dir / "run.log").find("deployment pilot running") != std::string::npos; }, 30s));
   // pvs loads its catalog from the data store after start, off its executor; devices wait for that.
-  REQUIRE(eventually([&] { return read_text(dir / "run.log").find("pvs: catalog loaded") != std::string::npos; }, 30s));
-  auto boot = run_child({"curl", "-sf", "tftp://127.0.0.1:6969/ARDBP32.BIN"}, 20s);
+  REQUIRE(eventually([&] { return read_text(dir / "run.log").find("catalog loaded") != std::string::npos; }, 30s));
+  const auto status = run_child({"sh", "-c", in_dir + "exec " + bin + " status " + pilot}, 20s);
+  INFO(status.out << status.err);
+  REQUIRE(status.exit_code == 0);
+  const auto port_of = [&](const std::string& key) {
+    const auto at = status.out.find("\"" + key + "\": ");
+    return at == std::string::npos ? 0 : std::stoi(status.out.substr(at + key.size() + 4));
+  };
+  const int tftp_port = port_of("tftp_port"), nbd_port = port_of("stream_port");
+  REQUIRE(tftp_port > 0);
+  REQUIRE(nbd_port > 0);
+  auto boot = run_child({"curl", "-sf", "tftp://127.0.0.1:" + std::to_string(tftp_port) + "/ARDBP32.BIN"}, 20s);
   CHECK(boot.exit_code == 0);
   CHECK(boot.out.starts_with("DESKFARM-BOOTSTRAP 1\n"));
-  CHECK(boot.out.find("login_server = 127.0.0.1:10809\n") != std::string::npos);
-  auto list = run_child({"nbdinfo", "--list", "nbd://127.0.0.1:10809"}, 20s);
+  CHECK(boot.out.find("login_server = 127.0.0.1:" + std::to_string(nbd_port) + "\n") != std::string::npos);
+  auto list = run_child({"nbdinfo", "--list", "nbd://127.0.0.1:" + std::to_string(nbd_port)}, 20s);
   CHECK(list.exit_code == 0);
   CHECK(list.out.find("export=\"52:54:00:00:01:01\"") != std::string::npos);
   CHECK(list.out.find("export-size: 67108864") != std::string::npos);

@@ -93,7 +93,10 @@ TEST_CASE("a write cache overflows from RAM to a sparse file in the cache dir an
     CHECK(cache.usage().disk_bytes == 13 * 4096);  // 21 blocks touched by an unaligned 20-block write
     overflow = cache.overflow_path();
     CHECK(overflow.parent_path() == dir / "cache");
-    CHECK(std::filesystem::exists(overflow));
+    REQUIRE(std::filesystem::exists(overflow));
+    // Sparse: only the 13 overflowed blocks take room, not the 1 MiB address space the file mirrors.
+    CHECK(allocated_bytes(overflow) < std::filesystem::file_size(overflow));
+    CHECK(allocated_bytes(overflow) <= 64 * 4096);
     CHECK(read_all(cache, 100, data.size()) == data);
     const auto orig = pattern(1 << 20, 4);
     CHECK(read_all(cache, 0, 100) == std::vector<std::byte>(orig.begin(), orig.begin() + 100));
@@ -194,8 +197,10 @@ TEST_CASE("a version chain reads base, then v1, then v2 overrides in that order"
   CHECK(read_all(v1, 65536 * 2 + 150, 10) == filled(10, 0x12));
   std::vector<std::byte> one(1);
   CHECK(chain.write(0, one) == EPERM);
-  // The version file is sparse: it holds the header, the bitmap and written blocks only.
+  // The version file is sparse: it spans the whole address space but only the header, the bitmap and the
+  // two written 64 KiB blocks take room on disk.
   CHECK(std::filesystem::file_size(dir / "disk.1.dfv") >= size);
+  CHECK(allocated_bytes(dir / "disk.1.dfv") < size / 2);
 }
 
 TEST_CASE("a version made on a different base is refused, naming the file and both digests") {

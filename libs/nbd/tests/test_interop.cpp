@@ -5,6 +5,7 @@
 #include "deskfarm/nbd/version_chain.hpp"
 #include "deskfarm/nbd/write_cache.hpp"
 #include "support.hpp"
+#include <deskfarm/testing/peers.hpp>
 
 using namespace deskfarm::nbd;
 using namespace deskfarm::nbd::test;
@@ -56,20 +57,10 @@ struct Farm {
   }
 };
 
-bool tools_present(std::initializer_list<const char*> names) {
-  for (const char* n : names) {
-    if (!have_program(n)) {
-      WARN(std::string(n) + " is not installed (scripts/setup.sh installs it); interop check skipped");
-      return false;
-    }
-  }
-  return true;
-}
-
 }  // namespace
 
 TEST_CASE("nbdinfo --list shows every export with its description") {
-  if (!tools_present({"nbdinfo"})) return;
+  if (!require_program("nbdinfo")) return;
   Farm farm;
   auto r = run_child({"nbdinfo", "--list", "nbd://127.0.0.1:" + std::to_string(farm.server->bound_port())});
   INFO(r.out << r.err);
@@ -78,7 +69,7 @@ TEST_CASE("nbdinfo --list shows every export with its description") {
 }
 
 TEST_CASE("nbdinfo --json reports the export's size and read-only flag") {
-  if (!tools_present({"nbdinfo"})) return;
+  if (!require_program("nbdinfo")) return;
   Farm farm;
   auto ro = run_child({"nbdinfo", "--json", farm.url("win10")});
   INFO(ro.out << ro.err);
@@ -96,7 +87,7 @@ TEST_CASE("nbdinfo --json reports the export's size and read-only flag") {
 }
 
 TEST_CASE("nbdcopy copies the vDisk byte-for-byte (SHA-256 equal to the source file)") {
-  if (!tools_present({"nbdcopy"})) return;
+  if (!require_program("nbdcopy")) return;
   Farm farm;
   auto r = run_child({"nbdcopy", farm.url("win10"), (farm.dir / "out.img").string()});
   INFO(r.out << r.err);
@@ -106,7 +97,7 @@ TEST_CASE("nbdcopy copies the vDisk byte-for-byte (SHA-256 equal to the source f
 }
 
 TEST_CASE("nbdcopy of a version chain export sees version 1's blocks over the base") {
-  if (!tools_present({"nbdcopy"})) return;
+  if (!require_program("nbdcopy")) return;
   Farm farm;
   auto r = run_child({"nbdcopy", farm.url("win10.1"), (farm.dir / "v1.img").string()});
   INFO(r.out << r.err);
@@ -117,7 +108,7 @@ TEST_CASE("nbdcopy of a version chain export sees version 1's blocks over the ba
 }
 
 TEST_CASE("qemu-img info reports the virtual size and qemu-img convert copies the vDisk exactly") {
-  if (!tools_present({"qemu-img"})) return;
+  if (!require_program("qemu-img")) return;
   Farm farm;
   auto info = run_child({"qemu-img", "info", farm.url("win10")});
   INFO(info.out << info.err);
@@ -130,7 +121,7 @@ TEST_CASE("qemu-img info reports the virtual size and qemu-img convert copies th
 }
 
 TEST_CASE("a qemu-io write lands in that device's write cache and leaves the base image unchanged") {
-  if (!tools_present({"qemu-io"})) return;
+  if (!require_program("qemu-io")) return;
   Farm farm;
   const auto base_sum = sha256_file(farm.dir / "win10.img");
   auto w = run_child({"qemu-io", "-f", "raw", "-c", "write -P 0xab 0 1M", farm.url("pc-a")});
@@ -162,9 +153,21 @@ TEST_CASE("a qemu-io write lands in that device's write cache and leaves the bas
 }
 
 TEST_CASE("qemu-io cannot write to the read-only base vDisk") {
-  if (!tools_present({"qemu-io"})) return;
+  if (!require_program("qemu-io")) return;
   Farm farm;
+  const auto base_sum = sha256_file(farm.dir / "win10.img");
   auto w = run_child({"qemu-io", "-f", "raw", "-c", "write -P 0xcd 0 4k", farm.url("win10")});
   INFO(w.out << w.err);
-  CHECK_THAT(w.out + w.err, !Catch::Contains("wrote 4096/4096"));
+  CHECK(w.exit_code != 0);
+  // The server was reached and said read-only: qemu opens read-write by default and the export's
+  // NBD_FLAG_READ_ONLY makes it refuse with EACCES - not a connection error.
+  CHECK(farm.server->stats().accepted >= 1);
+  CHECK_THAT(w.out + w.err, Catch::Contains("Could not open image: Permission denied"));
+  CHECK_THAT(w.out + w.err, !Catch::Contains("Connection refused") && !Catch::Contains("wrote 4096/4096"));
+  // Opened read-only, the same export reads, and its write is refused by the block layer.
+  auto r = run_child({"qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", "-c", "write -P 0xcd 0 4k", farm.url("win10")});
+  INFO(r.out << r.err);
+  CHECK_THAT(r.out, Catch::Contains("read 4096/4096 bytes"));
+  CHECK_THAT(r.out + r.err, Catch::Contains("Block node is read-only") && !Catch::Contains("wrote 4096/4096"));
+  CHECK(sha256_file(farm.dir / "win10.img") == base_sum);
 }

@@ -1,10 +1,12 @@
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <cerrno>
 #include <mutex>
 #include <thread>
 
 #include "deskfarm/nbd/client.hpp"
+#include "deskfarm/nbd/export.hpp"
 #include "deskfarm/nbd/protocol.hpp"
 #include "deskfarm/nbd/server.hpp"
 #include "support.hpp"
@@ -55,6 +57,30 @@ struct TestServer {
   void wait_idle() {
     eventually([this] { return server.stats().active == 0; }, std::chrono::seconds(5));
   }
+};
+
+/// A RAM disk that counts writes and flushes and remembers how many writes the last flush covered, so a
+/// test sees whether a reply came after the data was flushed; `flush_error` makes flushes fail.
+class FlushRecorder final : public Export {
+ public:
+  explicit FlushRecorder(std::uint64_t size) : ram_(size, false) {}
+  std::uint64_t size() const override { return ram_.size(); }
+  bool read_only() const override { return false; }
+  int read(std::uint64_t off, std::span<std::byte> out) override { return ram_.read(off, out); }
+  int write(std::uint64_t off, std::span<const std::byte> in) override {
+    const int err = ram_.write(off, in);
+    if (err == 0) ++writes;
+    return err;
+  }
+  int flush() override {
+    flushed_writes = writes.load();
+    ++flushes;
+    return flush_error.load();
+  }
+  std::atomic<int> writes{0}, flushes{0}, flushed_writes{0}, flush_error{0};
+
+ private:
+  MemoryExport ram_;
 };
 
 struct OptReply {
@@ -111,6 +137,14 @@ std::uint16_t go(RawSocket& s, std::string_view name) {
 void request(RawSocket& s, std::uint16_t type, std::uint64_t cookie, std::uint64_t off, std::uint32_t len,
              std::uint16_t flags = 0) {
   s.send(Msg{}.u32(p::kRequestMagic).u16(flags).u16(type).u64(cookie).u64(off).u32(len).bytes);
+}
+
+void write_request(RawSocket& s, std::uint64_t cookie, std::uint64_t off, const std::vector<std::byte>& data,
+                   std::uint16_t flags) {
+  Msg m;
+  m.u32(p::kRequestMagic).u16(flags).u16(p::kCmdWrite).u64(cookie).u64(off).u32(data.size());
+  m.bytes.insert(m.bytes.end(), data.begin(), data.end());
+  s.send(m.bytes);
 }
 
 std::uint32_t simple_reply(RawSocket& s, std::uint64_t cookie) {
@@ -303,7 +337,7 @@ TEST_CASE("WRITE to a read-only export fails with EPERM and its payload is consu
   CHECK(s.closed_by_peer());
 }
 
-TEST_CASE("WRITE, WRITE_ZEROES and FUA on a writable export land in it") {
+TEST_CASE("WRITE and WRITE_ZEROES on a writable export land in it") {
   TestServer ts;
   Client c("127.0.0.1", ts.port(), "rw");
   CHECK((c.flags() & p::kTxSendWriteZeroes) != 0);
@@ -321,6 +355,38 @@ TEST_CASE("WRITE, WRITE_ZEROES and FUA on a writable export land in it") {
   CHECK(z == std::vector<std::byte>(500));
   CHECK(c.write(kSize - 1, std::vector<std::byte>(2)) == p::kEinval);
   c.disconnect();
+}
+
+TEST_CASE("a WRITE with FUA is acknowledged only after the export is flushed, and a failed flush fails it") {
+  auto disk = std::make_shared<FlushRecorder>(kSize);
+  Server server({}, [disk](std::string_view, std::string_view) -> Resolution { return {disk, {}}; });
+  server.start();
+  RawSocket s(server.bound_port());
+  greet(s);
+  CHECK((go(s, "disk") & p::kTxSendFua) != 0);  // advertised, so clients may send it
+  const auto data = pattern(8192, 6);
+  write_request(s, 1, 0, data, 0);
+  REQUIRE(simple_reply(s, 1) == 0);
+  CHECK(disk->flushes == 0);  // a plain WRITE is acknowledged without a flush
+  write_request(s, 2, 65536, data, p::kCmdFlagFua);
+  REQUIRE(simple_reply(s, 2) == 0);
+  // By the time the reply arrived, a flush covering both writes had run (NBD spec: FUA means the data is on
+  // permanent storage before the reply is sent).
+  CHECK(disk->flushes == 1);
+  CHECK(disk->flushed_writes == 2);
+  request(s, p::kCmdWriteZeroes, 3, 4096, 4096, p::kCmdFlagFua);
+  REQUIRE(simple_reply(s, 3) == 0);
+  CHECK(disk->flushes == 2);
+  // The reply carries the flush's outcome: a write that could not be made durable is not acknowledged as done.
+  disk->flush_error = EIO;
+  write_request(s, 4, 131072, data, p::kCmdFlagFua);
+  CHECK(simple_reply(s, 4) == p::kEio);
+  write_request(s, 5, 196608, data, 0);
+  CHECK(simple_reply(s, 5) == 0);  // without FUA the failing flush is not called
+  CHECK(disk->flushes == 3);
+  std::vector<std::byte> back(data.size());
+  REQUIRE(disk->read(65536, back) == 0);
+  CHECK(back == data);
 }
 
 TEST_CASE("a WRITE larger than the maximum payload closes the connection") {
@@ -431,7 +497,20 @@ TEST_CASE("stop() returns with clients still connected and mid-handshake") {
 }
 
 TEST_CASE("a resolver that throws refuses that client only") {
-  Server server({}, [](std::string_view, std::string_view) -> Resolution { throw std::runtime_error("db down"); });
+  auto disk = std::make_shared<MemoryExport>(pattern(kSize, 8), true);
+  Server server({}, [disk](std::string_view name, std::string_view) -> Resolution {
+    if (name == "x") throw std::runtime_error("db down");
+    return {disk, {}};
+  });
   server.start();
+  Client before("127.0.0.1", server.bound_port(), "ok");  // connected before the failure
   CHECK_THROWS_WITH(Client("127.0.0.1", server.bound_port(), "x"), Catch::Contains("db down"));
+  // The other client is still served, and the server still takes new clients.
+  std::vector<std::byte> buf(4096);
+  REQUIRE(before.read(8192, buf) == 0);
+  const auto orig = pattern(kSize, 8);
+  CHECK(std::equal(buf.begin(), buf.end(), orig.begin() + 8192));
+  Client after("127.0.0.1", server.bound_port(), "ok");
+  REQUIRE(after.read(0, buf) == 0);
+  CHECK(std::equal(buf.begin(), buf.end(), orig.begin()));
 }

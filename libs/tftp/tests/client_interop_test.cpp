@@ -3,6 +3,7 @@
 
 #include "deskfarm/tftp/server.hpp"
 #include "test_support.hpp"
+#include <deskfarm/testing/peers.hpp>
 
 using namespace deskfarm::tftp;
 using namespace tftp_test;
@@ -39,13 +40,6 @@ void check_download(ChildProcess& child, const fs::path& got, const fs::path& ex
   CHECK(read_text(got) == read_text(expected));
 }
 
-/// True when `program` exists; otherwise warns that the test is skipped.
-bool installed(const fs::path& program, std::string_view what = {}) {
-  if (fs::exists(program)) return true;
-  WARN(program.string() << (what.empty() ? "" : " (" + std::string(what) + ")") << " is not installed - skipped");
-  return false;
-}
-
 /// Fetches each of the served files of 0 B, 512 B and 1 MiB with the client `argv(file, out)` and checks
 /// every copy; output goes to <tag>-<file>, the client's messages to <tag>.log.
 template <typename Argv>
@@ -62,39 +56,39 @@ void fetch_each(const Served& served, const std::string& tag, Argv argv) {
 }  // namespace
 
 TEST_CASE("tftp-hpa fetches files of 0 B, 512 B and 1 MiB intact in binary mode") {
-  if (!installed("/usr/bin/tftp", "tftp-hpa")) return;
+  if (!require_program("tftp")) return;  // tftp-hpa
   Served served;
   fetch_each(served, "hpa", [&](const std::string& file, const std::string& out) -> std::vector<std::string> {
-    return {"/usr/bin/tftp", "-m", "binary", "127.0.0.1", served.port, "-c", "get", file, out};
+    return {"tftp", "-m", "binary", "127.0.0.1", served.port, "-c", "get", file, out};
   });
 }
 
 TEST_CASE("curl with --tftp-blksize 1468 fetches files of 0 B, 512 B and 1 MiB intact") {
-  if (!installed("/usr/bin/curl")) return;
+  if (!require_program("curl")) return;
   Served served;
   fetch_each(served, "curl", [&](const std::string& file, const std::string& out) -> std::vector<std::string> {
-    return {"/usr/bin/curl", "-sS", "--max-time", "30", "--tftp-blksize", "1468", "tftp://127.0.0.1:" + served.port + "/" + file,
+    return {"curl", "-sS", "--max-time", "30", "--tftp-blksize", "1468", "tftp://127.0.0.1:" + served.port + "/" + file,
             "-o", out};
   });
 }
 
 TEST_CASE("atftp with blksize 1468, tsize and windowsize 16 fetches files of 0 B, 512 B and 1 MiB intact") {
-  if (!installed("/usr/bin/atftp")) return;
+  if (!require_program("atftp")) return;
   Served served;
   fetch_each(served, "atftp", [&](const std::string& file, const std::string& out) -> std::vector<std::string> {
-    return {"/usr/bin/atftp", "--option", "blksize 1468", "--option", "tsize 0", "--option", "windowsize 16",
+    return {"atftp", "--option", "blksize 1468", "--option", "tsize 0", "--option", "windowsize 16",
             "-g", "-r", file, "-l", out, "127.0.0.1", served.port};
   });
 }
 
 TEST_CASE("atftp fetches a file of more than 65,535 blocks of 512 B intact (block number rollover)") {
-  if (!installed("/usr/bin/atftp")) return;
+  if (!require_program("atftp")) return;
   Served served;
   // 33 MiB at 512 B = 67,584 blocks + the final empty one: past the 16-bit wrap.
   write_file(served.root / "big.bin", pattern(33u << 20, 5));
   const auto out = served.dir.path() / "atftp-big.bin";
   const auto log = served.dir.path() / "atftp-big.log";
-  ChildProcess child({"/usr/bin/atftp", "--option", "blksize 512", "--option", "windowsize 16", "-g", "-r", "big.bin", "-l",
+  ChildProcess child({"atftp", "--option", "blksize 512", "--option", "windowsize 16", "-g", "-r", "big.bin", "-l",
                       out.string(), "127.0.0.1", served.port},
                      log);
   check_download(child, out, served.root / "big.bin", log, 120'000ms);

@@ -478,10 +478,18 @@ TEST_CASE("stop() ends active transfers and may be called twice") {
   fixture.put("f", pattern(10'000));
   RawSocket socket;
   socket.send(fixture.port, rrq("f"));
-  REQUIRE(as<Data>(socket.receive_packet(2000ms)) != nullptr);
+  const auto first = socket.receive_packet(2000ms);
+  REQUIRE(as<Data>(first) != nullptr);
+  const auto transfer_port = first->second;
   fixture.server->stop();
   fixture.server->stop();
   CHECK(fixture.server->stats().rrq == 1);
+  // The transfer really ended: the ACK of block 1, which a live transfer answers with DATA 2 at once, gets
+  // nothing (not even a resend of DATA 1 after the 1 s timeout), and the listening port takes no new request.
+  socket.send(transfer_port, ack(1));
+  CHECK_FALSE(socket.receive_packet(2500ms).has_value());
+  socket.send(fixture.port, rrq("f"));
+  CHECK_FALSE(socket.receive_packet(1500ms).has_value());
 }
 
 TEST_CASE("one event thread serves 1,000 concurrent transfers") {

@@ -3,6 +3,7 @@
 #include <Poco/JSON/Parser.h>
 
 #include <deskfarm/bootstrap/bootstrap.hpp>
+#include <deskfarm/testing/peers.hpp>
 #include <deskfarm/testing/process.hpp>
 
 #include "pvs_lab.hpp"
@@ -11,11 +12,7 @@ using namespace pvs_test;
 using namespace std::chrono_literals;
 
 namespace {
-bool need(const std::string& program) {
-  if (dt::have_program(program)) return true;
-  WARN(program + " is not installed; skipped");
-  return false;
-}
+using dt::require_program;
 std::string all(const dt::ChildResult& r) { return r.out + r.err; }
 std::string nbd_url(Lab& lab, const std::string& mac) {
   return "nbd://127.0.0.1:" + std::to_string(lab.stream_port()) + "/" + mac;
@@ -23,7 +20,7 @@ std::string nbd_url(Lab& lab, const std::string& mac) {
 }  // namespace
 
 TEST_CASE("curl fetches the bootstrap over TFTP and it parses with this server's address") {
-  if (!need("curl")) return;
+  if (!require_program("curl")) return;
   Lab lab;
   lab.start();
   const auto out = lab.dir / "boot.bin";
@@ -36,7 +33,7 @@ TEST_CASE("curl fetches the bootstrap over TFTP and it parses with this server's
 }
 
 TEST_CASE("tftp-hpa fetches the bootstrap, and a missing file is a TFTP error") {
-  if (!need("tftp")) return;
+  if (!require_program("tftp")) return;
   Lab lab;
   lab.start();
   const auto out = lab.dir / "boot.bin";
@@ -50,7 +47,7 @@ TEST_CASE("tftp-hpa fetches the bootstrap, and a missing file is a TFTP error") 
 }
 
 TEST_CASE("nbdinfo lists device exports and shows a device's size") {
-  if (!need("nbdinfo")) return;
+  if (!require_program("nbdinfo")) return;
   Lab lab;
   lab.start();
   const auto list = dt::run_child({"nbdinfo", "--list", "nbd://127.0.0.1:" + std::to_string(lab.stream_port())}, 30s);
@@ -72,12 +69,12 @@ TEST_CASE("nbdcopy and qemu-img convert of a device export equal the base") {
   Lab lab;
   lab.start();
   const auto sha = dt::sha256_file(lab.base());
-  if (need("nbdcopy")) {
+  if (require_program("nbdcopy")) {
     const auto out = lab.dir / "copy.img";
     REQUIRE(dt::run_child({"nbdcopy", nbd_url(lab, mac_a), out.string()}, 60s).exit_code == 0);
     CHECK(dt::sha256_file(out) == sha);
   }
-  if (need("qemu-img")) {
+  if (require_program("qemu-img")) {
     const auto info = dt::run_child({"qemu-img", "info", "--output=json", nbd_url(lab, mac_b)}, 60s);
     REQUIRE(info.exit_code == 0);
     CHECK(all(info).find("\"virtual-size\": " + std::to_string(base_size)) != std::string::npos);
@@ -89,7 +86,7 @@ TEST_CASE("nbdcopy and qemu-img convert of a device export equal the base") {
 }
 
 TEST_CASE("qemu-io writes land only in that device's write cache") {
-  if (!need("qemu-io")) return;
+  if (!require_program("qemu-io")) return;
   Lab lab;
   lab.start();
   const auto sha = dt::sha256_file(lab.base());
@@ -112,7 +109,7 @@ TEST_CASE("qemu-io writes land only in that device's write cache") {
 }
 
 TEST_CASE("qemu-io hits ENOSPC when the write cache is full and the base stays as it was") {
-  if (!need("qemu-io")) return;
+  if (!require_program("qemu-io")) return;
   Lab lab;
   lab.start("write_cache_ram_mb = 1\nwrite_cache_disk_mb = 1\n");
   const auto sha = dt::sha256_file(lab.base());

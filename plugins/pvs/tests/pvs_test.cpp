@@ -243,19 +243,35 @@ TEST_CASE("devices are assigned over the bus and boot and disconnect events are 
 
 TEST_CASE("two pvs servers share one store, and a device whose server dies reads the same bytes from the other") {
   Lab lab;
-  const auto p1 = free_port(), p2 = free_port();
-  const std::string servers = "login_servers = [\"127.0.0.1:" + std::to_string(p1) + "\", \"127.0.0.1:" +
-                              std::to_string(p2) + "\"]\nstore = \"" + lab.store().string() + "\"\n";
-  std::string two = Lab::pvs_instance("pvs-1", servers);
-  two += Lab::pvs_instance("pvs-2", servers);
-  auto put_port = [&](std::uint16_t port, std::size_t nth) {
-    std::size_t at = 0;
-    for (std::size_t i = 0; i <= nth; ++i) at = two.find("stream = \"127.0.0.1:0\"", at + 1);
-    two.replace(at, 22, "stream = \"127.0.0.1:" + std::to_string(port) + "\"");
-  };
-  put_port(p1, 0);
-  put_port(p2, 0);
-  lab.start_instances(two);
+  // Each bootstrap names both stream ports before either server starts, so the ports are picked here (bound
+  // to 0 and released). Another test may take one in between (ctest -j): a bind failure picks new ones.
+  std::uint16_t p1 = 0, p2 = 0;
+  for (int attempt = 1;; ++attempt) {
+    p1 = free_port();
+    p2 = free_port();
+    if (p1 == p2) {
+      if (attempt == 5) FAIL("five tries gave the same free port twice");
+      continue;
+    }
+    const std::string servers = "login_servers = [\"127.0.0.1:" + std::to_string(p1) + "\", \"127.0.0.1:" +
+                                std::to_string(p2) + "\"]\nstore = \"" + lab.store().string() + "\"\n";
+    std::string two = Lab::pvs_instance("pvs-1", servers);
+    two += Lab::pvs_instance("pvs-2", servers);
+    auto put_port = [&](std::uint16_t port, std::size_t nth) {
+      std::size_t at = 0;
+      for (std::size_t i = 0; i <= nth; ++i) at = two.find("stream = \"127.0.0.1:0\"", at + 1);
+      two.replace(at, 22, "stream = \"127.0.0.1:" + std::to_string(port) + "\"");
+    };
+    put_port(p1, 0);
+    put_port(p2, 0);
+    try {
+      lab.start_instances(two);
+      break;
+    } catch (const std::exception& e) {
+      lab.d.reset();
+      if (attempt == 5 || std::string_view(e.what()).find("Address already in use") == std::string_view::npos) throw;
+    }
+  }
   const auto b = fetch_bootstrap(lab.tftp_port("pvs-2"));
   REQUIRE(b.login_servers.size() == 2);
   CHECK(b.login_servers[0].port == p1);

@@ -1,4 +1,6 @@
 #pragma once
+#include <sys/stat.h>
+
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -64,6 +66,13 @@ inline std::vector<std::byte> read_file(const std::filesystem::path& path) {
   std::vector<std::byte> out(text.size());
   if (!text.empty()) std::memcpy(out.data(), text.data(), text.size());
   return out;
+}
+
+/// Bytes the file really occupies on disk (st_blocks), which for a sparse file is less than its size.
+inline std::uint64_t allocated_bytes(const std::filesystem::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw std::runtime_error("cannot stat " + path.string());
+  return static_cast<std::uint64_t>(st.st_blocks) * 512;  // st_blocks counts 512-byte units on Linux
 }
 
 inline std::string sha256_bytes(std::span<const std::byte> bytes) {

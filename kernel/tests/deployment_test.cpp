@@ -233,7 +233,7 @@ TEST_CASE("a status() that outlives its 2 s wait reports unknown health, and its
   CHECK(lab.journal_text() == "start slow\nstarted slow\nstop slow\nstopped slow\ndestroy slow\n");
 }
 
-TEST_CASE("run_on gives up after its timeout; the task still runs later with everything it captured") {
+TEST_CASE("run_on gives up after its timeout, and the task still runs later with everything it captured") {
   Lab lab;
   Deployment d(lab.manifest(blocking("a", "")), lab.catalog, lab.log);
   d.start();

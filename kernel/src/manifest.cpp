@@ -294,6 +294,9 @@ void read_deployment(const toml::table& d, Manifest& m, const EnvLookup& env, Di
       const auto& v = dt->get();
       if (!v.offset) {
         diags.add(location_of(*n), "clock_start needs a time zone offset", "write e.g. 2026-01-05T08:00:00Z");
+      } else if (v.date.year < 1970 || v.date.year > 2200) {
+        // Deployment time counts nanoseconds in 64 bits: about 1678..2262; keep well inside it.
+        diags.add(location_of(*n), "clock_start year " + std::to_string(v.date.year) + " is outside 1970..2200");
       } else {
         std::tm tm{};
         tm.tm_year = v.date.year - 1900;

@@ -163,3 +163,9 @@ TEST_CASE("a fragment may not carry a deployment table, and an overlay needs a t
     CHECK(w.find("main.toml:4:11: overlay for unknown instance 'ghost'") != std::string::npos);
   }
 }
+
+TEST_CASE("a clock_start far in the future is refused, not overflowed") {
+  const auto text = "[deployment]\nname = \"x\"\nclock = \"virtual\"\nclock_start = 9999-01-01T00:00:00Z\n";
+  CHECK_THROWS_WITH(load_manifest_text(text, "far.toml", [](const std::string&) { return std::nullopt; }),
+                    Catch::Contains("far.toml:4:15: clock_start year 9999 is outside 1970..2200"));
+}

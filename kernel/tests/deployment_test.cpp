@@ -259,3 +259,12 @@ TEST_CASE("a start() that outlives start_timeout is waited for before its plugin
   // Timed out, then finished: treated as a failed start, so destroyed without stop().
   CHECK(lab.journal_text() == "start late\nstarted late\ndestroy late\n");
 }
+
+TEST_CASE("a start() that throws gets no stop() but is destroyed; the instances started before it are stopped") {
+  Lab lab;
+  const auto e = lab.error_of(blocking("first", "") + blocking("boom", "", "fail_start = true\nrequires = [\"first\"]\n") +
+                              blocking("never", "", "requires = [\"boom\"]\n"));
+  CHECK(e == "instance boom (plugin fixture_blocking) failed to start: refused to start (fail_start)");
+  CHECK(lab.journal_text() ==
+        "start first\nstarted first\nstart boom\nstop first\nstopped first\ndestroy never\ndestroy boom\ndestroy first\n");
+}

@@ -17,7 +17,7 @@ class LogSink {
   void set_clock(const sdk::Clock* clock) { clock_ = clock; }
   void capture(std::function<void(const std::string&)> to) { capture_ = std::move(to); }
   bool enabled(sdk::LogLevel level) const { return level >= threshold_; }
-  /// Writes "TIME LEVEL subject: message".
+  /// Writes "TIME LEVEL subject: message" as one line: control characters are escaped (see append_escaped).
   void write(sdk::LogLevel level, std::string_view subject, std::string_view message);
 
  private:
@@ -26,6 +26,9 @@ class LogSink {
   std::function<void(const std::string&)> capture_;
   std::mutex mutex_;
 };
+
+/// Appends `text` with \n, \r, \t and every other byte below 0x20 or 0x7f escaped (\xNN for the rest).
+void append_escaped(std::string& line, std::string_view text);
 
 /// Parses "debug", "info", "warning", "error".
 std::optional<sdk::LogLevel> parse_log_level(std::string_view text);

@@ -154,7 +154,7 @@ class Pvs final : public Plugin {
 
     std::string servers;
     for (const auto& s : bootstrap_.login_servers) servers += (servers.empty() ? "" : ",") + s.host + ":" + std::to_string(s.port);
-    ctx_.log().info("pvs: streaming on " + options_.stream.host + ":" + std::to_string(stream_port_) +
+    ctx_.log().info("streaming on " + options_.stream.host + ":" + std::to_string(stream_port_) +
                     (tftp_ ? ", bootstrap " + options_.bootstrap_file + " on tftp " + options_.tftp->host + ":" +
                                  std::to_string(tftp_port_)
                            : std::string(", tftp off")) +
@@ -214,7 +214,7 @@ class Pvs final : public Plugin {
       streamer_->update(catalog_->load());
       update_gauges();
     } catch (const std::exception& e) {
-      ctx_.log().warning(std::string("pvs: data store refresh failed, keeping the last view: ") + e.what());
+      ctx_.log().warning(std::string("data store refresh failed, keeping the last view: ") + e.what());
     }
   }
 
@@ -234,7 +234,7 @@ class Pvs final : public Plugin {
     o.set("peer", e.peer);
     o.set("server", ctx_.name());
     publish(ctx_.bus(), subject("device." + e.kind), Text{json_text(o)});
-    ctx_.log().info("pvs: device " + e.export_name + " " + e.kind + " (vDisk " + e.vdisk + " version " +
+    ctx_.log().info("device " + e.export_name + " " + e.kind + " (vDisk " + e.vdisk + " version " +
                     std::to_string(e.version) + ", " + e.mode + ", from " + e.peer + ")");
     update_gauges();
   }
@@ -283,14 +283,14 @@ class Pvs final : public Plugin {
       if (changed) {
         refresh();
         publish(ctx_.bus(), subject("vdisk.changed"), Text{action});
-        ctx_.log().info("pvs: " + action + " " + (body_as<Text>(m) ? body_as<Text>(m)->value : "") + " done");
+        ctx_.log().info(action + " " + (body_as<Text>(m) ? body_as<Text>(m)->value : "") + " done");
       }
       streamer_->status(reply);
       reply.set("ok", true);
     } catch (const std::exception& e) {
       reply.set("ok", false);
       reply.set("error", "pvs " + ctx_.name() + ": " + action + ": " + e.what());
-      ctx_.log().warning("pvs: " + action + " refused: " + e.what());
+      ctx_.log().warning(action + " refused: " + e.what());
     }
     actions_->inc();
     if (!m.reply_to.empty()) ctx_.bus().reply(m, make_message("", Text{json_text(reply)}));

@@ -11,8 +11,14 @@ cmake -S "$source/sdk/examples/hello-plugin" -B "$work/hello" -G Ninja -DCMAKE_P
 cmake --build "$work/hello" >/dev/null
 test -f "$work/hello/hello.so"
 deskfarm="$work/prefix/bin/deskfarm"
-# The installed kernel finds the installed SDK library through its own prefix.
-export LD_LIBRARY_PATH="$work/prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The installed kernel runs as installed: it finds the SDK library through its RUNPATH ($ORIGIN/../lib)
+# and the shipped plugins in lib/deskfarm/plugins, with no LD_LIBRARY_PATH and no --plugin-path.
+unset LD_LIBRARY_PATH DESKFARM_PLUGIN_PATH
+installed=$(cd "$work" && "$deskfarm" plugins)
+echo "$installed"
+grep -q "^pvs 1\..*  sdk 0.1.0" <<<"$installed"
+grep -q "^hello 1.0.0  sdk 0.1.0" <<<"$installed"
+grep -q "prefix/lib/deskfarm/plugins/pvs.so" <<<"$installed"
 listing=$("$deskfarm" --plugin-path "$work/hello" plugins)
 echo "$listing"
 grep -q "^hello 1.0.0  sdk 0.1.0" <<<"$listing"

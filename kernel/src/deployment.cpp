@@ -68,15 +68,16 @@ VirtualClock* Deployment::virtual_clock() {
   return runtime_ ? dynamic_cast<VirtualClock*>(runtime_->clock.get()) : nullptr;
 }
 
-void Deployment::start() {
-  if (running_) return;
+void Deployment::create_all() {
+  first_missing_dir_.clear();
+  for (auto dir = std::filesystem::absolute(manifest_.state_dir); !dir.empty() && !std::filesystem::exists(dir);
+       dir = dir.parent_path()) {
+    first_missing_dir_ = dir;
+    if (dir == dir.parent_path()) break;
+  }
   runtime_ = std::make_unique<Runtime>(manifest_);
   log_.set_clock(runtime_->clock.get());
-  const std::string subject = "kernel";
-  log_.write(sdk::LogLevel::info, subject, "deployment " + manifest_.name + ": starting " + std::to_string(instances_.size()) +
-                                               " instances (clock " + manifest_.clock + ", " +
-                                               std::to_string(runtime_->pool.threads()) + " workers)");
-  // Create every instance first: constructors validate their config before anything starts.
+  // Constructors validate their config before anything starts.
   Diagnostics diags;
   for (auto& inst : instances_) {
     dk_error error{};
@@ -92,8 +93,39 @@ void Deployment::start() {
   }
   if (!diags.empty()) {
     teardown();
+    remove_created_dirs();
     diags.throw_if_any();
   }
+}
+
+void Deployment::remove_created_dirs() {
+  std::error_code ignored;  // a directory a plugin wrote into is not empty, and stays
+  for (auto& inst : instances_) {
+    if (inst->created_state_dir) std::filesystem::remove(inst->state_root / inst->spec.name, ignored);
+    inst->created_state_dir = false;
+  }
+  if (first_missing_dir_.empty()) return;
+  for (auto dir = std::filesystem::absolute(manifest_.state_dir); dir.string().size() >= first_missing_dir_.string().size();
+       dir = dir.parent_path()) {
+    if (!std::filesystem::remove(dir, ignored) || dir == first_missing_dir_) break;
+  }
+}
+
+void Deployment::check() {
+  if (running_) return;
+  create_all();
+  teardown();
+  remove_created_dirs();
+  for (auto& inst : instances_) inst->state = "validated";
+}
+
+void Deployment::start() {
+  if (running_) return;
+  create_all();
+  const std::string subject = "kernel";
+  log_.write(sdk::LogLevel::info, subject, "deployment " + manifest_.name + ": starting " + std::to_string(instances_.size()) +
+                                               " instances (clock " + manifest_.clock + ", " +
+                                               std::to_string(runtime_->pool.threads()) + " workers)");
   for (std::size_t i = 0; i < instances_.size(); ++i) {
     auto& inst = *instances_[i];
     inst.state = "starting";

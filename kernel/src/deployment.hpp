@@ -34,7 +34,11 @@ class Deployment {
   Deployment& operator=(const Deployment&) = delete;
 
   /// Creates every instance, then starts them in order; all or nothing. Throws StartError or ValidationError.
+  /// Nothing is logged as starting, and no state directory is left behind, unless every instance was created.
   void start();
+  /// Creates every instance (their constructors validate their config) and destroys them again; starts
+  /// nothing and leaves no directory behind. Throws ValidationError (`deskfarm check`).
+  void check();
   /// Stops every started instance in reverse order and destroys them. Idempotent.
   void stop();
 
@@ -59,6 +63,10 @@ class Deployment {
   /// Destroys every instance once its strand drained (bounded by stop_timeout), then the runtime;
   /// an instance stuck in a plugin call is leaked with the runtime instead (logged).
   void teardown();
+  /// Starts the runtime and constructs every plugin; on failure undoes it all (see start()) and throws.
+  void create_all();
+  /// Removes the state directories that constructors created (empty ones only), up to what existed before.
+  void remove_created_dirs();
 
   Manifest manifest_;
   LogSink& log_;
@@ -66,6 +74,7 @@ class Deployment {
   std::unique_ptr<Runtime> runtime_;
   bool running_ = false;
   std::chrono::steady_clock::time_point started_at_{};
+  std::filesystem::path first_missing_dir_;  // the highest missing ancestor of state_dir before create_all()
 };
 
 }  // namespace deskfarm::kernel

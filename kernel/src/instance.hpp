@@ -80,6 +80,8 @@ struct Instance final : sdk::Context {
   std::unique_ptr<InstanceLogger> logger;
   std::unique_ptr<InstanceMetrics> metrics_view;
   void* plugin = nullptr;
+  /// state_dir() created the directory (so a failed creation removes it again).
+  bool created_state_dir = false;
   /// A plugin call never returned, so the plugin, this context and its library stay alive for good.
   bool leaked = false;
 

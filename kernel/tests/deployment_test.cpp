@@ -268,3 +268,25 @@ TEST_CASE("a start() that throws gets no stop() but is destroyed; the instances 
   CHECK(lab.journal_text() ==
         "start first\nstarted first\nstart boom\nstop first\nstopped first\ndestroy never\ndestroy boom\ndestroy first\n");
 }
+
+TEST_CASE("a failing create logs no start and leaves no state directory behind for the other instances") {
+  Lab lab;
+  const auto text = blocking("first", "", "use_state_dir = true\n") +
+                    "[instances.refuses]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\nlimit = -3\nrequires = [\"first\"]\n";
+  {
+    Deployment d(lab.manifest(text), lab.catalog, lab.log);
+    CHECK_THROWS_WITH(d.check(), Catch::Contains("instance refuses (plugin fixture_recorder) could not be created: limit must not be negative"));
+    CHECK_FALSE(std::filesystem::exists(lab.dir / "var"));
+    CHECK_THROWS_WITH(d.start(), Catch::Contains("could not be created: limit must not be negative"));
+    CHECK_FALSE(std::filesystem::exists(lab.dir / "var"));
+  }
+  for (const auto& l : lab.lines) CHECK(l.find("starting") == std::string::npos);
+  CHECK(lab.journal_text() == "destroy first\ndestroy first\n");  // created and destroyed, never started
+  // A manifest that passes check() leaves nothing behind either, and then starts.
+  Deployment ok(lab.manifest(blocking("first", "", "use_state_dir = true\n")), lab.catalog, lab.log);
+  ok.check();
+  CHECK_FALSE(std::filesystem::exists(lab.dir / "var"));
+  ok.start();
+  CHECK(std::filesystem::is_directory(lab.dir / "var" / "first"));
+  ok.stop();
+}

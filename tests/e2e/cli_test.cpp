@@ -159,3 +159,12 @@ TEST_CASE("the pilot deployment serves the bootstrap over TFTP and desktops' vDi
   CHECK(*code == 0);
   CHECK(read_text(dir / "run.log").find("instance pvs-1 stopped") != std::string::npos);
 }
+
+TEST_CASE("deskfarm check runs the plugins' constructors: a value run would refuse is refused by check (exit 3)") {
+  TempDir dir;
+  auto file = manifest(dir, "[instances.a]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\nlimit = -3\n");
+  auto r = run_child({bin, "--plugin-path", fixtures, "check", file.string()}, 20s);
+  CHECK(r.exit_code == 3);
+  CHECK(r.err.find("instance a (plugin fixture_recorder) could not be created: limit must not be negative") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir / "var"));
+}

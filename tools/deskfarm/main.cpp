@@ -108,6 +108,7 @@ int cmd_check(const Options& o) {
   PluginCatalog catalog(plugin_dirs(o, &manifest));
   LogSink log;
   Deployment deployment(manifest, catalog, log);
+  deployment.check();  // the plugins' constructors see their config too, as `run` would
   std::cout << o.args[0] << ": ok — deployment " << manifest.name << ", " << manifest.instances.size()
             << " instances; start order: " << join(deployment.start_order()) << "\n";
   return ok;

@@ -50,7 +50,7 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
         std::ostringstream json;
         Poco::JSON::Stringifier::stringify(deployment_.status(), json, 2);
         response.setContentType("application/json");
-        response.send() << json.str() << "\n";
+        response.send() << deployment_.redact(json.str()) << "\n";
       } else if (path == "/") {
         response.setContentType("text/plain; charset=utf-8");
         response.send() << "deskfarm admin endpoint: GET /status (JSON), GET /metrics (Prometheus)\n";
@@ -61,7 +61,7 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
       }
     } catch (const std::exception& e) {
       response.setStatus(Poco::Net::HTTPResponse::HTTP_INTERNAL_SERVER_ERROR);
-      response.send() << "error: " << e.what() << "\n";
+      response.send() << "error: " << deployment_.redact(e.what()) << "\n";
     }
   }
 

@@ -6,11 +6,14 @@
 #include "config_validation.hpp"
 #include "dependency_graph.hpp"
 #include "instance.hpp"
+#include "redact.hpp"
 #include "runtime.hpp"
 
 namespace deskfarm::kernel {
 
-Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log) : manifest_(std::move(manifest)), log_(log) {
+Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log)
+    : manifest_(std::move(manifest)), log_(log), secrets_(url_secrets(manifest_.data_store)) {
+  log_.set_secrets(secrets_);
   Diagnostics diags;
   const Location top{manifest_.file.string()};
   try {
@@ -45,6 +48,8 @@ Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log) 
   diags.throw_if_any();
   for (auto i : order) instances_.push_back(std::move(all[i]));
 }
+
+std::string Deployment::redact(std::string text) const { return redact_secrets(std::move(text), secrets_); }
 
 Deployment::~Deployment() {
   stop();
@@ -86,7 +91,7 @@ void Deployment::create_all() {
       if (error.key[0]) {
         if (auto it = inst->spec.value_where.find(error.key); it != inst->spec.value_where.end()) where = it->second;
       }
-      diags.add(where, "instance " + inst->spec.name + " (plugin " + inst->spec.plugin + ") could not be created: " + error.message);
+      diags.add(where, "instance " + inst->spec.name + " (plugin " + inst->spec.plugin + ") could not be created: " + redact(error.message));
     } else {
       inst->state = "created";
     }
@@ -134,7 +139,7 @@ void Deployment::start() {
                          std::chrono::duration_cast<std::chrono::milliseconds>(manifest_.start_timeout), "start()");
     if (error) {
       inst.state = "failed";
-      const std::string message = "instance " + inst.spec.name + " (plugin " + inst.spec.plugin + ") failed to start: " + *error;
+      const std::string message = "instance " + inst.spec.name + " (plugin " + inst.spec.plugin + ") failed to start: " + redact(*error);
       log_.write(sdk::LogLevel::error, subject, message + "; stopping the " + std::to_string(i) + " instances already started");
       stop_started(i);
       teardown();

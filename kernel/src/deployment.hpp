@@ -53,6 +53,8 @@ class Deployment {
               std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
   const Manifest& manifest() const { return manifest_; }
+  /// `text` with the deployment's secrets (data-store passwords, the admin token) shown as "***".
+  std::string redact(std::string text) const;
   sdk::Clock& clock();
   /// The virtual clock, or nullptr with a real one.
   VirtualClock* virtual_clock();
@@ -72,6 +74,7 @@ class Deployment {
   LogSink& log_;
   std::vector<std::unique_ptr<Instance>> instances_;  // in start order
   std::unique_ptr<Runtime> runtime_;
+  std::vector<std::string> secrets_;
   bool running_ = false;
   std::chrono::steady_clock::time_point started_at_{};
   std::filesystem::path first_missing_dir_;  // the highest missing ancestor of state_dir before create_all()

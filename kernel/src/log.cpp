@@ -1,5 +1,7 @@
 #include "log.hpp"
 
+#include "redact.hpp"
+
 #include <cstdio>
 #include <ctime>
 #include <optional>
@@ -63,7 +65,8 @@ void LogSink::write(sdk::LogLevel level, std::string_view subject, std::string_v
   line.append(stamp).append(" ").append(level_name(level)).append(" ");
   append_escaped(line, subject);
   line.append(": ");
-  append_escaped(line, message);
+  if (secrets_.empty()) append_escaped(line, message);
+  else append_escaped(line, redact_secrets(std::string(message), secrets_));
   std::lock_guard lock(mutex_);
   if (capture_) {
     capture_(line);

@@ -3,6 +3,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "deskfarm/sdk/clock.hpp"
 #include "deskfarm/sdk/log.hpp"
@@ -16,6 +17,8 @@ class LogSink {
   void set_threshold(sdk::LogLevel level) { threshold_ = level; }
   void set_clock(const sdk::Clock* clock) { clock_ = clock; }
   void capture(std::function<void(const std::string&)> to) { capture_ = std::move(to); }
+  /// Values masked as "***" in every line (data-store passwords, the admin token). Set before writers run.
+  void set_secrets(std::vector<std::string> secrets) { secrets_ = std::move(secrets); }
   bool enabled(sdk::LogLevel level) const { return level >= threshold_; }
   /// Writes "TIME LEVEL subject: message" as one line: control characters are escaped (see append_escaped).
   void write(sdk::LogLevel level, std::string_view subject, std::string_view message);
@@ -24,6 +27,7 @@ class LogSink {
   sdk::LogLevel threshold_;
   const sdk::Clock* clock_ = nullptr;
   std::function<void(const std::string&)> capture_;
+  std::vector<std::string> secrets_;
   std::mutex mutex_;
 };
 

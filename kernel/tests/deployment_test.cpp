@@ -290,3 +290,21 @@ TEST_CASE("a failing create logs no start and leaves no state directory behind f
   CHECK(std::filesystem::is_directory(lab.dir / "var" / "first"));
   ok.stop();
 }
+
+TEST_CASE("a data-store password never appears in a start failure or a log line") {
+  Lab lab;
+  const std::string password = "s3cr3t-pw";
+  auto m = lab.manifest(blocking("db", "", "use_store = true\n"),
+                        "data_store = \"postgresql://127.0.0.1:1/db?user=u&password=" + password + "\"\n");
+  Deployment d(m, lab.catalog, lab.log);
+  std::string error;
+  try {
+    d.start();
+  } catch (const StartError& e) {
+    error = e.what();
+  }
+  CHECK(error.find("instance db (plugin fixture_blocking) failed to start: data store postgresql://127.0.0.1:1/db?user=u&password=***") !=
+        std::string::npos);
+  CHECK(error.find(password) == std::string::npos);
+  for (const auto& l : lab.lines) CHECK(l.find(password) == std::string::npos);
+}

@@ -13,6 +13,7 @@ namespace deskfarm::kernel {
 
 Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log)
     : manifest_(std::move(manifest)), log_(log), secrets_(url_secrets(manifest_.data_store)) {
+  if (!manifest_.admin_token.empty()) secrets_.push_back(manifest_.admin_token);
   log_.set_secrets(secrets_);
   Diagnostics diags;
   const Location top{manifest_.file.string()};

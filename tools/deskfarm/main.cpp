@@ -94,6 +94,20 @@ std::chrono::nanoseconds parse_duration(const std::string& text) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(seconds));
 }
 
+// The admin token: the manifest's admin_token, else DESKFARM_ADMIN_TOKEN.
+std::string admin_token(const Manifest* m) {
+  if (m && !m->admin_token.empty()) return m->admin_token;
+  const char* env = std::getenv("DESKFARM_ADMIN_TOKEN");
+  return env ? env : "";
+}
+
+// A non-loopback admin address without a token is refused before anything starts (exit 3).
+void check_admin_address(Manifest& m) {
+  m.admin_token = admin_token(&m);  // from the environment too, so the deployment masks it in its output
+  if (auto error = admin_address_error(m.admin, m.admin_token); !error.empty())
+    throw ValidationError({Diagnostic{Location{m.file.string()}, error, ""}});
+}
+
 void print_errors(const ValidationError& e) {
   for (const auto& d : e.diagnostics()) std::cerr << "error: " << d.str() << "\n";
   std::cerr << e.diagnostics().size() << (e.diagnostics().size() == 1 ? " error\n" : " errors\n");
@@ -105,6 +119,8 @@ int cmd_check(const Options& o) {
     return usage;
   }
   auto manifest = load_manifest(o.args[0]);
+  if (!o.admin.empty()) manifest.admin = o.admin;  // checked as `run --admin` would use it
+  check_admin_address(manifest);
   PluginCatalog catalog(plugin_dirs(o, &manifest));
   LogSink log;
   Deployment deployment(manifest, catalog, log);
@@ -163,8 +179,10 @@ std::filesystem::path admin_file(const Manifest& m) { return m.state_dir / "admi
 
 int cmd_status(const Options& o) {
   std::string address = o.admin;
+  std::string token = admin_token(nullptr);
   if (address.empty() && o.args.size() == 1) {
     auto m = load_manifest(o.args[0]);
+    token = admin_token(&m);
     std::ifstream in(admin_file(m));
     if (!(in >> address)) {
       std::cerr << "deskfarm status: deployment " << m.name << " is not running (no " << admin_file(m).string() << ")\n";
@@ -180,6 +198,7 @@ int cmd_status(const Options& o) {
     Poco::Net::HTTPClientSession session(host, port);
     session.setTimeout(Poco::Timespan(5, 0));
     Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_GET, "/status");
+    if (!token.empty()) request.set("Authorization", "Bearer " + token);
     session.sendRequest(request);
     Poco::Net::HTTPResponse response;
     std::istream& body = session.receiveResponse(response);
@@ -208,13 +227,14 @@ int cmd_run(const Options& o) {
 
   auto manifest = load_manifest(o.args[0]);
   if (!o.admin.empty()) manifest.admin = o.admin;
+  check_admin_address(manifest);
   PluginCatalog catalog(plugin_dirs(o, &manifest));
   LogSink log(*parse_log_level(o.log_level));
   Deployment deployment(manifest, catalog, log);
   deployment.start();
   std::unique_ptr<AdminServer> admin;
   try {
-    admin = std::make_unique<AdminServer>(deployment, manifest.admin);
+    admin = std::make_unique<AdminServer>(deployment, manifest.admin, manifest.admin_token);
   } catch (const std::exception& e) {
     log.write(deskfarm::sdk::LogLevel::error, "kernel", std::string("admin endpoint ") + manifest.admin + ": " + e.what());
     deployment.stop();
@@ -264,7 +284,8 @@ int main(int argc, char** argv) {
       ("plugin-path,p", po::value(&o.plugin_path)->composing(),
        "a directory (or a:b:c list) to search for plugins, before DESKFARM_PLUGIN_PATH, the manifest's plugin_path "
        "and the built-in ../plugins beside the executable; repeatable")
-      ("admin", po::value(&o.admin), "run: admin endpoint HOST:PORT (overrides the manifest); status: where to ask")
+      ("admin", po::value(&o.admin),
+       "run, check: admin endpoint HOST:PORT (overrides the manifest; loopback unless a token is set); status: where to ask")
       ("log-level", po::value(&o.log_level)->default_value("info"), "debug, info, warning or error")
       ("for", po::value(&o.run_for),
        "run: stop after this much deployment time (90s, 5m, 2h, 1d); with clock = \"virtual\" it is simulated time");

@@ -210,7 +210,7 @@ TEST_CASE("a status() that outlives its 2 s wait reports unknown health, and its
   CHECK(lab.journal_text() == "start slow\nstarted slow\nstop slow\nstopped slow\ndestroy slow\n");
 }
 
-TEST_CASE("run_on gives up after its timeout; the task still runs later with everything it captured") {
+TEST_CASE("run_on gives up after its timeout, and the task still runs later with everything it captured") {
   Lab lab;
   Deployment d(lab.manifest(blocking("a", "")), lab.catalog, lab.log);
   d.start();
@@ -260,7 +260,7 @@ TEST_CASE("a start() that outlives start_timeout is waited for before its plugin
   CHECK(lab.journal_text() == "start late\nstarted late\ndestroy late\n");
 }
 
-TEST_CASE("a start() that throws gets no stop() but is destroyed; the instances started before it are stopped") {
+TEST_CASE("a start() that throws gets no stop() but is destroyed, and the instances started before it are stopped") {
   Lab lab;
   const auto e = lab.error_of(blocking("first", "") + blocking("boom", "", "fail_start = true\nrequires = [\"first\"]\n") +
                               blocking("never", "", "requires = [\"boom\"]\n"));

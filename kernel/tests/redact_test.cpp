@@ -15,7 +15,7 @@ TEST_CASE("redact_url hides user-info passwords, password parameters and libpq p
   CHECK(redact_url("postgresql://127.0.0.1/db?user=u&passwordless=1") == "postgresql://127.0.0.1/db?user=u&passwordless=1");
 }
 
-TEST_CASE("url_secrets yields each password as written and decoded; redact_secrets masks them in free text") {
+TEST_CASE("url_secrets yields each password as written and decoded, and redact_secrets masks them in free text") {
   const auto secrets = url_secrets("postgresql://u:p%40ss@127.0.0.1/db?password=other");
   CHECK(secrets == std::vector<std::string>{"p%40ss", "p@ss", "other"});
   CHECK(redact_secrets("connection failed for u with p@ss (other)", secrets) == "connection failed for u with *** (***)");

@@ -220,7 +220,7 @@ TEST_CASE("a non-loopback admin address without a token is refused before anythi
   CHECK_FALSE(std::filesystem::exists(dir / "var"));
 }
 
-TEST_CASE("with admin_token every request needs the bearer token; deskfarm status sends DESKFARM_ADMIN_TOKEN") {
+TEST_CASE("with admin_token every request needs the bearer token, and deskfarm status sends DESKFARM_ADMIN_TOKEN") {
   TempDir dir;
   const std::string token = "t0ken-for-the-admin-test";
   ::setenv("DESKFARM_TEST_ADMIN_TOKEN", token.c_str(), 1);

@@ -8,6 +8,7 @@
 #include "config_check.hpp"
 #include "dependency_graph.hpp"
 #include "instance.hpp"
+#include "redact.hpp"
 #include "runtime.hpp"
 
 namespace deskfarm::kernel {
@@ -39,7 +40,10 @@ std::unique_ptr<sdk::Config> checked_config(const Instance& inst, Diagnostics& d
 }
 }  // namespace
 
-Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log) : manifest_(std::move(manifest)), log_(log) {
+Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log)
+    : manifest_(std::move(manifest)), log_(log), secrets_(url_secrets(manifest_.data_store)) {
+  if (!manifest_.admin_token.empty()) secrets_.push_back(manifest_.admin_token);
+  log_.set_secrets(secrets_);
   Diagnostics diags;
   const Location top{manifest_.file.string()};
   try {
@@ -75,6 +79,8 @@ Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log) 
   for (auto i : order) instances_.push_back(std::move(all[i]));
 }
 
+std::string Deployment::redact(std::string text) const { return redact_secrets(std::move(text), secrets_); }
+
 Deployment::~Deployment() {
   stop();
   for (auto& inst : instances_) {
@@ -97,15 +103,16 @@ VirtualClock* Deployment::virtual_clock() {
   return runtime_ ? dynamic_cast<VirtualClock*>(runtime_->clock.get()) : nullptr;
 }
 
-void Deployment::start() {
-  if (running_) return;
+void Deployment::create_all() {
+  first_missing_dir_.clear();
+  for (auto dir = std::filesystem::absolute(manifest_.state_dir); !dir.empty() && !std::filesystem::exists(dir);
+       dir = dir.parent_path()) {
+    first_missing_dir_ = dir;
+    if (dir == dir.parent_path()) break;
+  }
   runtime_ = std::make_unique<Runtime>(manifest_);
   log_.set_clock(runtime_->clock.get());
-  const std::string subject = "kernel";
-  log_.write(sdk::LogLevel::info, subject, "deployment " + manifest_.name + ": starting " + std::to_string(instances_.size()) +
-                                               " instances (clock " + manifest_.clock + ", " +
-                                               std::to_string(runtime_->pool.threads()) + " workers)");
-  // Create every instance first: constructors validate their config before anything starts.
+  // Constructors validate their config before anything starts.
   Diagnostics diags;
   for (auto& inst : instances_) {
     dk_error error{};
@@ -114,15 +121,46 @@ void Deployment::start() {
       if (error.key[0]) {
         if (auto it = inst->spec.value_where.find(error.key); it != inst->spec.value_where.end()) where = it->second;
       }
-      diags.add(where, "instance " + inst->spec.name + " (plugin " + inst->spec.plugin + ") could not be created: " + error.message);
+      diags.add(where, "instance " + inst->spec.name + " (plugin " + inst->spec.plugin + ") could not be created: " + redact(error.message));
     } else {
       inst->state = "created";
     }
   }
   if (!diags.empty()) {
     teardown();
+    remove_created_dirs();
     diags.throw_if_any();
   }
+}
+
+void Deployment::remove_created_dirs() {
+  std::error_code ignored;  // a directory a plugin wrote into is not empty, and stays
+  for (auto& inst : instances_) {
+    if (inst->created_state_dir) std::filesystem::remove(inst->state_root / inst->spec.name, ignored);
+    inst->created_state_dir = false;
+  }
+  if (first_missing_dir_.empty()) return;
+  for (auto dir = std::filesystem::absolute(manifest_.state_dir); dir.string().size() >= first_missing_dir_.string().size();
+       dir = dir.parent_path()) {
+    if (!std::filesystem::remove(dir, ignored) || dir == first_missing_dir_) break;
+  }
+}
+
+void Deployment::check() {
+  if (running_) return;
+  create_all();
+  teardown();
+  remove_created_dirs();
+  for (auto& inst : instances_) inst->state = "validated";
+}
+
+void Deployment::start() {
+  if (running_) return;
+  create_all();
+  const std::string subject = "kernel";
+  log_.write(sdk::LogLevel::info, subject, "deployment " + manifest_.name + ": starting " + std::to_string(instances_.size()) +
+                                               " instances (clock " + manifest_.clock + ", " +
+                                               std::to_string(runtime_->pool.threads()) + " workers)");
   for (std::size_t i = 0; i < instances_.size(); ++i) {
     auto& inst = *instances_[i];
     inst.state = "starting";
@@ -131,7 +169,7 @@ void Deployment::start() {
                          std::chrono::duration_cast<std::chrono::milliseconds>(manifest_.start_timeout), "start()");
     if (error) {
       inst.state = "failed";
-      const std::string message = "instance " + inst.spec.name + " (plugin " + inst.spec.plugin + ") failed to start: " + *error;
+      const std::string message = "instance " + inst.spec.name + " (plugin " + inst.spec.plugin + ") failed to start: " + redact(*error);
       log_.write(sdk::LogLevel::error, subject, message + "; stopping the " + std::to_string(i) + " instances already started");
       stop_started(i);
       teardown();

@@ -42,7 +42,11 @@ class Deployment {
   Deployment& operator=(const Deployment&) = delete;
 
   /// Creates every instance, then starts them in order; all or nothing. Throws StartError or ValidationError.
+  /// Nothing is logged as starting, and no state directory is left behind, unless every instance was created.
   void start();
+  /// Creates every instance (their constructors validate their config) and destroys them again; starts
+  /// nothing and leaves no directory behind. Throws ValidationError (`deskfarm check`).
+  void check();
   /// Stops every started instance in reverse order and destroys them. Idempotent.
   void stop();
 
@@ -59,6 +63,8 @@ class Deployment {
               std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
   const Manifest& manifest() const { return manifest_; }
+  /// `text` with the deployment's secrets (data-store passwords, the admin token) shown as "***".
+  std::string redact(std::string text) const;
   sdk::Clock& clock();
   /// The virtual clock, or nullptr with a real one.
   VirtualClock* virtual_clock();
@@ -71,13 +77,19 @@ class Deployment {
   void teardown();
   /// Publishes kernel.instance.up/down and updates the discovery directory.
   void announce(Instance& inst, bool up);
+  /// Starts the runtime and constructs every plugin; on failure undoes it all (see start()) and throws.
+  void create_all();
+  /// Removes the state directories that constructors created (empty ones only), up to what existed before.
+  void remove_created_dirs();
 
   Manifest manifest_;
   LogSink& log_;
   std::vector<std::unique_ptr<Instance>> instances_;  // in start order
   std::unique_ptr<Runtime> runtime_;
+  std::vector<std::string> secrets_;
   bool running_ = false;
   std::chrono::steady_clock::time_point started_at_{};
+  std::filesystem::path first_missing_dir_;  // the highest missing ancestor of state_dir before create_all()
 };
 
 

@@ -86,7 +86,7 @@ std::optional<std::string> call_on(Strand& strand, std::function<void()> fn, std
 
 std::filesystem::path Instance::state_dir() {
   auto dir = state_root / spec.name;
-  std::filesystem::create_directories(dir);
+  if (std::filesystem::create_directories(dir)) created_state_dir = true;
   return dir;
 }
 

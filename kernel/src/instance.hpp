@@ -84,6 +84,8 @@ struct Instance final : sdk::Context {
   std::shared_ptr<sdk::Lifeline> line;
   std::map<std::string, std::string> endpoints;  ///< advertised while starting; guarded by rt->directory_mutex
   void* plugin = nullptr;
+  /// state_dir() created the directory (so a failed creation removes it again).
+  bool created_state_dir = false;
   /// A plugin call never returned, so the plugin, this context and its library stay alive for good.
   bool leaked = false;
 

@@ -1,5 +1,7 @@
 #include "log.hpp"
 
+#include "redact.hpp"
+
 #include <cstdio>
 #include <ctime>
 #include <optional>
@@ -17,6 +19,26 @@ const char* level_name(sdk::LogLevel level) {
   return "?";
 }
 }  // namespace
+
+void append_escaped(std::string& line, std::string_view text) {
+  static constexpr char hex[] = "0123456789abcdef";
+  for (const char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u != 0x7f) {
+      line += c;
+    } else if (c == '\n') {
+      line += "\\n";
+    } else if (c == '\r') {
+      line += "\\r";
+    } else if (c == '\t') {
+      line += "\\t";
+    } else {
+      line += "\\x";
+      line += hex[u >> 4];
+      line += hex[u & 0xf];
+    }
+  }
+}
 
 std::optional<sdk::LogLevel> parse_log_level(std::string_view text) {
   if (text == "debug") return sdk::LogLevel::debug;
@@ -39,7 +61,12 @@ void LogSink::write(sdk::LogLevel level, std::string_view subject, std::string_v
                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
   std::string line;
   line.reserve(64 + subject.size() + message.size());
-  line.append(stamp).append(" ").append(level_name(level)).append(" ").append(subject).append(": ").append(message);
+  // One event, one line: a newline in a protocol string (an NBD export name) must not forge another.
+  line.append(stamp).append(" ").append(level_name(level)).append(" ");
+  append_escaped(line, subject);
+  line.append(": ");
+  if (secrets_.empty()) append_escaped(line, message);
+  else append_escaped(line, redact_secrets(std::string(message), secrets_));
   std::lock_guard lock(mutex_);
   if (capture_) {
     capture_(line);

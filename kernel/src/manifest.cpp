@@ -16,7 +16,7 @@ const std::vector<std::string> top_level_keys{"include", "deployment", "instance
 const std::vector<std::string> deployment_keys{"name",    "data_store", "bus",         "clock",
                                                "clock_start", "admin", "state_dir", "workers",
                                                "bus_block_timeout_ms", "start_timeout_s", "stop_timeout_s", "plugin_path",
-                                               "blocking_workers", "blocking_queue"};
+                                               "admin_token", "blocking_workers", "blocking_queue"};
 const std::vector<std::string> reserved_instance_keys{"plugin", "requires", "count"};
 constexpr int max_include_depth = 16;
 constexpr std::int64_t max_count = 100000;
@@ -272,6 +272,7 @@ void read_deployment(const toml::table& d, Manifest& m, const EnvLookup& env, Di
   string_key("bus", m.bus);
   string_key("clock", m.clock);
   string_key("admin", m.admin);
+  string_key("admin_token", m.admin_token);
   std::string state_dir;
   string_key("state_dir", state_dir);
   if (!state_dir.empty()) m.state_dir = state_dir;

@@ -36,6 +36,7 @@ struct Manifest {
   std::string clock = "real";
   std::optional<sdk::TimePoint> clock_start;
   std::string admin = "127.0.0.1:0";
+  std::string admin_token;  ///< required for a non-loopback admin address; write it as "${ENV}"
   std::filesystem::path state_dir;
   unsigned workers = 0;
   unsigned blocking_workers = 4;      ///< threads for plugins' blocking work (run_blocking)

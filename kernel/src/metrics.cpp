@@ -64,6 +64,16 @@ sdk::Gauge& MetricsRegistry::gauge(const std::string& name, const std::string& h
   return *slot;
 }
 
+void MetricsRegistry::declare_counter(const std::string& name, const std::string& help) {
+  std::lock_guard lock(mutex_);
+  family(name, help, true);
+}
+
+void MetricsRegistry::declare_gauge(const std::string& name, const std::string& help) {
+  std::lock_guard lock(mutex_);
+  family(name, help, false);
+}
+
 std::string MetricsRegistry::render() const {
   std::lock_guard lock(mutex_);
   std::string out;

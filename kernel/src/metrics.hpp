@@ -13,7 +13,11 @@ class MetricsRegistry {
  public:
   sdk::Counter& counter(const std::string& name, const std::string& help, const sdk::Labels& labels);
   sdk::Gauge& gauge(const std::string& name, const std::string& help, const sdk::Labels& labels);
-  /// Appends every metric; `extra` is more already-formatted exposition text (kernel counters).
+  /// Registers a family without any sample yet (a labelled family whose label values come later): it
+  /// is listed with HELP and TYPE from now on. Asking again for the same kind is harmless.
+  void declare_counter(const std::string& name, const std::string& help);
+  void declare_gauge(const std::string& name, const std::string& help);
+  /// Every registered family with HELP and TYPE, and its samples.
   std::string render() const;
 
  private:
@@ -37,6 +41,9 @@ class InstanceMetrics final : public sdk::Metrics {
   InstanceMetrics(MetricsRegistry& registry, std::string instance) : registry_(registry), instance_(std::move(instance)) {}
   sdk::Counter& counter(const std::string& name, const std::string& help, const sdk::Labels& labels) override;
   sdk::Gauge& gauge(const std::string& name, const std::string& help, const sdk::Labels& labels) override;
+  /// Declares a family this instance will fill later (see MetricsRegistry::declare_counter).
+  void declare_counter(const std::string& name, const std::string& help) { registry_.declare_counter(name, help); }
+  void declare_gauge(const std::string& name, const std::string& help) { registry_.declare_gauge(name, help); }
 
  private:
   sdk::Labels with_instance(const sdk::Labels& labels) const;

@@ -55,7 +55,7 @@ Poco::JSON::Object::Ptr Deployment::status() {
       }, std::chrono::seconds(2), "status()");
       if (error) {
         o->set("health", "unknown");
-        o->set("status_error", *error);
+        o->set("status_error", redact(*error));
         o->set("fields", Poco::JSON::Object::Ptr(new Poco::JSON::Object));
       } else {
         o->set("health", answer->health);

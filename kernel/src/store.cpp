@@ -6,19 +6,11 @@
 #include <Poco/Data/SQLite/Connector.h>
 #include <Poco/URI.h>
 
+#include "redact.hpp"
+
 namespace deskfarm::kernel {
 
 namespace {
-// postgresql://user:secret@host/db → postgresql://user:***@host/db, for error messages and logs.
-std::string redacted(const std::string& url) {
-  const auto scheme = url.find("://");
-  const auto at = url.find('@');
-  if (scheme == std::string::npos || at == std::string::npos) return url;
-  const auto colon = url.find(':', scheme + 3);
-  if (colon == std::string::npos || colon > at) return url;
-  return url.substr(0, colon + 1) + "***" + url.substr(at);
-}
-
 // libpq keyword value, quoted when it needs to be.
 std::string quoted(const std::string& value) {
   if (!value.empty() && value.find_first_of(" '\\") == std::string::npos) return value;
@@ -36,7 +28,7 @@ std::string libpq_keywords(const std::string& url) {
   try {
     uri = Poco::URI(url);
   } catch (const Poco::Exception& e) {
-    throw std::invalid_argument("data_store '" + redacted(url) + "' is not a valid URL: " + e.displayText());
+    throw std::invalid_argument("data_store '" + redact_url(url) + "' is not a valid URL: " + e.displayText());
   }
   std::string out;
   auto add = [&](const char* key, const std::string& value) {
@@ -57,7 +49,7 @@ std::string libpq_keywords(const std::string& url) {
   if (!db.empty() && db.front() == '/') db.erase(0, 1);
   add("dbname", db);
   for (const auto& [k, v] : uri.getQueryParameters()) add(k.c_str(), v);
-  if (out.empty()) throw std::invalid_argument("data_store '" + redacted(url) + "' names no server");
+  if (out.empty()) throw std::invalid_argument("data_store '" + redact_url(url) + "' names no server");
   return out;
 }
 
@@ -77,7 +69,7 @@ StoreUrl StoreUrl::parse(const std::string& url) {
     return {"sqlite", path};
   }
   if (url.starts_with("postgresql://") || url.starts_with("postgres://")) return {"postgresql", libpq_keywords(url)};
-  throw std::invalid_argument("data_store '" + url +
+  throw std::invalid_argument("data_store '" + redact_url(url) +
                               "' is neither \"sqlite:PATH\" nor \"postgresql://user@host:port/db\"");
 }
 
@@ -88,7 +80,7 @@ Poco::Data::Session KernelStore::session() {
     return open_session();
   } catch (const Poco::Exception& e) {
     // Poco's what() is only the class name; users need the reason and the store.
-    throw std::runtime_error("data store " + redacted(url_) + ": " + e.displayText());
+    throw std::runtime_error("data store " + redact_url(url_) + ": " + e.displayText());
   }
 }
 

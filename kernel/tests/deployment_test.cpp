@@ -282,3 +282,52 @@ TEST_CASE("a start() that outlives start_timeout is waited for before its plugin
   // Timed out, then finished: treated as a failed start, so destroyed without stop().
   CHECK(lab.journal_text() == "start late\nstarted late\ndestroy late\n");
 }
+
+TEST_CASE("a start() that throws gets no stop() but is destroyed, and the instances started before it are stopped") {
+  Lab lab;
+  const auto e = lab.error_of(blocking("first", "") + blocking("boom", "", "fail_start = true\nrequires = [\"first\"]\n") +
+                              blocking("never", "", "requires = [\"boom\"]\n"));
+  CHECK(e == "instance boom (plugin fixture_blocking) failed to start: refused to start (fail_start)");
+  CHECK(lab.journal_text() ==
+        "start first\nstarted first\nstart boom\nstop first\nstopped first\ndestroy never\ndestroy boom\ndestroy first\n");
+}
+
+TEST_CASE("a failing create logs no start and leaves no state directory behind for the other instances") {
+  Lab lab;
+  const auto text = blocking("first", "", "use_state_dir = true\n") +
+                    "[instances.refuses]\nplugin = \"fixture_throwing_ctor\"\nrequires = [\"first\"]\n";
+  {
+    Deployment d(lab.manifest(text), lab.catalog, lab.log);
+    CHECK_THROWS_WITH(d.check(), Catch::Contains("instance refuses (plugin fixture_throwing_ctor) could not be created: cannot reach the hypervisor at 127.0.0.1:1"));
+    CHECK_FALSE(std::filesystem::exists(lab.dir / "var"));
+    CHECK_THROWS_WITH(d.start(), Catch::Contains("could not be created: cannot reach the hypervisor"));
+    CHECK_FALSE(std::filesystem::exists(lab.dir / "var"));
+  }
+  for (const auto& l : lab.lines) CHECK(l.find("starting") == std::string::npos);
+  CHECK(lab.journal_text() == "destroy first\ndestroy first\n");  // created and destroyed, never started
+  // A manifest that passes check() leaves nothing behind either, and then starts.
+  Deployment ok(lab.manifest(blocking("first", "", "use_state_dir = true\n")), lab.catalog, lab.log);
+  ok.check();
+  CHECK_FALSE(std::filesystem::exists(lab.dir / "var"));
+  ok.start();
+  CHECK(std::filesystem::is_directory(lab.dir / "var" / "first"));
+  ok.stop();
+}
+
+TEST_CASE("a data-store password never appears in a start failure or a log line") {
+  Lab lab;
+  const std::string password = "s3cr3t-pw";
+  auto m = lab.manifest(blocking("db", "", "use_store = true\n"),
+                        "data_store = \"postgresql://127.0.0.1:1/db?user=u&password=" + password + "\"\n");
+  Deployment d(m, lab.catalog, lab.log);
+  std::string error;
+  try {
+    d.start();
+  } catch (const StartError& e) {
+    error = e.what();
+  }
+  CHECK(error.find("instance db (plugin fixture_blocking) failed to start: data store postgresql://127.0.0.1:1/db?user=u&password=***") !=
+        std::string::npos);
+  CHECK(error.find(password) == std::string::npos);
+  for (const auto& l : lab.lines) CHECK(l.find(password) == std::string::npos);
+}

@@ -1,4 +1,7 @@
+#include <cstdlib>
 #include <fstream>
+
+#include <Poco/Net/StreamSocket.h>
 
 #include <catch2/catch.hpp>
 #include <deskfarm/sdk/version.hpp>
@@ -13,6 +16,14 @@ using namespace std::chrono_literals;
 namespace {
 const std::string bin = DESKFARM_BIN;
 const std::string fixtures = FIXTURE_PLUGIN_DIR;
+
+// The admin address a running deployment wrote, once it is there.
+std::string admin_address(const TempDir& dir) {
+  const auto file = dir / "var" / "admin.address";
+  if (!eventually([&] { return std::filesystem::exists(file) && read_text(file).find('\n') != std::string::npos; }, 20s)) return "";
+  const auto text = read_text(file);
+  return text.substr(0, text.find('\n'));
+}
 
 std::filesystem::path manifest(const TempDir& dir, const std::string& instances, const std::string& extra = "") {
   const auto file = dir / "lab.toml";
@@ -218,4 +229,80 @@ TEST_CASE("the pilot deployment serves the bootstrap over TFTP and desktops' vDi
   REQUIRE(code);
   CHECK(*code == 0);
   CHECK(read_text(dir / "run.log").find("instance pvs-1 stopped") != std::string::npos);
+}
+
+TEST_CASE("deskfarm check runs the plugins' validate() and constructors: what run would refuse, check refuses (exit 3)") {
+  TempDir dir;
+  auto file = manifest(dir, "[instances.a]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\nlimit = -3\n");
+  auto r = run_child({bin, "--plugin-path", fixtures, "check", file.string()}, 20s);
+  CHECK(r.exit_code == 3);
+  CHECK(r.err.find("instance a (plugin fixture_recorder) refused its config: limit must not be negative") != std::string::npos);
+  auto ctor = manifest(dir, "[instances.b]\nplugin = \"fixture_throwing_ctor\"\n");
+  r = run_child({bin, "--plugin-path", fixtures, "check", ctor.string()}, 20s);
+  CHECK(r.exit_code == 3);
+  CHECK(r.err.find("instance b (plugin fixture_throwing_ctor) could not be created: cannot reach the hypervisor") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir / "var"));
+}
+
+TEST_CASE("clients that send half a request head do not starve deskfarm status, and are cut at 5 s") {
+  TempDir dir;
+  auto file = manifest(dir, "[instances.greeter]\nplugin = \"hello\"\n");
+  ChildProcess run({bin, "run", file.string()}, dir / "run.log");
+  const auto address = admin_address(dir);
+  REQUIRE_FALSE(address.empty());
+  std::vector<Poco::Net::StreamSocket> slow;
+  for (int i = 0; i < 8; ++i) {
+    Poco::Net::StreamSocket s{Poco::Net::SocketAddress(address)};
+    const std::string half = "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+    s.sendBytes(half.data(), static_cast<int>(half.size()));
+    slow.push_back(s);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  auto status = run_child({bin, "status", file.string()}, 20s);
+  CHECK(status.exit_code == 0);
+  CHECK(status.out.find("\"deployment\": \"lab\"") != std::string::npos);
+  CHECK(std::chrono::steady_clock::now() - t0 < 2s);
+  slow[0].setReceiveTimeout(Poco::Timespan(10, 0));
+  char buf[512];
+  const int n = slow[0].receiveBytes(buf, sizeof buf);
+  CHECK(std::string(buf, static_cast<std::size_t>(std::max(n, 0))).starts_with("HTTP/1.1 408 Request Timeout"));
+  CHECK(std::chrono::steady_clock::now() - t0 < 8s);
+  run.signal(SIGTERM);
+  CHECK(run.wait(15s) == std::optional<int>(0));
+}
+
+TEST_CASE("a non-loopback admin address without a token is refused before anything starts (exit 3)") {
+  TempDir dir;
+  auto file = manifest(dir, "[instances.greeter]\nplugin = \"hello\"\n");
+  for (const std::vector<std::string>& args : {std::vector<std::string>{bin, "run", "--admin", "0.0.0.0:0", file.string()},
+                                               std::vector<std::string>{bin, "--admin", "0.0.0.0:0", "check", file.string()}}) {
+    auto r = run_child(args, 20s);
+    CHECK(r.exit_code == 3);
+    CHECK(r.err.find("admin address '0.0.0.0:0' is not a loopback address") != std::string::npos);
+    CHECK(r.err.find("starting") == std::string::npos);
+  }
+  CHECK_FALSE(std::filesystem::exists(dir / "var"));
+}
+
+TEST_CASE("with admin_token every request needs the bearer token, and deskfarm status sends DESKFARM_ADMIN_TOKEN") {
+  TempDir dir;
+  const std::string token = "t0ken-for-the-admin-test";
+  ::setenv("DESKFARM_TEST_ADMIN_TOKEN", token.c_str(), 1);
+  ::unsetenv("DESKFARM_ADMIN_TOKEN");
+  auto file = manifest(dir, "[instances.greeter]\nplugin = \"hello\"\n", "admin_token = \"${DESKFARM_TEST_ADMIN_TOKEN}\"\n");
+  ChildProcess run({bin, "run", file.string()}, dir / "run.log");
+  const auto address = admin_address(dir);
+  REQUIRE_FALSE(address.empty());
+  CHECK(run_child({"curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://" + address + "/status"}, 10s).out == "401");
+  CHECK(run_child({"curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer wrong", "http://" + address + "/metrics"}, 10s).out == "401");
+  CHECK(run_child({bin, "status", "--admin", address}, 10s).exit_code == 1);
+  ::setenv("DESKFARM_ADMIN_TOKEN", token.c_str(), 1);
+  auto status = run_child({bin, "status", "--admin", address}, 10s);
+  ::unsetenv("DESKFARM_ADMIN_TOKEN");
+  ::unsetenv("DESKFARM_TEST_ADMIN_TOKEN");
+  CHECK(status.exit_code == 0);
+  CHECK(status.out.find("\"deployment\": \"lab\"") != std::string::npos);
+  run.signal(SIGTERM);
+  CHECK(run.wait(15s) == std::optional<int>(0));
+  CHECK(read_text(dir / "run.log").find(token) == std::string::npos);
 }

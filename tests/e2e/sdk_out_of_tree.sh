@@ -11,11 +11,19 @@ cmake -S "$source/sdk/examples/hello-plugin" -B "$work/hello" -G Ninja -DCMAKE_P
 cmake --build "$work/hello" >/dev/null
 test -f "$work/hello/hello.so"
 deskfarm="$work/prefix/bin/deskfarm"
-# The installed kernel finds the installed SDK library through its own prefix.
-export LD_LIBRARY_PATH="$work/prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The installed kernel runs as installed: it finds the SDK library through its RUNPATH ($ORIGIN/../lib)
+# and the shipped plugins in lib/deskfarm/plugins, with no LD_LIBRARY_PATH and no --plugin-path.
+unset LD_LIBRARY_PATH DESKFARM_PLUGIN_PATH
+sdk=$("$deskfarm" --version | sed -n 's/.*(SDK \([0-9.]*\),.*/\1/p')
+test -n "$sdk"
+installed=$(cd "$work" && "$deskfarm" plugins)
+echo "$installed"
+grep -q "^pvs [0-9.]*  sdk $sdk" <<<"$installed"
+grep -q "^hello [0-9.]*  sdk $sdk" <<<"$installed"
+grep -q "prefix/lib/deskfarm/plugins/pvs.so" <<<"$installed"
 listing=$("$deskfarm" --plugin-path "$work/hello" plugins)
 echo "$listing"
-grep -q "^hello 1.1.0  sdk 0.2.0" <<<"$listing"
+grep -q "^hello [0-9.]*  sdk $sdk" <<<"$listing"
 grep -q "$work/hello/hello.so" <<<"$listing"
 cat >"$work/lab.toml" <<TOML
 [deployment]
@@ -28,6 +36,6 @@ interval_s = 30
 TOML
 "$deskfarm" --plugin-path "$work/hello" check "$work/lab.toml"
 "$deskfarm" --plugin-path "$work/hello" run --for 1h "$work/lab.toml" 2>"$work/run.log"
-grep -q "instance greeter (hello 1.1.0) running" "$work/run.log"
+grep -q "instance greeter (hello [0-9.]*) running" "$work/run.log"
 grep -q "deployment sdk-example stopped" "$work/run.log"
 echo "out-of-tree example plugin built against the installed SDK and ran: ok"

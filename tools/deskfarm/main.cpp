@@ -101,6 +101,20 @@ std::chrono::nanoseconds parse_duration(const std::string& text) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(seconds));
 }
 
+// The admin token: the manifest's admin_token, else DESKFARM_ADMIN_TOKEN.
+std::string admin_token(const Manifest* m) {
+  if (m && !m->admin_token.empty()) return m->admin_token;
+  const char* env = std::getenv("DESKFARM_ADMIN_TOKEN");
+  return env ? env : "";
+}
+
+// A non-loopback admin address without a token is refused before anything starts (exit 3).
+void check_admin_address(Manifest& m) {
+  m.admin_token = admin_token(&m);  // from the environment too, so the deployment masks it in its output
+  if (auto error = admin_address_error(m.admin, m.admin_token); !error.empty())
+    throw ValidationError({Diagnostic{Location{m.file.string()}, error, ""}});
+}
+
 void print_errors(const ValidationError& e) {
   for (const auto& d : e.diagnostics()) std::cerr << "error: " << d.str() << "\n";
   std::cerr << e.diagnostics().size() << (e.diagnostics().size() == 1 ? " error\n" : " errors\n");
@@ -112,9 +126,12 @@ int cmd_check(const Options& o) {
     return usage;
   }
   auto manifest = load_manifest(o.args[0]);
+  if (!o.admin.empty()) manifest.admin = o.admin;  // checked as `run --admin` would use it
+  check_admin_address(manifest);
   PluginCatalog catalog(plugin_dirs(o, &manifest));
   LogSink log;
   Deployment deployment(manifest, catalog, log);
+  deployment.check();  // the plugins' constructors see their config too, as `run` would
   std::cout << o.args[0] << ": ok — deployment " << manifest.name << ", " << manifest.instances.size()
             << " instances; start order: " << join(deployment.start_order()) << "\n";
   return ok;
@@ -207,24 +224,34 @@ int cmd_describe(const Options& o) {
 
 std::filesystem::path admin_file(const Manifest& m) { return m.state_dir / "admin.address"; }
 
-/// The admin address of a running deployment: --admin, or what `run` wrote into MANIFEST's state directory.
-std::optional<std::string> admin_address(const Options& o, const std::string& command, const std::string& manifest,
-                                         int& exit_code) {
-  if (!o.admin.empty()) return o.admin;
-  if (manifest.empty()) {
+/// Where a running deployment's admin endpoint is, and the token it wants.
+struct AdminTarget {
+  std::string address;
+  std::string token;
+};
+
+/// --admin, or what `run` wrote into MANIFEST's state directory; the token from the manifest or the environment.
+std::optional<AdminTarget> admin_target(const Options& o, const std::string& command, const std::string& manifest,
+                                        int& exit_code) {
+  AdminTarget t{o.admin, admin_token(nullptr)};
+  if (!manifest.empty()) {
+    auto m = load_manifest(manifest);
+    t.token = admin_token(&m);
+    if (t.address.empty()) {
+      std::ifstream in(admin_file(m));
+      if (!(in >> t.address)) {
+        std::cerr << "deskfarm " << command << ": deployment " << m.name << " is not running (no " << admin_file(m).string() << ")\n";
+        exit_code = unreachable;
+        return std::nullopt;
+      }
+    }
+  }
+  if (t.address.empty()) {
     std::cerr << "deskfarm " << command << ": give the MANIFEST of a running deployment, or --admin HOST:PORT\n";
     exit_code = usage;
     return std::nullopt;
   }
-  auto m = load_manifest(manifest);
-  std::ifstream in(admin_file(m));
-  std::string address;
-  if (!(in >> address)) {
-    std::cerr << "deskfarm " << command << ": deployment " << m.name << " is not running (no " << admin_file(m).string() << ")\n";
-    exit_code = unreachable;
-    return std::nullopt;
-  }
-  return address;
+  return t;
 }
 
 int cmd_status(const Options& o) {
@@ -233,20 +260,21 @@ int cmd_status(const Options& o) {
     return usage;
   }
   int code = ok;
-  const auto address = admin_address(o, "status", o.args.empty() ? "" : o.args[0], code);
-  if (!address) return code;
-  auto [host, port] = parse_host_port(*address, "--admin");
+  const auto target = admin_target(o, "status", o.args.empty() ? "" : o.args[0], code);
+  if (!target) return code;
+  auto [host, port] = parse_host_port(target->address, "--admin");
   try {
     Poco::Net::HTTPClientSession session(host, port);
     session.setTimeout(Poco::Timespan(5, 0));
     Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_GET, "/status");
+    if (!target->token.empty()) request.set("Authorization", "Bearer " + target->token);
     session.sendRequest(request);
     Poco::Net::HTTPResponse response;
     std::istream& body = session.receiveResponse(response);
     Poco::StreamCopier::copyStream(body, std::cout);
     return response.getStatus() == Poco::Net::HTTPResponse::HTTP_OK ? ok : runtime_failure;
   } catch (const Poco::Exception& e) {
-    std::cerr << "deskfarm status: cannot reach the admin endpoint at " << *address << ": " << e.displayText() << "\n";
+    std::cerr << "deskfarm status: cannot reach the admin endpoint at " << target->address << ": " << e.displayText() << "\n";
     return unreachable;
   }
 }
@@ -265,9 +293,9 @@ int cmd_request(const Options& o) {
   }
   const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(parse_duration(o.timeout));
   int code = ok;
-  const auto address = admin_address(o, "request", manifest, code);
-  if (!address) return code;
-  auto [host, port] = parse_host_port(*address, "--admin");
+  const auto target = admin_target(o, "request", manifest, code);
+  if (!target) return code;
+  auto [host, port] = parse_host_port(target->address, "--admin");
   try {
     Poco::Net::HTTPClientSession session(host, port);
     session.setTimeout(Poco::Timespan(static_cast<long>(timeout.count() / 1000) + 5, 0));
@@ -275,6 +303,7 @@ int cmd_request(const Options& o) {
     request.setContentType("application/json");
     request.setContentLength(static_cast<std::streamsize>(json.size()));
     request.set("X-Timeout-Ms", std::to_string(timeout.count()));
+    if (!target->token.empty()) request.set("Authorization", "Bearer " + target->token);
     session.sendRequest(request) << json;
     Poco::Net::HTTPResponse response;
     std::istream& body = session.receiveResponse(response);
@@ -282,7 +311,7 @@ int cmd_request(const Options& o) {
     Poco::StreamCopier::copyStream(body, good ? std::cout : std::cerr);
     return good ? ok : runtime_failure;
   } catch (const Poco::Exception& e) {
-    std::cerr << "deskfarm request: cannot reach the admin endpoint at " << *address << ": " << e.displayText() << "\n";
+    std::cerr << "deskfarm request: cannot reach the admin endpoint at " << target->address << ": " << e.displayText() << "\n";
     return unreachable;
   }
 }
@@ -304,13 +333,14 @@ int cmd_run(const Options& o) {
 
   auto manifest = load_manifest(o.args[0]);
   if (!o.admin.empty()) manifest.admin = o.admin;
+  check_admin_address(manifest);
   PluginCatalog catalog(plugin_dirs(o, &manifest));
   LogSink log(*parse_log_level(o.log_level));
   Deployment deployment(manifest, catalog, log);
   deployment.start();
   std::unique_ptr<AdminServer> admin;
   try {
-    admin = std::make_unique<AdminServer>(deployment, manifest.admin);
+    admin = std::make_unique<AdminServer>(deployment, manifest.admin, manifest.admin_token);
   } catch (const std::exception& e) {
     log.write(deskfarm::sdk::LogLevel::error, "kernel", std::string("admin endpoint ") + manifest.admin + ": " + e.what());
     deployment.stop();
@@ -360,7 +390,8 @@ int main(int argc, char** argv) {
       ("plugin-path,p", po::value(&o.plugin_path)->composing(),
        "a directory (or a:b:c list) to search for plugins, before DESKFARM_PLUGIN_PATH, the manifest's plugin_path "
        "and the built-in ../plugins beside the executable; repeatable")
-      ("admin", po::value(&o.admin), "run: admin endpoint HOST:PORT (overrides the manifest); status: where to ask")
+      ("admin", po::value(&o.admin),
+       "run, check: admin endpoint HOST:PORT (overrides the manifest; loopback unless a token is set); status: where to ask")
       ("log-level", po::value(&o.log_level)->default_value("info"), "debug, info, warning or error")
       ("for", po::value(&o.run_for),
        "run: stop after this much deployment time (90s, 5m, 2h, 1d); with clock = \"virtual\" it is simulated time")

@@ -202,7 +202,7 @@ class Pvs final : public Plugin {
 
     std::string servers;
     for (const auto& s : bootstrap_.login_servers) servers += (servers.empty() ? "" : ",") + s.host + ":" + std::to_string(s.port);
-    ctx_.log().info("pvs: streaming on " + options_.stream.host + ":" + std::to_string(stream_port_) +
+    ctx_.log().info("streaming on " + options_.stream.host + ":" + std::to_string(stream_port_) +
                     (tftp_ ? ", bootstrap " + options_.bootstrap_file + " on tftp " + options_.tftp->host + ":" +
                                  std::to_string(tftp_port_)
                            : std::string(", tftp off")) +
@@ -289,7 +289,7 @@ class Pvs final : public Plugin {
             try {
               done(std::move(reply));
             } catch (const std::exception& e) {
-              ctx_.log().error(std::string("pvs: handling a data-store result failed: ") + e.what());
+              ctx_.log().error(std::string("handling a data-store result failed: ") + e.what());
             }
             job_running_ = false;
             next_job();
@@ -323,17 +323,17 @@ class Pvs final : public Plugin {
           if (!r) {
             catalog_error_ = r.error().message;
             if (first)
-              ctx_.log().error("pvs: cannot prepare the data store (retrying every " + std::to_string(options_.refresh_s) +
+              ctx_.log().error("cannot prepare the data store (retrying every " + std::to_string(options_.refresh_s) +
                                " s): " + catalog_error_);
             else
-              ctx_.log().warning("pvs: data store refresh failed, keeping the last view: " + catalog_error_);
+              ctx_.log().warning("data store refresh failed, keeping the last view: " + catalog_error_);
             return;
           }
           catalog_error_.clear();
           streamer_->update(*r);
           update_gauges();
           if (first && !loaded_)
-            ctx_.log().info("pvs: catalog loaded: " + std::to_string(r->vdisks.size()) + " vDisks, " +
+            ctx_.log().info("catalog loaded: " + std::to_string(r->vdisks.size()) + " vDisks, " +
                             std::to_string(r->devices.size()) + " devices");
           loaded_ = true;
         },
@@ -350,7 +350,7 @@ class Pvs final : public Plugin {
 
   void device_event(const pvs::DeviceEvent& e) {
     publish(ctx_.bus(), api::device_subject(ctx_.name(), e.kind), e);
-    ctx_.log().info("pvs: device " + e.mac + " " + e.kind + " (vDisk " + e.vdisk + " version " +
+    ctx_.log().info("device " + e.mac + " " + e.kind + " (vDisk " + e.vdisk + " version " +
                     std::to_string(e.version) + ", " + e.mode + ", from " + e.peer + ")");
     update_gauges();
   }
@@ -429,7 +429,7 @@ class Pvs final : public Plugin {
           const std::string code = !r ? "failed" : "refused";
           if (!r || !r->refused.empty()) {
             const std::string why = !r ? r.error().message : r->refused;
-            ctx_.log().warning("pvs: " + action + " of vDisk '" + vdisk + "' " + code + ": " + why);
+            ctx_.log().warning("" + action + " of vDisk '" + vdisk + "' " + code + ": " + why);
             out.fail(code, "pvs " + ctx_.name() + ": " + action + ": " + why);
             return;
           }
@@ -441,7 +441,7 @@ class Pvs final : public Plugin {
           reply.version = r->version;
           reply.mac = r->mac;
           streamer_->describe(reply);
-          ctx_.log().info("pvs: " + action + " of vDisk '" + vdisk + "' done" +
+          ctx_.log().info("" + action + " of vDisk '" + vdisk + "' done" +
                           (r->version ? ": version " + std::to_string(*r->version) : std::string()) +
                           (r->mac.empty() ? std::string() : ": device " + r->mac));
           out.ok(std::move(reply));

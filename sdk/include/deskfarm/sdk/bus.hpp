@@ -110,9 +110,10 @@ class DESKFARM_SDK_API Bus {
   virtual ~Bus();
   virtual void publish(Message message) = 0;
   virtual Subscription subscribe(std::string pattern, Handler handler, SubscribeOptions options = {}) = 0;
-  /// Sends a request to every subscriber of `message.subject`; the first reply wins and `on_reply` runs once,
-  /// on this instance's executor. Further replies are dropped and counted as late replies, so a subject
-  /// should have one responder (use serve()).
+  /// Sends a request to every subscriber of `message.subject`; the first reply wins and `on_reply` runs
+  /// once, on this instance's executor. Any later reply (a second responder, or one after the timeout)
+  /// is dropped and counted in deskfarm_bus_late_replies_total. No subscriber: "no responders" at once.
+  /// Give a subject one responder (use serve()).
   virtual void request(Message message, std::chrono::nanoseconds timeout, ReplyHandler on_reply) = 0;
   /// Answers a request received by a handler.
   virtual void reply(const Message& request, Message reply) = 0;

@@ -8,8 +8,10 @@ namespace deskfarm::sdk {
 
 enum class LogLevel { debug, info, warning, error };
 
-/// One structured line per event, subject first: "tftp-lb: backend pvs-2 DOWN (udp-ecv: no reply in 2 s)".
-/// The kernel prefixes time, level and the instance name.
+/// One line per event. The kernel prefixes time, level and the instance name, so a message never repeats
+/// them: `log().warning("backend pvs-2 DOWN (udp-ecv: no reply in 2 s)")` in instance tftp-lb is written as
+/// "2026-01-05T08:00:00.000Z warn  tftp-lb: backend pvs-2 DOWN (udp-ecv: no reply in 2 s)". Control
+/// characters in a message (a client-chosen name with a newline) are escaped, so one call is one line.
 class DESKFARM_SDK_API Logger {
  public:
   virtual ~Logger();

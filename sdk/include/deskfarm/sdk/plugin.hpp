@@ -61,10 +61,13 @@ class DESKFARM_SDK_API Plugin {
  public:
   virtual ~Plugin();
   /// Called once every instance this one requires has started. Must not wait for bus replies.
+  /// If it throws, or does not return within start_timeout_s, stop() is never called: the instance is
+  /// destroyed (after a late start() returned), so the destructor must release what start() acquired.
   virtual void start() {}
-  /// Called in reverse start order, only for an instance whose start() returned normally (one whose start()
-  /// threw or timed out is destroyed without stop(): its destructor must release what start() took).
-  /// Join every thread the plugin started.
+  /// Called in reverse start order, and only when start() returned normally (one whose start() threw or timed
+  /// out is destroyed without stop(): its destructor must release what start() took). Join every thread the
+  /// plugin started. A stop() still running after stop_timeout_s is logged and the instance is leaked, never
+  /// destroyed under it.
   virtual void stop() {}
   /// Fills the instance's fields of `deskfarm status` and the admin JSON (an object).
   virtual void status(Value& out) const { (void)out; }

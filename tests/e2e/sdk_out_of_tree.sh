@@ -13,6 +13,10 @@ test -f "$work/hello/hello.so"
 deskfarm="$work/prefix/bin/deskfarm"
 # The installed kernel finds the installed SDK library through its own prefix.
 export LD_LIBRARY_PATH="$work/prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The example's own test, on the installed test kit: find_package(DeskfarmSDK COMPONENTS testing) found it.
+test -x "$work/hello/hello_test"
+ctest --test-dir "$work/hello" --output-on-failure >"$work/hello-test.log" || { cat "$work/hello-test.log"; exit 1; }
+grep -q "100% tests passed" "$work/hello-test.log"
 listing=$("$deskfarm" --plugin-path "$work/hello" plugins)
 echo "$listing"
 grep -q "^hello 1.1.0  sdk 0.2.0" <<<"$listing"

@@ -250,20 +250,24 @@ Harness::Harness(const std::string& manifest_toml, HarnessOptions options) : cor
   }
 }
 
-Harness::~Harness() {
-  if (core_) {
-    try {
-      core_->stop();
-    } catch (const std::exception& e) {
-      std::cerr << "deskfarm::testing::Harness: stopping at destruction failed: " << e.what() << "\n";
-    }
+namespace {
+/// Stops what a Harness being destroyed or replaced ran; a failure is reported, not thrown (noexcept callers).
+void stop_quietly(const std::shared_ptr<detail::HarnessCore>& core) noexcept {
+  if (!core) return;
+  try {
+    core->stop();
+  } catch (const std::exception& e) {
+    std::cerr << "deskfarm::testing::Harness: stopping the deployment failed: " << e.what() << "\n";
   }
 }
+}  // namespace
+
+Harness::~Harness() { stop_quietly(core_); }
 
 Harness::Harness(Harness&&) noexcept = default;
 Harness& Harness::operator=(Harness&& other) noexcept {
   if (this != &other) {
-    if (core_) core_->stop();
+    stop_quietly(core_);
     core_ = std::move(other.core_);
   }
   return *this;

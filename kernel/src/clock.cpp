@@ -184,11 +184,16 @@ std::uint64_t VirtualClock::skipped_ticks() const {
 // later (or, with no delay, at this instant) and goes into a following batch, so virtual time never passes
 // a pending timer. One idle wait per instant instead of per timer is what makes a farm's worth of
 // heartbeats cheap: 10,000 instances on a 30 s period cost one thread round trip per 10,000 ticks.
-std::size_t VirtualClock::run_until_quiet(sdk::TimePoint limit) {
+std::size_t VirtualClock::run_until_quiet(sdk::TimePoint limit) { return run(limit, SIZE_MAX); }
+
+std::size_t VirtualClock::step(sdk::TimePoint limit) { return run(limit, 1); }
+
+std::size_t VirtualClock::run(sdk::TimePoint limit, std::size_t max_batches) {
   std::size_t fired = 0;
-  while (true) {
+  for (std::size_t batches = 0;; ++batches) {
     while (!pool_.wait_idle(std::chrono::milliseconds(100))) {
     }
+    if (batches == max_batches) break;
     {
       std::lock_guard lock(mutex_);
       const auto next = timers_.next();

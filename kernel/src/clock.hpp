@@ -118,10 +118,16 @@ class VirtualClock final : public sdk::Clock {
   std::size_t advance(sdk::Duration span);
   /// Fires timers until none is left or `limit` is reached; returns how many fired.
   std::size_t run_until_quiet(sdk::TimePoint limit);
+  /// Fires only the earliest batch of timers due at or before `limit` (moving the time to it) and waits for
+  /// the pool to go idle; returns how many fired, 0 when none is due by then (the time is left as it was).
+  /// Lets a caller stop at the first event it waits for (the test kit's Probe::expect).
+  std::size_t step(sdk::TimePoint limit);
   /// Periodic ticks skipped (see TimerQueue).
   std::uint64_t skipped_ticks() const;
 
  private:
+  /// Fires batches of due timers up to `limit`, at most `max_batches` of them.
+  std::size_t run(sdk::TimePoint limit, std::size_t max_batches);
   Pool& pool_;
   mutable std::mutex mutex_;
   std::atomic<sdk::Duration::rep> now_;

@@ -218,6 +218,13 @@ void Deployment::announce(Instance& inst, bool up) {
 
 void Deployment::teardown() {
   runtime_->admin_bus.close();
+  {
+    std::lock_guard lock(runtime_->clients_mutex);
+    for (auto& c : runtime_->clients) {
+      c->bus.close();
+      c->strand.close();
+    }
+  }
   const auto drain = std::chrono::duration_cast<std::chrono::milliseconds>(manifest_.stop_timeout);
   std::vector<std::string> leaked;
   for (auto it = instances_.rbegin(); it != instances_.rend(); ++it) {
@@ -272,6 +279,13 @@ BusAnswer Deployment::request(const std::string& subject, const std::string& jso
   if (answer.wait_for(timeout + std::chrono::seconds(2)) != std::future_status::ready)
     return {false, "timeout", "no answer within " + std::to_string(timeout.count()) + " ms"};
   return answer.get();
+}
+
+BusClient& Deployment::open_client(const std::string& name) {
+  if (!runtime_) throw std::logic_error("bus client " + name + ": the deployment is not running; start() it first");
+  std::lock_guard lock(runtime_->clients_mutex);
+  runtime_->clients.push_back(std::make_unique<BusClient>(runtime_->pool, runtime_->bus, name));
+  return *runtime_->clients.back();
 }
 
 void Deployment::run_on(const std::string& instance, std::function<void(sdk::Plugin&, sdk::Context&)> task,

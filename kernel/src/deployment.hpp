@@ -14,6 +14,7 @@
 
 namespace deskfarm::kernel {
 
+struct BusClient;
 struct Instance;
 struct Runtime;
 
@@ -61,6 +62,10 @@ class Deployment {
   /// Runs `task` on the named instance's executor and waits for it (tests and tools).
   void run_on(const std::string& instance, std::function<void(sdk::Plugin&, sdk::Context&)> task,
               std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+  /// Opens a bus endpoint of its own (a strand named `name` and a bus view) for a caller that is no instance:
+  /// the test kit's probes and typed requests. Valid until stop(), which closes it (its queued work is dropped).
+  BusClient& open_client(const std::string& name);
 
   const Manifest& manifest() const { return manifest_; }
   /// `text` with the deployment's secrets (data-store passwords, the admin token) shown as "***".

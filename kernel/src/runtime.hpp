@@ -4,6 +4,8 @@
 
 #include <map>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include "blocking_pool.hpp"
 #include "bus.hpp"
@@ -15,6 +17,13 @@
 #include "store.hpp"
 
 namespace deskfarm::kernel {
+
+/// A bus endpoint that is no plugin instance (the test kit, tools): handlers and replies run on its own strand.
+struct BusClient {
+  BusClient(Pool& pool, BusCore& core, std::string name) : strand(pool, std::move(name)), bus(core, strand) {}
+  Strand strand;
+  InstanceBus bus;
+};
 
 /// Everything the instances of a deployment share while it runs: workers, clock, bus, metrics, store.
 struct Runtime {
@@ -36,6 +45,9 @@ struct Runtime {
   /// Where operator requests (`deskfarm request`) enter the bus; their replies run here.
   Strand admin_strand{pool, "admin"};
   InstanceBus admin_bus{bus, admin_strand};
+  /// Bus clients opened by Deployment::open_client; closed at teardown, destroyed with the runtime.
+  std::mutex clients_mutex;
+  std::vector<std::unique_ptr<BusClient>> clients;
   /// Discovery: what every running instance advertised; read from any executor.
   std::mutex directory_mutex;
   std::map<std::string, sdk::InstanceInfo> directory;

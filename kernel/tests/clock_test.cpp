@@ -51,6 +51,25 @@ TEST_CASE("virtual timers fire in deadline order, ties in scheduling order, acro
         std::vector<std::string>{"b30@30", "a35@35", "a60@60"});
 }
 
+TEST_CASE("a virtual step fires only the earliest batch due by its limit and moves time only that far") {
+  Pool pool(2);
+  VirtualClock clock(pool, sdk::TimePoint{});
+  Strand a(pool, "a");
+  std::atomic<int> fired{0};
+  clock.after(10s, a, [&] { ++fired; });
+  clock.after(10s, a, [&] { ++fired; });
+  clock.after(20s, a, [&] { ++fired; });
+  CHECK(clock.step(sdk::TimePoint{} + 5s) == 0);  // nothing due by then: time stays
+  CHECK(clock.now() == sdk::TimePoint{});
+  CHECK(clock.step(sdk::TimePoint{} + 60s) == 2);  // the batch at 10 s, run before step returns
+  CHECK(fired == 2);
+  CHECK(clock.now() == sdk::TimePoint{} + 10s);
+  CHECK(clock.step(sdk::TimePoint{} + 60s) == 1);
+  CHECK(clock.now() == sdk::TimePoint{} + 20s);
+  CHECK(clock.step(sdk::TimePoint{} + 60s) == 0);
+  CHECK(fired == 3);
+}
+
 TEST_CASE("virtual timers due at one instant run on each executor in scheduling order, before time moves on") {
   Pool pool(2);
   VirtualClock clock(pool, sdk::TimePoint{});

@@ -21,6 +21,10 @@ echo "$installed"
 grep -q "^pvs [0-9.]*  sdk $sdk" <<<"$installed"
 grep -q "^hello [0-9.]*  sdk $sdk" <<<"$installed"
 grep -q "prefix/lib/deskfarm/plugins/pvs.so" <<<"$installed"
+# The example's own test, on the installed test kit: find_package(DeskfarmSDK COMPONENTS testing) found it.
+test -x "$work/hello/hello_test"
+ctest --test-dir "$work/hello" --output-on-failure >"$work/hello-test.log" || { cat "$work/hello-test.log"; exit 1; }
+grep -q "100% tests passed" "$work/hello-test.log"
 listing=$("$deskfarm" --plugin-path "$work/hello" plugins)
 echo "$listing"
 grep -q "^hello [0-9.]*  sdk $sdk" <<<"$listing"

@@ -5,8 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <future>
-#include <sstream>
+#include <optional>
 #include <string>
 
 #include <catch2/catch.hpp>
@@ -14,10 +13,9 @@
 #include <deskfarm/interfaces/pvs/pvs.hpp>
 #include <deskfarm/nbd/client.hpp>
 #include <deskfarm/testing/files.hpp>
+#include <deskfarm/testing/harness.hpp>
 #include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
-
-#include "deployment.hpp"
 
 namespace pvs_test {
 
@@ -45,18 +43,11 @@ inline std::uint16_t free_port() {
 
 struct Lab {
   dt::TempDir dir{"pvs-test"};
-  std::vector<std::string> lines;
-  kernel::LogSink log{sdk::LogLevel::info};
-  kernel::PluginCatalog catalog{{PLUGIN_DIR}};
-  std::unique_ptr<kernel::Deployment> d;
+  std::unique_ptr<dt::Harness> h;  // the deployment, through the SDK's test kit
 
   Lab() {
-    log.capture([this](const std::string& l) { lines.push_back(l); });
     std::filesystem::create_directories(store());
     dt::write_file(store() / "gold.img", dt::pattern(base_size, 7));
-  }
-  ~Lab() {
-    if (d) d->stop();
   }
   std::filesystem::path store() const { return dir.path() / "vdisks"; }
   std::filesystem::path base() const { return store() / "gold.img"; }
@@ -69,11 +60,17 @@ struct Lab {
            "            { mac = \"" + mac_b + "\", vdisk = \"gold\", name = \"desk-b\", type = \"test\" },\n"
            "            { mac = \"" + mac_p + "\", vdisk = \"solo\", name = \"desk-p\" } ]\n";
   }
-  kernel::Manifest manifest(const std::string& instances) {
-    const std::string text = "[deployment]\nname = \"lab\"\nstate_dir = \"" + (dir.path() / "var").string() +
-                             "\"\ndata_store = \"sqlite:" + (dir.path() / "ds.db").string() + "\"\n\n" + instances;
-    dt::write_text(dir / "lab.toml", text);
-    return kernel::load_manifest(dir / "lab.toml");
+  /// The manifest text; error messages name it lab.toml.
+  std::string manifest(const std::string& instances) const {
+    return "[deployment]\nname = \"lab\"\nstate_dir = \"" + (dir.path() / "var").string() +
+           "\"\ndata_store = \"sqlite:" + (dir.path() / "ds.db").string() + "\"\n\n" + instances;
+  }
+  /// Validates the manifest and loads the plugin (what `deskfarm check` runs); starts nothing.
+  std::unique_ptr<dt::Harness> harness(const std::string& instances) const {
+    dt::HarnessOptions o;
+    o.plugin_path = {PLUGIN_DIR};
+    o.source_name = "lab.toml";
+    return std::make_unique<dt::Harness>(manifest(instances), o);
   }
   /// Instance "pvs-1" with the default vDisks; `extra` adds keys (store is always this lab's).
   std::string one(const std::string& extra = "") const {
@@ -83,13 +80,15 @@ struct Lab {
   /// Starts the deployment and waits until every instance has loaded its catalog from the data store (that
   /// happens on the blocking pool after start(); devices are refused as "still loading" until then).
   void start_instances(const std::string& instances) {
-    d = std::make_unique<kernel::Deployment>(manifest(instances), catalog, log);
-    d->start();
-    for (const auto& name : d->start_order()) {
+    h = harness(instances);
+    h->start();
+    for (const auto& name : h->instances()) {
       INFO("instance " << name);
       REQUIRE(dt::eventually([&] { return text(status(name), "catalog") == "loaded"; }, std::chrono::seconds(30)));
     }
   }
+  /// Stops the deployment and forgets it (a restart is another start()).
+  void stop() { h.reset(); }
   /// The error text of a deployment that fails to start.
   std::string start_error(const std::string& extra) {
     try {
@@ -102,18 +101,14 @@ struct Lab {
   /// The error text of a manifest refused while the deployment is only constructed: what `deskfarm check` runs.
   std::string check_error(const std::string& instances) {
     try {
-      kernel::Deployment checked(manifest(instances), catalog, log);
+      (void)harness(instances);
     } catch (const std::exception& e) {
       return e.what();
     }
     return "";
   }
 
-  sdk::Value status(const std::string& instance = "pvs-1") {
-    sdk::Value out = sdk::Value::object();
-    d->run_on(instance, [&](sdk::Plugin& p, sdk::Context&) { p.status(out); });
-    return out;
-  }
+  sdk::Value status(const std::string& instance = "pvs-1") { return h->instance_status(instance); }
   static std::int64_t integer(const sdk::Value& v, std::string_view key) {
     const auto* f = v.find(key);
     INFO("status field " << key << " in " << v.to_json());
@@ -141,23 +136,11 @@ struct Lab {
     return nbd::Client("127.0.0.1", stream_port(instance), export_name);
   }
 
-  /// Sends a typed request on the bus from inside `from` and hands the reply to `on_reply` there (no wait).
-  template <class Req>
-  void send(const std::string& subject, Req req, std::function<void(sdk::Reply<api::AdminReply>)> on_reply,
-            const std::string& from = "pvs-1") {
-    d->run_on(from, [&](sdk::Plugin&, sdk::Context& ctx) {
-      sdk::request<Req, api::AdminReply>(ctx.bus(), subject, std::move(req), std::chrono::seconds(60), std::move(on_reply));
-    });
-  }
-  /// A typed admin request to pvs.<instance>.admin.<action>; waits for the reply or the error.
+  /// A typed admin request to pvs.<instance>.admin.<action> from the harness's bus client; waits for the
+  /// reply or the error.
   template <class Req>
   sdk::Reply<api::AdminReply> admin(const std::string& action, Req req, const std::string& instance = "pvs-1") {
-    auto done = std::make_shared<std::promise<sdk::Reply<api::AdminReply>>>();
-    auto fut = done->get_future();
-    send(api::admin_subject(instance, action), std::move(req), [done](sdk::Reply<api::AdminReply> r) { done->set_value(std::move(r)); },
-         instance);
-    REQUIRE(fut.wait_for(std::chrono::seconds(90)) == std::future_status::ready);
-    return fut.get();
+    return h->request<Req, api::AdminReply>(api::admin_subject(instance, action), std::move(req), std::chrono::seconds(60));
   }
 };
 

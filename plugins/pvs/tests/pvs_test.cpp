@@ -8,6 +8,8 @@
 
 #include "pvs_lab.hpp"
 
+#include <deskfarm/testing/conformance_catch.hpp>
+
 using namespace pvs_test;
 using deskfarm::nbd::ClientError;
 
@@ -201,19 +203,10 @@ TEST_CASE("a private image has one writer and keeps its writes") {
 }
 
 TEST_CASE("devices are assigned over the bus and boot and disconnect events are published") {
+  using namespace std::chrono_literals;
   Lab lab;
   lab.start();
-  // Written on pvs-1's executor, read here only under the mutex.
-  auto events = std::make_shared<std::vector<std::pair<std::string, api::DeviceEvent>>>();
-  auto mutex = std::make_shared<std::mutex>();
-  deskfarm::sdk::Subscription sub;
-  lab.d->run_on("pvs-1", [&](sdk::Plugin&, sdk::Context& ctx) {
-    sub = sdk::subscribe<api::DeviceEvent>(ctx.bus(), "pvs.pvs-1.device.>",
-                                           [events, mutex](const api::DeviceEvent& e, const sdk::Message& m) {
-                                             std::lock_guard lock(*mutex);
-                                             events->emplace_back(m.subject, e);
-                                           });
-  });
+  auto events = lab.h->probe("pvs.pvs-1.device.>");
   CHECK_THROWS(lab.connect("52:54:00:00:00:99"));
   auto r = lab.admin("device.assign", api::AssignDevice{"52-54-00-00-00-99", "gold", "late"});
   REQUIRE(r.ok());
@@ -223,20 +216,20 @@ TEST_CASE("devices are assigned over the bus and boot and disconnect events are 
     CHECK(read_all(c, 0, 512) == slice(dt::read_file(lab.base()), 0, 512));
     c.disconnect();
   }
-  REQUIRE(dt::eventually([&] {
-    std::lock_guard lock(*mutex);
-    return events->size() >= 2;
-  }));
-  std::lock_guard lock(*mutex);
-  const auto& [boot_subject, boot] = (*events)[0];
-  CHECK(boot_subject == api::device_subject("pvs-1", "boot"));
+  // Published from the streamer's threads: waited for in real time.
+  const auto boot_message = events.await(30s);
+  const auto disconnect_message = events.await(30s);
+  REQUIRE(boot_message);
+  REQUIRE(disconnect_message);
+  const auto boot = *sdk::body_of<api::DeviceEvent>(*boot_message);
+  CHECK(boot_message->subject == api::device_subject("pvs-1", "boot"));
   CHECK(boot.kind == "boot");
   CHECK(boot.mac == "52:54:00:00:00:99");
   CHECK(boot.vdisk == "gold");
   CHECK(boot.mode == "standard");
   CHECK(boot.server == "pvs-1");
-  CHECK((*events)[1].first == api::device_subject("pvs-1", "disconnect"));
-  CHECK((*events)[1].second.kind == "disconnect");
+  CHECK(disconnect_message->subject == api::device_subject("pvs-1", "disconnect"));
+  CHECK(sdk::body_of<api::DeviceEvent>(*disconnect_message)->kind == "disconnect");
   CHECK(lab.admin("device.assign", api::AssignDevice{"52:54:00:00:00:98", "nope"}).error().code == "refused");
   CHECK(lab.admin("device.assign", api::AssignDevice{"zz", "gold"}).error().code == "bad_request");
 }
@@ -291,7 +284,7 @@ TEST_CASE("two pvs servers share one store, and a device whose server dies reads
   nbd::Client first("127.0.0.1", b.login_servers[0].port, mac_a);
   const auto bytes = read_all(first, 0, base_size);
   CHECK(bytes == dt::read_file(lab.base()));
-  lab.d->run_on("pvs-1", [](sdk::Plugin& p, sdk::Context&) { p.stop(); });  // pvs-1 dies
+  lab.h->run_on("pvs-1", [](sdk::Plugin& p, sdk::Context&) { p.stop(); });  // pvs-1 dies
   std::vector<std::byte> probe(512);
   CHECK_THROWS(first.read(0, probe));  // the connection is gone
   // The firmware walks its login server list: pvs-1 refuses, pvs-2 answers.
@@ -322,8 +315,7 @@ TEST_CASE("seeding is idempotent: a restart keeps versions made at run time") {
   Lab lab;
   lab.start();
   REQUIRE(lab.admin("version.new", api::NewVersion{"gold"}).ok());
-  lab.d->stop();
-  lab.d.reset();
+  lab.stop();
   lab.start();
   const auto status = lab.status();
   const auto& versions = status.find("vdisks")->as_array().at(0).find("versions")->as_array();
@@ -374,7 +366,7 @@ TEST_CASE("the operator's JSON view of the admin requests (deskfarm request) ans
   Lab lab;
   lab.start();
   // What `deskfarm request pvs.pvs-1.admin.version.new '{"vdisk":"gold"}'` sends: type deskfarm.json.
-  const auto made = lab.d->request(api::admin_subject("pvs-1", "version.new"), R"({"vdisk":"gold"})", 30s);
+  const auto made = lab.h->json_request(api::admin_subject("pvs-1", "version.new"), R"({"vdisk":"gold"})", 30s);
   INFO(made.body);
   REQUIRE(made.ok);
   CHECK(made.type == api::AdminReply::type_name);
@@ -384,17 +376,17 @@ TEST_CASE("the operator's JSON view of the admin requests (deskfarm request) ans
   CHECK(reply.vdisks[0].versions.size() == 2);
   CHECK(reply.devices.size() == 3);
 
-  const auto twice = lab.d->request(api::admin_subject("pvs-1", "version.new"), R"({"vdisk":"gold"})", 30s);
+  const auto twice = lab.h->json_request(api::admin_subject("pvs-1", "version.new"), R"({"vdisk":"gold"})", 30s);
   CHECK(!twice.ok);
   const auto error = sdk::from_value<sdk::Error>(sdk::Value::parse_json(twice.body));
   CHECK(error.code == "refused");
   CHECK_THAT(error.message, Catch::Contains("pvs pvs-1: version.new: vDisk 'gold' already has version 1"));
 
-  const auto wrong = lab.d->request(api::admin_subject("pvs-1", "version.new"), R"({"vdisk":7})", 30s);
+  const auto wrong = lab.h->json_request(api::admin_subject("pvs-1", "version.new"), R"({"vdisk":7})", 30s);
   CHECK(!wrong.ok);
   CHECK(sdk::from_value<sdk::Error>(sdk::Value::parse_json(wrong.body)).code == "bad_request");
 
-  const auto list = lab.d->request(api::admin_subject("pvs-1", "vdisk.list"), "{}", 30s);
+  const auto list = lab.h->json_request(api::admin_subject("pvs-1", "vdisk.list"), "{}", 30s);
   REQUIRE(list.ok);
   CHECK(sdk::from_value<api::AdminReply>(sdk::Value::parse_json(list.body)).vdisks.at(0).versions.at(1).access ==
         "maintenance");
@@ -416,19 +408,19 @@ TEST_CASE("deskfarm status answers within a second while a large merge runs on t
 
   // The merge is asked for from another thread, as an operator's `deskfarm request` would be.
   auto merge = std::async(std::launch::async, [&] {
-    return lab.d->request(api::admin_subject("pvs-1", "version.merge"), R"({"vdisk":"big"})", 120s);
+    return lab.h->json_request(api::admin_subject("pvs-1", "version.merge"), R"({"vdisk":"big"})", 120s);
   });
   int during = 0;  // status answers computed while the merge job was running
   auto slowest = 0ms;
   const auto end = std::chrono::steady_clock::now() + 150s;
   while (merge.wait_for(0ms) != std::future_status::ready && std::chrono::steady_clock::now() < end) {
     const auto t0 = std::chrono::steady_clock::now();
-    const auto status = lab.d->status();
+    const auto status = lab.h->status();
     slowest = std::max(slowest, std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0));
-    const auto pvs = status->getArray("instances")->getObject(0);
-    REQUIRE(pvs->getValue<std::string>("name") == "pvs-1");
-    REQUIRE(!pvs->has("status_error"));
-    if (pvs->getObject("fields")->getValue<int>("data_store_jobs") >= 1) ++during;
+    const auto& pvs = status.find("instances")->as_array().at(0);
+    REQUIRE(Lab::text(pvs, "name") == "pvs-1");
+    REQUIRE(!pvs.find("status_error"));
+    if (Lab::integer(*pvs.find("fields"), "data_store_jobs") >= 1) ++during;
     std::this_thread::sleep_for(20ms);
   }
   const auto answer = merge.get();
@@ -439,3 +431,18 @@ TEST_CASE("deskfarm status answers within a second while a large merge runs on t
   CHECK(slowest < 1000ms);
   CHECK(std::filesystem::file_size(lab.store() / "big.2.img") == (384u << 20));
 }
+
+namespace {
+/// pvs-1 with the default vDisks; the deployment (state_dir, data store) is the harness's own.
+deskfarm::testing::conformance::Subject pvs_subject() {
+  static const Lab lab;  // the vDisk store, shared by the suite's deployments
+  deskfarm::testing::conformance::Subject s;
+  s.plugin = "pvs";
+  s.instance = "pvs-1";
+  s.manifest_toml = lab.one();
+  s.options.plugin_path = {PLUGIN_DIR};
+  return s;
+}
+}  // namespace
+
+DESKFARM_CONFORMANCE_SUITE("pvs", pvs_subject)

@@ -1,6 +1,8 @@
 // hello: the smallest useful deskfarm plugin. It greets on the bus on a timer and answers pings.
 #include <deskfarm/sdk/plugin.hpp>
 
+#include "hello.hpp"
+
 namespace {
 
 using namespace deskfarm::sdk;
@@ -19,14 +21,6 @@ constexpr auto config = schema<HelloConfig>(
         .range(1, 86400));
 
 }  // namespace
-
-/// A ping: the text to greet.
-struct Ping {
-  static constexpr std::string_view type_name = "deskfarm.hello.Ping";
-  static constexpr std::uint32_t type_version = 1;
-  std::string name;
-  static constexpr auto fields() { return std::tuple{field("name", &Ping::name)}; }
-};
 
 namespace {
 

@@ -261,7 +261,7 @@ TEST_CASE("two pvs servers share one store, and a device whose server dies reads
       lab.start_instances(two);
       break;
     } catch (const std::exception& e) {
-      lab.d.reset();
+      lab.h.reset();
       if (attempt == 5 || std::string_view(e.what()).find("Address already in use") == std::string_view::npos) throw;
     }
   }

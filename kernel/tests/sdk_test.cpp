@@ -9,24 +9,12 @@
 #include <deskfarm/testing/temp_dir.hpp>
 
 #include "deployment.hpp"
+#include "service_messages.hpp"
 
 using namespace deskfarm;
 using namespace deskfarm::kernel;
 using namespace std::chrono_literals;
 
-struct Sum {
-  static constexpr std::string_view type_name = "deskfarm.fixture.Sum";
-  static constexpr std::uint32_t type_version = 1;
-  std::vector<std::int64_t> terms;
-  static constexpr auto fields() { return std::tuple{sdk::field("terms", &Sum::terms)}; }
-};
-struct Total {
-  static constexpr std::string_view type_name = "deskfarm.fixture.Total";
-  static constexpr std::uint32_t type_version = 1;
-  std::int64_t total = 0;
-  std::string by;
-  static constexpr auto fields() { return std::tuple{sdk::field("total", &Total::total), sdk::field("by", &Total::by)}; }
-};
 
 namespace {
 

@@ -5,6 +5,8 @@
 
 #include <deskfarm/testing/harness.hpp>
 
+#include "service_messages.hpp"
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -12,20 +14,6 @@ namespace sdk = deskfarm::sdk;
 using deskfarm::testing::Harness;
 using deskfarm::testing::HarnessOptions;
 
-// The fixture_service plugin's request and reply (tests/fixtures/service.cpp).
-struct Sum {
-  static constexpr std::string_view type_name = "deskfarm.fixture.Sum";
-  static constexpr std::uint32_t type_version = 1;
-  std::vector<std::int64_t> terms;
-  static constexpr auto fields() { return std::tuple{sdk::field("terms", &Sum::terms)}; }
-};
-struct Total {
-  static constexpr std::string_view type_name = "deskfarm.fixture.Total";
-  static constexpr std::uint32_t type_version = 1;
-  std::int64_t total = 0;
-  std::string by;
-  static constexpr auto fields() { return std::tuple{sdk::field("total", &Total::total), sdk::field("by", &Total::by)}; }
-};
 
 HarnessOptions options(std::string clock = "") {
   HarnessOptions o;
@@ -104,7 +92,7 @@ TEST_CASE("status, metrics and captured logs describe the running deployment") {
   CHECK(h.logs().size() >= 3);
 }
 
-TEST_CASE("messages published from the harness reach a probe; run_on runs on the instance") {
+TEST_CASE("messages published from the harness reach a probe, and run_on runs on the instance") {
   Harness h(adder, options());
   h.start();
   auto probe = h.probe("kit.>");
@@ -139,7 +127,7 @@ TEST_CASE("a probe outlives its harness and keeps what it received") {
   CHECK(!kept->expect(10ms));
 }
 
-TEST_CASE("manifest and start errors come back with the kernel's positions; misuse is refused") {
+TEST_CASE("manifest and start errors come back with the kernel's positions, and misuse is refused") {
   HarnessOptions o = options();
   o.source_name = "kit.toml";
   CHECK_THROWS_WITH(Harness("[instances.x]\nplugin = \"fixture_service\"\nslow_ms = \"soon\"\n", o),
@@ -156,7 +144,7 @@ TEST_CASE("manifest and start errors come back with the kernel's positions; misu
   CHECK_THROWS_WITH(real.advance(1s), Catch::Contains("real clock"));
 }
 
-TEST_CASE("the default state_dir is a fresh directory removed with the harness; a given one is kept") {
+TEST_CASE("the default state_dir is a fresh directory removed with the harness, and a given one is kept") {
   std::filesystem::path dir;
   {
     Harness h(adder, options());

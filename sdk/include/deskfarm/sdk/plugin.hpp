@@ -80,10 +80,10 @@ inline void copy_text(char* dst, std::size_t size, const char* src) {
   dst[size - 1] = '\0';
 }
 
-template <class T>
-void* create(void* context, dk_error* error) noexcept {
+/// Copies the exception in flight into `error` (inside the plugin's module: nothing crosses the boundary).
+inline void report(dk_error* error) noexcept {
   try {
-    return static_cast<Plugin*>(new T(*static_cast<Context*>(context)));
+    throw;
   } catch (const ConfigError& e) {
     copy_text(error->key, sizeof error->key, e.key().c_str());
     copy_text(error->message, sizeof error->message, e.what());
@@ -91,6 +91,15 @@ void* create(void* context, dk_error* error) noexcept {
     copy_text(error->message, sizeof error->message, e.what());
   } catch (...) {
     copy_text(error->message, sizeof error->message, "unknown exception (not derived from std::exception)");
+  }
+}
+
+template <class T>
+void* create(void* context, dk_error* error) noexcept {
+  try {
+    return static_cast<Plugin*>(new T(*static_cast<Context*>(context)));
+  } catch (...) {
+    report(error);
   }
   return nullptr;
 }
@@ -105,13 +114,8 @@ int validate(const void* config, dk_error* error) noexcept {
   try {
     T::validate(*static_cast<const Config*>(config));
     return 0;
-  } catch (const ConfigError& e) {
-    copy_text(error->key, sizeof error->key, e.key().c_str());
-    copy_text(error->message, sizeof error->message, e.what());
-  } catch (const std::exception& e) {
-    copy_text(error->message, sizeof error->message, e.what());
   } catch (...) {
-    copy_text(error->message, sizeof error->message, "unknown exception (not derived from std::exception)");
+    report(error);
   }
   return 1;
 }

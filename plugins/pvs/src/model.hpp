@@ -156,6 +156,8 @@ class Catalog {
   void migrate();
   /// Creates missing base files and upserts the manifest's vDisks and devices.
   void seed(const std::vector<VdiskSeed>& vdisks, const std::vector<DeviceSeed>& devices);
+  /// One vDisk of seed(): its row (mode updated) and, when new, its base version 0; one transaction.
+  void seed_vdisk(const VdiskSeed& v, std::uint64_t size);
   Snapshot load();
 
   /// New maintenance version on top of the newest version; returns its number.

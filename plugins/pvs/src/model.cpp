@@ -135,6 +135,9 @@ Options make_options(const PvsConfig& c, const std::filesystem::path& state_dir)
                                                     " is not a power of two (4096..1048576)");
   o.write_cache_block_size = static_cast<std::uint32_t>(bs);
   o.refresh_s = c.refresh_s;
+  o.session_idle = std::chrono::seconds(c.session_idle_s);
+  o.stream_idle_timeout = std::chrono::seconds(c.stream_idle_timeout_s);
+  o.stream_keepalive = std::chrono::seconds(c.stream_keepalive_s);
 
   std::set<std::string> names;
   for (std::size_t i = 0; i < c.vdisks.size(); ++i) {

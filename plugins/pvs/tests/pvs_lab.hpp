@@ -159,6 +159,18 @@ struct Lab {
     REQUIRE(fut.wait_for(std::chrono::seconds(90)) == std::future_status::ready);
     return fut.get();
   }
+  /// device.reset of `mac` on `instance` (what a reboot does to the device's session); waits for the reply.
+  sdk::Reply<api::ResetReply> reset(const std::string& mac, const std::string& instance = "pvs-1") {
+    auto done = std::make_shared<std::promise<sdk::Reply<api::ResetReply>>>();
+    auto fut = done->get_future();
+    d->run_on(instance, [&](sdk::Plugin&, sdk::Context& ctx) {
+      sdk::request<api::ResetDevice, api::ResetReply>(
+          ctx.bus(), api::admin_subject(instance, "device.reset"), api::ResetDevice{mac}, std::chrono::seconds(30),
+          [done](sdk::Reply<api::ResetReply> r) { done->set_value(std::move(r)); });
+    });
+    REQUIRE(fut.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+    return fut.get();
+  }
 };
 
 /// Reads [off, off+len) through a client; REQUIREs success.

@@ -117,8 +117,13 @@ std::string host_of(const sockaddr_storage& ss) {
   char host[INET6_ADDRSTRLEN] = "?";
   if (ss.ss_family == AF_INET)
     ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, host, sizeof host);
-  else if (ss.ss_family == AF_INET6)
-    ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, host, sizeof host);
+  else if (ss.ss_family == AF_INET6) {
+    const auto& a = reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(&a))  // a dual-stack TFTP socket: the device is the IPv4 peer the NBD server names
+      ::inet_ntop(AF_INET, &a.s6_addr[12], host, sizeof host);
+    else
+      ::inet_ntop(AF_INET6, &a, host, sizeof host);
+  }
   return host;
 }
 

@@ -103,9 +103,10 @@ void Client::recv_all(std::span<std::byte> out) {
 }
 
 void Client::send_request(std::uint16_t type, std::uint64_t cookie, std::uint64_t off, std::uint32_t length,
-                          std::span<const std::byte> payload) {
+                          std::span<const std::byte> payload, std::uint16_t flags) {
   std::array<std::byte, 28> head{};
   put_be(head.data(), proto::kRequestMagic, 4);
+  put_be(head.data() + 4, flags, 2);
   put_be(head.data() + 6, type, 2);
   put_be(head.data() + 8, cookie, 8);
   put_be(head.data() + 16, off, 8);
@@ -134,9 +135,9 @@ std::uint32_t Client::read(std::uint64_t off, std::span<std::byte> out) {
   return err;
 }
 
-std::uint32_t Client::write(std::uint64_t off, std::span<const std::byte> in) {
+std::uint32_t Client::write(std::uint64_t off, std::span<const std::byte> in, std::uint16_t flags) {
   const auto cookie = next_cookie_++;
-  send_request(proto::kCmdWrite, cookie, off, static_cast<std::uint32_t>(in.size()), in);
+  send_request(proto::kCmdWrite, cookie, off, static_cast<std::uint32_t>(in.size()), in, flags);
   std::uint64_t got = 0;
   return receive_reply(got);
 }

@@ -21,7 +21,7 @@ namespace {
 /// A connected socket with a read buffer: request headers are 28 bytes and pipelined clients send many per packet.
 class SocketTransport final : public Transport {
  public:
-  explicit SocketTransport(int fd) : fd_(fd), buffer_(64 * 1024) {}
+  SocketTransport(int fd, std::chrono::milliseconds idle) : fd_(fd), buffer_(64 * 1024), idle_(idle) {}
 
   bool read_exact(std::span<std::byte> out) override {
     std::size_t done = 0;
@@ -37,7 +37,7 @@ class SocketTransport final : public Transport {
       const bool direct = want >= buffer_.size() / 2;
       ssize_t n = direct ? ::recv(fd_, out.data() + done, want, 0) : ::recv(fd_, buffer_.data(), buffer_.size(), 0);
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) timed_out_ = true;  // SO_RCVTIMEO (handshake only)
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) timed_out_ = true;  // SO_RCVTIMEO
       if (n <= 0) return false;
       if (direct) {
         done += static_cast<std::size_t>(n);
@@ -77,19 +77,24 @@ class SocketTransport final : public Transport {
     return true;
   }
 
-  /// True if a read gave up on the handshake timeout.
+  /// True if a read gave up on the handshake timeout (before transmission) or the idle timeout (after).
   bool timed_out() const { return timed_out_; }
+  bool transmitting() const { return transmitting_; }
 
   void enter_transmission() override {
-    timeval none{};
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+    transmitting_ = true;
+    const auto ms = idle_.count();
+    timeval tv{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   }
 
  private:
   int fd_;
   std::vector<std::byte> buffer_;
   std::size_t start_ = 0, end_ = 0;
+  std::chrono::milliseconds idle_;
   bool timed_out_ = false;
+  bool transmitting_ = false;
 };
 
 std::string peer_of(const sockaddr_storage& ss, std::string* with_port) {
@@ -169,7 +174,7 @@ struct Server::Impl {
   }
 
   void serve(Connection* c, std::string peer, std::string peer_port) {
-    SocketTransport transport(c->fd.get());
+    SocketTransport transport(c->fd.get(), options.idle_timeout);
     SessionLimits limits;
     limits.max_payload = options.max_payload;
     Session session(transport, resolver, lister, peer, limits, &counters);
@@ -180,7 +185,9 @@ struct Server::Impl {
       r.end = SessionEnd::kProtocolError;
       r.reason = std::string("internal error: ") + e.what();
     }
-    if (transport.timed_out()) {
+    if (transport.timed_out() && transport.transmitting()) {
+      r.reason = "nothing received for " + std::to_string(options.idle_timeout.count()) + " ms (idle_timeout)";
+    } else if (transport.timed_out()) {
       r.end = SessionEnd::kHandshakeError;
       r.reason = "handshake not finished within " + std::to_string(options.handshake_timeout.count()) +
                  " ms (handshake_timeout)";
@@ -223,6 +230,13 @@ struct Server::Impl {
       }
       int one = 1;
       ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      if (const int idle = static_cast<int>(options.keepalive.count()); idle > 0) {
+        const int interval = std::max(1, idle / 3), count = 3;
+        ::setsockopt(fd.get(), SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+        ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+        ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+        ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+      }
       const auto ms = options.handshake_timeout.count();
       if (ms > 0) {
         timeval tv{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};

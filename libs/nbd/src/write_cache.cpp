@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -60,13 +62,50 @@ int WriteCache::open_overflow() {
   std::string templ = (options_.cache_dir / (device + ".XXXXXX.wcache")).string();
   std::vector<char> name(templ.begin(), templ.end());
   name.push_back('\0');
-  int fd = ::mkstemps(name.data(), 7);
+  int fd = ::mkostemps(name.data(), 7, O_CLOEXEC);
   if (fd < 0) return errno == ENOSPC ? ENOSPC : EIO;
   overflow_fd_.reset(fd);
   overflow_path_ = name.data();
+  // Held for the cache's life: remove_stale() at a restart tells a dead session's file from a live one by it.
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) return EIO;
   // The file mirrors the export's address space; only written blocks take room (sparse).
   if (::ftruncate(fd, static_cast<off_t>(size_)) != 0) return errno;
+  // The new name must survive a crash as well as the data written under it.
+  UniqueFd dir(::open(options_.cache_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir || ::fsync(dir.get()) != 0) return EIO;
   return 0;
+}
+
+int WriteCache::flush() {
+  if (options_.cache_dir.empty()) return 0;  // RAM only by configuration: nothing can be made durable
+  std::unique_lock lock(mutex_);
+  if (ram_dirty_.empty() && !overflow_fd_) return 0;
+  if (!overflow_fd_) {
+    if (int err = open_overflow()) return err;
+  }
+  for (const auto block : ram_dirty_) {
+    const auto& data = ram_.at(block);
+    if (int err = detail::pwrite_full(overflow_fd_.get(), data.get(), block_length(block), block * options_.block_size))
+      return err;
+  }
+  if (::fdatasync(overflow_fd_.get()) != 0) return EIO;
+  ram_dirty_.clear();
+  return 0;
+}
+
+std::vector<std::filesystem::path> WriteCache::remove_stale(const std::filesystem::path& dir) {
+  std::vector<std::filesystem::path> removed;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const auto& path = it->path();
+    if (path.extension() != ".wcache" || !it->is_regular_file(ec)) continue;
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    // A live cache (in this process or another) holds the lock: leave its file alone.
+    if (!fd || ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) continue;
+    std::error_code rm;
+    if (std::filesystem::remove(path, rm)) removed.push_back(path);
+  }
+  return removed;
 }
 
 int WriteCache::read(std::uint64_t off, std::span<std::byte> out) {
@@ -75,12 +114,19 @@ int WriteCache::read(std::uint64_t off, std::span<std::byte> out) {
   if (ram_.empty() && disk_blocks_ == 0) return base_->read(off, out);
   const std::uint64_t bs = options_.block_size;
   std::size_t done = 0;
-  // Runs of uncached blocks are read from the base in one call: boot reads are mostly untouched blocks.
-  std::size_t base_run_start = 0, base_run_len = 0;
+  // Runs of uncached blocks are read from the base in one call (boot reads are mostly untouched blocks), and runs of
+  // overflowed blocks from the overflow file in one pread.
+  std::size_t base_run_start = 0, base_run_len = 0, disk_run_start = 0, disk_run_len = 0;
   auto flush_base_run = [&]() -> int {
     if (base_run_len == 0) return 0;
     int err = base_->read(off + base_run_start, out.subspan(base_run_start, base_run_len));
     base_run_len = 0;
+    return err;
+  };
+  auto flush_disk_run = [&]() -> int {
+    if (disk_run_len == 0) return 0;
+    int err = detail::pread_full(overflow_fd_.get(), out.data() + disk_run_start, disk_run_len, off + disk_run_start);
+    disk_run_len = 0;
     return err;
   };
   while (done < out.size()) {
@@ -90,16 +136,20 @@ int WriteCache::read(std::uint64_t off, std::span<std::byte> out) {
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(bs - in_block, out.size() - done));
     if (auto it = ram_.find(block); it != ram_.end()) {
       if (int err = flush_base_run()) return err;
+      if (int err = flush_disk_run()) return err;
       std::memcpy(out.data() + done, it->second.get() + in_block, n);
     } else if (on_disk(block)) {
       if (int err = flush_base_run()) return err;
-      if (int err = detail::pread_full(overflow_fd_.get(), out.data() + done, n, pos)) return err;
+      if (disk_run_len == 0) disk_run_start = done;
+      disk_run_len += n;
     } else {
+      if (int err = flush_disk_run()) return err;
       if (base_run_len == 0) base_run_start = done;
       base_run_len += n;
     }
     done += n;
   }
+  if (int err = flush_disk_run()) return err;
   return flush_base_run();
 }
 
@@ -128,6 +178,7 @@ int WriteCache::write(std::uint64_t off, std::span<const std::byte> in) {
     const std::byte* src = in.data() + done;
     if (auto it = ram_.find(block); it != ram_.end()) {
       std::memcpy(it->second.get() + in_block, src, n);
+      if (!options_.cache_dir.empty()) ram_dirty_.insert(block);
     } else if (on_disk(block)) {
       if (int err = detail::pwrite_full(overflow_fd_.get(), src, n, pos)) return err;
     } else {
@@ -139,6 +190,7 @@ int WriteCache::write(std::uint64_t off, std::span<const std::byte> in) {
         }
         std::memcpy(data.get() + in_block, src, n);
         ram_.emplace(block, std::move(data));
+        if (!options_.cache_dir.empty()) ram_dirty_.insert(block);
       } else {
         if (!overflow_fd_) {
           if (int err = open_overflow()) return err;

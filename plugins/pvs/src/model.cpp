@@ -7,11 +7,12 @@
 #include <chrono>
 #include <charconv>
 #include <cstring>
-#include <thread>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include <Poco/Data/Session.h>
+#include <Poco/Exception.h>
 #include <Poco/Data/Transaction.h>
 
 #include <deskfarm/nbd/export.hpp>
@@ -134,6 +135,9 @@ Options make_options(const PvsConfig& c, const std::filesystem::path& state_dir)
                                                     " is not a power of two (4096..1048576)");
   o.write_cache_block_size = static_cast<std::uint32_t>(bs);
   o.refresh_s = c.refresh_s;
+  o.session_idle = std::chrono::seconds(c.session_idle_s);
+  o.stream_idle_timeout = std::chrono::seconds(c.stream_idle_timeout_s);
+  o.stream_keepalive = std::chrono::seconds(c.stream_keepalive_s);
 
   std::set<std::string> names;
   for (std::size_t i = 0; i < c.vdisks.size(); ++i) {
@@ -230,12 +234,36 @@ void Catalog::migrate() {
   }
 }
 
+namespace {
+/// HA peers started together seed the same rows: one of two racing INSERTs fails on the primary key (or finds the
+/// store busy). Retried, the loser finds the row and only updates it. Five attempts, 50..200 ms apart.
+template <class F>
+void retried(F&& step) {
+  for (int attempt = 1;; ++attempt) {
+    try {
+      step();
+      return;
+    } catch (const Poco::Exception&) {
+      if (attempt == 5) throw;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50 * attempt));
+    }
+  }
+}
+}  // namespace
+
 void Catalog::seed(const std::vector<VdiskSeed>& vdisks, const std::vector<DeviceSeed>& devices) {
   std::filesystem::create_directories(dir_);
   for (const auto& v : vdisks) {
     const auto path = dir_ / v.file;
     if (!std::filesystem::exists(path)) create_sparse(path, v.size_mb << 20);
     const std::uint64_t size = std::filesystem::file_size(path);
+    retried([&] { seed_vdisk(v, size); });
+  }
+  for (const auto& d : devices) retried([&] { assign(d); });
+}
+
+void Catalog::seed_vdisk(const VdiskSeed& v, std::uint64_t size) {
+  {
     auto s = store_.session();
     Poco::Data::Transaction tx(s);
     std::string name = v.name, mode = v.mode, file = v.file;
@@ -254,7 +282,6 @@ void Catalog::seed(const std::vector<VdiskSeed>& vdisks, const std::vector<Devic
     }
     tx.commit();
   }
-  for (const auto& d : devices) assign(d);
 }
 
 void Catalog::assign(const DeviceSeed& d) {
@@ -323,14 +350,28 @@ int Catalog::new_version(const std::string& name) {
                       " in maintenance; promote or merge it before making another");
   const VersionRow& top = v.versions.back();
   int number = top.number + 1;
+  // NAME.N.dfv, unless a file of that name is left over from an attempt whose INSERT failed or never ran (a crash,
+  // or an HA peer racing us): that one is no version (no row names it), so a fresh name is taken beside it.
   std::string file = name + "." + std::to_string(number) + ".dfv";
+  for (int k = 2; std::filesystem::exists(dir_ / file); ++k) {
+    if (k > 100)
+      throw ActionError("vDisk '" + name + "': 100 leftover files " + name + "." + std::to_string(number) +
+                        "*.dfv in " + dir_.string() + " that no version names; remove them");
+    file = name + "." + std::to_string(number) + "~" + std::to_string(k) + ".dfv";
+  }
   nbd::create_version(dir_ / file, dir_ / top.file);
-  auto s = store_.session();
-  std::string vdisk = name, access = kMaintenance;
-  int parent = top.number;
-  Poco::Int64 created = now_s();
-  s << sdk::sql(s, "INSERT INTO pvs_versions (vdisk, number, file, parent, access, created_at) VALUES (?, ?, ?, ?, ?, ?)"),
-      use(vdisk), use(number), use(file), use(parent), use(access), use(created), now;
+  try {
+    auto s = store_.session();
+    std::string vdisk = name, access = kMaintenance;
+    int parent = top.number;
+    Poco::Int64 created = now_s();
+    s << sdk::sql(s, "INSERT INTO pvs_versions (vdisk, number, file, parent, access, created_at) VALUES (?, ?, ?, ?, ?, ?)"),
+        use(vdisk), use(number), use(file), use(parent), use(access), use(created), now;
+  } catch (...) {
+    std::error_code ec;  // ours alone (a fresh name): no version names it
+    std::filesystem::remove(dir_ / file, ec);
+    throw;
+  }
   return number;
 }
 

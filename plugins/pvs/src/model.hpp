@@ -1,6 +1,7 @@
 #pragma once
 // pvs: configuration, data-store rows and the catalog (devices, vDisks, versions) kept in the data store.
 #include <cstdint>
+#include <chrono>
 #include <filesystem>
 #include <map>
 #include <optional>
@@ -68,6 +69,9 @@ struct PvsConfig {
   std::int64_t write_cache_disk_mb = 0;
   std::int64_t write_cache_block_size = 4096;
   std::int64_t refresh_s = 10;
+  std::int64_t session_idle_s = 3600;
+  std::int64_t stream_idle_timeout_s = 600;
+  std::int64_t stream_keepalive_s = 30;
   std::vector<VdiskSeed> vdisks;
   std::vector<DeviceSeed> devices;
 };
@@ -86,6 +90,9 @@ struct Options {
   std::uint64_t write_cache_disk = 0;
   std::uint32_t write_cache_block_size = 4096;
   std::int64_t refresh_s = 10;
+  std::chrono::seconds session_idle{3600};
+  std::chrono::seconds stream_idle_timeout{600};
+  std::chrono::seconds stream_keepalive{30};
   std::vector<VdiskSeed> vdisks;  ///< `file` filled in
   std::vector<DeviceSeed> devices;  ///< `mac` normalised
 };
@@ -156,6 +163,8 @@ class Catalog {
   void migrate();
   /// Creates missing base files and upserts the manifest's vDisks and devices.
   void seed(const std::vector<VdiskSeed>& vdisks, const std::vector<DeviceSeed>& devices);
+  /// One vDisk of seed(): its row (mode updated) and, when new, its base version 0; one transaction.
+  void seed_vdisk(const VdiskSeed& v, std::uint64_t size);
   Snapshot load();
 
   /// New maintenance version on top of the newest version; returns its number.

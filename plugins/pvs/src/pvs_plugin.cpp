@@ -1,13 +1,18 @@
 // pvs: Provisioning Services — bootstrap over TFTP, vDisks streamed over NBD by device MAC, standard-image mode
 // with a per-device write cache, private images, versions (maintenance -> test -> production, merge), HA pairs.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <algorithm>
 #include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <thread>
 
 #include <deskfarm/bootstrap/bootstrap.hpp>
+#include <deskfarm/interfaces/hypervisor/hypervisor.hpp>
 #include <deskfarm/interfaces/pvs/pvs.hpp>
 #include <deskfarm/nbd/server.hpp>
 #include <deskfarm/sdk/plugin.hpp>
@@ -83,6 +88,16 @@ constexpr auto pvs_schema = schema<PvsConfig>(
         .range(0, 1073741824.0),
     option("write_cache_block_size", &PvsConfig::write_cache_block_size, "4096", "copy-on-write block, a power of two")
         .range(4096, 1048576),
+    option("session_idle_s", &PvsConfig::session_idle_s, "3600",
+           "a device's session (write cache + version) ends this long after its last connection closed, if no boot "
+           "was seen before (hypervisor power event, bootstrap download, device.reset)")
+        .range(1, 31536000),
+    option("stream_idle_timeout_s", &PvsConfig::stream_idle_timeout_s, "600",
+           "an NBD connection that sends nothing this long is closed (its session stays); 0 = never")
+        .range(0, 86400),
+    option("stream_keepalive_s", &PvsConfig::stream_keepalive_s, "30",
+           "TCP keepalive on NBD connections: probe a silent peer after this long (finds half-open ones); 0 = off")
+        .range(0, 7200),
     option("refresh_s", &PvsConfig::refresh_s, "10", "re-read devices and versions from the data store this often (HA peers)")
         .range(1, 86400),
     option("vdisks", &PvsConfig::vdisks, "[]", "vDisks to seed into the data store", vdisk_schema),
@@ -96,6 +111,21 @@ struct Outcome {
   pvs::Snapshot snapshot;
 };
 using Action = std::function<Outcome(pvs::Catalog&, std::stop_token)>;
+
+/// The address of a datagram's sender, as the NBD server names a peer ("127.0.0.1", "::1").
+std::string host_of(const sockaddr_storage& ss) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (ss.ss_family == AF_INET)
+    ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, host, sizeof host);
+  else if (ss.ss_family == AF_INET6) {
+    const auto& a = reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(&a))  // a dual-stack TFTP socket: the device is the IPv4 peer the NBD server names
+      ::inet_ntop(AF_INET, &a.s6_addr[12], host, sizeof host);
+    else
+      ::inet_ntop(AF_INET6, &a, host, sizeof host);
+  }
+  return host;
+}
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -118,7 +148,8 @@ class Pvs final : public Plugin {
     pvs::require_images(options_);
     auto& m = ctx_.metrics();
     metrics_.boots = &m.counter("pvs_device_boots_total", "Devices that started reading their vDisk");
-    metrics_.disconnects = &m.counter("pvs_device_disconnects_total", "Device sessions ended (write cache discarded)");
+    metrics_.disconnects = &m.counter("pvs_device_disconnects_total", "Devices whose last connection closed (session kept)");
+    metrics_.ended = &m.counter("pvs_device_sessions_ended_total", "Device sessions ended (write cache discarded)");
     metrics_.unknown = &m.counter("pvs_unknown_exports_total", "NBD connections naming no known device or vDisk");
     metrics_.refused = &m.counter("pvs_refused_total", "Connections refused (private/maintenance in use, no version)");
     bootstraps_ = &m.counter("pvs_bootstrap_served_total", "Bootstrap downloads started over TFTP");
@@ -139,7 +170,13 @@ class Pvs final : public Plugin {
                                  .disk_limit = options_.write_cache_disk,
                                  .device = "device"};
     std::filesystem::create_directories(options_.write_cache_dir);
-    streamer_ = std::make_shared<pvs::Streamer>(ctx_.name(), options_.store, cache, metrics_);
+    // Overflow files nobody holds belong to sessions of a server that died (crash, kill -9): those devices cannot
+    // resume them (a restarted server has no session), so their space is given back.
+    for (const auto& stale : nbd::WriteCache::remove_stale(options_.write_cache_dir))
+      ctx_.log().warning("pvs: removed the write cache overflow file " + stale.string() +
+                         " of a session that died with its server");
+    streamer_ = std::make_shared<pvs::Streamer>(ctx_.name(), options_.store, cache, metrics_,
+                                                std::chrono::duration_cast<std::chrono::milliseconds>(options_.session_idle));
     // NBD thread: hand over to the executor; the lifeline drops it once the instance has stopped.
     streamer_->on_event([this, line](const pvs::DeviceEvent& e) { line->post([this, e] { device_event(e); }); });
 
@@ -148,6 +185,8 @@ class Pvs final : public Plugin {
     so.address = options_.stream.host;
     so.port = options_.stream.port;
     so.max_connections = options_.max_connections;
+    so.idle_timeout = options_.stream_idle_timeout;
+    so.keepalive = options_.stream_keepalive;
     so.log = [this, line](std::string_view text) {
       if (line->alive()) ctx_.log().debug(text);
     };
@@ -177,9 +216,23 @@ class Pvs final : public Plugin {
       to.port = options_.tftp->port;
       to.root = options_.tftp_root;
       const std::string wanted = lower(options_.bootstrap_file);
-      to.virtual_file = [this, wanted](std::string_view path, const sockaddr_storage&) -> std::optional<std::string> {
+      to.virtual_file = [this, wanted, line, weak](std::string_view path,
+                                                   const sockaddr_storage& from) -> std::optional<std::string> {
         if (lower(std::string(path)) != wanted) return std::nullopt;
         bootstraps_->inc();
+        // The firmware fetches the bootstrap only when it boots: that ends the session of the device at that address.
+        if (auto s = weak.lock()) {
+          std::vector<pvs::EndedSession> ended;
+          const std::string host = host_of(from);
+          const auto seen = s->bootstrap_from(host, ended);
+          if (seen > 1)
+            line->post([this, host, seen] {
+              ctx_.log().warning("pvs: bootstrap fetched from " + host + ", where " + std::to_string(seen) +
+                                 " devices have sessions: cannot tell which one boots; their sessions are kept "
+                                 "(use device.reset or a hypervisor power event)");
+            });
+          for (const auto& e : ended) line->post([this, e] { ended_log(e, "it fetched the bootstrap again"); });
+        }
         std::lock_guard lock(bootstrap_mutex_);
         return bootstrap_bytes_;
       };
@@ -196,6 +249,23 @@ class Pvs final : public Plugin {
                                                    if (c.server != ctx_.name()) refresh();
                                                  }));
     serve_admin();
+    // A hypervisor seeing a VM boot: that device's previous session (write cache + version) ends.
+    subs_.push_back(subscribe<interfaces::hypervisor::PowerStateEvent>(
+        ctx_.bus(), interfaces::hypervisor::all_power_events,
+        [this](const interfaces::hypervisor::PowerStateEvent& e, const Message&) {
+          if (!e.is_boot()) return;
+          const auto mac = pvs::normalize_mac(e.mac);
+          if (!mac) return;
+          for (const auto& ended : streamer_->end_session(*mac, "power"))
+            ended_log(ended, "VM " + e.vm + " of " + e.adapter + " is " + e.state);
+        }));
+    const auto sweep = std::clamp<std::chrono::milliseconds>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(options_.session_idle) / 4, std::chrono::milliseconds(200),
+        std::chrono::milliseconds(60000));
+    ctx_.every(sweep, [this] {
+      for (const auto& e : streamer_->sweep_idle())
+        ended_log(e, "no connection for " + std::to_string(options_.session_idle.count()) + " s (session_idle_s)");
+    });
     // The first job migrates and seeds the data store; devices are told to retry until it is loaded.
     refresh();
     ctx_.every(std::chrono::seconds(options_.refresh_s), [this] { refresh(); });
@@ -348,10 +418,18 @@ class Pvs final : public Plugin {
         .set(static_cast<double>(streamer_->cache_bytes()));
   }
 
+  void ended_log(const pvs::EndedSession& e, const std::string& why) {
+    ctx_.log().info("pvs: device " + e.mac + " session on vDisk " + e.vdisk + " version " + std::to_string(e.version) +
+                    " ended, write cache discarded: " + why +
+                    (e.connections ? " (" + std::to_string(e.connections) + " stale connections now get EIO)" : ""));
+    update_gauges();
+  }
+
   void device_event(const pvs::DeviceEvent& e) {
     publish(ctx_.bus(), api::device_subject(ctx_.name(), e.kind), e);
-    ctx_.log().info("device " + e.mac + " " + e.kind + " (vDisk " + e.vdisk + " version " +
-                    std::to_string(e.version) + ", " + e.mode + ", from " + e.peer + ")");
+    ctx_.log().info("device " + e.mac + " " + e.kind + (e.reason.empty() ? "" : " (" + e.reason + ")") +
+                    " (vDisk " + e.vdisk + " version " + std::to_string(e.version) + ", " + e.mode + ", from " + e.peer +
+                    ")");
     update_gauges();
   }
 
@@ -372,8 +450,27 @@ class Pvs final : public Plugin {
         [this](const api::PromoteVersion& r, Responder<api::AdminReply> out) {
           const auto vdisk = required(r.vdisk, "version.promote", "vdisk");
           act(std::move(out), "version.promote", vdisk,
-              [vdisk, version = version_number(r.version), to = r.to](pvs::Catalog& c, std::stop_token) {
-                return Outcome{c.promote(vdisk, version, to)};
+              [vdisk, version = version_number(r.version), to = r.to, streamer = streamer_](pvs::Catalog& c,
+                                                                                            std::stop_token) {
+                // Devices booting the promoted version must not read it while its writer still changes it.
+                const auto snap = c.load();
+                const auto v = snap.vdisks.find(vdisk);
+                const auto* m = v == snap.vdisks.end() ? nullptr : v->second.maintenance();
+                if (!m || (version && *version != m->number)) return Outcome{c.promote(vdisk, version, to)};
+                // A writer that has just sent NBD_CMD_DISC may still be leaving: give it two seconds.
+                std::string why;
+                bool frozen = false;
+                for (int i = 0; i < 20 && !(frozen = streamer->begin_promote(vdisk, why)); ++i)
+                  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+                if (!frozen) throw pvs::ActionError(why);
+                struct Unfreeze {
+                  pvs::Streamer& s;
+                  const std::string& vdisk;
+                  ~Unfreeze() { s.end_promote(vdisk); }
+                } unfreeze{*streamer, vdisk};
+                Outcome o{c.promote(vdisk, version, to)};
+                streamer->update(c.load());  // new writers are refused by the catalog itself from here on
+                return o;
               });
         }));
     // A merge reads the whole chain: minutes for a large vDisk, so its reply comes when the blocking work is done.
@@ -400,6 +497,23 @@ class Pvs final : public Plugin {
             c.assign(d);
             return Outcome{std::nullopt, d.mac};
           });
+        }));
+    subs_.push_back(serve<api::ResetDevice, api::ResetReply>(
+        bus, api::admin_subject(me, "device.reset"), [this](const api::ResetDevice& r) {
+          const auto mac = pvs::normalize_mac(required(r.mac, "device.reset", "mac"));
+          if (!mac) throw RequestError("bad_request", "mac '" + r.mac + "' is not a MAC address like \"52:54:00:12:34:56\"");
+          actions_->inc();
+          api::ResetReply reply;
+          reply.mac = *mac;
+          for (const auto& e : streamer_->end_session(*mac, "admin")) {
+            reply.ended = true;
+            reply.vdisk = e.vdisk;
+            reply.version = e.version;
+            reply.connections += static_cast<std::int64_t>(e.connections);
+            ended_log(e, "device.reset");
+          }
+          if (!reply.ended) ctx_.log().info("pvs: device.reset of " + *mac + ": it had no session");
+          return reply;
         }));
     subs_.push_back(serve<Empty, api::AdminReply>(bus, api::admin_subject(me, "vdisk.list"), [this](const Empty&) {
       actions_->inc();

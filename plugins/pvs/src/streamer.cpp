@@ -1,14 +1,27 @@
 #include "streamer.hpp"
 
 #include <cerrno>
+#include <optional>
 
 #include <deskfarm/nbd/version_chain.hpp>
 
 namespace deskfarm::pvs {
 
 Streamer::Streamer(std::string server, std::filesystem::path store_dir, nbd::WriteCacheOptions cache,
-                   StreamerMetrics metrics)
-    : dir_(std::move(store_dir)), cache_(std::move(cache)), metrics_(metrics), server_(std::move(server)) {}
+                   StreamerMetrics metrics, std::chrono::milliseconds session_idle)
+    : dir_(std::move(store_dir)),
+      cache_(std::move(cache)),
+      metrics_(metrics),
+      server_(std::move(server)),
+      session_idle_(session_idle) {}
+
+nbd::Resolution Streamer::connect(const std::string& key, std::shared_ptr<DeviceExport> device,
+                                  std::string_view peer) {
+  Live& live = live_[key];
+  ++live.connections;
+  live.info.peer = std::string(peer);  // where the device is now: bootstrap_from() looks for it there
+  return {std::make_shared<ConnectionExport>(weak_from_this(), key, std::move(device)), {}};
+}
 
 void Streamer::update(Snapshot snapshot) {
   std::lock_guard lock(mutex_);
@@ -38,6 +51,16 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
     if (c) c->inc();
     return nbd::Resolution{nullptr, "pvs: " + why};
   };
+  // A session found expired here ends after the lock: its export may be the last reference (see cache_bytes()).
+  std::vector<std::shared_ptr<DeviceExport>> idle_drop;
+  std::vector<DeviceEvent> idle_events;
+  struct Emit {
+    const Streamer* self;
+    std::vector<DeviceEvent>& events;
+    ~Emit() {
+      for (const auto& e : events) self->emit(e);
+    }
+  } emit_after{this, idle_events};
   std::lock_guard lock(mutex_);
   if (!loaded_) return refuse(metrics_.refused, "the catalog is still loading from the data store; retry in a moment");
   // vdisk@maintenance: the one writer of a version in maintenance.
@@ -52,6 +75,9 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
       return refuse(metrics_.refused, "vDisk '" + vdisk + "' has no version in maintenance; create one with "
                                       "pvs.<instance>.admin.version.new");
     const std::string key = vdisk + "@maintenance";
+    if (promoting_.contains(vdisk))
+      return refuse(metrics_.refused, "version " + std::to_string(m->number) + " of '" + vdisk +
+                                          "' is being promoted; it is no longer open for maintenance");
     if (auto l = live_.find(key); l != live_.end() && !l->second.export_.expired())
       return refuse(metrics_.refused, "version " + std::to_string(m->number) + " of '" + vdisk +
                                           "' is already open for maintenance from " + l->second.info.peer +
@@ -65,7 +91,7 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
     }
     auto d = std::make_shared<DeviceExport>(weak_from_this(), key, inner, nullptr, nullptr, false, info);
     live_[key] = Live{d, info, std::chrono::system_clock::now()};
-    return {d, {}};
+    return connect(key, std::move(d), peer);
   }
 
   const auto mac = normalize_mac(requested);
@@ -96,13 +122,19 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
     }
     auto d = std::make_shared<DeviceExport>(weak_from_this(), key, inner, nullptr, nullptr, false, info);
     live_[key] = Live{d, info, std::chrono::system_clock::now()};
-    return {d, {}};
+    return connect(key, std::move(d), peer);
   }
 
-  // Standard mode: connections of one device share its write cache; when the last one closes the device has
-  // rebooted and the next connection boots the newest production version with an empty cache.
-  if (auto l = live_.find(*mac); l != live_.end())
-    if (auto d = l->second.export_.lock()) return {d, {}};
+  // Standard mode: connections of one device share its session (write cache + the version it booted), and a
+  // reconnect finds it again: the network may come and go, only a boot (end_session) or the idle time ends it.
+  if (auto l = live_.find(*mac); l != live_.end()) {
+    auto& live = l->second;
+    if (live.held && live.connections == 0 && std::chrono::steady_clock::now() - live.idle_since >= session_idle_) {
+      end_locked(l, "idle", idle_drop, idle_events);  // expired before the sweep came by: boot afresh
+    } else if (auto d = live.export_.lock()) {
+      return connect(*mac, std::move(d), peer);
+    }
+  }
   const VersionRow* v = vdisk.bootable(dev->second.type == kTest);
   if (!v) return refuse(metrics_.refused, "vDisk '" + vdisk.name + "' has no production version to boot");
   const DeviceEvent info = boot_event(*mac, vdisk.name, v->number, "standard", peer);
@@ -113,7 +145,7 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
     auto cache = std::make_shared<nbd::WriteCache>(base, o);
     auto d = std::make_shared<DeviceExport>(weak_from_this(), *mac, cache, cache, base, true, info);
     live_[*mac] = Live{d, info, std::chrono::system_clock::now()};
-    return {d, {}};
+    return connect(*mac, std::move(d), peer);
   } catch (const std::exception& e) {
     return refuse(metrics_.refused, "cannot open vDisk '" + vdisk.name + "' version " + std::to_string(v->number) +
                                         ": " + e.what());
@@ -149,9 +181,127 @@ void Streamer::released(const std::string& key, const DeviceExport* which) {
   live_.erase(it);
 }
 
+void Streamer::closed(const std::string& key, const DeviceExport* which, bool used) {
+  std::optional<DeviceEvent> gone;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = live_.find(key);
+    if (it == live_.end() || it->second.export_.lock().get() != which) return;  // ended or replaced meanwhile
+    auto& live = it->second;
+    if (live.connections > 0) --live.connections;
+    if (live.connections == 0) {
+      live.idle_since = std::chrono::steady_clock::now();
+      if (used && which->booted()) {
+        gone = live.info;
+        gone->kind = "disconnect";
+      }
+    }
+  }
+  if (gone) emit(*gone);
+}
+
+void Streamer::hold(const std::string& key, const DeviceExport* which) {
+  std::lock_guard lock(mutex_);
+  auto it = live_.find(key);
+  if (it == live_.end()) return;
+  if (auto d = it->second.export_.lock(); d && d.get() == which) it->second.held = std::move(d);
+}
+
+EndedSession Streamer::end_locked(std::map<std::string, Live>::iterator it, const std::string& reason,
+                                  std::vector<std::shared_ptr<DeviceExport>>& drop, std::vector<DeviceEvent>& events) {
+  auto& live = it->second;
+  EndedSession out{live.info.mac, live.info.vdisk, static_cast<int>(live.info.version), live.connections};
+  if (auto d = live.export_.lock()) {
+    d->revoke();
+    if (d->booted()) {
+      DeviceEvent e = live.info;
+      e.kind = "end";
+      e.reason = reason;
+      events.push_back(std::move(e));
+    }
+    drop.push_back(std::move(d));
+  }
+  if (live.held) drop.push_back(std::move(live.held));
+  live_.erase(it);
+  return out;
+}
+
+std::vector<EndedSession> Streamer::end_session(const std::string& mac, const std::string& reason) {
+  std::vector<std::shared_ptr<DeviceExport>> drop;  // declared before the lock: destroyed after it
+  std::vector<DeviceEvent> events;
+  std::vector<EndedSession> out;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto it = live_.begin(); it != live_.end();) {
+      auto next = std::next(it);
+      if (it->second.info.mac == mac) out.push_back(end_locked(it, reason, drop, events));
+      it = next;
+    }
+  }
+  for (const auto& e : events) emit(e);
+  return out;
+}
+
+std::size_t Streamer::bootstrap_from(const std::string& host, std::vector<EndedSession>& ended) {
+  std::vector<std::shared_ptr<DeviceExport>> drop;  // declared before the lock: destroyed after it
+  std::vector<DeviceEvent> events;
+  std::size_t seen = 0;
+  {
+    std::lock_guard lock(mutex_);
+    auto found = live_.end();
+    std::set<std::string> macs;
+    for (auto it = live_.begin(); it != live_.end(); ++it) {
+      if (it->second.info.peer != host || it->first.ends_with("@maintenance")) continue;
+      macs.insert(it->second.info.mac);
+      found = it;
+    }
+    seen = macs.size();
+    if (seen == 1) ended.push_back(end_locked(found, "bootstrap", drop, events));
+  }
+  for (const auto& e : events) emit(e);
+  return seen;
+}
+
+std::vector<EndedSession> Streamer::sweep_idle() {
+  std::vector<std::shared_ptr<DeviceExport>> drop;  // declared before the lock: destroyed after it
+  std::vector<DeviceEvent> events;
+  std::vector<EndedSession> out;
+  {
+    std::lock_guard lock(mutex_);
+    const auto now = std::chrono::steady_clock::now();
+    for (auto it = live_.begin(); it != live_.end();) {
+      auto next = std::next(it);
+      const auto& live = it->second;
+      if (live.held && live.connections == 0 && now - live.idle_since >= session_idle_)
+        out.push_back(end_locked(it, "idle", drop, events));
+      it = next;
+    }
+  }
+  for (const auto& e : events) emit(e);
+  return out;
+}
+
+bool Streamer::begin_promote(const std::string& vdisk, std::string& why) {
+  std::lock_guard lock(mutex_);
+  if (auto l = live_.find(vdisk + "@maintenance"); l != live_.end() && !l->second.export_.expired()) {
+    why = "version " + std::to_string(l->second.info.version) + " of vDisk '" + vdisk +
+          "' is still open for maintenance from " + l->second.info.peer +
+          "; disconnect the maintenance writer (flushing its writes) before promoting";
+    return false;
+  }
+  promoting_.insert(vdisk);
+  return true;
+}
+
+void Streamer::end_promote(const std::string& vdisk) {
+  std::lock_guard lock(mutex_);
+  promoting_.erase(vdisk);
+}
+
 void Streamer::emit(const DeviceEvent& e) const {
   if (e.kind == "boot" && metrics_.boots) metrics_.boots->inc();
   if (e.kind == "disconnect" && metrics_.disconnects) metrics_.disconnects->inc();
+  if (e.kind == "end" && metrics_.ended) metrics_.ended->inc();
   if (sink_) sink_(e);
 }
 
@@ -159,7 +309,7 @@ std::size_t Streamer::active() const {
   std::lock_guard lock(mutex_);
   std::size_t n = 0;
   for (const auto& [k, l] : live_)
-    if (!l.export_.expired()) ++n;
+    if (l.connections > 0 && !l.export_.expired()) ++n;
   return n;
 }
 
@@ -193,6 +343,7 @@ void Streamer::status(sdk::Value& out) const {
     s.set("version", l.info.version);
     s.set("mode", l.info.mode);
     s.set("peer", l.info.peer);
+    s.set("connections", l.connections);
     if (d->cache()) {
       const auto u = d->cache()->usage();
       s.set("write_cache_ram_bytes", u.ram_bytes);
@@ -203,7 +354,10 @@ void Streamer::status(sdk::Value& out) const {
     sessions.push(std::move(s));
   }
   out.set("catalog", loaded_ ? "loaded" : "loading");
-  out.set("active_devices", sessions.size());
+  std::size_t connected = 0;
+  for (const auto& [k, l] : live_)
+    if (l.connections > 0 && !l.export_.expired()) ++connected;
+  out.set("active_devices", connected);  // devices with a connection now; `sessions` also lists those between two
   out.set("sessions", std::move(sessions));
   out.set("write_cache_ram_bytes", ram);
   out.set("write_cache_disk_bytes", disk);
@@ -238,7 +392,7 @@ void Streamer::describe(interfaces::pvs::AdminReply& out) const {
       auto l = live_.find(key);
       if (l == live_.end() || l->second.info.mac != mac) continue;
       if (auto e = l->second.export_.lock()) {
-        connected = true;
+        connected = l->second.connections > 0;
         held.push_back(std::move(e));
       }
     }
@@ -260,36 +414,61 @@ DeviceExport::DeviceExport(std::weak_ptr<Streamer> owner, std::string key, std::
       info_(std::move(info)) {}
 
 DeviceExport::~DeviceExport() {
-  if (auto o = owner_.lock()) {
-    o->released(key_, this);
-    // NBD_OPT_INFO (nbdinfo --list) resolves without any I/O: that is a look, not a boot.
-    if (booted_.load()) {
-      DeviceEvent e = info_;
-      e.kind = "disconnect";
-      o->emit(e);
-    }
-  }
+  if (auto o = owner_.lock()) o->released(key_, this);
 }
 
 void DeviceExport::touch() {
   if (!booted_.exchange(true))
-    if (auto o = owner_.lock()) o->emit(info_);
+    if (auto o = owner_.lock()) {
+      // A standard-mode session is held from its first I/O on (a look with NBD_OPT_INFO holds nothing).
+      if (cache_) o->hold(key_, this);
+      o->emit(info_);
+    }
 }
 
 int DeviceExport::read(std::uint64_t off, std::span<std::byte> out) {
+  if (revoked_.load()) return EIO;
   touch();
   if (base_ && !dirty_.load(std::memory_order_acquire)) return base_->read(off, out);
   return inner_->read(off, out);
 }
 int DeviceExport::write(std::uint64_t off, std::span<const std::byte> in) {
+  if (revoked_.load()) return EIO;
   touch();
   dirty_.store(true, std::memory_order_release);
   return inner_->write(off, in);
 }
 int DeviceExport::write_zeroes(std::uint64_t off, std::uint64_t length) {
+  if (revoked_.load()) return EIO;
   touch();
   dirty_.store(true, std::memory_order_release);
   return inner_->write_zeroes(off, length);
+}
+int DeviceExport::flush() {
+  if (revoked_.load()) return EIO;
+  return inner_->flush();
+}
+
+// ---- ConnectionExport ----
+
+ConnectionExport::~ConnectionExport() {
+  if (auto o = owner_.lock()) o->closed(key_, device_.get(), used_.load());
+}
+int ConnectionExport::read(std::uint64_t off, std::span<std::byte> out) {
+  used_.store(true);
+  return device_->read(off, out);
+}
+int ConnectionExport::write(std::uint64_t off, std::span<const std::byte> in) {
+  used_.store(true);
+  return device_->write(off, in);
+}
+int ConnectionExport::flush() {
+  used_.store(true);
+  return device_->flush();
+}
+int ConnectionExport::write_zeroes(std::uint64_t off, std::uint64_t length) {
+  used_.store(true);
+  return device_->write_zeroes(off, length);
 }
 
 // ---- MaintenanceExport ----

@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -28,17 +29,32 @@ using DeviceEvent = interfaces::pvs::DeviceEvent;
 struct StreamerMetrics {
   sdk::Counter* boots = nullptr;
   sdk::Counter* disconnects = nullptr;
+  sdk::Counter* ended = nullptr;
   sdk::Counter* unknown = nullptr;
   sdk::Counter* refused = nullptr;
 };
 
 class DeviceExport;
 
+/// A session that end_session() ended.
+struct EndedSession {
+  std::string mac;
+  std::string vdisk;
+  int version = 0;
+  std::size_t connections = 0;  ///< still open when it ended: they get EIO from then on
+};
+
 /// Thread-safe: resolve() and list() run on NBD connection threads, update() and status on the executor.
+///
+/// Sessions: a standard-mode device's session (its write cache and the version it booted) starts at its first I/O
+/// and outlives its connections: a reconnect gets the same cache and version. It ends only by end_session() (a boot
+/// seen by the plugin, or an admin reset) or when it had no connection for `session_idle`. Private images and the
+/// maintenance writer write in place, so their sessions simply end with their last connection.
 class Streamer : public std::enable_shared_from_this<Streamer> {
  public:
   /// `server`: the instance name, written into every DeviceEvent.
-  Streamer(std::string server, std::filesystem::path store_dir, nbd::WriteCacheOptions cache, StreamerMetrics metrics);
+  Streamer(std::string server, std::filesystem::path store_dir, nbd::WriteCacheOptions cache, StreamerMetrics metrics,
+           std::chrono::milliseconds session_idle = std::chrono::hours(1));
 
   /// Replaces the catalog view; sessions already running keep the version they booted. Until the first
   /// update every connection is refused as "still loading".
@@ -56,13 +72,37 @@ class Streamer : public std::enable_shared_from_this<Streamer> {
   std::size_t active() const;
   std::uint64_t cache_bytes() const;
 
+  /// Ends the sessions of device `mac` (a normalized MAC): its write cache is discarded, its open connections fail
+  /// with EIO, and its next connection boots afresh. `reason` goes into the `end` event.
+  std::vector<EndedSession> end_session(const std::string& mac, const std::string& reason);
+  /// The firmware at `host` fetched the bootstrap: it is booting. Ends the session of the one device last seen at
+  /// `host`; returns how many devices were seen there (more than one: none is ended, the address is ambiguous).
+  std::size_t bootstrap_from(const std::string& host, std::vector<EndedSession>& ended);
+  /// Ends the sessions that had no connection for `session_idle`; returns them.
+  std::vector<EndedSession> sweep_idle();
+  /// Promoting a maintenance version: refuses (false, `why`) while its writer is connected, else refuses new
+  /// writers of `vdisk` until end_promote(), so none connects between the check and the new catalog view.
+  bool begin_promote(const std::string& vdisk, std::string& why);
+  void end_promote(const std::string& vdisk);
+
  private:
   friend class DeviceExport;
+  friend class ConnectionExport;
   struct Live {
     std::weak_ptr<DeviceExport> export_;
     DeviceEvent info;
     std::chrono::system_clock::time_point since;
+    std::shared_ptr<DeviceExport> held;  // standard mode after its first I/O: the session outlives its connections
+    std::size_t connections = 0;
+    std::chrono::steady_clock::time_point idle_since;  // when `connections` last dropped to 0
   };
+  /// Caller holds mutex_: one more connection of live_[key], which refers to `device`.
+  nbd::Resolution connect(const std::string& key, std::shared_ptr<DeviceExport> device, std::string_view peer);
+  void closed(const std::string& key, const DeviceExport* which, bool used);
+  void hold(const std::string& key, const DeviceExport* which);
+  /// Caller holds mutex_: ends live_[it] (revokes, forgets); `drop` keeps the export to destroy after the lock.
+  EndedSession end_locked(std::map<std::string, Live>::iterator it, const std::string& reason,
+                          std::vector<std::shared_ptr<DeviceExport>>& drop, std::vector<DeviceEvent>& events);
   std::shared_ptr<nbd::Export> layer(const std::string& file);  // shared read-only chain per version file
   void released(const std::string& key, const DeviceExport* which);
   void emit(const DeviceEvent& e) const;
@@ -77,16 +117,18 @@ class Streamer : public std::enable_shared_from_this<Streamer> {
   StreamerMetrics metrics_;
   std::function<void(const DeviceEvent&)> sink_;
   std::string server_;
+  std::chrono::milliseconds session_idle_;
 
   mutable std::mutex mutex_;
+  std::set<std::string> promoting_;  // vDisks whose maintenance version is being promoted
   bool loaded_ = false;
   Snapshot snap_;
   std::map<std::string, std::weak_ptr<nbd::Export>> layers_;
   std::map<std::string, Live> live_;  // key: MAC, or "vdisk@maintenance", or "vdisk@private"
 };
 
-/// What one device (or the maintenance writer) holds while connected; reports itself gone when the last
-/// connection drops it, which is also when its write cache is discarded.
+/// One device's session (or the maintenance writer's, or a private image's): its write cache and version. Shared by
+/// the device's connections; once revoked (the session ended) every request fails with EIO.
 class DeviceExport final : public nbd::Export {
  public:
   /// `base`: what `cache` sits on; a device that has written nothing reads it directly (a boot is mostly reads, and
@@ -99,10 +141,13 @@ class DeviceExport final : public nbd::Export {
   bool read_only() const override { return inner_->read_only(); }
   int read(std::uint64_t off, std::span<std::byte> out) override;
   int write(std::uint64_t off, std::span<const std::byte> in) override;
-  int flush() override { return inner_->flush(); }
+  int flush() override;
   int write_zeroes(std::uint64_t off, std::uint64_t length) override;
   bool multi_conn_safe() const override { return multi_conn_; }
   const nbd::WriteCache* cache() const { return cache_.get(); }
+  void revoke() { revoked_.store(true); }
+  bool booted() const { return booted_.load(); }
+  const DeviceEvent& info() const { return info_; }
 
  private:
   void touch();
@@ -115,6 +160,29 @@ class DeviceExport final : public nbd::Export {
   bool multi_conn_;
   DeviceEvent info_;
   std::atomic<bool> booted_{false};
+  std::atomic<bool> revoked_{false};
+};
+
+/// One NBD connection to a device's session: counts the connection in and out, so the session knows when the device
+/// has none (a `disconnect` event, then the idle clock) without ending on it.
+class ConnectionExport final : public nbd::Export {
+ public:
+  ConnectionExport(std::weak_ptr<Streamer> owner, std::string key, std::shared_ptr<DeviceExport> device)
+      : owner_(std::move(owner)), key_(std::move(key)), device_(std::move(device)) {}
+  ~ConnectionExport() override;
+  std::uint64_t size() const override { return device_->size(); }
+  bool read_only() const override { return device_->read_only(); }
+  int read(std::uint64_t off, std::span<std::byte> out) override;
+  int write(std::uint64_t off, std::span<const std::byte> in) override;
+  int flush() override;
+  int write_zeroes(std::uint64_t off, std::uint64_t length) override;
+  bool multi_conn_safe() const override { return device_->multi_conn_safe(); }
+
+ private:
+  std::weak_ptr<Streamer> owner_;
+  std::string key_;
+  std::shared_ptr<DeviceExport> device_;
+  std::atomic<bool> used_{false};  // NBD_OPT_INFO resolves without I/O: a look, not a connection of the device
 };
 
 /// A maintenance version opened read-write: writes go to the version file, reads see them.

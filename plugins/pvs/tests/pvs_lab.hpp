@@ -142,6 +142,11 @@ struct Lab {
   sdk::Reply<api::AdminReply> admin(const std::string& action, Req req, const std::string& instance = "pvs-1") {
     return h->request<Req, api::AdminReply>(api::admin_subject(instance, action), std::move(req), std::chrono::seconds(60));
   }
+  /// device.reset of `mac` on `instance` (what a reboot does to the device's session); waits for the reply.
+  sdk::Reply<api::ResetReply> reset(const std::string& mac, const std::string& instance = "pvs-1") {
+    return h->request<api::ResetDevice, api::ResetReply>(api::admin_subject(instance, "device.reset"), api::ResetDevice{mac},
+                                                         std::chrono::seconds(30));
+  }
 };
 
 /// Reads [off, off+len) through a client; REQUIREs success.

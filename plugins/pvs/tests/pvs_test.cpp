@@ -64,7 +64,7 @@ TEST_CASE("a device reads its vDisk by MAC, and an unknown MAC is refused by nam
   CHECK_THROWS_WITH(lab.connect("gold"), Catch::Contains("not a device MAC"));
 }
 
-TEST_CASE("writes land in the device's own write cache, never in the base, and vanish at reboot") {
+TEST_CASE("writes land in the device's own write cache, never in the base, survive a reconnect and vanish at reboot") {
   Lab lab;
   lab.start();
   const auto original = dt::read_file(lab.base());
@@ -84,8 +84,13 @@ TEST_CASE("writes land in the device's own write cache, never in the base, and v
     a2.disconnect();
   }
   CHECK(dt::sha256_file(lab.base()) == sha);
-  // Reconnecting is a reboot: the cache is gone.
+  // Reconnecting is not a reboot: the session keeps its cache. A reboot (here device.reset) discards it.
   REQUIRE(dt::eventually([&] { return lab.status_int("active_devices") == 0; }));
+  {
+    auto reconnected = lab.connect(mac_a);
+    CHECK(read_all(reconnected, 4096, 1 << 20) == fill(1 << 20, 0xab));
+  }
+  REQUIRE(lab.reset(mac_a)->ended);
   auto again = lab.connect(mac_a);
   CHECK(read_all(again, 4096, 1 << 20) == slice(original, 4096, 1 << 20));
 }
@@ -144,10 +149,15 @@ TEST_CASE("a new version is written in maintenance by one writer, then reaches d
   REQUIRE(r2.ok());
   CHECK(r2->version == 1);
 
-  // The running session keeps the bytes it booted with; a reboot picks up production version 1.
+  // The running session keeps the bytes it booted with, across a reconnect too; a reboot picks up version 1.
   CHECK(read_all(before, 1 << 20, 16) == slice(original, 1 << 20, 16));
   before.disconnect();
   REQUIRE(dt::eventually([&] { return lab.status_int("active_devices") == 0; }));
+  {
+    auto reconnected = lab.connect(mac_a);
+    CHECK(read_all(reconnected, 1 << 20, 16) == slice(original, 1 << 20, 16));
+  }
+  REQUIRE(lab.reset(mac_a)->ended);
   auto after = lab.connect(mac_a);
   CHECK(read_all(after, 1 << 20, 16) == fill(16, 0x5a));
   CHECK(read_all(after, 0, 1 << 20) == slice(original, 0, 1 << 20));

@@ -60,7 +60,7 @@ struct Result {
   std::string first_error;
 };
 
-/// Every device: connect, read the working set in request-size pieces, disconnect (the write cache goes with it).
+/// Every device: connect, read the working set in request-size pieces, disconnect (pvs keeps its session for a reconnect).
 Result storm(const std::string& name, std::uint16_t port, const Args& a, bool per_device_export,
              const std::string& fixed_export = "") {
   std::atomic<int> next{0};

@@ -25,14 +25,15 @@ class Client {
   /// Transmission flags the server sent.
   std::uint16_t flags() const { return flags_; }
   std::uint32_t read(std::uint64_t off, std::span<std::byte> out);
-  std::uint32_t write(std::uint64_t off, std::span<const std::byte> in);
+  /// `flags`: NBD command flags, e.g. NBD_CMD_FLAG_FUA (1).
+  std::uint32_t write(std::uint64_t off, std::span<const std::byte> in, std::uint16_t flags = 0);
   std::uint32_t flush();
   /// Sends NBD_CMD_DISC; the connection is unusable afterwards.
   void disconnect();
 
   /// Pipelining: sends one request without waiting for its reply.
   void send_request(std::uint16_t type, std::uint64_t cookie, std::uint64_t off, std::uint32_t length,
-                    std::span<const std::byte> payload = {});
+                    std::span<const std::byte> payload = {}, std::uint16_t flags = 0);
   /// Receives one simple reply header; returns its error value and sets `cookie`.
   std::uint32_t receive_reply(std::uint64_t& cookie);
   /// Receives a READ payload after a successful receive_reply().

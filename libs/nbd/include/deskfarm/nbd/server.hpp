@@ -26,6 +26,12 @@ struct ServerOptions {
   std::size_t max_connections = 1024;     ///< connections beyond this are closed at accept
   std::uint32_t max_payload = 32U << 20;  ///< largest READ/WRITE; advertised as maximum block size
   std::chrono::milliseconds handshake_timeout{30000};  ///< option haggling must finish within this
+  /// After the handshake: a connection that sends nothing for this long is closed (0 = never). A client that
+  /// reconnects loses nothing by it; it frees the slot a vanished or hard-reset peer would hold.
+  std::chrono::milliseconds idle_timeout{0};
+  /// TCP keepalive: probe a silent peer after this long, then every third of it, 3 times (0 = off). Finds
+  /// half-open connections (a peer reset without a FIN) even while the idle timeout has not run out.
+  std::chrono::seconds keepalive{0};
   std::function<void(std::string_view)> log;           ///< one line per event; empty = silent
 };
 

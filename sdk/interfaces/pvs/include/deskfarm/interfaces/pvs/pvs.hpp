@@ -11,23 +11,28 @@ namespace deskfarm::interfaces::pvs {
 
 using sdk::field;
 
-/// A device's vDisk session: `boot` when it starts reading a vDisk version, `disconnect` when its session
-/// ends (its write cache is discarded).
+/// A device's vDisk session. A session (write cache + the version booted) lives from the device's boot until its
+/// next boot, an admin reset or the idle time after its last connection closed; connections come and go within it.
+/// `boot`: a new session started reading a vDisk version; `disconnect`: its last connection closed (the session and
+/// its write cache are kept for a reconnect); `end`: the session ended and its write cache was discarded (`reason`).
 struct DeviceEvent {
   static constexpr std::string_view type_name = "deskfarm.pvs.DeviceEvent";
   static constexpr std::uint32_t type_version = 1;
-  std::string kind;     ///< "boot" | "disconnect"
+  std::string kind;     ///< "boot" | "disconnect" | "end"
   std::string mac;      ///< the device's MAC (the NBD export name), "52:54:00:12:34:56"
   std::string vdisk;
   std::int64_t version = 0;
   std::string mode;     ///< "standard" | "private" | "maintenance"
   std::string peer;     ///< address:port the device connected from
   std::string server;   ///< the pvs instance serving it
+  /// `end` only: "power" (hypervisor boot event), "bootstrap" (the firmware fetched the bootstrap again),
+  /// "admin" (device.reset), "idle" (no connection for session_idle_s), "stopped" (the server stopped).
+  std::string reason;
   static constexpr auto fields() {
     return std::tuple{field("kind", &DeviceEvent::kind),       field("mac", &DeviceEvent::mac),
                       field("vdisk", &DeviceEvent::vdisk),     field("version", &DeviceEvent::version),
                       field("mode", &DeviceEvent::mode),       field("peer", &DeviceEvent::peer),
-                      field("server", &DeviceEvent::server)};
+                      field("server", &DeviceEvent::server),   field("reason", &DeviceEvent::reason)};
   }
 };
 
@@ -94,6 +99,31 @@ struct AssignDevice {
   }
 };
 
+/// device.reset: end a device's session as if it had rebooted: its write cache is discarded, connections still
+/// open get EIO from then on, and its next connection boots the newest version with an empty cache.
+struct ResetDevice {
+  static constexpr std::string_view type_name = "deskfarm.pvs.ResetDevice";
+  static constexpr std::uint32_t type_version = 1;
+  std::string mac;
+  static constexpr auto fields() { return std::tuple{field("mac", &ResetDevice::mac)}; }
+};
+
+/// The reply to device.reset.
+struct ResetReply {
+  static constexpr std::string_view type_name = "deskfarm.pvs.ResetReply";
+  static constexpr std::uint32_t type_version = 1;
+  std::string mac;             ///< normalized
+  bool ended = false;          ///< false: the device had no session (nothing to discard)
+  std::string vdisk;           ///< the session that ended: its vDisk,
+  std::int64_t version = 0;    ///< version,
+  std::int64_t connections = 0;  ///< and the connections it still had (now failing with EIO)
+  static constexpr auto fields() {
+    return std::tuple{field("mac", &ResetReply::mac), field("ended", &ResetReply::ended),
+                      field("vdisk", &ResetReply::vdisk), field("version", &ResetReply::version),
+                      field("connections", &ResetReply::connections)};
+  }
+};
+
 /// vdisk.list: no arguments (sdk::Empty).
 
 struct VersionInfo {
@@ -154,7 +184,7 @@ inline std::string device_subject(std::string_view instance, std::string_view ki
 /// vDisk changes: pvs.<instance>.vdisk.changed (subscribe to pvs.*.vdisk.changed for every server).
 inline std::string vdisk_changed_subject(std::string_view instance) { return "pvs." + std::string(instance) + ".vdisk.changed"; }
 /// Admin requests: pvs.<instance>.admin.<action> ("version.new", "version.promote", "version.merge",
-/// "device.assign", "vdisk.list").
+/// "device.assign", "device.reset" (ResetDevice → ResetReply), "vdisk.list").
 inline std::string admin_subject(std::string_view instance, std::string_view action) {
   return "pvs." + std::string(instance) + ".admin." + std::string(action);
 }

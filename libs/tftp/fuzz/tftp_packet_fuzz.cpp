@@ -3,11 +3,14 @@
 #include <cstdint>
 #include <cstdlib>
 #include <span>
+#include <string>
+#include <string_view>
 #include <algorithm>
 
 #include "deskfarm/tftp/packet.hpp"
 #include "deskfarm/tftp/path.hpp"
 #include "deskfarm/tftp/server.hpp"
+#include "socket.hpp"
 #include "transfer.hpp"
 
 namespace {
@@ -33,6 +36,10 @@ void drive_transfer(std::span<const std::byte> bytes, const Request* request) {
     check(negotiated.blksize >= min_blksize && negotiated.blksize <= std::max<std::uint16_t>(options.max_blksize, default_blksize));
     check(negotiated.windowsize >= 1 && negotiated.windowsize <= options.max_windowsize);
     for (const auto& option : negotiated.oack) check(request->option(option.name).has_value());
+    // RFC 2349: a valid tsize asked in octet mode is answered with the exact size, 0 included.
+    for (const auto& option : negotiated.oack) {
+      if (option.name == "tsize") check(option.value == std::to_string(size) && negotiated.tsize == size);
+    }
   } else {
     negotiated.blksize = static_cast<std::uint16_t>(8 + byte(5));
     negotiated.windowsize = static_cast<std::uint16_t>(1 + byte(4) % 16);
@@ -96,5 +103,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     check(std::get<ParseError>(parsed).offset <= size);
   }
   drive_transfer(bytes, request);
+  // Listen-address strings: whatever parses must name an IP literal the socket layer accepts.
+  if (size <= 64) {
+    const std::string_view text(reinterpret_cast<const char*>(data), size);
+    if (const auto endpoint = detail::parse_endpoint(text)) check(detail::make_address(endpoint->host, endpoint->port.value_or(0)).has_value());
+  }
   return 0;
 }

@@ -177,8 +177,16 @@ Server::Impl::Impl(ServerOptions options)
 
 void Server::Impl::start() {
   if (thread_.joinable()) return;
-  auto address = make_address(options_.address, options_.port);
-  if (!address) throw ServerError("tftp: listen address '" + options_.address + "' is not an IPv4/IPv6 literal");
+  const auto endpoint = parse_endpoint(options_.address);
+  if (!endpoint) {
+    throw ServerError("tftp: listen address '" + options_.address +
+                      "' is not an IP literal with an optional port; use e.g. 127.0.0.1, 0.0.0.0:69, [::1] or [::]:69");
+  }
+  if (endpoint->port && options_.port != 0 && *endpoint->port != options_.port) {
+    throw ServerError("tftp: listen address '" + options_.address + "' names port " + std::to_string(*endpoint->port) +
+                      " but ServerOptions.port is " + std::to_string(options_.port) + "; set only one of them");
+  }
+  auto address = make_address(endpoint->host, endpoint->port.value_or(options_.port));
   listen_address_ = address->first;
   wildcard_ = is_wildcard(listen_address_);
   const std::string where = format_address(listen_address_);

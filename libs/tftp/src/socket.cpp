@@ -1,5 +1,6 @@
 #include "socket.hpp"
 
+#include <charconv>
 #include <cstring>
 
 #include <arpa/inet.h>
@@ -23,6 +24,37 @@ std::optional<std::pair<sockaddr_storage, socklen_t>> make_address(std::string_v
     return std::pair{storage, static_cast<socklen_t>(sizeof(sockaddr_in6))};
   }
   return std::nullopt;
+}
+
+std::optional<Endpoint> parse_endpoint(std::string_view text) {
+  Endpoint endpoint;
+  std::string_view port;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string_view::npos) return std::nullopt;
+    endpoint.host = std::string(text.substr(1, close - 1));
+    const auto rest = text.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') return std::nullopt;
+      port = rest.substr(1);
+      if (port.empty()) return std::nullopt;
+    }
+    if (endpoint.host.find(':') == std::string::npos) return std::nullopt;  // brackets are for IPv6 only
+  } else if (const auto colon = text.find(':'); colon != std::string_view::npos && text.find(':', colon + 1) == std::string_view::npos) {
+    endpoint.host = std::string(text.substr(0, colon));  // one colon: IPv4 with a port
+    port = text.substr(colon + 1);
+    if (port.empty()) return std::nullopt;
+  } else {
+    endpoint.host = std::string(text);  // no colon (IPv4) or several (bare IPv6)
+  }
+  if (!port.empty()) {
+    unsigned value = 0;
+    const auto [end, error] = std::from_chars(port.data(), port.data() + port.size(), value);
+    if (error != std::errc{} || end != port.data() + port.size() || value > 65535) return std::nullopt;
+    endpoint.port = static_cast<std::uint16_t>(value);
+  }
+  if (!make_address(endpoint.host, 0)) return std::nullopt;
+  return endpoint;
 }
 
 std::string format_address(const sockaddr_storage& address) {

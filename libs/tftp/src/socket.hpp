@@ -41,6 +41,14 @@ class Fd {
 
 /// Parses an IPv4/IPv6 literal plus port; nullopt if `address` is not a literal.
 std::optional<std::pair<sockaddr_storage, socklen_t>> make_address(std::string_view address, std::uint16_t port);
+/// An endpoint string split into its IP literal and optional port.
+struct Endpoint {
+  std::string host;                  ///< Without brackets: "127.0.0.1", "::1".
+  std::optional<std::uint16_t> port;
+};
+/// Splits "1.2.3.4", "1.2.3.4:69", "::1", "[::1]" or "[::1]:69"; nullopt if the host is no IP literal or the port
+/// is not a number in 0..65535.
+std::optional<Endpoint> parse_endpoint(std::string_view text);
 /// "1.2.3.4:69" or "[::1]:69".
 std::string format_address(const sockaddr_storage& address);
 /// Port of an AF_INET/AF_INET6 address in host order.

@@ -23,8 +23,9 @@ Negotiated negotiate(const Request& request, const ServerOptions& options, std::
     } else if (option.name == "tsize" && !options.refuse_tsize && request.mode == "octet") {
       // RFC 2349: the RRQ carries 0, but some clients send garbage; only a number is answered.
       if (!parse_option_number(option.value, 0, std::numeric_limits<std::uint64_t>::max())) continue;
-      // curl (7.x, 8.x) rejects "tsize 0" in an OACK as illegal; leaving the option out is always allowed.
-      if (file_size == 0) continue;
+      // RFC 2349 answers tsize=0 for an empty file (dnsmasq and tftpd-hpa do); curl 7.x/8.x rejects that OACK
+      // as illegal, so a site whose clients are curl may leave the option out instead, which is always allowed.
+      if (file_size == 0 && options.omit_zero_tsize) continue;
       result.tsize = file_size;
       accepted.push_back(option.name);
     } else if (option.name == "timeout" && !options.refuse_timeout) {

@@ -98,6 +98,82 @@ TEST_CASE("a file whose size is a multiple of blksize ends with an empty DATA") 
   CHECK(wait_for_stats(*fixture.server, [](const Stats& s) { return s.transfers_done == 1 && s.transfers_active == 0; }));
 }
 
+TEST_CASE("an empty file asked for tsize gets an OACK with tsize=0, then one empty DATA 1 (RFC 2349)") {
+  Fixture fixture;
+  fixture.put("empty", "");
+  RawSocket socket;
+  socket.send(fixture.port, rrq("empty", {{"tsize", "0"}}));
+  auto received = socket.receive_packet(2000ms);
+  const auto* oack = as<Oack>(received);
+  REQUIRE(oack != nullptr);
+  CHECK(oack->options == std::vector<Option>{{"tsize", "0"}});
+  const auto tid = received->second;
+  socket.send(tid, ack(0));
+  received = socket.receive_packet(2000ms);
+  REQUIRE(as<Data>(received) != nullptr);
+  CHECK(as<Data>(received)->block == 1);
+  CHECK(as<Data>(received)->payload.empty());
+  socket.send(tid, ack(1));
+  CHECK(wait_for_stats(*fixture.server, [](const Stats& s) { return s.transfers_done == 1 && s.transfers_active == 0; }));
+}
+
+TEST_CASE("with omit_zero_tsize an empty file asked only for tsize gets DATA 1 straight away") {
+  ServerOptions options;
+  options.omit_zero_tsize = true;
+  Fixture fixture(options);
+  fixture.put("empty", "");
+  RawSocket socket;
+  socket.send(fixture.port, rrq("empty", {{"tsize", "0"}}));
+  const auto received = socket.receive_packet(2000ms);
+  REQUIRE(as<Data>(received) != nullptr);
+  CHECK(as<Data>(received)->block == 1);
+  CHECK(as<Data>(received)->payload.empty());
+}
+
+TEST_CASE("the listen address picks the family and may carry the port: [::1], [::1]:PORT, 127.0.0.1:PORT") {
+  TempDir dir;
+  write_file(dir.path() / "f", pattern(3000, 7));
+  ClientOptions client_options;
+  client_options.blksize = 1024;
+  const Client client(client_options);
+  for (const std::string address : {"[::1]", "::1", "127.0.0.1"}) {
+    INFO(address);
+    ServerOptions options;
+    options.root = dir.path();
+    options.address = address;
+    Server server(options);
+    server.start();
+    const std::string host = address == "127.0.0.1" ? "127.0.0.1" : "::1";
+    CHECK(client.get(host, server.bound_port(), "f").data == pattern(3000, 7));
+    const std::uint16_t port = server.bound_port();
+    server.stop();
+    // The same port, now named in the address string.
+    options.address = host.find(':') != std::string::npos ? "[" + host + "]:" + std::to_string(port) : host + ":" + std::to_string(port);
+    Server again(options);
+    again.start();
+    CHECK(again.bound_port() == port);
+    CHECK(client.get(host, port, "f").data == pattern(3000, 7));
+  }
+}
+
+TEST_CASE("a listen address that is no IP literal, or names another port than ServerOptions.port, is refused") {
+  TempDir dir;
+  for (const std::string address : {"localhost", "[127.0.0.1]", "[::1]:x", "::1]"}) {
+    INFO(address);
+    ServerOptions options;
+    options.root = dir.path();
+    options.address = address;
+    Server server(options);
+    CHECK_THROWS_AS(server.start(), ServerError);
+  }
+  ServerOptions options;
+  options.root = dir.path();
+  options.address = "127.0.0.1:6969";
+  options.port = 6970;
+  Server server(options);
+  CHECK_THROWS_WITH(server.start(), Catch::Contains("set only one of them"));
+}
+
 TEST_CASE("a missing final ACK ends the transfer without counting an error") {
   ServerOptions options;
   options.retransmit = 50ms;

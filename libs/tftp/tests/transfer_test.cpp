@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include "socket.hpp"
 #include "transfer.hpp"
 
 using namespace deskfarm::tftp;
@@ -34,8 +35,36 @@ TEST_CASE("tsize=0 is answered with the real size, in octet mode only") {
   CHECK(negotiate(rrq({{"tsize", "0"}}, "netascii"), ServerOptions{}, 10).oack.empty());
 }
 
-TEST_CASE("an empty file gets no tsize in the OACK, because curl rejects tsize 0") {
-  CHECK(negotiate(rrq({{"tsize", "0"}, {"blksize", "1468"}}), ServerOptions{}, 0).oack == std::vector<Option>{{"blksize", "1468"}});
+TEST_CASE("an empty file asked for tsize gets tsize=0 in the OACK (RFC 2349), or none with omit_zero_tsize") {
+  CHECK(negotiate(rrq({{"tsize", "0"}}), ServerOptions{}, 0).oack == std::vector<Option>{{"tsize", "0"}});
+  CHECK(negotiate(rrq({{"tsize", "0"}, {"blksize", "1468"}}), ServerOptions{}, 0).oack ==
+        std::vector<Option>{{"tsize", "0"}, {"blksize", "1468"}});
+  ServerOptions options;
+  options.omit_zero_tsize = true;
+  CHECK(negotiate(rrq({{"tsize", "0"}, {"blksize", "1468"}}), options, 0).oack == std::vector<Option>{{"blksize", "1468"}});
+  CHECK(negotiate(rrq({{"tsize", "0"}}), options, 1).oack == std::vector<Option>{{"tsize", "1"}});
+}
+
+TEST_CASE("endpoint strings: IPv4 and IPv6 literals, brackets and an optional port parse, junk does not") {
+  using deskfarm::tftp::detail::parse_endpoint;
+  struct Case {
+    const char* text;
+    const char* host;
+    std::optional<std::uint16_t> port;
+  };
+  for (const auto& c : {Case{"127.0.0.1", "127.0.0.1", {}}, Case{"0.0.0.0:69", "0.0.0.0", 69}, Case{"::1", "::1", {}},
+                        Case{"[::1]", "::1", {}}, Case{"[::]:69", "::", 69}, Case{"[fe80::1]:65535", "fe80::1", 65535}}) {
+    INFO(c.text);
+    const auto endpoint = parse_endpoint(c.text);
+    REQUIRE(endpoint.has_value());
+    CHECK(endpoint->host == c.host);
+    CHECK(endpoint->port == c.port);
+  }
+  for (const char* junk : {"", "localhost", "[127.0.0.1]", "[::1", "[::1]69", "[::1]:", "127.0.0.1:", "127.0.0.1:65536",
+                           "127.0.0.1:x", "[::1]:-1", "1.2.3.4.5"}) {
+    INFO(junk);
+    CHECK_FALSE(parse_endpoint(junk).has_value());
+  }
 }
 
 TEST_CASE("timeout 1..255 is echoed, anything else is left out") {

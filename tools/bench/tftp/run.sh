@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # TFTP throughput bench: our server (tftp_serve) against tftpd-hpa, atftpd and dnsmasq on loopback, same run.
-# usage: tools/bench/tftp/run.sh [BUILD_DIR]     (env: REPEAT=N best of N per cell, default 1)
+# usage: tools/bench/tftp/run.sh [BUILD_DIR]     (env: REPEAT=N rounds, default 3; ROWS="64x1MiB 256x64KiB" subset)
 # Rows: 1 x 32 MiB, 64 x 1 MiB, 256 x 64 KiB at blksize 1468, and 1 x 32 MiB at windowsize 16 (peers that support it).
-# Prints MiB/s per server, ratio ours/peer, and server CPU seconds per GiB served (utime+stime+cutime+cstime).
-# Peers that are missing are skipped. atftpd conflicts with tftpd-hpa in apt, so it is unpacked into /tmp/atftpd:
-#   cd /tmp && apt-get download atftpd && dpkg -x atftpd_*.deb /tmp/atftpd
-# dnsmasq can only serve TFTP on port 69: it runs only as root and only if 127.0.0.1:69 is free.
+# All servers run at once on their own ports; each round runs every row against every server in turn, so noise
+# from other work on the machine falls on all of them alike. Prints per server and row the min and median MiB/s
+# over the rounds, the median p50/p99 time per transfer, ratios ours/peer (of the medians) and server CPU seconds
+# per GiB served (median). Server CPU is read from a cpuacct cgroup per server when the cgroup v1 cpuacct
+# controller is writable (this counts tftpd-hpa's forked children too), else from /proc (utime+stime+cutime+cstime,
+# where tftpd-hpa's children do not show: n/a).
+# Peers that are missing are skipped; scripts/setup.sh --bench installs them (atftpd unpacked into /tmp/atftpd).
+# dnsmasq can only serve TFTP on port 69: it runs only as root and only if port 69 is free.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-build=${1:-build-tftp}
-repeat=${REPEAT:-1}
+build=${1:-build}
+repeat=${REPEAT:-3}
 bin=$build/bin
 [[ -x $bin/tftp_serve && -x $bin/tftp_load ]] || { echo "run.sh: build tftp_serve and tftp_load into $build first" >&2; exit 2; }
 
@@ -18,8 +22,10 @@ chmod 755 "$work"
 root=$work/root
 mkdir -p "$root"
 pids=()
+cgroups=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  for group in "${cgroups[@]}"; do rmdir "$group" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -32,99 +38,125 @@ declare -A sha
 for f in f32m f1m f64k; do sha[$f]=$(sha256sum "$root/$f" | cut -c1-64); done
 
 free_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu_ticks() { awk '{print $14+$15+$16+$17}' "/proc/$1/stat"; }
+wait_port() { for _ in $(seq 50); do ss -lun | grep -q "127.0.0.1:$1 " && return 0; sleep 0.1; done; return 1; }
 ticks_per_second=$(getconf CLK_TCK)
+cpuacct=/sys/fs/cgroup/cpuacct
 
-# row name|clients|file|extra args
-rows=("1x32MiB|1|f32m|" "64x1MiB|64|f1m|" "256x64KiB|256|f64k|" "1x32MiB-w16|1|f32m|--windowsize 16")
-
-declare -A mibs cpu
-run_rows() {  # server-name port pid supports-windowsize
-  local name=$1 port=$2 pid=$3 window=$4
-  for row in "${rows[@]}"; do
-    IFS='|' read -r label clients file extra <<<"$row"
-    if [[ -n $extra && $window != yes ]]; then continue; fi
-    local best=0 best_cpu=0
-    for ((r = 0; r < repeat; r++)); do
-      local before after out rate gib
-      before=$(cpu_ticks "$pid")
-      # shellcheck disable=SC2086
-      if ! out=$("$bin/tftp_load" --server "127.0.0.1:$port" --file "$file" --clients "$clients" --blksize 1468 \
-            --expect-sha256 "${sha[$file]}" --deadline-s 120 $extra); then
-        echo "run.sh: $name $label failed: $out" >&2
-        continue
-      fi
-      # tftpd-hpa reaps its per-transfer children only when a datagram wakes it: nudge it (a stray ACK is ignored).
-      printf '\0\4\0\0' > "/dev/udp/127.0.0.1/$port" || true
-      sleep 0.2
-      after=$(cpu_ticks "$pid")
-      rate=$(sed -n 's/.*: \([0-9.]*\) MiB\/s.*/\1/p' <<<"$out")
-      gib=$(awk -v c="$clients" -v f="$file" 'BEGIN { s = (f == "f32m") ? 32 : (f == "f1m") ? 1 : 0.0625; print c * s / 1024 }')
-      if awk -v a="$rate" -v b="$best" 'BEGIN { exit !(a > b) }'; then
-        best=$rate
-        best_cpu=$(awk -v t=$((after - before)) -v hz="$ticks_per_second" -v g="$gib" 'BEGIN { printf "%.2f", t / hz / g }')
-      fi
-    done
-    # tftpd-hpa serves each transfer in a forked child whose CPU never shows up in the parent's
-    # cutime/cstime (measured as 0 even after a wake-up), so /proc cannot account for it.
-    [[ $name == hpa ]] && best_cpu=n/a
-    mibs[$name,$label]=$best
-    cpu[$name,$label]=$best_cpu
-    printf '  %-8s %-12s %8.1f MiB/s  %6s CPU s/GiB\n' "$name" "$label" "$best" "$best_cpu"
-  done
+declare -A port_of cpu_source
+servers=()
+# Puts a freshly started server into its own cpuacct cgroup (children it forks later are counted there too).
+track() {  # name pid
+  local name=$1 pid=$2 group=$cpuacct/tftp-bench-$1-$$
+  if [[ -w $cpuacct ]] && mkdir "$group" 2>/dev/null && echo "$pid" > "$group/cgroup.procs" 2>/dev/null; then
+    cgroups+=("$group")
+    cpu_source[$name]=$group
+  else
+    cpu_source[$name]=/proc/$pid
+  fi
+}
+cpu_seconds() {  # name
+  local source=${cpu_source[$1]}
+  if [[ $source == "$cpuacct"/* ]]; then
+    awk '{ printf "%.6f", $1 / 1e9 }' "$source/cpuacct.usage"
+  else
+    awk -v hz="$ticks_per_second" '{ printf "%.6f", ($14 + $15 + $16 + $17) / hz }' "$source/stat"
+  fi
+}
+start() {  # name port pid
+  port_of[$1]=$2
+  pids+=("$3")
+  track "$1" "$3"
+  servers+=("$1")
 }
 
-wait_port() { for _ in $(seq 50); do ss -lun | grep -q "127.0.0.1:$1 " && return 0; sleep 0.1; done; return 1; }
-servers=()
-
-echo "== ours (tftp_serve)"
 "$bin/tftp_serve" --root "$root" --max-transfers 2048 > "$work/ours.port" 2> "$work/ours.log" &
-pids+=($!); ours_pid=$!
+ours_pid=$!
 for _ in $(seq 50); do [[ -s $work/ours.port ]] && break; sleep 0.1; done
-run_rows ours "$(awk '{print $2}' "$work/ours.port")" "$ours_pid" yes
-servers+=(ours)
-kill "$ours_pid"; wait "$ours_pid" 2>/dev/null || true
+start ours "$(awk '{print $2}' "$work/ours.port")" "$ours_pid"
 
 if [[ -x /usr/sbin/in.tftpd ]]; then
-  echo "== tftpd-hpa"
   port=$(free_port)
   /usr/sbin/in.tftpd -L -s "$root" -a "127.0.0.1:$port" 2> "$work/hpa.log" &
-  pids+=($!); pid=$!
-  wait_port "$port" && run_rows hpa "$port" "$pid" no && servers+=(hpa)
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  pid=$!
+  if wait_port "$port"; then start hpa "$port" "$pid"; else kill "$pid"; fi
 fi
 
 if [[ -x /tmp/atftpd/usr/sbin/atftpd ]]; then
-  echo "== atftpd"
   port=$(free_port)
   /tmp/atftpd/usr/sbin/atftpd --daemon --no-fork --user root --group root -m 2048 --logfile /dev/null \
     --port "$port" --bind-address 127.0.0.1 "$root" &
-  pids+=($!); pid=$!
-  wait_port "$port" && run_rows atftpd "$port" "$pid" yes && servers+=(atftpd)
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  pid=$!
+  if wait_port "$port"; then start atftpd "$port" "$pid"; else kill "$pid"; fi
 fi
 
 if [[ -x /usr/sbin/dnsmasq && $(id -u) == 0 ]] && ! ss -lun | grep -q ':69 '; then
-  echo "== dnsmasq"
   /usr/sbin/dnsmasq --no-daemon --conf-file=/dev/null --pid-file= --port=0 --enable-tftp --tftp-root="$root" \
     --tftp-max=2048 --listen-address=127.0.0.1 --bind-interfaces --user=root 2> "$work/dnsmasq.log" &
-  pids+=($!); pid=$!
-  wait_port 69 && run_rows dnsmasq 69 "$pid" no && servers+=(dnsmasq)
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  pid=$!
+  if wait_port 69; then start dnsmasq 69 "$pid"; else kill "$pid"; fi
 fi
 
+# row name|clients|file|extra args|servers that support it (empty = all)
+all_rows=("1x32MiB|1|f32m||" "64x1MiB|64|f1m||" "256x64KiB|256|f64k||" "1x32MiB-w16|1|f32m|--windowsize 16|ours atftpd")
+rows=()
+for row in "${all_rows[@]}"; do
+  label=${row%%|*}
+  if [[ -z ${ROWS:-} || " $ROWS " == *" $label "* ]]; then rows+=("$row"); fi
+done
+
+declare -A samples  # "name,label" -> lines "MiB/s p50 p99 cpu/GiB load-cpu"
+echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $repeat rounds"
+for ((r = 1; r <= repeat; r++)); do
+  for row in "${rows[@]}"; do
+    IFS='|' read -r label clients file extra only <<<"$row"
+    for name in "${servers[@]}"; do
+      if [[ -n $only && " $only " != *" $name "* ]]; then continue; fi
+      port=${port_of[$name]}
+      before=$(cpu_seconds "$name")
+      # shellcheck disable=SC2086
+      if ! out=$("$bin/tftp_load" --server "127.0.0.1:$port" --file "$file" --clients "$clients" --blksize 1468 \
+            --expect-sha256 "${sha[$file]}" --deadline-s 120 $extra); then
+        echo "run.sh: round $r $name $label failed: $out" >&2
+        continue
+      fi
+      # tftpd-hpa reaps its per-transfer children only when a datagram wakes it: nudge it (a stray ACK is ignored).
+      [[ $name == hpa ]] && { printf '\0\4\0\0' > "/dev/udp/127.0.0.1/$port" || true; sleep 0.2; }
+      after=$(cpu_seconds "$name")
+      line=$(awk -v out="$out" -v a="$before" -v b="$after" -v c="$clients" -v f="$file" 'BEGIN {
+        match(out, /: [0-9.]+ MiB\/s/); rate = substr(out, RSTART + 2, RLENGTH - 8) + 0
+        match(out, /p50 [0-9.]+ ms/); p50 = substr(out, RSTART + 4, RLENGTH - 7) + 0
+        match(out, /p99 [0-9.]+ ms/); p99 = substr(out, RSTART + 4, RLENGTH - 7) + 0
+        match(out, /load CPU [0-9.]+ s/); load = substr(out, RSTART + 9, RLENGTH - 11) + 0
+        size = (f == "f32m") ? 32 : (f == "f1m") ? 1 : 0.0625
+        printf "%.1f %.1f %.1f %.2f %.2f", rate, p50, p99, (b - a) / (c * size / 1024), load }')
+      samples[$name,$label]+="$line"$'\n'
+      printf '  round %d %-8s %-12s %s\n' "$r" "$name" "$label" "$line" | awk '{ printf "  round %s %-8s %-12s %8s MiB/s  p50 %7s ms  p99 %7s ms  %6s CPU s/GiB  load CPU %s s\n", $2, $3, $4, $5, $6, $7, $8, $9 }'
+    done
+  done
+done
+
+# column k of the samples: min / median
+stat() {  # name label column min|median
+  local values
+  values=$(printf '%s' "${samples[$1,$2]:-}" | awk -v k="$3" 'NF { print $k }' | sort -g)
+  [[ -z $values ]] && { echo -; return; }
+  if [[ $4 == min ]]; then head -1 <<<"$values"; else awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }' <<<"$values"; fi
+}
+
 echo
-printf '%-12s' row; for s in "${servers[@]}"; do printf ' %10s' "$s"; done
-for s in "${servers[@]:1}"; do printf ' %13s' "ours/$s"; done
-for s in "${servers[@]}"; do printf ' %12s' "cpu/GiB:$s"; done
+echo "MiB/s min/median over $repeat rounds; p50/p99 ms per transfer (median); server CPU s per GiB (median)"
+printf '%-12s' row; for s in "${servers[@]}"; do printf ' %16s %15s %9s' "$s MiB/s" "p50/p99 ms" "cpu/GiB"; done
+for s in "${servers[@]:1}"; do printf ' %12s' "ours/$s"; done
 echo
 for row in "${rows[@]}"; do
   IFS='|' read -r label _ <<<"$row"
   printf '%-12s' "$label"
-  for s in "${servers[@]}"; do printf ' %10s' "${mibs[$s,$label]:--}"; done
-  for s in "${servers[@]:1}"; do
-    printf ' %13s' "$(awk -v a="${mibs[ours,$label]:-0}" -v b="${mibs[$s,$label]:-0}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }')"
+  for s in "${servers[@]}"; do
+    printf ' %16s %15s %9s' "$(stat "$s" "$label" 1 min)/$(stat "$s" "$label" 1 median)" \
+      "$(stat "$s" "$label" 2 median)/$(stat "$s" "$label" 3 median)" "$(stat "$s" "$label" 4 median)"
   done
-  for s in "${servers[@]}"; do printf ' %12s' "${cpu[$s,$label]:--}"; done
+  for s in "${servers[@]:1}"; do
+    printf ' %12s' "$(awk -v a="$(stat ours "$label" 1 median)" -v b="$(stat "$s" "$label" 1 median)" 'BEGIN { if (b + 0 > 0 && a + 0 > 0) printf "%.2fx", a / b; else print "-" }')"
+  done
   echo
 done

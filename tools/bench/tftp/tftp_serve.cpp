@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
       ("help,h", "print this help and exit")
       ("root", po::value<std::string>()->value_name("DIR"), "directory to serve (required)")
       ("address", po::value<std::string>()->value_name("IP")->default_value(options.address),
-       "IPv4 or IPv6 literal to listen on")
+       "IP literal to listen on, optionally with a port: 127.0.0.1, [::1], [::]:6969")
       ("port", po::value<long long>()->value_name("N")->default_value(options.port),
        "UDP port; 0 = ephemeral (the bound port is printed as \"port N\" on stdout)")
       ("max-blksize", po::value<long long>()->value_name("N")->default_value(options.max_blksize),

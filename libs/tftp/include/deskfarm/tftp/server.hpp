@@ -17,8 +17,10 @@ namespace deskfarm::tftp {
 
 /// Server configuration; every default is safe for PXE on a LAN.
 struct ServerOptions {
-  std::string address = "127.0.0.1";  ///< IPv4 or IPv6 literal to listen on ("0.0.0.0" for all).
-  std::uint16_t port = 0;             ///< Listening port; 0 = ephemeral, see Server::bound_port().
+  /// Where to listen; the family follows the literal: "127.0.0.1", "0.0.0.0", "::1", "[::1]", "[::]" (IPv6 and,
+  /// unless the system sets IPV6_V6ONLY, IPv4 too); a port may follow ("127.0.0.1:69", "[::1]:69").
+  std::string address = "127.0.0.1";
+  std::uint16_t port = 0;             ///< Listening port unless `address` names one; 0 = ephemeral, see bound_port().
   std::filesystem::path root;         ///< The only directory served; symlinks may not leave it.
   std::uint16_t port_range_low = 0;   ///< Transfer (TID) ports low..high; 0/0 = kernel-chosen ephemeral.
   std::uint16_t port_range_high = 0;
@@ -28,6 +30,7 @@ struct ServerOptions {
   std::size_t max_window_bytes = std::size_t{1} << 20;  ///< Cap for windowsize x blksize in bytes.
   bool refuse_blksize = false;        ///< Leave blksize out of OACK (clients that crash when it is granted).
   bool refuse_tsize = false;          ///< Leave tsize out of OACK.
+  bool omit_zero_tsize = false;       ///< Leave tsize out for an empty file (curl rejects tsize=0; RFC 2349 sends it).
   bool refuse_timeout = false;        ///< Leave timeout out of OACK.
   bool refuse_windowsize = false;     ///< Leave windowsize out of OACK.
   std::chrono::milliseconds retransmit{1000};  ///< Resend timer; kept below the client's negotiated timeout.

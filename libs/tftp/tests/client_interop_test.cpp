@@ -162,19 +162,19 @@ void fetch_edges(Served& served, const ClientCase& client, const std::string& ho
 TEST_CASE("stock clients with each option fetch 0 B, one block, N blocks and N blocks + 1 B intact, tsize=0 granted") {
   auto atftp = [](std::vector<std::string> options) {
     return [options](const std::string& host, const std::string& port, const std::string& file, const std::string& out) {
-      std::vector<std::string> argv{"/usr/bin/atftp"};
+      std::vector<std::string> argv{"atftp"};
       for (const auto& option : options) argv.insert(argv.end(), {"--option", option});
       argv.insert(argv.end(), {"-g", "-r", file, "-l", out, host, port});
       return argv;
     };
   };
   std::vector<ClientCase> cases;
-  if (installed("/usr/bin/tftp", "tftp-hpa")) {
+  if (require_program("tftp")) {
     cases.push_back({"hpa", 512, 1, {}, false, [](const std::string& host, const std::string& port, const std::string& file, const std::string& out) {
-                       return std::vector<std::string>{"/usr/bin/tftp", "-m", "binary", host, port, "-c", "get", file, out};
+                       return std::vector<std::string>{"tftp", "-m", "binary", host, port, "-c", "get", file, out};
                      }});
   }
-  if (installed("/usr/bin/atftp")) {
+  if (require_program("atftp")) {
     cases.push_back({"atftp-tsize", 512, 1, {}, true, atftp({"tsize 0"})});
     cases.push_back({"atftp-blksize", 1468, 1, {"blksize=1468"}, false, atftp({"blksize 1468"})});
     cases.push_back({"atftp-timeout", 512, 1, {"timeout=3"}, false, atftp({"timeout 3"})});
@@ -182,12 +182,12 @@ TEST_CASE("stock clients with each option fetch 0 B, one block, N blocks and N b
     cases.push_back({"atftp-all", 1468, 8, {"blksize=1468", "timeout=3", "windowsize=8"}, true,
                      atftp({"blksize 1468", "tsize 0", "timeout 3", "windowsize 8"})});
   }
-  if (installed("/usr/bin/curl")) {
+  if (require_program("curl")) {
     // curl always asks for tsize and timeout; it refuses an OACK with tsize=0, so the empty file is fetched
     // without options here and with options against omit_zero_tsize below.
     auto curl = [](std::vector<std::string> extra) {
       return [extra](const std::string& host, const std::string& port, const std::string& file, const std::string& out) {
-        std::vector<std::string> argv{"/usr/bin/curl", "-sS", "--max-time", "30"};
+        std::vector<std::string> argv{"curl", "-sS", "--max-time", "30"};
         argv.insert(argv.end(), extra.begin(), extra.end());
         if (file.find("-0.bin") != std::string::npos) argv.push_back("--tftp-no-options");
         const std::string bracketed = host.find(':') != std::string::npos ? "[" + host + "]" : host;
@@ -204,20 +204,20 @@ TEST_CASE("stock clients with each option fetch 0 B, one block, N blocks and N b
 }
 
 TEST_CASE("curl with its default options fetches an empty file from a server with omit_zero_tsize") {
-  if (!installed("/usr/bin/curl")) return;
+  if (!require_program("curl")) return;
   ServerOptions options;
   options.omit_zero_tsize = true;
   Served served(options);
   const auto out = served.dir.path() / "curl-empty.bin";
   const auto log = served.dir.path() / "curl-empty.log";
-  ChildProcess child({"/usr/bin/curl", "-sS", "--max-time", "30", "tftp://127.0.0.1:" + served.port + "/empty.bin", "-o", out.string()}, log);
+  ChildProcess child({"curl", "-sS", "--max-time", "30", "tftp://127.0.0.1:" + served.port + "/empty.bin", "-o", out.string()}, log);
   check_download(child, out, served.root / "empty.bin", log);
   CHECK(served.rrq_line("empty.bin").find("tsize") == std::string::npos);
 }
 
 TEST_CASE("IPv6: curl and atftp fetch edge sizes from a server on [::1], and one on [::] serves ::1 and 127.0.0.1") {
-  const bool have_curl = installed("/usr/bin/curl");
-  const bool have_atftp = installed("/usr/bin/atftp");
+  const bool have_curl = require_program("curl");
+  const bool have_atftp = require_program("atftp");
   for (const std::string listen : {"[::1]", "[::]"}) {
     INFO("listening on " << listen);
     ServerOptions options;
@@ -228,7 +228,7 @@ TEST_CASE("IPv6: curl and atftp fetch edge sizes from a server on [::1], and one
         INFO(file);
         const auto out = served.dir.path() / ("curl6-" + file);
         const auto log = served.dir.path() / "curl6.log";
-        std::vector<std::string> argv{"/usr/bin/curl", "-sS", "--max-time", "30", "--tftp-blksize", "1468"};
+        std::vector<std::string> argv{"curl", "-sS", "--max-time", "30", "--tftp-blksize", "1468"};
         if (file == "empty.bin") argv.push_back("--tftp-no-options");
         argv.insert(argv.end(), {"tftp://[::1]:" + served.port + "/" + file, "-o", out.string()});
         ChildProcess child(argv, log);
@@ -241,7 +241,7 @@ TEST_CASE("IPv6: curl and atftp fetch edge sizes from a server on [::1], and one
         INFO(file);
         const auto out = served.dir.path() / ("atftp6-" + file);
         const auto log = served.dir.path() / "atftp6.log";
-        ChildProcess child({"/usr/bin/atftp", "--option", "blksize 1468", "--option", "tsize 0", "--option", "windowsize 16",
+        ChildProcess child({"atftp", "--option", "blksize 1468", "--option", "tsize 0", "--option", "windowsize 16",
                             "-g", "-r", file, "-l", out.string(), "::1", served.port},
                            log);
         check_download(child, out, served.root / file, log);
@@ -252,7 +252,7 @@ TEST_CASE("IPv6: curl and atftp fetch edge sizes from a server on [::1], and one
       // Dual stack: an IPv4 client reaches the IPv6 wildcard listener (as ::ffff:127.0.0.1).
       const auto out = served.dir.path() / "atftp4-exact512.bin";
       const auto log = served.dir.path() / "atftp4.log";
-      ChildProcess child({"/usr/bin/atftp", "--option", "tsize 0", "-g", "-r", "exact512.bin", "-l", out.string(), "127.0.0.1", served.port},
+      ChildProcess child({"atftp", "--option", "tsize 0", "-g", "-r", "exact512.bin", "-l", out.string(), "127.0.0.1", served.port},
                          log);
       check_download(child, out, served.root / "exact512.bin", log);
     }

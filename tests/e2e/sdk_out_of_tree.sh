@@ -7,7 +7,14 @@ source=$2
 work=$(mktemp -d /tmp/deskfarm-sdk-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 cmake --install "$build" --prefix "$work/prefix" >/dev/null
-cmake -S "$source/sdk/examples/hello-plugin" -B "$work/hello" -G Ninja -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null
+# A sanitizer build's libraries need the same runtime in the third party's programs (scripts/test.sh --asan).
+sanitize=$(sed -n 's/^DESKFARM_SANITIZE:STRING=//p' "$build/CMakeCache.txt")
+flags=()
+if [ -n "$sanitize" ]; then
+  flags=(-DCMAKE_CXX_FLAGS="-fsanitize=$sanitize -fno-omit-frame-pointer" -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=$sanitize"
+         -DCMAKE_MODULE_LINKER_FLAGS="-fsanitize=$sanitize" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=$sanitize")
+fi
+cmake -S "$source/sdk/examples/hello-plugin" -B "$work/hello" -G Ninja -DCMAKE_PREFIX_PATH="$work/prefix" "${flags[@]}" >/dev/null
 cmake --build "$work/hello" >/dev/null
 test -f "$work/hello/hello.so"
 deskfarm="$work/prefix/bin/deskfarm"

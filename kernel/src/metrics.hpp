@@ -42,8 +42,8 @@ class InstanceMetrics final : public sdk::Metrics {
   sdk::Counter& counter(const std::string& name, const std::string& help, const sdk::Labels& labels) override;
   sdk::Gauge& gauge(const std::string& name, const std::string& help, const sdk::Labels& labels) override;
   /// Declares a family this instance will fill later (see MetricsRegistry::declare_counter).
-  void declare_counter(const std::string& name, const std::string& help) { registry_.declare_counter(name, help); }
-  void declare_gauge(const std::string& name, const std::string& help) { registry_.declare_gauge(name, help); }
+  void declare_counter(const std::string& name, const std::string& help) override { registry_.declare_counter(name, help); }
+  void declare_gauge(const std::string& name, const std::string& help) override { registry_.declare_gauge(name, help); }
 
  private:
   sdk::Labels with_instance(const sdk::Labels& labels) const;

@@ -121,6 +121,9 @@ TEST_CASE("a typed request is answered by serve, and a refusal travels as the er
   Lab lab;
   Deployment d(lab.manifest("[instances.adder]\nplugin = \"fixture_service\"\n"), lab.catalog, lab.log);
   d.start();
+  // A family declared at start is listed before its first sample.
+  CHECK(d.metrics_text().find("# HELP deskfarm_fixture_refusals_total Sum requests refused, by reason\n"
+                              "# TYPE deskfarm_fixture_refusals_total counter\n") != std::string::npos);
   const auto ok = ask(d, "adder", "adder.adder.sum", sdk::make_message("", Sum{{2, 3, 4}}));
   REQUIRE(ok.ok());
   CHECK(ok->total == 9);

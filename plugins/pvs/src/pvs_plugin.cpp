@@ -147,13 +147,13 @@ class Pvs final : public Plugin {
   explicit Pvs(Context& ctx) : ctx_(ctx), options_(pvs::make_options(pvs_schema.bind(ctx.config()), ctx.state_dir())) {
     pvs::require_images(options_);
     auto& m = ctx_.metrics();
-    metrics_.boots = &m.counter("pvs_device_boots_total", "Devices that started reading their vDisk");
-    metrics_.disconnects = &m.counter("pvs_device_disconnects_total", "Devices whose last connection closed (session kept)");
-    metrics_.ended = &m.counter("pvs_device_sessions_ended_total", "Device sessions ended (write cache discarded)");
-    metrics_.unknown = &m.counter("pvs_unknown_exports_total", "NBD connections naming no known device or vDisk");
-    metrics_.refused = &m.counter("pvs_refused_total", "Connections refused (private/maintenance in use, no version)");
-    bootstraps_ = &m.counter("pvs_bootstrap_served_total", "Bootstrap downloads started over TFTP");
-    actions_ = &m.counter("pvs_admin_actions_total", "Admin requests answered");
+    metrics_.boots = &m.counter("deskfarm_pvs_device_boots_total", "Devices that started reading their vDisk");
+    metrics_.disconnects = &m.counter("deskfarm_pvs_device_disconnects_total", "Devices whose last connection closed (session kept)");
+    metrics_.ended = &m.counter("deskfarm_pvs_device_sessions_ended_total", "Device sessions ended (write cache discarded)");
+    metrics_.unknown = &m.counter("deskfarm_pvs_unknown_exports_total", "NBD connections naming no known device or vDisk");
+    metrics_.refused = &m.counter("deskfarm_pvs_refused_total", "Connections refused (private/maintenance in use, no version)");
+    bootstraps_ = &m.counter("deskfarm_pvs_bootstrap_served_total", "Bootstrap downloads started over TFTP");
+    actions_ = &m.counter("deskfarm_pvs_admin_actions_total", "Admin requests answered");
   }
   // A start() that threw part-way is not followed by stop(): the servers it started go here.
   ~Pvs() override { close_servers(); }
@@ -412,9 +412,9 @@ class Pvs final : public Plugin {
   }
 
   void update_gauges() {
-    ctx_.metrics().gauge("pvs_active_devices", "Devices connected now").set(static_cast<double>(streamer_->active()));
+    ctx_.metrics().gauge("deskfarm_pvs_active_devices", "Devices connected now").set(static_cast<double>(streamer_->active()));
     ctx_.metrics()
-        .gauge("pvs_write_cache_bytes", "Bytes held by all write caches (RAM + overflow)")
+        .gauge("deskfarm_pvs_write_cache_bytes", "Bytes held by all write caches (RAM + overflow)")
         .set(static_cast<double>(streamer_->cache_bytes()));
   }
 

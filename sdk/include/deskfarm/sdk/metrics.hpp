@@ -45,6 +45,9 @@ class DESKFARM_SDK_API Metrics {
   virtual ~Metrics();
   virtual Counter& counter(const std::string& name, const std::string& help, const Labels& labels = {}) = 0;
   virtual Gauge& gauge(const std::string& name, const std::string& help, const Labels& labels = {}) = 0;
+  /// Declares a labelled family before its first sample, so /metrics lists its HELP and TYPE from the start.
+  virtual void declare_counter(const std::string& name, const std::string& help) = 0;
+  virtual void declare_gauge(const std::string& name, const std::string& help) = 0;
 };
 
 }  // namespace deskfarm::sdk

@@ -30,6 +30,14 @@ void abandon(std::unique_ptr<T>& owner) {
 #endif
 }
 
+/// Where a plugin's refusal of config key `key` points: the key's top-level value (a nested key such as
+/// "devices[0].mac" at "devices"), else the instance's table.
+Location refused_at(const InstanceSpec& spec, const char* key) {
+  const std::string top(key, std::strcspn(key, "[."));
+  const auto v = top.empty() ? spec.value_where.end() : spec.value_where.find(top);
+  return v == spec.value_where.end() ? spec.where : v->second;
+}
+
 /// The instance's config checked against its plugin's schema (types, ranges, choices, nested tables, defaults),
 /// then by the plugin's own validate() when the schema found nothing: all before any instance exists.
 std::unique_ptr<sdk::Config> checked_config(const Instance& inst, Diagnostics& diags) {
@@ -45,11 +53,7 @@ std::unique_ptr<sdk::Config> checked_config(const Instance& inst, Diagnostics& d
   if (d.validate && diags.size() == before) {
     dk_error error{};
     if (d.validate(static_cast<const void*>(cfg.get()), &error) != 0) {
-      // A nested key ("devices[0].mac") is located at its top-level value.
-      const std::string key(error.key, std::strcspn(error.key, "[."));
-      const auto v = key.empty() ? sp.value_where.end() : sp.value_where.find(key);
-      diags.add(v == sp.value_where.end() ? sp.where : v->second,
-                "instance " + sp.name + " (plugin " + sp.plugin + ") refused its config: " + error.message);
+      diags.add(refused_at(sp, error.key), "instance " + sp.name + " (plugin " + sp.plugin + ") refused its config: " + error.message);
     }
   }
   return cfg;
@@ -133,11 +137,7 @@ void Deployment::create_all() {
   for (auto& inst : instances_) {
     dk_error error{};
     if (!inst->create(*runtime_, log_, error)) {
-      Location where = inst->spec.where;
-      if (error.key[0]) {
-        if (auto it = inst->spec.value_where.find(error.key); it != inst->spec.value_where.end()) where = it->second;
-      }
-      diags.add(where, "instance " + inst->spec.name + " (plugin " + inst->spec.plugin + ") could not be created: " + redact(error.message));
+      diags.add(refused_at(inst->spec, error.key), "instance " + inst->spec.name + " (plugin " + inst->spec.plugin + ") could not be created: " + redact(error.message));
     } else {
       inst->state = "created";
     }
@@ -233,13 +233,10 @@ void Deployment::announce(Instance& inst, bool up) {
 }
 
 void Deployment::teardown() {
-  runtime_->admin_bus.close();
+  runtime_->admin.close();
   {
     std::lock_guard lock(runtime_->clients_mutex);
-    for (auto& c : runtime_->clients) {
-      c->bus.close();
-      c->strand.close();
-    }
+    for (auto& c : runtime_->clients) c->close();
   }
   const auto drain = std::chrono::duration_cast<std::chrono::milliseconds>(manifest_.stop_timeout);
   std::vector<std::string> leaked;
@@ -285,8 +282,8 @@ BusAnswer Deployment::request(const std::string& subject, const std::string& jso
   auto done = std::make_shared<std::promise<BusAnswer>>();
   auto answer = done->get_future();
   Runtime* rt = runtime_.get();
-  rt->admin_strand.post([rt, m = std::move(m), timeout, done]() mutable {
-    rt->admin_bus.request(std::move(m), timeout, [done](const sdk::Message* reply, std::string_view error) {
+  rt->admin.strand.post([rt, m = std::move(m), timeout, done]() mutable {
+    rt->admin.bus.request(std::move(m), timeout, [done](const sdk::Message* reply, std::string_view error) {
       if (!reply) return done->set_value({false, sdk::detail::bus_error_code(error), std::string(error)});
       const bool failed = reply->type == sdk::Error::type_name;
       done->set_value({!failed, failed ? "error" : std::string(reply->type), reply->encoded()});

@@ -23,6 +23,11 @@ struct BusClient {
   BusClient(Pool& pool, BusCore& core, std::string name) : strand(pool, std::move(name)), bus(core, strand) {}
   Strand strand;
   InstanceBus bus;
+  /// Ends its subscriptions and pending requests and refuses further work (the deployment stops).
+  void close() {
+    bus.close();
+    strand.close();
+  }
 };
 
 /// Everything the instances of a deployment share while it runs: workers, clock, bus, metrics, store.
@@ -43,8 +48,7 @@ struct Runtime {
   KernelStore store;
   BlockingPool blocking;
   /// Where operator requests (`deskfarm request`) enter the bus; their replies run here.
-  Strand admin_strand{pool, "admin"};
-  InstanceBus admin_bus{bus, admin_strand};
+  BusClient admin{pool, bus, "admin"};
   /// Bus clients opened by Deployment::open_client; closed at teardown, destroyed with the runtime.
   std::mutex clients_mutex;
   std::vector<std::unique_ptr<BusClient>> clients;

@@ -69,10 +69,8 @@ template <class E>
 Value to_value(const std::vector<E>& v);
 template <class E>
 Value to_value(const std::optional<E>& v);
-template <class E>
-Value to_value(const std::map<std::string, E, std::less<>>& m);
-template <class E>
-Value to_value(const std::map<std::string, E>& m);
+template <class E, class Less>
+Value to_value(const std::map<std::string, E, Less>& m);
 template <Record T>
 Value to_value(const T& record);
 
@@ -86,14 +84,8 @@ template <class E>
 Value to_value(const std::optional<E>& v) {
   return v ? to_value(*v) : Value();
 }
-template <class E>
-Value to_value(const std::map<std::string, E, std::less<>>& m) {
-  Value out = Value::object();
-  for (const auto& [k, e] : m) out.set(k, to_value(e));
-  return out;
-}
-template <class E>
-Value to_value(const std::map<std::string, E>& m) {
+template <class E, class Less>
+Value to_value(const std::map<std::string, E, Less>& m) {
   Value out = Value::object();
   for (const auto& [k, e] : m) out.set(k, to_value(e));
   return out;
@@ -145,10 +137,8 @@ template <class E>
 void from_value(const Value& v, std::vector<E>& out, std::string_view path);
 template <class E>
 void from_value(const Value& v, std::optional<E>& out, std::string_view path);
-template <class E>
-void from_value(const Value& v, std::map<std::string, E, std::less<>>& out, std::string_view path);
-template <class E>
-void from_value(const Value& v, std::map<std::string, E>& out, std::string_view path);
+template <class E, class Less>
+void from_value(const Value& v, std::map<std::string, E, Less>& out, std::string_view path);
 template <Record T>
 void from_value(const Value& v, T& out, std::string_view path);
 
@@ -174,19 +164,11 @@ void from_value(const Value& v, std::optional<E>& out, std::string_view path) {
   from_value(v, e, path);
   out = std::move(e);
 }
-template <class Map>
-void from_value_map(const Value& v, Map& out, std::string_view path) {
+template <class E, class Less>
+void from_value(const Value& v, std::map<std::string, E, Less>& out, std::string_view path) {
   if (!v.is_object()) detail::decode_fail(path, "a table", v);
   out.clear();
   for (const auto& [k, e] : v.as_object()) from_value(e, out[k], std::string(path) + "." + k);
-}
-template <class E>
-void from_value(const Value& v, std::map<std::string, E, std::less<>>& out, std::string_view path) {
-  from_value_map(v, out, path);
-}
-template <class E>
-void from_value(const Value& v, std::map<std::string, E>& out, std::string_view path) {
-  from_value_map(v, out, path);
 }
 /// Reads the record's fields from an object; missing fields keep their defaults, unknown ones are ignored
 /// (a newer sender within one type version may add fields).

@@ -136,6 +136,7 @@ Options make_options(const PvsConfig& c, const std::filesystem::path& state_dir)
   o.write_cache_block_size = static_cast<std::uint32_t>(bs);
   o.refresh_s = c.refresh_s;
   o.session_idle = std::chrono::seconds(c.session_idle_s);
+  o.lease = std::chrono::seconds(c.lease_s);
   o.stream_idle_timeout = std::chrono::seconds(c.stream_idle_timeout_s);
   o.stream_keepalive = std::chrono::seconds(c.stream_keepalive_s);
 
@@ -204,6 +205,12 @@ const std::vector<sdk::Migration> migrations = {
       "parent INTEGER NOT NULL, access VARCHAR(16) NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (vdisk, number))",
       "CREATE TABLE pvs_devices (mac VARCHAR(17) PRIMARY KEY, vdisk VARCHAR(64) NOT NULL, name VARCHAR(128) NOT NULL, "
       "type VARCHAR(16) NOT NULL)"}},
+    // The session ledger (ledger.hpp): who serves each device, so that HA peers never both do.
+    {2,
+     {"CREATE TABLE pvs_owners (owner VARCHAR(160) PRIMARY KEY, renewed_ms BIGINT NOT NULL)",
+      "CREATE TABLE pvs_sessions (export VARCHAR(96) PRIMARY KEY, owner VARCHAR(160) NOT NULL, session BIGINT NOT NULL, "
+      "peer VARCHAR(64) NOT NULL, vdisk VARCHAR(64) NOT NULL, version INTEGER NOT NULL, dirty INTEGER NOT NULL, "
+      "since_ms BIGINT NOT NULL)"}},
 };
 
 std::int64_t now_s() {

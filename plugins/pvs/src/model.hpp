@@ -70,6 +70,7 @@ struct PvsConfig {
   std::int64_t write_cache_block_size = 4096;
   std::int64_t refresh_s = 10;
   std::int64_t session_idle_s = 3600;
+  std::int64_t lease_s = 15;
   std::int64_t stream_idle_timeout_s = 600;
   std::int64_t stream_keepalive_s = 30;
   std::vector<VdiskSeed> vdisks;
@@ -91,6 +92,7 @@ struct Options {
   std::uint32_t write_cache_block_size = 4096;
   std::int64_t refresh_s = 10;
   std::chrono::seconds session_idle{3600};
+  std::chrono::seconds lease{15};
   std::chrono::seconds stream_idle_timeout{600};
   std::chrono::seconds stream_keepalive{30};
   std::vector<VdiskSeed> vdisks;  ///< `file` filled in

@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include <deskfarm/bootstrap/bootstrap.hpp>
@@ -19,6 +20,7 @@
 #include <deskfarm/sdk/store.hpp>
 #include <deskfarm/tftp/server.hpp>
 
+#include "ledger.hpp"
 #include "model.hpp"
 #include "streamer.hpp"
 
@@ -92,6 +94,10 @@ constexpr auto pvs_schema = schema<PvsConfig>(
            "a device's session (write cache + version) ends this long after its last connection closed, if no boot "
            "was seen before (hypervisor power event, bootstrap download, device.reset)")
         .range(1, 31536000),
+    option("lease_s", &PvsConfig::lease_s, "15",
+           "HA: a server that has not renewed its lease in the data store for this long is dead; its devices that "
+           "wrote nothing move to a peer, the others must reboot")
+        .range(1, 3600),
     option("stream_idle_timeout_s", &PvsConfig::stream_idle_timeout_s, "600",
            "an NBD connection that sends nothing this long is closed (its session stays); 0 = never")
         .range(0, 86400),
@@ -179,6 +185,13 @@ class Pvs final : public Plugin {
                                                 std::chrono::duration_cast<std::chrono::milliseconds>(options_.session_idle));
     // NBD thread: hand over to the executor; the lifeline drops it once the instance has stopped.
     streamer_->on_event([this, line](const pvs::DeviceEvent& e) { line->post([this, e] { device_event(e); }); });
+    // HA: one server per device session, through the ledger in the shared data store (ledger.hpp).
+    ledger_ = std::make_shared<pvs::Ledger>(*store_, pvs::make_owner_id(ctx_.name()),
+                                            std::chrono::duration_cast<std::chrono::milliseconds>(options_.lease),
+                                            std::chrono::duration_cast<std::chrono::milliseconds>(options_.session_idle));
+    streamer_->use_ledger(ledger_, [this, line](const pvs::OwnedSession& s) {
+      line->post([this, s] { ledger_job("release " + s.key, [s](pvs::Ledger& l) { l.release(s.key, s.session); }); });
+    });
 
     std::weak_ptr<pvs::Streamer> weak = streamer_;
     nbd::ServerOptions so;
@@ -225,6 +238,15 @@ class Pvs final : public Plugin {
           std::vector<pvs::EndedSession> ended;
           const std::string host = host_of(from);
           const auto seen = s->bootstrap_from(host, ended);
+          if (seen == 0)  // not one of ours: perhaps a device of a peer that died
+            line->post([this, host] {
+              ledger_job("bootstrap from " + host, [this, host](pvs::Ledger& l) {
+                const auto mac = l.end_dead_at(host);
+                if (!mac.empty())
+                  ctx_.log().info("pvs: device " + mac + " fetched the bootstrap from " + host +
+                                  ": its session on a server that died is over");
+              });
+            });
           if (seen > 1)
             line->post([this, host, seen] {
               ctx_.log().warning("pvs: bootstrap fetched from " + host + ", where " + std::to_string(seen) +
@@ -258,7 +280,12 @@ class Pvs final : public Plugin {
           if (!mac) return;
           for (const auto& ended : streamer_->end_session(*mac, "power"))
             ended_log(ended, "VM " + e.vm + " of " + e.adapter + " is " + e.state);
+          end_everywhere(*mac, "VM " + e.vm + " of " + e.adapter + " is " + e.state);
         }));
+    // Renewing the lease tells peers this server lives; what the ledger then lists is what it still owns.
+    ctx_.every(std::max<std::chrono::milliseconds>(std::chrono::milliseconds(500),
+                                                   std::chrono::duration_cast<std::chrono::milliseconds>(options_.lease) / 3),
+               [this] { renew(); });
     const auto sweep = std::clamp<std::chrono::milliseconds>(
         std::chrono::duration_cast<std::chrono::milliseconds>(options_.session_idle) / 4, std::chrono::milliseconds(200),
         std::chrono::milliseconds(60000));
@@ -418,6 +445,43 @@ class Pvs final : public Plugin {
         .set(static_cast<double>(streamer_->cache_bytes()));
   }
 
+  // ---- the session ledger (HA) ----
+  // Ledger calls run on the blocking pool beside the data-store jobs, never queued behind a merge: a lease renewed
+  // late makes peers take this server for dead.
+
+  void ledger_job(std::string what, std::function<void(pvs::Ledger&)> work) {
+    ctx_.run_blocking([ledger = ledger_, work = std::move(work)](std::stop_token) { work(*ledger); },
+                      [this, what = std::move(what)](Reply<Empty> r) {
+                        if (!r) ctx_.log().warning("pvs: session ledger: " + what + " failed: " + r.error().message);
+                      });
+  }
+
+  /// A boot of `mac` seen here ends its session on whichever server has it (that server notices at its renewal).
+  void end_everywhere(const std::string& mac, const std::string& why) {
+    ledger_job("end " + mac, [this, mac, why, seen = std::chrono::system_clock::now()](pvs::Ledger& l) {
+      const auto owner = l.end_everywhere(mac, seen);
+      if (!owner.empty() && owner != ctx_.name())
+        ctx_.log().info("pvs: device " + mac + " session on " + owner + " ended in the data store: " + why);
+    });
+  }
+
+  void renew() {
+    if (!loaded_ || renewing_) return;  // the tables exist once the catalog has loaded
+    renewing_ = true;
+    const auto read_at = std::chrono::system_clock::now();
+    ctx_.run_blocking([ledger = ledger_](std::stop_token) { return ledger->renew(); },
+                      [this, read_at](Reply<std::set<pvs::OwnedSession>> r) {
+                        renewing_ = false;
+                        if (!r) {
+                          ctx_.log().warning("pvs: cannot renew this server's lease in the data store (peers take "
+                                             "it for dead after lease_s): " + r.error().message);
+                          return;
+                        }
+                        for (const auto& e : streamer_->reconcile(*r, read_at))
+                          ended_log(e, "an HA peer saw the device boot or reset it");
+                      });
+  }
+
   void ended_log(const pvs::EndedSession& e, const std::string& why) {
     ctx_.log().info("pvs: device " + e.mac + " session on vDisk " + e.vdisk + " version " + std::to_string(e.version) +
                     " ended, write cache discarded: " + why +
@@ -512,7 +576,8 @@ class Pvs final : public Plugin {
             reply.connections += static_cast<std::int64_t>(e.connections);
             ended_log(e, "device.reset");
           }
-          if (!reply.ended) ctx_.log().info("pvs: device.reset of " + *mac + ": it had no session");
+          if (!reply.ended) ctx_.log().info("pvs: device.reset of " + *mac + ": it had no session here");
+          end_everywhere(*mac, "device.reset");
           return reply;
         }));
     subs_.push_back(serve<Empty, api::AdminReply>(bus, api::admin_subject(me, "vdisk.list"), [this](const Empty&) {
@@ -574,6 +639,8 @@ class Pvs final : public Plugin {
   bool loaded_ = false;
   std::string catalog_error_;
   std::shared_ptr<pvs::Streamer> streamer_;
+  std::shared_ptr<pvs::Ledger> ledger_;
+  bool renewing_ = false;
   std::unique_ptr<nbd::Server> nbd_;
   std::unique_ptr<tftp::Server> tftp_;
   std::uint16_t stream_port_ = 0;

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <optional>
+#include <random>
 
 #include <deskfarm/nbd/version_chain.hpp>
 
@@ -13,7 +14,16 @@ Streamer::Streamer(std::string server, std::filesystem::path store_dir, nbd::Wri
       cache_(std::move(cache)),
       metrics_(metrics),
       server_(std::move(server)),
-      session_idle_(session_idle) {}
+      session_idle_(session_idle) {
+  // Session ids name ledger rows across runs and servers: start each run somewhere random (63 bits).
+  std::random_device rd;
+  next_session_ = ((static_cast<std::uint64_t>(rd()) << 31) ^ rd()) & 0x7fff'ffff'ffff'0000ull;
+}
+
+void Streamer::release_row(const std::string& key, const Live& live) {
+  // Caller holds mutex_; the sink only queues the row's removal.
+  if (ledger_ && ledger_released_) ledger_released_(OwnedSession{key, live.session});
+}
 
 nbd::Resolution Streamer::connect(const std::string& key, std::shared_ptr<DeviceExport> device,
                                   std::string_view peer) {
@@ -45,12 +55,15 @@ std::shared_ptr<nbd::Export> Streamer::layer(const std::string& file) {
   return e;
 }
 
+namespace {
+nbd::Resolution refusal(sdk::Counter* c, std::string why) {
+  if (c) c->inc();
+  return nbd::Resolution{nullptr, "pvs: " + why};
+}
+}  // namespace
+
 nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) {
   const std::string requested(name);
-  auto refuse = [&](sdk::Counter* c, std::string why) {
-    if (c) c->inc();
-    return nbd::Resolution{nullptr, "pvs: " + why};
-  };
   // A session found expired here ends after the lock: its export may be the last reference (see cache_bytes()).
   std::vector<std::shared_ptr<DeviceExport>> idle_drop;
   std::vector<DeviceEvent> idle_events;
@@ -61,7 +74,58 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
       for (const auto& e : events) self->emit(e);
     }
   } emit_after{this, idle_events};
-  std::lock_guard lock(mutex_);
+  std::unique_lock opening(opening_, std::defer_lock);
+  if (ledger_) opening.lock();  // a second connection of a booting device waits for the first one's claim
+  std::unique_lock lock(mutex_);
+  auto found = find_locked(requested, peer, idle_drop, idle_events);
+  if (auto* r = std::get_if<nbd::Resolution>(&found)) return std::move(*r);
+  Plan plan = std::get<Plan>(std::move(found));
+  const std::uint64_t session = next_session_.fetch_add(1);
+  if (!ledger_) return open_locked(plan, session, "", peer);
+
+  // HA: the data store says whether another server serves this device. Asked without the lock (other devices'
+  // connections go on); this device's other connections wait on `opening_`.
+  lock.unlock();
+  Claim claim;
+  try {
+    claim = ledger_->claim(plan.key, session, std::string(peer), plan.vdisk, plan.version,
+                           std::string_view(plan.mode) != "standard");
+  } catch (const std::exception& e) {
+    return refusal(metrics_.refused, "cannot reach the data store to make sure no other server serves " + plan.key +
+                                         " (" + e.what() + "); retry in a moment");
+  }
+  lock.lock();
+  switch (claim.kind) {
+    case Claim::Kind::held:
+      return refusal(metrics_.refused, plan.key + " is served by " + claim.owner + " (device at " + claim.peer +
+                                           "); one server at a time: it must connect there");
+    case Claim::Kind::lost:
+      return refusal(metrics_.refused, plan.key + " wrote to its write cache on " + claim.owner +
+                                           ", which stopped; those writes are gone, so it cannot go on here with "
+                                           "its disk: reboot the device (a hypervisor power event, its bootstrap "
+                                           "fetch or pvs.<instance>.admin.device.reset ends that session)");
+    case Claim::Kind::takeover:
+      plan.version = claim.version;  // the version the device booted, whatever is newest now
+      break;
+    case Claim::Kind::granted:
+      break;
+  }
+  auto r = open_locked(plan, session, claim.kind == Claim::Kind::takeover ? claim.owner : "", peer);
+  if (!r.backend) {
+    lock.unlock();
+    try {
+      ledger_->release(plan.key, session);
+    } catch (const std::exception&) {
+      // The row names a session that never opened; this server's next renewal finds and drops it.
+    }
+  }
+  return r;
+}
+
+std::variant<nbd::Resolution, Streamer::Plan> Streamer::find_locked(const std::string& requested, std::string_view peer,
+                                                                    std::vector<std::shared_ptr<DeviceExport>>& drop,
+                                                                    std::vector<DeviceEvent>& events) {
+  auto refuse = refusal;
   if (!loaded_) return refuse(metrics_.refused, "the catalog is still loading from the data store; retry in a moment");
   // vdisk@maintenance: the one writer of a version in maintenance.
   if (const auto at = requested.find('@'); at != std::string::npos) {
@@ -82,16 +146,7 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
       return refuse(metrics_.refused, "version " + std::to_string(m->number) + " of '" + vdisk +
                                           "' is already open for maintenance from " + l->second.info.peer +
                                           " (one writer at a time)");
-    const DeviceEvent info = boot_event(key, vdisk, m->number, "maintenance", peer);
-    std::shared_ptr<nbd::Export> inner;
-    try {
-      inner = std::make_shared<MaintenanceExport>(dir_ / m->file);
-    } catch (const std::exception& e) {
-      return refuse(metrics_.refused, std::string("cannot open maintenance version: ") + e.what());
-    }
-    auto d = std::make_shared<DeviceExport>(weak_from_this(), key, inner, nullptr, nullptr, false, info);
-    live_[key] = Live{d, info, std::chrono::system_clock::now()};
-    return connect(key, std::move(d), peer);
+    return Plan{key, vdisk, m->number, "maintenance", key};
   }
 
   const auto mac = normalize_mac(requested);
@@ -112,17 +167,7 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
       return refuse(metrics_.refused, "vDisk '" + vdisk.name + "' is in private mode and already open by device " +
                                           l->second.info.mac + " from " + l->second.info.peer +
                                           " (private images have one writer; use standard mode to share)");
-    const VersionRow& base = vdisk.versions.front();
-    const DeviceEvent info = boot_event(*mac, vdisk.name, base.number, "private", peer);
-    std::shared_ptr<nbd::Export> inner;
-    try {
-      inner = std::make_shared<nbd::FileExport>(dir_ / base.file, false);
-    } catch (const std::exception& e) {
-      return refuse(metrics_.refused, e.what());
-    }
-    auto d = std::make_shared<DeviceExport>(weak_from_this(), key, inner, nullptr, nullptr, false, info);
-    live_[key] = Live{d, info, std::chrono::system_clock::now()};
-    return connect(key, std::move(d), peer);
+    return Plan{key, vdisk.name, vdisk.versions.front().number, "private", *mac};
   }
 
   // Standard mode: connections of one device share its session (write cache + the version it booted), and a
@@ -130,26 +175,55 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
   if (auto l = live_.find(*mac); l != live_.end()) {
     auto& live = l->second;
     if (live.held && live.connections == 0 && std::chrono::steady_clock::now() - live.idle_since >= session_idle_) {
-      end_locked(l, "idle", idle_drop, idle_events);  // expired before the sweep came by: boot afresh
+      end_locked(l, "idle", drop, events);  // expired before the sweep came by: boot afresh
     } else if (auto d = live.export_.lock()) {
       return connect(*mac, std::move(d), peer);
     }
   }
   const VersionRow* v = vdisk.bootable(dev->second.type == kTest);
   if (!v) return refuse(metrics_.refused, "vDisk '" + vdisk.name + "' has no production version to boot");
-  const DeviceEvent info = boot_event(*mac, vdisk.name, v->number, "standard", peer);
+  return Plan{*mac, vdisk.name, v->number, "standard", *mac};
+}
+
+nbd::Resolution Streamer::open_locked(const Plan& plan, std::uint64_t session, const std::string& takeover,
+                                      std::string_view peer) {
+  auto refuse = refusal;
+  auto vd = snap_.vdisks.find(plan.vdisk);
+  const VersionRow* v = vd == snap_.vdisks.end() ? nullptr : vd->second.find(plan.version);
+  if (!v)
+    return refuse(metrics_.refused, "version " + std::to_string(plan.version) + " of vDisk '" + plan.vdisk +
+                                        "' is gone (merged or deleted meanwhile); reboot the device");
+  const std::string mode = plan.mode;
+  DeviceEvent info = boot_event(plan.mac, plan.vdisk, plan.version, plan.mode, peer);
+  if (!takeover.empty()) {
+    info.kind = "takeover";
+    info.reason = "from " + takeover;
+  }
+  std::shared_ptr<DeviceExport> d;
   try {
-    auto base = layer(v->file);
-    nbd::WriteCacheOptions o = cache_;
-    o.device = *mac;
-    auto cache = std::make_shared<nbd::WriteCache>(base, o);
-    auto d = std::make_shared<DeviceExport>(weak_from_this(), *mac, cache, cache, base, true, info);
-    live_[*mac] = Live{d, info, std::chrono::system_clock::now()};
-    return connect(*mac, std::move(d), peer);
+    if (mode == "maintenance") {
+      auto inner = std::make_shared<MaintenanceExport>(dir_ / v->file);
+      d = std::make_shared<DeviceExport>(weak_from_this(), plan.key, inner, nullptr, nullptr, false, info);
+    } else if (mode == "private") {
+      auto inner = std::make_shared<nbd::FileExport>(dir_ / v->file, false);
+      d = std::make_shared<DeviceExport>(weak_from_this(), plan.key, inner, nullptr, nullptr, false, info);
+    } else {
+      auto base = layer(v->file);
+      nbd::WriteCacheOptions o = cache_;
+      o.device = plan.key;
+      auto cache = std::make_shared<nbd::WriteCache>(base, o);
+      d = std::make_shared<DeviceExport>(weak_from_this(), plan.key, cache, cache, base, true, info, ledger_, session);
+    }
   } catch (const std::exception& e) {
-    return refuse(metrics_.refused, "cannot open vDisk '" + vdisk.name + "' version " + std::to_string(v->number) +
+    if (mode == "maintenance") return refuse(metrics_.refused, std::string("cannot open maintenance version: ") + e.what());
+    if (mode == "private") return refuse(metrics_.refused, e.what());
+    return refuse(metrics_.refused, "cannot open vDisk '" + plan.vdisk + "' version " + std::to_string(plan.version) +
                                         ": " + e.what());
   }
+  Live live{d, info, std::chrono::system_clock::now()};
+  live.session = session;
+  live_[plan.key] = std::move(live);
+  return connect(plan.key, std::move(d), peer);
 }
 
 std::vector<nbd::ExportEntry> Streamer::list(std::string_view) const {
@@ -178,6 +252,7 @@ void Streamer::released(const std::string& key, const DeviceExport* which) {
   // Only forget the entry if it still refers to the export going away (a new boot may have replaced it).
   current = it->second.export_.lock();
   if (current && current.get() != which) return;
+  release_row(key, it->second);
   live_.erase(it);
 }
 
@@ -222,11 +297,13 @@ EndedSession Streamer::end_locked(std::map<std::string, Live>::iterator it, cons
     drop.push_back(std::move(d));
   }
   if (live.held) drop.push_back(std::move(live.held));
+  release_row(it->first, live);
   live_.erase(it);
   return out;
 }
 
-std::vector<EndedSession> Streamer::end_session(const std::string& mac, const std::string& reason) {
+std::vector<EndedSession> Streamer::end_where(const std::function<bool(const std::string&, const Live&)>& ends,
+                                              const std::string& reason) {
   std::vector<std::shared_ptr<DeviceExport>> drop;  // declared before the lock: destroyed after it
   std::vector<DeviceEvent> events;
   std::vector<EndedSession> out;
@@ -234,12 +311,16 @@ std::vector<EndedSession> Streamer::end_session(const std::string& mac, const st
     std::lock_guard lock(mutex_);
     for (auto it = live_.begin(); it != live_.end();) {
       auto next = std::next(it);
-      if (it->second.info.mac == mac) out.push_back(end_locked(it, reason, drop, events));
+      if (ends(it->first, it->second)) out.push_back(end_locked(it, reason, drop, events));
       it = next;
     }
   }
   for (const auto& e : events) emit(e);
   return out;
+}
+
+std::vector<EndedSession> Streamer::end_session(const std::string& mac, const std::string& reason) {
+  return end_where([&](const std::string&, const Live& live) { return live.info.mac == mac; }, reason);
 }
 
 std::size_t Streamer::bootstrap_from(const std::string& host, std::vector<EndedSession>& ended) {
@@ -263,22 +344,23 @@ std::size_t Streamer::bootstrap_from(const std::string& host, std::vector<EndedS
 }
 
 std::vector<EndedSession> Streamer::sweep_idle() {
-  std::vector<std::shared_ptr<DeviceExport>> drop;  // declared before the lock: destroyed after it
-  std::vector<DeviceEvent> events;
-  std::vector<EndedSession> out;
-  {
-    std::lock_guard lock(mutex_);
-    const auto now = std::chrono::steady_clock::now();
-    for (auto it = live_.begin(); it != live_.end();) {
-      auto next = std::next(it);
-      const auto& live = it->second;
-      if (live.held && live.connections == 0 && now - live.idle_since >= session_idle_)
-        out.push_back(end_locked(it, "idle", drop, events));
-      it = next;
-    }
-  }
-  for (const auto& e : events) emit(e);
-  return out;
+  const auto now = std::chrono::steady_clock::now();
+  return end_where(
+      [&](const std::string&, const Live& live) {
+        return live.held && live.connections == 0 && now - live.idle_since >= session_idle_;
+      },
+      "idle");
+}
+
+std::vector<EndedSession> Streamer::reconcile(const std::set<OwnedSession>& owned,
+                                              std::chrono::system_clock::time_point read_at) {
+  if (!ledger_) return {};
+  // A session opened after the ledger was read is not in `owned` yet.
+  return end_where(
+      [&](const std::string& key, const Live& live) {
+        return live.since < read_at && !owned.contains(OwnedSession{key, live.session});
+      },
+      "elsewhere");
 }
 
 bool Streamer::begin_promote(const std::string& vdisk, std::string& why) {
@@ -404,14 +486,29 @@ void Streamer::describe(interfaces::pvs::AdminReply& out) const {
 
 DeviceExport::DeviceExport(std::weak_ptr<Streamer> owner, std::string key, std::shared_ptr<nbd::Export> inner,
                            std::shared_ptr<nbd::WriteCache> cache, std::shared_ptr<nbd::Export> base,
-                           bool multi_conn, DeviceEvent info)
+                           bool multi_conn, DeviceEvent info, std::shared_ptr<Ledger> ledger, std::uint64_t session)
     : owner_(std::move(owner)),
       key_(std::move(key)),
       inner_(std::move(inner)),
       cache_(std::move(cache)),
       base_(std::move(base)),
       multi_conn_(multi_conn),
-      info_(std::move(info)) {}
+      info_(std::move(info)),
+      ledger_(std::move(ledger)),
+      session_(session) {}
+
+int DeviceExport::mark_dirty() {
+  if (!ledger_ || marked_.load(std::memory_order_acquire)) return 0;
+  std::lock_guard lock(marking_);  // a second writer waits: no write is acknowledged before the ledger knows
+  if (marked_.load(std::memory_order_relaxed)) return 0;
+  try {
+    ledger_->mark_dirty(key_, session_);
+  } catch (const std::exception&) {
+    return EIO;  // not recorded: an HA peer could continue this session from the base, so the write must fail
+  }
+  marked_.store(true, std::memory_order_release);
+  return 0;
+}
 
 DeviceExport::~DeviceExport() {
   if (auto o = owner_.lock()) o->released(key_, this);
@@ -435,12 +532,14 @@ int DeviceExport::read(std::uint64_t off, std::span<std::byte> out) {
 int DeviceExport::write(std::uint64_t off, std::span<const std::byte> in) {
   if (revoked_.load()) return EIO;
   touch();
+  if (int e = mark_dirty()) return e;
   dirty_.store(true, std::memory_order_release);
   return inner_->write(off, in);
 }
 int DeviceExport::write_zeroes(std::uint64_t off, std::uint64_t length) {
   if (revoked_.load()) return EIO;
   touch();
+  if (int e = mark_dirty()) return e;
   dirty_.store(true, std::memory_order_release);
   return inner_->write_zeroes(off, length);
 }

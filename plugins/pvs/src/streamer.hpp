@@ -9,6 +9,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include <deskfarm/nbd/session.hpp>
@@ -18,6 +19,7 @@
 #include <deskfarm/sdk/metrics.hpp>
 #include <deskfarm/sdk/value.hpp>
 
+#include "ledger.hpp"
 #include "model.hpp"
 
 namespace deskfarm::pvs {
@@ -65,6 +67,16 @@ class Streamer : public std::enable_shared_from_this<Streamer> {
   std::vector<nbd::ExportEntry> list(std::string_view peer) const;
   /// Where boot/disconnect events go (called on NBD threads); set before the server starts.
   void on_event(std::function<void(const DeviceEvent&)> sink) { sink_ = std::move(sink); }
+  /// HA: every new session is claimed in `ledger` first (on the NBD thread, so a boot waits for the data store),
+  /// and every session that ends here is handed to `released` (which must not block: it queues the row's removal).
+  /// Set before the server starts; without a ledger this server assumes it is alone.
+  void use_ledger(std::shared_ptr<Ledger> ledger, std::function<void(const OwnedSession&)> released) {
+    ledger_ = std::move(ledger);
+    ledger_released_ = std::move(released);
+  }
+  /// HA: `owned` is what the ledger says this server owns, read at `read_at`. Sessions begun before then that it
+  /// no longer lists were ended by a peer (a boot or reset seen there): they end here too, reason "elsewhere".
+  std::vector<EndedSession> reconcile(const std::set<OwnedSession>& owned, std::chrono::system_clock::time_point read_at);
   /// Names of vDisk files a running session uses (refuses merges that would pull them away; informative).
   void status(sdk::Value& out) const;
   /// The catalog as the admin replies show it: vDisks with their versions, devices and whether each is connected.
@@ -95,7 +107,27 @@ class Streamer : public std::enable_shared_from_this<Streamer> {
     std::shared_ptr<DeviceExport> held;  // standard mode after its first I/O: the session outlives its connections
     std::size_t connections = 0;
     std::chrono::steady_clock::time_point idle_since;  // when `connections` last dropped to 0
+    std::uint64_t session = 0;  // its row in the ledger
   };
+  /// A new session resolve() will open once the ledger agrees.
+  struct Plan {
+    std::string key;
+    std::string vdisk;
+    int version = 0;
+    const char* mode = "standard";
+    std::string mac;  ///< what events name: the device's MAC, or the key for the maintenance writer
+  };
+  /// Caller holds mutex_: the export a connection to `requested` gets, or what to open (a new session).
+  std::variant<nbd::Resolution, Plan> find_locked(const std::string& requested, std::string_view peer,
+                                                  std::vector<std::shared_ptr<DeviceExport>>& drop,
+                                                  std::vector<DeviceEvent>& events);
+  /// Caller holds mutex_: opens `plan` (as session `session`; `takeover`: the previous server's name).
+  nbd::Resolution open_locked(const Plan& plan, std::uint64_t session, const std::string& takeover,
+                              std::string_view peer);
+  void release_row(const std::string& key, const Live& live);
+  /// Ends every session for which `ends(key, live)` holds (under the lock; events after it).
+  std::vector<EndedSession> end_where(const std::function<bool(const std::string&, const Live&)>& ends,
+                                      const std::string& reason);
   /// Caller holds mutex_: one more connection of live_[key], which refers to `device`.
   nbd::Resolution connect(const std::string& key, std::shared_ptr<DeviceExport> device, std::string_view peer);
   void closed(const std::string& key, const DeviceExport* which, bool used);
@@ -118,6 +150,10 @@ class Streamer : public std::enable_shared_from_this<Streamer> {
   std::function<void(const DeviceEvent&)> sink_;
   std::string server_;
   std::chrono::milliseconds session_idle_;
+  std::shared_ptr<Ledger> ledger_;
+  std::function<void(const OwnedSession&)> ledger_released_;
+  std::atomic<std::uint64_t> next_session_;
+  std::mutex opening_;  // one new session at a time: its claim and its opening are one step for other connections
 
   mutable std::mutex mutex_;
   std::set<std::string> promoting_;  // vDisks whose maintenance version is being promoted
@@ -135,7 +171,7 @@ class DeviceExport final : public nbd::Export {
   /// the cache would split them into copy-on-write blocks).
   DeviceExport(std::weak_ptr<Streamer> owner, std::string key, std::shared_ptr<nbd::Export> inner,
                std::shared_ptr<nbd::WriteCache> cache, std::shared_ptr<nbd::Export> base, bool multi_conn,
-               DeviceEvent info);
+               DeviceEvent info, std::shared_ptr<Ledger> ledger = nullptr, std::uint64_t session = 0);
   ~DeviceExport() override;
   std::uint64_t size() const override { return inner_->size(); }
   bool read_only() const override { return inner_->read_only(); }
@@ -151,6 +187,9 @@ class DeviceExport final : public nbd::Export {
 
  private:
   void touch();
+  /// Before the first write of a write-cache session is acknowledged, the ledger records that it has writes (an
+  /// HA peer must then never continue it from the base). 0, or EIO when the ledger cannot be told.
+  int mark_dirty();
   std::weak_ptr<Streamer> owner_;
   std::string key_;
   std::shared_ptr<nbd::Export> inner_;
@@ -161,6 +200,10 @@ class DeviceExport final : public nbd::Export {
   DeviceEvent info_;
   std::atomic<bool> booted_{false};
   std::atomic<bool> revoked_{false};
+  std::shared_ptr<Ledger> ledger_;
+  std::uint64_t session_;
+  std::mutex marking_;
+  std::atomic<bool> marked_{false};
 };
 
 /// One NBD connection to a device's session: counts the connection in and out, so the session knows when the device

@@ -10,6 +10,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <deskfarm/interfaces/hypervisor/hypervisor.hpp>
 #include <deskfarm/interfaces/pvs/pvs.hpp>
 #include <deskfarm/nbd/client.hpp>
 #include <deskfarm/testing/files.hpp>
@@ -61,16 +62,18 @@ struct Lab {
            "            { mac = \"" + mac_p + "\", vdisk = \"solo\", name = \"desk-p\" } ]\n";
   }
   /// The manifest text; error messages name it lab.toml.
-  std::string manifest(const std::string& instances) const {
-    return "[deployment]\nname = \"lab\"\nstate_dir = \"" + (dir.path() / "var").string() +
+  /// `state`: the deployment's state directory under the lab (a second deployment on the same data store — an HA
+  /// peer in another process — needs its own).
+  std::string manifest(const std::string& instances, const std::string& state = "var") const {
+    return "[deployment]\nname = \"lab\"\nstate_dir = \"" + (dir.path() / state).string() +
            "\"\ndata_store = \"sqlite:" + (dir.path() / "ds.db").string() + "\"\n\n" + instances;
   }
   /// Validates the manifest and loads the plugin (what `deskfarm check` runs); starts nothing.
-  std::unique_ptr<dt::Harness> harness(const std::string& instances) const {
+  std::unique_ptr<dt::Harness> harness(const std::string& instances, const std::string& state = "var") const {
     dt::HarnessOptions o;
     o.plugin_path = {PLUGIN_DIR};
     o.source_name = "lab.toml";
-    return std::make_unique<dt::Harness>(manifest(instances), o);
+    return std::make_unique<dt::Harness>(manifest(instances, state), o);
   }
   /// Instance "pvs-1" with the default vDisks; `extra` adds keys (store is always this lab's).
   std::string one(const std::string& extra = "") const {
@@ -148,6 +151,20 @@ struct Lab {
                                                          std::chrono::seconds(30));
   }
 };
+
+/// What a hypervisor adapter publishes on `h`'s bus when VM "vm-a" (NIC `mac`) changes power state.
+inline void power_event(dt::Harness& h, const std::string& mac, const std::string& previous, const std::string& state) {
+  namespace hv = deskfarm::interfaces::hypervisor;
+  hv::PowerStateEvent e;
+  e.vm = "vm-a";
+  e.mac = mac;
+  e.previous = previous;
+  e.state = state;
+  e.adapter = "hv-test";
+  h.publish(hv::power_subject("hv-test", "vm-a"), e);
+}
+
+inline std::vector<std::byte> fill(std::size_t n, unsigned char v) { return std::vector<std::byte>(n, std::byte{v}); }
 
 /// Reads [off, off+len) through a client; REQUIREs success.
 inline std::vector<std::byte> read_all(nbd::Client& c, std::uint64_t off, std::size_t len) {

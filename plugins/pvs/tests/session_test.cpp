@@ -23,8 +23,6 @@ namespace hv = deskfarm::interfaces::hypervisor;
 
 namespace {
 
-std::vector<std::byte> fill(std::size_t n, unsigned char v) { return std::vector<std::byte>(n, std::byte{v}); }
-
 constexpr std::uint64_t at_written = 1 << 20;         // where the device writes 64 KiB
 constexpr std::uint64_t at_new_version = 3 << 20;     // where maintenance writes the next version
 constexpr std::size_t written = 64 << 10;
@@ -38,15 +36,7 @@ bool any_line(Lab& lab, Match match) {
 
 /// What a hypervisor adapter publishes when VM `vm` (NIC `mac`) changes power state.
 void power(Lab& lab, const std::string& mac, const std::string& previous, const std::string& state) {
-  lab.h->run_on("pvs-1", [&](sdk::Plugin&, sdk::Context& ctx) {
-    hv::PowerStateEvent e;
-    e.vm = "vm-a";
-    e.mac = mac;
-    e.previous = previous;
-    e.state = state;
-    e.adapter = "hv-test";
-    sdk::publish(ctx.bus(), hv::power_subject("hv-test", "vm-a"), e);
-  });
+  power_event(*lab.h, mac, previous, state);
 }
 
 /// The sessions pvs-1 holds (connected or between two connections).

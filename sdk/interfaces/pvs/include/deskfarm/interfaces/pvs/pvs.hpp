@@ -14,11 +14,13 @@ using sdk::field;
 /// A device's vDisk session. A session (write cache + the version booted) lives from the device's boot until its
 /// next boot, an admin reset or the idle time after its last connection closed; connections come and go within it.
 /// `boot`: a new session started reading a vDisk version; `disconnect`: its last connection closed (the session and
-/// its write cache are kept for a reconnect); `end`: the session ended and its write cache was discarded (`reason`).
+/// its write cache are kept for a reconnect); `end`: the session ended and its write cache was discarded (`reason`);
+/// `takeover`: an HA peer continues the session of a device whose server died (it had written nothing; `reason`
+/// names the server it came from) with the version the device booted.
 struct DeviceEvent {
   static constexpr std::string_view type_name = "deskfarm.pvs.DeviceEvent";
   static constexpr std::uint32_t type_version = 1;
-  std::string kind;     ///< "boot" | "disconnect" | "end"
+  std::string kind;     ///< "boot" | "disconnect" | "end" | "takeover"
   std::string mac;      ///< the device's MAC (the NBD export name), "52:54:00:12:34:56"
   std::string vdisk;
   std::int64_t version = 0;
@@ -26,7 +28,8 @@ struct DeviceEvent {
   std::string peer;     ///< address:port the device connected from
   std::string server;   ///< the pvs instance serving it
   /// `end` only: "power" (hypervisor boot event), "bootstrap" (the firmware fetched the bootstrap again),
-  /// "admin" (device.reset), "idle" (no connection for session_idle_s), "stopped" (the server stopped).
+  /// "admin" (device.reset), "idle" (no connection for session_idle_s), "elsewhere" (an HA peer saw the device boot or
+  /// reset it). `takeover`: "from <instance>".
   std::string reason;
   static constexpr auto fields() {
     return std::tuple{field("kind", &DeviceEvent::kind),       field("mac", &DeviceEvent::mac),

@@ -93,6 +93,14 @@ Poco::Data::Session KernelStore::open_session() {
       if (file.has_parent_path()) std::filesystem::create_directories(file.parent_path());
     }
     pool_ = std::make_unique<Poco::Data::SessionPool>(parsed_.connector, parsed_.connection, 1, 64);
+    if (parsed_.connector == "sqlite") {
+      // Write-ahead log: readers never wait for a writer, and a commit is one fsync of the log instead of the
+      // rollback journal's several. Kept in the file; PRAGMA synchronous stays FULL (a commit survives power loss).
+      auto first = pool_->get();
+      first << "PRAGMA busy_timeout = 5000", Poco::Data::Keywords::now;
+      std::string mode;
+      first << "PRAGMA journal_mode = WAL", Poco::Data::Keywords::into(mode), Poco::Data::Keywords::now;
+    }
   }
   auto s = pool_->get();
   if (parsed_.connector == "sqlite") {

@@ -13,6 +13,12 @@
 // - A boot (hypervisor power event, bootstrap fetched, device.reset) deletes the device's row wherever it is; the
 //   owner sees the row gone at its next renewal and ends its local session.
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <cstdint>
 #include <optional>
 #include <set>
@@ -21,6 +27,9 @@
 #include <utility>
 #include <vector>
 
+namespace Poco::Data {
+class Session;
+}
 namespace deskfarm::sdk {
 class Store;
 }
@@ -50,12 +59,18 @@ struct OwnedSession {
   }
 };
 
-/// The data-store side. Every call opens its own store session, so calls may come from any thread (the claim
-/// from an NBD connection thread, the rest from the blocking pool). Throws on a data-store error.
+/// The data-store side; calls may come from any thread and throw on a data-store error. claim() and mark_dirty()
+/// are on a device's boot path, so they are group-committed: one thread of the ledger runs every claim and mark
+/// waiting at that moment in one transaction (one fsync for a boot storm's worth of devices), and the caller waits
+/// at most `timeout` for its outcome. The others open a store session of their own (blocking pool).
 class Ledger {
  public:
   /// `owner`: this run's owner id ("<instance>#<random>"); `lease`: how long an owner may stay silent.
-  Ledger(sdk::Store& store, std::string owner, std::chrono::milliseconds lease, std::chrono::milliseconds session_idle);
+  Ledger(sdk::Store& store, std::string owner, std::chrono::milliseconds lease, std::chrono::milliseconds session_idle,
+         std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  ~Ledger();
+  Ledger(const Ledger&) = delete;
+  Ledger& operator=(const Ledger&) = delete;
 
   const std::string& owner() const { return owner_; }
   /// Renews this owner's lease and returns the sessions the store says it owns.
@@ -76,11 +91,22 @@ class Ledger {
   std::string end_dead_at(const std::string& peer);
 
  private:
+  struct Job;
+  /// Queues `step` for the next group commit and waits for its outcome.
+  Claim submit(std::function<std::optional<Claim>(Poco::Data::Session&)> step);
+  void commit_loop(std::stop_token stop);
+  std::optional<Claim> claim_step(Poco::Data::Session& s, const std::string& key, std::uint64_t session,
+                                  const std::string& peer, const std::string& vdisk, int version, bool in_place);
   std::int64_t now_ms() const;
   sdk::Store& store_;
   std::string owner_;
   std::chrono::milliseconds lease_;
   std::chrono::milliseconds session_idle_;
+  std::chrono::milliseconds timeout_;
+  std::mutex mutex_;
+  std::condition_variable_any wake_;
+  std::deque<std::shared_ptr<Job>> jobs_;
+  std::jthread committer_;  // last: stopped and joined first
 };
 
 /// "pvs-1#3f9c04d1e2a7b655": an owner id for one run of `instance`.

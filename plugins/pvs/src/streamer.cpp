@@ -74,27 +74,46 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
       for (const auto& e : events) self->emit(e);
     }
   } emit_after{this, idle_events};
-  std::unique_lock opening(opening_, std::defer_lock);
-  if (ledger_) opening.lock();  // a second connection of a booting device waits for the first one's claim
   std::unique_lock lock(mutex_);
-  auto found = find_locked(requested, peer, idle_drop, idle_events);
+  std::variant<nbd::Resolution, Plan> found;
+  // One claim per session key at a time: another connection of a device being claimed waits for the outcome, then
+  // looks again (it finds the session, or the refusal). Bounded: a claim ends within the ledger's timeout.
+  for (;;) {
+    found = find_locked(requested, peer, idle_drop, idle_events);
+    const auto* plan = std::get_if<Plan>(&found);
+    if (!plan || !ledger_ || !claiming_.contains(plan->key)) break;
+    claimed_.wait(lock);
+  }
   if (auto* r = std::get_if<nbd::Resolution>(&found)) return std::move(*r);
   Plan plan = std::get<Plan>(std::move(found));
   const std::uint64_t session = next_session_.fetch_add(1);
   if (!ledger_) return open_locked(plan, session, "", peer);
 
-  // HA: the data store says whether another server serves this device. Asked without the lock (other devices'
-  // connections go on); this device's other connections wait on `opening_`.
+  // HA: the data store says whether another server serves this device. Asked without the lock: other devices'
+  // connections go on, and claims of many booting devices share one transaction (see Ledger).
+  claiming_.insert(plan.key);
+  struct Claimed {
+    Streamer& s;
+    const std::string& key;
+    ~Claimed() {
+      s.claiming_.erase(key);  // under mutex_: the lock is held again whenever this runs
+      s.claimed_.notify_all();
+    }
+  };
   lock.unlock();
   Claim claim;
+  std::string failure;
   try {
     claim = ledger_->claim(plan.key, session, std::string(peer), plan.vdisk, plan.version,
                            std::string_view(plan.mode) != "standard");
   } catch (const std::exception& e) {
-    return refusal(metrics_.refused, "cannot reach the data store to make sure no other server serves " + plan.key +
-                                         " (" + e.what() + "); retry in a moment");
+    failure = e.what();
   }
   lock.lock();
+  Claimed done{*this, plan.key};
+  if (!failure.empty())
+    return refusal(metrics_.refused, "cannot reach the data store to make sure no other server serves " + plan.key +
+                                         " (" + failure + "); retry in a moment");
   switch (claim.kind) {
     case Claim::Kind::held:
       return refusal(metrics_.refused, plan.key + " is served by " + claim.owner + " (device at " + claim.peer +
@@ -111,14 +130,7 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
       break;
   }
   auto r = open_locked(plan, session, claim.kind == Claim::Kind::takeover ? claim.owner : "", peer);
-  if (!r.backend) {
-    lock.unlock();
-    try {
-      ledger_->release(plan.key, session);
-    } catch (const std::exception&) {
-      // The row names a session that never opened; this server's next renewal finds and drops it.
-    }
-  }
+  if (!r.backend && ledger_released_) ledger_released_(OwnedSession{plan.key, session});  // never opened
   return r;
 }
 

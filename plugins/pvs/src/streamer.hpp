@@ -2,6 +2,7 @@
 // pvs: which export an NBD connection gets (device MAC -> vDisk version -> write cache), shared by the NBD threads.
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -153,7 +154,6 @@ class Streamer : public std::enable_shared_from_this<Streamer> {
   std::shared_ptr<Ledger> ledger_;
   std::function<void(const OwnedSession&)> ledger_released_;
   std::atomic<std::uint64_t> next_session_;
-  std::mutex opening_;  // one new session at a time: its claim and its opening are one step for other connections
 
   mutable std::mutex mutex_;
   std::set<std::string> promoting_;  // vDisks whose maintenance version is being promoted
@@ -161,6 +161,8 @@ class Streamer : public std::enable_shared_from_this<Streamer> {
   Snapshot snap_;
   std::map<std::string, std::weak_ptr<nbd::Export>> layers_;
   std::map<std::string, Live> live_;  // key: MAC, or "vdisk@maintenance", or "vdisk@private"
+  std::set<std::string> claiming_;     // keys whose claim is in the ledger now (resolve)
+  std::condition_variable claimed_;    // a claim ended
 };
 
 /// One device's session (or the maintenance writer's, or a private image's): its write cache and version. Shared by

@@ -166,6 +166,28 @@ std::uint64_t layer_size(const std::filesystem::path& path) {
   return size;
 }
 
+/// Reads [off, off+out.size()) of a layer with block size `bs`: runs of blocks the layer holds (`present`) come
+/// from `here`, the others from `below`, each contiguous run in one call (versions touch few, clustered blocks).
+template <class Present, class Here, class Below>
+int read_runs(std::uint64_t bs, std::uint64_t off, std::span<std::byte> out, Present present, Here here, Below below) {
+  std::size_t done = 0;
+  while (done < out.size()) {
+    const bool held = present((off + done) / bs);
+    std::size_t run = 0;
+    while (done + run < out.size()) {
+      const std::uint64_t pos = off + done + run;
+      if (present(pos / bs) != held) break;
+      run += static_cast<std::size_t>(std::min<std::uint64_t>(bs - pos % bs, out.size() - done - run));
+    }
+    auto part = out.subspan(done, run);
+    if (int err = held ? here(off + done, part) : below(off + done, part)) return err;
+    done += run;
+  }
+  return 0;
+}
+
+bool bit(const std::vector<std::uint8_t>& bitmap, std::uint64_t block) { return (bitmap[block / 8] >> (block % 8)) & 1U; }
+
 }  // namespace
 
 struct ChainExport::Layer {
@@ -173,7 +195,7 @@ struct ChainExport::Layer {
   UniqueFd fd;
   Header header;
   std::vector<std::uint8_t> bitmap;
-  bool present(std::uint64_t block) const { return (bitmap[block / 8] >> (block % 8)) & 1U; }
+  bool present(std::uint64_t block) const { return bit(bitmap, block); }
 };
 
 void create_version(const std::filesystem::path& path, const std::filesystem::path& parent, std::uint32_t block_size) {
@@ -272,24 +294,12 @@ int ChainExport::read(std::uint64_t off, std::span<std::byte> out) {
 int ChainExport::read_from(std::size_t index, std::uint64_t off, std::span<std::byte> out) {
   if (index == versions_.size()) return base_->read(off, out);
   const Layer& layer = *versions_[index];
-  const std::uint64_t bs = layer.header.block_size;
-  std::size_t done = 0;
-  // Contiguous blocks from the same source are read in one call: versions usually touch few, clustered blocks.
-  while (done < out.size()) {
-    const bool here = layer.present((off + done) / bs);
-    std::size_t run = 0;
-    while (done + run < out.size()) {
-      const std::uint64_t pos = off + done + run;
-      if (layer.present(pos / bs) != here) break;
-      run += static_cast<std::size_t>(std::min<std::uint64_t>(bs - pos % bs, out.size() - done - run));
-    }
-    auto part = out.subspan(done, run);
-    int err = here ? detail::pread_full(layer.fd.get(), part.data(), part.size(), layer.header.data_offset + off + done)
-                   : read_from(index + 1, off + done, part);
-    if (err) return err;
-    done += run;
-  }
-  return 0;
+  return read_runs(
+      layer.header.block_size, off, out, [&](std::uint64_t block) { return layer.present(block); },
+      [&](std::uint64_t at, std::span<std::byte> part) {
+        return detail::pread_full(layer.fd.get(), part.data(), part.size(), layer.header.data_offset + at);
+      },
+      [&](std::uint64_t at, std::span<std::byte> part) { return read_from(index + 1, at, part); });
 }
 
 struct VersionWriter::State {
@@ -329,7 +339,7 @@ int VersionWriter::write(std::uint64_t off, std::span<const std::byte> in) {
     const std::uint64_t pos = off + done;
     const std::uint64_t block = pos / bs;
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(bs - pos % bs, in.size() - done));
-    const bool present = (s.bitmap[block / 8] >> (block % 8)) & 1U;
+    const bool present = bit(s.bitmap, block);
     if (present) {
       if (int err = detail::pwrite_full(s.fd.get(), in.data() + done, n, s.header.data_offset + pos)) return err;
     } else {
@@ -347,6 +357,19 @@ int VersionWriter::write(std::uint64_t off, std::span<const std::byte> in) {
     done += n;
   }
   return 0;
+}
+
+std::uint64_t VersionWriter::size() const { return state_->header.size; }
+
+int VersionWriter::read(std::uint64_t off, std::span<std::byte> out) {
+  auto& s = *state_;
+  if (!in_bounds(off, out.size(), s.header.size)) return EINVAL;
+  return read_runs(
+      s.header.block_size, off, out, [&](std::uint64_t block) { return bit(s.bitmap, block); },
+      [&](std::uint64_t at, std::span<std::byte> part) {
+        return detail::pread_full(s.fd.get(), part.data(), part.size(), s.header.data_offset + at);
+      },
+      [&](std::uint64_t at, std::span<std::byte> part) { return s.parent->read(at, part); });
 }
 
 int VersionWriter::flush() {

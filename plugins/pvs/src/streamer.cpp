@@ -584,38 +584,29 @@ int ConnectionExport::write_zeroes(std::uint64_t off, std::uint64_t length) {
 
 // ---- MaintenanceExport ----
 
-MaintenanceExport::MaintenanceExport(const std::filesystem::path& version_file)
-    : file_(version_file),
-      writer_(std::make_unique<nbd::VersionWriter>(version_file)),
-      view_(std::make_unique<nbd::ChainExport>(version_file)) {
-  size_ = view_->size();
+MaintenanceExport::MaintenanceExport(const std::filesystem::path& version_file) {
+  if (version_file.extension() == ".dfv") {
+    writer_ = std::make_unique<nbd::VersionWriter>(version_file);
+    size_ = writer_->size();
+  } else {
+    raw_ = std::make_unique<nbd::FileExport>(version_file, false);
+    size_ = raw_->size();
+  }
 }
 
 int MaintenanceExport::read(std::uint64_t off, std::span<std::byte> out) {
   std::lock_guard lock(mutex_);
-  if (!nbd::in_bounds(off, out.size(), size_)) return EINVAL;
-  if (stale_) {
-    if (int e = writer_->flush()) return e;
-    try {
-      view_ = std::make_unique<nbd::ChainExport>(file_);
-    } catch (const std::exception&) {
-      return EIO;
-    }
-    stale_ = false;
-  }
-  return view_->read(off, out);
+  return writer_ ? writer_->read(off, out) : raw_->read(off, out);
 }
 
 int MaintenanceExport::write(std::uint64_t off, std::span<const std::byte> in) {
   std::lock_guard lock(mutex_);
-  if (!nbd::in_bounds(off, in.size(), size_)) return EINVAL;
-  stale_ = true;
-  return writer_->write(off, in);
+  return writer_ ? writer_->write(off, in) : raw_->write(off, in);
 }
 
 int MaintenanceExport::flush() {
   std::lock_guard lock(mutex_);
-  return writer_->flush();
+  return writer_ ? writer_->flush() : raw_->flush();
 }
 
 }  // namespace deskfarm::pvs

@@ -230,7 +230,8 @@ class ConnectionExport final : public nbd::Export {
   std::atomic<bool> used_{false};  // NBD_OPT_INFO resolves without I/O: a look, not a connection of the device
 };
 
-/// A maintenance version opened read-write: writes go to the version file, reads see them.
+/// A maintenance version opened read-write: a version file through its VersionWriter (reads see the writes, flushed
+/// or not), or a raw base made by a merge to maintenance, written in place (nothing depends on it yet).
 class MaintenanceExport final : public nbd::Export {
  public:
   explicit MaintenanceExport(const std::filesystem::path& version_file);
@@ -242,11 +243,9 @@ class MaintenanceExport final : public nbd::Export {
   bool multi_conn_safe() const override { return false; }
 
  private:
-  std::filesystem::path file_;
   std::mutex mutex_;
-  std::unique_ptr<nbd::VersionWriter> writer_;
-  std::unique_ptr<nbd::ChainExport> view_;  // reopened after writes: ChainExport reads the bitmap once
-  bool stale_ = false;
+  std::unique_ptr<nbd::VersionWriter> writer_;  // a version file
+  std::unique_ptr<nbd::FileExport> raw_;        // or a raw base
   std::uint64_t size_ = 0;
 };
 

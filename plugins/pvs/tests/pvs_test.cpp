@@ -186,6 +186,24 @@ TEST_CASE("merging collapses the chain into a new base that devices boot next") 
   CHECK(lab.production() == 2);
 }
 
+TEST_CASE("a merge into maintenance gives a base its writer can change, read back unflushed, and promote") {
+  Lab lab;
+  lab.start();
+  auto r = lab.admin("version.merge", api::MergeVersion{"gold", std::nullopt, "maintenance"});
+  REQUIRE(r.ok());
+  CHECK(r->version == 1);
+  auto m = lab.connect("gold@maintenance");
+  REQUIRE(m.write(8192, fill(4096, 0x42)) == 0);
+  CHECK(read_all(m, 8192, 4096) == fill(4096, 0x42));  // before any flush: the writer's own view
+  REQUIRE(m.flush() == 0);
+  m.disconnect();
+  REQUIRE(dt::eventually([&] { return lab.admin("version.promote", api::PromoteVersion{"gold", std::nullopt, "production"}).ok(); }));
+  CHECK(lab.production() == 1);
+  auto a = lab.connect(mac_a);
+  CHECK(read_all(a, 8192, 4096) == fill(4096, 0x42));
+  CHECK(read_all(a, 0, 4096) == slice(dt::read_file(lab.base()), 0, 4096));
+}
+
 TEST_CASE("a private image has one writer and keeps its writes") {
   Lab lab;
   lab.start();

@@ -56,6 +56,9 @@ class VersionWriter {
   VersionWriter& operator=(const VersionWriter&) = delete;
   /// Stores `in` at `off`; 0 or errno.
   int write(std::uint64_t off, std::span<const std::byte> in);
+  /// Reads the version as written so far (its blocks, else its parents'), flushed or not; 0 or errno.
+  int read(std::uint64_t off, std::span<std::byte> out);
+  std::uint64_t size() const;
   /// Writes the bitmap and fdatasyncs; 0 or errno.
   int flush();
 

@@ -83,6 +83,16 @@ class FlushRecorder final : public Export {
   MemoryExport ram_;
 };
 
+/// A started server whose every export name resolves to `disk`.
+struct SingleExportServer {
+  Server server;
+  explicit SingleExportServer(std::shared_ptr<Export> disk)
+      : server({}, [disk](std::string_view, std::string_view) -> Resolution { return {disk, {}}; }) {
+    server.start();
+  }
+  std::uint16_t port() const { return server.bound_port(); }
+};
+
 struct OptReply {
   std::uint32_t option = 0, type = 0;
   std::vector<std::byte> data;
@@ -353,15 +363,86 @@ TEST_CASE("WRITE and WRITE_ZEROES on a writable export land in it") {
   std::vector<std::byte> z(500);
   CHECK(c.read(1000, z) == 0);
   CHECK(z == std::vector<std::byte>(500));
-  CHECK(c.write(kSize - 1, std::vector<std::byte>(2)) == p::kEinval);
+  // The spec: a write (of data or zeroes) beyond the end SHOULD fail with ENOSPC; the export is unchanged.
+  CHECK(c.write(kSize - 1, std::vector<std::byte>(2, std::byte{0x77})) == p::kEnospc);
+  c.send_request(p::kCmdWriteZeroes, 43, kSize - 4096, 8192);
+  CHECK(c.receive_reply(cookie) == p::kEnospc);
+  std::vector<std::byte> tail(4096);
+  CHECK(c.read(kSize - 4096, tail) == 0);
+  CHECK(tail == std::vector<std::byte>(4096));
   c.disconnect();
+}
+
+namespace {
+
+/// A third-party-style export that checks nothing itself (as an export written outside this library might):
+/// every call is counted, and a call out of range is recorded instead of touching memory.
+class UncheckedExport final : public Export {
+ public:
+  explicit UncheckedExport(std::uint64_t size) : bytes_(size) {}
+  std::uint64_t size() const override { return bytes_.size(); }
+  bool read_only() const override { return false; }
+  int read(std::uint64_t off, std::span<std::byte> out) override {
+    ++calls;
+    if (out.empty() || off > bytes_.size() || out.size() > bytes_.size() - off) ++out_of_range;
+    else std::copy_n(bytes_.begin() + static_cast<std::ptrdiff_t>(off), out.size(), out.begin());
+    return 0;
+  }
+  int write(std::uint64_t off, std::span<const std::byte> in) override {
+    ++calls;
+    if (in.empty() || off > bytes_.size() || in.size() > bytes_.size() - off) ++out_of_range;
+    else std::copy(in.begin(), in.end(), bytes_.begin() + static_cast<std::ptrdiff_t>(off));
+    return 0;
+  }
+  int write_zeroes(std::uint64_t off, std::uint64_t length) override {
+    ++calls;
+    if (length == 0 || off > bytes_.size() || length > bytes_.size() - off) ++out_of_range;
+    return 0;
+  }
+  int flush() override { return 0; }
+  std::atomic<int> calls{0}, out_of_range{0};
+
+ private:
+  std::vector<std::byte> bytes_;
+};
+
+}  // namespace
+
+TEST_CASE("the session itself refuses bad READ/WRITE/WRITE_ZEROES before an export that checks nothing sees them") {
+  auto disk = std::make_shared<UncheckedExport>(kSize);
+  SingleExportServer server(disk);
+  RawSocket s(server.port());
+  greet(s);
+  go(s, "disk");
+  request(s, p::kCmdRead, 1, 0, 0);  // length 0
+  CHECK(simple_reply(s, 1) == p::kEinval);
+  request(s, p::kCmdRead, 2, 0, 512, 0x80);  // an unknown command flag
+  CHECK(simple_reply(s, 2) == p::kEinval);
+  request(s, p::kCmdRead, 3, kSize - 256, 512);  // past the end
+  CHECK(simple_reply(s, 3) == p::kEinval);
+  request(s, p::kCmdRead, 4, ~0ULL - 100, 512);  // offset + length wraps around 2^64
+  CHECK(simple_reply(s, 4) == p::kEinval);
+  write_request(s, 5, kSize - 256, pattern(512, 2), 0);  // past the end
+  CHECK(simple_reply(s, 5) == p::kEnospc);
+  write_request(s, 6, 0, pattern(512, 2), 0x80);  // an unknown command flag
+  CHECK(simple_reply(s, 6) == p::kEinval);
+  request(s, p::kCmdWriteZeroes, 7, kSize, 1);
+  CHECK(simple_reply(s, 7) == p::kEnospc);
+  request(s, p::kCmdWriteZeroes, 8, 0, 0);  // length 0
+  CHECK(simple_reply(s, 8) == p::kEinval);
+  CHECK(disk->calls == 0);
+  // The connection is still in step: a good request after the refused ones (and their payloads) works.
+  request(s, p::kCmdRead, 9, kSize - 512, 512);
+  REQUIRE(simple_reply(s, 9) == 0);
+  CHECK(s.recv(512) == std::vector<std::byte>(512));
+  CHECK(disk->calls == 1);
+  CHECK(disk->out_of_range == 0);
 }
 
 TEST_CASE("a WRITE with FUA is acknowledged only after the export is flushed, and a failed flush fails it") {
   auto disk = std::make_shared<FlushRecorder>(kSize);
-  Server server({}, [disk](std::string_view, std::string_view) -> Resolution { return {disk, {}}; });
-  server.start();
-  RawSocket s(server.bound_port());
+  SingleExportServer server(disk);
+  RawSocket s(server.port());
   greet(s);
   CHECK((go(s, "disk") & p::kTxSendFua) != 0);  // advertised, so clients may send it
   const auto data = pattern(8192, 6);
@@ -400,6 +481,50 @@ TEST_CASE("a WRITE larger than the maximum payload closes the connection") {
   CHECK(s.closed_by_peer());
   ts.wait_idle();
   CHECK(ts.server.stats().protocol_errors == 1);
+}
+
+TEST_CASE("stalled WRITE headers of 32 MiB reserve no payload memory before it arrives") {
+  TestServer ts;
+  constexpr int kStalled = 8;
+  constexpr std::uint32_t kLength = 32U << 20;  // the default max_payload: accepted, not refused
+  std::vector<std::unique_ptr<RawSocket>> peers;
+  for (int i = 0; i < kStalled; ++i) {
+    peers.push_back(std::make_unique<RawSocket>(ts.port()));
+    greet(*peers.back());
+    go(*peers.back(), "rw");
+  }
+  const std::size_t before = resident_bytes();
+  for (auto& s : peers) {
+    // A header and the first 4 KiB of its payload, then nothing: the server sits in the middle of the payload.
+    Msg m;
+    m.u32(p::kRequestMagic).u16(0).u16(p::kCmdWrite).u64(1).u64(0).u32(kLength);
+    const auto head = pattern(4096, 3);
+    m.bytes.insert(m.bytes.end(), head.begin(), head.end());
+    s->send(m.bytes);
+  }
+  REQUIRE(eventually([&] { return ts.server.stats().requests == kStalled; }, std::chrono::seconds(5)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let each thread reach its blocking recv
+  const std::size_t grown = resident_bytes() - std::min(before, resident_bytes());
+  INFO("resident memory grew by " << grown / 1024 << " KiB for " << kStalled << " stalled 32 MiB WRITEs");
+  // At most one payload chunk per connection (kIoChunk), never the announced length (8 x 32 MiB).
+  CHECK(grown < kStalled * std::size_t{kIoChunk} + (4U << 20));
+}
+
+TEST_CASE("a WRITE and a READ spanning several payload chunks move every byte") {
+  auto disk = std::make_shared<FlushRecorder>(4 * std::uint64_t{kIoChunk});
+  SingleExportServer server(disk);
+  Client c("127.0.0.1", server.port(), "disk");
+  const auto data = pattern(2 * kIoChunk + 12345, 9);
+  CHECK(c.write(100, data, p::kCmdFlagFua) == 0);
+  CHECK(disk->writes == 3);  // one export write per chunk ...
+  CHECK(disk->flushes == 1);  // ... and the FUA flush once, after the last
+  CHECK(disk->flushed_writes == 3);
+  std::vector<std::byte> back(data.size());
+  CHECK(c.read(100, back) == 0);
+  CHECK(back == data);
+  std::vector<std::byte> direct(data.size());
+  REQUIRE(disk->read(100, direct) == 0);
+  CHECK(direct == data);
 }
 
 TEST_CASE("a request with bad magic closes only that connection and is counted") {
@@ -459,6 +584,65 @@ TEST_CASE("a handshake that stalls is cut off after handshake_timeout") {
   ts.wait_idle();
   CHECK(ts.server.stats().handshake_failures == 1);
   CHECK_THAT(ts.log_text(), Catch::Contains("handshake not finished within 200 ms"));
+}
+
+namespace {
+
+/// Sends `bytes` one at a time, `gap` apart, until the server has no connection left (or all are sent); returns how
+/// long the server kept the connection. A per-recv timeout longer than `gap` never fires on such a peer.
+std::chrono::milliseconds dribble(TestServer& ts, RawSocket& s, const std::vector<std::byte>& bytes,
+                                  std::chrono::milliseconds gap) {
+  const auto start = std::chrono::steady_clock::now();
+  for (const auto b : bytes) {
+    try {
+      s.send({b});
+    } catch (const std::runtime_error&) {
+      break;  // the server hung up
+    }
+    std::this_thread::sleep_for(gap);
+    if (ts.server.stats().active == 0) break;
+  }
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+}
+
+/// Dribbles `bytes` 100 ms apart (20 or more take 2 s: a per-recv timeout would let them through) and checks that
+/// the server hung up well before they were all sent (a deadline of 400 ms), logged `why`, and freed the connection's
+/// slot (max_connections = 1).
+void check_cut_off(TestServer& ts, RawSocket& s, const std::vector<std::byte>& bytes, const std::string& why) {
+  CHECK(dribble(ts, s, bytes, std::chrono::milliseconds(100)) < std::chrono::milliseconds(1500));
+  CHECK(s.closed_by_peer());
+  ts.wait_idle();
+  CHECK(ts.server.stats().active == 0);
+  CHECK_THAT(ts.log_text(), Catch::Contains(why));
+  Client c("127.0.0.1", ts.port(), "ro");
+  CHECK(c.size() == kSize);
+}
+
+}  // namespace
+
+TEST_CASE("a handshake sent one byte at a time is cut off at the handshake deadline and its slot freed") {
+  TestServer ts({.max_connections = 1, .handshake_timeout = std::chrono::milliseconds(400)});
+  RawSocket s(ts.port());
+  s.recv(18);
+  // Client flags, then an NBD_OPT_GO for "rw": 4 + 16 + 4 + 2 + 2 bytes, 100 ms apart (2.8 s in all).
+  Msg m;
+  m.u32(p::kClientFlagFixedNewstyle).u64(p::kOptMagic).u32(p::kOptGo).u32(8).u32(2).str("rw").u16(0);
+  check_cut_off(ts, s, m.bytes, "handshake not finished within 400 ms");
+  CHECK(ts.server.stats().handshake_failures == 1);
+}
+
+TEST_CASE("after the handshake a silent or dribbling client is closed at idle_timeout and its slot freed") {
+  TestServer ts({.max_connections = 1, .idle_timeout = std::chrono::milliseconds(400)});
+  RawSocket s(ts.port());
+  greet(s);
+  go(s, "rw");
+  SECTION("silent") {
+    check_cut_off(ts, s, {}, "completed within 400 ms (idle_timeout)");
+  }
+  SECTION("a request header one byte per 100 ms") {
+    check_cut_off(ts, s, Msg{}.u32(p::kRequestMagic).u16(0).u16(p::kCmdFlush).u64(1).u64(0).u32(0).bytes,
+                  "completed within 400 ms (idle_timeout)");
+  }
 }
 
 TEST_CASE("two hundred concurrent connections each read their own range correctly") {

@@ -23,12 +23,14 @@ struct ExportEntry {
 /// The answer to "which export is NAME for PEER": a backend, or a message for the client ("unknown device").
 struct Resolution {
   std::shared_ptr<Export> backend;  ///< null means refused
-  std::string error;                ///< sent to the client with NBD_REP_ERR_UNKNOWN when refused
+  std::string error;                ///< sent to the client with NBD_REP_ERR_UNKNOWN (or _POLICY) when refused
+  /// Refused because this peer may not have it (the export exists): NBD_REP_ERR_POLICY, and the server warns.
+  bool denied = false;
 };
 
 /// Called on NBD_OPT_GO, NBD_OPT_INFO and NBD_OPT_EXPORT_NAME with (export name, peer IP address).
 using Resolver = std::function<Resolution(std::string_view name, std::string_view peer)>;
-/// Called on NBD_OPT_LIST with the peer IP address.
+/// Called on NBD_OPT_LIST with the peer IP address. Without one, listing is off: NBD_REP_ERR_POLICY.
 using Lister = std::function<std::vector<ExportEntry>(std::string_view peer)>;
 
 /// The byte stream a session runs on: a socket in the server, a buffer in the fuzzer.
@@ -89,6 +91,10 @@ class Session {
   bool send_simple_reply(std::uint64_t cookie, std::uint32_t error, std::span<const std::byte> payload = {});
   Resolution resolve(std::string_view name);
   std::uint16_t transmission_flags() const;
+  /// An uninitialised buffer of `size` bytes (at most kIoChunk) for READ/WRITE payloads, reused.
+  std::span<std::byte> io_buffer(std::uint32_t size);
+  /// The error for a WRITE/WRITE_ZEROES before it touches the export: bad flags or length, read-only, past the end.
+  std::uint32_t check_modify(std::uint16_t flags, std::uint64_t offset, std::uint32_t length, std::uint64_t size) const;
 
   Transport& transport_;
   const Resolver& resolver_;
@@ -98,8 +104,14 @@ class Session {
   SessionCounters* counters_;
   bool no_zeroes_ = false;
   std::shared_ptr<Export> export_;
-  std::vector<std::byte> buffer_;  // option data and READ/WRITE payloads; grows to the largest request, reused
+  std::vector<std::byte> buffer_;  // option data (at most 64 KiB)
+  std::unique_ptr<std::byte[]> io_;  // READ/WRITE payload chunks: at most kIoChunk per connection
+  std::uint32_t io_capacity_ = 0;
 };
+
+/// READ and WRITE payloads move through a connection in pieces of at most this size, so a connection holds at most
+/// this much payload memory whatever the request length (up to max_payload) and however slow its peer.
+inline constexpr std::uint32_t kIoChunk = 1U << 20;
 
 /// Maps an Export's errno to the NBD error value on the wire (unknown values become EINVAL, as the spec asks).
 std::uint32_t to_wire_error(int err);

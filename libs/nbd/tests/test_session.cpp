@@ -184,6 +184,23 @@ TEST_CASE("NBD_OPT_LIST returns every export as NBD_REP_SERVER, then ACK") {
   CHECK(read_reply(s).type == p::kRepErrInvalid);
 }
 
+TEST_CASE("without a Lister NBD_OPT_LIST gets ERR_POLICY, and a denied export ERR_POLICY with the resolver's text") {
+  Server server({}, [](std::string_view name, std::string_view peer) -> Resolution {
+    return {nullptr, "device " + std::string(name) + " may not connect from " + std::string(peer), true};
+  });
+  server.start();
+  RawSocket s(server.bound_port());
+  greet(s);
+  send_option(s, p::kOptList);
+  auto r = read_reply(s);
+  CHECK(to_string(r.data) == "export listing is disabled on this server");
+  CHECK((r.option == p::kOptList && r.type == p::kRepErrPolicy));
+  send_option(s, p::kOptGo, go_data("pc-1"));
+  r = read_reply(s);
+  CHECK(r.type == p::kRepErrPolicy);
+  CHECK(to_string(r.data) == "device pc-1 may not connect from 127.0.0.1");
+}
+
 TEST_CASE("NBD_OPT_GO for an unknown device is refused with ERR_UNKNOWN and a message, and the client may retry") {
   TestServer ts;
   RawSocket s(ts.port());

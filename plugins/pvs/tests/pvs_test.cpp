@@ -284,16 +284,26 @@ TEST_CASE("two pvs servers share one store, and a device whose server dies reads
   CHECK(Lab::text(peers[0], "name") == "pvs-1");
   CHECK(Lab::text(peers[0], "stream") == "127.0.0.1:" + std::to_string(p1));
 
-  // A version made through pvs-1 is seen by pvs-2 (shared data store, change notice on the bus).
+  // A version made and written through pvs-1 is seen by pvs-2 (shared data store, change notice on the bus).
   REQUIRE(lab.admin("version.new", api::NewVersion{"gold"}).ok());
-  REQUIRE(lab.admin("version.promote", api::PromoteVersion{"gold"}).ok());
+  constexpr std::uint64_t at = 3 << 20;
+  const auto patch = dt::pattern(96 << 10, 41);
+  {
+    nbd::Client m("127.0.0.1", p1, "gold@maintenance");
+    REQUIRE(m.write(at, patch) == 0);
+    REQUIRE(m.flush() == 0);
+    m.disconnect();
+  }
+  REQUIRE(dt::eventually([&] { return lab.admin("version.promote", api::PromoteVersion{"gold"}).ok(); }, std::chrono::seconds(10)));
   REQUIRE(dt::eventually([&] {
     return lab.production("pvs-2") == 1;
   }));
+  auto expected = dt::read_file(lab.base());
+  std::copy(patch.begin(), patch.end(), expected.begin() + at);
 
   nbd::Client first("127.0.0.1", b.login_servers[0].port, mac_a);
   const auto bytes = read_all(first, 0, base_size);
-  CHECK(bytes == dt::read_file(lab.base()));
+  CHECK(bytes == expected);  // version 1's written blocks over the base
   lab.h->run_on("pvs-1", [](sdk::Plugin& p, sdk::Context&) { p.stop(); });  // pvs-1 dies
   std::vector<std::byte> probe(512);
   CHECK_THROWS(first.read(0, probe));  // the connection is gone
@@ -307,7 +317,9 @@ TEST_CASE("two pvs servers share one store, and a device whose server dies reads
     }
   }
   REQUIRE(next);
-  CHECK(read_all(*next, 0, base_size) == bytes);
+  // pvs-2 serves the same version, the bytes pvs-1's maintenance writer wrote included.
+  CHECK(read_all(*next, 0, base_size) == expected);
+  CHECK(slice(read_all(*next, at, patch.size()), 0, patch.size()) == patch);
 }
 
 TEST_CASE("malformed config values are refused at their key") {

@@ -59,40 +59,6 @@ struct TestServer {
   }
 };
 
-/// A RAM disk that counts writes and flushes and remembers how many writes the last flush covered, so a
-/// test sees whether a reply came after the data was flushed; `flush_error` makes flushes fail.
-class FlushRecorder final : public Export {
- public:
-  explicit FlushRecorder(std::uint64_t size) : ram_(size, false) {}
-  std::uint64_t size() const override { return ram_.size(); }
-  bool read_only() const override { return false; }
-  int read(std::uint64_t off, std::span<std::byte> out) override { return ram_.read(off, out); }
-  int write(std::uint64_t off, std::span<const std::byte> in) override {
-    const int err = ram_.write(off, in);
-    if (err == 0) ++writes;
-    return err;
-  }
-  int flush() override {
-    flushed_writes = writes.load();
-    ++flushes;
-    return flush_error.load();
-  }
-  std::atomic<int> writes{0}, flushes{0}, flushed_writes{0}, flush_error{0};
-
- private:
-  MemoryExport ram_;
-};
-
-/// A started server whose every export name resolves to `disk`.
-struct SingleExportServer {
-  Server server;
-  explicit SingleExportServer(std::shared_ptr<Export> disk)
-      : server({}, [disk](std::string_view, std::string_view) -> Resolution { return {disk, {}}; }) {
-    server.start();
-  }
-  std::uint16_t port() const { return server.bound_port(); }
-};
-
 struct OptReply {
   std::uint32_t option = 0, type = 0;
   std::vector<std::byte> data;

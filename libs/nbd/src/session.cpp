@@ -1,9 +1,12 @@
 #include "deskfarm/nbd/session.hpp"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <array>
 #include <cerrno>
 #include <exception>
+#include <new>
 
 #include "deskfarm/nbd/protocol.hpp"
 #include "wire.hpp"
@@ -265,14 +268,25 @@ bool Session::send_simple_reply(std::uint64_t cookie, std::uint32_t error, std::
   return transport_.write_all(std::span(parts, payload.empty() ? 1 : 2));
 }
 
-std::span<std::byte> Session::io_buffer(std::uint32_t size) {
-  if (io_capacity_ < size) {
-    // Not a vector: resizing one writes every byte, and pages that are only reserved cost no memory until data
-    // actually arrives in them.
-    io_.reset(new std::byte[size]);
-    io_capacity_ = size;
+PayloadBuffer::~PayloadBuffer() {
+  if (base_) ::munmap(base_, kIoChunk);
+}
+
+std::span<std::byte> PayloadBuffer::get(std::uint32_t size) {
+  if (!base_) {
+    // Reserved, not committed: pages cost memory only once a payload is written into them.
+    void* p = ::mmap(nullptr, kIoChunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    base_ = static_cast<std::byte*>(p);
   }
-  return {io_.get(), size};
+  touched_ = std::max<std::size_t>(touched_, size);
+  return {base_, size};
+}
+
+void PayloadBuffer::trim() {
+  if (!base_ || touched_ <= kKeep) return;
+  ::madvise(base_ + kKeep, touched_ - kKeep, MADV_DONTNEED);
+  touched_ = kKeep;
 }
 
 std::uint32_t Session::check_modify(std::uint16_t flags, std::uint64_t offset, std::uint32_t length,
@@ -291,6 +305,7 @@ void Session::transmission(SessionResult& result) {
     result.reason = std::move(why);
   };
   for (std::uint64_t n = 1;; ++n) {
+    if (transport_.idle()) payload_.trim();  // between bursts: an idle device keeps no payload pages
     std::array<std::byte, 28> head{};
     if (!transport_.read_exact(head)) return end(SessionEnd::kPeerClosed, "peer left after " + std::to_string(n - 1) + " requests");
     const auto magic = get_be(head.data(), 4);
@@ -318,7 +333,7 @@ void Session::transmission(SessionResult& result) {
         std::uint32_t done = 0;
         while (ok && done < length) {
           const std::uint32_t chunk = std::min(length - done, kIoChunk);
-          const std::span<std::byte> payload = io_buffer(chunk);
+          const std::span<std::byte> payload = payload_.get(chunk);
           if (int err = export_->read(offset + done, payload)) {
             if (done == 0) {
               ok = send_simple_reply(cookie, to_wire_error(err));
@@ -352,7 +367,7 @@ void Session::transmission(SessionResult& result) {
         std::uint32_t done = 0;
         while (done < length) {
           const std::uint32_t chunk = std::min(length - done, kIoChunk);
-          const std::span<std::byte> payload = io_buffer(chunk);
+          const std::span<std::byte> payload = payload_.get(chunk);
           if (!transport_.read_exact(payload)) {
             return end(SessionEnd::kProtocolError, "write payload truncated in request " + std::to_string(n));
           }

@@ -43,6 +43,8 @@ class Transport {
   virtual bool write_all(std::span<const std::span<const std::byte>> parts) = 0;
   /// Called once when option haggling ends (the server lifts its handshake timeout here).
   virtual void enter_transmission() {}
+  /// True when no request is waiting (the next read would block): the session then gives back its payload memory.
+  virtual bool idle() { return false; }
 };
 
 /// Limits a session enforces.
@@ -74,6 +76,30 @@ struct SessionResult {
   std::string export_name;
 };
 
+/// READ and WRITE payloads move through a connection in pieces of at most this size, so a connection holds at most
+/// this much payload memory whatever the request length (up to max_payload) and however slow its peer.
+inline constexpr std::uint32_t kIoChunk = 1U << 20;
+
+/// One connection's payload memory: kIoChunk of address space mapped at the first payload, its pages given back to
+/// the kernel (beyond the first kKeep bytes) whenever the connection goes idle, so thousands of idle devices cost
+/// almost nothing, and a WRITE header alone costs nothing until its payload arrives.
+class PayloadBuffer {
+ public:
+  static constexpr std::size_t kKeep = 4096;
+  PayloadBuffer() = default;
+  ~PayloadBuffer();
+  PayloadBuffer(const PayloadBuffer&) = delete;
+  PayloadBuffer& operator=(const PayloadBuffer&) = delete;
+  /// `size` (at most kIoChunk) bytes, contents undefined; throws std::bad_alloc if the mapping fails.
+  std::span<std::byte> get(std::uint32_t size);
+  /// Gives back the pages beyond kKeep that requests have touched.
+  void trim();
+
+ private:
+  std::byte* base_ = nullptr;
+  std::size_t touched_ = 0;
+};
+
 /// Runs the protocol for one client over a Transport.
 class Session {
  public:
@@ -91,8 +117,6 @@ class Session {
   bool send_simple_reply(std::uint64_t cookie, std::uint32_t error, std::span<const std::byte> payload = {});
   Resolution resolve(std::string_view name);
   std::uint16_t transmission_flags() const;
-  /// An uninitialised buffer of `size` bytes (at most kIoChunk) for READ/WRITE payloads, reused.
-  std::span<std::byte> io_buffer(std::uint32_t size);
   /// The error for a WRITE/WRITE_ZEROES before it touches the export: bad flags or length, read-only, past the end.
   std::uint32_t check_modify(std::uint16_t flags, std::uint64_t offset, std::uint32_t length, std::uint64_t size) const;
 
@@ -105,13 +129,8 @@ class Session {
   bool no_zeroes_ = false;
   std::shared_ptr<Export> export_;
   std::vector<std::byte> buffer_;  // option data (at most 64 KiB)
-  std::unique_ptr<std::byte[]> io_;  // READ/WRITE payload chunks: at most kIoChunk per connection
-  std::uint32_t io_capacity_ = 0;
+  PayloadBuffer payload_;  // READ/WRITE payload chunks
 };
-
-/// READ and WRITE payloads move through a connection in pieces of at most this size, so a connection holds at most
-/// this much payload memory whatever the request length (up to max_payload) and however slow its peer.
-inline constexpr std::uint32_t kIoChunk = 1U << 20;
 
 /// Maps an Export's errno to the NBD error value on the wire (unknown values become EINVAL, as the spec asks).
 std::uint32_t to_wire_error(int err);

@@ -1,6 +1,11 @@
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <cerrno>
 #include <mutex>
 #include <thread>
@@ -581,6 +586,79 @@ TEST_CASE("connections beyond max_connections are closed at accept") {
   eventually([&] { return ts.server.stats().active <= 1; }, std::chrono::seconds(2));
   Client c("127.0.0.1", ts.port(), "ro");  // room again
   CHECK(c.size() == kSize);
+}
+
+namespace {
+
+/// Log lines containing `needle`.
+std::size_t lines_with(TestServer& ts, std::string_view needle) {
+  std::lock_guard lock(ts.log_mutex);
+  return static_cast<std::size_t>(
+      std::count_if(ts.lines.begin(), ts.lines.end(), [&](const std::string& l) { return l.find(needle) != std::string::npos; }));
+}
+
+}  // namespace
+
+TEST_CASE("a flood of refused connections is one warning a second, the next one counting those held back") {
+  TestServer ts({.max_connections = 1});
+  Client holder("127.0.0.1", ts.port(), "ro");
+  for (int i = 0; i < 20; ++i) CHECK_THROWS_AS(Client("127.0.0.1", ts.port(), "ro"), ClientError);
+  CHECK(ts.server.stats().rejected == 20);
+  CHECK(lines_with(ts, "(max_connections)") == 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  CHECK_THROWS_AS(Client("127.0.0.1", ts.port(), "ro"), ClientError);
+  CHECK(lines_with(ts, "(max_connections)") == 2);
+  CHECK(lines_with(ts, "(19 more like it in the last second)") == 1);
+}
+
+TEST_CASE("out of descriptors, a waiting peer is accepted and closed at once, with a warning") {
+  TestServer ts;  // start() raised the soft limit; lowered below for this test only
+  rlimit old{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &old) == 0);
+  std::size_t open_now = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++open_now;
+  int closed_at_once = 0, left_waiting = 0;
+  std::size_t held_count = 0;
+  {
+    struct Restore {
+      rlimit limit;
+      ~Restore() { ::setrlimit(RLIMIT_NOFILE, &limit); }
+    } restore{old};
+    rlimit low = old;
+    low.rlim_cur = open_now + 20;  // room for about ten connections (client and server side each take one)
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+    std::vector<std::unique_ptr<RawSocket>> held;
+    // Client and server share this process's descriptors: two spares of our own let the client side connect
+    // whichever side runs out first.
+    std::vector<UniqueFd> spares;
+    for (int i = 0; i < 2; ++i) spares.emplace_back(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    for (int i = 0; i < 40 && closed_at_once + left_waiting < 3; ++i) {
+      std::unique_ptr<RawSocket> s;
+      try {
+        s = std::make_unique<RawSocket>(ts.port());
+      } catch (const std::runtime_error&) {
+        if (spares.empty()) break;
+        spares.pop_back();
+        continue;
+      }
+      const auto asked = std::chrono::steady_clock::now();
+      try {
+        s->recv(18);  // greeted: the server holds it
+        held.push_back(std::move(s));
+      } catch (const std::runtime_error&) {
+        // Closed by the server at once, or left waiting in the backlog until the 5 s receive timeout.
+        ++(std::chrono::steady_clock::now() - asked < std::chrono::seconds(1) ? closed_at_once : left_waiting);
+      }
+    }
+    held_count = held.size();
+  }
+  INFO(held_count << " connections held before the limit");
+  CHECK(held_count >= 5);
+  CHECK(closed_at_once == 3);
+  CHECK(left_waiting == 0);
+  CHECK(lines_with(ts, "Too many open files") == 1);  // the next two in the same second are held back
+  Client after("127.0.0.1", ts.port(), "ro");  // limit restored: served again
+  CHECK(after.size() == kSize);
 }
 
 TEST_CASE("a handshake that stalls is cut off after handshake_timeout") {

@@ -10,6 +10,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -462,7 +463,8 @@ std::uint64_t raise_fd_limit() {
 std::size_t connections_for_fd_limit(std::uint64_t fd_limit) {
   const std::uint64_t reserved = open_descriptors() + 64;
   if (fd_limit <= reserved + 2) return 1;
-  return static_cast<std::size_t>((fd_limit - reserved) / 2);
+  // Capped: a hard limit of 2^20 (containers) must not mean half a million connection threads.
+  return static_cast<std::size_t>(std::min<std::uint64_t>((fd_limit - reserved) / 2, kMaxAutoConnections));
 }
 
 Stats Server::stats() const {

@@ -44,8 +44,12 @@ struct ServerOptions {
 /// usual soft limit of 1024 is far below what a site needs); returns the soft limit now in force.
 std::uint64_t raise_fd_limit();
 
+/// The most connections max_connections = 0 sizes to, whatever the descriptor limit (a thread each).
+inline constexpr std::size_t kMaxAutoConnections = 65536;
+
 /// How many connections fit in `fd_limit` descriptors: two each (the socket and a device's write cache overflow
-/// file), after the descriptors open now and a reserve of 64 for everything else (data store, logs, new layers).
+/// file), after the descriptors open now and a reserve of 64 for everything else (data store, logs, new layers);
+/// at most kMaxAutoConnections.
 std::size_t connections_for_fd_limit(std::uint64_t fd_limit);
 
 /// Counters since start().

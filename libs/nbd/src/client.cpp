@@ -21,7 +21,7 @@ using detail::append_be;
 using detail::get_be;
 using detail::put_be;
 
-Client::Client(const std::string& host, std::uint16_t port, const std::string& export_name)
+Client::Client(const std::string& host, std::uint16_t port, const std::string& export_name, const std::string& source)
     : where_(host + ":" + std::to_string(port) + " export '" + export_name + "'") {
   addrinfo hints{};
   hints.ai_socktype = SOCK_STREAM;
@@ -31,6 +31,21 @@ Client::Client(const std::string& host, std::uint16_t port, const std::string& e
   }
   std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard(res, &::freeaddrinfo);
   fd_.reset(::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (fd_ && !source.empty()) {
+    addrinfo local_hints{};
+    local_hints.ai_family = res->ai_family;
+    local_hints.ai_socktype = SOCK_STREAM;
+    local_hints.ai_flags = AI_NUMERICHOST | AI_PASSIVE;
+    addrinfo* local = nullptr;
+    if (int rc = ::getaddrinfo(source.c_str(), "0", &local_hints, &local); rc != 0) {
+      throw ClientError("nbd client: bad source address '" + source + "' for " + where_ + ": " + ::gai_strerror(rc));
+    }
+    std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> local_guard(local, &::freeaddrinfo);
+    if (::bind(fd_.get(), local->ai_addr, local->ai_addrlen) != 0) {
+      throw ClientError("nbd client: cannot bind source address " + source + " for " + where_ + ": " +
+                        std::strerror(errno));
+    }
+  }
   if (!fd_ || ::connect(fd_.get(), res->ai_addr, res->ai_addrlen) != 0) {
     throw ClientError("nbd client: cannot connect to " + where_ + ": " + std::strerror(errno));
   }

@@ -6,44 +6,61 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <utility>
 #include <list>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 namespace deskfarm::nbd {
 namespace {
 
 /// A connected socket with a read buffer: request headers are 28 bytes and pipelined clients send many per packet.
+///
+/// Deadlines, not per-recv timeouts (a peer sending one byte just before each timeout would never hit one): the whole
+/// handshake, reads and writes alike, must finish by handshake_timeout after accept; after it, each read_exact()
+/// (a request header, a payload chunk) and each write_all() must finish within idle_timeout of its start.
 class SocketTransport final : public Transport {
  public:
-  SocketTransport(int fd, std::chrono::milliseconds idle) : fd_(fd), buffer_(64 * 1024), idle_(idle) {}
+  using Clock = std::chrono::steady_clock;
+
+  SocketTransport(int fd, std::chrono::milliseconds handshake, std::chrono::milliseconds idle)
+      : fd_(fd), buffer_(new std::byte[kReceiveBuffer]), idle_(idle) {
+    if (handshake.count() > 0) deadline_ = Clock::now() + handshake;
+  }
 
   bool read_exact(std::span<std::byte> out) override {
     std::size_t done = 0;
     const std::size_t have = std::min(out.size(), end_ - start_);
     if (have > 0) {
-      std::memcpy(out.data(), buffer_.data() + start_, have);
+      std::memcpy(out.data(), buffer_.get() + start_, have);
       start_ += have;
       done = have;
     }
+    const auto until = call_deadline();
     while (done < out.size()) {
+      if (!wait_for(POLLIN, until)) return false;
       const std::size_t want = out.size() - done;
       // Large payloads go straight to the caller; small reads refill the buffer to batch later headers.
-      const bool direct = want >= buffer_.size() / 2;
-      ssize_t n = direct ? ::recv(fd_, out.data() + done, want, 0) : ::recv(fd_, buffer_.data(), buffer_.size(), 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) timed_out_ = true;  // SO_RCVTIMEO
+      const bool direct = want >= kReceiveBuffer / 2;
+      ssize_t n = direct ? ::recv(fd_, out.data() + done, want, MSG_DONTWAIT)
+                         : ::recv(fd_, buffer_.get(), kReceiveBuffer, MSG_DONTWAIT);
+      if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
       if (n <= 0) return false;
       if (direct) {
         done += static_cast<std::size_t>(n);
       } else {
         const std::size_t take = std::min(want, static_cast<std::size_t>(n));
-        std::memcpy(out.data() + done, buffer_.data(), take);
+        std::memcpy(out.data() + done, buffer_.get(), take);
         done += take;
         start_ = take;
         end_ = static_cast<std::size_t>(n);
@@ -59,13 +76,19 @@ class SocketTransport final : public Transport {
       if (p.empty() || count == std::size(iov)) continue;
       iov[count++] = {const_cast<std::byte*>(p.data()), p.size()};
     }
+    const auto until = call_deadline();
     std::size_t first = 0;
     while (first < count) {
       msghdr msg{};
       msg.msg_iov = iov + first;
       msg.msg_iovlen = count - first;
-      ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);  // a vanished peer must not SIGPIPE the whole server
+      // MSG_NOSIGNAL: a vanished peer must not SIGPIPE the whole server.
+      ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (!wait_for(POLLOUT, until)) return false;
+        continue;
+      }
       if (n <= 0) return false;
       auto left = static_cast<std::size_t>(n);
       while (first < count && left >= iov[first].iov_len) left -= iov[first++].iov_len;
@@ -77,21 +100,51 @@ class SocketTransport final : public Transport {
     return true;
   }
 
-  /// True if a read gave up on the handshake timeout (before transmission) or the idle timeout (after).
+  /// True if a read or write gave up on the handshake deadline (before transmission) or the idle timeout (after).
   bool timed_out() const { return timed_out_; }
   bool transmitting() const { return transmitting_; }
 
-  void enter_transmission() override {
-    transmitting_ = true;
-    const auto ms = idle_.count();
-    timeval tv{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  void enter_transmission() override { transmitting_ = true; }
+
+  bool idle() override {
+    if (start_ != end_) return false;
+    pollfd p{fd_, POLLIN, 0};
+    return ::poll(&p, 1, 0) == 0;
   }
 
  private:
+  std::optional<Clock::time_point> call_deadline() const {
+    if (!transmitting_) return deadline_;
+    if (idle_.count() > 0) return Clock::now() + idle_;
+    return std::nullopt;
+  }
+
+  /// Waits until the socket is ready for `events` or `until` passes (then sets timed_out_); false if it passed.
+  bool wait_for(short events, std::optional<Clock::time_point> until) {
+    for (;;) {
+      int wait_ms = -1;
+      if (until) {
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(*until - Clock::now()).count();
+        if (left <= 0) {
+          timed_out_ = true;
+          return false;
+        }
+        wait_ms = static_cast<int>(std::min<long long>(left, 1 << 30));
+      }
+      pollfd p{fd_, events, 0};
+      const int rc = ::poll(&p, 1, wait_ms);
+      if (rc > 0) return true;  // ready, or an error/hang-up the following call reports
+      if (rc < 0 && errno != EINTR) return false;
+    }
+  }
+
+  // 16 KiB holds ~580 pipelined request headers; payloads of 8 KiB and more bypass it. Not zero-filled: an idle
+  // connection's buffer costs only the pages data has been received into.
+  static constexpr std::size_t kReceiveBuffer = 16 * 1024;
   int fd_;
-  std::vector<std::byte> buffer_;
+  std::unique_ptr<std::byte[]> buffer_;
   std::size_t start_ = 0, end_ = 0;
+  std::optional<Clock::time_point> deadline_;  // of the handshake
   std::chrono::milliseconds idle_;
   bool timed_out_ = false;
   bool transmitting_ = false;
@@ -111,6 +164,35 @@ std::string peer_of(const sockaddr_storage& ss, std::string* with_port) {
   }
   *with_port = std::string(host) + ":" + std::to_string(port);
   return host;
+}
+
+/// One warning line per cause per second at most: a flood of refused connections must not become a flood of log lines.
+class RateLimitedLine {
+ public:
+  /// True if a line may be written now; `dropped` is then the number held back since the last one.
+  bool allow(std::uint64_t& dropped) {
+    std::lock_guard lock(mutex_);
+    const auto now = std::chrono::steady_clock::now();
+    if (last_ && now - *last_ < std::chrono::seconds(1)) {
+      ++dropped_;
+      return false;
+    }
+    last_ = now;
+    dropped = std::exchange(dropped_, 0);
+    return true;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::optional<std::chrono::steady_clock::time_point> last_;
+  std::uint64_t dropped_ = 0;
+};
+
+std::size_t open_descriptors() {
+  std::error_code ec;
+  std::size_t n = 0;
+  for (std::filesystem::directory_iterator it("/proc/self/fd", ec), end; !ec && it != end; it.increment(ec)) ++n;
+  return n;
 }
 
 const char* end_name(SessionEnd e) {
@@ -138,6 +220,9 @@ struct Server::Impl {
   Lister lister;
   UniqueFd listen_fd;
   UniqueFd wake_fd;
+  UniqueFd spare_fd;  // given up to accept (and close) a connection when the process is out of descriptors
+  std::size_t max_connections = 0;
+  RateLimitedLine refused_line, no_fd_line, denied_line;
   std::thread accept_thread;
   std::atomic<bool> stopping{false};
   std::uint16_t port = 0;
@@ -153,6 +238,18 @@ struct Server::Impl {
       options.log(line);
     } catch (...) {
       // A broken log sink must not take the connection down with it.
+    }
+  }
+
+  void warn(RateLimitedLine& limiter, const std::string& line) const {
+    std::uint64_t dropped = 0;
+    if (!limiter.allow(dropped)) return;
+    const std::string text = line + (dropped ? " (" + std::to_string(dropped) + " more like it in the last second)" : "");
+    try {
+      if (options.warn) options.warn(text);
+      else if (options.log) options.log(text);
+    } catch (...) {
+      // A broken log sink must not take the accept loop down with it.
     }
   }
 
@@ -174,10 +271,19 @@ struct Server::Impl {
   }
 
   void serve(Connection* c, std::string peer, std::string peer_port) {
-    SocketTransport transport(c->fd.get(), options.idle_timeout);
+    SocketTransport transport(c->fd.get(), options.handshake_timeout, options.idle_timeout);
     SessionLimits limits;
     limits.max_payload = options.max_payload;
-    Session session(transport, resolver, lister, peer, limits, &counters);
+    // A peer asking for an export it may not have is what an operator must see (a misplaced device, or a probe).
+    const Resolver checked = [this, &peer_port](std::string_view name, std::string_view from) {
+      if (!resolver) return Resolution{nullptr, "no exports configured"};
+      Resolution r = resolver(name, from);
+      if (!r.backend && r.denied) {
+        warn(denied_line, "nbd: peer " + peer_port + " denied export '" + std::string(name) + "': " + r.error);
+      }
+      return r;
+    };
+    Session session(transport, checked, lister, peer, limits, &counters);
     SessionResult r;
     try {
       r = session.run();
@@ -186,7 +292,8 @@ struct Server::Impl {
       r.reason = std::string("internal error: ") + e.what();
     }
     if (transport.timed_out() && transport.transmitting()) {
-      r.reason = "nothing received for " + std::to_string(options.idle_timeout.count()) + " ms (idle_timeout)";
+      r.reason = "no request (or payload chunk, or reply) completed within " +
+                 std::to_string(options.idle_timeout.count()) + " ms (idle_timeout)";
     } else if (transport.timed_out()) {
       r.end = SessionEnd::kHandshakeError;
       r.reason = "handshake not finished within " + std::to_string(options.handshake_timeout.count()) +
@@ -214,18 +321,29 @@ struct Server::Impl {
       UniqueFd fd(::accept4(listen_fd.get(), reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC));
       if (!fd) {
         if (errno == EMFILE || errno == ENFILE) {
-          log(std::string("nbd: accept on port ") + std::to_string(port) + " failed: " + std::strerror(errno) +
-              " (raise the fd limit or lower max_connections)");
-          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+          // The peer waits in the backlog and poll() would report it again at once: give up the spare descriptor,
+          // take the connection and close it, so the peer learns at once and the loop does not spin.
+          const int why = errno;
+          spare_fd.reset();
+          UniqueFd doomed(::accept4(listen_fd.get(), reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC));
+          std::string peer_port = "?";
+          if (doomed) peer_of(ss, &peer_port);
+          doomed.reset();
+          spare_fd.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+          rejected.fetch_add(1);
+          warn(no_fd_line, "nbd: peer " + peer_port + " refused on port " + std::to_string(port) + ": " +
+                               std::strerror(why) + " with " + std::to_string(active.load()) +
+                               " connections open (raise the descriptor limit, ulimit -n, or lower max_connections)");
+          if (!doomed && !spare_fd) std::this_thread::sleep_for(std::chrono::milliseconds(100));
         }
         continue;
       }
       std::string peer_port;
       std::string peer = peer_of(ss, &peer_port);
-      if (active.load() >= options.max_connections) {
+      if (active.load() >= max_connections) {
         rejected.fetch_add(1);
-        log("nbd: peer " + peer_port + " rejected: " + std::to_string(options.max_connections) +
-            " connections already open (max_connections)");
+        warn(refused_line, "nbd: peer " + peer_port + " refused on port " + std::to_string(port) + ": " +
+                               std::to_string(max_connections) + " connections already open (max_connections)");
         continue;
       }
       int one = 1;
@@ -236,11 +354,6 @@ struct Server::Impl {
         ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
         ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
         ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
-      }
-      const auto ms = options.handshake_timeout.count();
-      if (ms > 0) {
-        timeval tv{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
-        ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
       }
       accepted.fetch_add(1);
       active.fetch_add(1);
@@ -295,12 +408,24 @@ void Server::start() {
   ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len);
   s.port = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
                                           : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  const std::uint64_t fd_limit = raise_fd_limit();
+  const std::size_t fits = connections_for_fd_limit(fd_limit);
+  s.max_connections = s.options.max_connections == 0 ? fits : s.options.max_connections;
+  if (s.max_connections > fits) {
+    s.warn(s.no_fd_line, "nbd: max_connections " + std::to_string(s.max_connections) + " on " + where + " needs about " +
+                             std::to_string(2 * s.max_connections) + " descriptors but the limit is " +
+                             std::to_string(fd_limit) + " (" + std::to_string(fits) +
+                             " fit): devices beyond that get errors; raise the hard limit (LimitNOFILE=, ulimit -Hn) "
+                             "or leave max_connections at 0");
+  }
+  s.spare_fd.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   s.wake_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!s.wake_fd) throw ServerError("nbd: cannot create eventfd for " + where + ": " + std::strerror(errno));
   s.listen_fd = std::move(fd);
   s.stopping = false;
   s.accept_thread = std::thread([&s] { s.accept_loop(); });
-  s.log("nbd: listening on " + s.options.address + ":" + std::to_string(s.port));
+  s.log("nbd: listening on " + s.options.address + ":" + std::to_string(s.port) + ", at most " +
+        std::to_string(s.max_connections) + " connections");
 }
 
 void Server::stop() {
@@ -321,6 +446,26 @@ void Server::stop() {
 }
 
 std::uint16_t Server::bound_port() const { return impl_->port; }
+
+std::size_t Server::max_connections() const { return impl_->max_connections; }
+
+std::uint64_t raise_fd_limit() {
+  rlimit r{};
+  if (::getrlimit(RLIMIT_NOFILE, &r) != 0) return 1024;
+  if (r.rlim_cur < r.rlim_max) {
+    rlimit raised = r;
+    raised.rlim_cur = r.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) r = raised;
+  }
+  return r.rlim_cur == RLIM_INFINITY ? std::uint64_t{1} << 20 : static_cast<std::uint64_t>(r.rlim_cur);
+}
+
+std::size_t connections_for_fd_limit(std::uint64_t fd_limit) {
+  const std::uint64_t reserved = open_descriptors() + 64;
+  if (fd_limit <= reserved + 2) return 1;
+  // Capped: a hard limit of 2^20 (containers) must not mean half a million connection threads.
+  return static_cast<std::size_t>(std::min<std::uint64_t>((fd_limit - reserved) / 2, kMaxAutoConnections));
+}
 
 Stats Server::stats() const {
   const auto& s = *impl_;

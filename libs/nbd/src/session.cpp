@@ -1,8 +1,12 @@
 #include "deskfarm/nbd/session.hpp"
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <exception>
+#include <new>
 
 #include "deskfarm/nbd/protocol.hpp"
 #include "wire.hpp"
@@ -104,7 +108,7 @@ bool Session::handle_info_or_go(std::uint32_t option, std::span<const std::byte>
     if (get_be(data.data() + 6 + name_size + 2 * i, 2) == proto::kInfoName) want_name = true;
   }
   Resolution r = resolve(name);
-  if (!r.backend) return send_option_error(option, proto::kRepErrUnknown, r.error);
+  if (!r.backend) return send_option_error(option, r.denied ? proto::kRepErrPolicy : proto::kRepErrUnknown, r.error);
   export_ = std::move(r.backend);
 
   std::vector<std::byte> info;
@@ -208,14 +212,17 @@ bool Session::handshake(SessionResult& result) {
           ok = send_option_error(option, proto::kRepErrInvalid, "NBD_OPT_LIST carries no data");
           break;
         }
+        if (!lister_) {
+          // Export names are device MACs: listing them tells a stranger which names to ask for.
+          ok = send_option_error(option, proto::kRepErrPolicy, "export listing is disabled on this server");
+          break;
+        }
         std::vector<ExportEntry> entries;
-        if (lister_) {
-          try {
-            entries = lister_(peer_);
-          } catch (const std::exception& e) {
-            ok = send_option_error(option, proto::kRepErrPlatform, std::string("export listing failed: ") + e.what());
-            break;
-          }
+        try {
+          entries = lister_(peer_);
+        } catch (const std::exception& e) {
+          ok = send_option_error(option, proto::kRepErrPlatform, std::string("export listing failed: ") + e.what());
+          break;
         }
         std::vector<std::byte> entry;
         for (const auto& e : entries) {
@@ -261,6 +268,36 @@ bool Session::send_simple_reply(std::uint64_t cookie, std::uint32_t error, std::
   return transport_.write_all(std::span(parts, payload.empty() ? 1 : 2));
 }
 
+PayloadBuffer::~PayloadBuffer() {
+  if (base_) ::munmap(base_, kIoChunk);
+}
+
+std::span<std::byte> PayloadBuffer::get(std::uint32_t size) {
+  if (!base_) {
+    // Reserved, not committed: pages cost memory only once a payload is written into them.
+    void* p = ::mmap(nullptr, kIoChunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    base_ = static_cast<std::byte*>(p);
+  }
+  touched_ = std::max<std::size_t>(touched_, size);
+  return {base_, size};
+}
+
+void PayloadBuffer::trim() {
+  if (!base_ || touched_ <= kKeep) return;
+  ::madvise(base_ + kKeep, touched_ - kKeep, MADV_DONTNEED);
+  touched_ = kKeep;
+}
+
+std::uint32_t Session::check_modify(std::uint16_t flags, std::uint64_t offset, std::uint32_t length,
+                                    std::uint64_t size) const {
+  if ((flags & ~std::uint16_t{proto::kCmdFlagFua | proto::kCmdFlagNoHole}) || length == 0) return proto::kEinval;
+  if (export_->read_only()) return proto::kEperm;
+  // The spec: a write (of data or zeroes) beyond the end SHOULD fail with ENOSPC.
+  if (!in_bounds(offset, length, size)) return proto::kEnospc;
+  return 0;
+}
+
 void Session::transmission(SessionResult& result) {
   const std::uint64_t size = export_->size();
   auto end = [&](SessionEnd e, std::string why) {
@@ -268,6 +305,7 @@ void Session::transmission(SessionResult& result) {
     result.reason = std::move(why);
   };
   for (std::uint64_t n = 1;; ++n) {
+    if (transport_.idle()) payload_.trim();  // between bursts: an idle device keeps no payload pages
     std::array<std::byte, 28> head{};
     if (!transport_.read_exact(head)) return end(SessionEnd::kPeerClosed, "peer left after " + std::to_string(n - 1) + " requests");
     const auto magic = get_be(head.data(), 4);
@@ -282,14 +320,6 @@ void Session::transmission(SessionResult& result) {
     if (counters_) counters_->requests.fetch_add(1, std::memory_order_relaxed);
     const bool fua = flags & proto::kCmdFlagFua;
     const bool bad_flags = flags & ~std::uint16_t{proto::kCmdFlagFua | proto::kCmdFlagNoHole};
-    // WRITE and WRITE_ZEROES share their checks and FUA handling; `apply` does the change itself.
-    const auto modify = [&](auto&& apply) -> std::uint32_t {
-      if (bad_flags || length == 0) return proto::kEinval;
-      if (export_->read_only()) return proto::kEperm;
-      if (!in_bounds(offset, length, size)) return proto::kEinval;
-      if (int err = apply()) return to_wire_error(err);
-      return fua ? to_wire_error(export_->flush()) : 0;
-    };
     bool ok = true;
     switch (type) {
       case proto::kCmdRead: {
@@ -297,14 +327,32 @@ void Session::transmission(SessionResult& result) {
           ok = send_simple_reply(cookie, proto::kEinval);
           break;
         }
-        buffer_.resize(length);
-        const std::span<std::byte> payload(buffer_.data(), length);
-        if (int err = export_->read(offset, payload)) {
-          ok = send_simple_reply(cookie, to_wire_error(err));
-          break;
+        // In chunks, so a connection never holds more than one chunk however large the request (a peer that stops
+        // reading its replies then pins kIoChunk, not max_payload). The first chunk is read before the reply
+        // header, so a failing export still gets its error reply.
+        std::uint32_t done = 0;
+        while (ok && done < length) {
+          const std::uint32_t chunk = std::min(length - done, kIoChunk);
+          const std::span<std::byte> payload = payload_.get(chunk);
+          if (int err = export_->read(offset + done, payload)) {
+            if (done == 0) {
+              ok = send_simple_reply(cookie, to_wire_error(err));
+              break;
+            }
+            // The header promised success: a simple reply cannot take it back, only hanging up can.
+            return end(SessionEnd::kProtocolError, "export read failed (errno " + std::to_string(err) + ") at offset " +
+                                                       std::to_string(offset + done) + " after the reply to request " +
+                                                       std::to_string(n) + " began");
+          }
+          if (done == 0) {
+            ok = send_simple_reply(cookie, 0, payload);
+          } else {
+            const std::span<const std::byte> parts[] = {payload};
+            ok = transport_.write_all(parts);
+          }
+          done += chunk;
         }
-        ok = send_simple_reply(cookie, 0, payload);
-        if (counters_) counters_->bytes_read.fetch_add(length, std::memory_order_relaxed);
+        if (ok && counters_) counters_->bytes_read.fetch_add(length, std::memory_order_relaxed);
         break;
       }
       case proto::kCmdWrite: {
@@ -313,13 +361,22 @@ void Session::transmission(SessionResult& result) {
           return end(SessionEnd::kProtocolError, "write payload of " + std::to_string(length) + " bytes exceeds " +
                                                      std::to_string(limits_.max_payload) + " in request " + std::to_string(n));
         }
-        buffer_.resize(length);
-        const std::span<std::byte> payload(buffer_.data(), length);
-        if (!transport_.read_exact(payload)) {
-          return end(SessionEnd::kProtocolError, "write payload truncated in request " + std::to_string(n));
+        // The payload is taken as it arrives, one chunk at a time, and written (or, for a refused request,
+        // dropped) chunk by chunk: a header alone reserves nothing, so stalled WRITE headers cost no memory.
+        std::uint32_t error = check_modify(flags, offset, length, size);
+        std::uint32_t done = 0;
+        while (done < length) {
+          const std::uint32_t chunk = std::min(length - done, kIoChunk);
+          const std::span<std::byte> payload = payload_.get(chunk);
+          if (!transport_.read_exact(payload)) {
+            return end(SessionEnd::kProtocolError, "write payload truncated in request " + std::to_string(n));
+          }
+          if (error == 0) error = to_wire_error(export_->write(offset + done, payload));
+          done += chunk;
         }
         if (counters_) counters_->bytes_written.fetch_add(length, std::memory_order_relaxed);
-        ok = send_simple_reply(cookie, modify([&] { return export_->write(offset, payload); }));
+        if (error == 0 && fua) error = to_wire_error(export_->flush());
+        ok = send_simple_reply(cookie, error);
         break;
       }
       case proto::kCmdDisc:
@@ -328,9 +385,13 @@ void Session::transmission(SessionResult& result) {
         ok = send_simple_reply(cookie, bad_flags || length != 0 || offset != 0 ? proto::kEinval
                                                                                  : to_wire_error(export_->flush()));
         break;
-      case proto::kCmdWriteZeroes:
-        ok = send_simple_reply(cookie, modify([&] { return export_->write_zeroes(offset, length); }));
+      case proto::kCmdWriteZeroes: {
+        std::uint32_t error = check_modify(flags, offset, length, size);
+        if (error == 0) error = to_wire_error(export_->write_zeroes(offset, length));
+        if (error == 0 && fua) error = to_wire_error(export_->flush());
+        ok = send_simple_reply(cookie, error);
         break;
+      }
       default:
         // Unknown commands carry no payload we could know about; the spec asks for EINVAL.
         ok = send_simple_reply(cookie, proto::kEinval);

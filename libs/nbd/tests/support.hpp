@@ -6,7 +6,10 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <atomic>
 #include <cerrno>
+#include <memory>
+#include <mutex>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -17,6 +20,8 @@
 #include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
 
+#include "deskfarm/nbd/export.hpp"
+#include "deskfarm/nbd/server.hpp"
 #include "deskfarm/nbd/unique_fd.hpp"
 
 namespace deskfarm::nbd::test {
@@ -90,5 +95,54 @@ inline std::uint64_t be_at(const std::vector<std::byte>& b, std::size_t off, int
   for (int i = 0; i < n; ++i) v = (v << 8) | static_cast<std::uint8_t>(b.at(off + static_cast<std::size_t>(i)));
   return v;
 }
+
+/// A RAM disk that counts writes and flushes and remembers how many writes the last flush covered, so a
+/// test sees whether a reply came after the data was flushed; `flush_error` makes flushes fail.
+class FlushRecorder final : public Export {
+ public:
+  explicit FlushRecorder(std::uint64_t size) : ram_(size, false) {}
+  std::uint64_t size() const override { return ram_.size(); }
+  bool read_only() const override { return false; }
+  int read(std::uint64_t off, std::span<std::byte> out) override { return ram_.read(off, out); }
+  int write(std::uint64_t off, std::span<const std::byte> in) override {
+    const int err = ram_.write(off, in);
+    if (err == 0) {
+      ++writes;
+      record('w');
+    }
+    return err;
+  }
+  int flush() override {
+    flushed_writes = writes.load();
+    ++flushes;
+    record('f');
+    return flush_error.load();
+  }
+  /// Every successful write ('w') and flush ('f') so far, in order.
+  std::string events() const {
+    std::lock_guard lock(mutex_);
+    return events_;
+  }
+  std::atomic<int> writes{0}, flushes{0}, flushed_writes{0}, flush_error{0};
+
+ private:
+  void record(char e) {
+    std::lock_guard lock(mutex_);
+    events_ += e;
+  }
+  MemoryExport ram_;
+  mutable std::mutex mutex_;
+  std::string events_;
+};
+
+/// A started server whose every export name resolves to `disk`.
+struct SingleExportServer {
+  Server server;
+  explicit SingleExportServer(std::shared_ptr<Export> disk)
+      : server({}, [disk](std::string_view, std::string_view) -> Resolution { return {disk, {}}; }) {
+    server.start();
+  }
+  std::uint16_t port() const { return server.bound_port(); }
+};
 
 }  // namespace deskfarm::nbd::test

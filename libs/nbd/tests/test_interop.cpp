@@ -171,3 +171,19 @@ TEST_CASE("qemu-io cannot write to the read-only base vDisk") {
   CHECK_THAT(r.out + r.err, Catch::Contains("Block node is read-only") && !Catch::Contains("wrote 4096/4096"));
   CHECK(sha256_file(farm.dir / "win10.img") == base_sum);
 }
+
+TEST_CASE("a qemu-io write with FUA (-f) is flushed before its reply, a plain one only at the next flush") {
+  if (!require_program("qemu-io")) return;
+  auto disk = std::make_shared<FlushRecorder>(kBaseSize);
+  SingleExportServer server(disk);
+  const std::string url = "nbd://127.0.0.1:" + std::to_string(server.port()) + "/disk";
+  // -t writeback: qemu-io's default (writethrough) flushes after every write, which would hide a missing FUA.
+  auto w = run_child({"qemu-io", "-t", "writeback", "-f", "raw", "-c", "write -f -P 0x5f 0 64k", "-c", "write -P 0x60 65536 64k", url});
+  INFO(w.out << w.err);
+  REQUIRE(w.exit_code == 0);
+  // The FUA write is followed by its flush before the next write; the plain one waits for the flush at close.
+  CHECK(disk->events().starts_with("wfw"));
+  std::vector<std::byte> back(65536);
+  REQUIRE(disk->read(0, back) == 0);
+  CHECK(back == std::vector<std::byte>(65536, std::byte{0x5f}));
+}

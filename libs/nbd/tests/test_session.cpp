@@ -1,6 +1,11 @@
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <cerrno>
 #include <mutex>
 #include <thread>
@@ -57,30 +62,6 @@ struct TestServer {
   void wait_idle() {
     eventually([this] { return server.stats().active == 0; }, std::chrono::seconds(5));
   }
-};
-
-/// A RAM disk that counts writes and flushes and remembers how many writes the last flush covered, so a
-/// test sees whether a reply came after the data was flushed; `flush_error` makes flushes fail.
-class FlushRecorder final : public Export {
- public:
-  explicit FlushRecorder(std::uint64_t size) : ram_(size, false) {}
-  std::uint64_t size() const override { return ram_.size(); }
-  bool read_only() const override { return false; }
-  int read(std::uint64_t off, std::span<std::byte> out) override { return ram_.read(off, out); }
-  int write(std::uint64_t off, std::span<const std::byte> in) override {
-    const int err = ram_.write(off, in);
-    if (err == 0) ++writes;
-    return err;
-  }
-  int flush() override {
-    flushed_writes = writes.load();
-    ++flushes;
-    return flush_error.load();
-  }
-  std::atomic<int> writes{0}, flushes{0}, flushed_writes{0}, flush_error{0};
-
- private:
-  MemoryExport ram_;
 };
 
 struct OptReply {
@@ -172,6 +153,23 @@ TEST_CASE("NBD_OPT_LIST returns every export as NBD_REP_SERVER, then ACK") {
   CHECK(ack.option == p::kOptList);
   send_option(s, p::kOptList, {std::byte{1}});  // LIST carries no data
   CHECK(read_reply(s).type == p::kRepErrInvalid);
+}
+
+TEST_CASE("without a Lister NBD_OPT_LIST gets ERR_POLICY, and a denied export ERR_POLICY with the resolver's text") {
+  Server server({}, [](std::string_view name, std::string_view peer) -> Resolution {
+    return {nullptr, "device " + std::string(name) + " may not connect from " + std::string(peer), true};
+  });
+  server.start();
+  RawSocket s(server.bound_port());
+  greet(s);
+  send_option(s, p::kOptList);
+  auto r = read_reply(s);
+  CHECK(to_string(r.data) == "export listing is disabled on this server");
+  CHECK((r.option == p::kOptList && r.type == p::kRepErrPolicy));
+  send_option(s, p::kOptGo, go_data("pc-1"));
+  r = read_reply(s);
+  CHECK(r.type == p::kRepErrPolicy);
+  CHECK(to_string(r.data) == "device pc-1 may not connect from 127.0.0.1");
 }
 
 TEST_CASE("NBD_OPT_GO for an unknown device is refused with ERR_UNKNOWN and a message, and the client may retry") {
@@ -353,15 +351,86 @@ TEST_CASE("WRITE and WRITE_ZEROES on a writable export land in it") {
   std::vector<std::byte> z(500);
   CHECK(c.read(1000, z) == 0);
   CHECK(z == std::vector<std::byte>(500));
-  CHECK(c.write(kSize - 1, std::vector<std::byte>(2)) == p::kEinval);
+  // The spec: a write (of data or zeroes) beyond the end SHOULD fail with ENOSPC; the export is unchanged.
+  CHECK(c.write(kSize - 1, std::vector<std::byte>(2, std::byte{0x77})) == p::kEnospc);
+  c.send_request(p::kCmdWriteZeroes, 43, kSize - 4096, 8192);
+  CHECK(c.receive_reply(cookie) == p::kEnospc);
+  std::vector<std::byte> tail(4096);
+  CHECK(c.read(kSize - 4096, tail) == 0);
+  CHECK(tail == std::vector<std::byte>(4096));
   c.disconnect();
+}
+
+namespace {
+
+/// A third-party-style export that checks nothing itself (as an export written outside this library might):
+/// every call is counted, and a call out of range is recorded instead of touching memory.
+class UncheckedExport final : public Export {
+ public:
+  explicit UncheckedExport(std::uint64_t size) : bytes_(size) {}
+  std::uint64_t size() const override { return bytes_.size(); }
+  bool read_only() const override { return false; }
+  int read(std::uint64_t off, std::span<std::byte> out) override {
+    ++calls;
+    if (out.empty() || off > bytes_.size() || out.size() > bytes_.size() - off) ++out_of_range;
+    else std::copy_n(bytes_.begin() + static_cast<std::ptrdiff_t>(off), out.size(), out.begin());
+    return 0;
+  }
+  int write(std::uint64_t off, std::span<const std::byte> in) override {
+    ++calls;
+    if (in.empty() || off > bytes_.size() || in.size() > bytes_.size() - off) ++out_of_range;
+    else std::copy(in.begin(), in.end(), bytes_.begin() + static_cast<std::ptrdiff_t>(off));
+    return 0;
+  }
+  int write_zeroes(std::uint64_t off, std::uint64_t length) override {
+    ++calls;
+    if (length == 0 || off > bytes_.size() || length > bytes_.size() - off) ++out_of_range;
+    return 0;
+  }
+  int flush() override { return 0; }
+  std::atomic<int> calls{0}, out_of_range{0};
+
+ private:
+  std::vector<std::byte> bytes_;
+};
+
+}  // namespace
+
+TEST_CASE("the session itself refuses bad READ/WRITE/WRITE_ZEROES before an export that checks nothing sees them") {
+  auto disk = std::make_shared<UncheckedExport>(kSize);
+  SingleExportServer server(disk);
+  RawSocket s(server.port());
+  greet(s);
+  go(s, "disk");
+  request(s, p::kCmdRead, 1, 0, 0);  // length 0
+  CHECK(simple_reply(s, 1) == p::kEinval);
+  request(s, p::kCmdRead, 2, 0, 512, 0x80);  // an unknown command flag
+  CHECK(simple_reply(s, 2) == p::kEinval);
+  request(s, p::kCmdRead, 3, kSize - 256, 512);  // past the end
+  CHECK(simple_reply(s, 3) == p::kEinval);
+  request(s, p::kCmdRead, 4, ~0ULL - 100, 512);  // offset + length wraps around 2^64
+  CHECK(simple_reply(s, 4) == p::kEinval);
+  write_request(s, 5, kSize - 256, pattern(512, 2), 0);  // past the end
+  CHECK(simple_reply(s, 5) == p::kEnospc);
+  write_request(s, 6, 0, pattern(512, 2), 0x80);  // an unknown command flag
+  CHECK(simple_reply(s, 6) == p::kEinval);
+  request(s, p::kCmdWriteZeroes, 7, kSize, 1);
+  CHECK(simple_reply(s, 7) == p::kEnospc);
+  request(s, p::kCmdWriteZeroes, 8, 0, 0);  // length 0
+  CHECK(simple_reply(s, 8) == p::kEinval);
+  CHECK(disk->calls == 0);
+  // The connection is still in step: a good request after the refused ones (and their payloads) works.
+  request(s, p::kCmdRead, 9, kSize - 512, 512);
+  REQUIRE(simple_reply(s, 9) == 0);
+  CHECK(s.recv(512) == std::vector<std::byte>(512));
+  CHECK(disk->calls == 1);
+  CHECK(disk->out_of_range == 0);
 }
 
 TEST_CASE("a WRITE with FUA is acknowledged only after the export is flushed, and a failed flush fails it") {
   auto disk = std::make_shared<FlushRecorder>(kSize);
-  Server server({}, [disk](std::string_view, std::string_view) -> Resolution { return {disk, {}}; });
-  server.start();
-  RawSocket s(server.bound_port());
+  SingleExportServer server(disk);
+  RawSocket s(server.port());
   greet(s);
   CHECK((go(s, "disk") & p::kTxSendFua) != 0);  // advertised, so clients may send it
   const auto data = pattern(8192, 6);
@@ -400,6 +469,76 @@ TEST_CASE("a WRITE larger than the maximum payload closes the connection") {
   CHECK(s.closed_by_peer());
   ts.wait_idle();
   CHECK(ts.server.stats().protocol_errors == 1);
+}
+
+TEST_CASE("stalled WRITE headers of 32 MiB reserve no payload memory before it arrives") {
+  TestServer ts;
+  constexpr int kStalled = 8;
+  constexpr std::uint32_t kLength = 32U << 20;  // the default max_payload: accepted, not refused
+  std::vector<std::unique_ptr<RawSocket>> peers;
+  for (int i = 0; i < kStalled; ++i) {
+    peers.push_back(std::make_unique<RawSocket>(ts.port()));
+    greet(*peers.back());
+    go(*peers.back(), "rw");
+  }
+  const std::size_t before = resident_bytes();
+  for (auto& s : peers) {
+    // A header and the first 4 KiB of its payload, then nothing: the server sits in the middle of the payload.
+    Msg m;
+    m.u32(p::kRequestMagic).u16(0).u16(p::kCmdWrite).u64(1).u64(0).u32(kLength);
+    const auto head = pattern(4096, 3);
+    m.bytes.insert(m.bytes.end(), head.begin(), head.end());
+    s->send(m.bytes);
+  }
+  REQUIRE(eventually([&] { return ts.server.stats().requests == kStalled; }, std::chrono::seconds(5)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let each thread reach its blocking recv
+  const std::size_t grown = resident_bytes() - std::min(before, resident_bytes());
+  INFO("resident memory grew by " << grown / 1024 << " KiB for " << kStalled << " stalled 32 MiB WRITEs");
+  // At most one payload chunk per connection (kIoChunk), never the announced length (8 x 32 MiB).
+  CHECK(grown < kStalled * std::size_t{kIoChunk} + (4U << 20));
+}
+
+TEST_CASE("an idle device that read 4 KiB and wrote 64 KiB holds under 48 KiB of server memory") {
+  TestServer ts;
+  constexpr int kDevices = 200;
+  const auto data = pattern(64 << 10, 4);
+  std::vector<std::unique_ptr<RawSocket>> devices;
+  devices.reserve(kDevices);
+  const std::size_t before = resident_bytes();
+  for (int i = 0; i < kDevices; ++i) {
+    auto s = std::make_unique<RawSocket>(ts.port());
+    greet(*s);
+    go(*s, "rw");
+    request(*s, p::kCmdRead, 1, 0, 4096);
+    REQUIRE(simple_reply(*s, 1) == 0);
+    s->recv(4096);
+    write_request(*s, 2, 65536, data, 0);
+    REQUIRE(simple_reply(*s, 2) == 0);
+    devices.push_back(std::move(s));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // every thread back in its wait for a request
+  const std::size_t after = resident_bytes();
+  const std::size_t per_device = (after - std::min(before, after)) / kDevices;
+  INFO("resident memory per idle device: " << per_device / 1024 << " KiB (thread, buffers; the export is shared)");
+  // Was ~137 KiB: a zero-filled 64 KiB receive buffer and a payload buffer as large as the largest request.
+  CHECK(per_device < 48 * 1024);
+}
+
+TEST_CASE("a WRITE and a READ spanning several payload chunks move every byte") {
+  auto disk = std::make_shared<FlushRecorder>(4 * std::uint64_t{kIoChunk});
+  SingleExportServer server(disk);
+  Client c("127.0.0.1", server.port(), "disk");
+  const auto data = pattern(2 * kIoChunk + 12345, 9);
+  CHECK(c.write(100, data, p::kCmdFlagFua) == 0);
+  CHECK(disk->writes == 3);  // one export write per chunk ...
+  CHECK(disk->flushes == 1);  // ... and the FUA flush once, after the last
+  CHECK(disk->flushed_writes == 3);
+  std::vector<std::byte> back(data.size());
+  CHECK(c.read(100, back) == 0);
+  CHECK(back == data);
+  std::vector<std::byte> direct(data.size());
+  REQUIRE(disk->read(100, direct) == 0);
+  CHECK(direct == data);
 }
 
 TEST_CASE("a request with bad magic closes only that connection and is counted") {
@@ -449,6 +588,79 @@ TEST_CASE("connections beyond max_connections are closed at accept") {
   CHECK(c.size() == kSize);
 }
 
+namespace {
+
+/// Log lines containing `needle`.
+std::size_t lines_with(TestServer& ts, std::string_view needle) {
+  std::lock_guard lock(ts.log_mutex);
+  return static_cast<std::size_t>(
+      std::count_if(ts.lines.begin(), ts.lines.end(), [&](const std::string& l) { return l.find(needle) != std::string::npos; }));
+}
+
+}  // namespace
+
+TEST_CASE("a flood of refused connections is one warning a second, the next one counting those held back") {
+  TestServer ts({.max_connections = 1});
+  Client holder("127.0.0.1", ts.port(), "ro");
+  for (int i = 0; i < 20; ++i) CHECK_THROWS_AS(Client("127.0.0.1", ts.port(), "ro"), ClientError);
+  CHECK(ts.server.stats().rejected == 20);
+  CHECK(lines_with(ts, "(max_connections)") == 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  CHECK_THROWS_AS(Client("127.0.0.1", ts.port(), "ro"), ClientError);
+  CHECK(lines_with(ts, "(max_connections)") == 2);
+  CHECK(lines_with(ts, "(19 more like it in the last second)") == 1);
+}
+
+TEST_CASE("out of descriptors, a waiting peer is accepted and closed at once, with a warning") {
+  TestServer ts;  // start() raised the soft limit; lowered below for this test only
+  rlimit old{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &old) == 0);
+  std::size_t open_now = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++open_now;
+  int closed_at_once = 0, left_waiting = 0;
+  std::size_t held_count = 0;
+  {
+    struct Restore {
+      rlimit limit;
+      ~Restore() { ::setrlimit(RLIMIT_NOFILE, &limit); }
+    } restore{old};
+    rlimit low = old;
+    low.rlim_cur = open_now + 20;  // room for about ten connections (client and server side each take one)
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+    std::vector<std::unique_ptr<RawSocket>> held;
+    // Client and server share this process's descriptors: two spares of our own let the client side connect
+    // whichever side runs out first.
+    std::vector<UniqueFd> spares;
+    for (int i = 0; i < 2; ++i) spares.emplace_back(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    for (int i = 0; i < 40 && closed_at_once + left_waiting < 3; ++i) {
+      std::unique_ptr<RawSocket> s;
+      try {
+        s = std::make_unique<RawSocket>(ts.port());
+      } catch (const std::runtime_error&) {
+        if (spares.empty()) break;
+        spares.pop_back();
+        continue;
+      }
+      const auto asked = std::chrono::steady_clock::now();
+      try {
+        s->recv(18);  // greeted: the server holds it
+        held.push_back(std::move(s));
+      } catch (const std::runtime_error&) {
+        // Closed by the server at once, or left waiting in the backlog until the 5 s receive timeout.
+        ++(std::chrono::steady_clock::now() - asked < std::chrono::seconds(1) ? closed_at_once : left_waiting);
+      }
+    }
+    held_count = held.size();
+  }
+  INFO(held_count << " connections held before the limit");
+  CHECK(held_count >= 5);
+  CHECK(closed_at_once == 3);
+  CHECK(left_waiting == 0);
+  CHECK(lines_with(ts, "Too many open files") == 1);  // the next two in the same second are held back
+  Client after("127.0.0.1", ts.port(), "ro");  // limit restored: served again
+  CHECK(after.size() == kSize);
+}
+
 TEST_CASE("a handshake that stalls is cut off after handshake_timeout") {
   ServerOptions o;
   o.handshake_timeout = std::chrono::milliseconds(200);
@@ -459,6 +671,65 @@ TEST_CASE("a handshake that stalls is cut off after handshake_timeout") {
   ts.wait_idle();
   CHECK(ts.server.stats().handshake_failures == 1);
   CHECK_THAT(ts.log_text(), Catch::Contains("handshake not finished within 200 ms"));
+}
+
+namespace {
+
+/// Sends `bytes` one at a time, `gap` apart, until the server has no connection left (or all are sent); returns how
+/// long the server kept the connection. A per-recv timeout longer than `gap` never fires on such a peer.
+std::chrono::milliseconds dribble(TestServer& ts, RawSocket& s, const std::vector<std::byte>& bytes,
+                                  std::chrono::milliseconds gap) {
+  const auto start = std::chrono::steady_clock::now();
+  for (const auto b : bytes) {
+    try {
+      s.send({b});
+    } catch (const std::runtime_error&) {
+      break;  // the server hung up
+    }
+    std::this_thread::sleep_for(gap);
+    if (ts.server.stats().active == 0) break;
+  }
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+}
+
+/// Dribbles `bytes` 100 ms apart (20 or more take 2 s: a per-recv timeout would let them through) and checks that
+/// the server hung up well before they were all sent (a deadline of 400 ms), logged `why`, and freed the connection's
+/// slot (max_connections = 1).
+void check_cut_off(TestServer& ts, RawSocket& s, const std::vector<std::byte>& bytes, const std::string& why) {
+  CHECK(dribble(ts, s, bytes, std::chrono::milliseconds(100)) < std::chrono::milliseconds(1500));
+  CHECK(s.closed_by_peer());
+  ts.wait_idle();
+  CHECK(ts.server.stats().active == 0);
+  CHECK_THAT(ts.log_text(), Catch::Contains(why));
+  Client c("127.0.0.1", ts.port(), "ro");
+  CHECK(c.size() == kSize);
+}
+
+}  // namespace
+
+TEST_CASE("a handshake sent one byte at a time is cut off at the handshake deadline and its slot freed") {
+  TestServer ts({.max_connections = 1, .handshake_timeout = std::chrono::milliseconds(400)});
+  RawSocket s(ts.port());
+  s.recv(18);
+  // Client flags, then an NBD_OPT_GO for "rw": 4 + 16 + 4 + 2 + 2 bytes, 100 ms apart (2.8 s in all).
+  Msg m;
+  m.u32(p::kClientFlagFixedNewstyle).u64(p::kOptMagic).u32(p::kOptGo).u32(8).u32(2).str("rw").u16(0);
+  check_cut_off(ts, s, m.bytes, "handshake not finished within 400 ms");
+  CHECK(ts.server.stats().handshake_failures == 1);
+}
+
+TEST_CASE("after the handshake a silent or dribbling client is closed at idle_timeout and its slot freed") {
+  TestServer ts({.max_connections = 1, .idle_timeout = std::chrono::milliseconds(400)});
+  RawSocket s(ts.port());
+  greet(s);
+  go(s, "rw");
+  SECTION("silent") {
+    check_cut_off(ts, s, {}, "completed within 400 ms (idle_timeout)");
+  }
+  SECTION("a request header one byte per 100 ms") {
+    check_cut_off(ts, s, Msg{}.u32(p::kRequestMagic).u16(0).u16(p::kCmdFlush).u64(1).u64(0).u32(0).bytes,
+                  "completed within 400 ms (idle_timeout)");
+  }
 }
 
 TEST_CASE("two hundred concurrent connections each read their own range correctly") {

@@ -125,6 +125,21 @@ Options make_options(const PvsConfig& c, const std::filesystem::path& state_dir)
   }
 
   o.max_connections = static_cast<std::size_t>(c.max_connections);
+  o.list_exports = c.list_exports;
+  auto subnets = [](const char* key, const std::vector<std::string>& texts) {
+    std::vector<Subnet> out;
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+      auto n = Subnet::parse(texts[i]);
+      if (!n)
+        throw ConfigError(key, std::string(key) + "[" + std::to_string(i) + "] '" + texts[i] +
+                                   "' is not an IPv4 or IPv6 network (\"10.1.0.0/16\", \"fd00::/64\", or an address)");
+      out.push_back(std::move(*n));
+    }
+    return out;
+  };
+  auto device_subnets = subnets("device_subnets", c.device_subnets);
+  auto maintenance_from = subnets("maintenance_from", c.maintenance_from);
+  std::map<std::string, Subnet> device_ip;
   o.store = c.store.empty() ? state_dir.parent_path() / "vdisks" : std::filesystem::path(c.store);
   o.write_cache_dir = c.write_cache_dir.empty() ? state_dir / "write-cache" : std::filesystem::path(c.write_cache_dir);
   o.write_cache_ram = static_cast<std::uint64_t>(c.write_cache_ram_mb) << 20;
@@ -163,8 +178,14 @@ Options make_options(const PvsConfig& c, const std::filesystem::path& state_dir)
     if (!macs.insert(d.mac).second) throw ConfigError("devices", "device " + d.mac + " is declared twice");
     if (!names.contains(d.vdisk) && !valid_vdisk_name(d.vdisk))
       throw ConfigError("devices", at + ".vdisk '" + d.vdisk + "' is not a vDisk name");
+    if (!d.ip.empty()) {
+      auto ip = Subnet::address(d.ip);
+      if (!ip) throw ConfigError("devices", at + ".ip '" + d.ip + "' is not an IPv4 or IPv6 address");
+      device_ip.emplace(d.mac, std::move(*ip));
+    }
     o.devices.push_back(std::move(d));
   }
+  o.access = AccessPolicy(std::move(device_ip), std::move(device_subnets), std::move(maintenance_from));
   return o;
 }
 

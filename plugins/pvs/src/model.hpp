@@ -14,6 +14,8 @@
 #include <deskfarm/sdk/config.hpp>
 #include <deskfarm/sdk/store.hpp>
 
+#include "access.hpp"
+
 namespace deskfarm::pvs {
 
 struct ListenAddress {
@@ -40,6 +42,7 @@ struct DeviceSeed {
   std::string vdisk;
   std::string name;
   std::string type = "production";  ///< production | test
+  std::string ip;                   ///< the one address it may stream from; "" = any allowed by device_subnets
 };
 
 /// The manifest keys of one pvs instance, as the config schema (pvs_plugin.cpp) binds them.
@@ -62,7 +65,10 @@ struct PvsConfig {
   bool interrupt_safe = false;
   bool advanced_memory = true;
   std::string stream;
-  std::int64_t max_connections = 1024;
+  std::int64_t max_connections = 0;
+  bool list_exports = false;
+  std::vector<std::string> device_subnets;
+  std::vector<std::string> maintenance_from;
   std::string store;
   std::string write_cache_dir;
   std::int64_t write_cache_ram_mb = 64;
@@ -84,7 +90,9 @@ struct Options {
   std::string bootstrap_file;
   bootstrap::Bootstrap bootstrap;  ///< login_servers empty = this instance's stream address
   ListenAddress stream;
-  std::size_t max_connections = 1024;
+  std::size_t max_connections = 0;  ///< 0 = sized to the descriptor limit
+  bool list_exports = false;
+  AccessPolicy access;
   std::filesystem::path store;
   std::filesystem::path write_cache_dir;
   std::uint64_t write_cache_ram = 0;

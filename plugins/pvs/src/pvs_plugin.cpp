@@ -51,7 +51,9 @@ constexpr auto device_schema = schema<DeviceSeed>(
     option("vdisk", &DeviceSeed::vdisk, nullptr, "the vDisk it boots"),
     option("name", &DeviceSeed::name, "\"\"", "a name for listings"),
     option("type", &DeviceSeed::type, "\"production\"", "test devices also boot versions in test")
-        .one_of("production|test"));
+        .one_of("production|test"),
+    option("ip", &DeviceSeed::ip, "\"\"",
+           "the one IPv4/IPv6 address this device may stream from (its DHCP reservation); \"\" = any in device_subnets"));
 
 constexpr auto pvs_schema = schema<PvsConfig>(
     option("tftp", &PvsConfig::tftp, "\"127.0.0.1:69\"", "TFTP listen address \"IPv4:port\" serving the bootstrap (port 0 = any free one, see status); \"off\" = none"),
@@ -81,7 +83,15 @@ constexpr auto pvs_schema = schema<PvsConfig>(
     option("interrupt_safe", &PvsConfig::interrupt_safe, "false", "bootstrap: interrupt-safe mode"),
     option("advanced_memory", &PvsConfig::advanced_memory, "true", "bootstrap: advanced memory support"),
     option("stream", &PvsConfig::stream, "\"127.0.0.1:10809\"", "NBD listen address \"IPv4:port\" (port 0 = any free one, see status); export name = device MAC"),
-    option("max_connections", &PvsConfig::max_connections, "1024", "NBD connections at once").range(1, 65536),
+    option("max_connections", &PvsConfig::max_connections, "0",
+           "NBD connections at once; 0 = as many as the descriptor limit allows (raised to its hard limit at start)")
+        .range(0, 1048576),
+    option("list_exports", &PvsConfig::list_exports, "false",
+           "answer NBD_OPT_LIST (nbdinfo --list) with the exports the asking address may open; false = NBD_REP_ERR_POLICY"),
+    option("device_subnets", &PvsConfig::device_subnets, "[]",
+           "IPv4/IPv6 networks devices may stream from (\"10.1.0.0/16\", \"fd00::/64\"); [] = any address"),
+    option("maintenance_from", &PvsConfig::maintenance_from, "[\"127.0.0.0/8\", \"::1\"]",
+           "networks VDISK@maintenance (which writes the golden image) may be opened from; [] = nowhere"),
     option("store", &PvsConfig::store, "\"\"", "vDisk store directory shared by HA peers (relative: to the working directory); \"\" = vdisks in the deployment's state directory"),
     option("write_cache_dir", &PvsConfig::write_cache_dir, "\"\"", "overflow files of write caches; \"\" = write-cache in the instance's state directory"),
     option("write_cache_ram_mb", &PvsConfig::write_cache_ram_mb, "64", "per-device write cache in RAM before overflowing to disk")
@@ -158,6 +168,8 @@ class Pvs final : public Plugin {
     metrics_.ended = &m.counter("deskfarm_pvs_device_sessions_ended_total", "Device sessions ended (write cache discarded)");
     metrics_.unknown = &m.counter("deskfarm_pvs_unknown_exports_total", "NBD connections naming no known device or vDisk");
     metrics_.refused = &m.counter("deskfarm_pvs_refused_total", "Connections refused (private/maintenance in use, no version)");
+    metrics_.denied = &m.counter("deskfarm_pvs_denied_total",
+                                 "Connections refused by address (devices[].ip, device_subnets, maintenance_from)");
     bootstraps_ = &m.counter("deskfarm_pvs_bootstrap_served_total", "Bootstrap downloads started over TFTP");
     actions_ = &m.counter("deskfarm_pvs_admin_actions_total", "Admin requests answered");
   }
@@ -182,7 +194,8 @@ class Pvs final : public Plugin {
       ctx_.log().warning("pvs: removed the write cache overflow file " + stale.string() +
                          " of a session that died with its server");
     streamer_ = std::make_shared<pvs::Streamer>(ctx_.name(), options_.store, cache, metrics_,
-                                                std::chrono::duration_cast<std::chrono::milliseconds>(options_.session_idle));
+                                                std::chrono::duration_cast<std::chrono::milliseconds>(options_.session_idle),
+                                                options_.access);
     // NBD thread: hand over to the executor; the lifeline drops it once the instance has stopped.
     streamer_->on_event([this, line](const pvs::DeviceEvent& e) { line->post([this, e] { device_event(e); }); });
     // HA: one server per device session, through the ledger in the shared data store (ledger.hpp).
@@ -203,18 +216,28 @@ class Pvs final : public Plugin {
     so.log = [this, line](std::string_view text) {
       if (line->alive()) ctx_.log().debug(text);
     };
+    so.warn = [this, line](std::string_view text) {
+      if (line->alive()) ctx_.log().warning(text);
+    };
+    nbd::Lister lister;  // none: NBD_OPT_LIST is answered with NBD_REP_ERR_POLICY
+    if (options_.list_exports)
+      lister = [weak](std::string_view peer) {
+        if (auto s = weak.lock()) return s->list(peer);
+        return std::vector<nbd::ExportEntry>{};
+      };
     nbd_ = std::make_unique<nbd::Server>(
         so,
         [weak](std::string_view name, std::string_view peer) -> nbd::Resolution {
           if (auto s = weak.lock()) return s->resolve(name, peer);
           return {nullptr, "pvs: server stopping"};
         },
-        [weak](std::string_view peer) {
-          if (auto s = weak.lock()) return s->list(peer);
-          return std::vector<nbd::ExportEntry>{};
-        });
+        std::move(lister));
     nbd_->start();
     stream_port_ = nbd_->bound_port();
+    if (!pvs::is_loopback(options_.stream.host) && options_.access.devices_open_to_any())
+      ctx_.log().warning("the streaming port " + options_.stream.host + ":" + std::to_string(stream_port_) +
+                         " serves devices to any address that names their MAC; set device_subnets (and devices[].ip) "
+                         "to the networks devices boot from");
 
     bootstrap_ = options_.bootstrap;
     if (bootstrap_.login_servers.empty()) bootstrap_.login_servers = {{options_.stream.host, stream_port_}};
@@ -307,6 +330,7 @@ class Pvs final : public Plugin {
   }
 
   void stop() override {
+    stopped_ = true;  // no more lease renewals: peers take this server for dead after lease_s
     subs_.clear();
     jobs_.clear();  // not begun: dropped; a running job sees its stop_token and the kernel waits for it
     close_servers();
@@ -336,6 +360,8 @@ class Pvs final : public Plugin {
       Value n = Value::object();
       n.set("accepted", s.accepted);
       n.set("active", s.active);
+      n.set("max_connections", nbd_->max_connections());
+      n.set("rejected", s.rejected);
       n.set("requests", s.requests);
       n.set("bytes_read", s.bytes_read);
       n.set("bytes_written", s.bytes_written);
@@ -466,7 +492,7 @@ class Pvs final : public Plugin {
   }
 
   void renew() {
-    if (!loaded_ || renewing_) return;  // the tables exist once the catalog has loaded
+    if (!loaded_ || renewing_ || stopped_) return;  // the tables exist once the catalog has loaded
     renewing_ = true;
     const auto read_at = std::chrono::system_clock::now();
     ctx_.run_blocking([ledger = ledger_](std::stop_token) { return ledger->renew(); },
@@ -641,6 +667,7 @@ class Pvs final : public Plugin {
   std::shared_ptr<pvs::Streamer> streamer_;
   std::shared_ptr<pvs::Ledger> ledger_;
   bool renewing_ = false;
+  bool stopped_ = false;
   std::unique_ptr<nbd::Server> nbd_;
   std::unique_ptr<tftp::Server> tftp_;
   std::uint16_t stream_port_ = 0;

@@ -9,8 +9,9 @@
 namespace deskfarm::pvs {
 
 Streamer::Streamer(std::string server, std::filesystem::path store_dir, nbd::WriteCacheOptions cache,
-                   StreamerMetrics metrics, std::chrono::milliseconds session_idle)
-    : dir_(std::move(store_dir)),
+                   StreamerMetrics metrics, std::chrono::milliseconds session_idle, AccessPolicy access)
+    : access_(std::move(access)),
+      dir_(std::move(store_dir)),
       cache_(std::move(cache)),
       metrics_(metrics),
       server_(std::move(server)),
@@ -138,12 +139,17 @@ std::variant<nbd::Resolution, Streamer::Plan> Streamer::find_locked(const std::s
                                                                     std::vector<std::shared_ptr<DeviceExport>>& drop,
                                                                     std::vector<DeviceEvent>& events) {
   auto refuse = refusal;
+  auto deny = [&](std::string why) {
+    if (metrics_.denied) metrics_.denied->inc();
+    return nbd::Resolution{nullptr, std::move(why), true};
+  };
   if (!loaded_) return refuse(metrics_.refused, "the catalog is still loading from the data store; retry in a moment");
   // vdisk@maintenance: the one writer of a version in maintenance.
   if (const auto at = requested.find('@'); at != std::string::npos) {
     const std::string vdisk = requested.substr(0, at);
     if (requested.substr(at + 1) != "maintenance")
       return refuse(metrics_.unknown, "unknown export '" + requested + "' (use a device MAC or VDISK@maintenance)");
+    if (auto why = access_.maintenance_denied(peer)) return deny(*why);
     auto it = snap_.vdisks.find(vdisk);
     if (it == snap_.vdisks.end()) return refuse(metrics_.unknown, "unknown vDisk '" + vdisk + "'");
     const VersionRow* m = it->second.maintenance();
@@ -163,6 +169,8 @@ std::variant<nbd::Resolution, Streamer::Plan> Streamer::find_locked(const std::s
 
   const auto mac = normalize_mac(requested);
   if (!mac) return refuse(metrics_.unknown, "export '" + requested + "' is not a device MAC (52:54:00:12:34:56)");
+  // Before the lookup: from outside the device networks, known and unknown MACs get the same answer.
+  if (auto why = access_.device_denied(*mac, peer)) return deny(*why);
   auto dev = snap_.devices.find(*mac);
   if (dev == snap_.devices.end())
     return refuse(metrics_.unknown, "unknown device " + *mac + ": no device record; add it to the manifest's "
@@ -238,10 +246,11 @@ nbd::Resolution Streamer::open_locked(const Plan& plan, std::uint64_t session, c
   return connect(plan.key, std::move(d), peer);
 }
 
-std::vector<nbd::ExportEntry> Streamer::list(std::string_view) const {
+std::vector<nbd::ExportEntry> Streamer::list(std::string_view peer) const {
   std::lock_guard lock(mutex_);
   std::vector<nbd::ExportEntry> out;
   for (const auto& [mac, d] : snap_.devices) {
+    if (access_.device_denied(mac, peer)) continue;  // list only what this peer may open
     std::string desc = (d.name.empty() ? "device" : d.name) + " -> vDisk " + d.vdisk;
     if (auto vd = snap_.vdisks.find(d.vdisk); vd != snap_.vdisks.end()) {
       desc += " (" + to_string(vd->second.mode) + ")";
@@ -249,6 +258,7 @@ std::vector<nbd::ExportEntry> Streamer::list(std::string_view) const {
     }
     out.push_back({mac, desc});
   }
+  if (access_.maintenance_denied(peer)) return out;
   for (const auto& [name, v] : snap_.vdisks)
     if (const auto* m = v.maintenance())
       out.push_back({name + "@maintenance", "vDisk " + name + " version " + std::to_string(m->number) +

@@ -20,6 +20,7 @@
 #include <deskfarm/sdk/metrics.hpp>
 #include <deskfarm/sdk/value.hpp>
 
+#include "access.hpp"
 #include "ledger.hpp"
 #include "model.hpp"
 
@@ -35,6 +36,7 @@ struct StreamerMetrics {
   sdk::Counter* ended = nullptr;
   sdk::Counter* unknown = nullptr;
   sdk::Counter* refused = nullptr;
+  sdk::Counter* denied = nullptr;  ///< refused by the address rules (AccessPolicy)
 };
 
 class DeviceExport;
@@ -57,13 +59,13 @@ class Streamer : public std::enable_shared_from_this<Streamer> {
  public:
   /// `server`: the instance name, written into every DeviceEvent.
   Streamer(std::string server, std::filesystem::path store_dir, nbd::WriteCacheOptions cache, StreamerMetrics metrics,
-           std::chrono::milliseconds session_idle = std::chrono::hours(1));
+           std::chrono::milliseconds session_idle = std::chrono::hours(1), AccessPolicy access = {});
 
   /// Replaces the catalog view; sessions already running keep the version they booted. Until the first
   /// update every connection is refused as "still loading".
   void update(Snapshot snapshot);
   Snapshot snapshot() const;
-  /// NBD resolver: a device MAC or "vdisk@maintenance".
+  /// NBD resolver: a device MAC or "vdisk@maintenance"; a peer the AccessPolicy refuses gets `denied`.
   nbd::Resolution resolve(std::string_view name, std::string_view peer);
   std::vector<nbd::ExportEntry> list(std::string_view peer) const;
   /// Where boot/disconnect events go (called on NBD threads); set before the server starts.
@@ -145,6 +147,7 @@ class Streamer : public std::enable_shared_from_this<Streamer> {
   }
   std::vector<interfaces::pvs::VdiskInfo> vdisk_infos() const;  // caller holds mutex_
 
+  AccessPolicy access_;
   std::filesystem::path dir_;
   nbd::WriteCacheOptions cache_;
   StreamerMetrics metrics_;

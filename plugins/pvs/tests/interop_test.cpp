@@ -46,10 +46,10 @@ TEST_CASE("tftp-hpa fetches the bootstrap, and a missing file is a TFTP error") 
   CHECK(all(missing).find("Error code 1") != std::string::npos);
 }
 
-TEST_CASE("nbdinfo lists device exports and shows a device's size") {
+TEST_CASE("nbdinfo lists device exports (list_exports = true) and shows a device's size") {
   if (!require_program("nbdinfo")) return;
   Lab lab;
-  lab.start();
+  lab.start("list_exports = true\n");
   const auto list = dt::run_child({"nbdinfo", "--list", "nbd://127.0.0.1:" + std::to_string(lab.stream_port())}, 30s);
   REQUIRE(list.exit_code == 0);
   CHECK(all(list).find(mac_a) != std::string::npos);

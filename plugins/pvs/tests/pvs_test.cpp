@@ -260,6 +260,88 @@ TEST_CASE("devices are assigned over the bus and boot and disconnect events are 
   CHECK(lab.admin("device.assign", api::AssignDevice{"zz", "gold"}).error().code == "bad_request");
 }
 
+TEST_CASE("two pvs servers share one store, and a device whose server dies reads the same bytes from the other") {
+  Lab lab;
+  // Each bootstrap names both stream ports before either server starts, so the ports are picked here (bound
+  // to 0 and released). Another test may take one in between (ctest -j): a bind failure picks new ones.
+  std::uint16_t p1 = 0, p2 = 0;
+  for (int attempt = 1;; ++attempt) {
+    p1 = free_port();
+    p2 = free_port();
+    if (p1 == p2) {
+      if (attempt == 5) FAIL("five tries gave the same free port twice");
+      continue;
+    }
+    // lease_s = 1: pvs-1 is taken for dead a second after it stops renewing (see the session ledger).
+    const std::string servers = "login_servers = [\"127.0.0.1:" + std::to_string(p1) + "\", \"127.0.0.1:" +
+                                std::to_string(p2) + "\"]\nstore = \"" + lab.store().string() + "\"\nlease_s = 1\n";
+    std::string two = Lab::pvs_instance("pvs-1", servers);
+    two += Lab::pvs_instance("pvs-2", servers);
+    auto put_port = [&](std::uint16_t port, std::size_t nth) {
+      std::size_t at = 0;
+      for (std::size_t i = 0; i <= nth; ++i) at = two.find("stream = \"127.0.0.1:0\"", at + 1);
+      two.replace(at, 22, "stream = \"127.0.0.1:" + std::to_string(port) + "\"");
+    };
+    put_port(p1, 0);
+    put_port(p2, 0);
+    try {
+      lab.start_instances(two);
+      break;
+    } catch (const std::exception& e) {
+      lab.h.reset();
+      if (attempt == 5 || std::string_view(e.what()).find("Address already in use") == std::string_view::npos) throw;
+    }
+  }
+  const auto b = fetch_bootstrap(lab.tftp_port("pvs-2"));
+  REQUIRE(b.login_servers.size() == 2);
+  CHECK(b.login_servers[0].port == p1);
+  // Each sees the other through discovery, with the stream endpoint it advertised.
+  const auto peers = lab.status("pvs-2").find("peers")->as_array();
+  REQUIRE(peers.size() == 1);
+  CHECK(Lab::text(peers[0], "name") == "pvs-1");
+  CHECK(Lab::text(peers[0], "stream") == "127.0.0.1:" + std::to_string(p1));
+
+  // A version made and written through pvs-1 is seen by pvs-2 (shared data store, change notice on the bus).
+  REQUIRE(lab.admin("version.new", api::NewVersion{"gold"}).ok());
+  constexpr std::uint64_t at = 3 << 20;
+  const auto patch = dt::pattern(96 << 10, 41);
+  {
+    nbd::Client m("127.0.0.1", p1, "gold@maintenance");
+    REQUIRE(m.write(at, patch) == 0);
+    REQUIRE(m.flush() == 0);
+    m.disconnect();
+  }
+  REQUIRE(dt::eventually([&] { return lab.admin("version.promote", api::PromoteVersion{"gold"}).ok(); }, std::chrono::seconds(10)));
+  REQUIRE(dt::eventually([&] {
+    return lab.production("pvs-2") == 1;
+  }));
+  auto expected = dt::read_file(lab.base());
+  std::copy(patch.begin(), patch.end(), expected.begin() + at);
+
+  nbd::Client first("127.0.0.1", b.login_servers[0].port, mac_a);
+  const auto bytes = read_all(first, 0, base_size);
+  CHECK(bytes == expected);  // version 1's written blocks over the base
+  lab.h->run_on("pvs-1", [](sdk::Plugin& p, sdk::Context&) { p.stop(); });  // pvs-1 dies
+  std::vector<std::byte> probe(512);
+  CHECK_THROWS(first.read(0, probe));  // the connection is gone
+  // The firmware walks its login server list: pvs-1 is gone, pvs-2 refuses until pvs-1's lease has run out, then
+  // continues the device's session (it had written nothing) with the version it booted.
+  std::unique_ptr<nbd::Client> next;
+  REQUIRE(dt::eventually([&] {
+    for (const auto& s : b.login_servers) {
+      try {
+        next = std::make_unique<nbd::Client>(s.host, s.port, mac_a);
+        return true;
+      } catch (const ClientError&) {
+      }
+    }
+    return false;
+  }));
+  // pvs-2 serves the same version, the bytes pvs-1's maintenance writer wrote included.
+  CHECK(read_all(*next, 0, base_size) == expected);
+  CHECK(slice(read_all(*next, at, patch.size()), 0, patch.size()) == patch);
+}
+
 TEST_CASE("malformed config values are refused at their key") {
   Lab lab;
   CHECK_THAT(lab.start_error("login_servers = [\"a:1\", \"b:2\", \"c:3\", \"d:4\", \"e:5\"]\n"),

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -157,6 +158,14 @@ class ChildProcess {
   pid_t pid_ = -1;
   std::optional<int> status_;
 };
+
+/// Resident memory of process `pid` ("self" = this one) in bytes, from /proc/PID/statm; throws if unreadable.
+inline std::size_t resident_bytes(const std::string& pid = "self") {
+  std::ifstream statm("/proc/" + pid + "/statm");
+  std::size_t total = 0, resident = 0;
+  if (!(statm >> total >> resident)) throw std::runtime_error("cannot read /proc/" + pid + "/statm");
+  return resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+}
 
 /// Polls `done` every few milliseconds until it holds or `limit` passes.
 template <class F>

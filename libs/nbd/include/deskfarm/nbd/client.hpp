@@ -18,8 +18,10 @@ class ClientError : public std::runtime_error {
 /// One connection to one export. Calls return the NBD error value of the reply (0 = success).
 class Client {
  public:
-  /// Connects to host:port and selects `export_name` with NBD_OPT_GO; throws ClientError.
-  Client(const std::string& host, std::uint16_t port, const std::string& export_name);
+  /// Connects to host:port and selects `export_name` with NBD_OPT_GO; throws ClientError (a refusal names the
+  /// reply type in hex, e.g. 0x80000002 for NBD_REP_ERR_POLICY, and the server's message). `source`: the local
+  /// address to connect from (e.g. "127.0.0.2"); "" = the kernel's choice.
+  Client(const std::string& host, std::uint16_t port, const std::string& export_name, const std::string& source = "");
   /// Export size in bytes.
   std::uint64_t size() const { return size_; }
   /// Transmission flags the server sent.

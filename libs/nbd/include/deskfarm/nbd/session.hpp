@@ -23,12 +23,14 @@ struct ExportEntry {
 /// The answer to "which export is NAME for PEER": a backend, or a message for the client ("unknown device").
 struct Resolution {
   std::shared_ptr<Export> backend;  ///< null means refused
-  std::string error;                ///< sent to the client with NBD_REP_ERR_UNKNOWN when refused
+  std::string error;                ///< sent to the client with NBD_REP_ERR_UNKNOWN (or _POLICY) when refused
+  /// Refused because this peer may not have it (the export exists): NBD_REP_ERR_POLICY, and the server warns.
+  bool denied = false;
 };
 
 /// Called on NBD_OPT_GO, NBD_OPT_INFO and NBD_OPT_EXPORT_NAME with (export name, peer IP address).
 using Resolver = std::function<Resolution(std::string_view name, std::string_view peer)>;
-/// Called on NBD_OPT_LIST with the peer IP address.
+/// Called on NBD_OPT_LIST with the peer IP address. Without one, listing is off: NBD_REP_ERR_POLICY.
 using Lister = std::function<std::vector<ExportEntry>(std::string_view peer)>;
 
 /// The byte stream a session runs on: a socket in the server, a buffer in the fuzzer.
@@ -41,6 +43,8 @@ class Transport {
   virtual bool write_all(std::span<const std::span<const std::byte>> parts) = 0;
   /// Called once when option haggling ends (the server lifts its handshake timeout here).
   virtual void enter_transmission() {}
+  /// True when no request is waiting (the next read would block): the session then gives back its payload memory.
+  virtual bool idle() { return false; }
 };
 
 /// Limits a session enforces.
@@ -72,6 +76,30 @@ struct SessionResult {
   std::string export_name;
 };
 
+/// READ and WRITE payloads move through a connection in pieces of at most this size, so a connection holds at most
+/// this much payload memory whatever the request length (up to max_payload) and however slow its peer.
+inline constexpr std::uint32_t kIoChunk = 1U << 20;
+
+/// One connection's payload memory: kIoChunk of address space mapped at the first payload, its pages given back to
+/// the kernel (beyond the first kKeep bytes) whenever the connection goes idle, so thousands of idle devices cost
+/// almost nothing, and a WRITE header alone costs nothing until its payload arrives.
+class PayloadBuffer {
+ public:
+  static constexpr std::size_t kKeep = 4096;
+  PayloadBuffer() = default;
+  ~PayloadBuffer();
+  PayloadBuffer(const PayloadBuffer&) = delete;
+  PayloadBuffer& operator=(const PayloadBuffer&) = delete;
+  /// `size` (at most kIoChunk) bytes, contents undefined; throws std::bad_alloc if the mapping fails.
+  std::span<std::byte> get(std::uint32_t size);
+  /// Gives back the pages beyond kKeep that requests have touched.
+  void trim();
+
+ private:
+  std::byte* base_ = nullptr;
+  std::size_t touched_ = 0;
+};
+
 /// Runs the protocol for one client over a Transport.
 class Session {
  public:
@@ -89,6 +117,8 @@ class Session {
   bool send_simple_reply(std::uint64_t cookie, std::uint32_t error, std::span<const std::byte> payload = {});
   Resolution resolve(std::string_view name);
   std::uint16_t transmission_flags() const;
+  /// The error for a WRITE/WRITE_ZEROES before it touches the export: bad flags or length, read-only, past the end.
+  std::uint32_t check_modify(std::uint16_t flags, std::uint64_t offset, std::uint32_t length, std::uint64_t size) const;
 
   Transport& transport_;
   const Resolver& resolver_;
@@ -98,7 +128,8 @@ class Session {
   SessionCounters* counters_;
   bool no_zeroes_ = false;
   std::shared_ptr<Export> export_;
-  std::vector<std::byte> buffer_;  // option data and READ/WRITE payloads; grows to the largest request, reused
+  std::vector<std::byte> buffer_;  // option data (at most 64 KiB)
+  PayloadBuffer payload_;  // READ/WRITE payload chunks
 };
 
 /// Maps an Export's errno to the NBD error value on the wire (unknown values become EINVAL, as the spec asks).

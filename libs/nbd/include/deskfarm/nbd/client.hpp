@@ -1,8 +1,12 @@
 #pragma once
 // Minimal blocking NBD client (fixed newstyle, NBD_OPT_GO, simple replies) for tests and tools.
+#include <chrono>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <span>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 
 #include "deskfarm/nbd/unique_fd.hpp"
@@ -15,11 +19,21 @@ class ClientError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// Bounds on a connection's waits (for callers that must never hang, like the simulated firmware).
+struct ClientOptions {
+  /// Bound on connect() and on every later send or receive; 0 = none (block as long as the kernel does).
+  std::chrono::milliseconds timeout{0};
+  /// A stop request shuts the socket down: a blocked call returns at once with ClientError "stopped".
+  std::stop_token stop;
+};
+
 /// One connection to one export. Calls return the NBD error value of the reply (0 = success).
 class Client {
  public:
   /// Connects to host:port and selects `export_name` with NBD_OPT_GO; throws ClientError.
   Client(const std::string& host, std::uint16_t port, const std::string& export_name);
+  /// The same, with the waits bounded by `options`; a timeout says "no answer within N ms".
+  Client(const std::string& host, std::uint16_t port, const std::string& export_name, ClientOptions options);
   /// Export size in bytes.
   std::uint64_t size() const { return size_; }
   /// Transmission flags the server sent.
@@ -42,8 +56,15 @@ class Client {
  private:
   void send_all(std::span<const std::byte> a, std::span<const std::byte> b = {});
   void recv_all(std::span<std::byte> out);
+  void connect_socket(const std::string& host, std::uint16_t port);
+  void negotiate(const std::string& export_name);
+  /// Why a send or receive failed with errno `err`: a timeout, a stop request or the system's reason.
+  std::string failure(int err) const;
   std::string where_;
+  ClientOptions options_;
   UniqueFd fd_;
+  // Declared after fd_ so it is destroyed first: the callback never sees a closed (or reused) descriptor.
+  std::unique_ptr<std::stop_callback<std::function<void()>>> on_stop_;
   std::uint64_t size_ = 0;
   std::uint16_t flags_ = 0;
   std::uint64_t next_cookie_ = 1;

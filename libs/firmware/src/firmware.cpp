@@ -138,6 +138,7 @@ class NetworkBoot {
     o.deadline = o.retransmit * (*o.max_retransmits + 1) * 8;
     o.max_bytes = tftp_max_bytes;
     o.stop = stop_;
+    o.bind_address = plan_.source_address;
     try {
       auto r = tftp::Client(o).get(host_, port_, plan_.boot_file);
       file_.assign(reinterpret_cast<const char*>(r.data.data()), r.data.size());
@@ -182,7 +183,7 @@ class NetworkBoot {
         if (left <= milliseconds(0) || stop_.stop_requested()) break;
         const auto& e = b.login_servers[i];
         try {
-          nbd::Client client(e.host, e.port, plan_.mac, nbd::ClientOptions{std::min(polling, left), stop_});
+          nbd::Client client(e.host, e.port, plan_.mac, nbd::ClientOptions{std::min(polling, left), plan_.source_address, stop_});
           result_.login_server = endpoint_text(e.host, e.port);
           std::string detail = result_.login_server + " export " + plan_.mac + ", vDisk " + std::to_string(client.size()) + " bytes";
           std::string skipped;

@@ -2,6 +2,7 @@
 #include <poll.h>
 
 #include <atomic>
+#include <mutex>
 #include <thread>
 
 #include <catch2/catch.hpp>
@@ -63,16 +64,28 @@ bootstrap::Bootstrap quick_bootstrap(std::vector<std::uint16_t> ports, bootstrap
 /// Our own TFTP server on 127.0.0.1 serving a temp directory (files written by the test).
 struct TftpDir {
   dt::TempDir dir{"firmware-tftp"};
-  std::unique_ptr<tftp::Server> server;
+  std::mutex log_mutex;
+  std::vector<std::string> log_lines;  // written by the server's thread
+  std::unique_ptr<tftp::Server> server;  // declared last: stopped before the log it writes to is destroyed
   explicit TftpDir(const std::string& name, const std::string& content) {
     dt::write_text(dir / name, content);
     tftp::ServerOptions o;
     o.address = "127.0.0.1";
     o.root = dir.path();
+    o.log = [this](std::string_view line) {
+      std::lock_guard lock(log_mutex);
+      log_lines.emplace_back(line);
+    };
     server = std::make_unique<tftp::Server>(o);
     server->start();
   }
   std::uint16_t port() const { return server->bound_port(); }
+  std::string log() {
+    std::lock_guard lock(log_mutex);
+    std::string all;
+    for (const auto& l : log_lines) all += l + "\n";
+    return all;
+  }
 };
 
 /// Binds `fd` to 127.0.0.1 on a port the kernel picks (listening if `listen`) and returns that port.
@@ -271,6 +284,22 @@ TEST_CASE("firmware fails over to the next login server when the first is a dead
   CHECK(login.name == "login");
   CHECK_THAT(login.detail, Catch::Contains("failed over from") && Catch::Contains("127.0.0.1:" + std::to_string(dead)));
   CHECK(login.took < 1s);  // a refused connection is not waited on for the polling timeout
+}
+
+TEST_CASE("firmware sends from the plan's source address, its own machine's IP") {
+  Lab lab;
+  lab.start();
+  TftpDir tftp("boot.bin", bootstrap::encode(quick_bootstrap({lab.stream_port()}, bootstrap::Recovery::reboot_to_hd)));
+  auto plan = plan_for(tftp.port(), "boot.bin");
+  plan.source_address = "127.0.0.7";
+  const auto r = fw::boot(plan, {});
+  INFO(dump(r));
+  CHECK(r.ok);
+  CHECK_THAT(tftp.log(), Catch::Contains("RRQ boot.bin from 127.0.0.7:"));
+  plan.source_address = "192.0.2.1";  // TEST-NET: not an address of this machine
+  const auto refused = fw::boot(plan, {});
+  CHECK(refused.failed_step == "tftp");
+  CHECK_THAT(refused.reason, Catch::Contains("cannot bind to 192.0.2.1"));
 }
 
 TEST_CASE("firmware reports a silent TFTP server by its address after the plan's tries") {

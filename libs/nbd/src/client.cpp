@@ -49,6 +49,20 @@ void Client::connect_socket(const std::string& host, std::uint16_t port) {
   std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard(res, &::freeaddrinfo);
   fd_.reset(::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd_) throw ClientError("nbd client: socket for " + where_ + ": " + std::strerror(errno));
+  if (!options_.bind_address.empty()) {
+    addrinfo local_hints{};
+    local_hints.ai_family = res->ai_family;
+    local_hints.ai_socktype = SOCK_STREAM;
+    local_hints.ai_flags = AI_NUMERICHOST;
+    addrinfo* local = nullptr;
+    if (::getaddrinfo(options_.bind_address.c_str(), "0", &local_hints, &local) != 0 || local == nullptr) {
+      throw ClientError("nbd client: bind address '" + options_.bind_address + "' for " + where_ + " is not an IP literal of the server's family");
+    }
+    std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> local_guard(local, &::freeaddrinfo);
+    if (::bind(fd_.get(), local->ai_addr, local->ai_addrlen) != 0) {
+      throw ClientError("nbd client: cannot bind to " + options_.bind_address + " for " + where_ + ": " + std::strerror(errno));
+    }
+  }
   if (options_.stop.stop_possible()) {
     const int fd = fd_.get();
     on_stop_ = std::make_unique<std::stop_callback<std::function<void()>>>(

@@ -41,6 +41,13 @@ ClientResult Client::get(std::string_view host, std::uint16_t port, std::string_
   };
   Fd fd(::socket(server.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (!fd) throw fail("socket: " + errno_text(errno));
+  if (!options_.bind_address.empty()) {
+    const auto local = make_address(options_.bind_address, 0);
+    if (!local) throw fail("bind address '" + options_.bind_address + "' is not an IP literal");
+    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&local->first), local->second) != 0) {
+      throw fail("cannot bind to " + options_.bind_address + ": " + errno_text(errno));
+    }
+  }
 
   Request request{Opcode::rrq, std::string(filename), options_.mode, {}};
   if (options_.blksize) request.options.push_back({"blksize", std::to_string(*options_.blksize)});

@@ -24,6 +24,9 @@ struct BootPlan {
   std::chrono::milliseconds tftp_timeout{1000};  ///< resend interval of the RRQ / ACK
   int tftp_retries = 3;                   ///< resends of one packet without an answer before the tftp step fails
   int max_recoveries = 1;                 ///< bound on restore_network retries
+  /// The machine's own IP: TFTP and NBD leave from it ("" = the kernel picks). Give each simulated PC its own
+  /// (127.x.y.z on loopback): pvs tells devices apart by address when a bootstrap download means a reboot.
+  std::string source_address;
 };
 
 /// One state transition of a boot, reported in order.

@@ -23,6 +23,8 @@ class ClientError : public std::runtime_error {
 struct ClientOptions {
   /// Bound on connect() and on every later send or receive; 0 = none (block as long as the kernel does).
   std::chrono::milliseconds timeout{0};
+  /// Local IP literal to connect from ("" = the kernel picks), e.g. one 127.x.y.z per simulated machine.
+  std::string bind_address;
   /// A stop request shuts the socket down: a blocked call returns at once with ClientError "stopped".
   std::stop_token stop;
 };

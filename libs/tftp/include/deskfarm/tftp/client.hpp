@@ -29,6 +29,8 @@ struct ClientOptions {
   /// Give up after this many resends of one packet (RRQ or ACK) without an answer; unset = only the deadline.
   /// The error then says "no answer after N tries" (N = resends + 1) and counts malformed datagrams ignored.
   std::optional<int> max_retransmits;
+  /// Local IP literal to send from ("" = the kernel picks), e.g. one 127.x.y.z per simulated machine.
+  std::string bind_address;
   /// get() returns within ~50 ms of a stop request, throwing ClientError "stopped".
   std::stop_token stop;
 };

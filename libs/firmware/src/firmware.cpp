@@ -96,9 +96,9 @@ class NetworkBoot {
     if (!out.bootstrap) return finish(out);
     auto client = login(*out.bootstrap);
     if (!client) return finish(out);
-    if (!stream(*client, *out.bootstrap)) return finish(out);
+    if (!stream(*client)) return finish(out);
     auto s = rec_.begin("handover");
-    rec_.ok(s, "vDisk of " + plan_.mac + " streaming from " + result_.login_server + ", bootstrap version " +
+    rec_.ok(s, "vDisk of " + plan_.mac + " served by " + result_.login_server + ", bootstrap version " +
                    std::to_string(out.bootstrap->version) + "; control passes to the desktop OS");
     out.ok = true;
     return out;
@@ -110,19 +110,22 @@ class NetworkBoot {
     return out;
   }
 
-  /// Fails `s` with "stopped" when a stop was requested (whatever the error said), else with `why`.
-  void fail(const Recorder::Open& s, const std::string& why) { rec_.failed(s, stop_.stop_requested() ? stopped_text : why); }
+  /// Fails `s` with "stopped" when a stop was requested (whatever the error said), else with `why`; false.
+  bool fail(const Recorder::Open& s, const std::string& why) {
+    rec_.failed(s, stop_.stop_requested() ? stopped_text : why);
+    return false;
+  }
 
   bool dhcp() {
     auto s = rec_.begin("dhcp");
-    if (stop_.stop_requested()) return fail(s, stopped_text), false;
+    if (stop_.stop_requested()) return fail(s, stopped_text);
     try {
       std::tie(host_, port_) = parse_tftp_server(plan_.tftp_server);
     } catch (const std::invalid_argument& e) {
-      return fail(s, e.what()), false;
+      return fail(s, e.what());
     }
-    if (plan_.boot_file.empty()) return fail(s, "DHCP option 67 (boot file) is empty: set the network's boot file"), false;
-    if (plan_.mac.empty()) return fail(s, "the VM has no MAC address: it is the NBD export name, set one"), false;
+    if (plan_.boot_file.empty()) return fail(s, "DHCP option 67 (boot file) is empty: set the network's boot file");
+    if (plan_.mac.empty()) return fail(s, "the VM has no MAC address: it is the NBD export name, set one");
     rec_.ok(s, "option 66 " + endpoint_text(host_, port_) + ", option 67 " + plan_.boot_file + ", MAC " + plan_.mac);
     return true;
   }
@@ -147,7 +150,7 @@ class NetworkBoot {
                      (r.tsize ? ", tsize " + std::to_string(*r.tsize) : ", no tsize in the answer"));
       return true;
     } catch (const std::exception& e) {
-      return fail(s, e.what()), false;
+      return fail(s, e.what());
     }
   }
 
@@ -207,9 +210,8 @@ class NetworkBoot {
     return std::nullopt;
   }
 
-  bool stream(nbd::Client& client, const bootstrap::Bootstrap& b) {
+  bool stream(nbd::Client& client) {
     auto s = rec_.begin("stream");
-    (void)b;
     const std::uint64_t total = std::min<std::uint64_t>(plan_.working_set_bytes, client.size());
     std::vector<std::byte> buffer(std::max<std::uint32_t>(plan_.read_request_bytes, 512));
     std::uint64_t off = 0;
@@ -222,19 +224,17 @@ class NetworkBoot {
         if (const auto err = client.read(off, std::span(buffer.data(), n)); err != 0) {
           result_.bytes_read = off;
           return fail(s, "read of " + std::to_string(n) + " bytes at offset " + std::to_string(off) + " from " +
-                             result_.login_server + " failed with NBD error " + std::to_string(err)),
-                 false;
+                             result_.login_server + " failed with NBD error " + std::to_string(err));
         }
         off += n;
         ++requests;
       }
       result_.bytes_read = off;
-      if (stop_.stop_requested()) return fail(s, stopped_text), false;
+      if (stop_.stop_requested()) return fail(s, stopped_text);
       client.disconnect();
     } catch (const nbd::ClientError& e) {
       result_.bytes_read = off;
-      return fail(s, "vDisk read broke at offset " + std::to_string(off) + " of " + std::to_string(total) + ": " + e.what()),
-             false;
+      return fail(s, "vDisk read broke at offset " + std::to_string(off) + " of " + std::to_string(total) + ": " + e.what());
     }
     rec_.ok(s, std::to_string(total) + " bytes in " + std::to_string(requests) + " reads from " + result_.login_server +
                    (total < plan_.working_set_bytes ? " (the whole vDisk; smaller than the working set)" : ""));

@@ -1,7 +1,7 @@
 // Boot storm with real firmware: N simulated PCs (libs/firmware) boot against one pvs on loopback — DHCP options
 // 66/67, the bootstrap over TFTP, login over NBD (export = MAC), the working set read — C at a time.
 //   firmware_bootstorm [--devices 500] [--concurrency 64] [--ws-mib 4] [--request-kib 256] [--base-mib 16]
-//                      [--blksize 1408]   (--help lists them)
+//                      [--blksize 1408] [--timeout-s 600] [--same-address]   (--help lists them)
 // A live progress line goes to stderr; the result (boots/s, p50/p99 boot time and per step) to stdout.
 #include <algorithm>
 #include <atomic>
@@ -34,6 +34,7 @@ struct Args : bench::StormArgs {
     base_mib = 16;
   }
   std::uint32_t blksize = 1408;
+  int timeout_s = 600;
 };
 
 const char* synopsis = "usage: firmware_bootstorm [OPTIONS]\n";
@@ -63,6 +64,8 @@ int main(int argc, char** argv) {
       ("help,h", "print this help and exit")
       ("blksize", po::value<long long>()->value_name("BYTES")->default_value(a.blksize),
        "TFTP blksize the firmware asks for, 8..65464")
+      ("timeout-s", po::value<long long>()->value_name("S")->default_value(a.timeout_s),
+       "stop every boot still running after this many seconds (they fail \"stopped\"), 1..86400")
       ("same-address", "every firmware sends from 127.0.0.1 (default: each its own 127.x.y.z, as real PCs have)");
   a.add_options(flags);
   const po::positional_options_description no_operands;
@@ -76,6 +79,7 @@ int main(int argc, char** argv) {
   a.read(vm, fail);
   a.base_mib = std::max<std::uint64_t>(a.base_mib, 1);
   a.blksize = static_cast<std::uint32_t>(bench::checked_integer(vm, "blksize", 8, 65464, fail));
+  a.timeout_s = static_cast<int>(bench::checked_integer(vm, "timeout-s", 1, 86400, fail));
   const bool own_addresses = vm.count("same-address") == 0;
 
   std::printf("firmware boot storm: %d devices, %d at a time, %llu MiB working set in %llu KiB reads, base %llu MiB, "
@@ -97,10 +101,12 @@ int main(int argc, char** argv) {
   Storm s;
   std::mutex m;
   std::atomic<int> next{0}, booted{0}, failed{0};
+  const int worker_count = std::min(a.concurrency, a.devices);
+  std::atomic<int> running{worker_count};
   std::stop_source stop;
   const auto t0 = Clock::now();
   std::vector<std::jthread> workers;
-  for (int w = 0; w < std::min(a.concurrency, a.devices); ++w) {
+  for (int w = 0; w < worker_count; ++w) {
     workers.emplace_back([&] {
       for (int i; !stop.stop_requested() && (i = next.fetch_add(1)) < a.devices;) {
         auto plan = base_plan;
@@ -123,10 +129,17 @@ int main(int argc, char** argv) {
           if (s.failures++ == 0) s.first_failure = plan.mac + ": " + r.failed_step + ": " + r.reason;
         }
       }
+      --running;
     });
   }
-  // Live progress, bounded by the workers: every boot is bounded by its plan's and bootstrap's timeouts.
-  while (booted + failed < a.devices) {
+  // Live progress until every device is done; past --timeout-s the boots still running are stopped (each returns
+  // within ~100 ms of that), the devices not started are counted as failed, and the loop ends.
+  const auto give_up = t0 + std::chrono::seconds(a.timeout_s);
+  while (running > 0) {
+    if (Clock::now() >= give_up && !stop.stop_requested()) {
+      stop.request_stop();
+      std::fprintf(stderr, "\nfirmware_bootstorm: --timeout-s %d passed; stopping the boots still running\n", a.timeout_s);
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
     const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
     std::fprintf(stderr, "\r  booted %d/%d, failed %d, %.1f s, %.1f boots/s   ", booted.load(), a.devices, failed.load(),
@@ -147,5 +160,7 @@ int main(int argc, char** argv) {
   }
   if (s.recovered) std::printf("  %d boots needed a restore_network retry, first: %s\n", s.recovered, s.first_recovery.c_str());
   if (s.failures) std::printf("  %d failures, first: %s\n", s.failures, s.first_failure.c_str());
-  return s.failures ? 1 : 0;
+  const int not_started = a.devices - booted - failed;
+  if (not_started > 0) std::printf("  %d devices not started before --timeout-s\n", not_started);
+  return s.failures || not_started ? 1 : 0;
 }

@@ -36,6 +36,21 @@ class Client {
   Client(const std::string& host, std::uint16_t port, const std::string& export_name);
   /// The same, with the waits bounded by `options`; a timeout says "no answer within N ms".
   Client(const std::string& host, std::uint16_t port, const std::string& export_name, ClientOptions options);
+  Client(Client&&) noexcept = default;
+  /// Drops this connection's stop callback before its descriptor closes (the defaulted one would close first).
+  Client& operator=(Client&& other) noexcept {
+    if (this != &other) {
+      on_stop_.reset();
+      where_ = std::move(other.where_);
+      options_ = std::move(other.options_);
+      fd_ = std::move(other.fd_);
+      on_stop_ = std::move(other.on_stop_);
+      size_ = other.size_;
+      flags_ = other.flags_;
+      next_cookie_ = other.next_cookie_;
+    }
+    return *this;
+  }
   /// Export size in bytes.
   std::uint64_t size() const { return size_; }
   /// Transmission flags the server sent.

@@ -399,6 +399,29 @@ TEST_CASE("firmware recovery: reboot_to_hd ends the boot, restore_network waits 
   }
 }
 
+TEST_CASE("firmware restore_network runs the whole network boot again: a bootstrap fixed during the wait boots") {
+  Lab lab;
+  lab.start();
+  TftpDir tftp("boot.bin", bootstrap::encode(quick_bootstrap({free_port()}, bootstrap::Recovery::restore_network)));
+  auto plan = plan_for(tftp.port(), "boot.bin");
+  // When the first login fails, the operator points the bootstrap at the live server (a new file, renamed into place).
+  const auto fixed = bootstrap::encode(quick_bootstrap({lab.stream_port()}, bootstrap::Recovery::restore_network));
+  const auto r = fw::boot(plan, {}, [&](const fw::Step& s) {
+    if (s.name == "login" && s.state == "failed") {
+      dt::write_text(tftp.dir / "boot.bin.new", fixed);
+      std::filesystem::rename(tftp.dir / "boot.bin.new", tftp.dir / "boot.bin");
+    }
+  });
+  INFO(dump(r));
+  REQUIRE(r.ok);
+  CHECK(names(r) == std::vector<std::string>{"dhcp:ok", "tftp:ok", "bootstrap:ok", "login:failed", "recovery:ok", "dhcp:ok",
+                                             "tftp:ok", "bootstrap:ok", "login:ok", "stream:ok", "handover:ok"});
+  CHECK(r.recovery == "restore_network");
+  CHECK(r.recoveries == 1);
+  CHECK(r.failed_step.empty());
+  CHECK(r.login_server == "127.0.0.1:" + std::to_string(lab.stream_port()));
+}
+
 TEST_CASE("firmware returns promptly when stopped, whatever it waits on") {
   std::stop_source source;
   fw::BootPlan plan;

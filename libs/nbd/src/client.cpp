@@ -3,6 +3,9 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/time.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -21,8 +24,22 @@ using detail::append_be;
 using detail::get_be;
 using detail::put_be;
 
-Client::Client(const std::string& host, std::uint16_t port, const std::string& export_name, const std::string& source)
-    : where_(host + ":" + std::to_string(port) + " export '" + export_name + "'") {
+Client::Client(const std::string& host, std::uint16_t port, const std::string& export_name)
+    : Client(host, port, export_name, ClientOptions{}) {}
+
+Client::Client(const std::string& host, std::uint16_t port, const std::string& export_name, ClientOptions options)
+    : where_(host + ":" + std::to_string(port) + " export '" + export_name + "'"), options_(std::move(options)) {
+  connect_socket(host, port);
+  negotiate(export_name);
+}
+
+std::string Client::failure(int err) const {
+  if (options_.stop.stop_requested()) return "stopped";
+  if (err == EAGAIN || err == EWOULDBLOCK) return "no answer within " + std::to_string(options_.timeout.count()) + " ms";
+  return std::strerror(err);
+}
+
+void Client::connect_socket(const std::string& host, std::uint16_t port) {
   addrinfo hints{};
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* res = nullptr;
@@ -31,27 +48,72 @@ Client::Client(const std::string& host, std::uint16_t port, const std::string& e
   }
   std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard(res, &::freeaddrinfo);
   fd_.reset(::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (fd_ && !source.empty()) {
+  if (!fd_) throw ClientError("nbd client: socket for " + where_ + ": " + std::strerror(errno));
+  if (!options_.bind_address.empty()) {
     addrinfo local_hints{};
     local_hints.ai_family = res->ai_family;
     local_hints.ai_socktype = SOCK_STREAM;
-    local_hints.ai_flags = AI_NUMERICHOST | AI_PASSIVE;
+    local_hints.ai_flags = AI_NUMERICHOST;
     addrinfo* local = nullptr;
-    if (int rc = ::getaddrinfo(source.c_str(), "0", &local_hints, &local); rc != 0) {
-      throw ClientError("nbd client: bad source address '" + source + "' for " + where_ + ": " + ::gai_strerror(rc));
+    if (::getaddrinfo(options_.bind_address.c_str(), "0", &local_hints, &local) != 0 || local == nullptr) {
+      throw ClientError("nbd client: bind address '" + options_.bind_address + "' for " + where_ + " is not an IP literal of the server's family");
     }
     std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> local_guard(local, &::freeaddrinfo);
     if (::bind(fd_.get(), local->ai_addr, local->ai_addrlen) != 0) {
-      throw ClientError("nbd client: cannot bind source address " + source + " for " + where_ + ": " +
-                        std::strerror(errno));
+      throw ClientError("nbd client: cannot bind to " + options_.bind_address + " for " + where_ + ": " + std::strerror(errno));
     }
   }
-  if (!fd_ || ::connect(fd_.get(), res->ai_addr, res->ai_addrlen) != 0) {
-    throw ClientError("nbd client: cannot connect to " + where_ + ": " + std::strerror(errno));
+  if (options_.stop.stop_possible()) {
+    const int fd = fd_.get();
+    on_stop_ = std::make_unique<std::stop_callback<std::function<void()>>>(
+        options_.stop, std::function<void()>([fd] { ::shutdown(fd, SHUT_RDWR); }));
+  }
+  const bool bounded = options_.timeout.count() > 0 || options_.stop.stop_possible();
+  if (!bounded) {
+    if (::connect(fd_.get(), res->ai_addr, res->ai_addrlen) != 0) {
+      throw ClientError("nbd client: cannot connect to " + where_ + ": " + std::strerror(errno));
+    }
+  } else {
+    // Non-blocking connect, polled in slices so that a stop request or the timeout ends it.
+    const int flags = ::fcntl(fd_.get(), F_GETFL);
+    ::fcntl(fd_.get(), F_SETFL, flags | O_NONBLOCK);
+    if (::connect(fd_.get(), res->ai_addr, res->ai_addrlen) != 0) {
+      if (errno != EINPROGRESS) throw ClientError("nbd client: cannot connect to " + where_ + ": " + std::strerror(errno));
+      using Clock = std::chrono::steady_clock;
+      const auto deadline = options_.timeout.count() > 0 ? Clock::now() + options_.timeout : Clock::time_point::max();
+      // Bounded: every pass waits up to 50 ms and the deadline (or the stop request) ends the loop.
+      while (true) {
+        if (options_.stop.stop_requested()) throw ClientError("nbd client: connecting to " + where_ + ": stopped");
+        const auto now = Clock::now();
+        if (now >= deadline) {
+          throw ClientError("nbd client: cannot connect to " + where_ + ": no answer within " +
+                            std::to_string(options_.timeout.count()) + " ms");
+        }
+        const auto slice = std::min<Clock::duration>(deadline - now, std::chrono::milliseconds(50));
+        pollfd p{fd_.get(), POLLOUT, 0};
+        const int ready = ::poll(&p, 1, static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(slice).count()));
+        if (ready < 0 && errno != EINTR) throw ClientError("nbd client: poll for " + where_ + ": " + std::strerror(errno));
+        if (ready > 0) break;
+      }
+      int err = 0;
+      socklen_t len = sizeof err;
+      ::getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+      if (err != 0) throw ClientError("nbd client: cannot connect to " + where_ + ": " + std::strerror(err));
+    }
+    ::fcntl(fd_.get(), F_SETFL, flags);
+    if (options_.timeout.count() > 0) {
+      timeval tv{};
+      tv.tv_sec = static_cast<time_t>(options_.timeout.count() / 1000);
+      tv.tv_usec = static_cast<suseconds_t>((options_.timeout.count() % 1000) * 1000);
+      ::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      ::setsockopt(fd_.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
   }
   int one = 1;
   ::setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
 
+void Client::negotiate(const std::string& export_name) {
   std::array<std::byte, 18> hello{};
   recv_all(hello);
   if (get_be(hello.data(), 8) != proto::kNbdMagic || get_be(hello.data() + 8, 8) != proto::kOptMagic) {
@@ -97,7 +159,7 @@ void Client::send_all(std::span<const std::byte> a, std::span<const std::byte> b
     msg.msg_iovlen = static_cast<std::size_t>(count - first);
     ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw ClientError("nbd client: send to " + where_ + " failed: " + std::strerror(errno));
+    if (n <= 0) throw ClientError("nbd client: send to " + where_ + " failed: " + failure(errno));
     auto left = static_cast<std::size_t>(n);
     while (first < count && left >= iov[first].iov_len) left -= iov[first++].iov_len;
     if (first < count) {
@@ -112,7 +174,10 @@ void Client::recv_all(std::span<std::byte> out) {
   while (done < out.size()) {
     ssize_t n = ::recv(fd_.get(), out.data() + done, out.size() - done, 0);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw ClientError("nbd client: " + where_ + " closed the connection");
+    if (n < 0) throw ClientError("nbd client: receive from " + where_ + " failed: " + failure(errno));
+    if (n == 0) {
+      throw ClientError("nbd client: " + where_ + (options_.stop.stop_requested() ? ": stopped" : " closed the connection"));
+    }
     done += static_cast<std::size_t>(n);
   }
 }
@@ -170,6 +235,7 @@ void Client::disconnect() {
   } catch (const ClientError&) {
     // The server may already have gone; disconnecting is what we wanted anyway.
   }
+  on_stop_.reset();  // before the descriptor closes (the callback shuts it down)
   fd_.reset();
 }
 

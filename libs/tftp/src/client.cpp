@@ -41,6 +41,13 @@ ClientResult Client::get(std::string_view host, std::uint16_t port, std::string_
   };
   Fd fd(::socket(server.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (!fd) throw fail("socket: " + errno_text(errno));
+  if (!options_.bind_address.empty()) {
+    const auto local = make_address(options_.bind_address, 0);
+    if (!local) throw fail("bind address '" + options_.bind_address + "' is not an IP literal");
+    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&local->first), local->second) != 0) {
+      throw fail("cannot bind to " + options_.bind_address + ": " + errno_text(errno));
+    }
+  }
 
   Request request{Opcode::rrq, std::string(filename), options_.mode, {}};
   if (options_.blksize) request.options.push_back({"blksize", std::to_string(*options_.blksize)});
@@ -59,6 +66,10 @@ ClientResult Client::get(std::string_view host, std::uint16_t port, std::string_
   std::vector<std::byte> buffer(65536 + 16);
   std::vector<std::byte> out;
   const auto deadline = Clock::now() + options_.deadline;
+  int resends = 0;     // of the packet in last_sent, without an answer that moved the transfer on
+  int malformed = 0;   // datagrams from the server's host that are not TFTP
+  // A stop request is noticed within this (the poll is sliced only when a stop can come).
+  constexpr auto stop_slice = std::chrono::milliseconds(50);
   auto wire = [&](std::uint64_t absolute) -> std::uint16_t {
     if (options_.rollover_to_zero) return static_cast<std::uint16_t>(absolute & 0xffff);
     return absolute == 0 ? 0 : static_cast<std::uint16_t>((absolute - 1) % 65535 + 1);
@@ -79,11 +90,21 @@ ClientResult Client::get(std::string_view host, std::uint16_t port, std::string_
   while (true) {
     const auto now = Clock::now();
     if (now >= deadline) throw fail("deadline of " + std::to_string(options_.deadline.count()) + " ms passed after " + std::to_string(result.data.size()) + " bytes");
+    if (options_.stop.stop_requested()) throw fail("stopped after " + std::to_string(result.data.size()) + " bytes");
     if (now >= resend_at) {
+      if (options_.max_retransmits && resends >= *options_.max_retransmits) {
+        std::string why = "no answer after " + std::to_string(resends + 1) + " tries " +
+                          std::to_string(options_.retransmit.count()) + " ms apart";
+        if (malformed > 0) why += " (" + std::to_string(malformed) + " malformed datagrams ignored)";
+        throw fail(why + (result.data.empty() ? "" : " at " + std::to_string(result.data.size()) + " bytes"));
+      }
       send_to(last_sent, tid ? *tid : server);
+      ++resends;
       resend_at = now + options_.retransmit;
     }
-    const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(std::min(deadline, resend_at) - now).count();
+    auto wake = std::min(deadline, resend_at);
+    if (options_.stop.stop_possible()) wake = std::min(wake, now + stop_slice);
+    const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count();
     pollfd poll_fd{fd.get(), POLLIN, 0};
     const int ready = ::poll(&poll_fd, 1, static_cast<int>(std::max<long long>(wait, 1)));
     if (ready <= 0) continue;
@@ -100,7 +121,10 @@ ClientResult Client::get(std::string_view host, std::uint16_t port, std::string_
     }
     const auto parsed = parse_packet(std::span<const std::byte>(buffer.data(), static_cast<std::size_t>(got)));
     const auto* packet = std::get_if<Packet>(&parsed);
-    if (packet == nullptr) continue;
+    if (packet == nullptr) {
+      ++malformed;
+      continue;
+    }
     if (const auto* error = std::get_if<Error>(packet)) {
       throw fail("server sent ERROR " + std::to_string(static_cast<unsigned>(error->code)) + " '" + error->message + "'", error->code);
     }
@@ -124,6 +148,7 @@ ClientResult Client::get(std::string_view host, std::uint16_t port, std::string_
         }
       }
       send_ack(0);
+      resends = 0;
       resend_at = Clock::now() + options_.retransmit;
       continue;
     }
@@ -153,6 +178,7 @@ ClientResult Client::get(std::string_view host, std::uint16_t port, std::string_
       send_ack(data->block);
       in_window = 0;
     }
+    resends = 0;
     resend_at = Clock::now() + options_.retransmit;
   }
 }

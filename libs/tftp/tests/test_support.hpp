@@ -83,6 +83,13 @@ class RawSocket {
     return std::nullopt;
   }
   int fd() const { return fd_; }
+  /// The ephemeral port it is bound to.
+  std::uint16_t port() const {
+    sockaddr_in local{};
+    socklen_t length = sizeof local;
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&local), &length);
+    return ntohs(local.sin_port);
+  }
 
  private:
   int fd_;

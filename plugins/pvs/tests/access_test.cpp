@@ -37,7 +37,7 @@ std::string with_device_ip(const Lab& lab, const std::string& ip, const std::str
 /// The message of the refusal `export_name` gets when opened from `source`, or "" if it was served.
 std::string refusal(Lab& lab, const std::string& export_name, const std::string& source) {
   try {
-    nbd::Client c("127.0.0.1", lab.stream_port(), export_name, source);
+    nbd::Client c("127.0.0.1", lab.stream_port(), export_name, nbd::ClientOptions{.bind_address = source});
     return "";
   } catch (const ClientError& e) {
     return e.what();
@@ -156,7 +156,7 @@ TEST_CASE("VDISK@maintenance is opened only from maintenance_from") {
   CHECK_THAT(refusal(lab, "gold@maintenance", "127.0.0.2"),
              Catch::Contains("0x80000002") && Catch::Contains("maintenance access is not allowed from 127.0.0.2"));
   CHECK(dt::eventually([&] { return warned(lab, "gold@maintenance", "127.0.0.2"); }, 5s));
-  nbd::Client m("127.0.0.1", lab.stream_port(), "gold@maintenance", "127.0.0.1");
+  nbd::Client m("127.0.0.1", lab.stream_port(), "gold@maintenance", nbd::ClientOptions{.bind_address = "127.0.0.1"});
   CHECK(m.write(0, std::vector<std::byte>(4096, std::byte{0x42})) == 0);
 }
 

@@ -28,29 +28,19 @@
 #include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
 
-#include "deployment.hpp"
+#include "../pvs_storm.hpp"
 
 using namespace deskfarm;
+using deskfarm::bench::mac_of;
 namespace dt = deskfarm::testing;
 using Clock = std::chrono::steady_clock;
 namespace po = boost::program_options;
 
 namespace {
 
-struct Args {
-  int devices = 500;
-  int concurrency = 64;
-  std::uint64_t ws_mib = 16;
-  std::uint64_t request_kib = 256;
-  std::uint64_t base_mib = 64;
+struct Args : bench::StormArgs {
   bool peers = true;
 };
-
-std::string mac_of(int i) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "52:54:00:%02x:%02x:%02x", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
-  return buf;
-}
 
 struct Result {
   std::string name;
@@ -93,12 +83,10 @@ Result storm(const std::string& name, std::uint16_t port, const Args& a, bool pe
   std::vector<double> ok;
   for (double t : times)
     if (t >= 0) ok.push_back(t);
-  std::sort(ok.begin(), ok.end());
-  if (!ok.empty()) {
-    r.p50_ms = ok[ok.size() / 2];
-    r.p99_ms = ok[std::min(ok.size() - 1, ok.size() * 99 / 100)];
-    r.max_ms = ok.back();
-  }
+  const auto p = bench::percentiles(std::move(ok));
+  r.p50_ms = p.p50;
+  r.p99_ms = p.p99;
+  r.max_ms = p.max;
   return r;
 }
 
@@ -144,12 +132,6 @@ const char* synopsis = "usage: pvs_bootstorm [OPTIONS]\n";
   std::exit(2);
 }
 
-// Integer flags are read as long long and range-checked here: po alone would read "--ws-mib=-1" as 2^64-1.
-long long checked(const po::variables_map& vm, const std::string& flag, long long low, long long high,
-                  const po::options_description& options) {
-  return deskfarm::bench::checked_integer(vm, flag, low, high, [&](const std::string& why) { usage(why, options); });
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -157,16 +139,8 @@ int main(int argc, char** argv) {
   po::options_description flags("options");
   flags.add_options()
       ("help,h", "print this help and exit")
-      ("devices", po::value<long long>()->value_name("N")->default_value(a.devices),
-       "devices (MACs) that boot, each with its own export and write cache; 1..16777216")
-      ("concurrency", po::value<long long>()->value_name("N")->default_value(a.concurrency), "devices booting at a time, at least 1")
-      ("ws-mib", po::value<long long>()->value_name("MIB")->default_value(static_cast<long long>(a.ws_mib)),
-       "boot working set each device reads, in MiB")
-      ("request-kib", po::value<long long>()->value_name("KIB")->default_value(static_cast<long long>(a.request_kib)),
-       "size of each read, in KiB, 1..32768")
-      ("base-mib", po::value<long long>()->value_name("MIB")->default_value(static_cast<long long>(a.base_mib)),
-       "size of the base vDisk in MiB (raised to --ws-mib if smaller)")
       ("no-peers", "skip the nbdkit --filter=cow and qemu-nbd runs");
+  a.add_options(flags);
   const po::positional_options_description no_operands;  // every argument is a flag
   const auto vm = deskfarm::bench::parse_command_line(argc, argv, flags, no_operands, [&](const std::string& why) { usage(why, flags); });
   if (vm.count("help")) {
@@ -175,55 +149,29 @@ int main(int argc, char** argv) {
               << synopsis << flags;
     return 0;
   }
-  constexpr long long mib_limit = 1 << 20;  // 1 TiB: keeps the byte counts far from overflow
-  a.devices = static_cast<int>(checked(vm, "devices", 1, 1 << 24, flags));
-  a.concurrency = static_cast<int>(checked(vm, "concurrency", 1, std::numeric_limits<int>::max(), flags));
-  a.ws_mib = static_cast<std::uint64_t>(checked(vm, "ws-mib", 0, mib_limit, flags));
-  a.request_kib = static_cast<std::uint64_t>(checked(vm, "request-kib", 1, 32 << 10, flags));
-  a.base_mib = static_cast<std::uint64_t>(checked(vm, "base-mib", 0, mib_limit, flags));
+  a.read(vm, [&](const std::string& why) { usage(why, flags); });
   a.peers = vm.count("no-peers") == 0;
-  a.base_mib = std::max(a.base_mib, a.ws_mib);
-  dt::TempDir dir("pvs-bench");
-  const auto store = dir.path() / "vdisks";
-  std::filesystem::create_directories(store);
-  dt::write_file(store / "gold.img", dt::pattern(a.base_mib << 20, 3));
-
-  std::string toml = "[deployment]\nname = \"bench\"\nstate_dir = \"" + (dir.path() / "var").string() +
-                     "\"\ndata_store = \"sqlite:" + (dir.path() / "ds.db").string() +
-                     "\"\n[instances.pvs-1]\nplugin = \"pvs\"\ntftp = \"off\"\nstream = \"127.0.0.1:0\"\nstore = \"" +
-                     store.string() + "\"\nmax_connections = 4096\nvdisks = [ { name = \"gold\" } ]\ndevices = [\n";
-  for (int i = 0; i < a.devices; ++i) toml += "  { mac = \"" + mac_of(i) + "\", vdisk = \"gold\" },\n";
-  toml += "]\n";
-  dt::write_text(dir / "bench.toml", toml);
-
   std::printf("boot storm: %d devices, %d at a time, %llu MiB working set each in %llu KiB reads, base %llu MiB\n",
               a.devices, a.concurrency, static_cast<unsigned long long>(a.ws_mib),
               static_cast<unsigned long long>(a.request_kib), static_cast<unsigned long long>(a.base_mib));
-  kernel::LogSink log(sdk::LogLevel::warning);
-  kernel::PluginCatalog catalog({PLUGIN_DIR});
   std::vector<Result> results;
+  // Stopped after its run; its directory (and the base image the peers serve) lives until the end.
+  bench::PvsStorm pvs(PLUGIN_DIR, a.devices, a.base_mib << 20, "tftp = \"off\"\nstream = \"127.0.0.1:0\"\n");
+  const auto base = pvs.base();
   {
-    kernel::Deployment d(kernel::load_manifest(dir / "bench.toml"), catalog, log);
-    d.start();
-    std::uint16_t port = 0;
-    // Devices are refused until the catalog has loaded from the data store (after start(), off the executor).
-    const bool loaded = dt::eventually([&] {
-      sdk::Value o = sdk::Value::object();
-      d.run_on("pvs-1", [&](sdk::Plugin& p, sdk::Context&) { p.status(o); });
-      port = static_cast<std::uint16_t>(o.find("stream_port")->as_integer());
-      return o.find("catalog") && o.find("catalog")->as_string() == "loaded";
-    }, std::chrono::seconds(30));
-    if (!loaded) throw std::runtime_error("pvs-1 did not load its catalog from the data store within 30 s");
-    storm("warm-up", port, Args{.devices = std::min(a.devices, 16), .concurrency = 4, .ws_mib = a.ws_mib,
-                                .request_kib = a.request_kib}, true);
+    const auto port = pvs.stream_port();
+    Args warm_up = a;
+    warm_up.devices = std::min(a.devices, 16);
+    warm_up.concurrency = 4;
+    storm("warm-up", port, warm_up, true);
     results.push_back(storm("pvs (per-device cache)", port, a, true));
     print(results.back(), a);
-    d.stop();
+    pvs.stop();
   }
   if (a.peers && dt::have_program("nbdkit")) {
     const auto port = free_port();
     dt::ChildProcess nbdkit({"nbdkit", "-f", "-i", "127.0.0.1", "-p", std::to_string(port), "--filter=cow", "file",
-                             (store / "gold.img").string()});
+                             base.string()});
     if (wait_port(port, "")) {
       results.push_back(storm("nbdkit --filter=cow file", port, a, false));
       print(results.back(), a);
@@ -234,7 +182,7 @@ int main(int argc, char** argv) {
   if (a.peers && dt::have_program("qemu-nbd")) {
     const auto port = free_port();
     dt::ChildProcess qemu({"qemu-nbd", "-f", "raw", "-r", "-t", "-e", "4096", "-x", "gold", "-b", "127.0.0.1", "-p",
-                           std::to_string(port), (store / "gold.img").string()});
+                           std::to_string(port), base.string()});
     if (wait_port(port, "gold")) {
       results.push_back(storm("qemu-nbd -r (shared)", port, a, false, "gold"));
       print(results.back(), a);

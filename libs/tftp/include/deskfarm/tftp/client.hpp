@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,6 +26,13 @@ struct ClientOptions {
   std::chrono::milliseconds deadline{10'000};  ///< Total time for the whole download.
   std::size_t max_bytes = std::size_t{256} << 20;  ///< Refuse to buffer more than this.
   bool rollover_to_zero = true;                ///< Expect block 0 after 65535 (else 1).
+  /// Give up after this many resends of one packet (RRQ or ACK) without an answer; unset = only the deadline.
+  /// The error then says "no answer after N tries" (N = resends + 1) and counts malformed datagrams ignored.
+  std::optional<int> max_retransmits;
+  /// Local IP literal to send from ("" = the kernel picks), e.g. one 127.x.y.z per simulated machine.
+  std::string bind_address;
+  /// get() returns within ~50 ms of a stop request, throwing ClientError "stopped".
+  std::stop_token stop;
 };
 
 /// A finished download.

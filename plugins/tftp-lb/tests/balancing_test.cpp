@@ -11,7 +11,7 @@
 
 using namespace deskfarm::tftp_lb;
 
-TEST_CASE("IPv4 endpoints parse and print back; names, IPv6, junk and ports above 65535 are refused") {
+TEST_CASE("IPv4 endpoints parse and print back, and names, IPv6, junk and ports above 65535 are refused") {
   const auto a = parse_ipv4_endpoint("10.0.0.5:69");
   REQUIRE(a);
   CHECK(to_string(*a) == "10.0.0.5:69");

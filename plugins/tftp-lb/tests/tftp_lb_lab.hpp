@@ -2,11 +2,6 @@
 // A balancer in this process in front of two real backends: a pvs instance's TFTP service (found through
 // discovery) and Debian's tftpd-hpa (in.tftpd, a foreign server listed by address), both serving one directory.
 // The virtual server listens on 127.0.0.2 and the backends on 127.0.0.1, so a test can tell them apart.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <optional>
 #include <string>
@@ -16,6 +11,7 @@
 #include <deskfarm/interfaces/tftp/tftp.hpp>
 #include <deskfarm/testing/files.hpp>
 #include <deskfarm/testing/harness.hpp>
+#include <deskfarm/testing/net.hpp>
 #include <deskfarm/testing/peers.hpp>
 #include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
@@ -33,61 +29,11 @@ inline constexpr const char* vip_host = "127.0.0.2";
 inline constexpr std::size_t boot_size = 3000;      // 6 blocks of 512: the last one short
 inline constexpr std::size_t big_size = 1 << 20;
 
-/// A free UDP port on 127.0.0.1 (for in.tftpd, which must be told one).
-inline std::uint16_t free_udp_port() {
-  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-/// A UDP socket on a loopback address, for raw TFTP conversations; closed with the object.
-struct Udp {
-  int fd = -1;
-  explicit Udp(const char* host = "127.0.0.4") {
-    fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    ::inet_pton(AF_INET, host, &a.sin_addr);
-    ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  }
-  ~Udp() { ::close(fd); }
-  Udp(const Udp&) = delete;
-  Udp& operator=(const Udp&) = delete;
-  void send_to(const std::string& host, std::uint16_t port, const std::vector<std::byte>& bytes) const {
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port);
-    ::inet_pton(AF_INET, host.c_str(), &a.sin_addr);
-    ::sendto(fd, bytes.data(), bytes.size(), 0, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  }
-  struct Got {
-    std::vector<std::byte> bytes;
-    std::string host;
-    std::uint16_t port = 0;
-  };
-  std::optional<Got> receive(std::chrono::milliseconds within) const {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(within.count())) <= 0) return std::nullopt;
-    Got g;
-    g.bytes.resize(65536);
-    sockaddr_in from{};
-    socklen_t len = sizeof from;
-    const auto n = ::recvfrom(fd, g.bytes.data(), g.bytes.size(), 0, reinterpret_cast<sockaddr*>(&from), &len);
-    if (n < 0) return std::nullopt;
-    g.bytes.resize(static_cast<std::size_t>(n));
-    char host[INET_ADDRSTRLEN];
-    ::inet_ntop(AF_INET, &from.sin_addr, host, sizeof host);
-    g.host = host;
-    g.port = ntohs(from.sin_port);
-    return g;
-  }
+/// A raw UDP client on 127.0.0.4 (neither the virtual server's address nor the backends').
+struct Udp : dt::UdpSocket {
+  explicit Udp(const char* host = "127.0.0.4") : dt::UdpSocket(host) {}
 };
+inline std::uint16_t free_udp_port() { return dt::free_port(SOCK_DGRAM); }
 
 inline std::vector<std::byte> rrq(const std::string& file) {
   std::vector<std::byte> out;

@@ -55,7 +55,7 @@ TEST_CASE("tftp-hpa, curl and atftp fetch through the virtual server from the pv
   CHECK(lab.relay("wrong_tid") == 0);
 }
 
-TEST_CASE("the client sees only the virtual server; a wrong port gets ERROR 5, strangers and junk are dropped and counted") {
+TEST_CASE("the client sees only the virtual server, and a wrong port gets ERROR 5, strangers and junk are dropped and counted") {
   if (!require_program("in.tftpd")) return;
   Lab lab;
   lab.start_hpa();
@@ -132,7 +132,7 @@ TEST_CASE("the session table is bounded: a new session evicts the oldest idle on
   CHECK(lab.h->logged("session table full (2): evicted the oldest idle session"));
 }
 
-TEST_CASE("udp-ecv marks a closed port DOWN on ICMP port-unreachable; the tftp monitor checks size and SHA-256") {
+TEST_CASE("udp-ecv marks a closed port DOWN on ICMP port-unreachable, and the tftp monitor checks size and SHA-256") {
   if (!require_program("in.tftpd")) return;
   Lab lab;
   lab.start_hpa();
@@ -277,7 +277,7 @@ TEST_CASE("failover drill: clients fetch in a loop, a backend dies, is DOWN with
   CHECK(lab.h->logged("backend hpa 127.0.0.1:" + std::to_string(lab.hpa_port) + ": DOWN -> UP (udp-ecv: "));
 }
 
-TEST_CASE("the dhcp request prints option 66/67 for ISC dhcpd, Kea and dnsmasq; an unknown format is refused") {
+TEST_CASE("the dhcp request prints option 66/67 for ISC dhcpd, Kea and dnsmasq, and an unknown format is refused") {
   Lab lab;
   lab.start("monitor = \"none\"\ndiscover = false\nbackends = []\nboot_file = \"ARDBP32.BIN\"\n");
   auto kea = lab.h->request<api::DhcpRequest, api::DhcpConfig>(api::balancer_subject("lb", "dhcp"), api::DhcpRequest{"kea"}, 10s);

@@ -318,3 +318,51 @@ deskfarm::testing::conformance::Subject conformance_subject() {
 }  // namespace
 
 DESKFARM_CONFORMANCE_SUITE("tftp-lb", conformance_subject)
+
+TEST_CASE("nginx's UDP stream proxy in front of tftpd-hpa completes no transfer, and tftp-lb in front of the same one does") {
+  // scripts/setup.sh unpacks nginx and its stream module into /tmp/nginx (an installed package would start a web server).
+  const std::filesystem::path nginx = "/tmp/nginx/usr/sbin/nginx";
+  const std::filesystem::path stream = "/tmp/nginx/usr/lib/nginx/modules/ngx_stream_module.so";
+  if (!std::filesystem::exists(nginx) || !std::filesystem::exists(stream)) {
+    dt::missing("nginx with its stream module (" + stream.string() + "; scripts/setup.sh unpacks both)");
+    return;
+  }
+  if (!require_program("in.tftpd")) return;
+  Lab lab;
+  lab.start_hpa();
+  lab.start("monitor = \"none\"\ndiscover = false\n");
+  REQUIRE(lab.all_in({"hpa"}, api::kUp));
+
+  const auto port = free_udp_port();
+  const auto conf = lab.dir.path() / "nginx.conf";
+  dt::write_text(conf, "load_module " + stream.string() + ";\ndaemon off;\nmaster_process off;\npid " +
+                           (lab.dir.path() / "nginx.pid").string() + ";\nerror_log " +
+                           (lab.dir.path() / "nginx.log").string() + " info;\nevents { worker_connections 64; }\n"
+                           "stream {\n  server {\n    listen 127.0.0.1:" + std::to_string(port) +
+                           " udp;\n    proxy_pass 127.0.0.1:" + std::to_string(lab.hpa_port) +
+                           ";\n    proxy_timeout 5s;\n  }\n}\n");
+  dt::ChildProcess proxy({nginx.string(), "-p", lab.dir.path().string(), "-e", (lab.dir.path() / "nginx.log").string(),
+                          "-c", conf.string()},
+                         lab.dir.path() / "nginx.out");
+  const auto log = [&] {
+    const auto path = lab.dir.path() / "nginx.log";
+    return std::filesystem::exists(path) ? dt::read_text(path) : std::string();
+  };
+  // Its listening sockets are open once the event loop is set up (logged at notice level).
+  REQUIRE(dt::eventually([&] { return log().find("using the \"epoll\" event method") != std::string::npos; }, 10s));
+  tftp::ClientOptions o;
+  o.deadline = 3s;
+  bool through_nginx = false;
+  std::string why;
+  try {
+    through_nginx = tftp::Client(o).get("127.0.0.1", port, "boot.bin").data.size() == boot_size;
+  } catch (const std::exception& e) {
+    why = e.what();
+  }
+  INFO("through nginx: " << why << "; nginx log: " << log());
+  // nginx did pass the request on to tftpd-hpa, whose reply then came from a new port: nginx's upstream socket
+  // is connected to port 69's equivalent, so the kernel dropped the reply and the client heard nothing.
+  CHECK(log().find("connected to 127.0.0.1:" + std::to_string(lab.hpa_port)) != std::string::npos);
+  CHECK_FALSE(through_nginx);
+  CHECK(lab.fetch("boot.bin").size() == boot_size);
+}

@@ -344,8 +344,10 @@ void Relay::loop() {
     }
   };
 
+  // One datagram per readiness: a transfer is lockstep (or a small window), so a second read would mostly be an
+  // EAGAIN syscall; what is left is reported again by the level-triggered epoll in the next round.
   const auto on_session = [&](std::uint32_t i, Clock::time_point now) {
-    for (int r = 0; r < kReadsPerEvent; ++r) {
+    for (int r = 0; r < 1; ++r) {
       auto& s = st.sessions[i];
       if (!s.in_use) return;
       sockaddr_in from{};

@@ -230,9 +230,9 @@ class TftpLb final : public Plugin {
       r.set("bytes_to_client", s.bytes_to_client);
       out.set("relay", std::move(r));
     }
-    Value list = Value::array();
-    for (const auto& v : const_cast<TftpLb*>(this)->list().backends) list.push(to_value(v));
-    out.set("backends", std::move(list));
+    Value backends = Value::array();
+    for (const auto& v : list().backends) backends.push(to_value(v));
+    out.set("backends", std::move(backends));
   }
 
   Health health() const override {
@@ -298,9 +298,12 @@ class TftpLb final : public Plugin {
 
     for (auto& [name, b] : backends_)
       if (b.present && !found.count(name)) {
+        const std::string previous = b.state();
         b.present = false;
+        b.up = false;
+        b.reason = "its pvs instance stopped; no new sessions go to it";
         ++b.generation;
-        ctx_.log().info("backend " + name + " left (its pvs instance stopped): no new sessions go to it");
+        announce(b, previous, "discovery");
       }
     for (const auto& [name, where] : found) {
       auto it = backends_.find(name);
@@ -407,7 +410,7 @@ class TftpLb final : public Plugin {
     if (relay_) relay_->set_backends(std::move(out));
   }
 
-  api::BackendList list() {
+  api::BackendList list() const {
     api::BackendList out;
     out.balancer = ctx_.name();
     std::map<std::string, RelayBackendStats> sessions;

@@ -110,7 +110,8 @@ for row in "${rows[@]}"; do
     "$(stat vip "$label" 4 median)"
 done
 
-# Sessions held: every client sends one RRQ and never ACKs; each session stays until the idle timeout (60 s).
+# Sessions held: every client sends one RRQ (resent while unanswered) and never ACKs; each session stays until
+# the idle timeout (60 s).
 echo
 rss_before=$(lb_rss_kib)
 python3 - "$vip_port" "$sessions" <<'PY'
@@ -121,10 +122,24 @@ socks = []
 for i in range(n):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.3", 0))
+    s.setblocking(False)
     s.sendto(rrq, ("127.0.0.2", port))
     socks.append(s)
-    if i % 500 == 499: time.sleep(0.05)   # the backend's queue, not the balancer, is what a burst overflows
-time.sleep(3)
+# A burst overflows the virtual server's receive queue as it would any server's: resend, as a client would,
+# to the ones that heard nothing yet (a resent RRQ of a live session goes to the same backend).
+waiting = list(socks)
+for _ in range(5):
+    time.sleep(1)
+    left = []
+    for s in waiting:
+        try:
+            s.recv(2048)
+        except BlockingIOError:
+            s.sendto(rrq, ("127.0.0.2", port))
+            left.append(s)
+    waiting = left
+print("clients without a reply after 5 resends:", len(waiting))
+time.sleep(1)
 PY
 held=$("$bin/deskfarm" status "$work/lb.toml" | python3 -c 'import json,sys; d=json.load(sys.stdin); i=[x for x in d["instances"] if x["name"]=="lb"][0]; print(i["fields"]["relay"]["sessions_peak"])' 2>/dev/null || echo "?")
 rss_after=$(lb_rss_kib)

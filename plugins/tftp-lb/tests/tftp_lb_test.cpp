@@ -113,6 +113,57 @@ TEST_CASE("the client sees only the virtual server, and a wrong port gets ERROR 
   CHECK(dt::eventually([&] { return lab.relay("sessions_active") == 0; }, 5s));
 }
 
+TEST_CASE("UEFI's tsize probe, its abort and the download from the same port are two sessions on the same backend") {
+  if (!require_program("in.tftpd")) return;
+  Lab lab;
+  lab.start_hpa();
+  lab.start("method = \"source_ip\"\nmonitor = \"udp-ecv\"\ninterval_ms = 500\nresponse_timeout_ms = 400\n");
+  REQUIRE(lab.all_in({"pvs-1", "hpa"}, api::kUp));
+  const auto vip = lab.vip_port();
+  std::int64_t pvs_before = 0, hpa_before = 0;
+  for (const char* host : {"127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7"}) {
+    INFO("client " << host);
+    Udp client(host);
+    std::vector<std::byte> probe;
+    tftp::encode_request(probe, tftp::Request{tftp::Opcode::rrq, "boot.bin", "octet", {{"tsize", "0"}}});
+    client.send_to(vip_host, vip, probe);
+    const auto oack = client.receive(5s);
+    REQUIRE(oack);
+    CHECK(std::holds_alternative<tftp::Oack>(std::get<tftp::Packet>(tftp::parse_packet(oack->bytes))));
+    std::vector<std::byte> abort;
+    tftp::encode_error(abort, tftp::ErrorCode::option_refused, "tsize probe only");
+    client.send_to(vip_host, oack->port, abort);
+    // The download, from the same port: a new session, with a new transfer port.
+    client.send_to(vip_host, vip, rrq("boot.bin"));
+    std::size_t got = 0;
+    std::optional<std::uint16_t> tid;
+    for (int i = 0; i < 20; ++i) {
+      const auto packet = client.receive(5s);
+      REQUIRE(packet);
+      if (!tid) tid = packet->port;
+      CHECK(packet->port != oack->port);
+      const auto parsed = tftp::parse_packet(packet->bytes);
+      const auto* d = std::get_if<tftp::Data>(&std::get<tftp::Packet>(parsed));
+      REQUIRE(d);
+      got += d->payload.size();
+      client.send_to(vip_host, *tid, ack(d->block));
+      if (d->payload.size() < 512) break;
+    }
+    CHECK(got == boot_size);
+    // Both sessions of this client went to one backend.
+    std::int64_t pvs = 0, hpa = 0;
+    REQUIRE(dt::eventually([&] {
+      pvs = lab.backend("pvs-1").sessions_total - pvs_before;
+      hpa = lab.backend("hpa").sessions_total - hpa_before;
+      return pvs + hpa == 2;
+    }, 5s));
+    CHECK((pvs == 2 || hpa == 2));
+    pvs_before += pvs;
+    hpa_before += hpa;
+  }
+  CHECK(dt::eventually([&] { return lab.relay("sessions_finished") == 8; }, 5s));
+}
+
 TEST_CASE("the session table is bounded: a new session evicts the oldest idle one and is counted") {
   if (!require_program("in.tftpd")) return;
   Lab lab;

@@ -187,11 +187,11 @@ class TftpLb final : public Plugin {
     const auto refresh = [this](const InstanceInfo&, const Message&) { discover(); };
     subs_.push_back(subscribe<InstanceInfo>(bus, instance_up_subject, refresh));
     subs_.push_back(subscribe<InstanceInfo>(bus, instance_down_subject, refresh));
-    subs_.push_back(serve<Empty, api::BackendList>(bus, api::balancer_subject(ctx_.name(), "backends"),
+    subs_.push_back(serve<Empty, api::BackendList>(bus, api::admin_subject(ctx_.name(), "backend.list"),
                                                    [this](const Empty&) { return list(); }));
-    subs_.push_back(serve<api::Drain, api::BackendList>(bus, api::balancer_subject(ctx_.name(), "drain"),
+    subs_.push_back(serve<api::Drain, api::BackendList>(bus, api::admin_subject(ctx_.name(), "backend.drain"),
                                                         [this](const api::Drain& d) { return drain(d); }));
-    subs_.push_back(serve<api::DhcpRequest, api::DhcpConfig>(bus, api::balancer_subject(ctx_.name(), "dhcp"),
+    subs_.push_back(serve<api::DhcpRequest, api::DhcpConfig>(bus, api::admin_subject(ctx_.name(), "dhcp.config"),
                                                              [this](const api::DhcpRequest& r) { return dhcp(r); }));
     discover();
     ctx_.every(std::chrono::seconds(1), [this] { sync_metrics(); });

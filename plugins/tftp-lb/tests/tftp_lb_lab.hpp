@@ -131,7 +131,7 @@ struct Lab {
     return f->as_integer();
   }
   api::BackendList backends() {
-    auto r = h->request<sdk::Empty, api::BackendList>(api::balancer_subject("lb", "backends"), sdk::Empty{}, 10s);
+    auto r = h->request<sdk::Empty, api::BackendList>(api::admin_subject("lb", "backend.list"), sdk::Empty{}, 10s);
     REQUIRE(r);
     return *r;
   }

@@ -217,7 +217,7 @@ TEST_CASE("a drained backend gets no new sessions, its state is published, and i
   lab.start(fast_udp_ecv);
   REQUIRE(lab.all_in({"pvs-1", "hpa"}, api::kUp));
   auto health = lab.h->probe(api::health_subject("lb", "pvs-1"));
-  auto drained = lab.h->request<api::Drain, api::BackendList>(api::balancer_subject("lb", "drain"), api::Drain{"pvs-1", true}, 10s);
+  auto drained = lab.h->request<api::Drain, api::BackendList>(api::admin_subject("lb", "backend.drain"), api::Drain{"pvs-1", true}, 10s);
   REQUIRE(drained);
   const auto msg = health.await(5s);
   REQUIRE(msg);
@@ -231,12 +231,12 @@ TEST_CASE("a drained backend gets no new sessions, its state is published, and i
   std::this_thread::sleep_for(100ms);  // the relay's counters are published every 20 ms
   CHECK(lab.backend("pvs-1").sessions_total == before);
   CHECK(lab.backend("pvs-1").state == api::kDraining);
-  REQUIRE(lab.h->request<api::Drain, api::BackendList>(api::balancer_subject("lb", "drain"), api::Drain{"pvs-1", false}, 10s));
+  REQUIRE(lab.h->request<api::Drain, api::BackendList>(api::admin_subject("lb", "backend.drain"), api::Drain{"pvs-1", false}, 10s));
   CHECK(lab.backend("pvs-1").state == api::kUp);
   for (int i = 0; i < 4; ++i) CHECK(lab.fetch("boot.bin").size() == boot_size);
   CHECK(dt::eventually([&] { return lab.backend("pvs-1").sessions_total > before; }, 2s));
   // An unknown name is refused with the names there are.
-  auto unknown = lab.h->request<api::Drain, api::BackendList>(api::balancer_subject("lb", "drain"), api::Drain{"nope", true}, 10s);
+  auto unknown = lab.h->request<api::Drain, api::BackendList>(api::admin_subject("lb", "backend.drain"), api::Drain{"nope", true}, 10s);
   REQUIRE_FALSE(unknown);
   CHECK(unknown.error().message.find("no backend 'nope' (backends: hpa, pvs-1)") != std::string::npos);
 }
@@ -331,16 +331,16 @@ TEST_CASE("failover drill: clients fetch in a loop, a backend dies, is DOWN with
 TEST_CASE("the dhcp request prints option 66/67 for ISC dhcpd, Kea and dnsmasq, and an unknown format is refused") {
   Lab lab;
   lab.start("monitor = \"none\"\ndiscover = false\nbackends = []\nboot_file = \"ARDBP32.BIN\"\n");
-  auto kea = lab.h->request<api::DhcpRequest, api::DhcpConfig>(api::balancer_subject("lb", "dhcp"), api::DhcpRequest{"kea"}, 10s);
+  auto kea = lab.h->request<api::DhcpRequest, api::DhcpConfig>(api::admin_subject("lb", "dhcp.config"), api::DhcpRequest{"kea"}, 10s);
   REQUIRE(kea);
   CHECK(kea->next_server == vip_host);
   CHECK(kea->boot_file == "ARDBP32.BIN");
   CHECK(kea->text.find("\"code\": 66, \"data\": \"127.0.0.2\"") != std::string::npos);
-  // What `deskfarm request tftp-lb.lb.dhcp '{"format": "dnsmasq"}'` sends.
-  const auto dnsmasq = lab.h->json_request(api::balancer_subject("lb", "dhcp"), R"({"format": "dnsmasq"})", 10s);
+  // What `deskfarm request tftp-lb.lb.admin.dhcp.config '{"format": "dnsmasq"}'` sends.
+  const auto dnsmasq = lab.h->json_request(api::admin_subject("lb", "dhcp.config"), R"({"format": "dnsmasq"})", 10s);
   REQUIRE(dnsmasq.ok);
   CHECK(dnsmasq.body.find("dhcp-option=67,\\\"ARDBP32.BIN\\\"") != std::string::npos);
-  const auto bad = lab.h->json_request(api::balancer_subject("lb", "dhcp"), R"({"format": "windows"})", 10s);
+  const auto bad = lab.h->json_request(api::admin_subject("lb", "dhcp.config"), R"({"format": "windows"})", 10s);
   CHECK_FALSE(bad.ok);
   CHECK(bad.body.find("is not one of isc, kea, dnsmasq") != std::string::npos);
 }

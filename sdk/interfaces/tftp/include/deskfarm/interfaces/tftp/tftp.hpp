@@ -52,7 +52,7 @@ inline std::string health_subject(std::string_view balancer, std::string_view ba
   return "tftp-lb." + std::string(balancer) + ".backend." + std::string(backend) + ".health";
 }
 
-// ---- a balancer's requests: tftp-lb.<instance>.<action> ----
+// ---- a balancer's admin requests: tftp-lb.<instance>.admin.<action> ----
 
 /// One backend as the balancer sees it now.
 struct BackendView {
@@ -75,7 +75,7 @@ struct BackendView {
   }
 };
 
-/// Reply of `backends` and `drain`: every backend of the balancer.
+/// Reply of `backend.list` and `backend.drain`: every backend of the balancer.
 struct BackendList {
   static constexpr std::string_view type_name = "deskfarm.tftp.BackendList";
   static constexpr std::uint32_t type_version = 1;
@@ -86,7 +86,7 @@ struct BackendList {
   }
 };
 
-/// `drain`: no new sessions go to `backend` (its running transfers finish); `drain = false` puts it back in
+/// `backend.drain`: no new sessions go to `backend` (its running transfers finish); `drain = false` puts it back in
 /// service (its state is then the monitor's verdict).
 struct Drain {
   static constexpr std::string_view type_name = "deskfarm.tftp.Drain";
@@ -96,7 +96,7 @@ struct Drain {
   static constexpr auto fields() { return std::tuple{field("backend", &Drain::backend), field("drain", &Drain::drain)}; }
 };
 
-/// `dhcp`: the DHCP option 66/67 configuration that sends PXE clients to the balancer's virtual server.
+/// `dhcp.config`: the DHCP option 66/67 configuration that sends PXE clients to the balancer's virtual server.
 struct DhcpRequest {
   static constexpr std::string_view type_name = "deskfarm.tftp.DhcpRequest";
   static constexpr std::uint32_t type_version = 1;
@@ -104,7 +104,7 @@ struct DhcpRequest {
   static constexpr auto fields() { return std::tuple{field("format", &DhcpRequest::format)}; }
 };
 
-/// Reply of `dhcp`: the configuration text and the two option values it carries.
+/// Reply of `dhcp.config`: the configuration text and the two option values it carries.
 struct DhcpConfig {
   static constexpr std::string_view type_name = "deskfarm.tftp.DhcpConfig";
   static constexpr std::uint32_t type_version = 1;
@@ -118,10 +118,10 @@ struct DhcpConfig {
   }
 };
 
-/// tftp-lb.<instance>.<action>: "backends" (Empty → BackendList), "drain" (Drain → BackendList),
-/// "dhcp" (DhcpRequest → DhcpConfig).
-inline std::string balancer_subject(std::string_view balancer, std::string_view action) {
-  return "tftp-lb." + std::string(balancer) + "." + std::string(action);
+/// Admin requests: tftp-lb.<instance>.admin.<action>: "backend.list" (Empty → BackendList), "backend.drain"
+/// (Drain → BackendList), "dhcp.config" (DhcpRequest → DhcpConfig).
+inline std::string admin_subject(std::string_view balancer, std::string_view action) {
+  return "tftp-lb." + std::string(balancer) + ".admin." + std::string(action);
 }
 
 }  // namespace deskfarm::interfaces::tftp

@@ -184,9 +184,10 @@ class TftpLb final : public Plugin {
     ctx_.advertise("tftp", vip_);
 
     auto& bus = ctx_.bus();
-    const auto refresh = [this](const InstanceInfo&, const Message&) { discover(); };
-    subs_.push_back(subscribe<InstanceInfo>(bus, instance_up_subject, refresh));
-    subs_.push_back(subscribe<InstanceInfo>(bus, instance_down_subject, refresh));
+    subs_.push_back(subscribe<InstanceInfo>(bus, instance_up_subject, [this](const InstanceInfo&, const Message&) { discover(); }));
+    // Published before the instance's stop() runs, while discovery may still list it: leave it out by name.
+    subs_.push_back(subscribe<InstanceInfo>(bus, instance_down_subject,
+                                            [this](const InstanceInfo& i, const Message&) { discover(i.name); }));
     subs_.push_back(serve<Empty, api::BackendList>(bus, api::admin_subject(ctx_.name(), "backend.list"),
                                                    [this](const Empty&) { return list(); }));
     subs_.push_back(serve<api::Drain, api::BackendList>(bus, api::admin_subject(ctx_.name(), "backend.drain"),
@@ -275,13 +276,14 @@ class TftpLb final : public Plugin {
     ::setrlimit(RLIMIT_NOFILE, &r);
   }
 
-  /// Rebuilds the backend set from the manifest and discovery; new backends start DOWN and are probed at once.
-  void discover() {
+  /// Rebuilds the backend set from the manifest and discovery (less the instance `stopping`); new backends start
+  /// DOWN and are probed at once.
+  void discover(const std::string& stopping = "") {
     std::map<std::string, std::pair<sockaddr_in, std::string>> found;  // name -> address, source
     std::map<std::string, sockaddr_in> pvs;
     for (const auto& i : ctx_.instances("pvs")) {
       const auto e = i.endpoints.find(interfaces::pvs::tftp_endpoint);
-      if (e == i.endpoints.end()) continue;
+      if (e == i.endpoints.end() || i.name == stopping) continue;
       auto a = parse_ipv4_endpoint(e->second);
       if (!a) continue;
       // A pvs instance on a wildcard runs in this process's host: reach it on loopback.

@@ -22,6 +22,7 @@ void endpoint(std::string_view text) {
 }
 
 void hex(std::string_view text) {
+  if (text.empty()) return;  // no hex at all means the default RRQ, not zero bytes
   std::string error;
   const auto bytes = ecv_payload("", text, "ARDBP32.BIN", error);
   std::size_t digits = 0;

@@ -347,57 +347,55 @@ void Relay::loop() {
   // One datagram per readiness: a transfer is lockstep (or a small window), so a second read would mostly be an
   // EAGAIN syscall; what is left is reported again by the level-triggered epoll in the next round.
   const auto on_session = [&](std::uint32_t i, Clock::time_point now) {
-    for (int r = 0; r < 1; ++r) {
-      auto& s = st.sessions[i];
-      if (!s.in_use) return;
-      sockaddr_in from{};
-      socklen_t len = sizeof from;
-      const ssize_t got = ::recvfrom(s.fd, st.buffer.data(), st.buffer.size(), 0, reinterpret_cast<sockaddr*>(&from), &len);
-      if (got < 0) return;
-      const auto n = static_cast<std::size_t>(got);
-      const auto& backend = st.backends[s.backend].config.address;
-      if (same(from, s.client)) {
-        const auto parsed = tftp::parse_packet(std::span(st.buffer.data(), n));
-        const auto* packet = std::get_if<tftp::Packet>(&parsed);
-        if (!packet) {
-          ++stats.malformed_client;
-          continue;
-        }
-        if (s.tid == 0) continue;  // nothing to answer yet: the client cannot know this port before a reply
-        touch(i, now);
-        sockaddr_in to = backend;
-        to.sin_port = s.tid;
-        if (send(s.fd, to, n)) ++stats.packets_to_backend;
-        if (const auto* ack = std::get_if<tftp::Ack>(packet); ack && s.last_block == ack->block) finish(i, now);
-        else if (std::holds_alternative<tftp::Error>(*packet)) finish(i, now);
-      } else if (from.sin_addr.s_addr == backend.sin_addr.s_addr && (s.tid == 0 || from.sin_port == s.tid)) {
-        const auto parsed = tftp::parse_packet(std::span(st.buffer.data(), n));
-        const auto* packet = std::get_if<tftp::Packet>(&parsed);
-        if (!packet) {
-          ++stats.malformed_backend;
-          continue;
-        }
-        s.tid = from.sin_port;  // the first valid reply from any port of the backend is its transfer ID
-        touch(i, now);
-        if (const auto* data = std::get_if<tftp::Data>(packet)) {
-          if (data->payload.size() < s.blksize) s.last_block = data->block;
-        } else if (const auto* oack = std::get_if<tftp::Oack>(packet)) {
-          for (const auto& o : oack->options)
-            if (o.name == "blksize")
-              if (auto v = tftp::parse_option_number(o.value, tftp::min_blksize, tftp::max_blksize))
-                s.blksize = static_cast<std::uint16_t>(*v);
-        }
-        if (send(s.fd, s.client, n)) {
-          ++stats.packets_to_client;
-          stats.bytes_to_client += n;
-        }
-        if (std::holds_alternative<tftp::Error>(*packet)) finish(i, now);
-      } else if (from.sin_addr.s_addr == s.client.sin_addr.s_addr || from.sin_addr.s_addr == backend.sin_addr.s_addr) {
-        ++stats.wrong_tid;  // RFC 1350: a packet from an unknown port gets ERROR 5 and the transfer goes on
-        send_error(s.fd, from, tftp::ErrorCode::unknown_tid, "unknown transfer ID");
-      } else {
-        ++stats.foreign_dropped;  // never answered: the balancer talks only to its clients and backends
+    auto& s = st.sessions[i];
+    if (!s.in_use) return;
+    sockaddr_in from{};
+    socklen_t len = sizeof from;
+    const ssize_t got = ::recvfrom(s.fd, st.buffer.data(), st.buffer.size(), 0, reinterpret_cast<sockaddr*>(&from), &len);
+    if (got < 0) return;
+    const auto n = static_cast<std::size_t>(got);
+    const auto& backend = st.backends[s.backend].config.address;
+    if (same(from, s.client)) {
+      const auto parsed = tftp::parse_packet(std::span(st.buffer.data(), n));
+      const auto* packet = std::get_if<tftp::Packet>(&parsed);
+      if (!packet) {
+        ++stats.malformed_client;
+        return;
       }
+      if (s.tid == 0) return;  // nothing to answer yet: the client cannot know this port before a reply
+      touch(i, now);
+      sockaddr_in to = backend;
+      to.sin_port = s.tid;
+      if (send(s.fd, to, n)) ++stats.packets_to_backend;
+      if (const auto* ack = std::get_if<tftp::Ack>(packet); ack && s.last_block == ack->block) finish(i, now);
+      else if (std::holds_alternative<tftp::Error>(*packet)) finish(i, now);
+    } else if (from.sin_addr.s_addr == backend.sin_addr.s_addr && (s.tid == 0 || from.sin_port == s.tid)) {
+      const auto parsed = tftp::parse_packet(std::span(st.buffer.data(), n));
+      const auto* packet = std::get_if<tftp::Packet>(&parsed);
+      if (!packet) {
+        ++stats.malformed_backend;
+        return;
+      }
+      s.tid = from.sin_port;  // the first valid reply from any port of the backend is its transfer ID
+      touch(i, now);
+      if (const auto* data = std::get_if<tftp::Data>(packet)) {
+        if (data->payload.size() < s.blksize) s.last_block = data->block;
+      } else if (const auto* oack = std::get_if<tftp::Oack>(packet)) {
+        for (const auto& o : oack->options)
+          if (o.name == "blksize")
+            if (auto v = tftp::parse_option_number(o.value, tftp::min_blksize, tftp::max_blksize))
+              s.blksize = static_cast<std::uint16_t>(*v);
+      }
+      if (send(s.fd, s.client, n)) {
+        ++stats.packets_to_client;
+        stats.bytes_to_client += n;
+      }
+      if (std::holds_alternative<tftp::Error>(*packet)) finish(i, now);
+    } else if (from.sin_addr.s_addr == s.client.sin_addr.s_addr || from.sin_addr.s_addr == backend.sin_addr.s_addr) {
+      ++stats.wrong_tid;  // RFC 1350: a packet from an unknown port gets ERROR 5 and the transfer goes on
+      send_error(s.fd, from, tftp::ErrorCode::unknown_tid, "unknown transfer ID");
+    } else {
+      ++stats.foreign_dropped;  // never answered: the balancer talks only to its clients and backends
     }
   };
 

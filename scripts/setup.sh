@@ -18,10 +18,12 @@ packages=(
   postgresql
   # real peers used by the tests
   tftp-hpa atftp curl libnbd-bin nbdkit qemu-utils python3
+  # a foreign TFTP backend behind the tftp-lb tests' virtual server (in.tftpd, started by the tests themselves)
+  tftpd-hpa
 )
-# Benchmark peers: tftpd-hpa and dnsmasq as packages; atftpd conflicts with tftpd-hpa, so it is unpacked
+# Benchmark peers: dnsmasq as a package; atftpd conflicts with tftpd-hpa, so it is unpacked
 # privately into /tmp/atftpd, where tools/bench/tftp/run.sh looks for it.
-if $bench; then packages+=(tftpd-hpa dnsmasq-base linux-perf); fi
+if $bench; then packages+=(dnsmasq-base linux-perf); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,6 +32,13 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# nginx with its UDP stream module, unpacked privately into /tmp/nginx (an installed nginx package would start a
+# web server): the tftp-lb test shows its UDP proxy failing on TFTP where tftp-lb succeeds.
+if [ ! -f /tmp/nginx/usr/lib/nginx/modules/ngx_stream_module.so ]; then
+  (cd /tmp && rm -f nginx_*.deb libnginx-mod-stream_*.deb && apt-get download nginx libnginx-mod-stream >/dev/null &&
+   dpkg -x nginx_*.deb /tmp/nginx && dpkg -x libnginx-mod-stream_*.deb /tmp/nginx && rm -f nginx_*.deb libnginx-mod-stream_*.deb)
 fi
 
 if $bench && [ ! -x /tmp/atftpd/usr/sbin/atftpd ]; then

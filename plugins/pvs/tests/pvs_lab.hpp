@@ -15,6 +15,7 @@
 #include <deskfarm/nbd/client.hpp>
 #include <deskfarm/testing/files.hpp>
 #include <deskfarm/testing/harness.hpp>
+#include <deskfarm/testing/net.hpp>
 #include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
 
@@ -30,17 +31,7 @@ inline constexpr const char* mac_p = "52:54:00:00:00:0c";  // private-mode devic
 inline constexpr std::size_t base_size = 8 << 20;
 
 /// A free TCP port on 127.0.0.1 (for HA, where each bootstrap must name its peer before it starts).
-inline std::uint16_t free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
+inline std::uint16_t free_port() { return dt::free_port(SOCK_STREAM); }
 
 struct Lab {
   dt::TempDir dir{"pvs-test"};

@@ -1,0 +1,457 @@
+#include "relay.hpp"
+
+#include <arpa/inet.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <stdexcept>
+#include <unordered_map>
+#include <variant>
+
+#include <deskfarm/tftp/packet.hpp>
+
+namespace deskfarm::tftp_lb {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr std::uint32_t kNone = 0xffffffffu;
+constexpr std::uint64_t kListenTag = 0xffffffffffffffffull;
+constexpr std::uint64_t kWakeTag = 0xfffffffffffffffeull;
+constexpr int kEvents = 256;
+constexpr int kReadsPerEvent = 64;  // bounds one socket's share of a round, so a busy transfer cannot starve others
+constexpr std::size_t kBuffer = 65536;
+
+std::uint64_t key_of(const sockaddr_in& a) {
+  return (static_cast<std::uint64_t>(a.sin_addr.s_addr) << 16) | a.sin_port;
+}
+bool same(const sockaddr_in& a, const sockaddr_in& b) {
+  return a.sin_addr.s_addr == b.sin_addr.s_addr && a.sin_port == b.sin_port;
+}
+
+void close_fd(int& fd) {
+  if (fd >= 0) ::close(fd);
+  fd = -1;
+}
+
+}  // namespace
+
+struct Relay::Session {
+  int fd = -1;
+  std::uint32_t gen = 0;
+  bool in_use = false;
+  bool finished = false;
+  sockaddr_in client{};
+  std::uint32_t backend = 0;
+  std::uint16_t tid = 0;  // backend transfer port, network order; 0 until its first reply
+  std::uint16_t blksize = tftp::default_blksize;
+  std::int32_t last_block = -1;  // block number of the short DATA that ends the transfer
+  Clock::time_point last{};
+  std::uint32_t prev = kNone, next = kNone;  // LRU by last activity: head = oldest
+};
+
+struct Relay::State {
+  struct Backend {
+    RelayBackend config;
+    bool listed = true;  // still in the latest set_backends(); a removed one keeps its running sessions
+    std::uint64_t total = 0;
+  };
+  explicit State(Method method) : picker(method) {}
+  std::vector<Session> sessions;
+  std::vector<std::uint32_t> free;
+  std::uint32_t head = kNone, tail = kNone;
+  std::unordered_map<std::uint64_t, std::uint32_t> by_client;
+  struct Lingering {
+    std::uint32_t index;
+    std::uint32_t gen;
+    Clock::time_point until;
+  };
+  std::deque<Lingering> lingering;  // finished sessions in finishing order (the linger is constant)
+  std::vector<Backend> backends;
+  std::vector<Candidate> candidates;
+  Picker picker;
+  RelayStats stats;
+  std::vector<std::byte> buffer = std::vector<std::byte>(kBuffer);
+  std::vector<std::byte> out;  // ERROR packets we write; its capacity is kept
+};
+
+Relay::Relay(RelayOptions options) : options_(std::move(options)) {}
+
+Relay::~Relay() { stop(); }
+
+void Relay::start() {
+  state_ = std::make_unique<State>(options_.method);
+  state_->out.reserve(512);
+  state_->by_client.reserve(std::min<std::size_t>(options_.max_sessions, 65536));
+  state_->sessions.reserve(std::min<std::size_t>(options_.max_sessions, 1024));
+  const std::string where = to_string(options_.vip);
+  listen_fd_ = ::socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (listen_fd_ < 0) throw std::runtime_error("tftp-lb: socket for " + where + ": " + std::strerror(errno));
+  if (::bind(listen_fd_, reinterpret_cast<const sockaddr*>(&options_.vip), sizeof options_.vip) != 0) {
+    const int e = errno;
+    close_fd(listen_fd_);
+    throw std::runtime_error("tftp-lb: cannot bind the virtual server " + where + ": " + std::strerror(e) +
+                             " (choose a free port, or run with the right to bind it)");
+  }
+  sockaddr_in bound{};
+  socklen_t len = sizeof bound;
+  ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&bound), &len);
+  port_ = ntohs(bound.sin_port);
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+  if (wake_fd_ < 0 || epoll_fd_ < 0) {
+    close_fd(listen_fd_);
+    close_fd(wake_fd_);
+    close_fd(epoll_fd_);
+    throw std::runtime_error(std::string("tftp-lb: eventfd/epoll: ") + std::strerror(errno));
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenTag;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &ev);
+  ev.data.u64 = kWakeTag;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev);
+  stopping_ = false;
+  thread_ = std::thread([this] { loop(); });
+}
+
+void Relay::stop() {
+  if (thread_.joinable()) {
+    stopping_ = true;
+    const std::uint64_t one = 1;
+    (void)!::write(wake_fd_, &one, sizeof one);
+    thread_.join();
+  }
+  if (state_)
+    for (auto& s : state_->sessions) close_fd(s.fd);
+  close_fd(listen_fd_);
+  close_fd(wake_fd_);
+  close_fd(epoll_fd_);
+}
+
+void Relay::set_backends(std::vector<RelayBackend> backends) {
+  {
+    std::lock_guard lock(mutex_);
+    pending_ = std::move(backends);
+    pending_set_ = true;
+  }
+  if (wake_fd_ >= 0) {
+    const std::uint64_t one = 1;
+    (void)!::write(wake_fd_, &one, sizeof one);
+  }
+}
+
+RelayStats Relay::stats() const {
+  std::lock_guard lock(mutex_);
+  return published_;
+}
+
+void Relay::loop() {
+  State& st = *state_;
+  auto& stats = st.stats;
+  const auto log = [this](const std::string& line) {
+    if (options_.log) options_.log(line);
+  };
+
+  // ---- the session table ----
+  const auto unlink = [&](std::uint32_t i) {
+    auto& s = st.sessions[i];
+    (s.prev == kNone ? st.head : st.sessions[s.prev].next) = s.next;
+    (s.next == kNone ? st.tail : st.sessions[s.next].prev) = s.prev;
+    s.prev = s.next = kNone;
+  };
+  const auto append = [&](std::uint32_t i) {
+    auto& s = st.sessions[i];
+    s.prev = st.tail;
+    s.next = kNone;
+    (st.tail == kNone ? st.head : st.sessions[st.tail].next) = i;
+    st.tail = i;
+  };
+  const auto touch = [&](std::uint32_t i, Clock::time_point now) {
+    st.sessions[i].last = now;
+    if (st.tail != i) {
+      unlink(i);
+      append(i);
+    }
+  };
+  const auto finish = [&](std::uint32_t i, Clock::time_point now) {
+    auto& s = st.sessions[i];
+    if (s.finished) return;
+    s.finished = true;
+    --st.candidates[s.backend].active;
+    ++stats.sessions_finished;
+    ++stats.sessions_lingering;
+    st.lingering.push_back({i, s.gen, now + options_.linger});
+  };
+  const auto close_session = [&](std::uint32_t i) {
+    auto& s = st.sessions[i];
+    close_fd(s.fd);
+    st.by_client.erase(key_of(s.client));
+    unlink(i);
+    if (!s.finished) --st.candidates[s.backend].active;
+    else --stats.sessions_lingering;
+    s.in_use = false;
+    s.finished = false;
+    ++s.gen;
+    st.free.push_back(i);
+    --stats.sessions_active;
+  };
+
+  const auto send_error = [&](int fd, const sockaddr_in& to, tftp::ErrorCode code, std::string_view message) {
+    st.out.clear();
+    tftp::encode_error(st.out, code, message);
+    if (::sendto(fd, st.out.data(), st.out.size(), 0, reinterpret_cast<const sockaddr*>(&to), sizeof to) < 0)
+      ++stats.socket_errors;
+  };
+  const auto send = [&](int fd, const sockaddr_in& to, std::size_t n) {
+    if (::sendto(fd, st.buffer.data(), n, 0, reinterpret_cast<const sockaddr*>(&to), sizeof to) < 0) {
+      ++stats.socket_errors;  // a full send buffer or an ICMP error: the endpoints' retransmissions recover
+      return false;
+    }
+    return true;
+  };
+
+  const auto apply_backends = [&] {
+    std::vector<RelayBackend> next;
+    {
+      std::lock_guard lock(mutex_);
+      if (!pending_set_) return;
+      next = std::move(pending_);
+      pending_set_ = false;
+    }
+    for (auto& b : st.backends) b.listed = false;
+    for (auto& n : next) {
+      std::size_t i = 0;
+      while (i < st.backends.size() && st.backends[i].config.name != n.name) ++i;
+      if (i == st.backends.size()) {
+        st.backends.push_back({n, true, 0});
+        st.candidates.push_back({});
+        st.candidates[i].name_hash = stable_hash(n.name);
+      }
+      st.backends[i].config = n;
+      st.backends[i].listed = true;
+    }
+    for (std::size_t i = 0; i < st.backends.size(); ++i) {
+      st.candidates[i].weight = std::max<std::uint32_t>(1, st.backends[i].config.weight);
+      st.candidates[i].eligible = st.backends[i].listed && st.backends[i].config.eligible;
+    }
+    st.picker.reserve(st.backends.size());
+  };
+
+  const auto new_session = [&](const sockaddr_in& client, std::size_t n, Clock::time_point now) {
+    const std::uint32_t ip = ntohl(client.sin_addr.s_addr);
+    const auto chosen = st.picker.pick(st.candidates, ip);
+    if (!chosen) {
+      ++stats.no_backend;
+      if (stats.no_backend == 1 || stats.no_backend % 1000 == 0)
+        log("no backend is UP for a request from " + to_string(client) + " (" + std::to_string(stats.no_backend) +
+            " refused so far; see the backends' health)");
+      send_error(listen_fd_, client, tftp::ErrorCode::not_defined, "no TFTP backend available, try again later");
+      return;
+    }
+    if (stats.sessions_active >= options_.max_sessions && st.head != kNone) {
+      ++stats.sessions_evicted;
+      if (stats.sessions_evicted == 1 || stats.sessions_evicted % 1000 == 0)
+        log("session table full (" + std::to_string(options_.max_sessions) + "): evicted the oldest idle session, of " +
+            to_string(st.sessions[st.head].client) + " (" + std::to_string(stats.sessions_evicted) +
+            " evictions so far; raise max_sessions)");
+      close_session(st.head);
+    }
+    const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    sockaddr_in local = options_.vip;
+    local.sin_port = 0;
+    if (fd < 0 || ::bind(fd, reinterpret_cast<const sockaddr*>(&local), sizeof local) != 0) {
+      const int e = errno;
+      if (fd >= 0) ::close(fd);
+      ++stats.socket_errors;
+      log("cannot open a session socket on " + host_of(local) + " for " + to_string(client) + ": " + std::strerror(e) +
+          " (raise the open-files limit, or lower max_sessions)");
+      send_error(listen_fd_, client, tftp::ErrorCode::not_defined, "server busy");
+      return;
+    }
+    std::uint32_t i;
+    if (!st.free.empty()) {
+      i = st.free.back();
+      st.free.pop_back();
+    } else {
+      i = static_cast<std::uint32_t>(st.sessions.size());
+      st.sessions.emplace_back();
+    }
+    auto& s = st.sessions[i];
+    s.fd = fd;
+    s.in_use = true;
+    s.finished = false;
+    s.client = client;
+    s.backend = static_cast<std::uint32_t>(*chosen);
+    s.tid = 0;
+    s.blksize = tftp::default_blksize;
+    s.last_block = -1;
+    s.last = now;
+    append(i);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = (static_cast<std::uint64_t>(s.gen) << 32) | i;
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+    st.by_client.emplace(key_of(client), i);
+    ++st.candidates[*chosen].active;
+    ++st.backends[*chosen].total;
+    ++stats.sessions_started;
+    ++stats.sessions_active;
+    stats.sessions_peak = std::max(stats.sessions_peak, stats.sessions_active);
+    if (send(fd, st.backends[*chosen].config.address, n)) ++stats.packets_to_backend;
+  };
+
+  const auto on_listen = [&](Clock::time_point now) {
+    for (int r = 0; r < kReadsPerEvent; ++r) {
+      sockaddr_in from{};
+      socklen_t len = sizeof from;
+      const ssize_t n = ::recvfrom(listen_fd_, st.buffer.data(), st.buffer.size(), 0, reinterpret_cast<sockaddr*>(&from), &len);
+      if (n < 0) return;
+      if (from.sin_family != AF_INET) continue;
+      const auto parsed = tftp::parse_packet(std::span(st.buffer.data(), static_cast<std::size_t>(n)));
+      const auto* packet = std::get_if<tftp::Packet>(&parsed);
+      if (!packet) {
+        ++stats.malformed_client;
+        continue;
+      }
+      if (!std::holds_alternative<tftp::Request>(*packet)) {
+        ++stats.not_a_request;  // no reply: an answer here would let anyone reflect traffic off the VIP
+        continue;
+      }
+      const auto found = st.by_client.find(key_of(from));
+      if (found != st.by_client.end() && st.sessions[found->second].finished) {
+        // A new request from the port of a finished transfer (UEFI asks for tsize, aborts, asks again from the
+        // same port): a new session, with a new transfer port on the backend.
+        close_session(found->second);
+        new_session(from, static_cast<std::size_t>(n), now);
+        continue;
+      }
+      if (found == st.by_client.end()) {
+        new_session(from, static_cast<std::size_t>(n), now);
+        continue;
+      }
+      // The client resent its request (our backend's first reply is slow or lost): the same backend gets it,
+      // and a backend that already started this transfer ignores a duplicate from the same (ip, port).
+      const auto i = found->second;
+      touch(i, now);
+      if (send(st.sessions[i].fd, st.backends[st.sessions[i].backend].config.address, static_cast<std::size_t>(n)))
+        ++stats.packets_to_backend;
+    }
+  };
+
+  // One datagram per readiness: a transfer is lockstep (or a small window), so a second read would mostly be an
+  // EAGAIN syscall; what is left is reported again by the level-triggered epoll in the next round.
+  const auto on_session = [&](std::uint32_t i, Clock::time_point now) {
+    auto& s = st.sessions[i];
+    if (!s.in_use) return;
+    sockaddr_in from{};
+    socklen_t len = sizeof from;
+    const ssize_t got = ::recvfrom(s.fd, st.buffer.data(), st.buffer.size(), 0, reinterpret_cast<sockaddr*>(&from), &len);
+    if (got < 0) return;
+    const auto n = static_cast<std::size_t>(got);
+    const auto& backend = st.backends[s.backend].config.address;
+    if (same(from, s.client)) {
+      const auto parsed = tftp::parse_packet(std::span(st.buffer.data(), n));
+      const auto* packet = std::get_if<tftp::Packet>(&parsed);
+      if (!packet) {
+        ++stats.malformed_client;
+        return;
+      }
+      if (s.tid == 0) return;  // nothing to answer yet: the client cannot know this port before a reply
+      touch(i, now);
+      sockaddr_in to = backend;
+      to.sin_port = s.tid;
+      if (send(s.fd, to, n)) ++stats.packets_to_backend;
+      if (const auto* ack = std::get_if<tftp::Ack>(packet); ack && s.last_block == ack->block) finish(i, now);
+      else if (std::holds_alternative<tftp::Error>(*packet)) finish(i, now);
+    } else if (from.sin_addr.s_addr == backend.sin_addr.s_addr && (s.tid == 0 || from.sin_port == s.tid)) {
+      const auto parsed = tftp::parse_packet(std::span(st.buffer.data(), n));
+      const auto* packet = std::get_if<tftp::Packet>(&parsed);
+      if (!packet) {
+        ++stats.malformed_backend;
+        return;
+      }
+      s.tid = from.sin_port;  // the first valid reply from any port of the backend is its transfer ID
+      touch(i, now);
+      if (const auto* data = std::get_if<tftp::Data>(packet)) {
+        if (data->payload.size() < s.blksize) s.last_block = data->block;
+      } else if (const auto* oack = std::get_if<tftp::Oack>(packet)) {
+        for (const auto& o : oack->options)
+          if (o.name == "blksize")
+            if (auto v = tftp::parse_option_number(o.value, tftp::min_blksize, tftp::max_blksize))
+              s.blksize = static_cast<std::uint16_t>(*v);
+      }
+      if (send(s.fd, s.client, n)) {
+        ++stats.packets_to_client;
+        stats.bytes_to_client += n;
+      }
+      if (std::holds_alternative<tftp::Error>(*packet)) finish(i, now);
+    } else if (from.sin_addr.s_addr == s.client.sin_addr.s_addr || from.sin_addr.s_addr == backend.sin_addr.s_addr) {
+      ++stats.wrong_tid;  // RFC 1350: a packet from an unknown port gets ERROR 5 and the transfer goes on
+      send_error(s.fd, from, tftp::ErrorCode::unknown_tid, "unknown transfer ID");
+    } else {
+      ++stats.foreign_dropped;  // never answered: the balancer talks only to its clients and backends
+    }
+  };
+
+  const auto publish = [&] {
+    stats.backends.resize(st.backends.size());
+    for (std::size_t b = 0; b < st.backends.size(); ++b) {
+      stats.backends[b].name = st.backends[b].config.name;
+      stats.backends[b].active = st.candidates[b].active;
+      stats.backends[b].total = st.backends[b].total;
+    }
+    std::lock_guard lock(mutex_);
+    published_ = stats;
+  };
+
+  apply_backends();
+  epoll_event events[kEvents];
+  auto next_sweep = Clock::now();
+  auto next_publish = next_sweep;
+  while (!stopping_) {
+    const int n = ::epoll_wait(epoll_fd_, events, kEvents, 100);
+    const auto now = Clock::now();
+    for (int e = 0; e < n; ++e) {
+      const auto tag = events[e].data.u64;
+      if (tag == kWakeTag) {
+        std::uint64_t v;
+        (void)!::read(wake_fd_, &v, sizeof v);
+        apply_backends();
+      } else if (tag == kListenTag) {
+        on_listen(now);
+      } else {
+        const auto i = static_cast<std::uint32_t>(tag & 0xffffffffu);
+        if (i < st.sessions.size() && st.sessions[i].in_use && st.sessions[i].gen == static_cast<std::uint32_t>(tag >> 32))
+          on_session(i, now);
+      }
+    }
+    if (now >= next_publish) {  // counters a status request reads are at most 20 ms old
+      next_publish = now + std::chrono::milliseconds(20);
+      publish();
+    }
+    if (now >= next_sweep) {
+      next_sweep = now + std::chrono::milliseconds(100);
+      while (!st.lingering.empty() && st.lingering.front().until <= now) {
+        const auto l = st.lingering.front();
+        st.lingering.pop_front();
+        if (st.sessions[l.index].in_use && st.sessions[l.index].gen == l.gen) close_session(l.index);
+      }
+      // The LRU head is the session idle longest: close from there while it is past the idle timeout.
+      for (int bound = 0; st.head != kNone && bound < 100000; ++bound) {
+        const auto i = st.head;
+        if (now - st.sessions[i].last < options_.idle_timeout) break;
+        ++stats.sessions_idle_closed;
+        close_session(i);
+      }
+    }
+  }
+  publish();
+}
+
+}  // namespace deskfarm::tftp_lb

@@ -1,0 +1,103 @@
+#pragma once
+// The data plane: one epoll thread relays TFTP transfers between clients and backends through a virtual
+// server, following each backend's new transfer port (what a plain UDP proxy cannot do).
+#include <netinet/in.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "balancing.hpp"
+
+namespace deskfarm::tftp_lb {
+
+struct RelayOptions {
+  sockaddr_in vip{};                 ///< a specific IPv4 address (never 0.0.0.0: replies must leave from it)
+  std::size_t max_sessions = 10000;  ///< a new session beyond it evicts the oldest idle one
+  std::chrono::milliseconds idle_timeout{60000};
+  /// How long a finished transfer's session stays, so a backend resending its last DATA (our ACK lost)
+  /// still reaches the client.
+  std::chrono::milliseconds linger{2000};
+  Method method = Method::round_robin;
+  std::function<void(std::string_view)> log;  ///< one line per event, from the relay thread; default silent
+};
+
+/// One backend as the relay needs it. Backends are matched by name across set_backends() calls.
+struct RelayBackend {
+  std::string name;
+  sockaddr_in address{};
+  std::uint32_t weight = 1;
+  bool eligible = false;  ///< UP and not draining: may get new sessions
+};
+
+struct RelayBackendStats {
+  std::string name;
+  std::uint64_t active = 0;
+  std::uint64_t total = 0;
+};
+
+struct RelayStats {
+  std::uint64_t sessions_started = 0;
+  std::uint64_t sessions_active = 0;  ///< in the table (finished ones linger: see sessions_lingering)
+  std::uint64_t sessions_lingering = 0;
+  std::uint64_t sessions_peak = 0;
+  std::uint64_t sessions_finished = 0;  ///< final ACK or an ERROR relayed
+  std::uint64_t sessions_idle_closed = 0;
+  std::uint64_t sessions_evicted = 0;   ///< the table was full: the oldest idle one made room
+  std::uint64_t no_backend = 0;         ///< requests refused (ERROR 0) because no backend was eligible
+  std::uint64_t malformed_client = 0;   ///< client datagrams that are not TFTP: dropped
+  std::uint64_t malformed_backend = 0;  ///< backend datagrams that are not TFTP: dropped
+  std::uint64_t not_a_request = 0;      ///< non-RRQ/WRQ packets to the virtual server without a session: dropped
+  std::uint64_t foreign_dropped = 0;    ///< datagrams to a session from neither its client nor its backend
+  std::uint64_t wrong_tid = 0;          ///< from the client's or backend's address on another port: ERROR 5 sent
+  std::uint64_t socket_errors = 0;      ///< session sockets that could not be opened or sent on
+  std::uint64_t packets_to_backend = 0;
+  std::uint64_t packets_to_client = 0;
+  std::uint64_t bytes_to_client = 0;
+  std::vector<RelayBackendStats> backends;
+};
+
+/// The relay. start() binds the virtual server and runs the loop; stop() (or the destructor) joins it.
+/// Every session has one socket on the virtual server's address: the client sees it as the server's transfer
+/// port, the backend as the client's. set_backends() and stats() are safe from any thread.
+class Relay {
+ public:
+  explicit Relay(RelayOptions options);
+  ~Relay();
+  Relay(const Relay&) = delete;
+  Relay& operator=(const Relay&) = delete;
+
+  /// Binds the virtual server (throws std::runtime_error naming the address) and starts the loop.
+  void start();
+  void stop();
+  std::uint16_t port() const { return port_; }
+  void set_backends(std::vector<RelayBackend> backends);
+  RelayStats stats() const;
+
+ private:
+  struct Session;
+  struct State;
+  void loop();
+
+  RelayOptions options_;
+  std::uint16_t port_ = 0;
+  int listen_fd_ = -1;
+  int wake_fd_ = -1;
+  int epoll_fd_ = -1;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+  mutable std::mutex mutex_;          // guards pending_ and published_
+  std::vector<RelayBackend> pending_;
+  bool pending_set_ = false;
+  RelayStats published_;
+  std::unique_ptr<State> state_;      // owned by the loop thread while it runs
+};
+
+}  // namespace deskfarm::tftp_lb

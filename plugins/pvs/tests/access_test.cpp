@@ -141,7 +141,7 @@ TEST_CASE("a device bound by ip or device_subnets is refused from another addres
     CHECK_THAT(refusal(lab, mac_b, "127.0.0.2"), Catch::Contains("0x80000002") && Catch::Contains("outside device_subnets"));
     // An unknown MAC from outside gets the same answer as a known one: the port does not confirm which MACs exist.
     CHECK_THAT(refusal(lab, "52:54:00:ff:ff:ff", "127.0.0.2"), Catch::Contains("outside device_subnets"));
-    nbd::Client b("127.0.0.1", lab.stream_port(), mac_b, "127.0.0.1");
+    nbd::Client b("127.0.0.1", lab.stream_port(), mac_b, nbd::ClientOptions{.bind_address = "127.0.0.1"});
     std::vector<std::byte> buf(4096);
     CHECK(b.read(0, buf) == 0);
     CHECK(dt::eventually([&] { return warned(lab, mac_b, "127.0.0.2"); }, 5s));

@@ -13,11 +13,13 @@ packages=(
   build-essential cmake ninja-build pkg-config ccache clang libclang-rt-14-dev
   # libraries
   libboost-dev libboost-program-options-dev libboost-filesystem-dev
-  libpoco-dev libtomlplusplus-dev catch2 libpq-dev
+  libpoco-dev libtomlplusplus-dev catch2 libpq-dev libssl-dev
   # PostgreSQL server for the data-store test
   postgresql
   # real peers used by the tests
   tftp-hpa atftp curl libnbd-bin nbdkit qemu-utils python3
+  # certificates for the NBD TLS tests
+  openssl
   # a foreign TFTP backend behind the tftp-lb tests' virtual server (in.tftpd, started by the tests themselves)
   tftpd-hpa
 )

@@ -33,12 +33,54 @@ class SocketTransport final : public Transport {
  public:
   using Clock = std::chrono::steady_clock;
 
-  SocketTransport(int fd, std::chrono::milliseconds handshake, std::chrono::milliseconds idle)
-      : fd_(fd), buffer_(new std::byte[kReceiveBuffer]), idle_(idle) {
+  SocketTransport(int fd, std::chrono::milliseconds handshake, std::chrono::milliseconds idle,
+                  const TlsContext* tls = nullptr)
+      : fd_(fd), buffer_(new std::byte[kReceiveBuffer]), idle_(idle), tls_context_(tls) {
     if (handshake.count() > 0) deadline_ = Clock::now() + handshake;
   }
+  ~SocketTransport() override {
+    if (tls_) tls_->shutdown();  // close_notify, best effort (the socket is non-blocking by then)
+  }
+
+  bool tls_available() const override { return tls_context_ != nullptr; }
+  bool tls_active() const override { return tls_ != nullptr; }
+
+  bool start_tls(std::string& why) override {
+    if (!tls_context_) {
+      why = "TLS is not configured";
+      return false;
+    }
+    // The client must wait for the ACK: plaintext that arrived after STARTTLS would be read as a TLS record.
+    if (start_ != end_) {
+      why = "the client sent data before the TLS handshake";
+      return false;
+    }
+    // OpenSSL reads and writes the descriptor itself: non-blocking, so that every wait goes through wait_for()
+    // and its deadline.
+    ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
+    auto stream = std::make_unique<TlsStream>(*tls_context_, fd_);
+    for (;;) {
+      const auto io = stream->accept();
+      if (io == TlsStream::Io::done) break;
+      if (io == TlsStream::Io::want_read || io == TlsStream::Io::want_write) {
+        if (!wait_for(io == TlsStream::Io::want_read ? POLLIN : POLLOUT, deadline_)) {
+          why = "no TLS handshake within the handshake deadline";
+          return false;
+        }
+        continue;
+      }
+      why = stream->error().empty() ? "the peer closed the connection" : stream->error();
+      return false;
+    }
+    tls_ = std::move(stream);
+    return true;
+  }
+
+  /// "TLSv1.3 …" once TLS is on, for the log.
+  std::string tls_description() const { return tls_ ? tls_->describe() : std::string(); }
 
   bool read_exact(std::span<std::byte> out) override {
+    if (tls_) return tls_read_exact(out);
     std::size_t done = 0;
     const std::size_t have = std::min(out.size(), end_ - start_);
     if (have > 0) {
@@ -70,6 +112,7 @@ class SocketTransport final : public Transport {
   }
 
   bool write_all(std::span<const std::span<const std::byte>> parts) override {
+    if (tls_) return tls_write_all(parts);
     iovec iov[8];
     std::size_t count = 0;
     for (const auto& p : parts) {
@@ -107,12 +150,49 @@ class SocketTransport final : public Transport {
   void enter_transmission() override { transmitting_ = true; }
 
   bool idle() override {
-    if (start_ != end_) return false;
+    if (start_ != end_ || (tls_ && tls_->pending() > 0)) return false;
     pollfd p{fd_, POLLIN, 0};
     return ::poll(&p, 1, 0) == 0;
   }
 
  private:
+  /// Waits for what OpenSSL asked for; false (peer gone, TLS error or deadline) ends the transfer.
+  bool tls_wait(TlsStream::Io io, std::optional<Clock::time_point> until) {
+    if (io == TlsStream::Io::want_read) return wait_for(POLLIN, until);
+    if (io == TlsStream::Io::want_write) return wait_for(POLLOUT, until);
+    return false;
+  }
+
+  bool tls_read_exact(std::span<std::byte> out) {
+    const auto until = call_deadline();
+    for (std::size_t done = 0; done < out.size();) {
+      std::size_t got = 0;
+      const auto io = tls_->read(out.subspan(done), got);
+      if (io == TlsStream::Io::done) {
+        done += got;
+      } else if (!tls_wait(io, until)) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  bool tls_write_all(std::span<const std::span<const std::byte>> parts) {
+    const auto until = call_deadline();
+    for (const auto& part : parts) {
+      for (std::size_t done = 0; done < part.size();) {
+        std::size_t put = 0;
+        const auto io = tls_->write(part.subspan(done), put);
+        if (io == TlsStream::Io::done) {
+          done += put;
+        } else if (!tls_wait(io, until)) {
+          return false;
+        }
+      }
+    }
+    return true;
+  }
+
   std::optional<Clock::time_point> call_deadline() const {
     if (!transmitting_) return deadline_;
     if (idle_.count() > 0) return Clock::now() + idle_;
@@ -148,6 +228,8 @@ class SocketTransport final : public Transport {
   std::chrono::milliseconds idle_;
   bool timed_out_ = false;
   bool transmitting_ = false;
+  const TlsContext* tls_context_;
+  std::unique_ptr<TlsStream> tls_;
 };
 
 std::string peer_of(const sockaddr_storage& ss, std::string* with_port) {
@@ -271,9 +353,10 @@ struct Server::Impl {
   }
 
   void serve(Connection* c, std::string peer, std::string peer_port) {
-    SocketTransport transport(c->fd.get(), options.handshake_timeout, options.idle_timeout);
+    SocketTransport transport(c->fd.get(), options.handshake_timeout, options.idle_timeout, options.tls.get());
     SessionLimits limits;
     limits.max_payload = options.max_payload;
+    limits.require_tls = options.tls && options.require_tls;
     // A peer asking for an export it may not have is what an operator must see (a misplaced device, or a probe).
     const Resolver checked = [this, &peer_port](std::string_view name, std::string_view from) {
       if (!resolver) return Resolution{nullptr, "no exports configured"};
@@ -301,8 +384,9 @@ struct Server::Impl {
     }
     if (r.end == SessionEnd::kHandshakeError) handshake_failures.fetch_add(1);
     if (r.end == SessionEnd::kProtocolError) protocol_errors.fetch_add(1);
-    log("nbd: peer " + peer_port + (r.export_name.empty() ? "" : " export '" + r.export_name + "'") + " " +
-        end_name(r.end) + ": " + r.reason);
+    const auto tls = transport.tls_description();
+    log("nbd: peer " + peer_port + (r.export_name.empty() ? "" : " export '" + r.export_name + "'") +
+        (tls.empty() ? "" : " (" + tls + ")") + " " + end_name(r.end) + ": " + r.reason);
     ::shutdown(c->fd.get(), SHUT_RDWR);
     active.fetch_sub(1);
     c->done.store(true);

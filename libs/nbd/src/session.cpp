@@ -52,6 +52,10 @@ Resolution Session::resolve(std::string_view name) {
   try {
     Resolution r = resolver_(name, peer_);
     if (!r.backend && r.error.empty()) r.error = "unknown export '" + std::string(name) + "'";
+    if (r.backend && r.needs_tls && !transport_.tls_active()) {
+      r.backend.reset();  // opened, never used: let go before the reply
+      r.error = "export '" + std::string(name) + "' is served only over TLS: send NBD_OPT_STARTTLS first";
+    }
     return r;
   } catch (const std::exception& e) {
     return {nullptr, std::string("export lookup failed: ") + e.what()};
@@ -108,7 +112,10 @@ bool Session::handle_info_or_go(std::uint32_t option, std::span<const std::byte>
     if (get_be(data.data() + 6 + name_size + 2 * i, 2) == proto::kInfoName) want_name = true;
   }
   Resolution r = resolve(name);
-  if (!r.backend) return send_option_error(option, r.denied ? proto::kRepErrPolicy : proto::kRepErrUnknown, r.error);
+  if (!r.backend) {
+    const auto type = r.needs_tls ? proto::kRepErrTlsReqd : r.denied ? proto::kRepErrPolicy : proto::kRepErrUnknown;
+    return send_option_error(option, type, r.error);
+  }
   export_ = std::move(r.backend);
 
   std::vector<std::byte> info;
@@ -185,6 +192,13 @@ bool Session::handshake(SessionResult& result) {
     }
     const std::span<const std::byte> data(buffer_);
     bool ok = true;
+    if (limits_.require_tls && !transport_.tls_active() && option != proto::kOptStartTls && option != proto::kOptAbort) {
+      // NBD_OPT_EXPORT_NAME has no error reply: hang up. Every other option hears why and may STARTTLS next.
+      if (option == proto::kOptExportName) return fail(SessionEnd::kAborted, "NBD_OPT_EXPORT_NAME without TLS");
+      if (!send_option_error(option, proto::kRepErrTlsReqd, "this server requires TLS: send NBD_OPT_STARTTLS first"))
+        return fail(SessionEnd::kPeerClosed, "peer left during reply to option " + std::to_string(option));
+      continue;
+    }
     switch (option) {
       case proto::kOptExportName: {
         if (length > proto::kMaxStringLength) {
@@ -247,9 +261,25 @@ bool Session::handshake(SessionResult& result) {
         // Simple replies carry everything this server sends (no block status, no sparse reads).
         ok = send_option_error(option, proto::kRepErrUnsup, "structured replies are not supported; simple replies only");
         break;
-      case proto::kOptStartTls:
-        ok = send_option_error(option, proto::kRepErrUnsup, "TLS is not supported");
+      case proto::kOptStartTls: {
+        if (length != 0) {
+          ok = send_option_error(option, proto::kRepErrInvalid, "NBD_OPT_STARTTLS carries no data");
+          break;
+        }
+        if (!transport_.tls_available()) {
+          ok = send_option_error(option, proto::kRepErrUnsup, "TLS is not configured on this server");
+          break;
+        }
+        if (transport_.tls_active()) {
+          ok = send_option_error(option, proto::kRepErrInvalid, "TLS is already on");
+          break;
+        }
+        if (!send_option_reply(option, proto::kRepAck, {}))
+          return fail(SessionEnd::kPeerClosed, "peer left before the STARTTLS reply");
+        std::string why;
+        if (!transport_.start_tls(why)) return fail(SessionEnd::kHandshakeError, "TLS handshake failed: " + why);
         break;
+      }
       default:
         ok = send_option_error(option, proto::kRepErrUnsup, "option " + std::to_string(option) + " is not supported");
         break;

@@ -7,6 +7,8 @@
 #include <sys/time.h>
 
 #include <atomic>
+
+#include <catch2/catch.hpp>
 #include <cerrno>
 #include <memory>
 #include <mutex>
@@ -21,6 +23,7 @@
 #include <deskfarm/testing/temp_dir.hpp>
 
 #include "deskfarm/nbd/export.hpp"
+#include "deskfarm/nbd/protocol.hpp"
 #include "deskfarm/nbd/server.hpp"
 #include "deskfarm/nbd/unique_fd.hpp"
 
@@ -134,6 +137,38 @@ class FlushRecorder final : public Export {
   mutable std::mutex mutex_;
   std::string events_;
 };
+
+/// One option reply as read off the wire.
+struct OptReply {
+  std::uint32_t option = 0, type = 0;
+  std::vector<std::byte> data;
+};
+
+/// Reads the server greeting and answers with `client_flags`.
+inline void greet(RawSocket& s, std::uint32_t client_flags = proto::kClientFlagFixedNewstyle | proto::kClientFlagNoZeroes) {
+  auto hello = s.recv(18);
+  REQUIRE(be_at(hello, 0, 8) == proto::kNbdMagic);
+  REQUIRE(be_at(hello, 8, 8) == proto::kOptMagic);
+  REQUIRE(be_at(hello, 16, 2) == (proto::kFlagFixedNewstyle | proto::kFlagNoZeroes));
+  s.send(Msg{}.u32(client_flags).bytes);
+}
+
+inline void send_option(RawSocket& s, std::uint32_t option, const std::vector<std::byte>& data = {}) {
+  Msg m;
+  m.u64(proto::kOptMagic).u32(option).u32(data.size());
+  m.bytes.insert(m.bytes.end(), data.begin(), data.end());
+  s.send(m.bytes);
+}
+
+inline OptReply read_reply(RawSocket& s) {
+  auto head = s.recv(20);
+  REQUIRE(be_at(head, 0, 8) == proto::kOptReplyMagic);
+  OptReply r;
+  r.option = static_cast<std::uint32_t>(be_at(head, 8, 4));
+  r.type = static_cast<std::uint32_t>(be_at(head, 12, 4));
+  r.data = s.recv(static_cast<std::size_t>(be_at(head, 16, 4)));
+  return r;
+}
 
 /// A started server whose every export name resolves to `disk`.
 struct SingleExportServer {

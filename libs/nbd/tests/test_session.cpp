@@ -64,36 +64,6 @@ struct TestServer {
   }
 };
 
-struct OptReply {
-  std::uint32_t option = 0, type = 0;
-  std::vector<std::byte> data;
-};
-
-void greet(RawSocket& s, std::uint32_t client_flags = p::kClientFlagFixedNewstyle | p::kClientFlagNoZeroes) {
-  auto hello = s.recv(18);
-  REQUIRE(be_at(hello, 0, 8) == p::kNbdMagic);
-  REQUIRE(be_at(hello, 8, 8) == p::kOptMagic);
-  REQUIRE(be_at(hello, 16, 2) == (p::kFlagFixedNewstyle | p::kFlagNoZeroes));
-  s.send(Msg{}.u32(client_flags).bytes);
-}
-
-void send_option(RawSocket& s, std::uint32_t option, const std::vector<std::byte>& data = {}) {
-  Msg m;
-  m.u64(p::kOptMagic).u32(option).u32(data.size());
-  m.bytes.insert(m.bytes.end(), data.begin(), data.end());
-  s.send(m.bytes);
-}
-
-OptReply read_reply(RawSocket& s) {
-  auto head = s.recv(20);
-  REQUIRE(be_at(head, 0, 8) == p::kOptReplyMagic);
-  OptReply r;
-  r.option = static_cast<std::uint32_t>(be_at(head, 8, 4));
-  r.type = static_cast<std::uint32_t>(be_at(head, 12, 4));
-  r.data = s.recv(static_cast<std::size_t>(be_at(head, 16, 4)));
-  return r;
-}
-
 std::vector<std::byte> go_data(std::string_view name, std::vector<std::uint16_t> infos = {}) {
   Msg m;
   m.u32(name.size()).str(name).u16(infos.size());

@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "deskfarm/nbd/session.hpp"
+#include "deskfarm/nbd/tls.hpp"
 
 namespace deskfarm::nbd {
 
@@ -34,6 +35,10 @@ struct ServerOptions {
   /// TCP keepalive: probe a silent peer after this long, then every third of it, 3 times (0 = off). Finds
   /// half-open connections (a peer reset without a FIN) even while the idle timeout has not run out.
   std::chrono::seconds keepalive{0};
+  /// NBD_OPT_STARTTLS (null = TLS not offered). The TLS handshake counts against handshake_timeout.
+  std::shared_ptr<const TlsContext> tls;
+  /// With `tls`: every connection must STARTTLS before anything else (NBD_REP_ERR_TLS_REQD).
+  bool require_tls = false;
   std::function<void(std::string_view)> log;           ///< one line per event; empty = silent
   /// Refused connections and accept failures (a peer or the machine is short of something an operator should see);
   /// at most one line a second per cause, with the number left out. Empty = `log`.

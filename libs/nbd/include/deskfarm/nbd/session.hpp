@@ -26,6 +26,8 @@ struct Resolution {
   std::string error;                ///< sent to the client with NBD_REP_ERR_UNKNOWN (or _POLICY) when refused
   /// Refused because this peer may not have it (the export exists): NBD_REP_ERR_POLICY, and the server warns.
   bool denied = false;
+  /// Served only over TLS: a plain connection gets NBD_REP_ERR_TLS_REQD (the backend is let go unused).
+  bool needs_tls = false;
 };
 
 /// Called on NBD_OPT_GO, NBD_OPT_INFO and NBD_OPT_EXPORT_NAME with (export name, peer IP address).
@@ -43,6 +45,16 @@ class Transport {
   virtual bool write_all(std::span<const std::span<const std::byte>> parts) = 0;
   /// Called once when option haggling ends (the server lifts its handshake timeout here).
   virtual void enter_transmission() {}
+  /// NBD_OPT_STARTTLS: whether this transport can switch to TLS (the server has TLS settings).
+  virtual bool tls_available() const { return false; }
+  /// Runs the TLS handshake after the STARTTLS ACK; from then on every byte is encrypted. False (and `why`) if it
+  /// failed: the connection is unusable.
+  virtual bool start_tls(std::string& why) {
+    why = "TLS is not configured";
+    return false;
+  }
+  /// True once start_tls() succeeded.
+  virtual bool tls_active() const { return false; }
   /// True when no request is waiting (the next read would block): the session then gives back its payload memory.
   virtual bool idle() { return false; }
 };
@@ -51,6 +63,8 @@ class Transport {
 struct SessionLimits {
   std::uint32_t max_payload = 32U << 20;  ///< largest READ/WRITE; advertised as the maximum block size
   std::uint32_t max_options = 256;        ///< options per handshake before the client is cut off
+  /// Every option but STARTTLS and ABORT is refused with NBD_REP_ERR_TLS_REQD until TLS is up.
+  bool require_tls = false;
 };
 
 /// Live counters, shared by all sessions of a server.

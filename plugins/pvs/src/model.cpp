@@ -126,6 +126,14 @@ Options make_options(const PvsConfig& c, const std::filesystem::path& state_dir)
 
   o.max_connections = static_cast<std::size_t>(c.max_connections);
   o.list_exports = c.list_exports;
+  o.stream_tls = c.stream_tls;
+  o.tls = {c.tls_certificate, c.tls_key, c.tls_client_ca, c.tls_psk_file};
+  if (o.tls.certificate.empty() != o.tls.key.empty())
+    throw ConfigError(o.tls.key.empty() ? "tls_key" : "tls_certificate",
+                      "tls_certificate and tls_key go together (the certificate and its private key, PEM)");
+  if (o.stream_tls != "off" && !o.tls.configured())
+    throw ConfigError("stream_tls", "stream_tls = \"" + o.stream_tls +
+                                        "\" needs tls_certificate and tls_key, or tls_psk_file (\"identity:hexkey\" lines)");
   auto subnets = [](const char* key, const std::vector<std::string>& texts) {
     std::vector<Subnet> out;
     for (std::size_t i = 0; i < texts.size(); ++i) {

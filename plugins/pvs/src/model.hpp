@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <deskfarm/bootstrap/bootstrap.hpp>
+#include <deskfarm/nbd/tls.hpp>
 #include <deskfarm/sdk/config.hpp>
 #include <deskfarm/sdk/store.hpp>
 
@@ -67,6 +68,11 @@ struct PvsConfig {
   std::string stream;
   std::int64_t max_connections = 0;
   bool list_exports = false;
+  std::string stream_tls = "off";
+  std::string tls_certificate;
+  std::string tls_key;
+  std::string tls_client_ca;
+  std::string tls_psk_file;
   std::vector<std::string> device_subnets;
   std::vector<std::string> maintenance_from;
   std::string store;
@@ -92,6 +98,9 @@ struct Options {
   ListenAddress stream;
   std::size_t max_connections = 0;  ///< 0 = sized to the descriptor limit
   bool list_exports = false;
+  /// "off", "on" (STARTTLS offered; maintenance exports only over TLS) or "require" (every connection).
+  std::string stream_tls = "off";
+  nbd::TlsOptions tls;  ///< paths resolved; checked (files read) when the instance is created
   AccessPolicy access;
   std::filesystem::path store;
   std::filesystem::path write_cache_dir;

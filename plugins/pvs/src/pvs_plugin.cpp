@@ -88,6 +88,16 @@ constexpr auto pvs_schema = schema<PvsConfig>(
         .range(0, 1048576),
     option("list_exports", &PvsConfig::list_exports, "false",
            "answer NBD_OPT_LIST (nbdinfo --list) with the exports the asking address may open; false = NBD_REP_ERR_POLICY"),
+    option("stream_tls", &PvsConfig::stream_tls, "\"off\"",
+           "TLS on the streaming port (NBD_OPT_STARTTLS): on = offered, and VDISK@maintenance only over TLS; "
+           "require = every connection")
+        .one_of("off|on|require"),
+    option("tls_certificate", &PvsConfig::tls_certificate, "\"\"", "PEM certificate chain for stream_tls (with tls_key)"),
+    option("tls_key", &PvsConfig::tls_key, "\"\"", "PEM private key of tls_certificate"),
+    option("tls_client_ca", &PvsConfig::tls_client_ca, "\"\"",
+           "PEM CA: TLS clients must present a certificate it signed; \"\" = no client certificate asked"),
+    option("tls_psk_file", &PvsConfig::tls_psk_file, "\"\"",
+           "pre-shared keys for stream_tls, \"identity:hexkey\" per line (psktool, nbdkit, qemu format)"),
     option("device_subnets", &PvsConfig::device_subnets, "[]",
            "IPv4/IPv6 networks devices may stream from (\"10.1.0.0/16\", \"fd00::/64\"); [] = any address"),
     option("maintenance_from", &PvsConfig::maintenance_from, "[\"127.0.0.0/8\", \"::1\"]",
@@ -213,6 +223,10 @@ class Pvs final : public Plugin {
     so.max_connections = options_.max_connections;
     so.idle_timeout = options_.stream_idle_timeout;
     so.keepalive = options_.stream_keepalive;
+    if (options_.stream_tls != "off") {
+      so.tls = std::make_shared<nbd::TlsContext>(options_.tls);  // throws naming the file: the instance fails to start
+      so.require_tls = options_.stream_tls == "require";
+    }
     so.log = [this, line](std::string_view text) {
       if (line->alive()) ctx_.log().debug(text);
     };
@@ -227,8 +241,13 @@ class Pvs final : public Plugin {
       };
     nbd_ = std::make_unique<nbd::Server>(
         so,
-        [weak](std::string_view name, std::string_view peer) -> nbd::Resolution {
-          if (auto s = weak.lock()) return s->resolve(name, peer);
+        [weak, tls = options_.stream_tls != "off"](std::string_view name, std::string_view peer) -> nbd::Resolution {
+          if (auto s = weak.lock()) {
+            auto r = s->resolve(name, peer);
+            // The golden image's writer is served only over TLS once TLS is on.
+            r.needs_tls = tls && name.ends_with("@maintenance");
+            return r;
+          }
           return {nullptr, "pvs: server stopping"};
         },
         std::move(lister));

@@ -26,6 +26,8 @@ namespace {
 
 std::string all(const dt::ChildResult& r) { return r.out + r.err; }
 
+constexpr std::size_t lab_patch_size = 64 << 10;
+
 /// The default instance with device A bound to `ip` (devices[].ip) and `extra` keys.
 std::string with_device_ip(const Lab& lab, const std::string& ip, const std::string& extra = "") {
   auto instance = lab.one(extra);
@@ -206,4 +208,31 @@ TEST_CASE("under a low descriptor limit pvs raises it, sizes max_connections to 
   }, 5s));
   run.signal(SIGTERM);
   CHECK(run.wait(15s) == 0);
+}
+
+TEST_CASE("with stream_tls on, VDISK@maintenance is refused in plain text and written over TLS, devices stream either way") {
+  if (!dt::require_program("nbdinfo") || !dt::require_program("nbdcopy")) return;
+  Lab lab;
+  const auto keys = lab.dir.path() / "keys.psk";
+  dt::write_text(keys, "admin:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n");
+  lab.start("stream_tls = \"on\"\ntls_psk_file = \"" + keys.string() + "\"\n");
+  REQUIRE(lab.admin("version.new", api::NewVersion{"gold"}).ok());
+  const auto plain = refusal(lab, "gold@maintenance", "127.0.0.1");
+  CHECK_THAT(plain, Catch::Contains("0x80000005") && Catch::Contains("only over TLS"));
+  // nbdcopy writes a 64 KiB patch into the maintenance version over TLS with the pre-shared key.
+  const auto patch = lab.dir.path() / "patch.img";
+  dt::write_file(patch, dt::pattern(lab_patch_size, 77));
+  const auto url = "nbds://admin@127.0.0.1:" + std::to_string(lab.stream_port()) + "/gold@maintenance?tls-psk-file=" +
+                   keys.string();
+  const auto copy = dt::run_child({"nbdcopy", patch.string(), url});
+  INFO(all(copy));
+  REQUIRE(copy.exit_code == 0);
+  const auto size = dt::run_child({"nbdinfo", "--size", url});
+  CHECK(size.out == std::to_string(base_size) + "\n");
+  // Devices still stream in plain text (their firmware speaks no TLS); only the golden image's writer must. The
+  // version written over TLS is what a device boots once promoted.
+  REQUIRE(dt::eventually([&] { return lab.admin("version.promote", api::PromoteVersion{"gold"}).ok(); }));
+  auto a = lab.connect(mac_a);
+  CHECK(read_all(a, 0, lab_patch_size) == dt::pattern(lab_patch_size, 77));
+  CHECK_THAT(lab.start_error("stream_tls = \"require\"\n"), Catch::Contains("stream_tls") && Catch::Contains("tls_psk_file"));
 }

@@ -190,7 +190,7 @@ TEST_CASE("the queue starts at most max_in_progress at once and max_per_minute p
   for (const auto& id : ids) CHECK(s.state(id) == "running");
 }
 
-TEST_CASE("cancelling a pending task drops it; cancelling a started one returns the VM to where it was") {
+TEST_CASE("cancelling a pending task drops it, and cancelling a started one returns the VM to where it was") {
   auto c = Sim::config();
   c.max_in_progress = 1;
   Sim s(xen(), c);
@@ -216,7 +216,7 @@ TEST_CASE("cancelling a pending task drops it; cancelling a started one returns 
   }
 }
 
-TEST_CASE("a crashed host's VMs go off; HA-protected ones restart on the remaining host within seconds") {
+TEST_CASE("a crashed host's VMs go off and HA-protected ones restart on the remaining host within seconds") {
   Sim s(xen());
   const auto ha = s.engine->seed("desktop", 2, "ha");
   const auto plain = s.engine->seed("small", 1, "p");
@@ -293,7 +293,7 @@ TEST_CASE("the injected task failure rate and slow storage change outcomes and l
   CHECK_THROWS_AS(s.engine->set_task_failure_rate(2), Refused);
 }
 
-TEST_CASE("the inventory file survives a restart; a corrupt one is a clear error naming the line") {
+TEST_CASE("the inventory file survives a restart, and a corrupt one is a clear error naming the line") {
   deskfarm::testing::TempDir dir;
   const auto file = dir.path() / "inventory";
   std::string running_id, iso_id;

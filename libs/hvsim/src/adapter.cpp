@@ -17,6 +17,7 @@ using sdk::ConfigError;
 EngineConfig engine_config(const AdapterConfig& c, const std::string& instance) {
   EngineConfig e;
   e.instance = instance;
+  e.mac_prefix = c.mac_prefix;
   for (const auto& h : c.hosts) e.hosts.push_back({h.id, h.pool, h.memory_mb, h.vcpus});
   for (const auto& t : c.templates) e.templates.push_back({t.name, t.memory_mb, t.vcpus, t.network, t.boot_order, t.ha});
   for (const auto& n : c.networks) e.networks.push_back({n.name, n.tftp_server, n.boot_file});
@@ -82,7 +83,7 @@ std::string iso8601(std::chrono::system_clock::time_point t) {
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count() % 1000;
   std::tm tm{};
   gmtime_r(&secs, &tm);
-  char buf[40];
+  char buf[64];
   std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
                 tm.tm_min, tm.tm_sec, static_cast<int>(ms));
   return buf;

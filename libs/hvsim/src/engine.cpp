@@ -19,7 +19,7 @@ constexpr std::array<std::string_view, action_count> action_names{
     "create", "start", "shutdown", "power_off", "reboot", "suspend", "resume", "destroy", "attach_iso", "eject_iso",
     "set_boot_order", "pause", "unpause", "ha_restart"};
 constexpr std::array<std::string_view, 4> boot_devices{"", "network", "cdrom", "disk"};
-constexpr std::uint32_t max_index = 0xffffff;  // 24 bits of the MAC
+constexpr std::uint32_t max_index = 0xfffffe;  // 24 bits of the MAC hold index + 1
 
 std::uint64_t fnv1a(std::string_view s) {
   std::uint64_t h = 1469598103934665603ull;
@@ -100,7 +100,7 @@ Engine::Engine(const Personality& vendor, EngineConfig config, Callbacks callbac
   if (config_.templates.size() > 65535 || config_.networks.size() > 65535 || config_.isos.size() > 32767)
     throw std::invalid_argument("too many templates, networks or ISOs (at most 65535, 65535, 32767)");
   if (config_.max_vms < 1 || config_.max_vms > max_index)
-    throw std::invalid_argument("max_vms: " + std::to_string(config_.max_vms) + " is not 1..16777215 (a MAC holds 24 bits of VM index)");
+    throw std::invalid_argument("max_vms: " + std::to_string(config_.max_vms) + " is not 1..16777214 (a MAC holds 24 bits of VM index)");
   std::set<std::string> seen;
   for (const auto& h : config_.hosts) {
     if (h.id.empty()) throw std::invalid_argument("hosts: a host has an empty id");
@@ -150,10 +150,22 @@ Engine::Engine(const Personality& vendor, EngineConfig config, Callbacks callbac
       break;
     case Personality::Ids::moref: id_prefix_ = "vm-"; break;
   }
-  // Locally administered (bit 1 set), unicast (bit 0 clear); the instance picks the other 22 bits of the OUI.
-  mac_prefix_[0] = static_cast<std::uint8_t>((h & 0xfc) | 0x02);
-  mac_prefix_[1] = static_cast<std::uint8_t>(h >> 8);
-  mac_prefix_[2] = static_cast<std::uint8_t>(h >> 16);
+  if (config_.mac_prefix.empty()) {
+    // Locally administered (bit 1 set), unicast (bit 0 clear); the instance name, not the vendor, picks the
+    // other 22 bits, so a VM keeps its MAC when the deployment swaps adapters.
+    const auto m = fnv1a(config_.instance);
+    mac_prefix_[0] = static_cast<std::uint8_t>((m & 0xfc) | 0x02);
+    mac_prefix_[1] = static_cast<std::uint8_t>(m >> 8);
+    mac_prefix_[2] = static_cast<std::uint8_t>(m >> 16);
+  } else {
+    unsigned a = 0, b = 0, c = 0;
+    char tail = 0;
+    if (config_.mac_prefix.size() != 8 || std::sscanf(config_.mac_prefix.c_str(), "%2x:%2x:%2x%c", &a, &b, &c, &tail) != 3 || (a & 1))
+      throw std::invalid_argument("mac_prefix: '" + config_.mac_prefix + "' is not three unicast octets like \"52:54:00\"");
+    mac_prefix_[0] = static_cast<std::uint8_t>(a);
+    mac_prefix_[1] = static_cast<std::uint8_t>(b);
+    mac_prefix_[2] = static_cast<std::uint8_t>(c);
+  }
 }
 
 // ---- names ----
@@ -192,8 +204,9 @@ std::optional<std::uint32_t> Engine::vm_index(std::string_view id) const {
 
 std::string Engine::mac_of(std::uint32_t index) const {
   char buf[18];
+  const auto n = index + 1;  // never :00:00:00
   std::snprintf(buf, sizeof buf, "%02x:%02x:%02x:%02x:%02x:%02x", mac_prefix_[0], mac_prefix_[1], mac_prefix_[2],
-                (index >> 16) & 0xff, (index >> 8) & 0xff, index & 0xff);
+                (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
   return buf;
 }
 

@@ -150,6 +150,15 @@ TEST_CASE("MACs are deterministic, unique and locally administered unicast") {
     CHECK((first & 0x01) == 0);
   }
   CHECK(macs.size() == ids.size());
+  // Swapping the vendor keeps the MACs (pvs knows devices by MAC); a configured prefix replaces the derived one.
+  Sim e(esx());
+  CHECK(e.engine->vm(e.engine->seed("desktop", 1, "d")[0])->mac == a.engine->vm(ids[0])->mac);
+  auto c = Sim::config();
+  c.mac_prefix = "52:54:00";
+  Sim p(hyperv(), c);
+  CHECK(p.engine->vm(p.engine->seed("desktop", 2, "d")[1])->mac == "52:54:00:00:00:02");
+  c.mac_prefix = "53:54:00";  // multicast
+  CHECK_THROWS_WITH(Sim(xen(), c), Catch::Contains("mac_prefix"));
 }
 
 TEST_CASE("a start that no host has room for fails with the vendor's capacity error and frees nothing else") {

@@ -54,6 +54,7 @@ struct AdapterConfig {
   double task_failure_rate = 0, slow_storage = 1;
   std::vector<FaultConf> faults;
   std::vector<SeedConf> vms;
+  std::string mac_prefix;
   std::string state_dir;
   std::int64_t save_interval_ms = 1000;
   bool firmware = false;
@@ -90,7 +91,7 @@ inline constexpr auto latency_schema = sdk::schema<LatencyConf>(
 
 inline constexpr auto seed_schema = sdk::schema<SeedConf>(
     sdk::option("template", &SeedConf::template_name, nullptr, "template the VMs are made from"),
-    sdk::option("count", &SeedConf::count, "1", "how many").range(1, 16777215),
+    sdk::option("count", &SeedConf::count, "1", "how many").range(1, 16777214),
     sdk::option("prefix", &SeedConf::prefix, "\"desktop-\"", "VM names are PREFIX1, PREFIX2, ..."));
 
 inline constexpr auto fault_schema = sdk::schema<FaultConf>(
@@ -119,7 +120,7 @@ inline constexpr auto adapter_schema = sdk::schema<AdapterConfig>(
     sdk::option("max_in_progress", &AdapterConfig::max_in_progress, "10", "actions started at once on this connection; 0 = unlimited")
         .range(0, 100000),
     sdk::option("max_per_minute", &AdapterConfig::max_per_minute, "0", "actions started per minute; 0 = unlimited").range(0, 10000000),
-    sdk::option("max_vms", &AdapterConfig::max_vms, "200000", "VMs this instance may hold").range(1, 16777215),
+    sdk::option("max_vms", &AdapterConfig::max_vms, "200000", "VMs this instance may hold").range(1, 16777214),
     sdk::option("ha", &AdapterConfig::ha, "true", "pool HA: restart protected VMs of a failed host on the remaining hosts"),
     sdk::option("seed", &AdapterConfig::seed, "1", "seed of the latency and failure draws").range(0, 9.0e15),
     sdk::option("task_failure_rate", &AdapterConfig::task_failure_rate, "0", "share of tasks that fail with the vendor's internal error")
@@ -128,6 +129,8 @@ inline constexpr auto adapter_schema = sdk::schema<AdapterConfig>(
         .range(1, 1000),
     sdk::option("faults", &AdapterConfig::faults, "[]", "faults injected after start", fault_schema),
     sdk::option("vms", &AdapterConfig::vms, "[]", "VMs created (off) when the instance has no inventory file yet", seed_schema),
+    sdk::option("mac_prefix", &AdapterConfig::mac_prefix, "\"\"",
+                "first three octets of VM MACs (\"52:54:00\"), then the VM's number; \"\" = locally administered, from the instance name"),
     sdk::option("state_dir", &AdapterConfig::state_dir, "\"\"", "directory of the inventory file INSTANCE.inventory; \"\" = the instance's state directory"),
     sdk::option("save_interval_ms", &AdapterConfig::save_interval_ms, "1000", "write a changed inventory at most this often (and at stop)")
         .range(10, 3600000),

@@ -67,6 +67,9 @@ struct TemplateSpec {
 
 struct EngineConfig {
   std::string instance;  ///< seeds ids and MACs (two instances give different MACs)
+  /// First three octets of every VM's MAC ("52:54:00"); empty: derived from `instance` alone (locally
+  /// administered), so swapping the vendor plugin keeps every VM's MAC.
+  std::string mac_prefix;
   std::vector<HostSpec> hosts;
   std::vector<TemplateSpec> templates;
   std::vector<hv::Network> networks;

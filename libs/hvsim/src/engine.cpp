@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -158,14 +159,21 @@ Engine::Engine(const Personality& vendor, EngineConfig config, Callbacks callbac
     mac_prefix_[1] = static_cast<std::uint8_t>(m >> 8);
     mac_prefix_[2] = static_cast<std::uint8_t>(m >> 16);
   } else {
-    unsigned a = 0, b = 0, c = 0;
-    char tail = 0;
-    if (config_.mac_prefix.size() != 8 || std::sscanf(config_.mac_prefix.c_str(), "%2x:%2x:%2x%c", &a, &b, &c, &tail) != 3 || (a & 1))
-      throw std::invalid_argument("mac_prefix: '" + config_.mac_prefix + "' is not three unicast octets like \"52:54:00\"");
-    mac_prefix_[0] = static_cast<std::uint8_t>(a);
-    mac_prefix_[1] = static_cast<std::uint8_t>(b);
-    mac_prefix_[2] = static_cast<std::uint8_t>(c);
+    const auto bad = std::invalid_argument("mac_prefix: '" + config_.mac_prefix +
+                                           "' is not 3 to 5 hex octets of a unicast MAC, like \"52:54:00\"");
+    std::size_t n = 0;
+    for (std::size_t p = 0; p < config_.mac_prefix.size(); p += 3) {
+      const auto octet = config_.mac_prefix.substr(p, 2);
+      if (n == 5 || octet.size() != 2 || !std::isxdigit(static_cast<unsigned char>(octet[0])) ||
+          !std::isxdigit(static_cast<unsigned char>(octet[1])) || (p + 2 < config_.mac_prefix.size() && config_.mac_prefix[p + 2] != ':'))
+        throw bad;
+      mac_prefix_[n++] = static_cast<std::uint8_t>(std::stoul(octet, nullptr, 16));
+    }
+    if (n < 3 || (mac_prefix_[0] & 1)) throw bad;
+    mac_octets_ = n;
   }
+  mac_room_ = static_cast<std::uint32_t>((1ull << (8 * (6 - mac_octets_))) - 2);  // numbers 1 .. 2^bits - 2
+  if (config_.max_vms > static_cast<std::int64_t>(mac_room_)) config_.max_vms = mac_room_;
 }
 
 // ---- names ----
@@ -203,10 +211,12 @@ std::optional<std::uint32_t> Engine::vm_index(std::string_view id) const {
 }
 
 std::string Engine::mac_of(std::uint32_t index) const {
+  std::uint8_t b[6];
+  std::copy(mac_prefix_, mac_prefix_ + mac_octets_, b);
+  const auto n = index + 1;  // never all zero
+  for (std::size_t i = 5; i >= mac_octets_; --i) b[i] = static_cast<std::uint8_t>(n >> (8 * (5 - i)));
   char buf[18];
-  const auto n = index + 1;  // never :00:00:00
-  std::snprintf(buf, sizeof buf, "%02x:%02x:%02x:%02x:%02x:%02x", mac_prefix_[0], mac_prefix_[1], mac_prefix_[2],
-                (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+  std::snprintf(buf, sizeof buf, "%02x:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3], b[4], b[5]);
   return buf;
 }
 
@@ -538,8 +548,10 @@ hv::Task Engine::submit(const hv::VmAction& a) {
     if (!ti) throw refused(Failure::object_not_found, a.template_name.empty() ? "(no template)" : a.template_name, "template");
     if (a.name.size() > 128 || a.name.find_first_of("\t\n\r") != std::string::npos)
       throw refused(Failure::bad_argument, "name", "a VM name is at most 128 characters without tabs or line breaks");
-    if (live_vms_ + tasks_.size() >= static_cast<std::size_t>(config_.max_vms) || vms_.size() >= max_index)
-      throw refused(Failure::not_enough_memory, a.template_name, "room for a VM (max_vms " + std::to_string(config_.max_vms) + " reached)");
+    if (live_vms_ + tasks_.size() >= static_cast<std::size_t>(config_.max_vms) || vms_.size() >= mac_room_)
+      throw refused(Failure::not_enough_memory, a.template_name,
+                    "room for a VM (max_vms " + std::to_string(config_.max_vms) + " reached; mac_prefix leaves room for " +
+                        std::to_string(mac_room_) + ")");
     t.template_idx = *ti;
     t.name = a.name.empty() ? a.template_name : a.name;
   } else {
@@ -809,9 +821,10 @@ std::uint32_t Engine::new_vm(std::uint16_t template_idx, std::string name) {
 std::vector<std::string> Engine::seed(const std::string& template_name, std::size_t count, const std::string& prefix) {
   const auto ti = template_index(template_name);
   if (!ti) throw refused(Failure::object_not_found, template_name, "template");
-  if (live_vms_ + count > static_cast<std::size_t>(config_.max_vms))
+  if (live_vms_ + count > static_cast<std::size_t>(config_.max_vms) || vms_.size() + count > mac_room_)
     throw refused(Failure::not_enough_memory, template_name,
-                  "room for " + std::to_string(count) + " more VMs (max_vms " + std::to_string(config_.max_vms) + ")");
+                  "room for " + std::to_string(count) + " more VMs (max_vms " + std::to_string(config_.max_vms) +
+                      ", and mac_prefix leaves room for " + std::to_string(mac_room_) + ")");
   std::vector<std::string> ids;
   ids.reserve(count);
   vms_.reserve(vms_.size() + count);
@@ -888,6 +901,8 @@ void Engine::load(const std::filesystem::path& file) {
   if (head[2] != vendor_.vendor)
     throw bad("the inventory belongs to a '" + head[2] + "' adapter, this one is '" + std::string(vendor_.vendor) + "'");
   const auto slots = number(head[3], max_index, "slot count");
+  if (slots > mac_room_)
+    throw bad("the inventory has " + head[3] + " VM slots, more than mac_prefix leaves room for (" + std::to_string(mac_room_) + ")");
   std::vector<VmRec> vms(slots);
   std::size_t live = 0;
   std::vector<std::pair<std::uint32_t, std::string>> placed;  // VMs holding a host: place after reading all

@@ -157,6 +157,10 @@ TEST_CASE("MACs are deterministic, unique and locally administered unicast") {
   c.mac_prefix = "52:54:00";
   Sim p(hyperv(), c);
   CHECK(p.engine->vm(p.engine->seed("desktop", 2, "d")[1])->mac == "52:54:00:00:00:02");
+  c.mac_prefix = "52:54:00:00:01";  // five octets: the VM's number in the last one, 254 VMs at most
+  Sim five(hyperv(), c);
+  CHECK(five.engine->vm(five.engine->seed("desktop", 2, "d")[1])->mac == "52:54:00:00:01:02");
+  CHECK_THROWS_WITH(five.engine->seed("desktop", 253, "e"), Catch::Contains("mac_prefix leaves room for 254"));
   c.mac_prefix = "53:54:00";  // multicast
   CHECK_THROWS_WITH(Sim(xen(), c), Catch::Contains("mac_prefix"));
 }

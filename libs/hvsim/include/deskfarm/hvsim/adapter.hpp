@@ -130,7 +130,7 @@ inline constexpr auto adapter_schema = sdk::schema<AdapterConfig>(
     sdk::option("faults", &AdapterConfig::faults, "[]", "faults injected after start", fault_schema),
     sdk::option("vms", &AdapterConfig::vms, "[]", "VMs created (off) when the instance has no inventory file yet", seed_schema),
     sdk::option("mac_prefix", &AdapterConfig::mac_prefix, "\"\"",
-                "first three octets of VM MACs (\"52:54:00\"), then the VM's number; \"\" = locally administered, from the instance name"),
+                "first 3 to 5 octets of VM MACs (\"52:54:00\"), then the VM's number from 1 (5 octets: at most 254 VMs); \"\" = 3 locally administered octets from the instance name"),
     sdk::option("state_dir", &AdapterConfig::state_dir, "\"\"", "directory of the inventory file INSTANCE.inventory; \"\" = the instance's state directory"),
     sdk::option("save_interval_ms", &AdapterConfig::save_interval_ms, "1000", "write a changed inventory at most this often (and at stop)")
         .range(10, 3600000),

@@ -67,7 +67,8 @@ struct TemplateSpec {
 
 struct EngineConfig {
   std::string instance;  ///< seeds ids and MACs (two instances give different MACs)
-  /// First three octets of every VM's MAC ("52:54:00"); empty: derived from `instance` alone (locally
+  /// First 3 to 5 octets of every VM's MAC ("52:54:00"); the rest holds the VM's number (1, 2, ...), so a
+  /// 5-octet prefix leaves room for 254 VMs. Empty: 3 octets derived from `instance` alone (locally
   /// administered), so swapping the vendor plugin keeps every VM's MAC.
   std::string mac_prefix;
   std::vector<HostSpec> hosts;
@@ -260,7 +261,9 @@ class Engine {
   std::array<Latency, action_count> latency_{};
   std::mt19937_64 rng_;
   std::string id_prefix_;
-  std::uint8_t mac_prefix_[3]{};
+  std::uint8_t mac_prefix_[5]{};
+  std::size_t mac_octets_ = 3;   ///< octets of mac_prefix_ in use
+  std::uint32_t mac_room_ = 0;   ///< VM indexes the MAC's free octets hold
 
   std::vector<VmRec> vms_;
   std::size_t live_vms_ = 0;

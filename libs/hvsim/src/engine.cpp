@@ -867,7 +867,7 @@ void Engine::save(const std::filesystem::path& file) const {
     ::fsync(dir);
     ::close(dir);
   }
-  const_cast<Engine*>(this)->dirty_ = false;
+  dirty_ = false;
 }
 
 void Engine::load(const std::filesystem::path& file) {

@@ -278,7 +278,7 @@ class Engine {
   std::priority_queue<Event, std::vector<Event>, std::greater<Event>> events_;
   std::optional<TimePoint> armed_;
   QueueStats counts_;
-  bool dirty_ = false;
+  mutable bool dirty_ = false;  ///< cleared by save(), which does not change the inventory
 };
 
 }  // namespace deskfarm::hvsim

@@ -109,7 +109,9 @@ struct VmAction {
 
 /// A task: the reply to a VmAction, and its progress events. States: "pending", "started", "completed",
 /// "failed", "cancelled". A failed task carries the vendor's error code ("VM_BAD_POWER_STATE",
-/// "InvalidPowerState", a WMI return code) and message.
+/// "InvalidPowerState", a WMI return code) and message. The reply is the task as it stands ("started" when the
+/// queue had room, "failed" at once when the VM's state refuses the action); a create's task names its new VM
+/// from "completed" on.
 struct Task {
   static constexpr std::string_view type_name = "deskfarm.hypervisor.Task";
   static constexpr std::uint32_t type_version = 1;

@@ -28,6 +28,21 @@ inline HarnessOptions options() {
   return o;
 }
 
+/// The sum of a metric's samples in Prometheus text (every label set), 0 when absent.
+inline double metric(const std::string& text, const std::string& name) {
+  double sum = 0;
+  std::size_t at = 0;
+  while ((at = text.find(name, at)) != std::string::npos) {
+    const bool line_start = at == 0 || text[at - 1] == '\n';
+    const auto end = text.find('\n', at);
+    const auto line = text.substr(at, end == std::string::npos ? std::string::npos : end - at);
+    at += name.size();
+    if (!line_start || (line.size() > name.size() && line[name.size()] != ' ' && line[name.size()] != '{')) continue;
+    sum += std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return sum;
+}
+
 inline conformance::Subject subject(const std::string& plugin) {
   conformance::Subject s;
   s.plugin = plugin;
@@ -131,4 +146,32 @@ inline conformance::Subject subject(const std::string& plugin) {
     h.advance(std::chrono::minutes(10));                                                                                   \
     auto still = h.request<::deskfarm::sdk::Empty, hv::Inventory>("hypervisor.hv-1.inventory", {});                        \
     CHECK(still->vms.at(0).power_state == hv::kStarting); /* 4 s median x 1000 */                                          \
+  } \
+                                                                                                                           \
+  TEST_CASE(plugin ": a manifest fault at at_s crashes its host then, and the metrics count tasks and events") {           \
+    namespace hp = ::deskfarm::testing::hypervisor_plugin;                                                                 \
+    namespace hv = ::deskfarm::interfaces::hypervisor;                                                                     \
+    ::deskfarm::testing::Harness h(hp::manifest(plugin, "vms = [{ template = \"desktop\", count = 1 }]\n"                  \
+                                                        "faults = [{ kind = \"host_crash\", host = \"host-b\", at_s = 30 }]\n"), \
+                                   hp::options());                                                                         \
+    h.start();                                                                                                             \
+    auto up = [&] {                                                                                                        \
+      std::size_t n = 0;                                                                                                   \
+      const auto inv = h.request<::deskfarm::sdk::Empty, hv::Inventory>("hypervisor.hv-1.inventory", {});                 \
+      for (const auto& host : inv->hosts) n += host.up;                                                                    \
+      return n;                                                                                                            \
+    };                                                                                                                     \
+    h.advance(std::chrono::seconds(29));                                                                                   \
+    CHECK(up() == 2);                                                                                                      \
+    h.advance(std::chrono::seconds(2));                                                                                    \
+    CHECK(up() == 1);                                                                                                      \
+    CHECK(h.logged("host host-b failed"));                                                                                 \
+    const auto inv = h.request<::deskfarm::sdk::Empty, hv::Inventory>("hypervisor.hv-1.inventory", {});                   \
+    REQUIRE(h.request<hv::VmAction, hv::Task>("hypervisor.hv-1.vm.action", hv::VmAction{"start", inv->vms.at(0).id, "", "", "", {}})); \
+    h.advance(std::chrono::minutes(2)); /* starting, running: two power events */                                      \
+    const auto metrics = h.metrics_text();                                                                                 \
+    CHECK(::deskfarm::testing::hypervisor_plugin::metric(metrics, "deskfarm_hypervisor_tasks_completed_total") == 1);     \
+    CHECK(::deskfarm::testing::hypervisor_plugin::metric(metrics, "deskfarm_hypervisor_power_events_total") == 2);       \
+    const auto after = h.request<::deskfarm::sdk::Empty, hv::Inventory>("hypervisor.hv-1.inventory", {});                 \
+    CHECK(after->vms.at(0).host == "host-a"); /* the only host up */                                                       \
   }

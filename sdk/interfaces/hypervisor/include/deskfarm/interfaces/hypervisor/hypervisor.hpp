@@ -76,16 +76,21 @@ struct Inventory {
   std::vector<std::string> isos;
   std::vector<Network> networks;
   std::vector<Vm> vms;
+  std::int64_t max_in_progress = 0;  ///< the connection's throttle: actions started at once (0 = unknown/unlimited)
+  std::int64_t max_per_minute = 0;   ///< actions started per minute (0 = unlimited)
   static constexpr auto fields() {
     return std::tuple{field("vendor", &Inventory::vendor), field("hosts", &Inventory::hosts),
                       field("templates", &Inventory::templates), field("isos", &Inventory::isos),
-                      field("networks", &Inventory::networks), field("vms", &Inventory::vms)};
+                      field("networks", &Inventory::networks), field("vms", &Inventory::vms),
+                      field("max_in_progress", &Inventory::max_in_progress),
+                      field("max_per_minute", &Inventory::max_per_minute)};
   }
 };
 
 /// A lifecycle action on a VM, queued and throttled per connection. `action`: "create" (from `template_name`,
 /// with `name`), "start", "shutdown" (clean), "power_off" (hard), "reboot", "suspend", "resume", "destroy",
-/// "attach_iso" (`iso`), "eject_iso", "set_boot_order" (`boot_order`).
+/// "attach_iso" (`iso`), "eject_iso", "set_boot_order" (`boot_order`); "pause", "unpause" where the vendor has a
+/// paused state. An action the vendor refuses in the VM's state fails with the vendor's error and changes nothing.
 struct VmAction {
   static constexpr std::string_view type_name = "deskfarm.hypervisor.VmAction";
   static constexpr std::uint32_t type_version = 1;
@@ -104,7 +109,9 @@ struct VmAction {
 
 /// A task: the reply to a VmAction, and its progress events. States: "pending", "started", "completed",
 /// "failed", "cancelled". A failed task carries the vendor's error code ("VM_BAD_POWER_STATE",
-/// "InvalidPowerState", a WMI return code) and message.
+/// "InvalidPowerState", a WMI return code) and message. The reply is the task as it stands ("started" when the
+/// queue had room, "failed" at once when the VM's state refuses the action); a create's task names its new VM
+/// from "completed" on.
 struct Task {
   static constexpr std::string_view type_name = "deskfarm.hypervisor.Task";
   static constexpr std::uint32_t type_version = 1;
@@ -115,10 +122,12 @@ struct Task {
   double progress = 0;  ///< 0..1
   std::string error_code;
   std::string error;
+  std::string vendor_state;  ///< the vendor's word for `state` ("success", "Completed (7)", "queued"); optional
   static constexpr auto fields() {
     return std::tuple{field("id", &Task::id),       field("action", &Task::action), field("vm", &Task::vm),
                       field("state", &Task::state), field("progress", &Task::progress),
-                      field("error_code", &Task::error_code), field("error", &Task::error)};
+                      field("error_code", &Task::error_code), field("error", &Task::error),
+                      field("vendor_state", &Task::vendor_state)};
   }
 };
 
@@ -153,9 +162,57 @@ struct PowerStateEvent {
   bool is_boot() const { return state == kStarting || (state == kRunning && previous == kOff); }
 };
 
+/// fault: injects a fault at run time (the manifest's `faults` do the same at start). `kind`: "host_crash"
+/// (`host`: its VMs go off, HA-protected ones restart on the remaining hosts), "host_recover" (`host`),
+/// "task_failure_rate" (`value` 0..1: that share of tasks fails with the vendor's internal error),
+/// "slow_storage" (`value` >= 1: disk-bound actions take that many times longer). Reply: the hosts after it.
+struct Fault {
+  static constexpr std::string_view type_name = "deskfarm.hypervisor.Fault";
+  static constexpr std::uint32_t type_version = 1;
+  std::string kind;
+  std::string host;
+  double value = 0;
+  static constexpr auto fields() {
+    return std::tuple{field("kind", &Fault::kind), field("host", &Fault::host), field("value", &Fault::value)};
+  }
+};
+
+/// The reply to a Fault: every host as it now stands.
+struct Hosts {
+  static constexpr std::string_view type_name = "deskfarm.hypervisor.Hosts";
+  static constexpr std::uint32_t type_version = 1;
+  std::vector<Host> hosts;
+  static constexpr auto fields() { return std::tuple{field("hosts", &Hosts::hosts)}; }
+};
+
+/// One step of a VM's firmware boot (with real firmware enabled): "dhcp", "tftp", "bootstrap", "login",
+/// "stream", "handover", "recovery"; `state` "ok" or "failed" with `detail` saying why. Published on
+/// hypervisor.<instance>.vm.<vm>.boot in the order the firmware took them.
+struct BootProgress {
+  static constexpr std::string_view type_name = "deskfarm.hypervisor.BootProgress";
+  static constexpr std::uint32_t type_version = 1;
+  std::string vm;
+  std::string mac;
+  std::string task;
+  std::string step;
+  std::string state;
+  std::string at;          ///< ISO 8601 UTC wall time of the step
+  std::int64_t took_us = 0;
+  std::string detail;
+  std::string adapter;
+  static constexpr auto fields() {
+    return std::tuple{field("vm", &BootProgress::vm),         field("mac", &BootProgress::mac),
+                      field("task", &BootProgress::task),     field("step", &BootProgress::step),
+                      field("state", &BootProgress::state),   field("at", &BootProgress::at),
+                      field("took_us", &BootProgress::took_us), field("detail", &BootProgress::detail),
+                      field("adapter", &BootProgress::adapter)};
+  }
+};
+
 // ---- subjects ----
 /// Requests: hypervisor.<instance>.inventory (Empty → Inventory), hypervisor.<instance>.vm.action
-/// (VmAction → Task), hypervisor.<instance>.task.cancel (CancelTask → Task).
+/// (VmAction → Task), hypervisor.<instance>.task.cancel (CancelTask → Task), hypervisor.<instance>.fault
+/// (Fault → Hosts).
 inline std::string request_subject(std::string_view instance, std::string_view what) {
   return "hypervisor." + std::string(instance) + "." + std::string(what);
 }
@@ -168,5 +225,9 @@ inline std::string task_subject(std::string_view instance, std::string_view task
   return "hypervisor." + std::string(instance) + ".task." + std::string(task);
 }
 inline constexpr const char* all_power_events = "hypervisor.*.vm.*.power";
+/// Firmware boot steps: hypervisor.<instance>.vm.<vm>.boot.
+inline std::string boot_subject(std::string_view instance, std::string_view vm) {
+  return "hypervisor." + std::string(instance) + ".vm." + std::string(vm) + ".boot";
+}
 
 }  // namespace deskfarm::interfaces::hypervisor

@@ -1,0 +1,129 @@
+// Swapping the hypervisor backend is one manifest line: the same deployment text with plugin =
+// hypervisor-xen, -hyperv and -esx gives the same outcome — the same desktops (names, MACs) run, and each boots
+// from pvs through TFTP (the bootstrap named by its network's options 66/67) and NBD (its vDisk, export = MAC).
+// The TFTP read and NBD login here stand in for the VM's firmware (the adapters' `firmware = true` does it
+// from inside the VM when the firmware library is in the build).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <map>
+
+#include <deskfarm/bootstrap/bootstrap.hpp>
+#include <deskfarm/interfaces/hypervisor/hypervisor.hpp>
+#include <deskfarm/nbd/client.hpp>
+#include <deskfarm/testing/files.hpp>
+#include <deskfarm/testing/harness.hpp>
+#include <deskfarm/testing/process.hpp>
+#include <deskfarm/testing/temp_dir.hpp>
+#include <deskfarm/tftp/client.hpp>
+
+namespace {
+
+using namespace std::chrono_literals;
+namespace dt = deskfarm::testing;
+namespace hv = deskfarm::interfaces::hypervisor;
+constexpr std::size_t base_size = 1 << 20;
+constexpr int desktops = 4;
+
+/// A UDP port on 127.0.0.1 that was free a moment ago (option 66 must name it before pvs starts).
+std::uint16_t free_udp_port() {
+  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+/// The deployment: pvs with one vDisk and a device per desktop MAC, and a hypervisor with that many desktops.
+std::string deployment(const dt::TempDir& dir, std::uint16_t tftp_port, const std::string& plugin) {
+  std::string devices;
+  for (int i = 1; i <= desktops; ++i)
+    devices += std::string(devices.empty() ? "" : ", ") + "{ mac = \"52:54:00:00:00:0" + std::to_string(i) + "\", vdisk = \"gold\" }";
+  return "[deployment]\nname = \"swap\"\nstate_dir = \"" + (dir.path() / "var").string() + "\"\ndata_store = \"sqlite:" +
+         (dir.path() / "ds.db").string() + "\"\n\n"
+         "[instances.pvs-1]\nplugin = \"pvs\"\ntftp = \"127.0.0.1:" + std::to_string(tftp_port) + "\"\nstream = \"127.0.0.1:0\"\n"
+         "store = \"" + (dir.path() / "vdisks").string() + "\"\nvdisks = [{ name = \"gold\", file = \"gold.img\" }]\n"
+         "devices = [" + devices + "]\n\n"
+         "[instances.farm-hv]\nplugin = \"" + plugin + "\"\nmac_prefix = \"52:54:00\"\n"
+         "networks = [{ name = \"desktops\", tftp_server = \"127.0.0.1:" + std::to_string(tftp_port) + "\", boot_file = \"ARDBP32.BIN\" }]\n"
+         "templates = [{ name = \"win7\", memory_mb = 1024, vcpus = 1 }]\n"
+         "vms = [{ template = \"win7\", count = " + std::to_string(desktops) + ", prefix = \"desktop-\" }]\n"
+         "latencies = [{ action = \"start\", distribution = \"uniform\", ms = 20, max_ms = 60 }]\n";
+}
+
+struct Outcome {
+  std::map<std::string, std::string> running;  ///< VM name -> MAC, of the VMs that run
+  std::map<std::string, bool> booted;          ///< MAC -> its vDisk's first MiB read through NBD equals the image
+  std::size_t boot_events = 0;                 ///< power events that are boots (what pvs ends sessions on)
+  bool operator==(const Outcome&) const = default;
+};
+
+Outcome run(const std::string& plugin) {
+  dt::TempDir dir("hv-swap");
+  std::filesystem::create_directories(dir.path() / "vdisks");
+  const auto image = dt::pattern(base_size, 3);
+  dt::write_file(dir.path() / "vdisks" / "gold.img", image);
+  dt::HarnessOptions o;
+  o.plugin_path = {PLUGIN_DIR};
+  o.source_name = "swap.toml";
+  dt::Harness h(deployment(dir, free_udp_port(), plugin), o);
+  h.start();
+  REQUIRE(dt::eventually([&] {
+    const auto status = h.instance_status("pvs-1");
+    const auto* c = status.find("catalog");
+    return c && c->is_string() && c->as_string() == "loaded";
+  }, 30s));
+  auto power = h.probe(hv::all_power_events);
+  auto inv = h.request<deskfarm::sdk::Empty, hv::Inventory>("hypervisor.farm-hv.inventory", {});
+  REQUIRE(inv);
+  REQUIRE(inv->vms.size() == desktops);
+  for (const auto& vm : inv->vms) REQUIRE(h.request<hv::VmAction, hv::Task>("hypervisor.farm-hv.vm.action", hv::VmAction{"start", vm.id, "", "", "", {}}));
+  Outcome out;
+  REQUIRE(dt::eventually([&] {
+    out.running.clear();
+    const auto now = h.request<deskfarm::sdk::Empty, hv::Inventory>("hypervisor.farm-hv.inventory", {});
+    for (const auto& vm : now->vms)
+      if (vm.power_state == hv::kRunning) out.running[vm.name] = vm.mac;
+    return out.running.size() == desktops;
+  }, 30s));
+  for (const auto& m : power.received())
+    if (auto e = deskfarm::sdk::body_of<hv::PowerStateEvent>(m); e && e->is_boot()) ++out.boot_events;
+  // Each running desktop boots as its firmware would: options 66/67 of its network, the bootstrap, its vDisk.
+  const auto& net = inv->networks.at(0);
+  const auto colon = net.tftp_server.rfind(':');
+  for (const auto& [name, mac] : out.running) {
+    const auto file = deskfarm::tftp::Client().get(net.tftp_server.substr(0, colon),
+                                                   static_cast<std::uint16_t>(std::stoi(net.tftp_server.substr(colon + 1))), net.boot_file);
+    const auto b = deskfarm::bootstrap::parse(std::string_view(reinterpret_cast<const char*>(file.data.data()), file.data.size()));
+    REQUIRE(!b.login_servers.empty());
+    deskfarm::nbd::Client disk(b.login_servers[0].host, b.login_servers[0].port, mac);
+    std::vector<std::byte> got(base_size);
+    bool ok = disk.size() == base_size;
+    for (std::size_t off = 0; ok && off < base_size; off += 256 << 10)
+      ok = disk.read(off, std::span(got).subspan(off, 256 << 10)) == 0;
+    out.booted[mac] = ok && got == image;
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("the same deployment with hypervisor-xen, -hyperv and -esx boots the same desktops from pvs over TFTP and NBD") {
+  const auto xen = run("hypervisor-xen");
+  CHECK(xen.running.size() == desktops);
+  CHECK(xen.boot_events == desktops);
+  for (const auto& [mac, ok] : xen.booted) {
+    INFO(mac);
+    CHECK(ok);
+  }
+  CHECK(xen.booted.size() == desktops);
+  CHECK(run("hypervisor-hyperv") == xen);
+  CHECK(run("hypervisor-esx") == xen);
+}

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <deskfarm/testing/files.hpp>
+#include <deskfarm/testing/net.hpp>
 #include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
 
@@ -22,12 +23,7 @@
 
 namespace deskfarm::bench {
 
-/// The MAC of device `i` (52:54:00:xx:xx:xx, up to 2^24 devices).
-inline std::string mac_of(int i) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "52:54:00:%02x:%02x:%02x", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
-  return buf;
-}
+using testing::mac_of;
 
 /// A loopback address of its own for device `i` (127.0.0.2 onwards), so pvs sees as many machines as devices.
 inline std::string source_of(int i) {

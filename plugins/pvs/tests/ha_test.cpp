@@ -150,11 +150,12 @@ TEST_CASE("HA: one maintenance writer across servers, and the peer takes it over
   Pair p;
   REQUIRE(p.lab.admin("version.new", api::NewVersion{"gold"}).ok());
   REQUIRE(dt::eventually([&] { return p.refusal2("gold@maintenance").find("no version in maintenance") == std::string::npos; }));
-  auto m = p.lab.connect("gold@maintenance");
-  REQUIRE(m.write(0, fill(4096, 0x11)) == 0);
-  REQUIRE(m.flush() == 0);
+  // The probe above that pvs-2 opened holds the writer's row there until pvs-2 has seen it close (later under load).
+  auto m = connect_when_served(p.lab.stream_port(), "gold@maintenance");
+  REQUIRE(m->write(0, fill(4096, 0x11)) == 0);
+  REQUIRE(m->flush() == 0);
   CHECK_THAT(p.refusal2("gold@maintenance"), Catch::Contains("served by pvs-1"));
-  m.disconnect();
+  m->disconnect();
   // The writer left: the row goes, and pvs-2 may open it (in-place writes are on the shared store).
   auto m2 = connect_when_served(p.port2(), "gold@maintenance");
   CHECK(read_all(*m2, 0, 4096) == fill(4096, 0x11));

@@ -10,12 +10,20 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace deskfarm::testing {
+
+/// The MAC of simulated device `i` (52:54:00:xx:xx:xx, up to 2^24 devices): storms and tests name devices by it.
+inline std::string mac_of(int i) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "52:54:00:%02x:%02x:%02x", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+  return buf;
+}
 
 /// A port free at this moment on `host` for `type` (SOCK_STREAM or SOCK_DGRAM), for a peer that must be told one.
 inline std::uint16_t free_port(int type = SOCK_STREAM, const char* host = "127.0.0.1") {

@@ -259,6 +259,12 @@ void Adapter::boot(const BootTicket& ticket) {
   plan.tftp_server = ticket.tftp_server;
   plan.boot_file = ticket.boot_file;
   plan.iso_path = ticket.iso;
+  // On loopback every simulated PC gets an address of its own, 127.X.Y.Z from its MAC's last three octets: pvs
+  // tells devices apart by address (a bootstrap fetched from an address ends the session of the device seen there).
+  if (plan.tftp_server.starts_with("127.") && ticket.mac.size() == 17) {
+    auto octet = [&](int i) { return std::to_string(std::stoi(ticket.mac.substr(static_cast<std::size_t>(3 * i), 2), nullptr, 16)); };
+    plan.source_address = "127." + octet(3) + "." + octet(4) + "." + octet(5);
+  }
   auto line = ctx_.lifeline();
   const auto adapter = ctx_.name();
   // The firmware blocks on real sockets: it runs on the blocking pool, and each step comes back to the

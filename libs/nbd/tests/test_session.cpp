@@ -486,7 +486,8 @@ TEST_CASE("an idle device that read 4 KiB and wrote 64 KiB holds under 48 KiB of
     REQUIRE(simple_reply(*s, 2) == 0);
     devices.push_back(std::move(s));
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // every thread back in its wait for a request
+  // Past the transport's idle grace (250 ms): every thread has given back its payload pages and waits for a request.
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
   const std::size_t after = resident_bytes();
   const std::size_t per_device = (after - std::min(before, after)) / kDevices;
   INFO("resident memory per idle device: " << per_device / 1024 << " KiB (thread, buffers; the export is shared)");

@@ -55,7 +55,9 @@ class Transport {
   }
   /// True once start_tls() succeeded.
   virtual bool tls_active() const { return false; }
-  /// True when no request is waiting (the next read would block): the session then gives back its payload memory.
+  /// True when no request arrived within a short grace (the transport's choice; it returns as soon as one does):
+  /// the session then gives back its payload memory. A client with one request in flight is never idle between
+  /// two of them, so its buffer pages stay mapped.
   virtual bool idle() { return false; }
 };
 

@@ -225,3 +225,39 @@ TEST_CASE("bad input names the field and leaves no image behind", "[bdm]") {
     CHECK(entries(dir.path()) == 0);
   }
 }
+
+TEST_CASE("QEMU boots the ISO into Debian's iPXE, which runs the script and tries the servers in order", "[bdm][qemu]") {
+  if (!have_ipxe_iso() || !testing::require_program("qemu-system-x86_64")) return;
+  TempDir dir("bdm-test");
+  const auto iso = dir / "bdm.iso";
+  auto o = sample();
+  o.bootstrap.version = 7;
+  // 10.0.2.2 is the host under QEMU user networking (no TFTP there: refused at once); 10.0.2.3 its DNS (no TFTP).
+  o.bootstrap.login_servers = {{"10.0.2.2", 6910}, {"10.0.2.3", 6910}};
+  o.bootstrap.login_polling_timeout_ms = 1000;
+  o.bootstrap.login_general_timeout_ms = 1000;
+  // With no local disk, sanboot fails and the script reboots; -no-reboot turns that into QEMU exiting.
+  o.bootstrap.recovery = bootstrap::Recovery::reboot_to_hd;
+  bdm::build_iso(o, iso);
+  // Bounded: run_child kills QEMU by its PID at the deadline (a normal run takes ~6 s under TCG).
+  const auto r = testing::run_child({"qemu-system-x86_64", "-accel", "tcg", "-nographic", "-no-reboot", "-m", "128",
+                                     "-boot", "d", "-cdrom", iso.string(), "-serial", "stdio", "-monitor", "none",
+                                     "-nic", "user,model=e1000"},
+                                    std::chrono::seconds(90));
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 0);  // exited by itself (reboot with -no-reboot), not killed at the deadline
+  const auto banner = r.out.find("iPXE 1.0.0");
+  const auto stamp = r.out.find("deskfarm BDM bootstrap version 7");
+  const auto first = r.out.find("trying login server 1 10.0.2.2:6910");
+  const auto second = r.out.find("trying login server 2 10.0.2.3:6910");
+  const auto recovery = r.out.find("no login server answered, booting the local disk");
+  REQUIRE(banner != std::string::npos);
+  REQUIRE(stamp != std::string::npos);
+  REQUIRE(first != std::string::npos);
+  REQUIRE(second != std::string::npos);
+  REQUIRE(recovery != std::string::npos);
+  CHECK(banner < stamp);
+  CHECK(stamp < first);
+  CHECK(first < second);
+  CHECK(second < recovery);
+}

@@ -261,3 +261,35 @@ TEST_CASE("QEMU boots the ISO into Debian's iPXE, which runs the script and trie
   CHECK(first < second);
   CHECK(second < recovery);
 }
+
+TEST_CASE("deskfarm bdm build writes the same image as the library and refuses bad options by name", "[bdm][cli]") {
+  if (!have_ipxe_iso()) return;
+  TempDir dir("bdm-test");
+  const auto iso = dir / "cli.iso";
+  auto o = sample();
+  const auto r = testing::run_child({DESKFARM_BIN, "bdm", "build", "--server", "10.0.2.2:6910", "--server",
+                                     "10.0.2.3:6911", "--server", "pvs.example:6910", "--bootstrap-version", "42",
+                                     "--verbose", "true", "--source-date-epoch", "1700000000", "-o", iso.string()});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(testing::sha256_file(iso) == bdm::build_iso(o, dir / "lib.iso").sha256);
+  CHECK(r.out.find(bdm::build_iso(o, dir / "lib.iso").sha256) != std::string::npos);
+
+  auto refuse = [&](std::vector<std::string> args, const std::string& needle, int code) {
+    std::vector<std::string> argv = {DESKFARM_BIN, "bdm", "build"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    argv.insert(argv.end(), {"-o", (dir / "bad.iso").string()});
+    const auto bad = testing::run_child(argv);
+    INFO(bad.err);
+    CHECK(bad.exit_code == code);
+    CHECK(bad.err.find(needle) != std::string::npos);
+    CHECK_FALSE(fs::exists(dir / "bad.iso"));
+  };
+  refuse({"--server", "a:1", "--server", "a:2", "--server", "a:3", "--server", "a:4", "--server", "a:5"},
+         "at most 4", 2);
+  refuse({"--server", "10.0.0.5"}, "--server '10.0.0.5' is not host:port", 2);
+  refuse({"--server", "10.0.0.5:6910", "--ip", "10.0.0.9"}, "mask", 2);
+  refuse({"--server", "10.0.0.5:6910", "--colour", "blue"}, "--colour", 2);
+  refuse({"--server", "10.0.0.5:6910", "--recovery", "pray"}, "--recovery 'pray'", 2);
+  refuse({"--server", "10.0.0.5:6910", "--mask", "255.0.0.0"}, "need --ip", 2);
+}

@@ -86,7 +86,7 @@ TEST_CASE("deskfarm check accepts the shipped manifests") {
 }
 
 TEST_CASE("each plugin README's key table is exactly what describe --markdown prints") {
-  for (auto [plugin, readme] : {std::pair{"pvs", "plugins/pvs/README.md"}, std::pair{"tftp-lb", "plugins/tftp-lb/README.md"}, std::pair{"hello", "sdk/examples/hello-plugin/README.md"}}) {
+  for (auto [plugin, readme] : {std::pair{"pvs", "plugins/pvs/README.md"}, std::pair{"tftp-lb", "plugins/tftp-lb/README.md"}, std::pair{"bdm", "plugins/bdm/README.md"}, std::pair{"hello", "sdk/examples/hello-plugin/README.md"}}) {
     const std::string text = read_text(std::filesystem::path(SOURCE_DIR) / readme);
     const std::string marker = std::string("<!-- generated: deskfarm describe ") + plugin + " --markdown -->\n";
     const auto at = text.find(marker);

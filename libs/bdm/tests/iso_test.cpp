@@ -117,7 +117,7 @@ TEST_CASE("the iPXE script tries the login servers in failover order", "[bdm]") 
   CHECK(script.find("sleep 50\ngoto start") != std::string::npos);
 }
 
-TEST_CASE("the same inputs give the same bytes; SOURCE_DATE_EPOCH changes them", "[bdm]") {
+TEST_CASE("the same inputs give the same bytes, and SOURCE_DATE_EPOCH changes them", "[bdm]") {
   if (!have_ipxe_iso()) return;
   TempDir dir("bdm-test");
   const auto one = bdm::build_iso(sample(), dir / "one.iso");

@@ -8,6 +8,7 @@
 #include <Poco/DigestEngine.h>
 #include <Poco/SHA2Engine.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdlib>

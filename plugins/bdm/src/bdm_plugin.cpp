@@ -1,6 +1,7 @@
 // bdm: the Boot Device Manager role. Builds the BDM ISO (libs/bdm) from its manifest keys into its state directory
 // at start, shows where it is in its status, and builds it again on request.
 #include <cstdlib>
+#include <ctime>
 
 #include <deskfarm/bdm/iso.hpp>
 #include <deskfarm/interfaces/bdm/bdm.hpp>

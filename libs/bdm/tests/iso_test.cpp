@@ -293,3 +293,42 @@ TEST_CASE("deskfarm bdm build writes the same image as the library and refuses b
   refuse({"--server", "10.0.0.5:6910", "--recovery", "pray"}, "--recovery 'pray'", 2);
   refuse({"--server", "10.0.0.5:6910", "--mask", "255.0.0.0"}, "need --ip", 2);
 }
+
+TEST_CASE("the isohybrid image boots from a disk too (a USB stick): the MBR starts ISOLINUX, then iPXE and the script",
+          "[bdm][qemu]") {
+  if (!have_ipxe_iso() || !testing::require_program("qemu-system-x86_64")) return;
+  TempDir dir("bdm-test");
+  const auto iso = dir / "bdm.iso";
+  auto o = sample();
+  o.bootstrap.version = 8;
+  o.bootstrap.login_servers = {{"10.0.2.2", 6910}};
+  o.bootstrap.login_polling_timeout_ms = 1000;
+  o.bootstrap.login_general_timeout_ms = 1000;
+  o.bootstrap.recovery_time_s = 3600;  // after one try the script sleeps: nothing more to see
+  bdm::build_iso(o, iso);
+  // As a disk the image is also "the local disk", so the run never ends by itself: QEMU runs in the background,
+  // the test polls its serial log for the script's last line (bounded: 60 s) and kills it by its PID.
+  const auto log = dir / "serial.log";
+  std::string out;
+  {
+    testing::ChildProcess qemu({"qemu-system-x86_64", "-accel", "tcg", "-nographic", "-no-reboot", "-m", "128", "-drive",
+                                "file=" + iso.string() + ",format=raw,if=ide,snapshot=on", "-serial", "stdio",
+                                "-monitor", "none", "-nic", "user,model=e1000"},
+                               log);
+    testing::eventually(
+        [&] {
+          out = testing::read_text(log);
+          return out.find("retrying in 3600 s") != std::string::npos || !qemu.running();
+        },
+        std::chrono::seconds(60));
+  }  // ~ChildProcess kills QEMU by its PID
+  INFO(out);
+  const auto isolinux = out.find("ISOLINUX 6.04 20200816 EHDD");  // EHDD: the hard-disk (isohybrid) entry
+  const auto stamp = out.find("deskfarm BDM bootstrap version 8");
+  const auto retry = out.find("no login server answered, retrying in 3600 s");
+  REQUIRE(isolinux != std::string::npos);
+  REQUIRE(stamp != std::string::npos);
+  REQUIRE(retry != std::string::npos);
+  CHECK(isolinux < stamp);
+  CHECK(stamp < retry);
+}

@@ -22,6 +22,8 @@ packages=(
   openssl
   # a foreign TFTP backend behind the tftp-lb tests' virtual server (in.tftpd, started by the tests themselves)
   tftpd-hpa
+  # Boot Device Manager ISO: libisofs to write it, Debian's iPXE inside it, xorriso and QEMU to check and boot it
+  libisofs-dev ipxe xorriso qemu-system-x86
 )
 # Benchmark peers: dnsmasq as a package; atftpd conflicts with tftpd-hpa, so it is unpacked
 # privately into /tmp/atftpd, where tools/bench/tftp/run.sh looks for it.

@@ -12,6 +12,7 @@
 #include <boost/program_options.hpp>
 
 #include "admin.hpp"
+#include "bdm_command.hpp"
 #include "config_check.hpp"
 #include "deployment.hpp"
 #include "log.hpp"
@@ -47,6 +48,8 @@ const char* usage_text =
     "  request SUBJECT [JSON] [MANIFEST]\n"
     "                     send a bus request to a running deployment (JSON object, default {}) and print the\n"
     "                     reply's JSON; exit 1 with the error envelope on stderr when it fails\n"
+    "  bdm build --server HOST:PORT … -o IMAGE\n"
+    "                     write a Boot Device Manager ISO (`deskfarm bdm --help` lists its options)\n"
     "\n"
     "exit codes: 0 ok, 1 failure while running or stopping, 2 usage error, 3 invalid manifest or plugin,\n"
     "            4 an instance failed to start (the others were stopped), 5 deployment not reachable\n";
@@ -382,6 +385,8 @@ int cmd_run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // `bdm` has options of its own (--server, --ip, …): it parses them itself.
+  if (argc >= 2 && std::string(argv[1]) == "bdm") return deskfarm::cli::cmd_bdm(argc, argv);
   Options o;
   po::options_description visible("options");
   visible.add_options()

@@ -1,0 +1,55 @@
+#pragma once
+// The Boot Device Manager ISO: a bootable ISO 9660 image (El Torito, BIOS, isohybrid) that carries Debian's iPXE,
+// an iPXE script that tries the login servers in failover order, and the libs/bootstrap record. README.md.
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include <deskfarm/bootstrap/bootstrap.hpp>
+
+namespace deskfarm::bdm {
+
+/// Where Debian's `ipxe` package puts its BIOS ISO; its isolinux, ldlinux.c32 and ipxe.krn are reused.
+inline constexpr const char* default_ipxe_iso = "/usr/lib/ipxe/ipxe.iso";
+/// Paths inside the image (ISO 9660 names are matched case-insensitively by isolinux).
+inline constexpr const char* bootstrap_path = "/bdm.bst";
+inline constexpr const char* script_path = "/bdm.ipxe";
+
+struct IsoOptions {
+  bootstrap::Bootstrap bootstrap;                     ///< validated with bootstrap::validate()
+  std::filesystem::path ipxe_iso = default_ipxe_iso;  ///< source of the boot loader files
+  std::string volume_id = "DESKFARM_BDM";             ///< 1..32 of A-Z 0-9 _
+  /// Every timestamp in the image; unset: SOURCE_DATE_EPOCH from the environment, else the current time.
+  std::optional<std::int64_t> source_date_epoch;
+  bool hybrid = true;  ///< isohybrid MBR so the same file boots from a USB stick
+};
+
+/// Bad options, a missing boot loader, or an image that cannot be written; `field()` names the option at fault.
+class BdmError : public std::runtime_error {
+ public:
+  BdmError(std::string field, const std::string& message)
+      : std::runtime_error(field + ": " + message), field_(std::move(field)) {}
+  const std::string& field() const { return field_; }
+
+ private:
+  std::string field_;
+};
+
+struct IsoResult {
+  std::uint64_t size = 0;
+  std::string sha256;  ///< lower-case hex of the whole image
+};
+
+/// The iPXE script written to script_path: address setup, then each login server in order (README.md).
+std::string ipxe_script(const bootstrap::Bootstrap& b);
+
+/// Writes the image to `output` (a temporary sibling renamed on success: no partial image is ever left).
+/// Throws BdmError naming the field (a bootstrap key, "volume_id", "ipxe_iso", "source_date_epoch", "output").
+IsoResult build_iso(const IsoOptions& options, const std::filesystem::path& output);
+
+/// Reads one file of an ISO image (e.g. bootstrap_path) in-process with libisofs; throws BdmError("iso", …).
+std::string read_iso_file(const std::filesystem::path& iso, const std::string& path);
+
+}  // namespace deskfarm::bdm

@@ -1,15 +1,17 @@
 // Swapping the hypervisor backend is one manifest line: the same deployment text with plugin =
 // hypervisor-xen, -hyperv and -esx gives the same outcome — the same desktops (names, MACs) run, and each boots
 // from pvs through TFTP (the bootstrap named by its network's options 66/67) and NBD (its vDisk, export = MAC).
-// The TFTP read and NBD login here stand in for the VM's firmware (the adapters' `firmware = true` does it
-// from inside the VM when the firmware library is in the build).
+// The TFTP read and NBD login of the swap test stand in for the VM's firmware; the last test lets the adapter's
+// `firmware = true` do it from inside the VM, with libs/firmware.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <map>
+#include <set>
 
 #include <deskfarm/bootstrap/bootstrap.hpp>
 #include <deskfarm/interfaces/hypervisor/hypervisor.hpp>
@@ -126,4 +128,45 @@ TEST_CASE("the same deployment with hypervisor-xen, -hyperv and -esx boots the s
   CHECK(xen.booted.size() == desktops);
   CHECK(run("hypervisor-hyperv") == xen);
   CHECK(run("hypervisor-esx") == xen);
+}
+
+TEST_CASE("with firmware = true a started desktop boots through real firmware: TFTP, bootstrap, NBD login, handover") {
+  dt::TempDir dir("hv-firmware");
+  std::filesystem::create_directories(dir.path() / "vdisks");
+  dt::write_file(dir.path() / "vdisks" / "gold.img", dt::pattern(base_size, 3));
+  dt::HarnessOptions o;
+  o.plugin_path = {PLUGIN_DIR};
+  o.source_name = "firmware.toml";
+  dt::Harness h(deployment(dir, free_udp_port(), "hypervisor-xen") + "firmware = true\n", o);
+  h.start();
+  REQUIRE(dt::eventually([&] {
+    const auto status = h.instance_status("pvs-1");
+    const auto* c = status.find("catalog");
+    return c && c->is_string() && c->as_string() == "loaded";
+  }, 30s));
+  auto steps = h.probe("hypervisor.farm-hv.vm.*.boot");
+  const auto inv = h.request<deskfarm::sdk::Empty, hv::Inventory>("hypervisor.farm-hv.inventory", {});
+  REQUIRE(inv);
+  for (const auto& vm : inv->vms)
+    REQUIRE(h.request<hv::VmAction, hv::Task>("hypervisor.farm-hv.vm.action", hv::VmAction{"start", vm.id, "", "", "", {}}));
+  REQUIRE(dt::eventually([&] {
+    const auto now = h.request<deskfarm::sdk::Empty, hv::Inventory>("hypervisor.farm-hv.inventory", {});
+    return std::all_of(now->vms.begin(), now->vms.end(), [](const hv::Vm& vm) { return vm.power_state == hv::kRunning; });
+  }, 60s));
+  // Every desktop went through each step of a network boot, in order, and each step succeeded.
+  std::map<std::string, std::string> trail;  // MAC -> "tftp bootstrap login stream handover"
+  for (const auto& m : steps.received())
+    if (auto s = deskfarm::sdk::body_of<hv::BootProgress>(m); s && s->state == "ok" && s->step != "dhcp")
+      trail[s->mac] += (trail[s->mac].empty() ? "" : " ") + s->step;
+  REQUIRE(trail.size() == desktops);
+  for (const auto& [mac, t] : trail) {
+    INFO(mac);
+    CHECK(t == "tftp bootstrap login stream handover");
+  }
+  // pvs saw each device stream its vDisk, each from an address of its own (the firmware's 127.X.Y.Z).
+  const auto pvs = h.instance_status("pvs-1");
+  std::set<std::string> peers;
+  for (const auto& s : pvs.find("sessions")->as_array()) peers.insert(s.find("peer")->as_string());
+  CHECK(peers.size() == desktops);
+  CHECK(pvs.find("tftp")->find("rrq")->as_integer() >= desktops);
 }

@@ -360,7 +360,7 @@ inline Findings check_hypervisor(const Subject& s) {
 
     // unknown ids
     const auto not_found = vendor_code(inv.vendor, "not_found");
-    for (const std::string id : {std::string("conformance-no-such-vm"), a}) {
+    for (const std::string& id : {std::string("conformance-no-such-vm"), a}) {
       auto r = d.act("start", id);
       if (r) {
         f.push_back({unknown, "start of unknown VM '" + id + "' was accepted as task " + r->id});

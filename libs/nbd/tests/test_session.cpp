@@ -492,7 +492,13 @@ TEST_CASE("an idle device that read 4 KiB and wrote 64 KiB holds under 48 KiB of
   const std::size_t per_device = (after - std::min(before, after)) / kDevices;
   INFO("resident memory per idle device: " << per_device / 1024 << " KiB (thread, buffers; the export is shared)");
   // Was ~137 KiB: a zero-filled 64 KiB receive buffer and a payload buffer as large as the largest request.
+#if defined(__SANITIZE_ADDRESS__)
+  // Under AddressSanitizer each thread also carries shadow memory and redzones (~250 KiB measured): the figure that
+  // counts is the plain build's; here only a payload buffer kept per device (+1 MiB) would show.
+  CHECK(per_device < 512 * 1024);
+#else
   CHECK(per_device < 48 * 1024);
+#endif
 }
 
 TEST_CASE("a WRITE and a READ spanning several payload chunks move every byte") {

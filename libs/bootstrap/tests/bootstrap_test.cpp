@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include "deskfarm/bootstrap/bootstrap.hpp"
+#include "deskfarm/bootstrap/keys.hpp"
 
 using namespace deskfarm::bootstrap;
 
@@ -130,4 +131,49 @@ TEST_CASE("login server endpoints parse from host:port text") {
   CHECK_THROWS_WITH(parse_endpoint("127.0.0.1"), Catch::Contains("not host:port"));
   CHECK_THROWS_WITH(parse_endpoint("-x:1"), Catch::Contains("neither"));
   CHECK_THROWS_WITH(parse_endpoint("h:70000"), Catch::Contains("not 1..65535"));
+}
+
+TEST_CASE("from_keys maps the manifest keys onto a record and names the manifest key at fault") {
+  Keys k;
+  k.login_servers = {"10.0.0.5:6910", "pvs-2.example:6911"};
+  k.bootstrap_version = 7;
+  k.recovery = "reboot_to_hd";
+  k.addressing = "static";
+  k.static_ip = "10.1.0.20";
+  k.static_mask = "255.255.255.0";
+  k.static_gateway = "10.1.0.1";
+  const auto b = from_keys(k);
+  CHECK(b.version == 7);
+  CHECK(b.login_servers.size() == 2);
+  CHECK(b.login_servers[1].port == 6911);
+  CHECK(b.recovery == Recovery::reboot_to_hd);
+  CHECK(b.static_address.gateway == "10.1.0.1");
+  CHECK(validate(b).empty());
+
+  auto key_of = [](Keys bad) {
+    try {
+      (void)from_keys(bad);
+    } catch (const KeyError& e) {
+      return e.key();
+    }
+    return std::string("(accepted)");
+  };
+  auto bad = k;
+  bad.static_mask = "255.255.0";
+  CHECK(key_of(bad) == "static_mask");
+  bad = k;
+  bad.login_servers = {"a:1", "a:2", "a:3", "a:4", "a:5"};
+  CHECK(key_of(bad) == "login_servers");
+  bad = k;
+  bad.login_servers = {"10.0.0.5"};
+  CHECK(key_of(bad) == "login_servers");
+  bad = k;
+  bad.login_general_timeout_ms = 2000;
+  CHECK(key_of(bad) == "login_general_timeout_ms");
+  bad = k;
+  bad.bootstrap_version = 0;
+  CHECK(key_of(bad) == "bootstrap_version");
+  bad = k;
+  bad.login_servers.clear();  // the caller fills these in (pvs: its own stream address)
+  CHECK(key_of(bad) == "(accepted)");
 }

@@ -4,6 +4,7 @@
 #include <ctime>
 
 #include <deskfarm/bdm/iso.hpp>
+#include <deskfarm/bootstrap/keys.hpp>
 #include <deskfarm/interfaces/bdm/bdm.hpp>
 #include <deskfarm/sdk/plugin.hpp>
 
@@ -15,18 +16,8 @@ namespace api = deskfarm::interfaces::bdm;
 
 constexpr const char* provides[] = {"bdm", nullptr};
 
-struct BdmConfig {
-  std::vector<std::string> login_servers;
-  std::int64_t bootstrap_version = 1;
-  std::string addressing;
-  std::string static_ip, static_mask, static_gateway, static_dns;
-  std::int64_t login_polling_timeout_ms = 5000;
-  std::int64_t login_general_timeout_ms = 30000;
-  std::string recovery;
-  std::int64_t recovery_time_s = 50;
-  bool verbose = false;
-  bool interrupt_safe = false;
-  bool advanced_memory = true;
+/// The bootstrap keys (shared with pvs, same names) and the image's own.
+struct BdmConfig : bootstrap::Keys {
   std::string image;
   std::string ipxe_iso;
   std::string volume_id;
@@ -69,36 +60,12 @@ constexpr auto bdm_schema = schema<BdmConfig>(
 /// The library's options from the manifest; every error names the manifest key.
 bdm::IsoOptions make_options(const BdmConfig& c) {
   bdm::IsoOptions o;
-  auto& b = o.bootstrap;
-  if (c.login_servers.empty() || c.login_servers.size() > bootstrap::max_login_servers)
-    throw ConfigError("login_servers", "login_servers has " + std::to_string(c.login_servers.size()) +
-                                           " entries; the ISO carries 1..4 (failover order)");
-  for (const auto& s : c.login_servers) {
-    try {
-      b.login_servers.push_back(bootstrap::parse_endpoint(s, "login_servers"));
-    } catch (const bootstrap::BootstrapError& e) {
-      throw ConfigError("login_servers", e.what());
-    }
-  }
-  // The schema's ranges fit every one of these into 32 bits.
-  b.version = static_cast<std::uint32_t>(c.bootstrap_version);
-  b.login_polling_timeout_ms = static_cast<std::uint32_t>(c.login_polling_timeout_ms);
-  b.login_general_timeout_ms = static_cast<std::uint32_t>(c.login_general_timeout_ms);
-  b.recovery = c.recovery == "reboot_to_hd" ? bootstrap::Recovery::reboot_to_hd : bootstrap::Recovery::restore_network;
-  b.recovery_time_s = static_cast<std::uint32_t>(c.recovery_time_s);
-  b.verbose = c.verbose;
-  b.interrupt_safe = c.interrupt_safe;
-  b.advanced_memory = c.advanced_memory;
-  if (c.addressing == "static") {
-    b.addressing = bootstrap::Addressing::static_ip;
-    b.static_address = {c.static_ip, c.static_mask, c.static_gateway, c.static_dns};
-  }
-  if (auto e = bootstrap::validate(b); !e.empty()) {
-    // The record's field names are the manifest's, but for the static_ prefix.
-    std::string f = e.substr(0, e.find(' '));
-    if (!f.empty() && f.back() == ':') f.pop_back();
-    const std::string key = f == "ip" || f == "mask" || f == "gateway" || f == "dns" ? "static_" + f : f;
-    throw ConfigError(key, key + ": " + e);
+  if (c.login_servers.empty())
+    throw ConfigError("login_servers", "login_servers is empty; the ISO carries 1..4 login servers (failover order)");
+  try {
+    o.bootstrap = bootstrap::from_keys(c);
+  } catch (const bootstrap::KeyError& e) {
+    throw ConfigError(e.key(), e.what());
   }
   if (c.image.empty() || c.image.find('/') != std::string::npos)
     throw ConfigError("image", "image '" + c.image + "' must be a plain file name (it goes in the state directory)");

@@ -31,8 +31,6 @@ auto until_settled(F&& step) {
   }
 }
 
-std::size_t execute(Poco::Data::Statement& st) { return st.execute(); }
-
 }  // namespace
 
 Ledger::Ledger(sdk::Store& store, std::string owner, std::chrono::milliseconds lease,
@@ -147,7 +145,7 @@ std::set<OwnedSession> Ledger::renew() {
   std::string owner = owner_;
   Poco::Data::Statement up(s);
   up << sdk::sql(s, "UPDATE pvs_owners SET renewed_ms = ? WHERE owner = ?"), use(now), use(owner);
-  if (execute(up) == 0)
+  if (up.execute() == 0)
     s << sdk::sql(s, "INSERT INTO pvs_owners (owner, renewed_ms) VALUES (?, ?)"), use(owner), use(now), Poco::Data::Keywords::now;
   // Owners dead for ten leases with no session left are history.
   std::int64_t long_ago = now - 10 * lease_.count();
@@ -183,7 +181,7 @@ std::optional<Claim> Ledger::claim_step(Poco::Data::Session& s, const std::strin
     ins << sdk::sql(s, "INSERT INTO pvs_sessions (export, owner, session, peer, vdisk, version, dirty, since_ms) "
                        "VALUES (?, ?, ?, ?, ?, ?, 0, ?)"),
         use(k), use(me), use(id), use(p), use(vd), use(version), use(now);
-    execute(ins);  // a peer inserting first makes this throw: the job is retried on its own
+    ins.execute();  // a peer inserting first makes this throw: the job is retried on its own
     return Claim{Claim::Kind::granted, version, {}, {}};
   }
   std::string old_owner = owners[0];
@@ -193,7 +191,7 @@ std::optional<Claim> Ledger::claim_step(Poco::Data::Session& s, const std::strin
     up << sdk::sql(s, "UPDATE pvs_sessions SET owner = ?, session = ?, peer = ?, vdisk = ?, version = ?, dirty = 0, "
                       "since_ms = ? WHERE export = ? AND owner = ? AND session = ?"),
         use(me), use(id), use(p), use(vd), use(with_version), use(now), use(k), use(old_owner), use(old_session);
-    return execute(up) == 1;
+    return up.execute() == 1;
   };
   // Ours: a session this run ended whose row has not gone yet (its release is queued). Boot afresh.
   if (old_owner == owner_) {
@@ -227,7 +225,7 @@ void Ledger::mark_dirty(const std::string& key, std::uint64_t session) {
     auto id = static_cast<std::int64_t>(session);
     Poco::Data::Statement up(s);
     up << sdk::sql(s, "UPDATE pvs_sessions SET dirty = 1 WHERE export = ? AND session = ?"), use(k), use(id);
-    return Claim{execute(up) == 1 ? Claim::Kind::granted : Claim::Kind::held};
+    return Claim{up.execute() == 1 ? Claim::Kind::granted : Claim::Kind::held};
   });
   if (c.kind != Claim::Kind::granted)
     throw std::runtime_error("pvs: session of " + key + " is no longer this server's (ended by a boot or reset "

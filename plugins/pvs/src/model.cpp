@@ -87,42 +87,14 @@ Options make_options(const PvsConfig& c, const std::filesystem::path& state_dir)
                                             "' must be a plain file name (no '/' or '\\'), 1..128 characters");
   o.stream = parse_listen("stream", c.stream);
 
-  auto& b = o.bootstrap;
-  if (c.login_servers.size() > bootstrap::max_login_servers)
-    throw ConfigError("login_servers", "login_servers has " + std::to_string(c.login_servers.size()) +
-                                           " entries; a bootstrap carries at most 4 (failover order)");
-  for (const auto& s : c.login_servers) {
-    try {
-      b.login_servers.push_back(bootstrap::parse_endpoint(s, "login_servers"));
-    } catch (const bootstrap::BootstrapError& e) {
-      throw ConfigError("login_servers", std::string(e.what()).substr(11));
-    }
+  try {
+    o.bootstrap = bootstrap::from_keys(c);
+  } catch (const bootstrap::KeyError& e) {
+    throw ConfigError(e.key(), e.what());
   }
   if (c.login_servers.empty() && o.stream.host == "0.0.0.0")
     throw ConfigError("login_servers", "stream listens on 0.0.0.0, which devices cannot dial: list the addresses "
                                        "devices should use in login_servers");
-  // The schema's ranges fit every one of these into 32 bits.
-  b.version = static_cast<std::uint32_t>(c.bootstrap_version);
-  b.login_polling_timeout_ms = static_cast<std::uint32_t>(c.login_polling_timeout_ms);
-  b.login_general_timeout_ms = static_cast<std::uint32_t>(c.login_general_timeout_ms);
-  if (b.login_general_timeout_ms < b.login_polling_timeout_ms)
-    throw ConfigError("login_general_timeout_ms", "login_general_timeout_ms must be at least login_polling_timeout_ms");
-  b.recovery = c.recovery == "reboot_to_hd" ? bootstrap::Recovery::reboot_to_hd : bootstrap::Recovery::restore_network;
-  b.recovery_time_s = static_cast<std::uint32_t>(c.recovery_time_s);
-  b.verbose = c.verbose;
-  b.interrupt_safe = c.interrupt_safe;
-  b.advanced_memory = c.advanced_memory;
-  if (c.addressing == "static") {
-    b.addressing = bootstrap::Addressing::static_ip;
-    b.static_address = {c.static_ip, c.static_mask, c.static_gateway, c.static_dns};
-    // The bootstrap's own check (dotted quads, ip and mask present) is the one that counts.
-    bootstrap::Bootstrap probe = b;
-    probe.login_servers = {{"127.0.0.1", 1}};
-    if (auto e = bootstrap::validate(probe); !e.empty()) {
-      const std::string f = e.substr(0, e.find(' '));
-      throw ConfigError(f == "ip" || f == "mask" || f == "gateway" || f == "dns" ? "static_" + f : "addressing", e);
-    }
-  }
 
   o.max_connections = static_cast<std::size_t>(c.max_connections);
   o.list_exports = c.list_exports;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <deskfarm/bootstrap/bootstrap.hpp>
+#include <deskfarm/bootstrap/keys.hpp>
 #include <deskfarm/nbd/tls.hpp>
 #include <deskfarm/sdk/config.hpp>
 #include <deskfarm/sdk/store.hpp>
@@ -47,24 +48,11 @@ struct DeviceSeed {
 };
 
 /// The manifest keys of one pvs instance, as the config schema (pvs_plugin.cpp) binds them.
-struct PvsConfig {
+/// The bootstrap keys (bootstrap::Keys, shared with bdm) and pvs's own.
+struct PvsConfig : bootstrap::Keys {
   std::string tftp;
   std::string tftp_root;
   std::string bootstrap_file;
-  std::int64_t bootstrap_version = 1;
-  std::vector<std::string> login_servers;
-  std::int64_t login_polling_timeout_ms = 5000;
-  std::int64_t login_general_timeout_ms = 30000;
-  std::string recovery;
-  std::int64_t recovery_time_s = 50;
-  std::string addressing;
-  std::string static_ip;
-  std::string static_mask;
-  std::string static_gateway;
-  std::string static_dns;
-  bool verbose = false;
-  bool interrupt_safe = false;
-  bool advanced_memory = true;
   std::string stream;
   std::int64_t max_connections = 0;
   bool list_exports = false;

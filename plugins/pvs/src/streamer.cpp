@@ -138,53 +138,52 @@ nbd::Resolution Streamer::resolve(std::string_view name, std::string_view peer) 
 std::variant<nbd::Resolution, Streamer::Plan> Streamer::find_locked(const std::string& requested, std::string_view peer,
                                                                     std::vector<std::shared_ptr<DeviceExport>>& drop,
                                                                     std::vector<DeviceEvent>& events) {
-  auto refuse = refusal;
   auto deny = [&](std::string why) {
     if (metrics_.denied) metrics_.denied->inc();
     return nbd::Resolution{nullptr, std::move(why), true};
   };
-  if (!loaded_) return refuse(metrics_.refused, "the catalog is still loading from the data store; retry in a moment");
+  if (!loaded_) return refusal(metrics_.refused, "the catalog is still loading from the data store; retry in a moment");
   // vdisk@maintenance: the one writer of a version in maintenance.
   if (const auto at = requested.find('@'); at != std::string::npos) {
     const std::string vdisk = requested.substr(0, at);
     if (requested.substr(at + 1) != "maintenance")
-      return refuse(metrics_.unknown, "unknown export '" + requested + "' (use a device MAC or VDISK@maintenance)");
+      return refusal(metrics_.unknown, "unknown export '" + requested + "' (use a device MAC or VDISK@maintenance)");
     if (auto why = access_.maintenance_denied(peer)) return deny(*why);
     auto it = snap_.vdisks.find(vdisk);
-    if (it == snap_.vdisks.end()) return refuse(metrics_.unknown, "unknown vDisk '" + vdisk + "'");
+    if (it == snap_.vdisks.end()) return refusal(metrics_.unknown, "unknown vDisk '" + vdisk + "'");
     const VersionRow* m = it->second.maintenance();
     if (!m)
-      return refuse(metrics_.refused, "vDisk '" + vdisk + "' has no version in maintenance; create one with "
+      return refusal(metrics_.refused, "vDisk '" + vdisk + "' has no version in maintenance; create one with "
                                       "pvs.<instance>.admin.version.new");
     const std::string key = vdisk + "@maintenance";
     if (promoting_.contains(vdisk))
-      return refuse(metrics_.refused, "version " + std::to_string(m->number) + " of '" + vdisk +
+      return refusal(metrics_.refused, "version " + std::to_string(m->number) + " of '" + vdisk +
                                           "' is being promoted; it is no longer open for maintenance");
     if (auto l = live_.find(key); l != live_.end() && !l->second.export_.expired())
-      return refuse(metrics_.refused, "version " + std::to_string(m->number) + " of '" + vdisk +
+      return refusal(metrics_.refused, "version " + std::to_string(m->number) + " of '" + vdisk +
                                           "' is already open for maintenance from " + l->second.info.peer +
                                           " (one writer at a time)");
     return Plan{key, vdisk, m->number, "maintenance", key};
   }
 
   const auto mac = normalize_mac(requested);
-  if (!mac) return refuse(metrics_.unknown, "export '" + requested + "' is not a device MAC (52:54:00:12:34:56)");
+  if (!mac) return refusal(metrics_.unknown, "export '" + requested + "' is not a device MAC (52:54:00:12:34:56)");
   // Before the lookup: from outside the device networks, known and unknown MACs get the same answer.
   if (auto why = access_.device_denied(*mac, peer)) return deny(*why);
   auto dev = snap_.devices.find(*mac);
   if (dev == snap_.devices.end())
-    return refuse(metrics_.unknown, "unknown device " + *mac + ": no device record; add it to the manifest's "
+    return refusal(metrics_.unknown, "unknown device " + *mac + ": no device record; add it to the manifest's "
                                     "devices or assign it with pvs.<instance>.admin.device.assign");
   auto vd = snap_.vdisks.find(dev->second.vdisk);
   if (vd == snap_.vdisks.end())
-    return refuse(metrics_.refused, "device " + *mac + " is assigned to vDisk '" + dev->second.vdisk +
+    return refusal(metrics_.refused, "device " + *mac + " is assigned to vDisk '" + dev->second.vdisk +
                                         "', which does not exist");
   const VdiskRow& vdisk = vd->second;
 
   if (vdisk.mode == Mode::private_image) {
     const std::string key = vdisk.name + "@private";
     if (auto l = live_.find(key); l != live_.end() && !l->second.export_.expired())
-      return refuse(metrics_.refused, "vDisk '" + vdisk.name + "' is in private mode and already open by device " +
+      return refusal(metrics_.refused, "vDisk '" + vdisk.name + "' is in private mode and already open by device " +
                                           l->second.info.mac + " from " + l->second.info.peer +
                                           " (private images have one writer; use standard mode to share)");
     return Plan{key, vdisk.name, vdisk.versions.front().number, "private", *mac};
@@ -201,17 +200,16 @@ std::variant<nbd::Resolution, Streamer::Plan> Streamer::find_locked(const std::s
     }
   }
   const VersionRow* v = vdisk.bootable(dev->second.type == kTest);
-  if (!v) return refuse(metrics_.refused, "vDisk '" + vdisk.name + "' has no production version to boot");
+  if (!v) return refusal(metrics_.refused, "vDisk '" + vdisk.name + "' has no production version to boot");
   return Plan{*mac, vdisk.name, v->number, "standard", *mac};
 }
 
 nbd::Resolution Streamer::open_locked(const Plan& plan, std::uint64_t session, const std::string& takeover,
                                       std::string_view peer) {
-  auto refuse = refusal;
   auto vd = snap_.vdisks.find(plan.vdisk);
   const VersionRow* v = vd == snap_.vdisks.end() ? nullptr : vd->second.find(plan.version);
   if (!v)
-    return refuse(metrics_.refused, "version " + std::to_string(plan.version) + " of vDisk '" + plan.vdisk +
+    return refusal(metrics_.refused, "version " + std::to_string(plan.version) + " of vDisk '" + plan.vdisk +
                                         "' is gone (merged or deleted meanwhile); reboot the device");
   const std::string mode = plan.mode;
   DeviceEvent info = boot_event(plan.mac, plan.vdisk, plan.version, plan.mode, peer);
@@ -235,9 +233,9 @@ nbd::Resolution Streamer::open_locked(const Plan& plan, std::uint64_t session, c
       d = std::make_shared<DeviceExport>(weak_from_this(), plan.key, cache, cache, base, true, info, ledger_, session);
     }
   } catch (const std::exception& e) {
-    if (mode == "maintenance") return refuse(metrics_.refused, std::string("cannot open maintenance version: ") + e.what());
-    if (mode == "private") return refuse(metrics_.refused, e.what());
-    return refuse(metrics_.refused, "cannot open vDisk '" + plan.vdisk + "' version " + std::to_string(plan.version) +
+    if (mode == "maintenance") return refusal(metrics_.refused, std::string("cannot open maintenance version: ") + e.what());
+    if (mode == "private") return refusal(metrics_.refused, e.what());
+    return refusal(metrics_.refused, "cannot open vDisk '" + plan.vdisk + "' version " + std::to_string(plan.version) +
                                         ": " + e.what());
   }
   Live live{d, info, std::chrono::system_clock::now()};

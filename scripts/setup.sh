@@ -24,6 +24,8 @@ packages=(
   tftpd-hpa
   # Boot Device Manager ISO: libisofs to write it, Debian's iPXE inside it, xorriso and QEMU to check and boot it
   libisofs-dev ipxe xorriso qemu-system-x86
+  # the bus across processes: the NATS C client and a real nats-server for the tests and benchmark
+  libnats-dev nats-server
 )
 # Benchmark peers: dnsmasq as a package; atftpd conflicts with tftpd-hpa, so it is unpacked
 # privately into /tmp/atftpd, where tools/bench/tftp/run.sh looks for it.

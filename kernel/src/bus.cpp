@@ -62,19 +62,20 @@ std::shared_ptr<const BusCore::Route> BusCore::route(const std::string& subject)
 void BusCore::publish(sdk::Message message) {
   const auto r = route(message.subject);
   r->stats->published.fetch_add(1, std::memory_order_relaxed);
+  if (remote_) remote_->publish(message);  // other processes get the encoding; this one keeps the object
   if (r->subs.empty()) return;
-  r->stats->delivered.fetch_add(deliver(*r, std::move(message)), std::memory_order_relaxed);
+  r->stats->delivered.fetch_add(deliver(r->subs, std::move(message)), std::memory_order_relaxed);
 }
 
-std::uint64_t BusCore::deliver(const Route& r, sdk::Message&& message) {
-  if (r.subs.size() == 1) {
+std::uint64_t BusCore::deliver(const Subscribers& subs, sdk::Message&& message) {
+  if (subs.size() == 1) {
     // One receiver, the common case: the message moves into its queue, no shared copy is allocated.
-    const auto& sub = r.subs.front();
+    const auto& sub = subs.front();
     return sub->strand->deliver(std::move(message), sub, block_timeout_) ? 1 : 0;
   }
   const auto shared = std::make_shared<const sdk::Message>(std::move(message));
   std::uint64_t delivered = 0;
-  for (const auto& sub : r.subs) {
+  for (const auto& sub : subs) {
     if (sub->strand->deliver(shared, sub, block_timeout_)) ++delivered;
   }
   return delivered;
@@ -90,13 +91,26 @@ std::shared_ptr<Subscriber> BusCore::subscribe(std::string pattern, sdk::Handler
   sub->strand = &strand;
   sub->limit = options.queue_limit;
   sub->overflow = options.overflow;
-  std::unique_lock lock(mutex_);
-  auto& dropped = dropped_[sub->pattern];
-  if (!dropped) dropped = std::make_unique<std::atomic<std::uint64_t>>(0);
-  sub->dropped = dropped.get();
-  subs_.push_back(sub);
-  ++patterns_[sub->pattern];
-  routes_.clear();
+  bool watched = false;
+  {
+    std::unique_lock lock(mutex_);
+    auto& dropped = dropped_[sub->pattern];
+    if (!dropped) dropped = std::make_unique<std::atomic<std::uint64_t>>(0);
+    sub->dropped = dropped.get();
+    subs_.push_back(sub);
+    if (++patterns_[sub->pattern] == 1 && remote_) {
+      remote_->watch(sub->pattern);
+      watched = true;
+    }
+    auto& same = by_pattern_[sub->pattern];
+    auto list = same ? std::make_shared<Subscribers>(*same) : std::make_shared<Subscribers>();
+    list->push_back(sub);
+    same = std::move(list);
+    routes_.clear();
+  }
+  // A subscription made before another process publishes gets that publication: it is in place at the
+  // NATS server when subscribe() returns.
+  if (watched) remote_->settle();
   return sub;
 }
 
@@ -104,16 +118,36 @@ void BusCore::unsubscribe(const std::shared_ptr<Subscriber>& sub) {
   sub->active.store(false, std::memory_order_release);
   std::unique_lock lock(mutex_);
   if (std::erase(subs_, sub) > 0) {
-    if (auto it = patterns_.find(sub->pattern); it != patterns_.end() && --it->second == 0) patterns_.erase(it);
+    if (auto it = patterns_.find(sub->pattern); it != patterns_.end() && --it->second == 0) {
+      patterns_.erase(it);
+      if (remote_) remote_->unwatch(sub->pattern);
+    }
+    if (auto it = by_pattern_.find(sub->pattern); it != by_pattern_.end()) {
+      auto list = std::make_shared<Subscribers>(*it->second);
+      std::erase(*list, sub);
+      if (list->empty()) by_pattern_.erase(it);
+      else it->second = std::move(list);
+    }
   }
   routes_.clear();
+}
+
+void BusCore::deliver_remote(const std::string& pattern, sdk::Message&& message) {
+  std::shared_ptr<const Subscribers> subs;
+  {
+    std::shared_lock lock(mutex_);
+    if (auto it = by_pattern_.find(pattern); it != by_pattern_.end()) subs = it->second;
+  }
+  if (!subs) return;  // its last subscriber just ended
+  SubjectStats* stats = route(message.subject)->stats;  // the transport checked the subject
+  stats->delivered.fetch_add(deliver(*subs, std::move(message)), std::memory_order_relaxed);
 }
 
 void BusCore::request(sdk::Message message, std::chrono::nanoseconds timeout, sdk::ReplyHandler on_reply,
                       Strand& requester) {
   const auto r = route(message.subject);
   r->stats->published.fetch_add(1, std::memory_order_relaxed);
-  if (r->subs.empty()) {
+  if (r->subs.empty() && !remote_) {
     requester.post([h = std::move(on_reply), s = message.subject] { h(nullptr, "no responders on '" + s + "'"); });
     return;
   }
@@ -127,7 +161,8 @@ void BusCore::request(sdk::Message message, std::chrono::nanoseconds timeout, sd
     std::lock_guard lock(pending_mutex_);
     const auto deadline = clock_.now() + timeout;
     pending_.emplace(id, Pending{std::move(on_reply), &requester, deadline,
-                                 std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count(), message.subject});
+                                 std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count(), message.subject,
+                                 r->subs.size()});
     deadlines_.emplace_back(deadline, id);
     std::push_heap(deadlines_.begin(), deadlines_.end(), std::greater<>{});
     // Answered requests leave their entry behind; drop them before they outnumber the live ones.
@@ -138,7 +173,9 @@ void BusCore::request(sdk::Message message, std::chrono::nanoseconds timeout, sd
     if (!sweeper_) sweeper_ = std::make_unique<Strand>(requester.pool(), "bus.timeouts");
     if (!armed_for_ || deadline < *armed_for_) arm_sweep_locked(deadline);
   }
-  r->stats->delivered.fetch_add(deliver(*r, std::move(message)), std::memory_order_relaxed);
+  if (remote_) remote_->request(message, id);  // after the request is pending: an answer may come at once
+  if (r->subs.empty()) return;
+  r->stats->delivered.fetch_add(deliver(r->subs, std::move(message)), std::memory_order_relaxed);
 }
 
 void BusCore::arm_sweep_locked(sdk::TimePoint deadline) {
@@ -182,7 +219,14 @@ void BusCore::reply(const sdk::Message& request, sdk::Message reply) {
   const std::string_view to = request.reply_to;
   std::uint64_t id = 0;
   const char* digits = to.data() + std::min(to.size(), inbox_prefix.size());
-  if (!to.starts_with(inbox_prefix) || std::from_chars(digits, to.data() + to.size(), id).ec != std::errc{}) {
+  const auto parsed = std::from_chars(digits, to.data() + to.size(), id);
+  if (!to.starts_with(inbox_prefix) || parsed.ec != std::errc{} || parsed.ptr != to.data() + to.size()) {
+    // Not one of this process's inboxes: a request from another process, answered through the transport.
+    if (remote_ && !to.empty()) {
+      reply.subject = request.reply_to;
+      remote_->reply(request.reply_to, reply);
+      return;
+    }
     throw std::invalid_argument("bus: reply to a message that is not a request");
   }
   reply.subject = request.reply_to;
@@ -193,7 +237,28 @@ void BusCore::reply(const sdk::Message& request, sdk::Message reply) {
     late_replies_.fetch_add(1, std::memory_order_relaxed);  // timed out, or a second responder
     return;
   }
+  complete_locked(it, std::move(message));
+}
+
+void BusCore::complete_locked(std::unordered_map<std::uint64_t, Pending>::iterator it, std::shared_ptr<sdk::Message> message) {
   it->second.requester->post([h = std::move(it->second.on_reply), m = std::move(message)] { h(m.get(), {}); });
+  pending_.erase(it);
+}
+
+void BusCore::remote_reply(std::uint64_t id, sdk::Message&& reply, bool no_responders) {
+  std::shared_ptr<sdk::Message> message;
+  if (!no_responders) message = std::make_shared<sdk::Message>(std::move(reply));
+  std::lock_guard lock(pending_mutex_);
+  auto it = pending_.find(id);
+  if (it == pending_.end()) {
+    if (!no_responders) late_replies_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (!no_responders) return complete_locked(it, std::move(message));
+  if (it->second.local_responders > 0) return;  // a subscriber in this process answers
+  it->second.requester->post([h = std::move(it->second.on_reply), s = std::move(it->second.subject)] {
+    h(nullptr, "no responders on '" + s + "'");
+  });
   pending_.erase(it);
 }
 
@@ -231,7 +296,14 @@ std::string BusCore::metrics_text() const {
   for (const auto& [pattern, n] : dropped_counters()) {
     dropped += "deskfarm_bus_dropped_total" + render_labels({{"pattern", pattern}}) + " " + std::to_string(n) + "\n";
   }
-  return published + delivered + dropped +
+  std::string refused = "# HELP deskfarm_bus_version_refused_total Messages a receiver refused because it understands another "
+                        "version of their type (in this process).\n# TYPE deskfarm_bus_version_refused_total counter\n";
+  for (const auto& r : sdk::detail::version_refusals()) {
+    refused += "deskfarm_bus_version_refused_total" +
+               render_labels({{"type", r.type}, {"sent", std::to_string(r.sent)}, {"understood", std::to_string(r.understood)}}) +
+               " " + std::to_string(r.count) + "\n";
+  }
+  return published + delivered + dropped + refused +
          "# HELP deskfarm_bus_late_replies_total Replies that arrived after their request was answered or timed out.\n"
          "# TYPE deskfarm_bus_late_replies_total counter\ndeskfarm_bus_late_replies_total " +
          std::to_string(late_replies()) + "\n";

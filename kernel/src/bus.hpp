@@ -22,6 +22,24 @@ struct SubjectStats {
   std::atomic<std::uint64_t> delivered{0};
 };
 
+/// What carries the bus to other processes (NATS). BusCore calls it with its own locks held (so watch and
+/// unwatch keep their order), so it never calls back into BusCore from inside these calls.
+class RemoteTransport {
+ public:
+  virtual ~RemoteTransport() = default;
+  /// A publication of this process, for the subscribers of other processes.
+  virtual void publish(const sdk::Message& message) = 0;
+  /// A request of this process; answers come back through BusCore::remote_reply(id, …).
+  virtual void request(const sdk::Message& message, std::uint64_t id) = 0;
+  /// This process's answer to a request that came from another process (`to` is its reply subject).
+  virtual void reply(const std::string& to, const sdk::Message& reply) = 0;
+  /// The first subscription of this process on `pattern` was made / the last one ended.
+  virtual void watch(const std::string& pattern) = 0;
+  virtual void unwatch(const std::string& pattern) = 0;
+  /// Waits (bounded) until what watch() sent is in place at the other end; called without BusCore's locks.
+  virtual void settle() = 0;
+};
+
 /// The in-process bus shared by every instance. Delivery is by pointer (no serialisation); each
 /// subscriber's messages go to its instance's strand, so per-publisher order is kept per subscriber.
 class BusCore {
@@ -39,6 +57,16 @@ class BusCore {
   /// Drops the pending requests made from `requester` (its instance stopped): their replies and
   /// timeouts must never reach a strand that is about to be destroyed.
   void forget_requests(const Strand& requester);
+
+  /// Carries the bus to other processes too; set before anything subscribes, kept until the bus is destroyed.
+  void attach(RemoteTransport* remote) { remote_ = remote; }
+  /// A message from another process on `pattern` (a subscription watched on the transport): queued for this
+  /// process's subscribers of exactly that pattern, so one with overlapping patterns gets it once per pattern,
+  /// as in NATS, and never a second copy through another route.
+  void deliver_remote(const std::string& pattern, sdk::Message&& message);
+  /// The answer to request `id` from another process, or (`no_responders`) the transport's word that no other
+  /// process subscribes to its subject: that fails the request only when none in this process does either.
+  void remote_reply(std::uint64_t id, sdk::Message&& reply, bool no_responders);
 
   /// A snapshot of the per-subject counters: {published, delivered}.
   std::map<std::string, std::array<std::uint64_t, 2>> subject_counters() const;
@@ -59,10 +87,13 @@ class BusCore {
     sdk::TimePoint deadline;
     std::chrono::milliseconds::rep timeout_ms = 0;
     std::string subject;
+    std::size_t local_responders = 0;  // subscribers in this process the request was queued to
   };
   std::shared_ptr<const Route> route(const std::string& subject);
-  /// Queues `message` for every subscriber of `r`; returns how many took it.
-  std::uint64_t deliver(const Route& r, sdk::Message&& message);
+  /// Hands `message` to request `it`'s requester and forgets the request; pending_mutex_ held.
+  void complete_locked(std::unordered_map<std::uint64_t, Pending>::iterator it, std::shared_ptr<sdk::Message> message);
+  /// Queues `message` for every one of `subs`; returns how many took it.
+  std::uint64_t deliver(const std::vector<std::shared_ptr<Subscriber>>& subs, sdk::Message&& message);
   SubjectStats* stats_for_locked(const std::string& subject);
   /// Arms the one clock timer that expires requests, for `deadline`; pending_mutex_ held.
   void arm_sweep_locked(sdk::TimePoint deadline);
@@ -77,6 +108,11 @@ class BusCore {
   // (10,000 instances subscribed to one pattern would cost 10,000 matches per subject).
   std::unordered_map<std::string, std::size_t> patterns_;
   std::unordered_map<std::string, std::shared_ptr<const Route>> routes_;  // cache, cleared on (un)subscribe
+  // The subscribers of each pattern, in subscription order, for messages from other processes; replaced (never
+  // changed in place) on (un)subscribe, so a delivery holds one pointer instead of copying the list.
+  using Subscribers = std::vector<std::shared_ptr<Subscriber>>;
+  std::unordered_map<std::string, std::shared_ptr<const Subscribers>> by_pattern_;
+  RemoteTransport* remote_ = nullptr;
   std::unordered_map<std::string, std::unique_ptr<SubjectStats>> stats_;
   std::unordered_map<std::string, std::unique_ptr<std::atomic<std::uint64_t>>> dropped_;  // by pattern
   // Request timeouts: one clock timer for the earliest deadline instead of a timer added and

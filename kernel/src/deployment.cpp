@@ -1,6 +1,7 @@
 // The lifecycle of a deployment: validate, create every instance, start in order, stop in reverse.
 #include "deployment.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <future>
 #include <set>
@@ -63,6 +64,12 @@ std::unique_ptr<sdk::Config> checked_config(const Instance& inst, Diagnostics& d
 Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log)
     : manifest_(std::move(manifest)), log_(log), secrets_(url_secrets(manifest_.data_store)) {
   if (!manifest_.admin_token.empty()) secrets_.push_back(manifest_.admin_token);
+  for (const auto& secret : {manifest_.nats_password, manifest_.nats_token}) {
+    if (!secret.empty()) secrets_.push_back(secret);
+  }
+  for (const auto& server : manifest_.bus_servers) {
+    for (auto& secret : url_secrets(server)) secrets_.push_back(std::move(secret));
+  }
   log_.set_secrets(secrets_);
   Diagnostics diags;
   const Location top{manifest_.file.string()};
@@ -132,6 +139,23 @@ void Deployment::create_all() {
   }
   runtime_ = std::make_unique<Runtime>(manifest_);
   log_.set_clock(runtime_->clock.get());
+  if (!manifest_.bus_servers.empty()) {
+    NatsSettings n;
+    n.servers = manifest_.bus_servers;
+    n.user = manifest_.nats_user;
+    n.password = manifest_.nats_password;
+    n.token = manifest_.nats_token;
+    n.ca = manifest_.nats_ca;
+    n.cert = manifest_.nats_cert;
+    n.key = manifest_.nats_key;
+    n.tls = !n.ca.empty() || !n.cert.empty() ||
+            std::any_of(n.servers.begin(), n.servers.end(), [](const std::string& s) { return s.starts_with("tls://"); });
+    n.reconnect_buffer_bytes = manifest_.nats_reconnect_buffer_kb * 1024;
+    n.reconnect_wait = manifest_.nats_reconnect_wait;
+    n.name = manifest_.name;
+    runtime_->nats = std::make_unique<NatsTransport>(std::move(n), runtime_->bus, log_, secrets_);
+    runtime_->bus.attach(runtime_->nats.get());  // before any instance exists, so before any subscription
+  }
   // Constructors validate their config before anything starts.
   Diagnostics diags;
   for (auto& inst : instances_) {
@@ -174,6 +198,17 @@ void Deployment::start() {
   if (running_) return;
   create_all();
   const std::string subject = "kernel";
+  if (runtime_->nats) {
+    try {
+      runtime_->nats->connect();
+    } catch (const std::exception& e) {
+      const std::string message = redact(e.what());
+      log_.write(sdk::LogLevel::error, subject, message);
+      teardown();
+      remove_created_dirs();
+      throw StartError(message);
+    }
+  }
   log_.write(sdk::LogLevel::info, subject, "deployment " + manifest_.name + ": starting " + std::to_string(instances_.size()) +
                                                " instances (clock " + manifest_.clock + ", " +
                                                std::to_string(runtime_->pool.threads()) + " workers)");
@@ -233,6 +268,7 @@ void Deployment::announce(Instance& inst, bool up) {
 }
 
 void Deployment::teardown() {
+  if (runtime_->nats) runtime_->nats->close();  // no message from another process reaches a strand from now on
   runtime_->admin.close();
   {
     std::lock_guard lock(runtime_->clients_mutex);

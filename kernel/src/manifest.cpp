@@ -1,8 +1,10 @@
 #include "manifest.hpp"
 
 #include "deskfarm/sdk/config.hpp"
+#include "redact.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -16,7 +18,9 @@ const std::vector<std::string> top_level_keys{"include", "deployment", "instance
 const std::vector<std::string> deployment_keys{"name",    "data_store", "bus",         "clock",
                                                "clock_start", "admin", "state_dir", "workers",
                                                "bus_block_timeout_ms", "start_timeout_s", "stop_timeout_s", "plugin_path",
-                                               "admin_token", "blocking_workers", "blocking_queue"};
+                                               "admin_token", "blocking_workers", "blocking_queue",
+                                               "nats_user", "nats_password", "nats_token", "nats_ca", "nats_cert", "nats_key",
+                                               "nats_reconnect_buffer_kb", "nats_reconnect_wait_ms"};
 const std::vector<std::string> reserved_instance_keys{"plugin", "requires", "count"};
 constexpr int max_include_depth = 16;
 constexpr std::int64_t max_count = 100000;
@@ -234,6 +238,38 @@ bool valid_instance_name(const std::string& name) {
   return true;
 }
 
+}  // namespace
+
+std::string parse_nats_servers(const std::string& bus, std::vector<std::string>& servers) {
+  servers.clear();
+  std::size_t start = 0;
+  while (start <= bus.size()) {
+    const auto comma = std::min(bus.find(',', start), bus.size());
+    std::string item = bus.substr(start, comma - start);
+    while (!item.empty() && item.front() == ' ') item.erase(0, 1);
+    while (!item.empty() && item.back() == ' ') item.pop_back();
+    if (item.empty()) return "an empty server in the list";
+    const bool has_scheme = item.find("://") != std::string::npos;
+    if (has_scheme && !item.starts_with("nats://") && !item.starts_with("tls://"))
+      return "server '" + redact_url(item) + "' is neither nats:// nor tls://";
+    if (!has_scheme) item = "nats://" + item;  // the later ones may leave the scheme out
+    const auto host_port = item.substr(item.find("://") + 3);
+    const auto at = host_port.rfind('@');
+    const auto hp = at == std::string::npos ? host_port : host_port.substr(at + 1);
+    const auto colon = hp.rfind(':');
+    unsigned port = 0;
+    const char* end = hp.data() + hp.size();
+    if (colon == std::string::npos || colon == 0 || std::from_chars(hp.data() + colon + 1, end, port).ptr != end ||
+        port == 0 || port > 65535)
+      return "server '" + redact_url(item) + "' is not host:port";
+    servers.push_back(item);
+    start = comma + 1;
+  }
+  return servers.empty() ? "no server" : "";
+}
+
+namespace {
+
 void read_deployment(const toml::table& d, Manifest& m, const EnvLookup& env, Diagnostics& diags) {
   for (auto&& [key, node] : d) {
     const std::string k(key.str());
@@ -273,6 +309,14 @@ void read_deployment(const toml::table& d, Manifest& m, const EnvLookup& env, Di
   string_key("clock", m.clock);
   string_key("admin", m.admin);
   string_key("admin_token", m.admin_token);
+  string_key("nats_user", m.nats_user);
+  string_key("nats_password", m.nats_password);
+  string_key("nats_token", m.nats_token);
+  string_key("nats_ca", m.nats_ca);
+  string_key("nats_cert", m.nats_cert);
+  string_key("nats_key", m.nats_key);
+  if (auto v = int_key("nats_reconnect_buffer_kb", 1, 1024 * 1024)) m.nats_reconnect_buffer_kb = static_cast<std::size_t>(*v);
+  if (auto v = int_key("nats_reconnect_wait_ms", 10, 600000)) m.nats_reconnect_wait = std::chrono::milliseconds(*v);
   std::string state_dir;
   string_key("state_dir", state_dir);
   if (!state_dir.empty()) m.state_dir = state_dir;
@@ -317,11 +361,25 @@ void read_deployment(const toml::table& d, Manifest& m, const EnvLookup& env, Di
     diags.add(location_of(*d.get("clock")), "clock = \"" + m.clock + "\" is not a clock", "use \"real\" or \"virtual\"");
   if (m.clock_start && m.clock != "virtual")
     diags.add(location_of(*d.get("clock_start")), "clock_start applies only to clock = \"virtual\"");
-  if (m.bus != "inproc") {
-    diags.add(location_of(*d.get("bus")), "bus = \"" + m.bus + "\" is not supported by this kernel",
-              m.bus.starts_with("nats://") ? "the NATS transport is not built yet; use bus = \"inproc\""
-                                            : "use bus = \"inproc\"");
+  if (m.bus.starts_with("nats://") || m.bus.starts_with("tls://")) {
+    if (auto error = parse_nats_servers(m.bus, m.bus_servers); !error.empty())
+      diags.add(location_of(*d.get("bus")), "bus: " + error, "write bus = \"nats://127.0.0.1:4222\" (several servers separated by commas)");
+  } else if (m.bus != "inproc") {
+    diags.add(location_of(*d.get("bus")), "bus = \"" + redact_url(m.bus) + "\" is not a bus",
+              "use bus = \"inproc\" (one process) or bus = \"nats://host:port[,host:port…]\" (across processes)");
   }
+  const bool nats = !m.bus_servers.empty();
+  for (const char* key : {"nats_user", "nats_password", "nats_token", "nats_ca", "nats_cert", "nats_key",
+                          "nats_reconnect_buffer_kb", "nats_reconnect_wait_ms"}) {
+    if (!nats && d.get(key))
+      diags.add(location_of(*d.get(key)), std::string(key) + " applies only to a NATS bus", "set bus = \"nats://host:port\" or remove it");
+  }
+  if (nats && m.nats_user.empty() != m.nats_password.empty())
+    diags.add(location_of(*d.get(m.nats_user.empty() ? "nats_password" : "nats_user")), "nats_user and nats_password go together");
+  if (nats && !m.nats_token.empty() && !m.nats_user.empty())
+    diags.add(location_of(*d.get("nats_token")), "give NATS either a token or a user and password, not both");
+  if (nats && m.nats_cert.empty() != m.nats_key.empty())
+    diags.add(location_of(*d.get(m.nats_cert.empty() ? "nats_key" : "nats_cert")), "nats_cert and nats_key go together");
 }
 
 Manifest finish(Loader& loader, const std::filesystem::path& file, const EnvLookup& env) {

@@ -32,7 +32,16 @@ struct Manifest {
   std::filesystem::path file;
   std::string name;
   std::string data_store;
-  std::string bus = "inproc";
+  std::string bus = "inproc";  ///< or "nats://host:port[,host:port…]": the bus across processes
+  std::vector<std::string> bus_servers;  ///< the NATS servers of `bus`, each "nats://host:port" or "tls://…"
+  std::string nats_user;
+  std::string nats_password;  ///< a secret: write it as "${ENV}"
+  std::string nats_token;     ///< a secret: write it as "${ENV}"
+  std::string nats_ca;        ///< PEM file of the CA of the servers' certificates (turns TLS on)
+  std::string nats_cert;      ///< PEM client certificate, with nats_key, for servers that verify clients
+  std::string nats_key;
+  std::size_t nats_reconnect_buffer_kb = 8192;
+  std::chrono::milliseconds nats_reconnect_wait{250};
   std::string clock = "real";
   std::optional<sdk::TimePoint> clock_start;
   std::string admin = "127.0.0.1:0";
@@ -57,6 +66,10 @@ Manifest load_manifest(const std::filesystem::path& file, const EnvLookup& env =
 /// Same, from text (for tests and the fuzzer); includes resolve relative to `base_dir`.
 Manifest load_manifest_text(std::string_view text, const std::string& source_name, const EnvLookup& env,
                             const std::filesystem::path& base_dir = ".");
+
+/// Splits and checks a `bus = "nats://host:port[,host:port…]"` value into `servers` (a later server may leave
+/// out its scheme); empty when it is well formed, else what is wrong (passwords masked).
+std::string parse_nats_servers(const std::string& bus, std::vector<std::string>& servers);
 
 /// True when a manifest value has a config schema type (a dk_value_type).
 bool type_fits(const toml::node& node, std::uint32_t type);

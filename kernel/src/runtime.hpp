@@ -14,6 +14,7 @@
 #include "executor.hpp"
 #include "manifest.hpp"
 #include "metrics.hpp"
+#include "nats_transport.hpp"
 #include "store.hpp"
 
 namespace deskfarm::kernel {
@@ -44,6 +45,8 @@ struct Runtime {
   Pool pool;
   std::unique_ptr<sdk::Clock> clock;
   BusCore bus;
+  /// The bus across processes (bus = "nats://…"), attached to `bus`; destroyed before it.
+  std::unique_ptr<NatsTransport> nats;
   MetricsRegistry metrics;
   KernelStore store;
   BlockingPool blocking;

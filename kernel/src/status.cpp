@@ -34,6 +34,13 @@ Poco::JSON::Object::Ptr Deployment::status() {
     out->set("time_unix_ms", static_cast<Poco::Int64>(std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count()));
     out->set("uptime_s", std::chrono::duration<double>(std::chrono::steady_clock::now() - started_at_).count());
   }
+  if (runtime_ && runtime_->nats) {
+    out->set("bus", runtime_->nats->status());
+  } else {
+    Poco::JSON::Object::Ptr bus = new Poco::JSON::Object;
+    bus->set("transport", "inproc");
+    out->set("bus", bus);
+  }
   Poco::JSON::Array::Ptr list = new Poco::JSON::Array;
   for (auto& inst : instances_) {
     Poco::JSON::Object::Ptr o = new Poco::JSON::Object;
@@ -76,6 +83,7 @@ std::string Deployment::metrics_text() {
   for (auto& [state, n] : states) out += "deskfarm_instances{state=\"" + state + "\"} " + std::to_string(n) + "\n";
   if (!runtime_) return out;
   out += runtime_->bus.metrics_text();
+  if (runtime_->nats) out += runtime_->nats->metrics_text();
   std::uint64_t skipped = 0;
   if (auto* v = dynamic_cast<VirtualClock*>(runtime_->clock.get())) skipped = v->skipped_ticks();
   else if (auto* r = dynamic_cast<RealClock*>(runtime_->clock.get())) skipped = r->skipped_ticks();

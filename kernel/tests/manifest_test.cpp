@@ -74,9 +74,23 @@ TEST_CASE("wrong deployment value types and values are reported at their positio
   CHECK(e.find("test.toml:4:11: deployment.workers = -1 is out of range 0..256") != std::string::npos);
 }
 
-TEST_CASE("a NATS bus is refused clearly until its transport exists") {
-  CHECK(error_of("[deployment]\nname = \"x\"\nbus = \"nats://127.0.0.1:4222\"\n").find("NATS transport is not built yet") !=
+TEST_CASE("a NATS bus lists its servers, and its keys are checked at their position with passwords masked") {
+  auto m = load_manifest_text("[deployment]\nname = \"x\"\nbus = \"nats://127.0.0.1:4222, 127.0.0.1:4223\"\n"
+                              "nats_user = \"farm\"\nnats_password = \"${NATS_PW}\"\nnats_reconnect_buffer_kb = 64\n",
+                              "test.toml", env_of({{"NATS_PW", "s3cret"}}));
+  CHECK(m.bus_servers == std::vector<std::string>{"nats://127.0.0.1:4222", "nats://127.0.0.1:4223"});
+  CHECK(m.nats_password == "s3cret");
+  CHECK(m.nats_reconnect_buffer_kb == 64);
+  const auto bad = error_of("[deployment]\nname = \"x\"\nbus = \"nats://farm:s3cret@127.0.0.1\"\n");
+  CHECK(bad.find("test.toml:3:7: bus: server 'nats://farm:***@127.0.0.1' is not host:port") != std::string::npos);
+  CHECK(bad.find("s3cret") == std::string::npos);
+  CHECK(error_of("[deployment]\nname = \"x\"\nbus = \"amqp://h:1\"\n").find("test.toml:3:7: bus = \"amqp://h:1\" is not a bus") !=
         std::string::npos);
+  CHECK(error_of("[deployment]\nname = \"x\"\nnats_token = \"t\"\n").find("test.toml:3:14: nats_token applies only to a NATS bus") !=
+        std::string::npos);
+  const auto pair = error_of("[deployment]\nname = \"x\"\nbus = \"nats://127.0.0.1:1\"\nnats_user = \"u\"\nnats_cert = \"c.pem\"\n");
+  CHECK(pair.find("test.toml:4:13: nats_user and nats_password go together") != std::string::npos);
+  CHECK(pair.find("test.toml:5:13: nats_cert and nats_key go together") != std::string::npos);
 }
 
 TEST_CASE("count expands an instance into numbered copies and substitutes {n}") {

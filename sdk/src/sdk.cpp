@@ -1,6 +1,8 @@
 // The SDK's shared library: out-of-line destructors (so type info exists once, in this library),
 // config access, subject matching and schema migrations.
+#include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <sstream>
 
 #include <Poco/Data/Transaction.h>
@@ -183,7 +185,29 @@ namespace detail {
 void decode_fail(std::string_view path, std::string_view expected, const Value& found) {
   throw DecodeError(std::string(path) + ": expected " + std::string(expected) + ", found " + found.kind());
 }
+namespace {
+// Refusals are rare and come from any thread; a few distinct (type, version) pairs at most, bounded anyway
+// against a peer that makes up versions.
+std::mutex refusals_mutex;
+std::vector<VersionRefusal> refusals;
+constexpr std::size_t max_refusal_rows = 256;
+}  // namespace
+
+std::vector<VersionRefusal> version_refusals() {
+  std::lock_guard lock(refusals_mutex);
+  return refusals;
+}
+
 void version_mismatch(const Message& m, std::string_view type, std::uint32_t wanted) {
+  {
+    std::lock_guard lock(refusals_mutex);
+    auto it = std::find_if(refusals.begin(), refusals.end(), [&](const VersionRefusal& r) {
+      return r.type == type && r.sent == m.version && r.understood == wanted;
+    });
+    if (it != refusals.end()) ++it->count;
+    else if (refusals.size() < max_refusal_rows) refusals.push_back({std::string(type), m.version, wanted, 1});
+    else ++refusals.back().count;  // a flood of made-up versions still counts, in the last row
+  }
   throw MessageError("message " + std::string(type) + " version " + std::to_string(m.version) + " on subject " + m.subject +
                      ": this plugin understands version " + std::to_string(wanted) +
                      " (rebuild one side against the same SDK interfaces)");

@@ -8,6 +8,7 @@
 #include "deskfarm/nbd/server.hpp"
 #include "deskfarm/nbd/tls.hpp"
 #include "support.hpp"
+#include <deskfarm/testing/certs.hpp>
 #include <deskfarm/testing/peers.hpp>
 
 using namespace deskfarm::nbd;
@@ -26,19 +27,9 @@ struct Credentials {
   Credentials() {
     if (!require_program("openssl")) return;
     std::filesystem::create_directories(dir / "client");
-    write_text(dir / "san.cnf", std::string("subjectAltName = IP:127.0.0.1\n"));
-    auto run = [&](std::vector<std::string> argv) {
-      const auto r = run_child(argv, std::chrono::seconds(60));
-      INFO(argv[1] << ": " << r.err);
-      REQUIRE(r.exit_code == 0);
-    };
-    const std::string d = dir.path().string();
-    run({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-         d + "/ca-key.pem", "-out", d + "/client/ca-cert.pem", "-days", "2", "-subj", "/CN=deskfarm test CA"});
-    run({"openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-         d + "/server-key.pem", "-out", d + "/server.csr", "-subj", "/CN=127.0.0.1"});
-    run({"openssl", "x509", "-req", "-in", d + "/server.csr", "-CA", d + "/client/ca-cert.pem", "-CAkey",
-         d + "/ca-key.pem", "-CAcreateserial", "-out", d + "/server-cert.pem", "-days", "2", "-extfile", d + "/san.cnf"});
+    const auto error = deskfarm::testing::make_test_certificates(dir.path(), dir / "client" / "ca-cert.pem");
+    INFO(error);
+    REQUIRE(error.empty());
     std::filesystem::create_directories(dir / "psk");
     write_text(dir / "psk" / "keys.psk", "alice:" + std::string(kPsk) + "\n");
     made = true;

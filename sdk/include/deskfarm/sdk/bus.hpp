@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "deskfarm/sdk/api.hpp"
 #include "deskfarm/sdk/record.hpp"
@@ -132,8 +133,19 @@ Message make_message(std::string subject, T value) {
 }
 
 namespace detail {
+/// Refuses a message of the right type and another version: counts it (version_refusals) and throws a
+/// MessageError naming the type, both versions and the subject.
 [[noreturn]] DESKFARM_SDK_API void version_mismatch(const Message& m, std::string_view type, std::uint32_t wanted);
-}
+/// Messages refused for their version in this process so far, by {type, version sent, version understood}:
+/// the kernel shows them in /metrics (deskfarm_bus_version_refused_total), wherever the refusal happened.
+struct VersionRefusal {
+  std::string type;
+  std::uint32_t sent = 0;
+  std::uint32_t understood = 0;
+  std::uint64_t count = 0;
+};
+DESKFARM_SDK_API std::vector<VersionRefusal> version_refusals();
+}  // namespace detail
 
 /// The typed body of a message: nullptr when it holds another type; the in-process body without a copy,
 /// or the decoded bytes of a message from outside the process (or of a `deskfarm.json` body). Throws

@@ -91,7 +91,8 @@ Subscription serve_async(Bus& bus, std::string subject, std::function<void(const
             return;
           }
         } catch (const MessageError& e) {
-          responder.fail("bad_request", e.what());
+          const bool other_version = m.type == std::string_view(Req::type_name) && m.version != Req::type_version;
+          responder.fail(other_version ? "version_mismatch" : "bad_request", e.what());
           return;
         }
         try {

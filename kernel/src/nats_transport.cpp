@@ -1,0 +1,382 @@
+#include "nats_transport.hpp"
+
+#include <nats/nats.h>
+
+#include <charconv>
+#include <memory>
+#include <set>
+#include <stdexcept>
+
+#include "metrics.hpp"
+#include "redact.hpp"
+
+namespace deskfarm::kernel {
+
+namespace {
+constexpr std::string_view remote_inbox = "_INBOX.";
+constexpr std::size_t max_type_names = 4096;
+constexpr std::size_t max_type_name = 200;
+
+/// A stable home for the type names of messages from other processes (sdk::Message::type is a view): each
+/// distinct name is kept once for the life of the process, and their number is bounded against a peer that
+/// makes names up.
+const std::string* intern_type(std::string_view name) {
+  static std::mutex mutex;
+  static std::set<std::string, std::less<>> names;
+  std::lock_guard lock(mutex);
+  if (auto it = names.find(name); it != names.end()) return &*it;
+  if (names.size() >= max_type_names) return nullptr;
+  return &*names.emplace(name).first;
+}
+
+std::string status_text(natsStatus s) {
+  const char* detail = nats_GetLastError(nullptr);
+  std::string out = natsStatus_GetText(s);
+  if (detail != nullptr && *detail != '\0' && out != detail) out += " (" + std::string(detail) + ")";
+  return out;
+}
+
+void check(natsStatus s, const std::string& what) {
+  if (s != NATS_OK) throw std::runtime_error(what + ": " + status_text(s));
+}
+
+struct MsgDeleter {
+  void operator()(natsMsg* m) const { natsMsg_Destroy(m); }
+};
+using MsgPtr = std::unique_ptr<natsMsg, MsgDeleter>;
+}  // namespace
+
+/// libnats calls these on its own threads.
+struct NatsCallbacks {
+  static void message(natsConnection*, natsSubscription* sub, natsMsg* msg, void* self) {
+    MsgPtr owned(msg);
+    static_cast<NatsTransport*>(self)->handle_message(sub, msg);
+  }
+  static void inbox(natsConnection*, natsSubscription*, natsMsg* msg, void* self) {
+    MsgPtr owned(msg);
+    static_cast<NatsTransport*>(self)->handle_inbox(msg);
+  }
+  static void disconnected(natsConnection*, void* self) { static_cast<NatsTransport*>(self)->handle_disconnected(); }
+  static void reconnected(natsConnection*, void* self) { static_cast<NatsTransport*>(self)->handle_reconnected(); }
+  static void error(natsConnection*, natsSubscription* sub, natsStatus s, void* self) {
+    std::string what = natsStatus_GetText(s);
+    if (sub != nullptr) what += " on '" + std::string(natsSubscription_GetSubject(sub)) + "'";
+    static_cast<NatsTransport*>(self)->handle_error(what);
+  }
+};
+
+NatsTransport::NatsTransport(NatsSettings settings, BusCore& bus, LogSink& log, std::vector<std::string> secrets)
+    : settings_(std::move(settings)), bus_(bus), log_(log), secrets_(std::move(secrets)) {}
+
+NatsTransport::~NatsTransport() {
+  close();
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [pattern, sub] : watched_) {
+      if (sub != nullptr) natsSubscription_Destroy(sub);
+    }
+    watched_.clear();
+  }
+  if (inbox_sub_ != nullptr) natsSubscription_Destroy(inbox_sub_);
+  if (nc_ != nullptr) natsConnection_Destroy(nc_);
+}
+
+std::string NatsTransport::redact_secrets_(std::string text) const { return redact_secrets(std::move(text), secrets_); }
+
+void NatsTransport::connect() {
+  std::string servers;
+  for (const auto& s : settings_.servers) servers += (servers.empty() ? "" : ",") + redact_url(s);
+  natsOptions* raw = nullptr;
+  check(natsOptions_Create(&raw), "bus: libnats options");
+  std::unique_ptr<natsOptions, void (*)(natsOptions*)> opts(raw, natsOptions_Destroy);
+  std::vector<const char*> urls;
+  for (const auto& s : settings_.servers) urls.push_back(s.c_str());
+  try {
+    check(natsOptions_SetServers(opts.get(), urls.data(), static_cast<int>(urls.size())), "bus = \"" + servers + "\"");
+    check(natsOptions_SetName(opts.get(), settings_.name.c_str()), "bus: connection name");
+    if (!settings_.user.empty())
+      check(natsOptions_SetUserInfo(opts.get(), settings_.user.c_str(), settings_.password.c_str()), "nats_user");
+    if (!settings_.token.empty()) check(natsOptions_SetToken(opts.get(), settings_.token.c_str()), "nats_token");
+    if (settings_.tls) {
+      check(natsOptions_SetSecure(opts.get(), true), "bus: TLS (libnats built without it?)");
+      if (!settings_.ca.empty())
+        check(natsOptions_LoadCATrustedCertificates(opts.get(), settings_.ca.c_str()), "nats_ca = \"" + settings_.ca + "\"");
+      if (!settings_.cert.empty())
+        check(natsOptions_LoadCertificatesChain(opts.get(), settings_.cert.c_str(), settings_.key.c_str()),
+              "nats_cert = \"" + settings_.cert + "\", nats_key = \"" + settings_.key + "\"");
+    }
+    // This process delivers its own publications in process (by pointer): the server must not echo them back.
+    check(natsOptions_SetNoEcho(opts.get(), true), "bus: no echo");
+    // Requests and replies leave at once instead of after libnats's flush delay (about 1 ms per hop: a round
+    // trip took 2 ms, now about 0.4 ms); bulk publishing pays a write per message for it (docs/benchmarks.md).
+    check(natsOptions_SetSendAsap(opts.get(), true), "bus: send asap");
+    check(natsOptions_SetAllowReconnect(opts.get(), true), "bus: reconnect");
+    check(natsOptions_SetMaxReconnect(opts.get(), -1), "bus: reconnect attempts");  // forever: a farm outlives a restart
+    check(natsOptions_SetReconnectWait(opts.get(), settings_.reconnect_wait.count()), "nats_reconnect_wait_ms");
+    check(natsOptions_SetReconnectBufSize(opts.get(), static_cast<int>(settings_.reconnect_buffer_bytes)),
+          "nats_reconnect_buffer_kb");
+    // A cut link (no FIN) shows only as missed pings: two of 5 s each, instead of the default 2 minutes.
+    check(natsOptions_SetPingInterval(opts.get(), 5000), "bus: ping interval");
+    check(natsOptions_SetMaxPingsOut(opts.get(), 2), "bus: pings out");
+    check(natsOptions_SetTimeout(opts.get(), 2000), "bus: connect timeout");
+    // One delivery thread per subscription would be one thread per subject a plugin serves; the library's
+    // pool keeps each subscription on one thread, which is what per-subscriber order needs.
+    check(natsOptions_UseGlobalMessageDelivery(opts.get(), true), "bus: message delivery");
+    check(natsOptions_SetDisconnectedCB(opts.get(), &NatsCallbacks::disconnected, this), "bus: callbacks");
+    check(natsOptions_SetReconnectedCB(opts.get(), &NatsCallbacks::reconnected, this), "bus: callbacks");
+    check(natsOptions_SetErrorHandler(opts.get(), &NatsCallbacks::error, this), "bus: callbacks");
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(redact_secrets_(e.what()));
+  }
+  {
+    std::unique_lock lock(gate_);
+    open_ = true;
+  }
+  if (const natsStatus s = natsConnection_Connect(&nc_, opts.get()); s != NATS_OK) {
+    nc_ = nullptr;
+    throw std::runtime_error(redact_secrets_("bus: cannot connect to " + servers + ": " + status_text(s) +
+                                             "; start nats-server there, or fix bus = and the nats_* keys in [deployment]"));
+  }
+  connected_ = true;
+  natsInbox* inbox = nullptr;
+  check(natsInbox_Create(&inbox), "bus: inbox");
+  inbox_prefix_ = std::string(inbox) + ".";
+  natsInbox_Destroy(inbox);
+  check(natsConnection_Subscribe(&inbox_sub_, nc_, (inbox_prefix_ + "*").c_str(), &NatsCallbacks::inbox, this),
+        "bus: subscribing to the reply inbox");
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [pattern, sub] : watched_) subscribe_locked(pattern, sub);
+  }
+  char url[256] = {};
+  natsConnection_GetConnectedUrl(nc_, url, sizeof url);
+  log(sdk::LogLevel::info, "connected to NATS at " + redact_url(url) + " (servers " + servers + ")");
+}
+
+void NatsTransport::close() {
+  {
+    std::unique_lock lock(gate_);  // waits for callbacks that are handing a message to the bus
+    if (!open_) return;
+    open_ = false;
+  }
+  if (nc_ == nullptr) return;
+  // Publications of the last moments (kernel.instance.down, a plugin's farewell) leave before the close.
+  if (connected_) natsConnection_FlushTimeout(nc_, 1000);
+  natsConnection_Close(nc_);
+  connected_ = false;
+}
+
+void NatsTransport::subscribe_locked(const std::string& pattern, natsSubscription*& sub) {
+  if (nc_ == nullptr || sub != nullptr) return;
+  if (const natsStatus s = natsConnection_Subscribe(&sub, nc_, pattern.c_str(), &NatsCallbacks::message, this); s != NATS_OK) {
+    sub = nullptr;
+    async_errors_.fetch_add(1, std::memory_order_relaxed);
+    log(sdk::LogLevel::error, "cannot subscribe to '" + pattern + "' on NATS: " + status_text(s) +
+                                  "; messages from other processes on it are lost until the next subscription");
+  }
+}
+
+void NatsTransport::watch(const std::string& pattern) {
+  std::lock_guard lock(mutex_);
+  subscribe_locked(pattern, watched_[pattern]);
+}
+
+void NatsTransport::unwatch(const std::string& pattern) {
+  natsSubscription* sub = nullptr;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = watched_.find(pattern);
+    if (it == watched_.end()) return;
+    sub = it->second;
+    watched_.erase(it);
+  }
+  if (sub != nullptr) {
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+  }
+}
+
+void NatsTransport::settle() {
+  if (nc_ != nullptr && connected_) natsConnection_FlushTimeout(nc_, 1000);
+}
+
+void NatsTransport::send(const std::string& subject, const char* reply_to, const sdk::Message& message) {
+  if (nc_ == nullptr) return;  // not connected yet (a constructor publishing) or already closed
+  const std::string body = message.encoded();
+  const std::string type(message.type);
+  char version[16];
+  *std::to_chars(version, version + sizeof version - 1, message.version).ptr = '\0';
+  natsMsg* raw = nullptr;
+  natsStatus s = natsMsg_Create(&raw, subject.c_str(), reply_to, body.data(), static_cast<int>(body.size()));
+  MsgPtr msg(raw);
+  if (s == NATS_OK) s = natsMsgHeader_Set(raw, nats_type_header, type.c_str());
+  if (s == NATS_OK) s = natsMsgHeader_Set(raw, nats_version_header, version);
+  if (s == NATS_OK) s = natsConnection_PublishMsg(nc_, raw);
+  if (s == NATS_OK) {
+    sent_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  send_failed_.fetch_add(1, std::memory_order_relaxed);
+  if (!dropping_.exchange(true)) {
+    log(sdk::LogLevel::warning, "dropping messages for other processes (" + status_text(s) + ", first on '" + subject +
+                                    "'): the reconnect buffer is full or the connection closed; counted in "
+                                    "deskfarm_bus_nats_dropped_total{reason=\"not_sent\"}");
+  }
+}
+
+void NatsTransport::publish(const sdk::Message& message) { send(message.subject, nullptr, message); }
+
+void NatsTransport::request(const sdk::Message& message, std::uint64_t id) {
+  if (inbox_prefix_.empty()) return;  // not connected yet: the request times out, or a local responder answers
+  send(message.subject, (inbox_prefix_ + std::to_string(id)).c_str(), message);
+}
+
+void NatsTransport::reply(const std::string& to, const sdk::Message& reply) { send(to, nullptr, reply); }
+
+void NatsTransport::foreign(const std::string& subject, const std::string& why) {
+  const auto n = foreign_.fetch_add(1, std::memory_order_relaxed) + 1;
+  // One line for the first few and then every thousandth: a foreign publisher must not flood the log.
+  if (n <= 10 || n % 1000 == 0)
+    log(sdk::LogLevel::warning, "ignored a message from NATS on '" + subject + "': " + why + " (" + std::to_string(n) +
+                                    " so far, deskfarm_bus_nats_dropped_total{reason=\"foreign\"})");
+}
+
+bool NatsTransport::to_message(natsMsg* msg, sdk::Message& out) {
+  const std::string subject = natsMsg_GetSubject(msg);
+  const char* type = nullptr;
+  const char* version = nullptr;
+  if (natsMsgHeader_Get(msg, nats_type_header, &type) != NATS_OK ||
+      natsMsgHeader_Get(msg, nats_version_header, &version) != NATS_OK) {
+    foreign(subject, "no Deskfarm-Type and Deskfarm-Version headers (not published by a deskfarm process)");
+    return false;
+  }
+  const std::string_view v(version);
+  std::uint32_t n = 0;
+  if (v.empty() || std::from_chars(v.data(), v.data() + v.size(), n).ptr != v.data() + v.size()) {
+    foreign(subject, "Deskfarm-Version '" + std::string(v.substr(0, 20)) + "' is not a number");
+    return false;
+  }
+  const std::string_view t(type);
+  const std::string* name = t.empty() || t.size() > max_type_name ? nullptr : intern_type(t);
+  if (name == nullptr) {
+    foreign(subject, "Deskfarm-Type is empty, longer than 200 characters, or one of more than 4096 distinct names");
+    return false;
+  }
+  if (auto error = sdk::subject_error(subject, false); !error.empty()) {
+    foreign(subject, error);
+    return false;
+  }
+  out.subject = subject;
+  out.type = *name;
+  out.version = n;
+  out.bytes.assign(natsMsg_GetData(msg), static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
+  if (const char* reply = natsMsg_GetReply(msg); reply != nullptr) out.reply_to = reply;
+  return true;
+}
+
+void NatsTransport::handle_message(natsSubscription* sub, natsMsg* msg) {
+  std::shared_lock lock(gate_);
+  if (!open_) return;
+  // Replies to another process's requests are its business; this process's own arrive on its inbox.
+  if (std::string_view(natsMsg_GetSubject(msg)).starts_with(remote_inbox)) return;
+  received_.fetch_add(1, std::memory_order_relaxed);
+  sdk::Message m;
+  if (!to_message(msg, m)) return;
+  bus_.deliver_remote(natsSubscription_GetSubject(sub), std::move(m));
+}
+
+void NatsTransport::handle_inbox(natsMsg* msg) {
+  std::shared_lock lock(gate_);
+  if (!open_) return;
+  received_.fetch_add(1, std::memory_order_relaxed);
+  const std::string_view subject = natsMsg_GetSubject(msg);
+  std::uint64_t id = 0;
+  const auto digits = subject.substr(std::min(subject.size(), inbox_prefix_.size()));
+  if (std::from_chars(digits.data(), digits.data() + digits.size(), id).ptr != digits.data() + digits.size()) {
+    foreign(std::string(subject), "not a reply to one of this process's requests");
+    return;
+  }
+  if (natsMsg_IsNoResponders(msg)) return bus_.remote_reply(id, {}, true);
+  sdk::Message m;
+  if (!to_message(msg, m)) return;
+  bus_.remote_reply(id, std::move(m), false);
+}
+
+void NatsTransport::handle_disconnected() {
+  std::shared_lock lock(gate_);
+  if (!open_) return;  // our own close
+  connected_ = false;
+  disconnects_.fetch_add(1, std::memory_order_relaxed);
+  log(sdk::LogLevel::warning, "disconnected from NATS; reconnecting every " + std::to_string(settings_.reconnect_wait.count()) +
+                                  " ms, keeping up to " + std::to_string(settings_.reconnect_buffer_bytes / 1024) +
+                                  " KiB of publishes meanwhile");
+}
+
+void NatsTransport::handle_reconnected() {
+  std::shared_lock lock(gate_);
+  if (!open_) return;
+  connected_ = true;
+  dropping_ = false;
+  reconnects_.fetch_add(1, std::memory_order_relaxed);
+  char url[256] = {};
+  natsConnection_GetConnectedUrl(nc_, url, sizeof url);
+  log(sdk::LogLevel::info, "reconnected to NATS at " + redact_url(url) + "; subscriptions restored, buffered publishes sent");
+}
+
+void NatsTransport::handle_error(const std::string& what) {
+  async_errors_.fetch_add(1, std::memory_order_relaxed);
+  log(sdk::LogLevel::warning, "NATS: " + what);
+}
+
+bool NatsTransport::connected() const { return connected_.load(); }
+
+Poco::JSON::Object::Ptr NatsTransport::status() const {
+  Poco::JSON::Object::Ptr o = new Poco::JSON::Object;
+  std::string servers;
+  for (const auto& s : settings_.servers) servers += (servers.empty() ? "" : ",") + redact_url(s);
+  o->set("transport", "nats");
+  o->set("servers", servers);
+  o->set("tls", settings_.tls);
+  o->set("connected", connected_.load());
+  if (nc_ != nullptr && connected_) {
+    char url[256] = {};
+    if (natsConnection_GetConnectedUrl(nc_, url, sizeof url) == NATS_OK) o->set("server", redact_url(url));
+  }
+  o->set("sent", sent_.load());
+  o->set("received", received_.load());
+  o->set("not_sent", send_failed_.load());
+  o->set("foreign", foreign_.load());
+  o->set("disconnects", disconnects_.load());
+  o->set("reconnects", reconnects_.load());
+  {
+    std::lock_guard lock(mutex_);
+    o->set("subscriptions", watched_.size());
+  }
+  return o;
+}
+
+std::string NatsTransport::metrics_text() const {
+  std::string out;
+  auto family = [&](const char* name, const char* type, const char* help) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+  };
+  family("deskfarm_bus_nats_connected", "gauge", "1 while the bus is connected to a NATS server.");
+  out += "deskfarm_bus_nats_connected " + std::string(connected_ ? "1" : "0") + "\n";
+  family("deskfarm_bus_nats_messages_total", "counter", "Messages this process sent to and received from NATS.");
+  out += "deskfarm_bus_nats_messages_total{direction=\"sent\"} " + std::to_string(sent_.load()) + "\n";
+  out += "deskfarm_bus_nats_messages_total{direction=\"received\"} " + std::to_string(received_.load()) + "\n";
+  family("deskfarm_bus_nats_dropped_total", "counter",
+         "Messages lost between this process and NATS: not_sent (reconnect buffer full, connection closed), "
+         "foreign (no deskfarm type headers, or garbled).");
+  out += "deskfarm_bus_nats_dropped_total{reason=\"not_sent\"} " + std::to_string(send_failed_.load()) + "\n";
+  out += "deskfarm_bus_nats_dropped_total{reason=\"foreign\"} " + std::to_string(foreign_.load()) + "\n";
+  family("deskfarm_bus_nats_disconnects_total", "counter", "Times the connection to NATS was lost.");
+  out += "deskfarm_bus_nats_disconnects_total " + std::to_string(disconnects_.load()) + "\n";
+  family("deskfarm_bus_nats_reconnects_total", "counter", "Times the connection to NATS was restored (subscriptions with it).");
+  out += "deskfarm_bus_nats_reconnects_total " + std::to_string(reconnects_.load()) + "\n";
+  family("deskfarm_bus_nats_errors_total", "counter", "Errors libnats reported on its own threads (a slow consumer, a lost subscription).");
+  out += "deskfarm_bus_nats_errors_total " + std::to_string(async_errors_.load()) + "\n";
+  return out;
+}
+
+}  // namespace deskfarm::kernel

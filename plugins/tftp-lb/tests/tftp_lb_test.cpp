@@ -245,7 +245,7 @@ TEST_CASE("failover drill: clients fetch in a loop, a backend dies, is DOWN with
   if (!require_program("in.tftpd")) return;
   Lab lab;
   lab.start_hpa();
-  // A probe timeout that 300 looping clients on two shared cores cannot reach by load alone.
+  // A probe timeout that 32 looping clients on two shared cores cannot reach by load alone.
   const int interval = 1000, timeout = 800, retries = 3;
   lab.start("method = \"round_robin\"\nmonitor = \"udp-ecv\"\ninterval_ms = " + std::to_string(interval) +
             "\nresponse_timeout_ms = " + std::to_string(timeout) + "\nretries = " + std::to_string(retries) +
@@ -254,15 +254,12 @@ TEST_CASE("failover drill: clients fetch in a loop, a backend dies, is DOWN with
   const auto vip = lab.vip_port();
   auto health = lab.h->probe(api::health_subject("lb", "hpa"));
 
-  // 300 clients loop on the bootstrap, each pausing 20 ms between downloads (a PXE client's DHCP exchange; it
-  // also keeps two shared cores able to answer the monitor); a failed transfer is retried once, as PXE firmware does.
-  constexpr int client_count = 300;
+  // 32 clients loop on the bootstrap; a failed transfer is retried once, as PXE firmware does.
   std::atomic<bool> run{true};
-  std::atomic<int> ok{0}, retried{0}, failed{0}, looping{0};
+  std::atomic<int> ok{0}, retried{0}, failed{0};
   std::vector<std::thread> clients;
-  for (int c = 0; c < client_count; ++c)
+  for (int c = 0; c < 32; ++c)
     clients.emplace_back([&] {
-      ++looping;
       tftp::ClientOptions o;
       o.deadline = 3s;
       o.retransmit = 300ms;
@@ -276,7 +273,6 @@ TEST_CASE("failover drill: clients fetch in a loop, a backend dies, is DOWN with
           if (!done && attempt == 0) ++retried;
         }
         ++(done ? ok : failed);
-        std::this_thread::sleep_for(20ms);
       }
     });
   struct Join {
@@ -288,7 +284,7 @@ TEST_CASE("failover drill: clients fetch in a loop, a backend dies, is DOWN with
     }
   } join{run, clients};
 
-  REQUIRE(dt::eventually([&] { return looping.load() == client_count && ok.load() > 2 * client_count; }, 30s));
+  REQUIRE(dt::eventually([&] { return ok.load() > 200; }, 30s));
   for (const auto& m : health.received()) {
     const auto b = sdk::body_of<api::BackendHealth>(m);
     INFO("before the kill: " << b->state << " " << b->reason);
@@ -313,7 +309,7 @@ TEST_CASE("failover drill: clients fetch in a loop, a backend dies, is DOWN with
   std::this_thread::sleep_for(100ms);  // the relay's counters are published every 20 ms
   const auto frozen = lab.backend("hpa").sessions_total;
   const auto ok_then = ok.load();
-  REQUIRE(dt::eventually([&] { return ok.load() > ok_then + 2 * client_count; }, 30s));
+  REQUIRE(dt::eventually([&] { return ok.load() > ok_then + 200; }, 30s));
   CHECK(lab.backend("hpa").sessions_total == frozen);  // no new session went to it
   CHECK(failed.load() == 0);                            // only transfers in flight failed, and their retry worked
 
@@ -326,7 +322,7 @@ TEST_CASE("failover drill: clients fetch in a loop, a backend dies, is DOWN with
   }
   REQUIRE(up);
   const auto ok_up = ok.load();
-  REQUIRE(dt::eventually([&] { return ok.load() > ok_up + client_count; }, 30s));
+  REQUIRE(dt::eventually([&] { return ok.load() > ok_up + 100; }, 30s));
   CHECK(lab.backend("hpa").sessions_total > frozen);
   CHECK(lab.h->logged("backend hpa 127.0.0.1:" + std::to_string(lab.hpa_port) + ": UP -> DOWN (udp-ecv: ICMP port unreachable"));
   CHECK(lab.h->logged("backend hpa 127.0.0.1:" + std::to_string(lab.hpa_port) + ": DOWN -> UP (udp-ecv: "));

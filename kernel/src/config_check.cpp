@@ -144,7 +144,14 @@ sdk::Value to_value(const toml::node& node) {
 
 sdk::Value default_value(const dk_config_key& key) {
   auto parsed = toml::parse(std::string("v = ") + key.default_toml);
-  return to_value(*parsed.get("v"));
+  const toml::node& v = *parsed.get("v");
+  if (!key.fields || !fits(v, key.type)) return to_value(v);
+  // A default table (array) goes through its schema like a manifest's, so the keys it leaves out get their own
+  // defaults. check_schema proved the default fits at load time, so nothing here can be reported.
+  sdk::Value out;
+  Diagnostics ignored;
+  if (!check_value(v, key, key.key, Location{}, ConfigContext{"(default)", "(this plugin)"}, ignored, out)) return to_value(v);
+  return out;
 }
 
 void check_schema(const dk_config_key* keys, std::uint32_t count, const Location& at, Diagnostics& diags,

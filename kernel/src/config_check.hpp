@@ -43,7 +43,8 @@ std::string number_text(double v);
 /// A TOML value as an sdk::Value (dates and times as text).
 sdk::Value to_value(const toml::node& node);
 
-/// The default of a schema row as a Value (the row's TOML literal parsed).
+/// The default of a schema row as a Value: the row's TOML literal parsed, and for a table (array) with a schema
+/// the keys its tables leave out filled with their own defaults, as in a manifest's tables.
 sdk::Value default_value(const dk_config_key& key);
 
 /// Replaces every secret (DK_SECRET, also inside table arrays) of `values` with its mask.

@@ -8,6 +8,7 @@
 #include <deskfarm/testing/files.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
 
+#include "config_check.hpp"
 #include "deployment.hpp"
 #include "service_messages.hpp"
 
@@ -115,6 +116,46 @@ TEST_CASE("schema ranges, choices and nested tables are checked before anything 
   const auto v = lab.check_error("[instances.a]\nplugin = \"fixture_recorder\"\nrequired_key = \"x\"\nlimit = -1\n");
   CHECK(v.find("refused its config: limit must not be negative") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(lab.scratch.path() / "var"));  // check touched nothing
+}
+
+namespace {
+struct Part {
+  std::string name;
+  std::int64_t size = 0;
+  std::vector<std::string> tags;
+};
+struct Assembly {
+  std::vector<Part> parts;
+};
+constexpr auto part_schema = sdk::schema<Part>(sdk::option("name", &Part::name, nullptr, "its name"),
+                                               sdk::option("size", &Part::size, "7", "its size"),
+                                               sdk::option("tags", &Part::tags, "[\"spare\"]", "its tags"));
+constexpr auto assembly_schema = sdk::schema<Assembly>(
+    sdk::option("parts", &Assembly::parts, "[{ name = \"a\" }, { name = \"b\", size = 3 }]", "the parts", part_schema));
+}  // namespace
+
+TEST_CASE("a table array's default from the schema gets its tables' own defaults, as a manifest's tables do") {
+  Diagnostics diags;
+  const auto at = [](const std::string&) { static const Location l{"lab.toml", 1, 1}; return ValueSite{&l, &l}; };
+  const auto check = [&](const std::string& text) {
+    return assembly_schema.bind(check_config(toml::parse(text), assembly_schema.keys.data(),
+                                             static_cast<std::uint32_t>(assembly_schema.keys.size()), at,
+                                             ConfigContext{"lab", "fixture"}, diags));
+  };
+  const auto defaulted = check("");
+  REQUIRE(diags.empty());
+  REQUIRE(defaulted.parts.size() == 2);
+  CHECK(defaulted.parts[0].name == "a");
+  CHECK(defaulted.parts[0].size == 7);  // left out of the default: the element schema's default
+  CHECK(defaulted.parts[0].tags == std::vector<std::string>{"spare"});
+  CHECK(defaulted.parts[1].size == 3);  // given by the default: kept
+  CHECK(defaulted.parts[1].tags == std::vector<std::string>{"spare"});
+  // The same tables written in a manifest bind to the same values.
+  const auto given = check("parts = [{ name = \"a\" }, { name = \"b\", size = 3 }]");
+  REQUIRE(diags.empty());
+  REQUIRE(given.parts.size() == 2);
+  CHECK(given.parts[0].size == defaulted.parts[0].size);
+  CHECK(given.parts[1].tags == defaulted.parts[1].tags);
 }
 
 TEST_CASE("a typed request is answered by serve, and a refusal travels as the error envelope") {

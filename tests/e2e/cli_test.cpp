@@ -89,6 +89,7 @@ TEST_CASE("each plugin README's key table is exactly what describe --markdown pr
   for (auto [plugin, readme] : {std::pair{"pvs", "plugins/pvs/README.md"}, std::pair{"tftp-lb", "plugins/tftp-lb/README.md"},
                                 std::pair{"bdm", "plugins/bdm/README.md"},
                                 std::pair{"hello", "sdk/examples/hello-plugin/README.md"},
+                                std::pair{"memhv", "sdk/examples/hypervisor-plugin/README.md"},
                                 std::pair{"hypervisor-xen", "plugins/hypervisor-xen/README.md"},
                                 std::pair{"hypervisor-hyperv", "plugins/hypervisor-hyperv/README.md"},
                                 std::pair{"hypervisor-esx", "plugins/hypervisor-esx/README.md"}}) {

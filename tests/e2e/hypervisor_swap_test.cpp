@@ -15,6 +15,7 @@
 
 #include <deskfarm/bootstrap/bootstrap.hpp>
 #include <deskfarm/interfaces/hypervisor/hypervisor.hpp>
+#include <deskfarm/interfaces/pvs/pvs.hpp>
 #include <deskfarm/nbd/client.hpp>
 #include <deskfarm/testing/files.hpp>
 #include <deskfarm/testing/harness.hpp>
@@ -44,7 +45,8 @@ std::uint16_t free_udp_port() {
 }
 
 /// The deployment: pvs with one vDisk and a device per desktop MAC, and a hypervisor with that many desktops.
-std::string deployment(const dt::TempDir& dir, std::uint16_t tftp_port, const std::string& plugin) {
+std::string deployment(const dt::TempDir& dir, std::uint16_t tftp_port, const std::string& plugin,
+                       const std::string& latencies = "{ action = \"start\", distribution = \"uniform\", ms = 20, max_ms = 60 }") {
   std::string devices;
   for (int i = 1; i <= desktops; ++i)
     devices += std::string(devices.empty() ? "" : ", ") + "{ mac = \"52:54:00:00:00:0" + std::to_string(i) + "\", vdisk = \"gold\" }";
@@ -57,7 +59,7 @@ std::string deployment(const dt::TempDir& dir, std::uint16_t tftp_port, const st
          "networks = [{ name = \"desktops\", tftp_server = \"127.0.0.1:" + std::to_string(tftp_port) + "\", boot_file = \"ARDBP32.BIN\" }]\n"
          "templates = [{ name = \"win7\", memory_mb = 1024, vcpus = 1 }]\n"
          "vms = [{ template = \"win7\", count = " + std::to_string(desktops) + ", prefix = \"desktop-\" }]\n"
-         "latencies = [{ action = \"start\", distribution = \"uniform\", ms = 20, max_ms = 60 }]\n";
+         "latencies = [" + latencies + "]\n";
 }
 
 struct Outcome {
@@ -169,4 +171,68 @@ TEST_CASE("with firmware = true a started desktop boots through real firmware: T
   for (const auto& s : pvs.find("sessions")->as_array()) peers.insert(s.find("peer")->as_string());
   CHECK(peers.size() == desktops);
   CHECK(pvs.find("tftp")->find("rrq")->as_integer() >= desktops);
+}
+
+TEST_CASE("with firmware = true a desktop that pool HA restarts on another host boots through its firmware again") {
+  dt::TempDir dir("hv-ha-firmware");
+  std::filesystem::create_directories(dir.path() / "vdisks");
+  dt::write_file(dir.path() / "vdisks" / "gold.img", dt::pattern(base_size, 3));
+  dt::HarnessOptions o;
+  o.plugin_path = {PLUGIN_DIR};
+  o.source_name = "ha.toml";
+  // Two hosts (the default), HA on, the restart within a second.
+  dt::Harness h(deployment(dir, free_udp_port(), "hypervisor-xen",
+                           "{ action = \"start\", distribution = \"constant\", ms = 20 }, "
+                           "{ action = \"ha_restart\", distribution = \"constant\", ms = 300 }") +
+                    "firmware = true\n",
+                o);
+  h.start();
+  REQUIRE(dt::eventually([&] {
+    const auto status = h.instance_status("pvs-1");
+    const auto* c = status.find("catalog");
+    return c && c->is_string() && c->as_string() == "loaded";
+  }, 30s));
+  auto devices = h.probe("pvs.pvs-1.device.*");
+  auto steps = h.probe("hypervisor.farm-hv.vm.*.boot");
+  auto power = h.probe(hv::all_power_events);
+  const auto inventory = [&] { return *h.request<deskfarm::sdk::Empty, hv::Inventory>("hypervisor.farm-hv.inventory", {}); };
+  const auto vm = inventory().vms.at(0);
+  REQUIRE(h.request<hv::VmAction, hv::Task>("hypervisor.farm-hv.vm.action", hv::VmAction{"start", vm.id, "", "", "", {}}));
+  const auto running_on = [&](const std::string& not_on) {
+    for (const auto& v : inventory().vms)
+      if (v.id == vm.id && v.power_state == hv::kRunning && v.host != not_on) return v.host;
+    return std::string();
+  };
+  REQUIRE(dt::eventually([&] { return !running_on("").empty(); }, 60s));
+  const auto first_host = running_on("");
+  const auto boots_of_vm = [&](const std::string& kind) {
+    std::size_t n = 0;
+    for (const auto& m : devices.received())
+      if (auto e = deskfarm::sdk::body_of<deskfarm::interfaces::pvs::DeviceEvent>(m); e && e->mac == vm.mac && e->kind == kind) ++n;
+    return n;
+  };
+  REQUIRE(dt::eventually([&] { return boots_of_vm("boot") == 1; }, 10s));
+  const auto handovers = [&] {
+    std::size_t n = 0;
+    for (const auto& m : steps.received())
+      if (auto s = deskfarm::sdk::body_of<hv::BootProgress>(m); s && s->vm == vm.id && s->step == "handover" && s->state == "ok") ++n;
+    return n;
+  };
+  CHECK(handovers() == 1);
+
+  REQUIRE(h.request<hv::Fault, hv::Hosts>("hypervisor.farm-hv.fault", hv::Fault{"host_crash", first_host, 0}));
+  REQUIRE(dt::eventually([&] { return !running_on(first_host).empty(); }, 60s));
+  // The restart went through TFTP and NBD again: the firmware's second handover, and pvs saw a second boot of the
+  // device (its first session ended on the power event that started the restart).
+  CHECK(handovers() == 2);
+  CHECK(dt::eventually([&] { return boots_of_vm("boot") == 2; }, 10s));
+  CHECK(dt::eventually([&] { return boots_of_vm("end") >= 1; }, 10s));
+  // The VM was reported running only after its firmware handed over: the last power event is the HA restart's.
+  std::vector<hv::PowerStateEvent> events;
+  for (const auto& m : power.received())
+    if (auto e = deskfarm::sdk::body_of<hv::PowerStateEvent>(m); e && e->vm == vm.id) events.push_back(*e);
+  REQUIRE(events.size() >= 4);  // off -> starting -> running, host failure -> off, ha -> starting -> running
+  CHECK(events.back().state == hv::kRunning);
+  CHECK(events.back().reason == "ha_restart");
+  CHECK(events[events.size() - 2].state == hv::kStarting);
 }

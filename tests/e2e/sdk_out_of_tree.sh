@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the SDK from this build into a scratch prefix, builds sdk/examples/hello-plugin against the
-# *installed* package with find_package(DeskfarmSDK), and loads the result into the kernel.
+# *installed* package with find_package(DeskfarmSDK), and loads the result into the kernel; then builds the
+# third-party hypervisor adapter sdk/examples/hypervisor-plugin the same way and runs the SDK's hypervisor
+# conformance suite against it from the installed test kit.
 set -euo pipefail
 build=$1
 source=$2
@@ -49,4 +51,14 @@ TOML
 "$deskfarm" --plugin-path "$work/hello" run --for 1h "$work/lab.toml" 2>"$work/run.log"
 grep -q "instance greeter (hello [0-9.]*) running" "$work/run.log"
 grep -q "deployment sdk-example stopped" "$work/run.log"
-echo "out-of-tree example plugin built against the installed SDK and ran: ok"
+
+# The hypervisor adapter example: only the installed SDK, its hypervisor contract and test kit (no libs/hvsim).
+cmake -S "$source/sdk/examples/hypervisor-plugin" -B "$work/memhv" -G Ninja -DCMAKE_PREFIX_PATH="$work/prefix" "${flags[@]}" >/dev/null
+cmake --build "$work/memhv" >/dev/null
+test -f "$work/memhv/memhv.so"
+test -x "$work/memhv/memhv_test"  # built: the installed SDK has the testing component and Catch2 was found
+ctest --test-dir "$work/memhv" --output-on-failure >"$work/memhv-test.log" || { cat "$work/memhv-test.log"; exit 1; }
+grep -q "100% tests passed" "$work/memhv-test.log"
+listing=$("$deskfarm" --plugin-path "$work/memhv" plugins)
+grep -q "^memhv [0-9.]*  sdk $sdk" <<<"$listing"
+echo "out-of-tree example plugins built against the installed SDK; hello ran, memhv passed the hypervisor conformance suite: ok"

@@ -166,6 +166,16 @@ void Adapter::start() {
     }
     return hv::Hosts{engine_->hosts()};
   }));
+  served_.push_back(sdk::serve<hv::NetworkBoot, hv::NetworkReply>(bus, hv::request_subject(name, "network.boot"), [this, refuse](const hv::NetworkBoot& b) {
+    try {
+      hv::NetworkReply reply{engine_->set_network_boot(b.network, b.tftp_server, b.boot_file)};
+      ctx_.log().info("network " + b.network + ": option 66 " + (b.tftp_server.empty() ? "(none)" : b.tftp_server) + ", option 67 " +
+                      (b.boot_file.empty() ? "(none)" : b.boot_file));
+      return reply;
+    } catch (const Refused& r) {
+      throw refuse(r);
+    }
+  }));
   for (const auto& f : config_.faults) {
     if (f.at_s == 0) {
       apply(f.kind, f.host, f.value);
@@ -277,14 +287,18 @@ void Adapter::boot(const BootTicket& ticket) {
           line->post([this, p] { sdk::publish(ctx_.bus(), hv::boot_subject(ctx_.name(), p.vm), p); });
         });
       },
-      [this, num = ticket.task](sdk::Reply<firmware::BootResult> r) {
-        if (!r) return engine_->boot_finished(num, false, r.error().message);
-        engine_->boot_finished(num, r->ok, r->ok ? "" : r->failed_step + ": " + r->reason +
-                                                        (r->recovery.empty() ? "" : " (recovery: " + r->recovery + ")"));
+      [this, num = ticket.task, vm = ticket.vm](sdk::Reply<firmware::BootResult> r) {
+        const bool ok = r && r->ok;
+        const std::string why = !r ? r.error().message
+                                   : r->ok ? ""
+                                           : r->failed_step + ": " + r->reason + (r->recovery.empty() ? "" : " (recovery: " + r->recovery + ")");
+        if (num == 0) return engine_->ha_boot_finished(vm, ok, why);
+        engine_->boot_finished(num, ok, why);
       });
 #else
   // validate() refuses firmware = true in a build without the firmware library; never reached.
-  engine_->boot_finished(ticket.task, false, "no firmware library in this build");
+  if (ticket.task == 0) engine_->ha_boot_finished(ticket.vm, false, "no firmware library in this build");
+  else engine_->boot_finished(ticket.task, false, "no firmware library in this build");
   (void)iso8601;
 #endif
 }

@@ -501,6 +501,12 @@ void Engine::run_due() {
       case EvKind::ha_running: {
         auto& vm = vms_[e.ref];
         if (!vm.alive || vm.state != State::starting || vm.ha_stage != 2) break;
+        // A restarted VM boots as a started one does: through its firmware when its network boots it.
+        if (cb_.on_boot && wants_firmware(vm)) {
+          vm.ha_stage = 3;
+          cb_.on_boot(ticket(static_cast<std::uint32_t>(e.ref), 0));
+          break;
+        }
         vm.ha_stage = 0;
         set_state(static_cast<std::uint32_t>(e.ref), State::running, "ha_restart");
         if (cb_.log) cb_.log("HA: VM " + vm_id(static_cast<std::uint32_t>(e.ref)) + " restarted on " + vm_view(static_cast<std::uint32_t>(e.ref)).host);
@@ -668,10 +674,32 @@ void Engine::hand_to_firmware(TaskRec& t) {
   t.booting = true;
   t.progress = 0.5;
   if (cb_.on_task) cb_.on_task(task_view(t));
-  const auto& vm = vms_[t.vm];
+  cb_.on_boot(ticket(t.vm, t.num));
+}
+
+BootTicket Engine::ticket(std::uint32_t index, std::uint64_t task) const {
+  const auto& vm = vms_[index];
   const auto& n = config_.networks[vm.network];
-  cb_.on_boot(BootTicket{t.num, task_id(t.num), vm_id(t.vm), mac_of(t.vm), decode_boot_order(vm.boot_order), n.tftp_server,
-                         n.boot_file, vm.iso >= 0 ? config_.isos[static_cast<std::size_t>(vm.iso)] : ""});
+  return BootTicket{task, task ? task_id(task) : "", vm_id(index), mac_of(index), decode_boot_order(vm.boot_order), n.tftp_server,
+                    n.boot_file, vm.iso >= 0 ? config_.isos[static_cast<std::size_t>(vm.iso)] : ""};
+}
+
+void Engine::ha_boot_finished(const std::string& id, bool ok, const std::string& reason) {
+  const auto i = vm_index(id);
+  if (!i) return;
+  auto& vm = vms_[*i];
+  // A power-off or a second host failure during the boot ended this restart already.
+  if (!vm.alive || vm.state != State::starting || vm.ha_stage != 3 || vm.task != 0) return;
+  vm.ha_stage = 0;
+  if (ok) {
+    set_state(*i, State::running, "ha_restart");
+    if (cb_.log) cb_.log("HA: VM " + id + " restarted on " + vm_view(*i).host + " and booted through its firmware");
+  } else {
+    set_state(*i, State::off, "ha_restart");  // frees its host
+    if (cb_.log) cb_.log("HA: VM " + id + " (" + vm.name + ") failed to boot on its new host (" + reason + "); it stays off");
+  }
+  pump();
+  arm();
 }
 
 bool Engine::booting(std::uint64_t task) const {
@@ -784,6 +812,16 @@ void Engine::recover_host(const std::string& id) {
   if (host.up) return;
   host.up = true;
   if (cb_.log) cb_.log("host " + id + " is back");
+}
+
+hv::Network Engine::set_network_boot(const std::string& network, const std::string& tftp_server, const std::string& boot_file) {
+  for (auto& n : config_.networks) {
+    if (n.name != network) continue;
+    n.tftp_server = tftp_server;
+    n.boot_file = boot_file;
+    return n;
+  }
+  throw refused(Failure::object_not_found, network, "network");
 }
 
 void Engine::set_task_failure_rate(double rate) {

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 
+#include <deskfarm/interfaces/hypervisor/hypervisor.hpp>
 #include <deskfarm/interfaces/pvs/pvs.hpp>
 #include <deskfarm/interfaces/tftp/tftp.hpp>
 #include <deskfarm/sdk/plugin.hpp>
@@ -22,6 +23,7 @@ using namespace deskfarm;
 using namespace deskfarm::sdk;
 using namespace deskfarm::tftp_lb;
 namespace api = deskfarm::interfaces::tftp;
+namespace hv = deskfarm::interfaces::hypervisor;
 
 constexpr const char* provides[] = {"tftp", nullptr};
 
@@ -53,6 +55,7 @@ struct LbConfig {
   std::int64_t expect_size = -1;
   std::string expect_sha256;
   std::string dhcp_next_server;
+  std::vector<std::string> hypervisor_networks;
 };
 
 constexpr auto backend_schema = schema<BackendSeed>(
@@ -103,7 +106,10 @@ constexpr auto lb_schema = schema<LbConfig>(
         .range(-1, 4294967295.0),
     option("expect_sha256", &LbConfig::expect_sha256, "\"\"", "tftp monitor: the bootstrap's SHA-256 (hex); \"\" = not checked"),
     option("dhcp_next_server", &LbConfig::dhcp_next_server, "\"\"",
-           "address written into DHCP option 66 by the dhcp request; \"\" = the virtual server's address"));
+           "address written into DHCP option 66 by the dhcp request; \"\" = the virtual server's address"),
+    option("hypervisor_networks", &LbConfig::hypervisor_networks, "[]",
+           "simulated hypervisor networks (\"INSTANCE/NETWORK\") whose options 66/67 this balancer sets to the virtual server "
+           "and boot_file, at its start and whenever that hypervisor instance starts"));
 
 bool safe_text(const std::string& s) {
   return std::none_of(s.begin(), s.end(), [](unsigned char c) { return c < 0x20 || c == '"' || c == '\\' || c == 0x7f; });
@@ -129,6 +135,13 @@ Checked check(const LbConfig& c) {
     throw ConfigError("boot_file", "'" + c.boot_file + "' must be 1..128 printable characters without quotes or backslashes");
   if (!c.dhcp_next_server.empty() && !safe_text(c.dhcp_next_server))
     throw ConfigError("dhcp_next_server", "'" + c.dhcp_next_server + "' must be printable, without quotes or backslashes");
+  for (std::size_t i = 0; i < c.hypervisor_networks.size(); ++i) {
+    const auto& n = c.hypervisor_networks[i];
+    const auto slash = n.find('/');
+    if (slash == 0 || slash == std::string::npos || slash + 1 == n.size() || !safe_text(n))
+      throw ConfigError("hypervisor_networks[" + std::to_string(i) + "]",
+                        "'" + n + "' is not \"INSTANCE/NETWORK\" (like \"farm-hv/desktops\")");
+  }
   for (std::size_t i = 0; i < c.backends.size(); ++i) {
     const auto& b = c.backends[i];
     const std::string key = "backends[" + std::to_string(i) + "]";
@@ -184,7 +197,10 @@ class TftpLb final : public Plugin {
     ctx_.advertise("tftp", vip_);
 
     auto& bus = ctx_.bus();
-    subs_.push_back(subscribe<InstanceInfo>(bus, instance_up_subject, [this](const InstanceInfo&, const Message&) { discover(); }));
+    subs_.push_back(subscribe<InstanceInfo>(bus, instance_up_subject, [this](const InstanceInfo& i, const Message&) {
+      discover();
+      point_networks(i.name);
+    }));
     // Published before the instance's stop() runs, while discovery may still list it: leave it out by name.
     subs_.push_back(subscribe<InstanceInfo>(bus, instance_down_subject,
                                             [this](const InstanceInfo& i, const Message&) { discover(i.name); }));
@@ -195,6 +211,7 @@ class TftpLb final : public Plugin {
     subs_.push_back(serve<api::DhcpRequest, api::DhcpConfig>(bus, api::admin_subject(ctx_.name(), "dhcp.config"),
                                                              [this](const api::DhcpRequest& r) { return dhcp(r); }));
     discover();
+    point_networks("");
     ctx_.every(std::chrono::seconds(1), [this] { sync_metrics(); });
     ctx_.log().info("virtual server " + vip_ + " (" + config_.method + ", monitor " + config_.monitor + ", " +
                     std::to_string(backends_.size()) + " backends so far)");
@@ -453,10 +470,35 @@ class TftpLb final : public Plugin {
     return list();
   }
 
+  std::string next_server() const { return config_.dhcp_next_server.empty() ? host_of(checked_.vip) : config_.dhcp_next_server; }
+
+  /// Points the listed hypervisor networks (of `instance` only, unless "") at the virtual server: option 66 its
+  /// address (with the port when it is not 69: a simulated PC asks the port it is given), option 67 boot_file.
+  /// A hypervisor instance not running yet gets them when it comes up (kernel.instance.up).
+  void point_networks(const std::string& instance) {
+    const auto port = relay_ ? relay_->port() : 69;
+    const auto option66 = next_server() + (port == 69 ? "" : ":" + std::to_string(port));
+    for (const auto& target : config_.hypervisor_networks) {
+      const auto slash = target.find('/');
+      const auto hypervisor = target.substr(0, slash);
+      if (!instance.empty() && hypervisor != instance) continue;
+      hv::NetworkBoot b{target.substr(slash + 1), option66, config_.boot_file};
+      request<hv::NetworkBoot, hv::NetworkReply>(
+          ctx_.bus(), hv::request_subject(hypervisor, "network.boot"), b, std::chrono::seconds(10),
+          [this, target, option66](Reply<hv::NetworkReply> r) {
+            if (r) return ctx_.log().info("hypervisor network " + target + " boots through " + option66 + " (" + config_.boot_file + ")");
+            // Not up yet: it gets the options when it starts.
+            if (r.error().code == "no_responders") return;
+            ctx_.log().warning("cannot set options 66/67 of hypervisor network " + target + ": " + r.error().code + ": " +
+                               r.error().message + "; check the name in hypervisor_networks");
+          });
+    }
+  }
+
   api::DhcpConfig dhcp(const api::DhcpRequest& r) {
     api::DhcpConfig out;
     out.format = r.format;
-    out.next_server = config_.dhcp_next_server.empty() ? host_of(checked_.vip) : config_.dhcp_next_server;
+    out.next_server = next_server();
     out.boot_file = config_.boot_file;
     auto text = dhcp_config(r.format, out.next_server, out.boot_file);
     if (!text) throw RequestError("bad_request", "format '" + r.format + "' is not one of isc, kea, dnsmasq");

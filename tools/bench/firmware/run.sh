@@ -14,3 +14,9 @@ fi
 for n in 100 500 1000; do
   "$build/bin/firmware_bootstorm" --devices "$n" --concurrency "${CONCURRENCY:-64}"
 done
+# The same storm started through hypervisor-xen's typed requests (queue, throttle, firmware = true), with the
+# direct firmwares as its peer in the same run.
+cmake --build "$build" --target hypervisor-xen hv_bootstorm >/dev/null
+for n in 100 500 1000; do
+  "$build/bin/hv_bootstorm" --devices "$n" --concurrency "${CONCURRENCY:-64}"
+done

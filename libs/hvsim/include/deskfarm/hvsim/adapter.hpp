@@ -101,16 +101,14 @@ inline constexpr auto fault_schema = sdk::schema<FaultConf>(
     sdk::option("value", &FaultConf::value, "0", "the rate (0..1) or the factor (1..1000)").range(0, 1000),
     sdk::option("at_s", &FaultConf::at_s, "0", "seconds after start (deployment clock)").range(0, 31536000));
 
-// Defaults of table arrays spell out every field: the kernel fills nested defaults only in tables a manifest gives.
 inline constexpr auto adapter_schema = sdk::schema<AdapterConfig>(
     sdk::option("url", &AdapterConfig::url, "\"\"", "the management endpoint this adapter stands for (shown in status; the simulation needs none)"),
     sdk::option("username", &AdapterConfig::username, "\"\"", "account on the management endpoint"),
     sdk::option("password", &AdapterConfig::password, "\"\"", "its password: a secret, give it as \"${ENV_VAR}\""),
     sdk::option("hosts", &AdapterConfig::hosts,
-                "[{ id = \"host-1\", pool = \"pool-1\", memory_mb = 65536, vcpus = 32 }, "
-                "{ id = \"host-2\", pool = \"pool-1\", memory_mb = 65536, vcpus = 32 }]", "hosts and their capacity",
+                "[{ id = \"host-1\" }, { id = \"host-2\" }]", "hosts and their capacity",
                 host_schema),
-    sdk::option("templates", &AdapterConfig::templates, "[{ name = \"desktop\", memory_mb = 2048, vcpus = 2, network = \"\", boot_order = [\"network\", \"disk\"], ha = true }]", "templates VMs are created from", template_schema),
+    sdk::option("templates", &AdapterConfig::templates, "[{ name = \"desktop\" }]", "templates VMs are created from", template_schema),
     sdk::option("networks", &AdapterConfig::networks,
                 "[{ name = \"lan\", tftp_server = \"127.0.0.1:69\", boot_file = \"ARDBP32.BIN\" }]",
                 "networks with their DHCP options 66/67", network_schema),

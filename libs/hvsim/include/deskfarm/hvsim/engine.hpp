@@ -99,9 +99,10 @@ class Refused : public std::runtime_error {
   std::string code_;
 };
 
-/// A boot the engine hands to real firmware: call Engine::boot_finished(task, ...) when it ends.
+/// A boot the engine hands to real firmware: call Engine::boot_finished(task, ...) when it ends, or for an HA
+/// restart (task 0: no task asked for it) Engine::ha_boot_finished(vm, ...).
 struct BootTicket {
-  std::uint64_t task = 0;
+  std::uint64_t task = 0;  ///< 0: an HA restart
   std::string task_id;
   std::string vm;
   std::string mac;
@@ -146,11 +147,16 @@ class Engine {
   void crash_host(const std::string& host);
   void recover_host(const std::string& host);
   void set_task_failure_rate(double rate);
+  /// Sets a network's options 66/67 (the next boots take them). Refused for an unknown network.
+  hv::Network set_network_boot(const std::string& network, const std::string& tftp_server, const std::string& boot_file);
   void set_storage_factor(double factor);
 
   /// The end of a boot handed to on_boot: handover (ok) makes the VM running, anything else fails its task
   /// with the vendor's boot error (reason kept) and powers it off. Unknown or cancelled tasks are ignored.
   void boot_finished(std::uint64_t task, bool ok, const std::string& reason);
+  /// The end of an HA restart's boot (a ticket with task 0): handover makes the VM running (reason ha_restart),
+  /// anything else powers it off and frees its host. Ignored when the VM is no longer waiting for that boot.
+  void ha_boot_finished(const std::string& vm, bool ok, const std::string& reason);
   /// True while `task` waits for its firmware.
   bool booting(std::uint64_t task) const;
 
@@ -187,7 +193,7 @@ class Engine {
     State state = State::off;
     bool alive = false;
     bool ha = false;
-    std::uint8_t ha_stage = 0;  ///< 1 waiting for HA restart, 2 restarting
+    std::uint8_t ha_stage = 0;  ///< 1 waiting for HA restart, 2 restarting, 3 booting through its firmware
     std::uint64_t task = 0;     ///< the started task acting on it
   };
   struct HostRec {
@@ -248,6 +254,7 @@ class Engine {
   void revert(TaskRec& t);
   bool wants_firmware(const VmRec& vm) const;
   void hand_to_firmware(TaskRec& t);
+  BootTicket ticket(std::uint32_t vm, std::uint64_t task) const;
   std::uint32_t new_vm(std::uint16_t template_idx, std::string name);
   std::uint8_t encode_boot_order(const std::vector<std::string>& order, std::string_view subject) const;
   static std::vector<std::string> decode_boot_order(std::uint8_t packed);

@@ -177,6 +177,29 @@ struct Fault {
   }
 };
 
+/// network.boot: sets a network's DHCP options 66/67, as an operator does on the DHCP server of a real network
+/// (a TFTP load balancer points them at its virtual server). Reply: the network as it now stands. Adapters keep
+/// the values until the deployment stops; the manifest's values return at the next start.
+struct NetworkBoot {
+  static constexpr std::string_view type_name = "deskfarm.hypervisor.NetworkBoot";
+  static constexpr std::uint32_t type_version = 1;
+  std::string network;
+  std::string tftp_server;  ///< option 66: "host" or "host:port"
+  std::string boot_file;    ///< option 67
+  static constexpr auto fields() {
+    return std::tuple{field("network", &NetworkBoot::network), field("tftp_server", &NetworkBoot::tftp_server),
+                      field("boot_file", &NetworkBoot::boot_file)};
+  }
+};
+
+/// The reply to network.boot.
+struct NetworkReply {
+  static constexpr std::string_view type_name = "deskfarm.hypervisor.NetworkReply";
+  static constexpr std::uint32_t type_version = 1;
+  Network network;
+  static constexpr auto fields() { return std::tuple{field("network", &NetworkReply::network)}; }
+};
+
 /// The reply to a Fault: every host as it now stands.
 struct Hosts {
   static constexpr std::string_view type_name = "deskfarm.hypervisor.Hosts";
@@ -212,7 +235,7 @@ struct BootProgress {
 // ---- subjects ----
 /// Requests: hypervisor.<instance>.inventory (Empty → Inventory), hypervisor.<instance>.vm.action
 /// (VmAction → Task), hypervisor.<instance>.task.cancel (CancelTask → Task), hypervisor.<instance>.fault
-/// (Fault → Hosts).
+/// (Fault → Hosts), hypervisor.<instance>.network.boot (NetworkBoot → NetworkReply).
 inline std::string request_subject(std::string_view instance, std::string_view what) {
   return "hypervisor." + std::string(instance) + "." + std::string(what);
 }

@@ -1,6 +1,8 @@
 #pragma once
 // A stackful coroutine on its own lazily committed stack (ucontext): the server runs each connection's blocking-style
 // Session on one, and a reactor thread switches between thousands of them, so waiting costs stack pages, not threads.
+// Rule for code running on a fiber: never yield inside a catch handler (the C++ runtime keeps the exceptions being
+// handled in a per-thread list, which another fiber on the thread would then interleave).
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>

@@ -406,8 +406,6 @@ struct Server::Impl {
     /// rethrows what the job threw.
     void offload(const std::function<void()>& job) {
       std::exception_ptr failure;
-      offloaded = true;
-      waiting = true;
       reactor.server.pool->post([this, &job, &failure] {
         try {
           job();
@@ -416,6 +414,10 @@ struct Server::Impl {
         }
         reactor.job_done(this);
       });
+      // Set after posting (a failed post throws here, parking nothing): the reactor, on this very thread, cannot see
+      // the job end before the yield below.
+      offloaded = true;
+      waiting = true;
       fiber->yield();
       if (failure) std::rethrow_exception(failure);
     }

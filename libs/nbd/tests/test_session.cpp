@@ -461,7 +461,7 @@ TEST_CASE("stalled WRITE headers of 32 MiB reserve no payload memory before it a
     s->send(m.bytes);
   }
   REQUIRE(eventually([&] { return ts.server.stats().requests == kStalled; }, std::chrono::seconds(5)));
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let each thread reach its blocking recv
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let each connection park waiting for the rest
   const std::size_t grown = resident_bytes() - std::min(before, resident_bytes());
   INFO("resident memory grew by " << grown / 1024 << " KiB for " << kStalled << " stalled 32 MiB WRITEs");
   // At most one payload chunk per connection (kIoChunk), never the announced length (8 x 32 MiB).

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <fcntl.h>
 #include <sys/resource.h>
@@ -13,29 +14,46 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <exception>
 #include <filesystem>
-#include <utility>
 #include <list>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
+#include <vector>
+
+#include "fiber.hpp"
 
 namespace deskfarm::nbd {
 namespace {
 
-/// A connected socket with a read buffer: request headers are 28 bytes and pipelined clients send many per packet.
+using Clock = std::chrono::steady_clock;
+
+/// Where a transport waits for its socket: the connection's place in a reactor (the fiber yields until the socket is
+/// ready, the deadline passes or the server stops), so a waiting connection holds no thread.
+class Waiter {
+ public:
+  enum class Wait { ready, timed_out, stopped };
+  virtual ~Waiter() = default;
+  /// `events`: EPOLLIN and/or EPOLLOUT. Ready may be spurious: the caller tries again and waits again on EAGAIN.
+  virtual Wait wait(std::uint32_t events, std::optional<Clock::time_point> until) = 0;
+  /// Gives back the stack pages below the caller's frame (called while the connection goes idle).
+  virtual void trim_stack() = 0;
+};
+
+/// A connected non-blocking socket with a read buffer: request headers are 28 bytes and pipelined clients send many
+/// per packet.
 ///
-/// Deadlines, not per-recv timeouts (a peer sending one byte just before each timeout would never hit one): the whole
-/// handshake, reads and writes alike, must finish by handshake_timeout after accept; after it, each read_exact()
-/// (a request header, a payload chunk) and each write_all() must finish within idle_timeout of its start.
 class SocketTransport final : public Transport {
  public:
-  using Clock = std::chrono::steady_clock;
-
-  SocketTransport(int fd, std::chrono::milliseconds handshake, std::chrono::milliseconds idle,
+  SocketTransport(int fd, Waiter& waiter, std::chrono::milliseconds handshake, std::chrono::milliseconds idle,
                   const TlsContext* tls = nullptr)
-      : fd_(fd), buffer_(new std::byte[kReceiveBuffer]), idle_(idle), tls_context_(tls) {
+      : fd_(fd), waiter_(waiter), buffer_(new std::byte[kReceiveBuffer]), idle_(idle), tls_context_(tls) {
     if (handshake.count() > 0) deadline_ = Clock::now() + handshake;
   }
   ~SocketTransport() override {
@@ -55,15 +73,14 @@ class SocketTransport final : public Transport {
       why = "the client sent data before the TLS handshake";
       return false;
     }
-    // OpenSSL reads and writes the descriptor itself: non-blocking, so that every wait goes through wait_for()
-    // and its deadline.
-    ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
+    // OpenSSL reads and writes the (non-blocking) descriptor itself; every wait goes through wait_for() and its
+    // deadline.
     auto stream = std::make_unique<TlsStream>(*tls_context_, fd_);
     for (;;) {
       const auto io = stream->accept();
       if (io == TlsStream::Io::done) break;
       if (io == TlsStream::Io::want_read || io == TlsStream::Io::want_write) {
-        if (!wait_for(io == TlsStream::Io::want_read ? POLLIN : POLLOUT, deadline_)) {
+        if (!wait_for(io == TlsStream::Io::want_read ? EPOLLIN : EPOLLOUT, deadline_)) {
           why = "no TLS handshake within the handshake deadline";
           return false;
         }
@@ -90,13 +107,17 @@ class SocketTransport final : public Transport {
     }
     const auto until = call_deadline();
     while (done < out.size()) {
-      if (!wait_for(POLLIN, until)) return false;
       const std::size_t want = out.size() - done;
       // Large payloads go straight to the caller; small reads refill the buffer to batch later headers.
       const bool direct = want >= kReceiveBuffer / 2;
       ssize_t n = direct ? ::recv(fd_, out.data() + done, want, MSG_DONTWAIT)
                          : ::recv(fd_, buffer_.get(), kReceiveBuffer, MSG_DONTWAIT);
-      if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        // Try first, wait after: the reactor's readiness is edge-triggered, so a wait only ends on new data.
+        if (!wait_for(EPOLLIN, until)) return false;
+        continue;
+      }
       if (n <= 0) return false;
       if (direct) {
         done += static_cast<std::size_t>(n);
@@ -129,7 +150,7 @@ class SocketTransport final : public Transport {
       ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        if (!wait_for(POLLOUT, until)) return false;
+        if (!wait_for(EPOLLOUT, until)) return false;
         continue;
       }
       if (n <= 0) return false;
@@ -153,16 +174,18 @@ class SocketTransport final : public Transport {
     if (start_ != end_ || (tls_ && tls_->pending() > 0)) return false;
     // A grace, not an instant check: a client sending its next request right after the reply (one in flight) would
     // otherwise be "idle" after every request, and the payload pages given back and faulted in again each time
-    // (measured: 5x slower boot storms). poll() returns at once when the request arrives.
-    pollfd p{fd_, POLLIN, 0};
-    return ::poll(&p, 1, kIdleGraceMs) == 0;
+    // (measured: 5x slower boot storms). The wait ends at once when the request arrives.
+    if (waiter_.wait(EPOLLIN, Clock::now() + std::chrono::milliseconds(kIdleGraceMs)) != Waiter::Wait::timed_out)
+      return false;
+    waiter_.trim_stack();
+    return true;
   }
 
  private:
   /// Waits for what OpenSSL asked for; false (peer gone, TLS error or deadline) ends the transfer.
   bool tls_wait(TlsStream::Io io, std::optional<Clock::time_point> until) {
-    if (io == TlsStream::Io::want_read) return wait_for(POLLIN, until);
-    if (io == TlsStream::Io::want_write) return wait_for(POLLOUT, until);
+    if (io == TlsStream::Io::want_read) return wait_for(EPOLLIN, until);
+    if (io == TlsStream::Io::want_write) return wait_for(EPOLLOUT, until);
     return false;
   }
 
@@ -202,23 +225,15 @@ class SocketTransport final : public Transport {
     return std::nullopt;
   }
 
-  /// Waits until the socket is ready for `events` or `until` passes (then sets timed_out_); false if it passed.
-  bool wait_for(short events, std::optional<Clock::time_point> until) {
-    for (;;) {
-      int wait_ms = -1;
-      if (until) {
-        const auto left = std::chrono::ceil<std::chrono::milliseconds>(*until - Clock::now()).count();
-        if (left <= 0) {
-          timed_out_ = true;
-          return false;
-        }
-        wait_ms = static_cast<int>(std::min<long long>(left, 1 << 30));
-      }
-      pollfd p{fd_, events, 0};
-      const int rc = ::poll(&p, 1, wait_ms);
-      if (rc > 0) return true;  // ready, or an error/hang-up the following call reports
-      if (rc < 0 && errno != EINTR) return false;
+  /// Waits until the socket is ready for `events` or `until` passes (then sets timed_out_); false if it passed or the
+  /// server is stopping.
+  bool wait_for(std::uint32_t events, std::optional<Clock::time_point> until) {
+    switch (waiter_.wait(events, until)) {
+      case Waiter::Wait::ready: return true;
+      case Waiter::Wait::timed_out: timed_out_ = true; return false;
+      case Waiter::Wait::stopped: return false;
     }
+    return false;
   }
 
   // 16 KiB holds ~580 pipelined request headers; payloads of 8 KiB and more bypass it. Not zero-filled: an idle
@@ -226,6 +241,7 @@ class SocketTransport final : public Transport {
   static constexpr std::size_t kReceiveBuffer = 16 * 1024;
   static constexpr int kIdleGraceMs = 250;
   int fd_;
+  Waiter& waiter_;
   std::unique_ptr<std::byte[]> buffer_;
   std::size_t start_ = 0, end_ = 0;
   std::optional<Clock::time_point> deadline_;  // of the handshake
@@ -292,13 +308,291 @@ const char* end_name(SessionEnd e) {
   return "?";
 }
 
+/// Threads for the calls a reactor must not make itself: the resolver and lister are application code that may wait
+/// on a database, and a FLUSH waits for the disk. A few threads, whatever the number of connections.
+class BlockingPool {
+ public:
+  explicit BlockingPool(std::size_t threads) {
+    for (std::size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { run(); });
+  }
+  ~BlockingPool() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    ready_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  BlockingPool(const BlockingPool&) = delete;
+  BlockingPool& operator=(const BlockingPool&) = delete;
+
+  void post(std::function<void()> job) {
+    {
+      std::lock_guard lock(mutex_);
+      jobs_.push_back(std::move(job));
+    }
+    ready_.notify_one();
+  }
+
+ private:
+  void run() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock lock(mutex_);
+        ready_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
+        if (jobs_.empty()) return;  // stopping, and every job posted has run
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      job();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<std::function<void()>> jobs_;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
+/// Address space reserved per connection for its fiber's stack; only the pages touched cost memory, and those below
+/// the parked frame are given back when the connection goes idle. Generous because exports are application code.
+constexpr std::size_t kFiberStack = 512 * 1024;
+/// Threads that run resolvers, listers and flushes for all connections.
+constexpr std::size_t kBlockingThreads = 4;
+
 }  // namespace
 
 struct Server::Impl {
-  struct Connection {
+  struct Reactor;
+
+  /// One connection: its socket, its fiber (running serve()), and where it waits in its reactor.
+  struct Connection final : Waiter {
+    Reactor& reactor;
     UniqueFd fd;
+    std::string peer, peer_port;
+    std::unique_ptr<detail::Fiber> fiber;
+    std::list<std::unique_ptr<Connection>>::iterator self;
+    std::uint32_t pending = 0;  // readiness the reactor saw while the fiber was not waiting for it
+    std::uint32_t want = 0;
+    bool hung_up = false;       // EPOLLHUP/EPOLLERR: every later wait is "ready", and the call that follows fails
+    bool waiting = false;       // parked in wait() or offload()
+    bool offloaded = false;     // a job runs on the blocking pool; only its end resumes the fiber
+    Wait result = Wait::ready;
+    std::optional<std::multimap<Clock::time_point, Connection*>::iterator> timer;
+
+    Connection(Reactor& r, UniqueFd socket, std::string ip, std::string ip_port)
+        : reactor(r), fd(std::move(socket)), peer(std::move(ip)), peer_port(std::move(ip_port)) {}
+
+    Wait wait(std::uint32_t events, std::optional<Clock::time_point> until) override {
+      if (reactor.stopping.load()) return Wait::stopped;
+      if (pending & events) {
+        pending &= ~events;
+        if (hung_up) pending |= EPOLLIN | EPOLLOUT;
+        return Wait::ready;
+      }
+      if (until && Clock::now() >= *until) return Wait::timed_out;
+      want = events;
+      waiting = true;
+      if (until) timer = reactor.timers.emplace(*until, this);
+      fiber->yield();
+      return result;
+    }
+
+    void trim_stack() override { fiber->trim_stack(); }
+
+    /// Runs `job` on the blocking pool while the fiber is parked (its reactor serves the other connections);
+    /// rethrows what the job threw.
+    void offload(const std::function<void()>& job) {
+      std::exception_ptr failure;
+      reactor.server.pool->post([this, &job, &failure] {
+        try {
+          job();
+        } catch (...) {
+          failure = std::current_exception();
+        }
+        reactor.job_done(this);
+      });
+      // Set after posting (a failed post throws here, parking nothing): the reactor, on this very thread, cannot see
+      // the job end before the yield below.
+      offloaded = true;
+      waiting = true;
+      fiber->yield();
+      if (failure) std::rethrow_exception(failure);
+    }
+  };
+
+  /// An epoll loop on one thread, switching between the fibers of its connections.
+  struct Reactor {
+    Impl& server;
+    UniqueFd epoll;
+    UniqueFd wake;
+    std::atomic<bool> stopping{false};
+    std::list<std::unique_ptr<Connection>> connections;
+    std::multimap<Clock::time_point, Connection*> timers;
+    std::mutex mutex;  // guards the two queues below, filled by other threads
+    std::vector<std::unique_ptr<Connection>> arrivals;
+    std::vector<Connection*> jobs_done;
     std::thread thread;
-    std::atomic<bool> done{false};
+
+    explicit Reactor(Impl& s) : server(s) {
+      epoll.reset(::epoll_create1(EPOLL_CLOEXEC));
+      wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+      if (!epoll || !wake) throw ServerError(std::string("nbd: cannot create an epoll reactor: ") + std::strerror(errno));
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.ptr = nullptr;  // the wake descriptor
+      ::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, wake.get(), &ev);
+    }
+
+    void notify() {
+      std::uint64_t one = 1;
+      [[maybe_unused]] auto n = ::write(wake.get(), &one, sizeof one);
+    }
+    void adopt(std::unique_ptr<Connection> c) {
+      {
+        std::lock_guard lock(mutex);
+        arrivals.push_back(std::move(c));
+      }
+      notify();
+    }
+    void job_done(Connection* c) {
+      {
+        std::lock_guard lock(mutex);
+        jobs_done.push_back(c);
+      }
+      notify();
+    }
+
+    void resume(Connection* c, Waiter::Wait why) {
+      c->waiting = false;
+      c->result = why;
+      if (c->timer) {
+        timers.erase(*c->timer);
+        c->timer.reset();
+      }
+      c->fiber->resume();
+    }
+
+    void finish(Connection* c) {
+      ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, c->fd.get(), nullptr);
+      if (c->timer) timers.erase(*c->timer);
+      server.active.fetch_sub(1);
+      connections.erase(c->self);  // closes the socket, frees the stack
+    }
+
+    void run() {
+      std::vector<epoll_event> events(256);
+      std::vector<Connection*> finished;
+      auto settle = [&](Connection* c) {
+        if (c->fiber->finished()) finished.push_back(c);
+      };
+      for (;;) {
+        std::vector<std::unique_ptr<Connection>> arrived;
+        std::vector<Connection*> done;
+        {
+          std::lock_guard lock(mutex);
+          arrived.swap(arrivals);
+          done.swap(jobs_done);
+        }
+        for (auto& owned : arrived) {
+          Connection* c = owned.get();
+          connections.push_back(std::move(owned));
+          c->self = std::prev(connections.end());
+          epoll_event ev{};
+          ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+          ev.data.ptr = c;
+          if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, c->fd.get(), &ev) != 0) {
+            server.log("nbd: peer " + c->peer_port + " dropped: cannot watch its socket: " + std::strerror(errno));
+            server.active.fetch_sub(1);
+            connections.erase(c->self);
+            continue;
+          }
+          c->fiber->resume();  // greets, then parks waiting for the client's flags
+          settle(c);
+        }
+        for (Connection* c : done) {
+          c->offloaded = false;
+          resume(c, Waiter::Wait::ready);
+          settle(c);
+        }
+        const bool stop = stopping.load();
+        if (stop) {
+          // Every parked wait returns "stopped": sessions unwind on their own stacks and their fibers end.
+          for (auto& owned : connections) {
+            Connection* c = owned.get();
+            if (c->waiting && !c->offloaded && !c->fiber->finished()) {
+              resume(c, Waiter::Wait::stopped);
+              settle(c);
+            }
+          }
+        }
+        for (Connection* c : finished) finish(c);
+        finished.clear();
+        if (stop && connections.empty()) return;
+
+        int timeout = -1;
+        if (stop) {
+          timeout = 10;  // only jobs on the blocking pool are left; their end wakes us too
+        } else if (!timers.empty()) {
+          const auto left = std::chrono::ceil<std::chrono::milliseconds>(timers.begin()->first - Clock::now()).count();
+          timeout = static_cast<int>(std::clamp<long long>(left, 0, 1 << 30));
+        }
+        const int n = ::epoll_wait(epoll.get(), events.data(), static_cast<int>(events.size()), timeout);
+        for (int i = 0; i < n; ++i) {
+          auto* c = static_cast<Connection*>(events[static_cast<std::size_t>(i)].data.ptr);
+          const std::uint32_t e = events[static_cast<std::size_t>(i)].events;
+          if (!c) {
+            std::uint64_t count = 0;
+            [[maybe_unused]] auto r = ::read(wake.get(), &count, sizeof count);
+            continue;
+          }
+          if (c->fiber->finished()) continue;  // ended earlier in this batch, freed after it
+          if (e & (EPOLLIN | EPOLLRDHUP)) c->pending |= EPOLLIN;
+          if (e & EPOLLOUT) c->pending |= EPOLLOUT;
+          if (e & (EPOLLERR | EPOLLHUP)) {
+            c->hung_up = true;
+            c->pending |= EPOLLIN | EPOLLOUT;
+          }
+          if (c->waiting && !c->offloaded && (c->pending & c->want)) {
+            c->pending &= ~c->want;
+            if (c->hung_up) c->pending |= EPOLLIN | EPOLLOUT;
+            resume(c, Waiter::Wait::ready);
+            settle(c);
+          }
+        }
+        const auto now = Clock::now();
+        while (!timers.empty() && timers.begin()->first <= now) {
+          Connection* c = timers.begin()->second;
+          resume(c, Waiter::Wait::timed_out);  // removes its timer
+          settle(c);
+        }
+        for (Connection* c : finished) finish(c);
+        finished.clear();
+      }
+    }
+  };
+
+  /// Flushes wait for the disk: on the blocking pool, so the reactor keeps serving the other connections.
+  class OffloadedFlush final : public Export {
+   public:
+    OffloadedFlush(std::shared_ptr<Export> inner, Connection& c) : inner_(std::move(inner)), connection_(c) {}
+    std::uint64_t size() const override { return inner_->size(); }
+    bool read_only() const override { return inner_->read_only(); }
+    int read(std::uint64_t off, std::span<std::byte> out) override { return inner_->read(off, out); }
+    int write(std::uint64_t off, std::span<const std::byte> in) override { return inner_->write(off, in); }
+    int write_zeroes(std::uint64_t off, std::uint64_t length) override { return inner_->write_zeroes(off, length); }
+    bool multi_conn_safe() const override { return inner_->multi_conn_safe(); }
+    int flush() override {
+      int rc = EIO;
+      connection_.offload([&] { rc = inner_->flush(); });
+      return rc;
+    }
+
+   private:
+    std::shared_ptr<Export> inner_;
+    Connection& connection_;
   };
 
   ServerOptions options;
@@ -312,9 +606,10 @@ struct Server::Impl {
   std::thread accept_thread;
   std::atomic<bool> stopping{false};
   std::uint16_t port = 0;
+  std::unique_ptr<BlockingPool> pool;
+  std::vector<std::unique_ptr<Reactor>> reactors;
+  std::size_t next_reactor = 0;
 
-  mutable std::mutex mutex;
-  std::list<std::unique_ptr<Connection>> connections;
   std::atomic<std::uint64_t> accepted{0}, rejected{0}, active{0}, handshake_failures{0}, protocol_errors{0};
   SessionCounters counters;
 
@@ -339,38 +634,41 @@ struct Server::Impl {
     }
   }
 
-  void reap(bool all) {
-    std::list<std::unique_ptr<Connection>> finished;
-    {
-      std::lock_guard lock(mutex);
-      for (auto it = connections.begin(); it != connections.end();) {
-        if (all || (*it)->done.load()) {
-          finished.splice(finished.end(), connections, it++);
-        } else {
-          ++it;
-        }
-      }
-    }
-    for (auto& c : finished) {
-      if (c->thread.joinable()) c->thread.join();
+  /// The body of a connection's fiber: the whole session, then one log line. Never throws.
+  void serve(Connection& c) noexcept {
+    try {
+      serve_session(c);
+    } catch (...) {
+      // Only allocation can fail here; the connection ends either way (its reactor closes the socket).
     }
   }
 
-  void serve(Connection* c, std::string peer, std::string peer_port) {
-    SocketTransport transport(c->fd.get(), options.handshake_timeout, options.idle_timeout, options.tls.get());
+  void serve_session(Connection& c) {
+    SocketTransport transport(c.fd.get(), c, options.handshake_timeout, options.idle_timeout, options.tls.get());
     SessionLimits limits;
     limits.max_payload = options.max_payload;
     limits.require_tls = options.tls && options.require_tls;
     // A peer asking for an export it may not have is what an operator must see (a misplaced device, or a probe).
-    const Resolver checked = [this, &peer_port](std::string_view name, std::string_view from) {
+    // The resolver is application code that may wait (a data store): it runs on the blocking pool.
+    const Resolver checked = [this, &c](std::string_view name, std::string_view from) {
       if (!resolver) return Resolution{nullptr, "no exports configured"};
-      Resolution r = resolver(name, from);
+      Resolution r;
+      c.offload([&] { r = resolver(name, from); });
       if (!r.backend && r.denied) {
-        warn(denied_line, "nbd: peer " + peer_port + " denied export '" + std::string(name) + "': " + r.error);
+        warn(denied_line, "nbd: peer " + c.peer_port + " denied export '" + std::string(name) + "': " + r.error);
       }
+      if (r.backend) r.backend = std::make_shared<OffloadedFlush>(std::move(r.backend), c);
       return r;
     };
-    Session session(transport, checked, lister, peer, limits, &counters);
+    Lister offloaded_lister;
+    if (lister) {
+      offloaded_lister = [this, &c](std::string_view from) {
+        std::vector<ExportEntry> entries;
+        c.offload([&] { entries = lister(from); });
+        return entries;
+      };
+    }
+    Session session(transport, checked, offloaded_lister, c.peer, limits, &counters);
     SessionResult r;
     try {
       r = session.run();
@@ -389,24 +687,21 @@ struct Server::Impl {
     if (r.end == SessionEnd::kHandshakeError) handshake_failures.fetch_add(1);
     if (r.end == SessionEnd::kProtocolError) protocol_errors.fetch_add(1);
     const auto tls = transport.tls_description();
-    log("nbd: peer " + peer_port + (r.export_name.empty() ? "" : " export '" + r.export_name + "'") +
+    log("nbd: peer " + c.peer_port + (r.export_name.empty() ? "" : " export '" + r.export_name + "'") +
         (tls.empty() ? "" : " (" + tls + ")") + " " + end_name(r.end) + ": " + r.reason);
-    ::shutdown(c->fd.get(), SHUT_RDWR);
-    active.fetch_sub(1);
-    c->done.store(true);
+    ::shutdown(c.fd.get(), SHUT_RDWR);
   }
 
   void accept_loop() {
     while (!stopping.load()) {
       pollfd fds[2] = {{listen_fd.get(), POLLIN, 0}, {wake_fd.get(), POLLIN, 0}};
-      // The timeout only paces reaping of finished connections; stop() wakes us at once through wake_fd.
+      // stop() wakes us at once through wake_fd.
       int rc = ::poll(fds, 2, 1000);
-      reap(false);
       if (rc <= 0 || stopping.load()) continue;
       if (!(fds[0].revents & POLLIN)) continue;
       sockaddr_storage ss{};
       socklen_t len = sizeof ss;
-      UniqueFd fd(::accept4(listen_fd.get(), reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC));
+      UniqueFd fd(::accept4(listen_fd.get(), reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC | SOCK_NONBLOCK));
       if (!fd) {
         if (errno == EMFILE || errno == ENFILE) {
           // The peer waits in the backlog and poll() would report it again at once: give up the spare descriptor,
@@ -443,22 +738,22 @@ struct Server::Impl {
         ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
         ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
       }
+      Reactor& reactor = *reactors[next_reactor++ % reactors.size()];
+      std::unique_ptr<Connection> conn;
+      try {
+        conn = std::make_unique<Connection>(reactor, std::move(fd), std::move(peer), peer_port);
+        Connection* raw = conn.get();
+        conn->fiber = std::make_unique<detail::Fiber>([this, raw] { serve(*raw); }, kFiberStack);
+      } catch (const std::exception& e) {
+        rejected.fetch_add(1);
+        warn(refused_line, "nbd: peer " + peer_port + " refused on port " + std::to_string(port) +
+                               ": no memory for its connection (" + e.what() + ") with " +
+                               std::to_string(active.load()) + " open; lower max_connections");
+        continue;
+      }
       accepted.fetch_add(1);
       active.fetch_add(1);
-      auto conn = std::make_unique<Connection>();
-      conn->fd = std::move(fd);
-      Connection* raw = conn.get();
-      {
-        std::lock_guard lock(mutex);
-        connections.push_back(std::move(conn));
-      }
-      try {
-        raw->thread = std::thread([this, raw, peer, peer_port] { serve(raw, peer, peer_port); });
-      } catch (const std::system_error& e) {
-        log("nbd: peer " + peer_port + " dropped: cannot start a thread: " + e.what());
-        active.fetch_sub(1);
-        raw->done.store(true);
-      }
+      reactor.adopt(std::move(conn));
     }
   }
 };
@@ -490,7 +785,7 @@ void Server::start() {
   if (::bind(fd.get(), res->ai_addr, res->ai_addrlen) != 0) {
     throw ServerError("nbd: cannot bind " + where + ": " + std::strerror(errno));
   }
-  if (::listen(fd.get(), 1024) != 0) throw ServerError("nbd: cannot listen on " + where + ": " + std::strerror(errno));
+  if (::listen(fd.get(), 4096) != 0) throw ServerError("nbd: cannot listen on " + where + ": " + std::strerror(errno));
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
   ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len);
@@ -509,11 +804,17 @@ void Server::start() {
   s.spare_fd.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   s.wake_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!s.wake_fd) throw ServerError("nbd: cannot create eventfd for " + where + ": " + std::strerror(errno));
+  const std::size_t threads =
+      s.options.threads ? s.options.threads : std::max<std::size_t>(1, std::thread::hardware_concurrency());
+  s.reactors.clear();
+  for (std::size_t i = 0; i < threads; ++i) s.reactors.push_back(std::make_unique<Impl::Reactor>(s));
+  s.pool = std::make_unique<BlockingPool>(kBlockingThreads);
+  for (auto& r : s.reactors) r->thread = std::thread([r = r.get()] { r->run(); });
   s.listen_fd = std::move(fd);
   s.stopping = false;
   s.accept_thread = std::thread([&s] { s.accept_loop(); });
   s.log("nbd: listening on " + s.options.address + ":" + std::to_string(s.port) + ", at most " +
-        std::to_string(s.max_connections) + " connections");
+        std::to_string(s.max_connections) + " connections on " + std::to_string(threads) + " reactor threads");
 }
 
 void Server::stop() {
@@ -524,12 +825,15 @@ void Server::stop() {
   [[maybe_unused]] auto n = ::write(s.wake_fd.get(), &one, sizeof one);
   s.accept_thread.join();
   s.listen_fd.reset();
-  {
-    // Shut down, not close: the descriptor stays valid until its thread has been joined.
-    std::lock_guard lock(s.mutex);
-    for (auto& c : s.connections) ::shutdown(c->fd.get(), SHUT_RDWR);
+  // Each reactor ends every session it holds (their waits return at once) and returns when none is left; jobs still on
+  // the blocking pool finish first, so the pool goes last.
+  for (auto& r : s.reactors) {
+    r->stopping = true;
+    r->notify();
   }
-  s.reap(true);
+  for (auto& r : s.reactors) r->thread.join();
+  s.reactors.clear();
+  s.pool.reset();
   s.log("nbd: stopped listening on port " + std::to_string(s.port));
 }
 
@@ -551,7 +855,7 @@ std::uint64_t raise_fd_limit() {
 std::size_t connections_for_fd_limit(std::uint64_t fd_limit) {
   const std::uint64_t reserved = open_descriptors() + 64;
   if (fd_limit <= reserved + 2) return 1;
-  // Capped: a hard limit of 2^20 (containers) must not mean half a million connection threads.
+  // Capped: a hard limit of 2^20 (containers) must not mean half a million connections (a fiber stack each).
   return static_cast<std::size_t>(std::min<std::uint64_t>((fd_limit - reserved) / 2, kMaxAutoConnections));
 }
 

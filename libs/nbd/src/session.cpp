@@ -232,10 +232,16 @@ bool Session::handshake(SessionResult& result) {
           break;
         }
         std::vector<ExportEntry> entries;
+        std::string failed;
         try {
           entries = lister_(peer_);
         } catch (const std::exception& e) {
-          ok = send_option_error(option, proto::kRepErrPlatform, std::string("export listing failed: ") + e.what());
+          failed = std::string("export listing failed: ") + e.what();
+        }
+        // Replied outside the handler: the reply may wait for the socket, and a server that switches sessions on
+        // one thread (fibers) must not switch while an exception is being handled (its state is per thread).
+        if (!failed.empty()) {
+          ok = send_option_error(option, proto::kRepErrPlatform, failed);
           break;
         }
         std::vector<std::byte> entry;

@@ -1,5 +1,5 @@
 // nbd_serve: serves one raw image with deskfarm::nbd (bench peer for nbdkit and qemu-nbd).
-//   nbd_serve FILE [--port N] [--name NAME] [--cow [--ram-mib N] [--cache-dir DIR]]
+//   nbd_serve FILE [--port N] [--name NAME] [--max-connections N] [--cow [--ram-mib N] [--cache-dir DIR]]
 // Prints "port N" once listening; runs until SIGINT/SIGTERM. --help lists the options.
 #include <signal.h>
 
@@ -22,7 +22,8 @@ namespace po = boost::program_options;
 
 namespace {
 
-const char* synopsis = "usage: nbd_serve FILE [--port N] [--name NAME] [--cow [--ram-mib N] [--cache-dir DIR]]\n";
+const char* synopsis =
+    "usage: nbd_serve FILE [--port N] [--name NAME] [--max-connections N] [--cow [--ram-mib N] [--cache-dir DIR]]\n";
 
 [[noreturn]] void usage(const std::string& why, const po::options_description& options) {
   std::cerr << "nbd_serve: " << why << "\n" << synopsis << options;
@@ -46,6 +47,8 @@ int main(int argc, char** argv) {
       ("port", po::value<long long>()->value_name("N")->default_value(options.port),
        "TCP port on 127.0.0.1; 0 = ephemeral (the bound port is printed as \"port N\" on stdout)")
       ("name", po::value<std::string>()->value_name("NAME"), "serve only this export name (default: any name)")
+      ("max-connections", po::value<long long>()->value_name("N")->default_value(0),
+       "connections held at once; 0 = as many as the descriptor limit fits at two each (this tool needs one each)")
       ("cow", "copy-on-write: one RAM write cache over the read-only image, shared by all connections")
       ("ram-mib", po::value<long long>()->value_name("N")->default_value(static_cast<long long>(cache.ram_limit >> 20)),
        "with --cow: MiB of written blocks kept in RAM before overflowing to --cache-dir")
@@ -68,6 +71,7 @@ int main(int argc, char** argv) {
   options.port = static_cast<std::uint16_t>(checked(vm, "port", 0, 65535, flags));
   cache.ram_limit = static_cast<std::uint64_t>(checked(vm, "ram-mib", 0, std::numeric_limits<long long>::max() >> 20, flags))
                     << 20;
+  options.max_connections = static_cast<std::size_t>(checked(vm, "max-connections", 0, 1 << 20, flags));
   if (vm.count("cache-dir")) cache.cache_dir = vm["cache-dir"].as<std::string>();
   // Block the stop signals before any thread exists so that only sigwait below sees them.
   sigset_t stop;

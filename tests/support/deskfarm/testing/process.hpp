@@ -167,6 +167,15 @@ inline std::size_t resident_bytes(const std::string& pid = "self") {
   return resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
 }
 
+/// Threads of process `pid` ("self" = this one), from the "Threads:" line of /proc/PID/status; throws if unreadable.
+inline std::size_t thread_count(const std::string& pid = "self") {
+  std::ifstream status("/proc/" + pid + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("Threads:", 0) == 0) return static_cast<std::size_t>(std::stoul(line.substr(8)));
+  }
+  throw std::runtime_error("cannot read the thread count from /proc/" + pid + "/status");
+}
+
 /// Polls `done` every few milliseconds until it holds or `limit` passes.
 template <class F>
 bool eventually(F done, std::chrono::milliseconds limit = std::chrono::seconds(10)) {

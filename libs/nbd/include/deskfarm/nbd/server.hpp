@@ -1,5 +1,6 @@
 #pragma once
-// NBD server (fixed newstyle, simple replies): one thread per connection, bounded by max_connections.
+// NBD server (fixed newstyle, simple replies): a fixed set of epoll reactor threads, each switching between the
+// fibers (stackful coroutines) of its connections, so a connection costs memory, never a thread of its own.
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -28,6 +29,8 @@ struct ServerOptions {
   /// (connections_for_fd_limit()), so the server runs out of slots before the process runs out of descriptors.
   std::size_t max_connections = 0;
   std::uint32_t max_payload = 32U << 20;  ///< largest READ/WRITE; advertised as maximum block size
+  /// Reactor threads serving every connection (0 = one per core). Resolvers, listers and flushes run on 4 more.
+  std::size_t threads = 0;
   std::chrono::milliseconds handshake_timeout{30000};  ///< option haggling must finish within this
   /// After the handshake: a connection that sends nothing for this long is closed (0 = never). A client that
   /// reconnects loses nothing by it; it frees the slot a vanished or hard-reset peer would hold.
@@ -49,7 +52,7 @@ struct ServerOptions {
 /// usual soft limit of 1024 is far below what a site needs); returns the soft limit now in force.
 std::uint64_t raise_fd_limit();
 
-/// The most connections max_connections = 0 sizes to, whatever the descriptor limit (a thread each).
+/// The most connections max_connections = 0 sizes to, whatever the descriptor limit.
 inline constexpr std::size_t kMaxAutoConnections = 65536;
 
 /// How many connections fit in `fd_limit` descriptors: two each (the socket and a device's write cache overflow
@@ -81,7 +84,7 @@ class Server {
 
   /// Raises the descriptor limit (raise_fd_limit()), binds and starts accepting; throws ServerError.
   void start();
-  /// Closes the listener and every connection, then joins all threads. Idempotent.
+  /// Closes the listener, ends every session (each one's waits return at once) and joins all threads. Idempotent.
   void stop();
   /// The port actually bound (useful with port 0).
   std::uint16_t bound_port() const;

@@ -3,6 +3,9 @@
 // Session on one, and a reactor thread switches between thousands of them, so waiting costs stack pages, not threads.
 // Rule for code running on a fiber: never yield inside a catch handler (the C++ runtime keeps the exceptions being
 // handled in a per-thread list, which another fiber on the thread would then interleave).
+// Why glibc's ucontext and not Boost.Context: the sanitizer annotations around each switch (the suite runs under
+// ASan) need Boost's ucontext variant (BOOST_USE_UCONTEXT + BOOST_USE_ASAN), which every user of Debian's Boost
+// headers in the process would have to be built with; this class is that variant's small core and nothing more.
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>

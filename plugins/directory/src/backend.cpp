@@ -25,7 +25,7 @@ EmbeddedBackend::EmbeddedBackend(const std::vector<UserEntry>& users) {
     auto hash = parse_hash(u.password_hash.reveal(), error);
     if (!hash)
       throw std::invalid_argument(where + ": password_hash " + error +
-                                  "; make one with: deskfarm request directory.<instance>.hash_password '{\"password\": \"…\"}'");
+                                  "; make one with: deskfarm request directory.<instance>.hash-password '{\"password\": \"…\"}'");
     most = std::max(most, hash->iterations);
     if (!users_.emplace(lower(u.name), Entry{Account{u.name, u.groups, u.disabled}, std::move(*hash)}).second)
       throw std::invalid_argument(where + " is listed twice (names compare without case)");

@@ -2,6 +2,7 @@
 // hashes), answered through the Backend interface that an LDAP backend implements later. Hashing is slow on
 // purpose, so every authentication runs on the blocking pool; an unknown user and a wrong password get the same
 // answer (and cost the same time), and are counted apart only in the metrics.
+#include <map>
 #include <memory>
 
 #include <deskfarm/interfaces/directory/directory.hpp>
@@ -27,14 +28,14 @@ struct DirectoryConfig {
 constexpr auto user_schema = schema<directory::UserEntry>(
     option("name", &directory::UserEntry::name, nullptr, "account name without domain (compared without case)"),
     option("password_hash", &directory::UserEntry::password_hash, nullptr,
-           "\"$pbkdf2-sha256$ITERATIONS$SALT$CHECKSUM\" (hash_password request, or passlib); never a clear password"),
+           "\"$pbkdf2-sha256$ITERATIONS$SALT$CHECKSUM\" (hash-password request, or passlib); never a clear password"),
     option("groups", &directory::UserEntry::groups, "[]", "groups the user belongs to"),
     option("disabled", &directory::UserEntry::disabled, "false", "the account exists but may not log on"));
 
 constexpr auto directory_schema = schema<DirectoryConfig>(
     option("domain", &DirectoryConfig::domain, "\"DESKFARM\"", "NT domain the directory serves (\"CORP\" in CORP\\alice)"),
     option("users", &DirectoryConfig::users, "[]", "the accounts", user_schema),
-    option("hash_iterations", &DirectoryConfig::hash_iterations, "600000", "PBKDF2 iterations of hashes made by hash_password")
+    option("hash_iterations", &DirectoryConfig::hash_iterations, "600000", "PBKDF2 iterations of hashes made by the hash-password request")
         .range(directory::kMinIterations, 10000000));
 
 std::shared_ptr<const directory::Backend> make_backend(const DirectoryConfig& c) {
@@ -64,9 +65,12 @@ class Directory final : public Plugin {
   explicit Directory(Context& ctx)
       : ctx_(ctx), config_(directory_schema.bind(ctx.config())), backend_(make_backend(config_)) {
     auto& m = ctx_.metrics();
-    m.declare_counter("deskfarm_directory_authentications_total", "Authentications answered, per result");
-    m.declare_counter("deskfarm_directory_refused_total",
-                      "Refused authentications by cause (the answer is the same for both causes)");
+    const std::string answered = "Authentications answered, per result";
+    const std::string refused = "Refused authentications by cause (the answer is the same for both causes)";
+    for (const char* r : {"ok", api::kRefused, api::kDisabled, api::kBadDomain})
+      results_[r] = &m.counter("deskfarm_directory_authentications_total", answered, {{"result", r}});
+    unknown_user_ = &m.counter("deskfarm_directory_refused_total", refused, {{"cause", "unknown_user"}});
+    bad_password_ = &m.counter("deskfarm_directory_refused_total", refused, {{"cause", "bad_password"}});
   }
 
   static void validate(const Config& config) { (void)make_backend(directory_schema.bind(config)); }
@@ -75,10 +79,10 @@ class Directory final : public Plugin {
     subs_.push_back(serve_async<api::Authenticate, api::AuthResult>(
         ctx_.bus(), api::subject(ctx_.name(), "authenticate"),
         [this](const api::Authenticate& req, Responder<api::AuthResult> r) { authenticate(req, r); }));
-    subs_.push_back(serve<api::GroupsOf, api::Groups>(ctx_.bus(), api::subject(ctx_.name(), "groups_of"),
+    subs_.push_back(serve<api::GroupsOf, api::Groups>(ctx_.bus(), api::subject(ctx_.name(), "groups-of"),
                                                       [this](const api::GroupsOf& req) { return groups_of(req); }));
     subs_.push_back(serve_async<api::HashPassword, api::PasswordHash>(
-        ctx_.bus(), api::subject(ctx_.name(), "hash_password"),
+        ctx_.bus(), api::subject(ctx_.name(), "hash-password"),
         [this](const api::HashPassword& req, Responder<api::PasswordHash> r) { hash_password(req, r); }));
     ctx_.log().info("directory " + config_.domain + ": " + std::to_string(backend_->user_count()) + " users, " +
                     std::to_string(backend_->group_count()) + " groups");
@@ -98,10 +102,9 @@ class Directory final : public Plugin {
   }
 
  private:
-  void count(const std::string& result, const char* cause = nullptr) {
-    auto& m = ctx_.metrics();
-    m.counter("deskfarm_directory_authentications_total", "", {{"result", result}}).inc();
-    if (cause) m.counter("deskfarm_directory_refused_total", "", {{"cause", cause}}).inc();
+  void count(const std::string& result, Counter* cause = nullptr) {
+    results_.at(result)->inc();
+    if (cause) cause->inc();
   }
 
   void authenticate(const api::Authenticate& req, Responder<api::AuthResult> r) {
@@ -143,7 +146,7 @@ class Directory final : public Plugin {
             case directory::AuthStatus::unknown_user:
             case directory::AuthStatus::bad_password:
               ++refused_;
-              count(api::kRefused, o.status == directory::AuthStatus::unknown_user ? "unknown_user" : "bad_password");
+              count(api::kRefused, o.status == directory::AuthStatus::unknown_user ? unknown_user_ : bad_password_);
               res.code = api::kRefused;
               res.reason = "unknown user name or bad password";
               ctx_.log().info("refused a logon as '" + user + "'");
@@ -166,10 +169,10 @@ class Directory final : public Plugin {
   }
 
   void hash_password(const api::HashPassword& req, Responder<api::PasswordHash> r) {
-    if (req.password.empty()) return r.fail("bad_request", "hash_password: the password is empty");
+    if (req.password.empty()) return r.fail("bad_request", "hash-password: the password is empty");
     const std::int64_t iterations = req.iterations == 0 ? config_.hash_iterations : req.iterations;
     if (iterations < directory::kMinIterations || iterations > 10000000)
-      return r.fail("bad_request", "hash_password: iterations " + std::to_string(iterations) + " is outside " +
+      return r.fail("bad_request", "hash-password: iterations " + std::to_string(iterations) + " is outside " +
                                        std::to_string(directory::kMinIterations) + "..10000000");
     ctx_.run_blocking([password = req.password, iterations](std::stop_token) {
                         return api::PasswordHash{directory::make_hash(password.reveal(), iterations)};
@@ -185,6 +188,9 @@ class Directory final : public Plugin {
   std::shared_ptr<const directory::Backend> backend_;
   std::vector<Subscription> subs_;
   std::int64_t ok_ = 0, refused_ = 0, disabled_ = 0, in_flight_ = 0;
+  std::map<std::string, Counter*> results_;
+  Counter* unknown_user_ = nullptr;
+  Counter* bad_password_ = nullptr;
 };
 
 }  // namespace

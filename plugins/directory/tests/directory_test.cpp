@@ -1,6 +1,6 @@
 // The directory plugin in a real deployment and its password hashes: PBKDF2-HMAC-SHA256 against RFC test vectors,
 // passlib's format, authentication with every spelling of a user, the same answer for an unknown user and a
-// wrong password (counted apart in the metrics only), groups, hash_password, and manifests refused naming the key.
+// wrong password (counted apart in the metrics only), groups, hash-password, and manifests refused naming the key.
 #include <catch2/catch.hpp>
 
 #include <deskfarm/interfaces/directory/directory.hpp>
@@ -155,20 +155,20 @@ TEST_CASE("an unknown user and a wrong password get the same answer, counted apa
   }
 }
 
-TEST_CASE("groups_of and hash_password", "[directory]") {
+TEST_CASE("groups-of and hash-password", "[directory]") {
   auto h = deployment(manifest());
-  auto g = h->request<api::GroupsOf, api::Groups>(api::subject("dir", "groups_of"), api::GroupsOf{"CORP\\ALICE", ""});
+  auto g = h->request<api::GroupsOf, api::Groups>(api::subject("dir", "groups-of"), api::GroupsOf{"CORP\\ALICE", ""});
   REQUIRE(g);
   CHECK(g->known);
   CHECK(g->user == "Alice");
   CHECK(g->groups == std::vector<std::string>{"Sales", "Remote"});
-  auto none = h->request<api::GroupsOf, api::Groups>(api::subject("dir", "groups_of"), api::GroupsOf{"mallory", ""});
+  auto none = h->request<api::GroupsOf, api::Groups>(api::subject("dir", "groups-of"), api::GroupsOf{"mallory", ""});
   REQUIRE(none);
   CHECK_FALSE(none->known);
   CHECK(none->groups.empty());
 
-  // What an operator runs: deskfarm request directory.dir.hash_password '{"password": "…", "iterations": 2000}'.
-  auto answer = h->json_request(api::subject("dir", "hash_password"), R"({"password": "s3cret pass", "iterations": 2000})");
+  // What an operator runs: deskfarm request directory.dir.hash-password '{"password": "…", "iterations": 2000}'.
+  auto answer = h->json_request(api::subject("dir", "hash-password"), R"({"password": "s3cret pass", "iterations": 2000})");
   REQUIRE(answer.ok);
   const auto start = answer.body.find("$pbkdf2-sha256$2000$");
   REQUIRE(start != std::string::npos);
@@ -176,7 +176,7 @@ TEST_CASE("groups_of and hash_password", "[directory]") {
   auto h2 = deployment("[instances.dir]\nplugin = \"directory\"\nusers = [{ name = \"carol\", password_hash = \"" + hash + "\" }]\n");
   CHECK(authenticate(*h2, "carol", "s3cret pass").ok);
   CHECK_FALSE(authenticate(*h2, "carol", "s3cret pas").ok);
-  auto empty = h->json_request(api::subject("dir", "hash_password"), R"({"password": ""})");
+  auto empty = h->json_request(api::subject("dir", "hash-password"), R"({"password": ""})");
   CHECK_FALSE(empty.ok);
 }
 

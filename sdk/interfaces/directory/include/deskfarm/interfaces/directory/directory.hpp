@@ -47,7 +47,7 @@ struct AuthResult {
   }
 };
 
-/// directory.<instance>.groups_of: a user's groups (for access lists: which desktops a user may use).
+/// directory.<instance>.groups-of: a user's groups (for access lists: which desktops a user may use).
 struct GroupsOf {
   static constexpr std::string_view type_name = "deskfarm.directory.GroupsOf";
   static constexpr std::uint32_t type_version = 1;
@@ -67,8 +67,8 @@ struct Groups {
   }
 };
 
-/// directory.<instance>.hash_password: a hash to put in the manifest (users[].password_hash) for a password;
-/// `deskfarm request directory.<instance>.hash_password '{"password": "…"}' MANIFEST` prints it.
+/// directory.<instance>.hash-password: a hash to put in the manifest (users[].password_hash) for a password;
+/// `deskfarm request directory.<instance>.hash-password '{"password": "…"}' MANIFEST` prints it.
 struct HashPassword {
   static constexpr std::string_view type_name = "deskfarm.directory.HashPassword";
   static constexpr std::uint32_t type_version = 1;
@@ -86,7 +86,7 @@ struct PasswordHash {
   static constexpr auto fields() { return std::tuple{field("hash", &PasswordHash::hash)}; }
 };
 
-/// directory.<instance>.<request>: "authenticate", "groups_of", "hash_password".
+/// directory.<instance>.<request>: "authenticate", "groups-of", "hash-password".
 inline std::string subject(std::string_view instance, std::string_view request) {
   return "directory." + std::string(instance) + "." + std::string(request);
 }

@@ -11,6 +11,7 @@
 #include <Poco/SAX/XMLReader.h>
 #include <Poco/XML/XMLWriter.h>
 
+#include <algorithm>
 #include <charconv>
 #include <sstream>
 
@@ -21,6 +22,10 @@ using Poco::XML::Element;
 using Poco::XML::Node;
 
 namespace {
+
+bool known_type(const std::string& type) {
+  return type == "RequestValidateCredentials" || type == "RequestAppData" || type == "RequestAddress" || type == "RequestTicket";
+}
 
 // ---- reading ----
 
@@ -202,7 +207,7 @@ class Writer {
     w_.startDocument();
     w_.startDTD("NFuseProtocol", "", "NFuse.dtd");
     w_.endDTD();
-    open("NFuseProtocol", {{"version", std::string(version.empty() ? kVersion : version)}});
+    open("NFuseProtocol", {{"version", std::string(version)}});
   }
   void open(const std::string& name, std::initializer_list<std::pair<std::string, std::string>> attrs = {}) {
     Poco::XML::AttributesImpl a;
@@ -235,7 +240,7 @@ void write_credentials(Writer& w, const Credentials& c) {
   w.open("Credentials");
   w.leaf("UserName", c.user);
   w.leaf("Password", c.password, {{"encoding", "cleartext"}});
-  if (!c.domain.empty()) w.leaf("Domain", c.domain, {{"type", c.domain_type}});
+  if (!c.domain.empty() || c.domain_type != "NT") w.leaf("Domain", c.domain, {{"type", c.domain_type}});
   w.close("Credentials");
 }
 
@@ -256,10 +261,17 @@ Document parse_request(std::string_view xml) {
   const Doc d = load(xml, "");
   const auto requests = children(d.root);
   if (requests.size() != 1)
-    throw ProtocolError(requests.empty() ? "" : requests[0]->nodeName(),
+    throw ProtocolError(requests.empty() || !known_type(requests[0]->nodeName()) ? "" : requests[0]->nodeName(),
                         "NFuseProtocol: holds " + std::to_string(requests.size()) + " request elements, expected one");
   Document out;
   out.version = d.root->getAttribute("version");
+  if (out.version.size() > 8 || out.version.find_first_not_of("0123456789.") != std::string::npos) {
+    // Quoted only when short and printable: the reply must stay valid UTF-8 text.
+    const bool shown = out.version.size() <= 16 &&
+                       std::all_of(out.version.begin(), out.version.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
+    throw ProtocolError("", "NFuseProtocol: version " + (shown ? "'" + out.version + "'" : std::string("attribute")) +
+                                " is not a protocol version like 5.4");
+  }
   const std::string type = requests[0]->nodeName();
   out.request = read_request(Reader(requests[0], "NFuseProtocol/" + type, type));
   return out;
@@ -307,7 +319,7 @@ std::string write_request(const Document& d) {
 }
 
 std::string write_reply(const Reply& reply, std::string_view version) {
-  Writer w(version);
+  Writer w(version.empty() ? kVersion : version);
   std::visit(
       [&](const auto& r) {
         using T = std::decay_t<decltype(r)>;
@@ -378,11 +390,9 @@ std::string write_reply(const Reply& reply, std::string_view version) {
 }
 
 std::string write_error(const ProtocolError& e, std::string_view version) {
-  Writer w(version);
+  Writer w(version.empty() ? kVersion : version);
   const std::string& type = e.request_type();
-  const bool known = type == "RequestValidateCredentials" || type == "RequestAppData" || type == "RequestAddress" ||
-                     type == "RequestTicket";
-  const std::string element = known ? "Response" + type.substr(7) : "ResponseError";
+  const std::string element = known_type(type) ? "Response" + type.substr(7) : "ResponseError";
   w.open(element);
   w.leaf("ErrorId", kUnspecified);
   w.leaf("Detail", e.what());

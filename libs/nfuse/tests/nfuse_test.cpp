@@ -81,6 +81,7 @@ TEST_CASE("every request survives write_request then parse_request unchanged", "
       {"5.4", ValidateCredentials{c}},
       {"5.1", AppDataRequest{"onelevel", {"defaults"}, "all", "rdp", c, "cn", "127.0.0.2"}},
       {"4.1", AddressRequest{"Desktop 1", {"alt-addr"}, std::nullopt, "", ""}},
+      {"", AddressRequest{"D", {}, Credentials{"u", "", "", "Novell"}, "", ""}},  // no version; a domain type alone
       {"5.4", TicketRequest{c, "CtxLogon", "tag-1", 3600}},
   };
   for (const auto& d : docs) {
@@ -131,6 +132,8 @@ TEST_CASE("malformed XML and unknown requests get the protocol's error reply nam
   CHECK(error_of(doc("<RequestTicket><Credentials></RequestTicket>")).find("malformed XML at line 3") != std::string::npos);
   CHECK(error_of("<Other/>").find("root element is <Other>") != std::string::npos);
   CHECK(error_of(doc("")).find("holds 0 request elements") != std::string::npos);
+  CHECK(error_of(doc("<RequestTicket/>", "5.4x")) == "NFuseProtocol: version '5.4x' is not a protocol version like 5.4");
+  CHECK(error_of(doc("<RequestTicket/>", "5.4&#9;")) == "NFuseProtocol: version attribute is not a protocol version like 5.4");
   const auto unknown = error_of(doc("<RequestLaunchRocket/>"));
   CHECK(unknown.find("NFuseProtocol/RequestLaunchRocket: unknown request type") != std::string::npos);
   CHECK(error_of(doc("<RequestTicket><TimetoLive>5</TimetoLive></RequestTicket>")) ==

@@ -26,8 +26,8 @@ inline constexpr const char* kNoAvailableWorkstation = "no-available-workstation
 inline constexpr const char* kAppRemoved = "app-removed";
 
 /// A request that cannot be answered as one of the four: malformed XML, another root, an unknown request type, a
-/// missing or bad field. what() says what and where; `request_type` is the request element ("" when unknown), so
-/// the error reply can be its Response element.
+/// missing or bad field. what() says what and where; `request_type` is the request element when it is one of the
+/// four ("" otherwise), so the error reply can be its Response element.
 class ProtocolError : public std::runtime_error {
  public:
   ProtocolError(std::string request_type, const std::string& message)

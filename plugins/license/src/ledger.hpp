@@ -38,6 +38,7 @@ class Ledger {
   void undo(const Change& c);
   std::vector<api::FarmLicenses> farms() const;
   std::int64_t in_use(const std::string& farm) const;
+  bool has_farm(const std::string& farm) const { return farms_.contains(farm); }
 
  private:
   struct Farm {

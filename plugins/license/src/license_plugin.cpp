@@ -2,6 +2,7 @@
 // are taken on the executor from the in-memory ledger, and answered once the data store has recorded them (many
 // changes per transaction), so a granted licence survives a restart of the server.
 #include <deque>
+#include <map>
 #include <set>
 
 #include <deskfarm/interfaces/license/license.hpp>
@@ -138,9 +139,7 @@ class License final : public Plugin {
   void checkout(const api::Checkout& req, Responder<api::CheckoutReply> r) {
     std::vector<license::Change> changes;
     auto reply = ledger_.checkout(req, now_ms(), changes);
-    ctx_.metrics()
-        .counter("deskfarm_license_checkouts_total", "", {{"farm", req.farm}, {"result", reply.granted ? "granted" : reply.code}})
-        .inc();
+    checkouts(ledger_.has_farm(req.farm) ? req.farm : "unknown", reply.granted ? "granted" : reply.code).inc();
     if (!reply.granted) ctx_.log().info("refused " + req.user + " session " + req.session_id + ": " + reply.reason);
     if (changes.empty()) return r.ok(reply);
     write(std::move(changes), [r, reply](const std::string& error) mutable {
@@ -192,13 +191,33 @@ class License final : public Plugin {
                       });
   }
 
+  // Metrics are looked up once per label set and kept: farms are the manifest's and the data store's (a checkout
+  // naming another farm counts under "unknown"), results the four of CheckoutReply, so the sets stay bounded.
+  struct FarmGauges {
+    Gauge* in_use;
+    Gauge* total;
+    Gauge* sessions;
+  };
+
   void update_gauges() {
     auto& m = ctx_.metrics();
     for (const auto& f : ledger_.farms()) {
-      m.gauge("deskfarm_license_in_use", "", {{"farm", f.farm}}).set(static_cast<double>(f.in_use));
-      m.gauge("deskfarm_license_total", "", {{"farm", f.farm}}).set(static_cast<double>(f.total));
-      m.gauge("deskfarm_license_sessions", "", {{"farm", f.farm}}).set(static_cast<double>(f.sessions));
+      auto it = gauges_.find(f.farm);
+      if (it == gauges_.end())
+        it = gauges_.emplace(f.farm, FarmGauges{&m.gauge("deskfarm_license_in_use", "", {{"farm", f.farm}}),
+                                                &m.gauge("deskfarm_license_total", "", {{"farm", f.farm}}),
+                                                &m.gauge("deskfarm_license_sessions", "", {{"farm", f.farm}})})
+                 .first;
+      it->second.in_use->set(static_cast<double>(f.in_use));
+      it->second.total->set(static_cast<double>(f.total));
+      it->second.sessions->set(static_cast<double>(f.sessions));
     }
+  }
+
+  Counter& checkouts(const std::string& farm, const std::string& result) {
+    auto& c = checkouts_[{farm, result}];
+    if (!c) c = &ctx_.metrics().counter("deskfarm_license_checkouts_total", "", {{"farm", farm}, {"result", result}});
+    return *c;
   }
 
   std::int64_t now_ms() {
@@ -215,6 +234,8 @@ class License final : public Plugin {
   std::vector<std::function<void(const std::string&)>> batch_done_;
   bool writing_ = false;
   std::vector<Subscription> subs_;
+  std::map<std::string, FarmGauges> gauges_;
+  std::map<std::pair<std::string, std::string>, Counter*> checkouts_;
   Counter* checkins_ = nullptr;
   Counter* released_ = nullptr;
   Counter* store_failures_ = nullptr;

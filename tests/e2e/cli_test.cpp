@@ -88,6 +88,8 @@ TEST_CASE("deskfarm check accepts the shipped manifests") {
 TEST_CASE("each plugin README's key table is exactly what describe --markdown prints") {
   for (auto [plugin, readme] : {std::pair{"pvs", "plugins/pvs/README.md"}, std::pair{"tftp-lb", "plugins/tftp-lb/README.md"},
                                 std::pair{"bdm", "plugins/bdm/README.md"},
+                                std::pair{"license", "plugins/license/README.md"},
+                                std::pair{"directory", "plugins/directory/README.md"},
                                 std::pair{"hello", "sdk/examples/hello-plugin/README.md"},
                                 std::pair{"memhv", "sdk/examples/hypervisor-plugin/README.md"},
                                 std::pair{"hypervisor-xen", "plugins/hypervisor-xen/README.md"},

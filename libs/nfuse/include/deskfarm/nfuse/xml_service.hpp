@@ -1,0 +1,62 @@
+#pragma once
+// The XML service's HTTP endpoint: POST /scripts/wpnbr.dll with an NFuseProtocol document, answered through a
+// Broker the controller implements. Poco::Net::HTTPServer threads parse the request, hand it to the broker, and
+// wait (bounded) for its answer, which the broker may give from any thread (a controller answers from its executor
+// after its own bus requests). Malformed documents and unknown request types get the protocol's error reply.
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "deskfarm/nfuse/nfuse.hpp"
+
+namespace deskfarm::nfuse {
+
+/// What the XML service asks its controller. Each call answers through `done` exactly once, from any thread; an
+/// answer after the service stopped waiting (XmlServiceOptions::answer_timeout) is dropped.
+class Broker {
+ public:
+  virtual ~Broker() = default;
+  virtual void validate_credentials(const ValidateCredentials& req, std::function<void(ValidateCredentialsReply)> done) = 0;
+  virtual void app_data(const AppDataRequest& req, std::function<void(AppDataReply)> done) = 0;
+  virtual void address(const AddressRequest& req, std::function<void(AddressReply)> done) = 0;
+  virtual void ticket(const TicketRequest& req, std::function<void(TicketReply)> done) = 0;
+};
+
+struct XmlServiceOptions {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 0;  ///< 0 = any free port (see XmlService::port())
+  int max_threads = 8;     ///< requests served at once
+  int max_queued = 64;     ///< connections waiting beyond them
+  std::chrono::milliseconds answer_timeout{5000};  ///< the broker's answer; then "unspecified" with the reason
+  std::chrono::milliseconds io_timeout{10000};     ///< reading a request, writing a reply
+};
+
+struct XmlServiceStats {
+  std::uint64_t requests = 0;        ///< documents posted to the path
+  std::uint64_t protocol_errors = 0; ///< malformed or unknown (answered with an error reply)
+  std::uint64_t broker_timeouts = 0;
+  std::uint64_t not_found = 0;       ///< other paths or methods
+};
+
+class XmlService {
+ public:
+  XmlService(XmlServiceOptions options, std::shared_ptr<Broker> broker);
+  ~XmlService();  ///< stops
+  XmlService(const XmlService&) = delete;
+  XmlService& operator=(const XmlService&) = delete;
+  /// Binds and serves; throws std::runtime_error naming the address when it cannot bind.
+  void start();
+  /// Stops accepting and closes the open connections; a request still waiting for its broker ends within
+  /// answer_timeout on its own (it holds the broker and counters it uses). Idempotent.
+  void stop();
+  std::uint16_t port() const;
+  XmlServiceStats stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace deskfarm::nfuse

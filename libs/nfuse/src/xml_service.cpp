@@ -1,0 +1,195 @@
+#include "deskfarm/nfuse/xml_service.hpp"
+
+#include <Poco/Net/HTTPRequestHandler.h>
+#include <Poco/Net/HTTPRequestHandlerFactory.h>
+#include <Poco/Net/HTTPServer.h>
+#include <Poco/Net/HTTPServerParams.h>
+#include <Poco/Net/HTTPServerRequest.h>
+#include <Poco/Net/HTTPServerResponse.h>
+#include <Poco/Net/ServerSocket.h>
+#include <Poco/Net/SocketAddress.h>
+
+#include <atomic>
+#include <cctype>
+#include <optional>
+#include <variant>
+#include <future>
+#include <istream>
+#include <stdexcept>
+
+namespace deskfarm::nfuse {
+
+namespace {
+
+struct Counters {
+  std::atomic<std::uint64_t> requests{0}, protocol_errors{0}, broker_timeouts{0}, not_found{0};
+};
+
+/// Asks the broker and waits for its answer at most `timeout`; the promise is shared, so a late answer only
+/// writes into it.
+template <class Rep, class Req, class Ask>
+std::optional<Rep> ask(const Req& req, Ask ask_fn, std::chrono::milliseconds timeout) {
+  auto answer = std::make_shared<std::promise<Rep>>();
+  auto once = std::make_shared<std::atomic<bool>>(false);
+  auto fut = answer->get_future();
+  ask_fn(req, [answer, once](Rep r) {
+    if (!once->exchange(true)) answer->set_value(std::move(r));
+  });
+  if (fut.wait_for(timeout) != std::future_status::ready) return std::nullopt;
+  return fut.get();
+}
+
+/// Reads the body, at most kMaxDocument bytes; false when there is more (a chunked body says no length first).
+bool read_bounded(std::istream& in, std::string& body) {
+  char buf[8192];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+    body.append(buf, static_cast<std::size_t>(in.gcount()));
+    if (body.size() > kMaxDocument) return false;
+  }
+  return true;
+}
+
+class Handler final : public Poco::Net::HTTPRequestHandler {
+ public:
+  Handler(std::shared_ptr<Broker> broker, std::shared_ptr<Counters> counters, std::chrono::milliseconds timeout)
+      : broker_(std::move(broker)), counters_(std::move(counters)), timeout_(timeout) {}
+
+  void handleRequest(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& res) override {
+    // Paths compare without case: clients spell it /scripts/WPnBr.dll as often as /scripts/wpnbr.dll.
+    std::string path = req.getURI().substr(0, req.getURI().find('?'));
+    for (auto& c : path) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (path != kPath) {
+      ++counters_->not_found;
+      return text(res, Poco::Net::HTTPResponse::HTTP_NOT_FOUND, "no XML service at " + req.getURI() + "; POST to " + std::string(kPath) + "\n");
+    }
+    if (req.getMethod() != Poco::Net::HTTPRequest::HTTP_POST) {
+      ++counters_->not_found;
+      res.set("Allow", "POST");
+      return text(res, Poco::Net::HTTPResponse::HTTP_METHOD_NOT_ALLOWED, req.getMethod() + " " + std::string(kPath) + ": only POST\n");
+    }
+    ++counters_->requests;
+    std::string body;
+    if (req.getContentLength() > static_cast<std::streamsize>(kMaxDocument) || !read_bounded(req.stream(), body)) {
+      ++counters_->protocol_errors;
+      return xml(res, write_error(ProtocolError("", "request body is larger than " + std::to_string(kMaxDocument) + " bytes")));
+    }
+    Document d;
+    try {
+      d = parse_request(body);
+    } catch (const ProtocolError& e) {
+      ++counters_->protocol_errors;
+      return xml(res, write_error(e));
+    }
+    const std::string type = request_type(d.request);
+    std::optional<std::string> reply = std::visit(
+        [&](const auto& r) -> std::optional<std::string> {
+          using T = std::decay_t<decltype(r)>;
+          auto fmt = [&](auto rep) -> std::optional<std::string> {
+            if (!rep) return std::nullopt;
+            return write_reply(*rep, d.version);
+          };
+          if constexpr (std::is_same_v<T, ValidateCredentials>)
+            return fmt(ask<ValidateCredentialsReply>(r, [this](const auto& q, auto done) { broker_->validate_credentials(q, done); }, timeout_));
+          else if constexpr (std::is_same_v<T, AppDataRequest>)
+            return fmt(ask<AppDataReply>(r, [this](const auto& q, auto done) { broker_->app_data(q, done); }, timeout_));
+          else if constexpr (std::is_same_v<T, AddressRequest>)
+            return fmt(ask<AddressReply>(r, [this](const auto& q, auto done) { broker_->address(q, done); }, timeout_));
+          else
+            return fmt(ask<TicketReply>(r, [this](const auto& q, auto done) { broker_->ticket(q, done); }, timeout_));
+        },
+        d.request);
+    if (!reply) {
+      ++counters_->broker_timeouts;
+      return xml(res, write_error(ProtocolError(type, "the broker did not answer " + type + " within " +
+                                                          std::to_string(timeout_.count()) + " ms"),
+                                  d.version));
+    }
+    xml(res, *reply);
+  }
+
+ private:
+  static void xml(Poco::Net::HTTPServerResponse& res, const std::string& body) {
+    res.setStatus(Poco::Net::HTTPResponse::HTTP_OK);
+    res.setContentType("text/xml; charset=utf-8");
+    res.setContentLength(static_cast<std::streamsize>(body.size()));
+    res.send() << body;
+  }
+  static void text(Poco::Net::HTTPServerResponse& res, Poco::Net::HTTPResponse::HTTPStatus status, const std::string& body) {
+    res.setStatus(status);
+    res.setContentType("text/plain; charset=utf-8");
+    res.setContentLength(static_cast<std::streamsize>(body.size()));
+    res.send() << body;
+  }
+  std::shared_ptr<Broker> broker_;
+  std::shared_ptr<Counters> counters_;
+  std::chrono::milliseconds timeout_;
+};
+
+class Factory final : public Poco::Net::HTTPRequestHandlerFactory {
+ public:
+  Factory(std::shared_ptr<Broker> broker, std::shared_ptr<Counters> counters, std::chrono::milliseconds timeout)
+      : broker_(std::move(broker)), counters_(std::move(counters)), timeout_(timeout) {}
+  Poco::Net::HTTPRequestHandler* createRequestHandler(const Poco::Net::HTTPServerRequest&) override {
+    return new Handler(broker_, counters_, timeout_);  // Poco's HTTPServer owns and deletes it
+  }
+
+ private:
+  std::shared_ptr<Broker> broker_;
+  std::shared_ptr<Counters> counters_;
+  std::chrono::milliseconds timeout_;
+};
+
+}  // namespace
+
+struct XmlService::Impl {
+  XmlServiceOptions options;
+  std::shared_ptr<Broker> broker;
+  std::shared_ptr<Counters> counters = std::make_shared<Counters>();
+  std::unique_ptr<Poco::Net::HTTPServer> server;
+  std::uint16_t port = 0;
+};
+
+XmlService::XmlService(XmlServiceOptions options, std::shared_ptr<Broker> broker) : impl_(std::make_unique<Impl>()) {
+  if (!broker) throw std::invalid_argument("XmlService: no broker");
+  impl_->options = std::move(options);
+  impl_->broker = std::move(broker);
+}
+
+XmlService::~XmlService() { stop(); }
+
+void XmlService::start() {
+  if (impl_->server) return;
+  const auto& o = impl_->options;
+  Poco::Net::ServerSocket socket;
+  try {
+    socket.bind(Poco::Net::SocketAddress(o.host, o.port), true, false);  // no SO_REUSEPORT: a port in use fails
+    socket.listen(o.max_queued);
+  } catch (const Poco::Exception& e) {
+    throw std::runtime_error("XML service: cannot listen on " + o.host + ":" + std::to_string(o.port) + ": " + e.displayText() +
+                             "; choose another address or port");
+  }
+  impl_->port = socket.address().port();
+  auto params = new Poco::Net::HTTPServerParams;  // reference-counted: the server holds it
+  params->setMaxThreads(o.max_threads);
+  params->setMaxQueued(o.max_queued);
+  params->setTimeout(Poco::Timespan(static_cast<long>(o.io_timeout.count() / 1000), static_cast<long>(o.io_timeout.count() % 1000) * 1000));
+  params->setKeepAlive(true);
+  impl_->server = std::make_unique<Poco::Net::HTTPServer>(
+      new Factory(impl_->broker, impl_->counters, o.answer_timeout), socket, params);
+  impl_->server->start();
+}
+
+void XmlService::stop() {
+  if (!impl_ || !impl_->server) return;
+  impl_->server->stopAll(true);
+  impl_->server.reset();
+}
+
+std::uint16_t XmlService::port() const { return impl_->port; }
+
+XmlServiceStats XmlService::stats() const {
+  const auto& c = *impl_->counters;
+  return XmlServiceStats{c.requests.load(), c.protocol_errors.load(), c.broker_timeouts.load(), c.not_found.load()};
+}
+
+}  // namespace deskfarm::nfuse

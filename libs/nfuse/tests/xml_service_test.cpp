@@ -1,0 +1,151 @@
+// The XML service endpoint answered by a test broker and asked by a real HTTP client (curl): each of the four
+// requests comes back as its reply, compared field by field with what the broker gave; malformed documents, other
+// paths and methods, and a broker that never answers get clear answers.
+#include <catch2/catch.hpp>
+
+#include <deskfarm/testing/process.hpp>
+#include <deskfarm/testing/temp_dir.hpp>
+
+#include <fstream>
+#include <mutex>
+
+#include "deskfarm/nfuse/xml_service.hpp"
+
+using namespace deskfarm::nfuse;
+namespace dt = deskfarm::testing;
+
+namespace {
+
+/// Answers from the calling thread, and records what it was asked (the HTTP threads call it, the test reads it
+/// after the reply arrived).
+class TestBroker final : public Broker {
+ public:
+  AppDataReply apps;
+  AddressReply address_reply{"127.0.0.1:1494", "dot-port", "IMAHostId:7", ""};
+  bool silent = false;  // never answers: the service's timeout answers instead
+
+  void validate_credentials(const ValidateCredentials& req, std::function<void(ValidateCredentialsReply)> done) override {
+    record(req.credentials.user);
+    if (silent) return;
+    done(req.credentials.password == "right" ? ValidateCredentialsReply{} : ValidateCredentialsReply{-1, false, kBadCredentials});
+  }
+  void app_data(const AppDataRequest& req, std::function<void(AppDataReply)> done) override {
+    record(req.credentials ? req.credentials->user : "");
+    done(apps);
+  }
+  void address(const AddressRequest& req, std::function<void(AddressReply)> done) override {
+    record(req.app_name);
+    done(address_reply);
+  }
+  void ticket(const TicketRequest& req, std::function<void(TicketReply)> done) override {
+    record(req.ticket_tag + "/" + std::to_string(req.time_to_live));
+    done(TicketReply{"0123456789ABCDEF0123456789ABCD", ""});
+  }
+  std::vector<std::string> asked() {
+    std::lock_guard lock(mu_);
+    return asked_;
+  }
+
+ private:
+  void record(const std::string& s) {
+    std::lock_guard lock(mu_);
+    asked_.push_back(s);
+  }
+  std::mutex mu_;
+  std::vector<std::string> asked_;
+};
+
+struct Client {
+  dt::TempDir dir{"nfuse-curl"};
+  std::uint16_t port;
+  /// POSTs `body` with curl; returns curl's stdout (the reply) and the status code.
+  std::pair<std::string, std::string> post(const std::string& body, const std::string& path = "/scripts/WPnBr.dll",
+                                           const std::string& method = "POST") {
+    const auto file = dir / "request.xml";
+    std::ofstream(file, std::ios::binary) << body;
+    const auto r = dt::run_child({"curl", "-s", "-S", "--max-time", "10", "-X", method, "-H", "Content-Type: text/xml",
+                                  "--data-binary", "@" + file.string(), "-w", "\n%{http_code}",
+                                  "http://127.0.0.1:" + std::to_string(port) + path},
+                                 std::chrono::seconds(20));
+    if (r.exit_code != 0) FAIL("curl failed (" << r.exit_code << "): " << r.err);
+    const auto nl = r.out.rfind('\n');
+    return {r.out.substr(0, nl), r.out.substr(nl + 1)};
+  }
+};
+
+Credentials alice(const std::string& password = "right") { return Credentials{"alice", password, "CORP", "NT"}; }
+
+}  // namespace
+
+TEST_CASE("the XML service answers the four requests over HTTP, read by curl and compared field by field", "[nfuse][http]") {
+  if (!dt::have_program("curl")) {
+    WARN("curl is not installed (Debian package curl; scripts/setup.sh)");
+    return;
+  }
+  auto broker = std::make_shared<TestBroker>();
+  AppData desk;
+  desk.in_name = "Desktop-Sales";
+  desk.f_name = "Sales desktop";
+  desk.groups = {"CORP\\Sales"};
+  broker->apps.apps = {desk};
+  XmlService service(XmlServiceOptions{}, broker);
+  service.start();
+  Client c{.port = service.port()};
+
+  auto [ok, status] = c.post(write_request({"5.4", ValidateCredentials{alice()}}));
+  CHECK(status == "200");
+  CHECK(std::get<ValidateCredentialsReply>(parse_reply(ok)) == ValidateCredentialsReply{});
+  auto [bad, bad_status] = c.post(write_request({"5.4", ValidateCredentials{alice("wrong")}}));
+  CHECK(std::get<ValidateCredentialsReply>(parse_reply(bad)).error_id == kBadCredentials);
+
+  auto [apps, s2] = c.post(write_request({"5.4", AppDataRequest{"onelevel", {}, "all", "ica30", alice(), "", ""}}));
+  CHECK(std::get<AppDataReply>(parse_reply(apps)) == broker->apps);
+  auto [addr, s3] = c.post(write_request({"5.4", AddressRequest{"Desktop-Sales", {}, alice(), "", ""}}));
+  CHECK(std::get<AddressReply>(parse_reply(addr)) == broker->address_reply);
+  auto [ticket, s4] = c.post(write_request({"5.4", TicketRequest{alice(), "CtxLogon", "IMAHostId:7", 120}}));
+  CHECK(std::get<TicketReply>(parse_reply(ticket)).ticket == "0123456789ABCDEF0123456789ABCD");
+  CHECK(broker->asked() == std::vector<std::string>{"alice", "alice", "alice", "Desktop-Sales", "IMAHostId:7/120"});
+
+  auto [junk, s5] = c.post("<NFuseProtocol version=\"5.4\"><RequestTicket>");
+  CHECK(s5 == "200");
+  CHECK(junk.find("<ResponseError>") != std::string::npos);
+  CHECK(junk.find("<ErrorId>unspecified</ErrorId>") != std::string::npos);
+  CHECK(junk.find("malformed XML at line 1") != std::string::npos);
+  auto [unknown, s6] = c.post("<NFuseProtocol version=\"5.4\"><RequestLaunch/></NFuseProtocol>");
+  CHECK(unknown.find("unknown request type &lt;RequestLaunch&gt;") != std::string::npos);
+  CHECK(c.post("", "/other").second == "404");
+  CHECK(c.post("", "/scripts/wpnbr.dll", "GET").second == "405");
+
+  const auto st = service.stats();
+  CHECK(st.requests == 7);
+  CHECK(st.protocol_errors == 2);
+  CHECK(st.not_found == 2);
+  service.stop();
+}
+
+TEST_CASE("a broker that does not answer gets the request's error reply after answer_timeout", "[nfuse][http]") {
+  if (!dt::have_program("curl")) return;
+  auto broker = std::make_shared<TestBroker>();
+  broker->silent = true;
+  XmlServiceOptions o;
+  o.answer_timeout = std::chrono::milliseconds(200);
+  XmlService service(o, broker);
+  service.start();
+  Client c{.port = service.port()};
+  auto [reply, status] = c.post(write_request({"5.0", ValidateCredentials{alice()}}));
+  std::string detail;
+  CHECK(std::get<ValidateCredentialsReply>(parse_reply(reply, &detail)).error_id == kUnspecified);
+  CHECK(detail == "the broker did not answer RequestValidateCredentials within 200 ms");
+  CHECK(service.stats().broker_timeouts == 1);
+}
+
+TEST_CASE("the XML service refuses an address it cannot bind, naming it", "[nfuse][http]") {
+  auto broker = std::make_shared<TestBroker>();
+  XmlService first(XmlServiceOptions{}, broker);
+  first.start();
+  XmlServiceOptions o;
+  o.port = first.port();
+  XmlService second(o, broker);
+  // Poco binds with SO_REUSEADDR only; a port in use by a listening socket still fails.
+  CHECK_THROWS_WITH(second.start(), Catch::Contains("cannot listen on 127.0.0.1:" + std::to_string(first.port())));
+}

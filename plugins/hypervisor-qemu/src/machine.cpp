@@ -46,7 +46,12 @@ std::vector<std::string> qemu_arguments(const MachineSpec& s) {
       "-netdev", "user,id=net0", "-device", "e1000,netdev=net0,mac=" + s.mac + boot_letter_devices(s.boot_order, "network"),
       "-drive", "if=none,id=cd0,media=cdrom,readonly=on" + (s.iso.empty() ? std::string() : ",format=raw,file=" + s.iso.string()),
       "-device", "ide-cd,drive=cd0,id=cdrom0,bus=ide.1" + boot_letter_devices(s.boot_order, "cdrom")};
-  if (!s.disk.empty()) {
+  if (!s.nbd_host.empty()) {
+    // QEMU's own NBD client reads the vDisk a provisioning server streams; the export is the device's MAC.
+    a.insert(a.end(), {"-drive", "if=none,id=disk0,driver=raw,file.driver=nbd,file.server.type=inet,file.server.host=" + s.nbd_host +
+                                     ",file.server.port=" + s.nbd_port + ",file.export=" + s.mac,
+                       "-device", "ide-hd,drive=disk0,id=disk0dev,bus=ide.0" + boot_letter_devices(s.boot_order, "disk")});
+  } else if (!s.disk.empty()) {
     a.insert(a.end(), {"-drive", "if=none,id=disk0,format=qcow2,file=" + s.disk.string(), "-device",
                        "ide-hd,drive=disk0,id=disk0dev,bus=ide.0" + boot_letter_devices(s.boot_order, "disk")});
   }

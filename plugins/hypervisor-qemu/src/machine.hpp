@@ -26,7 +26,9 @@ struct MachineSpec {
   std::filesystem::path qmp_socket;          ///< short enough for a Unix socket (108 bytes)
   std::string qemu = "qemu-system-x86_64";
   std::string accel = "tcg";                 ///< "kvm" or "tcg"
-  std::filesystem::path disk;                ///< "" = no disk
+  std::filesystem::path disk;                ///< a qcow2 file; "" = no disk (or the NBD one below)
+  std::string nbd_host;                      ///< set: the disk is the NBD export named by the VM's MAC (pvs streaming)
+  std::string nbd_port;
   std::filesystem::path iso;                 ///< "" = an empty CD-ROM drive
   std::vector<std::string> boot_order;       ///< network, cdrom, disk
   std::vector<std::string> extra_args;

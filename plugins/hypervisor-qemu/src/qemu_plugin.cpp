@@ -12,7 +12,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string_view>
 #include <thread>
+#include <utility>
 
 #include <Poco/JSON/Object.h>
 
@@ -39,7 +42,9 @@ struct QemuConfig : hvsim::AdapterConfig {
 
 inline constexpr auto image_schema = sdk::schema<ImageConf>(
     sdk::option("template", &ImageConf::template_name, nullptr, "the template whose VMs get a disk on this image"),
-    sdk::option("path", &ImageConf::path, nullptr, "the base image; each VM's disk is a qcow2 overlay on it (qemu-img create -b), made at its first start"),
+    sdk::option("path", &ImageConf::path, nullptr,
+                "the base image; each VM's disk is a qcow2 overlay on it (qemu-img create -b), made at its first start; "
+                "\"nbd://HOST:PORT\": each VM's disk is the NBD export named by its MAC there (a pvs streaming service)"),
     sdk::option("format", &ImageConf::format, "\"qcow2\"", "the base image's format").one_of("qcow2|raw"));
 
 constexpr auto qemu_schema = hvsim::extend_schema<QemuConfig>(
@@ -58,6 +63,16 @@ constexpr auto qemu_schema = hvsim::extend_schema<QemuConfig>(
 namespace {
 
 constexpr const char* provides[] = {"hypervisor", nullptr};
+
+/// "nbd://HOST:PORT" → {HOST, PORT}; nullopt for a file path.
+std::optional<std::pair<std::string, std::string>> nbd_server(const std::string& path) {
+  constexpr std::string_view scheme = "nbd://";
+  if (!path.starts_with(scheme)) return std::nullopt;
+  const auto rest = path.substr(scheme.size());
+  const auto colon = rest.rfind(':');
+  if (colon == std::string::npos) return std::pair{rest, std::string()};
+  return std::pair{rest.substr(0, colon), rest.substr(colon + 1)};
+}
 
 bool kvm_usable() {
   const int fd = ::open("/dev/kvm", O_RDWR | O_CLOEXEC);
@@ -102,6 +117,11 @@ class Qemu final : public hvsim::Adapter {
     for (const auto& i : c.images) {
       if (std::none_of(c.templates.begin(), c.templates.end(), [&](auto& t) { return t.name == i.template_name; }))
         throw sdk::ConfigError("images", "template '" + i.template_name + "' is not in templates");
+      if (auto nbd = nbd_server(i.path)) {
+        if (nbd->first.empty() || nbd->second.empty() || nbd->second.find_first_not_of("0123456789") != std::string::npos)
+          throw sdk::ConfigError("images", "'" + i.path + "' of template '" + i.template_name + "' is not nbd://HOST:PORT");
+        continue;
+      }
       if (!std::filesystem::exists(i.path))
         throw sdk::ConfigError("images", "image '" + i.path + "' of template '" + i.template_name + "' does not exist");
     }
@@ -138,7 +158,7 @@ class Qemu final : public hvsim::Adapter {
         auto image = image_of(w.template_name);
         context().run_blocking(
             [spec, image, timeout, img = config_.qemu_img](std::stop_token stop) {
-              if (image && !std::filesystem::exists(spec.disk)) {
+              if (image && !spec.disk.empty() && !std::filesystem::exists(spec.disk)) {
                 std::filesystem::create_directories(spec.dir);
                 const auto tmp = spec.disk.string() + ".tmp";
                 run_program({img, "create", "-q", "-f", "qcow2", "-b", std::filesystem::absolute(image->path).string(), "-F",
@@ -270,7 +290,10 @@ class Qemu final : public hvsim::Adapter {
       s.qmp_socket = std::filesystem::temp_directory_path() / ("deskfarm-qmp-" + std::to_string(::getpid()) + "-" + w.vm + ".sock");
     s.qemu = config_.qemu;
     s.accel = accel_;
-    if (image_of(w.template_name)) s.disk = s.dir / "disk.qcow2";
+    if (auto image = image_of(w.template_name)) {
+      if (auto nbd = nbd_server(image->path)) s.nbd_host = nbd->first, s.nbd_port = nbd->second;
+      else s.disk = s.dir / "disk.qcow2";
+    }
     if (!w.iso.empty()) s.iso = std::filesystem::absolute(w.iso);
     s.boot_order = w.boot_order;
     s.extra_args = config_.extra_args;

@@ -3,11 +3,14 @@
 // off, a killed QEMU reported off, and a QEMU that cannot start reported with its own message.
 #include <signal.h>
 
+#include <cstring>
+
 #include <catch2/catch.hpp>
 
 #include <deskfarm/bdm/iso.hpp>
 #include <deskfarm/testing/files.hpp>
 #include <deskfarm/testing/hypervisor_plugin_tests.hpp>
+#include <deskfarm/testing/net.hpp>
 #include <deskfarm/testing/peers.hpp>
 #include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
@@ -227,7 +230,7 @@ TEST_CASE("hypervisor-qemu: a QEMU that cannot start or never answers QMP fails 
   const std::vector<std::pair<std::string, std::string>> cases{
       {"extra_args = [\"-no-such-option\"]\n", "-no-such-option: invalid option"},
       {"qemu = \"deskfarm-no-such-qemu\"\n", "cannot run deskfarm-no-such-qemu"},
-      {"qemu = \"" + mute.string() + "\"\nqmp_timeout_ms = 500\n", "created no QMP socket within 500 ms"}};
+      {"qemu = \"" + mute.string() + "\"\nqmp_timeout_ms = 1500\n", "created no QMP socket within 1500 ms"}};
   for (const auto& [extra, message] : cases) {
     INFO(extra);
     Harness h(small_pool(extra), real_clock());
@@ -235,12 +238,14 @@ TEST_CASE("hypervisor-qemu: a QEMU that cannot start or never answers QMP fails 
     auto tasks = h.probe("hypervisor.hv-1.task.*");
     const auto vm = finish(tasks, act(h, "create", "")).vm;
     const auto t = finish(tasks, act(h, "start", vm));
+    INFO(t.error);
     CHECK(t.state == "failed");
     CHECK(t.error_code == "VIR_ERR_INTERNAL_ERROR");
     CHECK_THAT(t.error, Catch::Contains(message));
     CHECK(h.request<deskfarm::sdk::Empty, hv::Inventory>("hypervisor.hv-1.inventory", {})->vms.at(0).power_state == hv::kOff);
     CHECK(pid_of(h, vm) == 0);
   }
+  REQUIRE(fs::exists(dir / "mute.pid"));
   const auto mute_pid = std::stoll(deskfarm::testing::read_text(dir / "mute.pid"));
   CHECK_FALSE(process_exists(mute_pid));  // killed by its PID when QMP did not come
 }
@@ -262,4 +267,52 @@ TEST_CASE("hypervisor-qemu: a template's image gives each VM a qcow2 overlay of 
   REQUIRE(finish(tasks, act(h, "power_off", vm)).state == "completed");
   REQUIRE(finish(tasks, act(h, "destroy", vm)).state == "completed");
   CHECK_FALSE(fs::exists(disk.parent_path()));
+}
+
+TEST_CASE("hypervisor-qemu: a real VM boots its vDisk streamed by pvs over NBD (export = its MAC)", "[qemu][pvs]") {
+  if (!have_qemu()) return;
+  deskfarm::testing::TempDir dir("qemu-test");
+  // The vDisk: a boot sector that writes a marker to COM1 and halts (16-bit real mode, loaded at 0:7C00).
+  std::vector<std::byte> disk(1 << 20);
+  const std::uint8_t code[] = {
+      0xFA,              // cli
+      0x31, 0xC0,        // xor ax, ax
+      0x8E, 0xD8,        // mov ds, ax
+      0xBE, 0x16, 0x7C,  // mov si, 0x7C16 (the message below)
+      0xBA, 0xF8, 0x03,  // mov dx, 0x3F8 (COM1)
+      0xAC,              // next: lodsb
+      0x84, 0xC0,        // test al, al
+      0x74, 0x03,        // jz done
+      0xEE,              // out dx, al
+      0xEB, 0xF8,        // jmp next
+      0xF4,              // done: hlt
+      0xEB, 0xFD,        // jmp done
+  };
+  const std::string marker = "deskfarm vDisk boot sector from pvs\r\n";
+  std::memcpy(disk.data(), code, sizeof code);
+  std::memcpy(disk.data() + sizeof code, marker.c_str(), marker.size() + 1);
+  disk[510] = std::byte{0x55};
+  disk[511] = std::byte{0xAA};
+  deskfarm::testing::write_file(dir / "marker.img", disk);
+
+  const auto port = std::to_string(deskfarm::testing::free_port());
+  const std::string mac = "52:54:00:00:07:01";  // the first VM of mac_prefix 52:54:00:00:07, as pvs knows it
+  Harness h("[instances.pvs-1]\nplugin = \"pvs\"\ntftp = \"off\"\nstream = \"127.0.0.1:" + port + "\"\nstore = \"" + dir.path().string() +
+                "\"\nvdisks = [ { name = \"marker\", file = \"marker.img\" } ]\ndevices = [ { mac = \"" + mac + "\", vdisk = \"marker\" } ]\n"
+                "[instances.hv-1]\nplugin = \"hypervisor-qemu\"\nmac_prefix = \"52:54:00:00:07\"\nshutdown_timeout_s = 1\n"
+                "templates = [{ name = \"desktop\", memory_mb = 32, vcpus = 1, boot_order = [\"disk\"] }]\n"
+                "images = [{ template = \"desktop\", path = \"nbd://127.0.0.1:" + port + "\" }]\n",
+            real_clock());
+  h.start();
+  auto tasks = h.probe("hypervisor.hv-1.task.*");
+  const auto vm = finish(tasks, act(h, "create", "")).vm;
+  const auto started = finish(tasks, act(h, "start", vm));
+  INFO(started.error);
+  REQUIRE(started.state == "completed");
+  std::string serial;
+  CHECK(deskfarm::testing::eventually([&] { serial = deskfarm::testing::read_text(serial_of(h, vm)); return serial.find(marker) != std::string::npos; }, 60s));
+  INFO(serial);
+  CHECK(serial.find("Booting from Hard Disk") != std::string::npos);
+  CHECK(h.logged(mac));  // pvs saw the device's session
+  REQUIRE(finish(tasks, act(h, "power_off", vm)).state == "completed");
 }

@@ -177,6 +177,8 @@ class Qemu final : public hvsim::Adapter {
                 return;
               }
               if (r) {
+                context().log().info("VM " + vm + ": QEMU pid " + std::to_string((*r)->pid()) + " runs, serial console in " +
+                                     ((*r)->spec().dir / "serial.log").string());
                 std::lock_guard lock(machines_mutex_);
                 machines_[vm] = *r;
               } else {

@@ -234,7 +234,18 @@ class Qemu final : public hvsim::Adapter {
       case Action::destroy: {
         auto dir = machines_dir_ / w.vm;
         forget(w.vm);
-        return context().run_blocking([dir](std::stop_token) { std::filesystem::remove_all(dir); }, finish);
+        return context().run_blocking(
+            [dir](std::stop_token) {
+              // Bounded retries: a file QEMU still held a moment ago can make one pass fail on a loaded machine.
+              std::error_code ec;
+              for (int i = 0; i < 5; ++i) {
+                std::filesystem::remove_all(dir, ec);
+                if (!ec) return;
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
+              }
+              throw std::runtime_error("cannot remove the VM's directory " + dir.string() + ": " + ec.message());
+            },
+            finish);
       }
       case Action::pause:
       case Action::unpause:

@@ -265,7 +265,9 @@ TEST_CASE("hypervisor-qemu: a template's image gives each VM a qcow2 overlay of 
   const auto info = deskfarm::testing::run_child({"qemu-img", "info", "-U", disk.string()});
   CHECK_THAT(info.out, Catch::Contains("backing file: " + base.string()));
   REQUIRE(finish(tasks, act(h, "power_off", vm)).state == "completed");
-  REQUIRE(finish(tasks, act(h, "destroy", vm)).state == "completed");
+  const auto destroyed = finish(tasks, act(h, "destroy", vm));
+  INFO(destroyed.error_code << " " << destroyed.error);
+  REQUIRE(destroyed.state == "completed");
   CHECK_FALSE(fs::exists(disk.parent_path()));
 }
 

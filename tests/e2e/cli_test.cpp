@@ -94,7 +94,8 @@ TEST_CASE("each plugin README's key table is exactly what describe --markdown pr
                                 std::pair{"memhv", "sdk/examples/hypervisor-plugin/README.md"},
                                 std::pair{"hypervisor-xen", "plugins/hypervisor-xen/README.md"},
                                 std::pair{"hypervisor-hyperv", "plugins/hypervisor-hyperv/README.md"},
-                                std::pair{"hypervisor-esx", "plugins/hypervisor-esx/README.md"}}) {
+                                std::pair{"hypervisor-esx", "plugins/hypervisor-esx/README.md"},
+                                std::pair{"hypervisor-qemu", "plugins/hypervisor-qemu/README.md"}}) {
     const std::string text = read_text(std::filesystem::path(SOURCE_DIR) / readme);
     const std::string marker = std::string("<!-- generated: deskfarm describe ") + plugin + " --markdown -->\n";
     const auto at = text.find(marker);

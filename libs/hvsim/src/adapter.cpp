@@ -126,6 +126,7 @@ void Adapter::start() {
   };
   cb.log = [this](const std::string& line) { ctx_.log().info(line); };
   if (config_.firmware) cb.on_boot = [this](const BootTicket& b) { boot(b); };
+  if (real()) cb.on_work = [this](const WorkTicket& w) { work(w); };
   engine_ = std::make_unique<Engine>(vendor_, e, std::move(cb));
 
   const auto dir = config_.state_dir.empty() ? ctx_.state_dir() : std::filesystem::path(config_.state_dir);
@@ -159,6 +160,10 @@ void Adapter::start() {
     }
   }));
   served_.push_back(sdk::serve<hv::Fault, hv::Hosts>(bus, hv::request_subject(name, "fault"), [this, refuse](const hv::Fault& f) {
+    // A real backend's hosts are bookkeeping: a simulated crash would report VMs off while their machines run on.
+    if (real())
+      throw refuse(Refused(vendor_.error(Failure::not_supported, f.kind.empty() ? "(no kind)" : f.kind,
+                                         "a real machine takes no simulated faults; end its process to see a VM fail")));
     try {
       apply(f.kind, f.host, f.value);
     } catch (const Refused& r) {
@@ -190,7 +195,7 @@ void Adapter::start() {
     vms_->set(static_cast<double>(engine_->vm_count()));
   });
   vms_->set(static_cast<double>(engine_->vm_count()));
-  ctx_.log().info(std::string(vendor_.vendor) + " simulation: " + std::to_string(config_.hosts.size()) + " hosts, " +
+  ctx_.log().info(std::string(vendor_.vendor) + (real() ? " machines: " : " simulation: ") + std::to_string(config_.hosts.size()) + " hosts, " +
                   std::to_string(engine_->vm_count()) + " VMs" + (config_.firmware ? ", real firmware" : ""));
 }
 
@@ -198,6 +203,7 @@ void Adapter::stop() {
   served_.clear();
   if (timer_) ctx_.clock().cancel(timer_), timer_ = 0;
   if (saver_) ctx_.clock().cancel(saver_), saver_ = 0;
+  if (engine_) stop_machines();
   if (engine_) save();
 }
 
@@ -228,6 +234,7 @@ void Adapter::status(sdk::Value& out) const {
     hosts.push(std::move(v));
   }
   out.set("hosts", std::move(hosts));
+  machines_status(out);
 }
 
 void Adapter::wake_at(TimePoint t) {

@@ -627,7 +627,56 @@ void Engine::begin(TaskRec& t) {
     if (auto s = transient(t.action)) set_state(t.vm, *s, "action");
   }
   if (cb_.on_task) cb_.on_task(task_view(t));
+  if (cb_.on_work) return hand_to_backend(t);
   schedule(cb_.now() + latency(t.action), EvKind::task_done, t.num, &t.timer);
+}
+
+void Engine::hand_to_backend(TaskRec& t) {
+  WorkTicket w;
+  w.task = t.num;
+  w.task_id = task_id(t.num);
+  w.action = t.action;
+  if (t.action == Action::create) {
+    const auto& tp = config_.templates[t.template_idx];
+    w.template_name = tp.name;
+    w.memory_mb = tp.memory_mb;
+    w.vcpus = tp.vcpus;
+  } else {
+    const auto& vm = vms_[t.vm];
+    w.vm = vm_id(t.vm);
+    w.mac = mac_of(t.vm);
+    w.template_name = config_.templates[vm.template_idx].name;
+    w.memory_mb = vm.memory_mb;
+    w.vcpus = vm.vcpus;
+    const auto iso = t.action == Action::attach_iso ? t.iso : vm.iso;
+    w.iso = iso >= 0 ? config_.isos[static_cast<std::size_t>(iso)] : "";
+    w.boot_order = decode_boot_order(t.action == Action::set_boot_order ? t.boot_order : vm.boot_order);
+  }
+  cb_.on_work(w);
+}
+
+void Engine::work_finished(std::uint64_t num, bool ok, const std::string& reason) {
+  auto it = tasks_.find(num);
+  if (it == tasks_.end() || it->second.state != TaskState::started) return;
+  if (ok) complete(num);
+  else fail(num, Failure::internal, reason, true);
+  pump();
+  arm();
+}
+
+void Engine::observed(const std::string& id, State s, const std::string& reason, const std::string& detail) {
+  const auto index = vm_index(id);
+  if (!index) return;
+  auto& vm = vms_[*index];
+  if (vm.task != 0) {
+    const auto other = vm.task;
+    vm.task = 0;
+    if (tasks_.count(other)) finish(tasks_.at(other), TaskState::failed, vendor_.error(Failure::internal, id, detail));
+  }
+  vm.ha_stage = 0;
+  set_state(*index, s, reason);
+  pump();
+  arm();
 }
 
 void Engine::complete(std::uint64_t num) {

@@ -79,11 +79,34 @@ VendorError esx_error(Failure f, std::string_view subject, std::string_view deta
   return {"SystemError", std::string(detail)};
 }
 
+VendorError qemu_error(Failure f, std::string_view subject, std::string_view detail) {
+  // QEMU itself answers QMP with an error class and a description; a management layer over it (libvirt) names
+  // its refusals with virErrorNumber names, which these follow.
+  auto virt = [&](std::string_view code, std::string_view what) {
+    return VendorError{std::string(code), cat({what, ": ", subject, detail.empty() ? "" : " (", detail, detail.empty() ? "" : ")"})};
+  };
+  switch (f) {
+    case Failure::bad_power_state: return virt("VIR_ERR_OPERATION_INVALID", "Requested operation is not valid");
+    case Failure::not_enough_memory: return virt("VIR_ERR_OPERATION_FAILED", "Not enough memory on any host");
+    case Failure::vm_not_found: return virt("VIR_ERR_NO_DOMAIN", "Domain not found");
+    case Failure::object_not_found: return virt("VIR_ERR_NO_NAME", "Object not found");
+    case Failure::not_supported: return virt("VIR_ERR_NO_SUPPORT", "Operation not supported");
+    case Failure::bad_argument: return virt("VIR_ERR_INVALID_ARG", "Invalid argument");
+    case Failure::cancelled: return virt("VIR_ERR_OPERATION_ABORTED", "Operation aborted");
+    case Failure::not_cancellable: return virt("VIR_ERR_OPERATION_INVALID", "Requested operation is not valid (task finished)");
+    case Failure::internal: return virt("VIR_ERR_INTERNAL_ERROR", "Internal error");
+    case Failure::host_offline: return virt("VIR_ERR_SYSTEM_ERROR", "The host went down");
+    case Failure::boot_failed: return virt("VIR_ERR_INTERNAL_ERROR", "The domain did not boot");
+  }
+  return virt("VIR_ERR_INTERNAL_ERROR", "Internal error");
+}
+
 }  // namespace
 
 VendorError Personality::error(Failure f, std::string_view subject, std::string_view detail) const {
   if (vendor == "xen") return xen_error(f, subject, detail);
   if (vendor == "hyperv") return hyperv_error(f, subject, detail);
+  if (vendor == "qemu") return qemu_error(f, subject, detail);
   return esx_error(f, subject, detail);
 }
 
@@ -111,10 +134,19 @@ const Personality& esx() {
   return p;
 }
 
+const Personality& qemu() {
+  // QEMU's run states (query-status) while a process exists; "shutoff" (libvirt's word) when none does. Suspend
+  // is QMP stop/cont, so a suspended VM is QEMU's "paused"; there is no separate pause.
+  static const Personality p{"qemu", {"shutoff", "prelaunch", "running", "paused", "paused", "shutdown"},
+                             {"queued", "running", "completed", "failed", "cancelled"}, false, Personality::Ids::uuid, "job-"};
+  return p;
+}
+
 const Personality* personality(std::string_view vendor) {
   if (vendor == "xen") return &xen();
   if (vendor == "hyperv") return &hyperv();
   if (vendor == "esx") return &esx();
+  if (vendor == "qemu") return &qemu();
   return nullptr;
 }
 

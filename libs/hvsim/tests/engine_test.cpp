@@ -19,15 +19,17 @@ struct Sim {
   std::vector<hv::PowerStateEvent> power;
   std::vector<hv::Task> tasks;
   std::vector<BootTicket> boots;
+  std::vector<WorkTicket> works;
   std::unique_ptr<Engine> engine;
 
-  explicit Sim(const Personality& p, EngineConfig c = config(), bool firmware = false) {
+  explicit Sim(const Personality& p, EngineConfig c = config(), bool firmware = false, bool backend = false) {
     Callbacks cb;
     cb.now = [this] { return now; };
     cb.wake_at = [this](TimePoint t) { wakes.insert(t); };
     cb.on_power = [this](const hv::PowerStateEvent& e) { power.push_back(e); };
     cb.on_task = [this](const hv::Task& t) { tasks.push_back(t); };
     if (firmware) cb.on_boot = [this](const BootTicket& b) { boots.push_back(b); };
+    if (backend) cb.on_work = [this](const WorkTicket& w) { works.push_back(w); };
     engine = std::make_unique<Engine>(p, std::move(c), std::move(cb));
   }
   static EngineConfig config() {
@@ -347,4 +349,64 @@ TEST_CASE("a config no host can satisfy is refused by name") {
   auto d = Sim::config();
   d.hosts.push_back(d.hosts[0]);
   CHECK_THROWS_WITH(Sim(xen(), d), Catch::Contains("'host-a' is given twice"));
+}
+
+TEST_CASE("a real backend does each started task's work: its end completes or fails the task without a latency timer") {
+  Sim s(qemu(), Sim::config(), false, true);
+  const auto vm = s.engine->seed("desktop", 1, "d")[0];
+  const auto t = s.act("start", vm);
+  REQUIRE(s.works.size() == 1);
+  CHECK(s.works[0].action == Action::start);
+  CHECK(s.works[0].vm == vm);
+  CHECK(s.works[0].mac == s.engine->vm(vm)->mac);
+  CHECK(s.works[0].memory_mb == 1024);
+  CHECK(s.works[0].boot_order == std::vector<std::string>{"network", "disk"});
+  s.advance(1h);  // no timer ends a task the backend holds
+  CHECK(s.state(vm) == "starting");
+  s.engine->work_finished(s.works[0].task, true, "");
+  CHECK(s.state(vm) == "running");
+  CHECK(s.engine->task(t.id)->state == "completed");
+  s.engine->work_finished(s.works[0].task, false, "late");  // a finished task ignores a second end
+  CHECK(s.engine->task(t.id)->state == "completed");
+
+  // A failed work: the vendor's internal error with the backend's reason; the VM back where it was.
+  const auto r = s.act("reboot", vm);
+  REQUIRE(s.works.size() == 2);
+  s.engine->work_finished(s.works[1].task, false, "QEMU did not answer system_reset");
+  const auto failed = *s.engine->task(r.id);
+  CHECK(failed.state == "failed");
+  CHECK(failed.error_code == "VIR_ERR_INTERNAL_ERROR");
+  CHECK_THAT(failed.error, Catch::Contains("QEMU did not answer system_reset"));
+  CHECK(s.state(vm) == "running");
+  CHECK(s.engine->inventory().vendor == "qemu");
+  CHECK(s.engine->vm(vm)->vendor_state == "running");
+}
+
+TEST_CASE("a machine that changes by itself (observed) fails the task in flight and reports the new state with its reason") {
+  Sim s(qemu(), Sim::config(), false, true);
+  const auto vm = s.engine->seed("desktop", 1, "d")[0];
+  s.act("start", vm);
+  s.engine->work_finished(s.works.at(0).task, true, "");
+  const auto shutdown = s.act("shutdown", vm);
+  CHECK(s.state(vm) == "stopping");
+  s.engine->observed(vm, State::off, "host_failure", "QEMU (pid 42) killed by signal 9");
+  CHECK(s.state(vm) == "off");
+  CHECK(s.engine->vm(vm)->vendor_state == "shutoff");
+  const auto t = *s.engine->task(shutdown.id);
+  CHECK(t.state == "failed");
+  CHECK_THAT(t.error, Catch::Contains("killed by signal 9"));
+  REQUIRE(!s.power.empty());
+  CHECK(s.power.back().reason == "host_failure");
+  CHECK(s.power.back().state == "off");
+  CHECK(s.power.back().mac == s.engine->vm(vm)->mac);
+  std::int64_t free = 0;
+  for (const auto& h : s.engine->hosts()) free += h.free_memory_mb;
+  CHECK(free == 8192);  // the host's memory is given back
+  // The late end of the failed task changes nothing; an unknown VM is ignored.
+  s.engine->work_finished(s.works.back().task, true, "");
+  CHECK(s.state(vm) == "off");
+  s.engine->observed("no-such-vm", State::off, "guest", "");
+  const auto size = s.power.size();
+  s.engine->observed(vm, State::off, "guest", "");  // no change, no event
+  CHECK(s.power.size() == size);
 }

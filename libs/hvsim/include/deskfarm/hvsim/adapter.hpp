@@ -135,6 +135,16 @@ inline constexpr auto adapter_schema = sdk::schema<AdapterConfig>(
     sdk::option("firmware", &AdapterConfig::firmware, "false",
                 "real firmware: a VM booting from a network with options 66/67 fetches its bootstrap over TFTP and streams its vDisk before it runs"));
 
+/// Every row of `base` (the schema of a base struct of T), then `opts`: a backend whose config adds keys to the
+/// adapters' (`constexpr auto config = hvsim::extend_schema<QemuConfig>(hvsim::adapter_schema, sdk::option(...));`),
+/// so a manifest written for one vendor runs on it unchanged.
+template <class T, class B, class... BaseOpts, class... Opts>
+constexpr sdk::Schema<T, BaseOpts..., Opts...> extend_schema(const sdk::Schema<B, BaseOpts...>& base, Opts... opts) {
+  static_assert(std::is_base_of_v<B, T>, "extend_schema<T>: T must derive from the struct of the base schema");
+  return std::apply([&](const auto&... b) { return sdk::Schema<T, BaseOpts..., Opts...>{{b.row..., opts.row...}, {b..., opts...}}; },
+                    base.options);
+}
+
 /// Builds the engine's configuration; throws sdk::ConfigError at the key of a bad value.
 EngineConfig engine_config(const AdapterConfig& c, const std::string& instance);
 
@@ -150,6 +160,20 @@ class Adapter : public sdk::Plugin {
   void status(sdk::Value& out) const override;
 
   Engine& engine() { return *engine_; }
+
+ protected:
+  // A real backend (hypervisor-qemu) overrides these four; the simulated vendors leave them alone. All run on
+  // the instance's executor.
+  /// True: every started task goes to work() instead of a latency timer.
+  virtual bool real() const { return false; }
+  /// Does the work of a started task; ends it with engine().work_finished() later (not from inside work()).
+  virtual void work(const WorkTicket&) {}
+  /// At stop, before the inventory is saved: release the machines (the VMs they end are reported off).
+  virtual void stop_machines() {}
+  /// Adds the backend's own fields to status().
+  virtual void machines_status(sdk::Value&) const {}
+  sdk::Context& context() const { return ctx_; }
+  const AdapterConfig& adapter_config() const { return config_; }
 
  private:
   void wake_at(TimePoint t);

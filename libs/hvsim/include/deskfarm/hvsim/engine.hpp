@@ -112,6 +112,21 @@ struct BootTicket {
   std::string iso;          ///< attached ISO ("" = none)
 };
 
+/// A started task handed to a real backend (Callbacks::on_work): what the machine must do. Call
+/// Engine::work_finished(task, ...) when it is done.
+struct WorkTicket {
+  std::uint64_t task = 0;
+  std::string task_id;
+  Action action = Action::start;
+  std::string vm;   ///< "" for create (the VM gets its id when the task completes)
+  std::string mac;  ///< "" for create
+  std::string template_name;            ///< the VM's template (create: the one asked for)
+  std::int64_t memory_mb = 0;
+  std::int64_t vcpus = 0;
+  std::string iso;                      ///< attach_iso: the ISO to insert; otherwise the VM's ("" = none)
+  std::vector<std::string> boot_order;  ///< set_boot_order: the new order; otherwise the VM's
+};
+
 struct Callbacks {
   std::function<TimePoint()> now;
   /// Call run_due() at (or soon after) this time; a later request may name an earlier time.
@@ -121,6 +136,9 @@ struct Callbacks {
   /// Set: starts whose VM boots from a network with options 66/67 wait here until boot_finished().
   std::function<void(const BootTicket&)> on_boot;
   std::function<void(const std::string&)> log;  ///< one line per noteworthy event (host failure, HA restart)
+  /// Set: a real backend does the work of every started task instead of a latency timer (hypervisor-qemu);
+  /// it calls work_finished() later, never from inside on_work.
+  std::function<void(const WorkTicket&)> on_work;
 };
 
 struct QueueStats {
@@ -157,6 +175,14 @@ class Engine {
   /// The end of an HA restart's boot (a ticket with task 0): handover makes the VM running (reason ha_restart),
   /// anything else powers it off and frees its host. Ignored when the VM is no longer waiting for that boot.
   void ha_boot_finished(const std::string& vm, bool ok, const std::string& reason);
+  /// The end of a task handed to on_work: ok completes it (the state change of its action), anything else
+  /// fails it with the vendor's internal error and `reason`, the VM back where the task found it. Unknown,
+  /// cancelled or finished tasks are ignored.
+  void work_finished(std::uint64_t task, bool ok, const std::string& reason);
+  /// The machine behind `vm` changed state by itself (the guest powered off or reset, its process died): a task
+  /// in flight on it fails with `detail`, and the VM takes state `s` with `reason` ("guest", "host_failure").
+  /// An unknown VM is ignored.
+  void observed(const std::string& vm, State s, const std::string& reason, const std::string& detail);
   /// True while `task` waits for its firmware.
   bool booting(std::uint64_t task) const;
 
@@ -255,6 +281,7 @@ class Engine {
   bool wants_firmware(const VmRec& vm) const;
   void hand_to_firmware(TaskRec& t);
   BootTicket ticket(std::uint32_t vm, std::uint64_t task) const;
+  void hand_to_backend(TaskRec& t);
   std::uint32_t new_vm(std::uint16_t template_idx, std::string name);
   std::uint8_t encode_boot_order(const std::vector<std::string>& order, std::string_view subject) const;
   static std::vector<std::string> decode_boot_order(std::uint8_t packed);

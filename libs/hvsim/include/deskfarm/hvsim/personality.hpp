@@ -61,7 +61,9 @@ const Personality& xen();
 const Personality& hyperv();
 /// vSphere: poweredOff/poweredOn/suspended, TaskInfo states queued/running/success/error, vSphere faults.
 const Personality& esx();
-/// By vendor name ("xen", "hyperv", "esx"); nullptr for another.
+/// QEMU (real machines, plugins/hypervisor-qemu): run states shutoff/prelaunch/running/paused, libvirt error names.
+const Personality& qemu();
+/// By vendor name ("xen", "hyperv", "esx", "qemu"); nullptr for another.
 const Personality* personality(std::string_view vendor);
 
 }  // namespace deskfarm::hvsim

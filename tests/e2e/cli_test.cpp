@@ -88,6 +88,7 @@ TEST_CASE("deskfarm check accepts the shipped manifests") {
 TEST_CASE("each plugin README's key table is exactly what describe --markdown prints") {
   for (auto [plugin, readme] : {std::pair{"pvs", "plugins/pvs/README.md"}, std::pair{"tftp-lb", "plugins/tftp-lb/README.md"},
                                 std::pair{"bdm", "plugins/bdm/README.md"},
+                                std::pair{"ddc", "plugins/ddc/README.md"}, std::pair{"vda", "plugins/vda/README.md"},
                                 std::pair{"hello", "sdk/examples/hello-plugin/README.md"},
                                 std::pair{"hypervisor-xen", "plugins/hypervisor-xen/README.md"},
                                 std::pair{"hypervisor-hyperv", "plugins/hypervisor-hyperv/README.md"},

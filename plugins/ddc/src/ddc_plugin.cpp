@@ -6,7 +6,6 @@
 // with is the only one that hands it to a user, the others forward to it. The first controller by name is the
 // pool master: it keeps each group's idle target for the time of day through the hypervisor.
 #include <algorithm>
-#include <deque>
 #include <map>
 #include <random>
 #include <set>
@@ -140,7 +139,7 @@ struct Desk {
   bool reserved = false;
   // pool side
   TimePoint start_requested{};
-  std::deque<TimePoint> failures;
+  std::vector<TimePoint> failures;  ///< recent failed registrations (a deque would cost 600 B per desktop)
   TimePoint quarantined_until{};
   bool maintenance = false;  ///< the desktop's own flag (its group's flag is Group::maintenance)
 };
@@ -361,7 +360,7 @@ class Ddc final : public Plugin {
   void failed_registration(Desk& d, std::string_view why) {
     const auto t = ctx_.clock().now();
     d.failures.push_back(t);
-    while (!d.failures.empty() && d.failures.front() < t - std::chrono::seconds(config_.quarantine_window_s)) d.failures.pop_front();
+    std::erase_if(d.failures, [&](TimePoint f) { return f < t - std::chrono::seconds(config_.quarantine_window_s); });
     if (static_cast<std::int64_t>(d.failures.size()) >= config_.quarantine_failures && d.quarantined_until <= t) {
       d.quarantined_until = t + std::chrono::seconds(config_.quarantine_s);
       d.failures.clear();

@@ -96,6 +96,7 @@ class Vda final : public Plugin {
     for (auto& [key, a] : agents_)
       if (a.timer) ctx_.clock().cancel(a.timer);
     agents_.clear();
+    by_name_.clear();
   }
 
   void status(Value& out) const override {
@@ -153,19 +154,29 @@ class Vda final : public Plugin {
     a.next = 0;
     if (auto n = names_.find(key); n != names_.end()) {
       a.desktop = n->second;
+      by_name_[a.desktop] = key;
       register_round(key, a.gen, 0);
       return;
     }
-    // The power event names the VM by id; groups name desktops by the VM's name, which the inventory gives.
+    // The power event names the VM by id; groups name desktops by the VM's name, which the inventory gives. One
+    // inventory request per hypervisor at a time serves every agent that waits for its name (a boot storm).
+    auto& waiting = waiting_[hypervisor];
+    waiting.emplace_back(key, a.gen);
+    if (waiting.size() > 1) return;
     request<Empty, hv::Inventory>(ctx_.bus(), hv::request_subject(hypervisor, "inventory"), Empty{}, timeout(),
-                                  [this, key, gen = a.gen, hypervisor](Reply<hv::Inventory> inv) {
+                                  [this, hypervisor](Reply<hv::Inventory> inv) {
                                     if (inv)
                                       for (const auto& v : inv->vms) names_[hypervisor + "/" + v.id] = v.name;
-                                    auto* ag = live(key, gen);
-                                    if (!ag) return;
-                                    auto n = names_.find(key);
-                                    ag->desktop = n != names_.end() ? n->second : ag->vm;
-                                    register_round(key, gen, 0);
+                                    auto agents = std::move(waiting_[hypervisor]);
+                                    waiting_.erase(hypervisor);
+                                    for (const auto& [k, gen] : agents) {
+                                      auto* ag = live(k, gen);
+                                      if (!ag) continue;
+                                      auto n = names_.find(k);
+                                      ag->desktop = n != names_.end() ? n->second : ag->vm;
+                                      by_name_[ag->desktop] = k;
+                                      register_round(k, gen, 0);
+                                    }
                                   });
   }
 
@@ -177,6 +188,7 @@ class Vda final : public Plugin {
     if (!a.controller.empty())  // a clean shutdown tells the controller; a crash leaves it to the 60 s rule
       request<ddc::Deregister, ddc::Ack>(ctx_.bus(), ddc::subject(a.controller, "deregister"),
                                          ddc::Deregister{a.desktop, a.token, "shutdown"}, timeout(), [](Reply<ddc::Ack>) {});
+    by_name_.erase(a.desktop);
     agents_.erase(it);
   }
 
@@ -272,9 +284,10 @@ class Vda final : public Plugin {
   }
 
   Agent* by_desktop(const std::string& desktop) {
-    for (auto& [key, a] : agents_)
-      if (a.desktop == desktop) return &a;
-    return nullptr;
+    auto k = by_name_.find(desktop);
+    if (k == by_name_.end()) return nullptr;
+    auto it = agents_.find(k->second);
+    return it == agents_.end() ? nullptr : &it->second;
   }
 
   ddc::Ack prepare(const ddc::PrepareSession& p) {
@@ -330,6 +343,8 @@ class Vda final : public Plugin {
   std::mt19937_64 nonces_{std::random_device{}()};  ///< never the seed: two agents must not share nonces
   std::unordered_map<std::string, Agent> agents_;
   std::unordered_map<std::string, std::string> names_;  ///< hypervisor/vm → VM name
+  std::unordered_map<std::string, std::string> by_name_;  ///< desktop name → agent key
+  std::unordered_map<std::string, std::vector<std::pair<std::string, std::uint64_t>>> waiting_;  ///< agents waiting for names
   std::uint64_t generation_ = 0;
   std::vector<Subscription> subs_;
   Counter* registered_total_ = nullptr;

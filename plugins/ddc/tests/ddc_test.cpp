@@ -25,6 +25,7 @@ struct Farm {
   int vms = 4;
   std::string group = "name = \"pool\", kind = \"pooled-random\", desktops = [\"desktop-*\"], hypervisor = \"hv-1\"";
   std::string ddc_extra;
+  std::string vda_extra;
   int controllers = 2;
 
   std::string manifest() const {
@@ -40,7 +41,7 @@ struct Farm {
       list += (i > 1 ? ", \"" : "\"") + name + "\"";
       m += "[instances." + name + "]\nplugin = \"ddc\"\nfarm_key = \"" + kKey + "\"\ngroups = [{ " + group + " }]\n" + ddc_extra + "\n";
     }
-    m += "[instances.vda-1]\nplugin = \"vda\"\ncontrollers = [" + list + "]\nfarm_key = \"" + kKey + "\"\n";
+    m += "[instances.vda-1]\nplugin = \"vda\"\ncontrollers = [" + list + "]\nfarm_key = \"" + kKey + "\"\n" + vda_extra;
     return m;
   }
 };
@@ -321,4 +322,23 @@ TEST_CASE("an assigned desktop keeps its owner across a restart of the controlle
   CHECK_THAT(d.why, Catch::Contains("is assigned to bob"));
   auto other = broker(h, "zoe", "pc");
   CHECK(other.desktop != desktop);
+}
+
+TEST_CASE("agents accept only trusted controllers (ListOfSIDs): they register elsewhere and refuse sessions from others") {
+  Farm f;
+  f.vda_extra = "trusted = [\"ddc-2\"]\n";
+  Harness h(f.manifest(), options());
+  h.start();
+  boot_all(h);
+  for (const auto& d : desktops(h, "ddc-2")) {
+    CHECK(d.registration == ddc::kRegistered);
+    CHECK(d.controller == "ddc-2");
+  }
+  auto refused = h.request<ddc::PrepareSession, ddc::Ack>("vda.vda-1.prepare",
+                                                          ddc::PrepareSession{"desktop-1", "ddc-1", ddc::kLogon, "mallory", "pc"});
+  REQUIRE(refused);
+  CHECK_FALSE(refused->ok);
+  CHECK(refused->reason == ddc::kAgentRefused);
+  CHECK(broker(h, "mallory", "pc", "ddc-1").outcome == "connect");  // brokered by ddc-1, decided by the trusted owner
+  CHECK_THAT(h.metrics_text(), Catch::Contains("deskfarm_vda_untrusted_total"));
 }

@@ -34,7 +34,7 @@ constexpr auto config_schema = schema<VdaConfig>(
     option("controllers", &VdaConfig::controllers, nullptr, "ListOfDDCs: the controller instances an agent registers with, tried in random order"),
     option("trusted", &VdaConfig::trusted, "[]", "ListOfSIDs: controllers an agent accepts registrations and sessions from; [] = the controllers"),
     option("farm_key", &VdaConfig::farm_key, "\"\"", "the farm key registrations are signed with (the controllers' farm_key); a secret, give it as \"${ENV_VAR}\""),
-    option("heartbeat_s", &VdaConfig::heartbeat_s, "30", "seconds between heartbeats (half the controller's deregistration period)").range(1, 3600),
+    option("heartbeat_s", &VdaConfig::heartbeat_s, "30", "seconds between heartbeats when the controller names no period (it asks for half its deregistration period)").range(1, 3600),
     option("request_timeout_ms", &VdaConfig::request_timeout_ms, "5000", "how long an agent waits for a controller's answer").range(10, 600000),
     option("retry_s", &VdaConfig::retry_s, "10", "seconds before an agent tries its controllers again after every one failed").range(1, 3600),
     option("seed", &VdaConfig::seed, "1", "seed of the controllers' random order (nonces are truly random)").range(0, 9.0e15));
@@ -48,6 +48,7 @@ struct Agent {
   std::size_t next = 0;            ///< where the next registration round starts
   std::string controller, token;
   std::string session_state = ddc::kNoSession, user, endpoint;
+  std::chrono::seconds period{30};  ///< the heartbeat period its controller asked for
   std::uint64_t gen = 0;  ///< bumped on every restart: answers and timers of an older life are dropped
   TimerId timer = 0;
 };
@@ -256,8 +257,8 @@ class Vda final : public Plugin {
           registered_total_->inc();
           ag->controller = controller;
           ag->token = r->token;
-          const auto period = std::chrono::seconds(r->heartbeat_s > 0 ? r->heartbeat_s : config_.heartbeat_s);
-          later(*ag, period, [this](Agent& x) { heartbeat(x); });
+          ag->period = std::chrono::seconds(r->heartbeat_s > 0 ? r->heartbeat_s : config_.heartbeat_s);
+          later(*ag, ag->period, [this](Agent& x) { heartbeat(x); });
         });
   }
 
@@ -268,7 +269,7 @@ class Vda final : public Plugin {
           Agent* ag = live(key, gen);
           if (!ag) return;
           if (r && r->ok) {
-            later(*ag, std::chrono::seconds(config_.heartbeat_s), [this](Agent& x) { heartbeat(x); });
+            later(*ag, ag->period, [this](Agent& x) { heartbeat(x); });
             return;
           }
           failovers_->inc();

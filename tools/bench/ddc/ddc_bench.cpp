@@ -34,7 +34,7 @@ std::int64_t registered(deskfarm::testing::Harness& h, const std::string& contro
   return g->groups.at(0).registered;
 }
 
-int run(std::int64_t desktops, std::int64_t decisions, const std::string& plugin_dir) {
+int run(std::int64_t desktops, std::int64_t decisions, bool kill_halfway, const std::string& plugin_dir) {
   const std::int64_t hosts = std::max<std::int64_t>(2, desktops / 500 + 1);
   std::string host_list;
   for (std::int64_t i = 0; i < hosts; ++i)
@@ -84,21 +84,34 @@ int run(std::int64_t desktops, std::int64_t decisions, const std::string& plugin
   lat.reserve(static_cast<std::size_t>(decisions));
   std::int64_t connected = 0;
   const auto s0 = Clock::now();
+  bool killed = false;
+  double failover_wall = 0;
   for (std::int64_t i = 0; i < decisions; ++i) {
+    if (kill_halfway && !killed && i == decisions / 2) {
+      // ddc-1 dies: its agents register with ddc-2 within one heartbeat (30 s of virtual time), sessions kept.
+      const auto k0 = Clock::now();
+      h.run_on("ddc-1", [](deskfarm::sdk::Plugin& p, deskfarm::sdk::Context&) { p.stop(); });
+      h.advance(std::chrono::seconds(31));
+      failover_wall = seconds_since(k0);
+      killed = true;
+      const auto st = h.instance_status("ddc-2");
+      std::printf("failover: ddc-1 stopped after %lld decisions; ddc-2 holds %lld registrations 31 s later (%.2f s wall)\n",
+                  static_cast<long long>(i), static_cast<long long>(st.find("registered")->as_integer()), failover_wall);
+    }
     const auto t = Clock::now();
-    auto d = h.request<ddc::BrokerRequest, ddc::BrokerDecision>(i % 2 ? "ddc.ddc-2.admin.broker" : "ddc.ddc-1.admin.broker",
+    auto d = h.request<ddc::BrokerRequest, ddc::BrokerDecision>(i % 2 || killed ? "ddc.ddc-2.admin.broker" : "ddc.ddc-1.admin.broker",
                                                                 ddc::BrokerRequest{"user-" + std::to_string(i), "client-" + std::to_string(i), ""});
     lat.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t).count());
     if (d && d->outcome == "connect") ++connected;
   }
-  const double storm = seconds_since(s0);
+  const double storm = seconds_since(s0) - failover_wall;
   std::sort(lat.begin(), lat.end());
   const auto pct = [&](double p) { return lat.empty() ? 0.0 : lat[std::min(lat.size() - 1, static_cast<std::size_t>(p * static_cast<double>(lat.size())))]; };
   std::printf("brokering: %lld decisions (%lld connected) in %.2f s: %.0f decisions/s, p50 %.3f ms, p99 %.3f ms; anchor 25 requests/s: %.0fx\n",
               static_cast<long long>(decisions), static_cast<long long>(connected), storm, static_cast<double>(decisions) / storm, pct(0.5),
               pct(0.99), static_cast<double>(decisions) / storm / 25.0);
   h.stop();
-  return reg == desktops ? 0 : 1;
+  return reg == desktops && connected == decisions ? 0 : 1;
 }
 
 }  // namespace
@@ -108,6 +121,7 @@ int main(int argc, char** argv) {
   po::options_description opts("ddc_bench options");
   opts.add_options()("help", "this text")("desktops", po::value<long long>()->default_value(20000), "desktops to boot and register")(
       "decisions", po::value<long long>()->default_value(10000), "brokering decisions (one user each)")(
+      "kill-halfway", "stop ddc-1 after half the decisions; the rest go to ddc-2")(
       "plugin-dir", po::value<std::string>()->default_value(""), "where ddc.so, vda.so and hypervisor-xen.so are");
   po::positional_options_description pos;
   auto fail = [&](const std::string& e) {
@@ -122,7 +136,7 @@ int main(int argc, char** argv) {
   const auto n = deskfarm::bench::checked_integer(vm, "desktops", 1, 200000, fail);
   const auto d = deskfarm::bench::checked_integer(vm, "decisions", 0, 1000000, fail);
   try {
-    return run(n, std::min(d, n), vm["plugin-dir"].as<std::string>());
+    return run(n, std::min(d, n), vm.count("kill-halfway") > 0, vm["plugin-dir"].as<std::string>());
   } catch (const std::exception& e) {
     std::cerr << "ddc_bench: " << e.what() << "\n";
     return 1;

@@ -170,7 +170,7 @@ class Ddc final : public Plugin {
     std::set<std::string> names;
     for (const auto& g : conf.groups) {
       if (!names.insert(g.name).second) throw ConfigError("groups", "group '" + g.name + "' is named twice; give each group its own name");
-      if (g.desktops.empty()) throw ConfigError("groups", "group '" + g.name + "' lists no desktops");
+      if (g.desktops.empty()) throw ConfigError("groups", "group '" + g.name + "' lists no desktops; give it desktops = [\"NAME\", \"PREFIX*\"]");
     }
     schedule_of(conf);
   }
@@ -247,15 +247,15 @@ class Ddc final : public Plugin {
     deskfarm::ddc::Schedule s;
     for (const auto& d : c.business_days) {
       auto day = deskfarm::ddc::parse_day(d);
-      if (!day) throw ConfigError("business_days", "'" + d + "' is not a weekday; write mon, tue, wed, thu, fri, sat or sun");
+      if (!day) throw ConfigError("business_days", "business_days: '" + d + "' is not a weekday; write mon, tue, wed, thu, fri, sat or sun");
       s.business_days.push_back(*day);
     }
     auto bh = deskfarm::ddc::parse_range(c.business_hours);
-    if (!bh) throw ConfigError("business_hours", "'" + c.business_hours + "' is not HH:MM-HH:MM (e.g. \"08:00-18:00\")");
+    if (!bh) throw ConfigError("business_hours", "business_hours '" + c.business_hours + "' is not HH:MM-HH:MM (e.g. \"08:00-18:00\")");
     s.business_hours = *bh;
     for (const auto& p : c.peak_hours) {
       auto r = deskfarm::ddc::parse_range(p);
-      if (!r) throw ConfigError("peak_hours", "'" + p + "' is not HH:MM-HH:MM (e.g. \"08:00-10:00\")");
+      if (!r) throw ConfigError("peak_hours", "peak_hours: '" + p + "' is not HH:MM-HH:MM (e.g. \"08:00-10:00\")");
       s.peak_hours.push_back(*r);
     }
     s.utc_offset_min = c.utc_offset_min;

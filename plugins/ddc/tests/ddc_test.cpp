@@ -9,6 +9,7 @@
 #include <deskfarm/testing/temp_dir.hpp>
 
 #include "farm_key.hpp"
+#include "schedule.hpp"
 
 namespace {
 
@@ -341,4 +342,34 @@ TEST_CASE("agents accept only trusted controllers (ListOfSIDs): they register el
   CHECK(refused->reason == ddc::kAgentRefused);
   CHECK(broker(h, "mallory", "pc", "ddc-1").outcome == "connect");  // brokered by ddc-1, decided by the trusted owner
   CHECK_THAT(h.metrics_text(), Catch::Contains("deskfarm_vda_untrusted_total"));
+}
+
+TEST_CASE("the pool's periods: peak and business hours on business days in local time, off-hours otherwise") {
+  namespace dd = deskfarm::ddc;
+  dd::Schedule s;
+  s.business_days = {0, 1, 2, 3, 4};
+  s.business_hours = *dd::parse_range("08:00-18:00");
+  s.peak_hours = {*dd::parse_range("08:00-10:00")};
+  using namespace std::chrono;
+  const auto monday = sys_days(year(2026) / January / 5);
+  CHECK(s.at(monday + 7h + 59min) == dd::Period::off_hours);
+  CHECK(s.at(monday + 8h) == dd::Period::peak);
+  CHECK(s.at(monday + 9h + 59min) == dd::Period::peak);
+  CHECK(s.at(monday + 10h) == dd::Period::business);
+  CHECK(s.at(monday + 18h) == dd::Period::off_hours);
+  CHECK(s.at(monday - days(1) + 9h) == dd::Period::off_hours);  // Sunday
+  s.utc_offset_min = -300;                                       // UTC-5: 13:00 UTC is 08:00 local
+  CHECK(s.at(monday + 13h) == dd::Period::peak);
+  CHECK_FALSE(dd::parse_range("8:00-10:00"));
+  CHECK_FALSE(dd::parse_range("10:00-08:00"));
+  CHECK_FALSE(dd::parse_day("monday"));
+}
+
+TEST_CASE("a manifest with a bad period or a group without desktops is refused at the key, before anything starts") {
+  Farm f;
+  f.ddc_extra = "business_hours = \"8-18\"\n";
+  CHECK_THROWS_WITH(Harness(f.manifest(), options()), Catch::Contains("business_hours") && Catch::Contains("HH:MM-HH:MM"));
+  Farm g;
+  g.group = "name = \"empty\", desktops = []";
+  CHECK_THROWS_WITH(Harness(g.manifest(), options()), Catch::Contains("lists no desktops"));
 }

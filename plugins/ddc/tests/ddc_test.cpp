@@ -199,7 +199,7 @@ TEST_CASE("the pool service keeps each period's idle target through the hypervis
   CHECK(h.logged("pool pool (business)"));
 }
 
-TEST_CASE("a user returns to the disconnected session first; same_endpoint_only holds it for the same client") {
+TEST_CASE("a user returns to the disconnected session first, and same_endpoint_only holds it for the same client") {
   Farm f;
   f.group = "name = \"pool\", kind = \"pooled-random\", desktops = [\"desktop-*\"], hypervisor = \"hv-1\", reconnect = \"same_endpoint_only\"";
   Harness h(f.manifest(), options());

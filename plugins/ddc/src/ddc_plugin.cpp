@@ -1,0 +1,920 @@
+// ddc: a Desktop Delivery Controller. Agents register with it (farm key, nonce, time) and heartbeat; a silent
+// agent is deregistered after 60 s. Desktop groups (pooled-random, pooled-static, assigned) come from the
+// manifest; the controller brokers users onto desktops (their disconnected session first, else an idle
+// desktop, else one it starts through the hypervisor), with a "why" on every decision. Every controller of the
+// farm sees every registration (published on ddc.<instance>.desktops); the controller a desktop is registered
+// with is the only one that hands it to a user, the others forward to it. The first controller by name is the
+// pool master: it keeps each group's idle target for the time of day through the hypervisor.
+#include <algorithm>
+#include <map>
+#include <random>
+#include <set>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <Poco/Data/Session.h>
+#include <Poco/Data/Transaction.h>
+
+#include <deskfarm/interfaces/ddc/ddc.hpp>
+#include <deskfarm/interfaces/hypervisor/hypervisor.hpp>
+#include <deskfarm/sdk/plugin.hpp>
+#include <deskfarm/sdk/store.hpp>
+
+#include "farm_key.hpp"
+#include "schedule.hpp"
+
+namespace {
+
+using namespace deskfarm::sdk;
+using namespace std::chrono_literals;
+using Poco::Data::Keywords::into;
+using Poco::Data::Keywords::now;
+using Poco::Data::Keywords::use;
+namespace ddc = deskfarm::interfaces::ddc;
+namespace hv = deskfarm::interfaces::hypervisor;
+
+struct GroupConf {
+  std::string name, kind, reconnect, hypervisor;
+  std::vector<std::string> desktops, users;
+  std::int64_t idle_peak = 0, idle_business = 0, idle_off_hours = 0;
+  bool restart_after_logoff = false;
+};
+
+struct DdcConfig {
+  std::vector<GroupConf> groups;
+  Secret farm_key;
+  std::int64_t heartbeat_s = 30, deregister_after_s = 60, replay_window_s = 120;
+  std::int64_t quarantine_failures = 5, quarantine_window_s = 600, quarantine_s = 600;
+  std::string license;
+  std::int64_t request_timeout_ms = 5000, pool_interval_s = 10, max_starts_per_tick = 10, boot_timeout_s = 600;
+  std::vector<std::string> business_days;
+  std::string business_hours;
+  std::vector<std::string> peak_hours;
+  std::int64_t utc_offset_min = 0;
+  std::int64_t seed = 1;
+};
+
+inline constexpr auto group_schema = schema<GroupConf>(
+    option("name", &GroupConf::name, nullptr, "desktop group name, unique in the farm"),
+    option("kind", &GroupConf::kind, "\"pooled-random\"", "pooled-random: any idle desktop; pooled-static: the same desktop each time; assigned: the user's own desktop, assigned on first use")
+        .one_of("pooled-random|pooled-static|assigned"),
+    option("desktops", &GroupConf::desktops, nullptr, "VM names of its desktops; a name ending in * matches every VM name with that prefix"),
+    option("users", &GroupConf::users, "[]", "users entitled to it; [] = every user"),
+    option("reconnect", &GroupConf::reconnect, "\"always\"", "SessionReconnection: always (also roams an active session), disconnected_only, same_endpoint_only")
+        .one_of("always|disconnected_only|same_endpoint_only"),
+    option("hypervisor", &GroupConf::hypervisor, "\"\"", "the hypervisor instance that runs its VMs (power management); \"\" = none"),
+    option("idle_peak", &GroupConf::idle_peak, "0", "idle desktops kept started during peak hours").range(0, 1000000),
+    option("idle_business", &GroupConf::idle_business, "0", "idle desktops kept started during business hours").range(0, 1000000),
+    option("idle_off_hours", &GroupConf::idle_off_hours, "0", "idle desktops kept started outside business hours").range(0, 1000000),
+    option("restart_after_logoff", &GroupConf::restart_after_logoff, "false", "pooled groups: restart a desktop after logoff, back to its clean base image"));
+
+constexpr auto config_schema = schema<DdcConfig>(
+    option("groups", &DdcConfig::groups, "[]", "desktop groups", group_schema),
+    option("farm_key", &DdcConfig::farm_key, "\"\"", "the farm key agents sign registrations with; \"\" = no authentication (logged); a secret, give it as \"${ENV_VAR}\""),
+    option("heartbeat_s", &DdcConfig::heartbeat_s, "30", "heartbeat period the controller asks agents for").range(1, 3600),
+    option("deregister_after_s", &DdcConfig::deregister_after_s, "60", "an agent silent this long is deregistered (HeartbeatPeriodMS)").range(2, 86400),
+    option("replay_window_s", &DdcConfig::replay_window_s, "120", "a registration signed further than this from now is refused as replayed").range(1, 86400),
+    option("quarantine_failures", &DdcConfig::quarantine_failures, "5", "refused registrations of a desktop within quarantine_window_s that quarantine it").range(1, 1000),
+    option("quarantine_window_s", &DdcConfig::quarantine_window_s, "600", "the window quarantine_failures are counted in").range(1, 86400),
+    option("quarantine_s", &DdcConfig::quarantine_s, "600", "how long a quarantined desktop is neither registered nor started").range(1, 604800),
+    option("license", &DdcConfig::license, "\"\"", "licence server instance (license.<instance>.checkout); \"\" = broker without licences (logged)"),
+    option("request_timeout_ms", &DdcConfig::request_timeout_ms, "5000", "how long the controller waits for an agent, a peer, the hypervisor or the licence server").range(10, 600000),
+    option("pool_interval_s", &DdcConfig::pool_interval_s, "10", "seconds between pool-service passes (pool master only)").range(1, 3600),
+    option("max_starts_per_tick", &DdcConfig::max_starts_per_tick, "10", "desktops the pool service starts per pass at most").range(0, 100000),
+    option("boot_timeout_s", &DdcConfig::boot_timeout_s, "600", "a started desktop not registered within this counts as a failed registration").range(10, 86400),
+    option("business_days", &DdcConfig::business_days, "[\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]", "weekdays with business and peak hours (mon..sun)"),
+    option("business_hours", &DdcConfig::business_hours, "\"08:00-18:00\"", "HH:MM-HH:MM of business hours"),
+    option("peak_hours", &DdcConfig::peak_hours, "[\"08:00-10:00\"]", "HH:MM-HH:MM ranges of peak hours within business days"),
+    option("utc_offset_min", &DdcConfig::utc_offset_min, "0", "minutes the farm's local time is ahead of UTC").range(-1440, 1440),
+    option("seed", &DdcConfig::seed, "1", "seed of random desktop picks").range(0, 9.0e15));
+
+constexpr const char* provides[] = {"ddc", nullptr};
+
+const std::vector<Migration> migrations = {
+    {1,
+     {"CREATE TABLE ddc_assignments (desktop VARCHAR(128) PRIMARY KEY, user_name VARCHAR(128) NOT NULL, "
+      "grp VARCHAR(128) NOT NULL, since_ms BIGINT NOT NULL)"}},
+};
+
+/// A set with O(1) insert, erase and random pick (idle desktops of a group).
+class PickSet {
+ public:
+  void insert(const std::string& s) {
+    if (pos_.contains(s)) return;
+    pos_[s] = items_.size();
+    items_.push_back(s);
+  }
+  void erase(const std::string& s) {
+    auto it = pos_.find(s);
+    if (it == pos_.end()) return;
+    const std::size_t i = it->second;
+    pos_.erase(it);
+    if (i + 1 != items_.size()) {
+      items_[i] = std::move(items_.back());
+      pos_[items_[i]] = i;
+    }
+    items_.pop_back();
+  }
+  std::size_t size() const { return items_.size(); }
+  template <class Rng>
+  const std::string& pick(Rng& rng) const { return items_[std::uniform_int_distribution<std::size_t>(0, items_.size() - 1)(rng)]; }
+
+ private:
+  std::vector<std::string> items_;
+  std::unordered_map<std::string, std::size_t> pos_;
+};
+
+struct Group {
+  GroupConf conf;
+  PickSet idle;  ///< registered, no session, not in maintenance, unassigned
+  bool maintenance = false;
+};
+
+struct Desk {
+  ddc::DesktopStatus s;
+  // owner side (this controller holds the registration)
+  std::string token;
+  TimePoint last_heartbeat{};
+  bool reserved = false;
+  // pool side
+  TimePoint start_requested{};
+  std::vector<TimePoint> failures;  ///< recent failed registrations (a deque would cost 600 B per desktop)
+  TimePoint quarantined_until{};
+  bool maintenance = false;  ///< the desktop's own flag (its group's flag is Group::maintenance)
+};
+
+struct Candidate {
+  std::string desktop, kind, why;
+  bool assign = false;
+};
+
+class Ddc final : public Plugin {
+ public:
+  explicit Ddc(Context& ctx)
+      : ctx_(ctx), config_(config_schema.bind(ctx.config())), rng_(static_cast<std::uint64_t>(config_.seed) ^ std::hash<std::string>{}(ctx.name())) {
+    schedule_ = schedule_of(config_);
+    for (const auto& g : config_.groups) groups_.emplace(g.name, Group{g, {}, false});
+    auto& m = ctx_.metrics();
+    registrations_ = &m.counter("deskfarm_ddc_registrations_total", "registrations accepted");
+    refused_ = &m.counter("deskfarm_ddc_registrations_refused_total", "registrations refused (forged, replayed, not provisioned, quarantined)");
+    hb_refused_ = &m.counter("deskfarm_ddc_heartbeats_refused_total", "heartbeats and events from agents not registered here");
+    deregistered_ = &m.counter("deskfarm_ddc_deregistered_silent_total", "agents deregistered after deregister_after_s of silence");
+    decisions_ = &m.counter("deskfarm_ddc_broker_decisions_total", "brokering decisions answered");
+    starts_ = &m.counter("deskfarm_ddc_power_starts_total", "desktops started through the hypervisor");
+    registered_gauge_ = &m.gauge("deskfarm_ddc_registered", "desktops registered with this controller");
+  }
+
+  static void validate(const Config& c) {
+    const auto conf = config_schema.bind(c);
+    std::set<std::string> names;
+    for (const auto& g : conf.groups) {
+      if (!names.insert(g.name).second) throw ConfigError("groups", "group '" + g.name + "' is named twice; give each group its own name");
+      if (g.desktops.empty()) throw ConfigError("groups", "group '" + g.name + "' lists no desktops; give it desktops = [\"NAME\", \"PREFIX*\"]");
+    }
+    schedule_of(conf);
+  }
+
+  void start() override {
+    {
+      auto s = ctx_.store().session();
+      for (int attempt = 0;; ++attempt) {  // two controllers started together migrate the same store: the loser retries
+        try {
+          migrate(s, "ddc", migrations);
+          break;
+        } catch (const std::exception&) {
+          if (attempt == 4) throw;
+          std::this_thread::sleep_for(100ms);
+        }
+      }
+      std::vector<std::string> desks, users;
+      s << "SELECT desktop, user_name FROM ddc_assignments", into(desks), into(users), now;
+      for (std::size_t i = 0; i < desks.size(); ++i) {
+        Desk& d = desk(desks[i]);
+        auto next = d.s;
+        next.assigned_to = users[i];
+        apply(d, std::move(next));
+      }
+    }
+    if (config_.farm_key.reveal().empty()) ctx_.log().warning("no farm_key: agents register without authentication");
+    if (config_.license.empty()) ctx_.log().info("no licence server configured: brokering without licences");
+    auto& bus = ctx_.bus();
+    const auto& me = ctx_.name();
+    subs_.push_back(serve<ddc::Register, ddc::Registered>(bus, ddc::subject(me, "register"), [this](const ddc::Register& r) { return on_register(r); }));
+    subs_.push_back(serve<ddc::Heartbeat, ddc::Ack>(bus, ddc::subject(me, "heartbeat"), [this](const ddc::Heartbeat& h) { return on_heartbeat(h); }));
+    subs_.push_back(serve<ddc::Deregister, ddc::Ack>(bus, ddc::subject(me, "deregister"), [this](const ddc::Deregister& d) { return on_deregister(d); }));
+    subs_.push_back(serve<ddc::SessionEvent, ddc::Ack>(bus, ddc::subject(me, "session"), [this](const ddc::SessionEvent& e) { return on_session(e); }));
+    subs_.push_back(serve_async<ddc::Prepare, ddc::BrokerDecision>(bus, ddc::subject(me, "prepare"),
+        [this](const ddc::Prepare& p, Responder<ddc::BrokerDecision> r) { prepare(p, [r](ddc::BrokerDecision d) mutable { r.ok(std::move(d)); }); }));
+    subs_.push_back(serve_async<ddc::BrokerRequest, ddc::BrokerDecision>(bus, ddc::subject(me, "admin.broker"),
+        [this](const ddc::BrokerRequest& q, Responder<ddc::BrokerDecision> r) { broker(q, [r](ddc::BrokerDecision d) mutable { r.ok(std::move(d)); }); }));
+    subs_.push_back(serve<ddc::DesktopQuery, ddc::DesktopList>(bus, ddc::subject(me, "admin.desktops"), [this](const ddc::DesktopQuery& q) { return list(q); }));
+    subs_.push_back(serve<Empty, ddc::GroupList>(bus, ddc::subject(me, "admin.groups"), [this](const Empty&) { return group_list(); }));
+    subs_.push_back(serve<ddc::Maintenance, ddc::Ack>(bus, ddc::subject(me, "admin.maintenance"), [this](const ddc::Maintenance& m) {
+      auto ack = maintenance(m);
+      if (ack.ok) publish(ctx_.bus(), ddc::maintenance_updates, m);
+      return ack;
+    }));
+    subs_.push_back(subscribe<ddc::Maintenance>(bus, ddc::maintenance_updates, [this](const ddc::Maintenance& m, const Message&) { maintenance(m); }));
+    subs_.push_back(subscribe<ddc::DesktopStatus>(bus, ddc::all_desktop_updates, [this](const ddc::DesktopStatus& s, const Message& m) {
+      if (m.subject != ddc::subject(ctx_.name(), "desktops")) on_peer_update(s);
+    }));
+    subs_.push_back(subscribe<InstanceInfo>(bus, instance_down_subject, [this](const InstanceInfo& i, const Message&) { on_peer_down(i); }));
+    ctx_.every(1s, [this] { sweep(); });
+    ctx_.every(std::chrono::seconds(config_.pool_interval_s), [this] { pool_pass(); });
+  }
+
+  void stop() override {
+    stopped_ = true;  // timers end with the instance; a test may stop() it early to play a dead controller
+    subs_.clear();
+  }
+
+  void status(Value& out) const override {
+    out["master"] = is_master();
+    out["registered"] = static_cast<std::int64_t>(registered_here_);
+    out["period"] = std::string(deskfarm::ddc::period_name(schedule_.at(ctx_.clock().now())));
+    Value groups = Value::array();
+    for (const auto& g : group_list().groups) groups.as_array().push_back(to_value(g));
+    out["groups"] = std::move(groups);
+    out["registrations_refused"] = static_cast<std::int64_t>(refused_->value());
+    out["heartbeats_refused"] = static_cast<std::int64_t>(hb_refused_->value());
+    out["deregistered_silent"] = static_cast<std::int64_t>(deregistered_->value());
+    out["decisions"] = static_cast<std::int64_t>(decisions_->value());
+  }
+
+ private:
+  static deskfarm::ddc::Schedule schedule_of(const DdcConfig& c) {
+    deskfarm::ddc::Schedule s;
+    for (const auto& d : c.business_days) {
+      auto day = deskfarm::ddc::parse_day(d);
+      if (!day) throw ConfigError("business_days", "business_days: '" + d + "' is not a weekday; write mon, tue, wed, thu, fri, sat or sun");
+      s.business_days.push_back(*day);
+    }
+    auto bh = deskfarm::ddc::parse_range(c.business_hours);
+    if (!bh) throw ConfigError("business_hours", "business_hours '" + c.business_hours + "' is not HH:MM-HH:MM (e.g. \"08:00-18:00\")");
+    s.business_hours = *bh;
+    for (const auto& p : c.peak_hours) {
+      auto r = deskfarm::ddc::parse_range(p);
+      if (!r) throw ConfigError("peak_hours", "peak_hours: '" + p + "' is not HH:MM-HH:MM (e.g. \"08:00-10:00\")");
+      s.peak_hours.push_back(*r);
+    }
+    s.utc_offset_min = c.utc_offset_min;
+    return s;
+  }
+
+  std::chrono::milliseconds timeout() const { return std::chrono::milliseconds(config_.request_timeout_ms); }
+  std::int64_t now_ms() const {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(ctx_.clock().now().time_since_epoch()).count();
+  }
+
+  const Group* group_of(const std::string& desktop) const {
+    for (const auto& [name, g] : groups_)
+      for (const auto& pattern : g.conf.desktops) {
+        if (!pattern.empty() && pattern.back() == '*') {
+          if (desktop.compare(0, pattern.size() - 1, pattern, 0, pattern.size() - 1) == 0) return &g;
+        } else if (pattern == desktop) {
+          return &g;
+        }
+      }
+    return nullptr;
+  }
+
+  Desk& desk(const std::string& name) {
+    auto [it, fresh] = desks_.try_emplace(name);
+    if (fresh) {
+      it->second.s.desktop = name;
+      if (const Group* g = group_of(name)) it->second.s.group = g->conf.name;
+    }
+    return it->second;
+  }
+
+  bool in_maintenance(const Desk& d) const {
+    if (d.maintenance) return true;
+    auto g = groups_.find(d.s.group);
+    return g != groups_.end() && g->second.maintenance;
+  }
+  bool idle(const Desk& d) const {
+    return d.s.registration == ddc::kRegistered && d.s.session_state == ddc::kNoSession && !in_maintenance(d) && d.s.assigned_to.empty();
+  }
+
+  /// Applies a new state of a desktop to the view and its indexes (idle sets, user sessions, assignments).
+  void apply(Desk& d, ddc::DesktopStatus next) {
+    auto g = groups_.find(d.s.group);
+    if (g != groups_.end()) g->second.idle.erase(d.s.desktop);
+    if (!d.s.user.empty()) user_desks_[d.s.user].erase(d.s.desktop);
+    if (!d.s.assigned_to.empty()) assigned_[d.s.assigned_to].erase(d.s.desktop);
+    next.group = d.s.group;
+    next.maintenance = in_maintenance(d);
+    if (next.registration == ddc::kRegistered) d.start_requested = {};
+    d.s = std::move(next);
+    if (!d.s.user.empty()) user_desks_[d.s.user].insert(d.s.desktop);
+    if (!d.s.assigned_to.empty()) assigned_[d.s.assigned_to].insert(d.s.desktop);
+    if (g != groups_.end() && idle(d)) g->second.idle.insert(d.s.desktop);
+  }
+  void reindex(Desk& d) { apply(d, d.s); }
+
+  /// Applies and tells the other controllers (and the farm's data collector) about a desktop this controller owns.
+  void commit(Desk& d, ddc::DesktopStatus next) {
+    next.since_ms = std::max(now_ms(), d.s.since_ms + 1);
+    apply(d, std::move(next));
+    publish(ctx_.bus(), ddc::subject(ctx_.name(), "desktops"), d.s);
+  }
+
+  void on_peer_update(const ddc::DesktopStatus& s) {
+    Desk& d = desk(s.desktop);
+    if (s.since_ms < d.s.since_ms) return;  // an older word than the one we hold
+    // Only the owner says a desktop left; a controller that lost an agent to another (or is partitioned) does not.
+    if (s.registration != ddc::kRegistered && d.s.registration == ddc::kRegistered && s.controller != d.s.controller) return;
+    if (d.s.controller == ctx_.name() && s.controller != ctx_.name() && d.s.registration == ddc::kRegistered &&
+        s.registration == ddc::kRegistered) {
+      // The agent moved to a peer (it lost us): forget its registration here.
+      d.token.clear();
+      --registered_here_;
+    }
+    apply(d, s);
+    registered_gauge_->set(static_cast<double>(registered_here_));
+  }
+
+  void on_peer_down(const InstanceInfo& i) {
+    if (i.plugin != "ddc" || i.name == ctx_.name()) return;
+    for (auto& [name, d] : desks_)
+      if (d.s.controller == i.name && d.s.registration == ddc::kRegistered) {
+        auto next = d.s;
+        next.registration = ddc::kUnregistered;
+        apply(d, std::move(next));  // its agents register again with a survivor, carrying their sessions
+      }
+  }
+
+  // ---- registration ----
+  ddc::Registered refuse_registration(const ddc::Register& r, const char* reason, std::string detail, bool counts_for_quarantine) {
+    refused_->inc();
+    ctx_.log().warning("registration of " + r.desktop + " (" + r.mac + ") refused: " + reason + ": " + detail);
+    if (counts_for_quarantine && desks_.contains(r.desktop)) failed_registration(desk(r.desktop), reason);
+    ddc::Registered out;
+    out.controller = ctx_.name();
+    out.reason = reason;
+    out.detail = std::move(detail);
+    return out;
+  }
+
+  void failed_registration(Desk& d, std::string_view why) {
+    const auto t = ctx_.clock().now();
+    d.failures.push_back(t);
+    std::erase_if(d.failures, [&](TimePoint f) { return f < t - std::chrono::seconds(config_.quarantine_window_s); });
+    if (static_cast<std::int64_t>(d.failures.size()) >= config_.quarantine_failures && d.quarantined_until <= t) {
+      d.quarantined_until = t + std::chrono::seconds(config_.quarantine_s);
+      d.failures.clear();
+      ctx_.log().warning(d.s.desktop + " quarantined for " + std::to_string(config_.quarantine_s) + " s after " +
+                         std::to_string(config_.quarantine_failures) + " failed registrations (last: " + std::string(why) + ")");
+    }
+  }
+
+  ddc::Registered on_register(const ddc::Register& r) {
+    const Group* g = group_of(r.desktop);
+    if (!g) return refuse_registration(r, ddc::kNotProvisioned, "no desktop group holds " + r.desktop + "; add it to a group's desktops", false);
+    Desk& d = desk(r.desktop);
+    const auto t = ctx_.clock().now();
+    if (d.quarantined_until > t)
+      return refuse_registration(r, ddc::kQuarantined, r.desktop + " is quarantined after repeated failed registrations; it is released at the end of quarantine_s", false);
+    const auto& key = config_.farm_key.reveal();
+    if (!key.empty() && !deskfarm::farm_key::verify(key, r.signing_text(ctx_.name()), r.signature))
+      return refuse_registration(r, ddc::kBadSignature, "the signature does not verify with the farm key; give the agent the controllers' farm_key", true);
+    if (!key.empty()) {
+      const std::int64_t skew = now_ms() - r.time_ms;
+      if (skew > config_.replay_window_s * 1000 || -skew > config_.replay_window_s * 1000)
+        return refuse_registration(r, ddc::kReplayed, "signed " + std::to_string(skew / 1000) + " s from now, outside replay_window_s", true);
+      if (!nonces_.emplace(r.nonce, t + std::chrono::seconds(config_.replay_window_s)).second)
+        return refuse_registration(r, ddc::kReplayed, "nonce " + r.nonce + " was used before", true);
+    }
+    auto next = d.s;
+    if (next.controller != ctx_.name() || next.registration != ddc::kRegistered) ++registered_here_;
+    next.registration = ddc::kRegistered;
+    next.controller = ctx_.name();
+    next.agent = r.agent;
+    next.vm = r.vm;
+    next.mac = r.mac;
+    next.hypervisor = r.hypervisor;
+    next.session_state = r.session_state.empty() ? ddc::kNoSession : r.session_state;
+    next.user = r.user;
+    next.endpoint = r.endpoint;
+    d.token = deskfarm::farm_key::random_hex(tokens_);
+    d.last_heartbeat = t;
+    d.reserved = false;
+    d.start_requested = {};
+    commit(d, std::move(next));
+    registrations_->inc();
+    registered_gauge_->set(static_cast<double>(registered_here_));
+    ddc::Registered out;
+    out.accepted = true;
+    out.controller = ctx_.name();
+    out.token = d.token;
+    out.proof = deskfarm::farm_key::sign(key, ddc::Registered::proof_text(ctx_.name(), r.nonce));
+    out.heartbeat_s = config_.heartbeat_s;
+    return out;
+  }
+
+  /// The desktop this agent holds a registration for here, or nothing (counted).
+  Desk* registered(const std::string& desktop, const std::string& token) {
+    auto it = desks_.find(desktop);
+    if (it == desks_.end() || it->second.s.controller != ctx_.name() || it->second.s.registration != ddc::kRegistered ||
+        it->second.token.empty() || it->second.token != token) {
+      hb_refused_->inc();
+      return nullptr;
+    }
+    return &it->second;
+  }
+  static ddc::Ack unknown(const std::string& desktop) {
+    return {false, ddc::kUnknownAgent, desktop + " is not registered here; register first"};
+  }
+
+  ddc::Ack on_heartbeat(const ddc::Heartbeat& h) {
+    Desk* d = registered(h.desktop, h.token);
+    if (!d) return unknown(h.desktop);
+    d->last_heartbeat = ctx_.clock().now();
+    return {true, "", ""};
+  }
+
+  void unregister(Desk& d, const std::string& why) {
+    auto next = d.s;
+    next.registration = ddc::kUnregistered;
+    d.token.clear();
+    d.reserved = false;
+    --registered_here_;
+    registered_gauge_->set(static_cast<double>(registered_here_));
+    commit(d, std::move(next));
+    ctx_.log().info(d.s.desktop + " deregistered: " + why);
+  }
+
+  ddc::Ack on_deregister(const ddc::Deregister& r) {
+    Desk* d = registered(r.desktop, r.token);
+    if (!d) return unknown(r.desktop);
+    unregister(*d, "the agent said " + (r.reason.empty() ? std::string("goodbye") : r.reason));
+    return {true, "", ""};
+  }
+
+  ddc::Ack on_session(const ddc::SessionEvent& e) {
+    Desk* d = registered(e.desktop, e.token);
+    if (!d) return unknown(e.desktop);
+    d->last_heartbeat = ctx_.clock().now();
+    auto next = d->s;
+    if (e.kind == ddc::kLogon || e.kind == ddc::kReconnect) {
+      next.session_state = ddc::kActive;
+      next.user = e.user;
+      next.endpoint = e.endpoint;
+    } else if (e.kind == ddc::kDisconnect) {
+      next.session_state = ddc::kDisconnected;
+    } else if (e.kind == ddc::kLogoff) {
+      const std::string user = next.user;
+      next.session_state = ddc::kNoSession;
+      next.user.clear();
+      next.endpoint.clear();
+      commit(*d, std::move(next));
+      checkin(user, e.desktop);
+      after_logoff(*d);
+      return {true, "", ""};
+    } else {
+      return {false, "bad_request", "session event '" + e.kind + "' is not logon, disconnect, reconnect or logoff"};
+    }
+    commit(*d, std::move(next));
+    return {true, "", ""};
+  }
+
+  void after_logoff(Desk& d) {
+    const auto g = groups_.find(d.s.group);
+    if (g == groups_.end() || !g->second.conf.restart_after_logoff || g->second.conf.kind == "assigned" || d.s.hypervisor.empty()) return;
+    ctx_.log().info(d.s.desktop + ": logged off; restarting it back to its base image");
+    power(d, "reboot");
+  }
+
+  void power(Desk& d, const std::string& action) {
+    if (action == "start") {
+      d.start_requested = ctx_.clock().now();
+      starts_->inc();
+    }
+    hv::VmAction a;
+    a.action = action;
+    a.vm = d.s.vm;
+    request<hv::VmAction, hv::Task>(ctx_.bus(), hv::request_subject(d.s.hypervisor, "vm.action"), a, timeout(),
+                                    [this, name = d.s.desktop, action](Reply<hv::Task> t) {
+                                      if (!t) ctx_.log().warning(name + ": " + action + " not sent to the hypervisor: " + t.error().message);
+                                      else if (t->state == "failed") ctx_.log().warning(name + ": " + action + " failed: " + t->error_code + " " + t->error);
+                                    });
+  }
+
+  void sweep() {
+    if (stopped_) return;
+    const auto t = ctx_.clock().now();
+    const auto limit = std::chrono::seconds(config_.deregister_after_s);
+    for (auto& [name, d] : desks_) {
+      if (d.s.controller == ctx_.name() && d.s.registration == ddc::kRegistered && t - d.last_heartbeat >= limit) {
+        deregistered_->inc();
+        unregister(d, "no heartbeat for " + std::to_string(config_.deregister_after_s) + " s");
+      }
+      if (d.start_requested != TimePoint{} && d.s.registration != ddc::kRegistered &&
+          t - d.start_requested > std::chrono::seconds(config_.boot_timeout_s)) {
+        d.start_requested = {};
+        failed_registration(d, "started but never registered");
+      }
+    }
+    std::erase_if(nonces_, [&](const auto& n) { return n.second < t; });
+  }
+
+  // ---- brokering ----
+  using Done = std::function<void(ddc::BrokerDecision)>;
+
+  static ddc::BrokerDecision refusal(const char* reason, std::string why) {
+    ddc::BrokerDecision d;
+    d.outcome = "refused";
+    d.reason = reason;
+    d.why = std::move(why);
+    return d;
+  }
+
+  bool entitled(const Group& g, const std::string& user) const {
+    return g.conf.users.empty() || std::find(g.conf.users.begin(), g.conf.users.end(), user) != g.conf.users.end();
+  }
+
+  void broker(const ddc::BrokerRequest& q, Done done) {
+    auto finish = [this, done = std::move(done)](ddc::BrokerDecision d) {
+      decisions_->inc();
+      d.broker = ctx_.name();
+      done(std::move(d));
+    };
+    if (q.user.empty()) return finish(refusal(ddc::kNotEntitled, "no user named; give user (and endpoint)"));
+    std::vector<const Group*> groups;
+    for (const auto& [name, g] : groups_)
+      if ((q.group.empty() || q.group == name) && entitled(g, q.user)) groups.push_back(&g);
+    if (groups.empty())
+      return finish(refusal(ddc::kNotEntitled, q.user + " is entitled to " + (q.group.empty() ? "no desktop group" : "group " + q.group)));
+    auto in_groups = [&](const Desk& d) {
+      return std::any_of(groups.begin(), groups.end(), [&](const Group* g) { return g->conf.name == d.s.group; });
+    };
+    std::vector<Candidate> candidates;
+    std::vector<std::string> notes;
+    bool maintenance_seen = false;
+    // 1. The user's own session, by the group's reconnect rule.
+    if (auto u = user_desks_.find(q.user); u != user_desks_.end())
+      for (const auto& name : u->second) {
+        const Desk& d = desks_.at(name);
+        if (!in_groups(d) || d.s.registration != ddc::kRegistered) continue;
+        const auto& rule = groups_.at(d.s.group).conf.reconnect;
+        if (in_maintenance(d)) {
+          maintenance_seen = true;
+          notes.push_back(name + " holds a session of " + q.user + " but is in maintenance mode (no reconnect to a desktop OS in maintenance)");
+        } else if (d.s.session_state == ddc::kDisconnected) {
+          if (rule == "same_endpoint_only" && d.s.endpoint != q.endpoint)
+            notes.push_back(name + " holds a disconnected session of " + q.user + " from " + d.s.endpoint +
+                            ", and the rule same_endpoint_only does not reconnect it from " + q.endpoint);
+          else
+            candidates.push_back({name, ddc::kReconnect, "reconnects " + q.user + " to the disconnected session on " + name + " (rule " + rule + ")", false});
+        } else if (d.s.session_state == ddc::kActive) {
+          if (rule == "always")
+            candidates.push_back({name, ddc::kReconnect, "roams the active session of " + q.user + " on " + name + " from " + d.s.endpoint + " to " + q.endpoint + " (rule always)", false});
+          else
+            notes.push_back(name + " holds an active session of " + q.user + "; rule " + rule + " does not roam it");
+        }
+      }
+    // 2. The user's assigned (or static) desktop.
+    if (candidates.empty())
+      if (auto a = assigned_.find(q.user); a != assigned_.end())
+        for (const auto& name : a->second) {
+          Desk& d = desks_.at(name);
+          if (!in_groups(d)) continue;
+          if (in_maintenance(d)) {
+            maintenance_seen = true;
+            notes.push_back(name + " is assigned to " + q.user + " but in maintenance mode");
+          } else if (d.s.registration == ddc::kRegistered && d.s.session_state == ddc::kNoSession) {
+            candidates.push_back({name, ddc::kLogon, name + " is assigned to " + q.user + " (group " + d.s.group + ")", false});
+          } else if (d.s.registration != ddc::kRegistered && !d.s.hypervisor.empty() && d.s.vm.size()) {
+            if (d.start_requested == TimePoint{}) power(d, "start");
+            ddc::BrokerDecision s;
+            s.outcome = "starting";
+            s.reason = ddc::kStarting;
+            s.desktop = name;
+            s.group = d.s.group;
+            s.why = name + " is assigned to " + q.user + " and not registered; it is being started through " + d.s.hypervisor + ": ask again";
+            return finish(std::move(s));
+          }
+        }
+    // 3. An idle desktop: up to three, so one taken meanwhile or refused by its agent does not fail the request.
+    if (candidates.empty()) {
+      for (const Group* g : groups) {
+        const bool keeps = g->conf.kind != "pooled-random";
+        if (keeps && assigned_.contains(q.user) &&
+            std::any_of(assigned_.at(q.user).begin(), assigned_.at(q.user).end(), [&](const std::string& n) { return desks_.at(n).s.group == g->conf.name; }))
+          continue;  // the user's own desktop in this group is busy or starting: not a second one
+        std::set<std::string> picked;
+        for (int i = 0; i < 3 && picked.size() < g->idle.size(); ++i) {
+          const std::string& name = g->idle.pick(rng_);
+          if (!picked.insert(name).second) continue;
+          candidates.push_back({name, ddc::kLogon,
+                                name + " is idle in group " + g->conf.name + " (" + g->conf.kind + ", picked at random among " +
+                                    std::to_string(g->idle.size()) + " idle)" + (keeps ? "; now assigned to " + q.user : ""),
+                                keeps});
+        }
+      }
+    }
+    if (candidates.empty()) {
+      // 4. Start one: the pool service's job, done now for this user.
+      for (const Group* g : groups) {
+        if (g->conf.hypervisor.empty()) continue;
+        if (Desk* d = startable(*g)) {
+          power(*d, "start");
+          ddc::BrokerDecision s;
+          s.outcome = "starting";
+          s.reason = ddc::kStarting;
+          s.desktop = d->s.desktop;
+          s.group = g->conf.name;
+          s.why = "no idle desktop in group " + g->conf.name + "; started " + d->s.desktop + " through " + g->conf.hypervisor + ": ask again";
+          return finish(std::move(s));
+        }
+      }
+      for (const Group* g : groups)
+        if (g->maintenance) maintenance_seen = true;
+      std::string why = maintenance_seen ? "the only desktops for " + q.user + " are in maintenance mode" : "no idle desktop for " + q.user + " and none left to start";
+      for (const auto& n : notes) why += "; " + n;
+      return finish(refusal(maintenance_seen ? ddc::kMaintenance : ddc::kNoDesktop, std::move(why)));
+    }
+    auto job = std::make_shared<std::vector<Candidate>>(std::move(candidates));
+    checkout(q.user, job->front().desktop, [this, q, job, finish](bool ok, bool licensed, std::string note) {
+      if (!ok) return finish(refusal(ddc::kNoLicense, note));
+      try_candidate(q, job, 0, licensed, note, {}, finish);
+    });
+  }
+
+  void try_candidate(const ddc::BrokerRequest& q, std::shared_ptr<std::vector<Candidate>> job, std::size_t i, bool licensed,
+                     std::string license_note, std::string refusals, Done finish) {
+    if (i >= job->size()) {
+      checkin(q.user, "");
+      return finish(refusal(ddc::kAgentRefused, "every candidate was refused: " + refusals));
+    }
+    const Candidate& c = (*job)[i];
+    const Desk& d = desks_.at(c.desktop);
+    ddc::Prepare p{c.desktop, q.user, q.endpoint, c.kind, ctx_.name(), c.why, c.assign};
+    auto next = [this, q, job, i, licensed, license_note, refusals, finish](ddc::BrokerDecision r) mutable {
+      if (r.outcome == "connect") {
+        r.licensed = licensed;
+        if (!license_note.empty()) r.why += "; " + license_note;
+        return finish(std::move(r));
+      }
+      try_candidate(q, job, i + 1, licensed, license_note, refusals + (refusals.empty() ? "" : "; ") + r.why, finish);
+    };
+    if (d.s.controller == ctx_.name()) return prepare(p, next);
+    // The owner decides: forward, so two controllers never hand one desktop to two users.
+    request<ddc::Prepare, ddc::BrokerDecision>(ctx_.bus(), ddc::subject(d.s.controller, "prepare"), p, timeout(),
+                                              [next, owner = d.s.controller, name = c.desktop](Reply<ddc::BrokerDecision> r) mutable {
+                                                if (r) return next(*r);
+                                                next(refusal(ddc::kNoDesktop, "owner " + owner + " of " + name + " did not answer: " + r.error().message));
+                                              });
+  }
+
+  /// The owner's half: reserve the desktop, ask its agent, record the session.
+  void prepare(const ddc::Prepare& p, Done done) {
+    auto it = desks_.find(p.desktop);
+    if (it == desks_.end() || it->second.s.controller != ctx_.name() || it->second.s.registration != ddc::kRegistered)
+      return done(refusal(ddc::kNoDesktop, p.desktop + " is not registered with " + ctx_.name()));
+    Desk& d = it->second;
+    if (in_maintenance(d)) return done(refusal(ddc::kMaintenance, p.desktop + " is in maintenance mode"));
+    if (d.reserved) return done(refusal(ddc::kNoDesktop, p.desktop + " is being handed to another user"));
+    if (p.kind == ddc::kLogon && (d.s.session_state != ddc::kNoSession || (!d.s.assigned_to.empty() && d.s.assigned_to != p.user)))
+      return done(refusal(ddc::kNoDesktop, p.desktop + " was taken meanwhile"));
+    if (p.kind == ddc::kReconnect && d.s.user != p.user) return done(refusal(ddc::kNoDesktop, p.desktop + " no longer holds a session of " + p.user));
+    d.reserved = true;
+    ddc::PrepareSession ps{p.desktop, ctx_.name(), p.kind, p.user, p.endpoint};
+    request<ddc::PrepareSession, ddc::Ack>(
+        ctx_.bus(), ddc::agent_subject(d.s.agent, "prepare"), ps, timeout(),
+        [this, p, token = d.token, done = std::move(done)](Reply<ddc::Ack> ack) {
+          auto found = desks_.find(p.desktop);
+          if (found == desks_.end() || found->second.token != token) return done(refusal(ddc::kNoDesktop, p.desktop + " deregistered meanwhile"));
+          Desk& dk = found->second;
+          dk.reserved = false;
+          if (!ack || !ack->ok)
+            return done(refusal(ddc::kAgentRefused, "the agent of " + p.desktop + " refused: " + (ack ? ack->detail : ack.error().message)));
+          auto next = dk.s;
+          next.session_state = ddc::kActive;
+          next.user = p.user;
+          next.endpoint = p.endpoint;
+          std::string stored;
+          if (p.assign && next.assigned_to.empty()) {
+            next.assigned_to = p.user;
+            stored = persist_assignment(p.desktop, p.user, dk.s.group);
+          }
+          commit(dk, std::move(next));
+          ddc::BrokerDecision out;
+          out.outcome = "connect";
+          out.desktop = p.desktop;
+          out.group = dk.s.group;
+          out.kind = p.kind;
+          out.controller = ctx_.name();
+          out.address = dk.s.desktop;
+          out.why = p.why + (p.broker == ctx_.name() ? "" : "; decided by its owner " + ctx_.name());
+          if (!stored.empty()) out.why += "; " + stored;
+          done(std::move(out));
+        });
+  }
+
+  /// Written at once, on the executor: an assignment is made once per user and desktop, and it must be in the
+  /// store before the user is told (a controller restart right after must not lose it). Returns "" or the problem.
+  std::string persist_assignment(const std::string& desktop, const std::string& user, const std::string& group) {
+    try {
+      auto s = ctx_.store().session();
+      std::string d = desktop, u = user, g = group;
+      Poco::Int64 t = now_ms();
+      Poco::Data::Transaction tx(s);
+      s << sql(s, "DELETE FROM ddc_assignments WHERE desktop = ?"), use(d), now;
+      s << sql(s, "INSERT INTO ddc_assignments (desktop, user_name, grp, since_ms) VALUES (?, ?, ?, ?)"), use(d), use(u), use(g), use(t), now;
+      tx.commit();
+      return "";
+    } catch (const std::exception& e) {
+      ctx_.log().error("assignment of " + desktop + " to " + user + " not stored: " + e.what() + "; check the data store");
+      return "the assignment is not stored (data store: " + std::string(e.what()) + ")";
+    }
+  }
+
+  // ---- licences (plugins/license serves them) ----
+  void checkout(const std::string& user, const std::string& desktop, std::function<void(bool, bool, std::string)> then) {
+    if (config_.license.empty()) return then(true, false, "");
+    request<ddc::LicenseCheckout, ddc::LicenseGrant>(
+        ctx_.bus(), ddc::license_subject(config_.license, "checkout"), ddc::LicenseCheckout{user, desktop, ctx_.name()}, timeout(),
+        [this, then = std::move(then)](Reply<ddc::LicenseGrant> g) {
+          if (!g) return then(true, false, "licence server " + config_.license + " unreachable (" + g.error().code + "): brokered without a licence");
+          if (!g->granted) return then(false, false, "licence server " + config_.license + " refused: " + g->reason);
+          then(true, true, g->grace ? "licence granted in grace" : "");
+        });
+  }
+  void checkin(const std::string& user, const std::string& desktop) {
+    if (config_.license.empty() || user.empty()) return;
+    if (auto u = user_desks_.find(user); u != user_desks_.end() && !u->second.empty()) return;  // not the last session
+    request<ddc::LicenseCheckout, ddc::LicenseGrant>(ctx_.bus(), ddc::license_subject(config_.license, "checkin"),
+                                                     ddc::LicenseCheckout{user, desktop, ctx_.name()}, timeout(), [](Reply<ddc::LicenseGrant>) {});
+  }
+
+  // ---- pool service ----
+  bool is_master() const {
+    std::string first = ctx_.name();
+    for (const auto& i : ctx_.instances("ddc"))
+      if (i.name < first) first = i.name;
+    return first == ctx_.name();
+  }
+
+  /// An off desktop of the group the pool may start (known from the hypervisor's inventory).
+  Desk* startable(const Group& g) {
+    const auto t = ctx_.clock().now();
+    auto inv = inventories_.find(g.conf.hypervisor);
+    if (inv == inventories_.end()) return nullptr;
+    for (const auto& vm : inv->second.vms) {
+      if (vm.power_state != hv::kOff) continue;
+      const Group* owner = group_of(vm.name);
+      if (owner != &g) continue;
+      Desk& d = desk(vm.name);
+      if (d.s.registration == ddc::kRegistered || in_maintenance(d) || d.quarantined_until > t || d.start_requested != TimePoint{}) continue;
+      if (!d.s.assigned_to.empty() && g.conf.kind != "pooled-random") continue;  // someone's own desktop starts for its owner
+      if (d.s.vm.empty()) {
+        auto next = d.s;
+        next.vm = vm.id;
+        next.mac = vm.mac;
+        next.hypervisor = g.conf.hypervisor;
+        apply(d, std::move(next));
+      }
+      return &d;
+    }
+    return nullptr;
+  }
+
+  std::int64_t target(const Group& g) const {
+    switch (schedule_.at(ctx_.clock().now())) {
+      case deskfarm::ddc::Period::peak: return g.conf.idle_peak;
+      case deskfarm::ddc::Period::business: return g.conf.idle_business;
+      default: return g.conf.idle_off_hours;
+    }
+  }
+
+  void pool_pass() {
+    if (stopped_) return;
+    std::set<std::string> hypervisors;
+    for (const auto& [name, g] : groups_)
+      if (!g.conf.hypervisor.empty()) hypervisors.insert(g.conf.hypervisor);
+    for (const auto& h : hypervisors)
+      request<Empty, hv::Inventory>(ctx_.bus(), hv::request_subject(h, "inventory"), Empty{}, timeout(), [this, h](Reply<hv::Inventory> inv) {
+        if (!inv) return;
+        inventories_[h] = *inv;
+        if (is_master()) keep_targets(h);
+      });
+  }
+
+  void keep_targets(const std::string& hypervisor) {
+    const auto t = ctx_.clock().now();
+    std::int64_t budget = config_.max_starts_per_tick;
+    for (auto& [name, g] : groups_) {
+      if (g.conf.hypervisor != hypervisor || g.maintenance) continue;
+      const std::int64_t want = target(g);
+      std::int64_t booting = 0;
+      for (const auto& [dn, d] : desks_)
+        if (d.s.group == name && d.s.registration != ddc::kRegistered && d.start_requested != TimePoint{} &&
+            t - d.start_requested <= std::chrono::seconds(config_.boot_timeout_s))
+          ++booting;
+      std::int64_t deficit = want - static_cast<std::int64_t>(g.idle.size()) - booting;
+      std::vector<std::string> started;
+      while (deficit > 0 && budget > 0) {
+        Desk* d = startable(g);
+        if (!d) break;
+        power(*d, "start");
+        started.push_back(d->s.desktop);
+        --deficit;
+        --budget;
+      }
+      if (!started.empty()) {
+        std::string list;
+        for (const auto& s : started) list += (list.empty() ? "" : ", ") + s;
+        ctx_.log().info("pool " + name + " (" + std::string(deskfarm::ddc::period_name(schedule_.at(t))) + "): " +
+                        std::to_string(g.idle.size()) + " idle of target " + std::to_string(want) + "; starting " + list);
+      }
+    }
+  }
+
+  // ---- admin ----
+  ddc::Ack maintenance(const ddc::Maintenance& m) {
+    if (!m.group.empty()) {
+      auto g = groups_.find(m.group);
+      if (g == groups_.end()) return {false, "unknown_group", "no group '" + m.group + "'; see admin.groups"};
+      g->second.maintenance = m.on;
+      for (auto& [name, d] : desks_)
+        if (d.s.group == m.group) reindex(d);
+    }
+    if (!m.desktop.empty()) {
+      if (!group_of(m.desktop)) return {false, ddc::kNotProvisioned, "no group holds desktop '" + m.desktop + "'"};
+      Desk& d = desk(m.desktop);
+      d.maintenance = m.on;
+      reindex(d);
+    }
+    if (m.group.empty() && m.desktop.empty()) return {false, "bad_request", "name a desktop or a group"};
+    ctx_.log().info("maintenance " + std::string(m.on ? "on" : "off") + " for " + (m.group.empty() ? m.desktop : "group " + m.group));
+    return {true, "", ""};
+  }
+
+  ddc::DesktopList list(const ddc::DesktopQuery& q) const {
+    ddc::DesktopList out;
+    std::map<std::string, const Desk*> sorted;
+    for (const auto& [name, d] : desks_)
+      if (!d.s.group.empty() && (q.group.empty() || d.s.group == q.group) && (q.user.empty() || d.s.user == q.user || d.s.assigned_to == q.user))
+        sorted.emplace(name, &d);
+    for (const auto& [name, d] : sorted) {
+      auto s = d->s;
+      if (d->quarantined_until > ctx_.clock().now()) s.registration = ddc::kQuarantined;
+      out.desktops.push_back(std::move(s));
+    }
+    return out;
+  }
+
+  ddc::GroupList group_list() const {
+    ddc::GroupList out;
+    const auto t = ctx_.clock().now();
+    for (const auto& [name, g] : groups_) {
+      ddc::GroupStatus s;
+      s.name = name;
+      s.kind = g.conf.kind;
+      s.reconnect = g.conf.reconnect;
+      s.period = std::string(deskfarm::ddc::period_name(schedule_.at(t)));
+      s.idle_target = target(g);
+      s.idle = static_cast<std::int64_t>(g.idle.size());
+      for (const auto& [dn, d] : desks_) {
+        if (d.s.group != name) continue;
+        ++s.desktops;
+        if (d.s.registration == ddc::kRegistered) ++s.registered;
+        if (d.s.session_state == ddc::kActive) ++s.in_use;
+        if (d.s.session_state == ddc::kDisconnected) ++s.disconnected;
+        if (in_maintenance(d)) ++s.maintenance;
+        if (d.quarantined_until > t) ++s.quarantined;
+      }
+      out.groups.push_back(std::move(s));
+    }
+    return out;
+  }
+
+  Context& ctx_;
+  DdcConfig config_;
+  std::mt19937_64 rng_;
+  std::mt19937_64 tokens_{std::random_device{}()};  ///< tokens are credentials: never from the seed
+  deskfarm::ddc::Schedule schedule_;
+  std::map<std::string, Group> groups_;
+  std::unordered_map<std::string, Desk> desks_;
+  std::unordered_map<std::string, std::set<std::string>> user_desks_;  ///< user → desktops holding a session of theirs
+  std::unordered_map<std::string, std::set<std::string>> assigned_;    ///< user → desktops assigned to them
+  std::unordered_map<std::string, TimePoint> nonces_;                  ///< registration nonces seen, until they expire
+  std::unordered_map<std::string, hv::Inventory> inventories_;
+  std::size_t registered_here_ = 0;
+  bool stopped_ = false;
+  std::vector<Subscription> subs_;
+  Counter* registrations_ = nullptr;
+  Counter* refused_ = nullptr;
+  Counter* hb_refused_ = nullptr;
+  Counter* deregistered_ = nullptr;
+  Counter* decisions_ = nullptr;
+  Counter* starts_ = nullptr;
+  Gauge* registered_gauge_ = nullptr;
+};
+
+}  // namespace
+
+DESKFARM_PLUGIN(Ddc, "ddc", "1.0.0", "Desktop Delivery Controller: agent registration and heartbeats, desktop groups, pool service, brokering with a why",
+                provides, nullptr, config_schema)

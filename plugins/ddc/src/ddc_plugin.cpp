@@ -18,6 +18,7 @@
 
 #include <deskfarm/interfaces/ddc/ddc.hpp>
 #include <deskfarm/interfaces/hypervisor/hypervisor.hpp>
+#include <deskfarm/interfaces/license/grace.hpp>
 #include <deskfarm/sdk/plugin.hpp>
 #include <deskfarm/sdk/store.hpp>
 
@@ -33,6 +34,7 @@ using Poco::Data::Keywords::now;
 using Poco::Data::Keywords::use;
 namespace ddc = deskfarm::interfaces::ddc;
 namespace hv = deskfarm::interfaces::hypervisor;
+namespace lic = deskfarm::interfaces::license;
 
 struct GroupConf {
   std::string name, kind, reconnect, hypervisor;
@@ -47,6 +49,7 @@ struct DdcConfig {
   std::int64_t heartbeat_s = 30, deregister_after_s = 60, replay_window_s = 120;
   std::int64_t quarantine_failures = 5, quarantine_window_s = 600, quarantine_s = 600;
   std::string license;
+  std::string license_farm;
   std::int64_t request_timeout_ms = 5000, pool_interval_s = 10, max_starts_per_tick = 10, boot_timeout_s = 600;
   std::vector<std::string> business_days;
   std::string business_hours;
@@ -79,6 +82,7 @@ constexpr auto config_schema = schema<DdcConfig>(
     option("quarantine_window_s", &DdcConfig::quarantine_window_s, "600", "the window quarantine_failures are counted in").range(1, 86400),
     option("quarantine_s", &DdcConfig::quarantine_s, "600", "how long a quarantined desktop is neither registered nor started").range(1, 604800),
     option("license", &DdcConfig::license, "\"\"", "licence server instance (license.<instance>.checkout); \"\" = broker without licences (logged)"),
+    option("license_farm", &DdcConfig::license_farm, "\"farm\"", "the farm whose licences this controller checks out (a farm of the licence server)"),
     option("request_timeout_ms", &DdcConfig::request_timeout_ms, "5000", "how long the controller waits for an agent, a peer, the hypervisor or the licence server").range(10, 600000),
     option("pool_interval_s", &DdcConfig::pool_interval_s, "10", "seconds between pool-service passes (pool master only)").range(1, 3600),
     option("max_starts_per_tick", &DdcConfig::max_starts_per_tick, "10", "desktops the pool service starts per pass at most").range(0, 100000),
@@ -197,7 +201,11 @@ class Ddc final : public Plugin {
       }
     }
     if (config_.farm_key.reveal().empty()) ctx_.log().warning("no farm_key: agents register without authentication");
-    if (config_.license.empty()) ctx_.log().info("no licence server configured: brokering without licences");
+    if (config_.license.empty())
+      ctx_.log().info("no licence server configured: brokering without licences");
+    else
+      licenses_ = std::make_unique<lic::LicenseClient>(
+          ctx_.bus(), ctx_.clock(), lic::ClientOptions{.server = config_.license, .farm = config_.license_farm, .timeout = timeout()});
     auto& bus = ctx_.bus();
     const auto& me = ctx_.name();
     subs_.push_back(serve<ddc::Register, ddc::Registered>(bus, ddc::subject(me, "register"), [this](const ddc::Register& r) { return on_register(r); }));
@@ -636,33 +644,41 @@ class Ddc final : public Plugin {
       return finish(refusal(maintenance_seen ? ddc::kMaintenance : ddc::kNoDesktop, std::move(why)));
     }
     auto job = std::make_shared<std::vector<Candidate>>(std::move(candidates));
-    checkout(q.user, job->front().desktop, [this, q, job, finish](bool ok, bool licensed, std::string note) {
+    try_candidate(q, job, 0, {}, finish);
+  }
+
+  /// One candidate after another: a licence for the session on it (the session id is the desktop: one session per
+  /// desktop), then its owner prepares it. A licence taken for a candidate that refuses goes back at once.
+  void try_candidate(const ddc::BrokerRequest& q, std::shared_ptr<std::vector<Candidate>> job, std::size_t i,
+                     std::string refusals, Done finish) {
+    if (i >= job->size()) return finish(refusal(ddc::kAgentRefused, "every candidate was refused: " + refusals));
+    const Candidate c = (*job)[i];
+    checkout(q.user, c.desktop, [this, q, job, i, c, refusals, finish](bool ok, bool licensed, std::string note) mutable {
       if (!ok) return finish(refusal(ddc::kNoLicense, note));
-      try_candidate(q, job, 0, licensed, note, {}, finish);
+      const auto d = desks_.find(c.desktop);
+      if (d == desks_.end()) return try_candidate(q, job, i + 1, refusals, finish);
+      ddc::Prepare p{c.desktop, q.user, q.endpoint, c.kind, ctx_.name(), c.why, c.assign};
+      auto next = [this, q, job, i, c, licensed, note, refusals, finish](ddc::BrokerDecision r) mutable {
+        if (r.outcome == "connect") {
+          r.licensed = licensed;
+          if (!note.empty()) r.why += "; " + note;
+          return finish(std::move(r));
+        }
+        // A reconnect keeps the licence its session holds; a new session that did not happen gives it back.
+        if (licensed && c.kind != ddc::kReconnect) checkin(q.user, c.desktop);
+        try_candidate(q, job, i + 1, refusals + (refusals.empty() ? "" : "; ") + r.why, finish);
+      };
+      prepare_on_owner(d->second, p, std::move(next));
     });
   }
 
-  void try_candidate(const ddc::BrokerRequest& q, std::shared_ptr<std::vector<Candidate>> job, std::size_t i, bool licensed,
-                     std::string license_note, std::string refusals, Done finish) {
-    if (i >= job->size()) {
-      checkin(q.user, "");
-      return finish(refusal(ddc::kAgentRefused, "every candidate was refused: " + refusals));
-    }
-    const Candidate& c = (*job)[i];
-    const Desk& d = desks_.at(c.desktop);
-    ddc::Prepare p{c.desktop, q.user, q.endpoint, c.kind, ctx_.name(), c.why, c.assign};
-    auto next = [this, q, job, i, licensed, license_note, refusals, finish](ddc::BrokerDecision r) mutable {
-      if (r.outcome == "connect") {
-        r.licensed = licensed;
-        if (!license_note.empty()) r.why += "; " + license_note;
-        return finish(std::move(r));
-      }
-      try_candidate(q, job, i + 1, licensed, license_note, refusals + (refusals.empty() ? "" : "; ") + r.why, finish);
-    };
+  /// The desktop's owner decides: this controller, or the one it is registered with (forwarded), so two
+  /// controllers never hand one desktop to two users.
+  template <class Next>
+  void prepare_on_owner(const Desk& d, const ddc::Prepare& p, Next next) {
     if (d.s.controller == ctx_.name()) return prepare(p, next);
-    // The owner decides: forward, so two controllers never hand one desktop to two users.
     request<ddc::Prepare, ddc::BrokerDecision>(ctx_.bus(), ddc::subject(d.s.controller, "prepare"), p, timeout(),
-                                              [next, owner = d.s.controller, name = c.desktop](Reply<ddc::BrokerDecision> r) mutable {
+                                              [next, owner = d.s.controller, name = p.desktop](Reply<ddc::BrokerDecision> r) mutable {
                                                 if (r) return next(*r);
                                                 next(refusal(ddc::kNoDesktop, "owner " + owner + " of " + name + " did not answer: " + r.error().message));
                                               });
@@ -731,22 +747,18 @@ class Ddc final : public Plugin {
     }
   }
 
-  // ---- licences (plugins/license serves them) ----
+  // ---- licences (plugins/license serves them; interfaces/license's client keeps the 30-day grace) ----
+  /// `then(ok, licensed, note)`: ok = the session may start; licensed = it holds a licence (or a grace grant).
   void checkout(const std::string& user, const std::string& desktop, std::function<void(bool, bool, std::string)> then) {
-    if (config_.license.empty()) return then(true, false, "");
-    request<ddc::LicenseCheckout, ddc::LicenseGrant>(
-        ctx_.bus(), ddc::license_subject(config_.license, "checkout"), ddc::LicenseCheckout{user, desktop, ctx_.name()}, timeout(),
-        [this, then = std::move(then)](Reply<ddc::LicenseGrant> g) {
-          if (!g) return then(true, false, "licence server " + config_.license + " unreachable (" + g.error().code + "): brokered without a licence");
-          if (!g->granted) return then(false, false, "licence server " + config_.license + " refused: " + g->reason);
-          then(true, true, g->grace ? "licence granted in grace" : "");
-        });
+    if (!licenses_) return then(true, false, "");
+    licenses_->checkout(user, desktop, [this, then = std::move(then)](lic::CheckoutReply r) {
+      if (!r.granted) return then(false, false, "licence server " + config_.license + " refused (" + r.code + "): " + r.reason);
+      then(true, true, r.grace ? "licence granted in grace (" + std::to_string(r.grace_hours_left) + " h left): " + r.reason : "");
+    });
   }
+  /// The session on `desktop` ended; the user's licence goes back with the last one (the server counts them).
   void checkin(const std::string& user, const std::string& desktop) {
-    if (config_.license.empty() || user.empty()) return;
-    if (auto u = user_desks_.find(user); u != user_desks_.end() && !u->second.empty()) return;  // not the last session
-    request<ddc::LicenseCheckout, ddc::LicenseGrant>(ctx_.bus(), ddc::license_subject(config_.license, "checkin"),
-                                                     ddc::LicenseCheckout{user, desktop, ctx_.name()}, timeout(), [](Reply<ddc::LicenseGrant>) {});
+    if (licenses_ && !user.empty()) licenses_->checkin(user, desktop);
   }
 
   // ---- pool service ----
@@ -893,6 +905,7 @@ class Ddc final : public Plugin {
 
   Context& ctx_;
   DdcConfig config_;
+  std::unique_ptr<lic::LicenseClient> licenses_;  ///< none without a `license` key
   std::mt19937_64 rng_;
   std::mt19937_64 tokens_{std::random_device{}()};  ///< tokens are credentials: never from the seed
   deskfarm::ddc::Schedule schedule_;

@@ -28,6 +28,7 @@ struct Farm {
   std::string ddc_extra;
   std::string vda_extra;
   int controllers = 2;
+  std::string more;  ///< further instances, appended as written
 
   std::string manifest() const {
     std::string m = "[deployment]\nname = \"farm\"\nclock = \"virtual\"\nclock_start = " + start + "\n\n"
@@ -43,7 +44,7 @@ struct Farm {
       m += "[instances." + name + "]\nplugin = \"ddc\"\nfarm_key = \"" + kKey + "\"\ngroups = [{ " + group + " }]\n" + ddc_extra + "\n";
     }
     m += "[instances.vda-1]\nplugin = \"vda\"\ncontrollers = [" + list + "]\nfarm_key = \"" + kKey + "\"\n" + vda_extra;
-    return m;
+    return m + "\n" + more;
   }
 };
 
@@ -372,4 +373,27 @@ TEST_CASE("a manifest with a bad period or a group without desktops is refused a
   Farm g;
   g.group = "name = \"empty\", desktops = []";
   CHECK_THROWS_WITH(Harness(g.manifest(), options()), Catch::Contains("lists no desktops"));
+}
+
+TEST_CASE("brokering checks a licence out of the licence server per user and back at logoff; a full farm refuses") {
+  Farm f;
+  f.ddc_extra = "license = \"lic\"\nlicense_farm = \"farm\"\n";
+  f.more = "[instances.lic]\nplugin = \"license\"\nfarms = [{ name = \"farm\", licenses = 1 }]\n";
+  Harness h(f.manifest(), options());
+  h.start();
+  boot_all(h);
+  auto alice = broker(h, "alice", "laptop");
+  REQUIRE(alice.outcome == "connect");
+  CHECK(alice.licensed);
+  // One licence in the farm, held by alice: bob is refused through either controller, with the server's reason.
+  auto bob = broker(h, "bob", "kiosk", "ddc-2");
+  CHECK(bob.outcome == "refused");
+  CHECK(bob.reason == ddc::kNoLicense);
+  CHECK_THAT(bob.why, Catch::Contains("licences are in use"));
+  // alice logs off: her last session gives the licence back, and bob gets it.
+  REQUIRE(h.request<ddc::SessionAction, ddc::Ack>("vda.vda-1.admin.session", ddc::SessionAction{alice.desktop, "logoff", ""})->ok);
+  h.advance(1s);
+  auto again = broker(h, "bob", "kiosk", "ddc-2");
+  CHECK(again.outcome == "connect");
+  CHECK(again.licensed);
 }

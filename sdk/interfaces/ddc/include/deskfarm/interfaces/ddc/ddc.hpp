@@ -208,7 +208,7 @@ struct BrokerDecision {
   std::string address;     ///< where the client connects: the desktop's MAC-named host for now
   std::string reason;
   std::string why;
-  bool licensed = false;   ///< a licence was checked out (false: no licence server configured or in grace)
+  bool licensed = false;   ///< a licence was checked out, or granted in grace (`why` says so); false: no licence server
   static constexpr auto fields() {
     return std::tuple{field("outcome", &BrokerDecision::outcome), field("desktop", &BrokerDecision::desktop),
                       field("group", &BrokerDecision::group),     field("kind", &BrokerDecision::kind),
@@ -319,34 +319,9 @@ struct Maintenance {
   }
 };
 
-// ---- controller → licence server (served by plugins/license) ----
-/// license.<instance>.checkout (LicenseCheckout) → LicenseGrant; license.<instance>.checkin (LicenseCheckout)
-/// → LicenseGrant. One concurrent licence per user however many sessions; checked in at the last logoff.
-struct LicenseCheckout {
-  static constexpr std::string_view type_name = "deskfarm.ddc.LicenseCheckout";
-  static constexpr std::uint32_t type_version = 1;
-  std::string user;
-  std::string desktop;
-  std::string controller;
-  static constexpr auto fields() {
-    return std::tuple{field("user", &LicenseCheckout::user), field("desktop", &LicenseCheckout::desktop),
-                      field("controller", &LicenseCheckout::controller)};
-  }
-};
-struct LicenseGrant {
-  static constexpr std::string_view type_name = "deskfarm.ddc.LicenseGrant";
-  static constexpr std::uint32_t type_version = 1;
-  bool granted = false;
-  std::string reason;  ///< why not ("all 50 licences in use")
-  bool grace = false;  ///< granted while the licence server is in its grace period
-  std::int64_t in_use = 0;
-  std::int64_t total = 0;
-  static constexpr auto fields() {
-    return std::tuple{field("granted", &LicenseGrant::granted), field("reason", &LicenseGrant::reason),
-                      field("grace", &LicenseGrant::grace),     field("in_use", &LicenseGrant::in_use),
-                      field("total", &LicenseGrant::total)};
-  }
-};
+// ---- controller → licence server ----
+// The controller checks licences out and in through interfaces/license (LicenseClient, with the 30-day grace);
+// the session id it uses is the desktop's name (one session per desktop).
 
 // ---- subjects ----
 /// ddc.<controller>.<what>: register, heartbeat, deregister, session, prepare, admin.broker, admin.desktops,
@@ -359,9 +334,6 @@ inline constexpr const char* maintenance_updates = "ddc.maintenance";
 /// vda.<agent>.prepare, vda.<agent>.admin.session.
 inline std::string agent_subject(std::string_view agent, std::string_view what) {
   return "vda." + std::string(agent) + "." + std::string(what);
-}
-inline std::string license_subject(std::string_view instance, std::string_view what) {
-  return "license." + std::string(instance) + "." + std::string(what);
 }
 
 }  // namespace deskfarm::interfaces::ddc

@@ -13,6 +13,7 @@
 #include <map>
 #include <set>
 
+#include <deskfarm/bdm/iso.hpp>
 #include <deskfarm/bootstrap/bootstrap.hpp>
 #include <deskfarm/interfaces/hypervisor/hypervisor.hpp>
 #include <deskfarm/interfaces/pvs/pvs.hpp>
@@ -235,4 +236,59 @@ TEST_CASE("with firmware = true a desktop that pool HA restarts on another host 
   CHECK(events.back().state == hv::kRunning);
   CHECK(events.back().reason == "ha_restart");
   CHECK(events[events.size() - 2].state == hv::kStarting);
+}
+
+TEST_CASE("with firmware = true a desktop with the BDM ISO in its CD-ROM boots from the ISO's login servers, not TFTP") {
+  REQUIRE(std::filesystem::exists(deskfarm::bdm::default_ipxe_iso));  // Debian's ipxe (scripts/setup.sh)
+  dt::TempDir dir("hv-cdrom");
+  std::filesystem::create_directories(dir.path() / "vdisks");
+  dt::write_file(dir.path() / "vdisks" / "gold.img", dt::pattern(base_size, 3));
+  const auto iso = dir.path() / "bdm.iso";
+  dt::HarnessOptions o;
+  o.plugin_path = {PLUGIN_DIR};
+  o.source_name = "cdrom.toml";
+  dt::Harness h(deployment(dir, free_udp_port(), "hypervisor-xen") + "firmware = true\nisos = [\"" + iso.string() + "\"]\n", o);
+  h.start();
+  REQUIRE(dt::eventually([&] {
+    const auto status = h.instance_status("pvs-1");
+    const auto* c = status.find("catalog");
+    return c && c->is_string() && c->as_string() == "loaded";
+  }, 30s));
+  // The ISO an operator would write with `deskfarm bdm build`: pvs's streaming port as the one login server.
+  deskfarm::bdm::IsoOptions options;
+  options.source_date_epoch = 0;
+  options.bootstrap.version = 7;
+  const auto stream = h.instance_status("pvs-1").find("stream_port")->as_integer();
+  options.bootstrap.login_servers = {{"127.0.0.1", static_cast<std::uint16_t>(stream)}};
+  deskfarm::bdm::build_iso(options, iso);
+
+  auto steps = h.probe("hypervisor.farm-hv.vm.*.boot");
+  const auto inv = h.request<deskfarm::sdk::Empty, hv::Inventory>("hypervisor.farm-hv.inventory", {});
+  REQUIRE(inv);
+  const auto vm = inv->vms.at(0);
+  auto act = [&](hv::VmAction a) {
+    auto t = h.request<hv::VmAction, hv::Task>("hypervisor.farm-hv.vm.action", a);
+    REQUIRE(t);
+    REQUIRE(t->state != "failed");
+  };
+  act(hv::VmAction{"attach_iso", vm.id, "", "", iso.string(), {}});
+  act(hv::VmAction{"set_boot_order", vm.id, "", "", "", {"cdrom", "network"}});
+  REQUIRE(dt::eventually([&] {
+    const auto now = h.request<deskfarm::sdk::Empty, hv::Inventory>("hypervisor.farm-hv.inventory", {});
+    const auto& v = now->vms.at(0);
+    return v.iso == iso.string() && !v.boot_order.empty() && v.boot_order[0] == "cdrom";
+  }, 30s));
+  act(hv::VmAction{"start", vm.id, "", "", "", {}});
+  REQUIRE(dt::eventually([&] {
+    const auto now = h.request<deskfarm::sdk::Empty, hv::Inventory>("hypervisor.farm-hv.inventory", {});
+    return now->vms.at(0).power_state == hv::kRunning;
+  }, 60s));
+  std::string trail;
+  for (const auto& m : steps.received())
+    if (auto s = deskfarm::sdk::body_of<hv::BootProgress>(m); s && s->mac == vm.mac && s->state == "ok")
+      trail += (trail.empty() ? "" : " ") + s->step;
+  CHECK(trail == "cdrom bootstrap login stream handover");
+  const auto pvs = h.instance_status("pvs-1");
+  CHECK(pvs.find("tftp")->find("rrq")->as_integer() == 0);  // the boot record came from the disc
+  CHECK(pvs.find("sessions")->as_array().size() == 1);
 }

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "deskfarm/bdm/iso.hpp"
 #include "deskfarm/bootstrap/bootstrap.hpp"
 #include "deskfarm/nbd/client.hpp"
 #include "deskfarm/tftp/client.hpp"
@@ -92,6 +93,32 @@ class NetworkBoot {
   NetworkOutcome run() {
     NetworkOutcome out;
     if (!dhcp() || !tftp()) return finish(out);
+    return from_bootstrap(out);
+  }
+
+  /// CD-ROM boot (the BDM ISO): the boot record comes from the disc instead of TFTP; the rest is the same.
+  NetworkOutcome run_cdrom() {
+    NetworkOutcome out;
+    auto s = rec_.begin("cdrom");
+    if (plan_.mac.empty()) {
+      fail(s, "the VM has no MAC address: it is the NBD export name, set one");
+      return finish(out);
+    }
+    source_ = std::string(bdm::bootstrap_path) + " on ISO " + plan_.iso_path;
+    try {
+      file_ = bdm::read_iso_file(plan_.iso_path, bdm::bootstrap_path);
+    } catch (const std::exception& e) {
+      fail(s, "cdrom boot: ISO " + plan_.iso_path + " has no readable boot record " + bdm::bootstrap_path +
+                  " (is it a BDM ISO?): " + e.what());
+      return finish(out);
+    }
+    rec_.ok(s, "boot record " + source_ + ": " + std::to_string(file_.size()) + " bytes");
+    return from_bootstrap(out);
+  }
+
+ private:
+  /// Bootstrap bytes in file_ → parsed → login → working set → handover.
+  NetworkOutcome from_bootstrap(NetworkOutcome& out) {
     out.bootstrap = parse_bootstrap();
     if (!out.bootstrap) return finish(out);
     auto client = login(*out.bootstrap);
@@ -104,7 +131,6 @@ class NetworkBoot {
     return out;
   }
 
- private:
   NetworkOutcome& finish(NetworkOutcome& out) {
     out.stopped = stop_.stop_requested();
     return out;
@@ -145,6 +171,7 @@ class NetworkBoot {
     try {
       auto r = tftp::Client(o).get(host_, port_, plan_.boot_file);
       file_.assign(reinterpret_cast<const char*>(r.data.data()), r.data.size());
+      source_ = plan_.boot_file + " from " + endpoint_text(host_, port_);
       rec_.ok(s, plan_.boot_file + " from " + endpoint_text(host_, port_) + ": " + std::to_string(r.data.size()) +
                      " bytes in " + std::to_string(r.blocks) + " blocks, blksize " + std::to_string(r.blksize) +
                      (r.tsize ? ", tsize " + std::to_string(*r.tsize) : ", no tsize in the answer"));
@@ -166,7 +193,7 @@ class NetworkBoot {
                      std::to_string(b.login_general_timeout_ms) + " ms, recovery " + bootstrap::to_string(b.recovery));
       return b;
     } catch (const bootstrap::BootstrapError& e) {
-      fail(s, plan_.boot_file + " from " + endpoint_text(host_, port_) + " is not a valid bootstrap: " + e.what());
+      fail(s, source_ + " is not a valid bootstrap: " + e.what());
       return std::nullopt;
     }
   }
@@ -248,6 +275,7 @@ class NetworkBoot {
   std::string host_;
   std::uint16_t port_ = 0;
   std::string file_;
+  std::string source_;  ///< where file_ came from, for messages
 };
 
 }  // namespace
@@ -293,22 +321,21 @@ BootResult boot(const BootPlan& plan, std::stop_token stop, const std::function<
       rec.failed(rec.begin(device == "network" ? "dhcp" : device), stopped_text);
       return result;
     }
-    if (device == "cdrom") {
-      auto s = rec.begin("cdrom");
-      rec.failed(s, plan.iso_path.empty() ? "cdrom boot: no ISO in the virtual CD-ROM"
-                                          : "cdrom boot: not supported yet (ISO " + plan.iso_path + ")");
+    if (device == "cdrom" && plan.iso_path.empty()) {
+      rec.failed(rec.begin("cdrom"), "cdrom boot: no ISO in the virtual CD-ROM");
       continue;
     }
     if (device == "disk") {
       rec.failed(rec.begin("disk"), "no bootable disk (a diskless desktop boots from the network)");
       continue;
     }
-    if (device != "network") {
+    if (device != "network" && device != "cdrom") {
       rec.failed(rec.begin("boot"), "unknown boot device '" + device + "': use network, cdrom or disk");
       continue;
     }
     for (int attempt = 0; attempt <= std::max(plan.max_recoveries, 0); ++attempt) {
-      auto out = NetworkBoot(plan, stop, rec, result).run();
+      NetworkBoot machine(plan, stop, rec, result);
+      auto out = device == "cdrom" ? machine.run_cdrom() : machine.run();
       if (out.ok) {
         result.ok = true;
         result.failed_step.clear();

@@ -7,10 +7,12 @@
 
 #include <catch2/catch.hpp>
 
+#include <deskfarm/bdm/iso.hpp>
 #include <deskfarm/bootstrap/bootstrap.hpp>
 #include <deskfarm/firmware/firmware.hpp>
 #include <deskfarm/nbd/protocol.hpp>
 #include <deskfarm/nbd/unique_fd.hpp>
+#include <deskfarm/testing/peers.hpp>
 #include <deskfarm/tftp/server.hpp>
 
 #include "pvs_lab.hpp"
@@ -254,7 +256,7 @@ TEST_CASE("firmware boots a registered device from a real pvs: TFTP bootstrap, N
     REQUIRE(again.ok);
     REQUIRE(again.steps.size() == 8);
     CHECK(names(again)[0] == "cdrom:failed");
-    CHECK(again.steps[0].detail == "cdrom boot: not supported yet (ISO /isos/installer.iso)");
+    CHECK_THAT(again.steps[0].detail, Catch::StartsWith("cdrom boot: ISO /isos/installer.iso has no readable boot record /bdm.bst"));
     CHECK(names(again)[1] == "disk:failed");
     CHECK_THAT(again.steps[1].detail, Catch::StartsWith("no bootable disk"));
     CHECK(names(again).back() == "handover:ok");
@@ -498,4 +500,36 @@ TEST_CASE("firmware reads DHCP option 66 as host or host:port and refuses the re
   const auto r = fw::boot(plan, {});
   CHECK(r.failed_step == "dhcp");
   CHECK_THAT(r.reason, Catch::Contains("'10.0.0.5:x' has a bad port"));
+}
+
+TEST_CASE("firmware boots from a BDM ISO in the CD-ROM: the ISO's login servers, no DHCP or TFTP") {
+  if (!std::filesystem::exists(deskfarm::bdm::default_ipxe_iso)) {
+    dt::missing(std::string(deskfarm::bdm::default_ipxe_iso) + " is missing (Debian package ipxe; scripts/setup.sh)");
+    return;
+  }
+  Lab lab;
+  lab.start("");
+  dt::TempDir dir{"firmware-cdrom"};
+  // The ISO lists a dead port first, then the lab's streaming port: the firmware fails over as the record says.
+  deskfarm::bdm::IsoOptions o;
+  o.source_date_epoch = 0;
+  o.bootstrap.version = 42;
+  o.bootstrap.login_servers = {{"127.0.0.1", free_port()}, {"127.0.0.1", lab.stream_port()}};
+  o.bootstrap.login_polling_timeout_ms = 1000;
+  o.bootstrap.login_general_timeout_ms = 5000;
+  const auto iso = dir / "bdm.iso";
+  deskfarm::bdm::build_iso(o, iso);
+
+  auto plan = plan_for(1);  // option 66 points nowhere: a CD-ROM boot never asks TFTP
+  plan.boot_order = {"cdrom", "network"};
+  plan.iso_path = iso.string();
+  const auto r = fw::boot(plan, {});
+  INFO(dump(r));
+  REQUIRE(r.ok);
+  CHECK(names(r) == std::vector<std::string>{"cdrom:ok", "bootstrap:ok", "login:ok", "stream:ok", "handover:ok"});
+  CHECK(r.bootstrap_version == 42);
+  CHECK(r.login_server == "127.0.0.1:" + std::to_string(lab.stream_port()));
+  CHECK_THAT(r.steps[2].detail, Catch::Contains("failed over from"));
+  CHECK(r.bytes_read == plan.working_set_bytes);
+  CHECK(Lab::integer(*lab.status().find("tftp"), "rrq") == 0);
 }

@@ -714,9 +714,15 @@ void Engine::complete(std::uint64_t num) {
 }
 
 bool Engine::wants_firmware(const VmRec& vm) const {
-  if ((vm.boot_order & 3) != 1 || config_.networks.empty()) return false;  // network first
-  const auto& n = config_.networks[vm.network];
-  return !n.tftp_server.empty() && !n.boot_file.empty();
+  switch (vm.boot_order & 3) {  // the first boot device
+    case 1: {                   // network: its network's options 66/67 say where the bootstrap is
+      if (config_.networks.empty()) return false;
+      const auto& n = config_.networks[vm.network];
+      return !n.tftp_server.empty() && !n.boot_file.empty();
+    }
+    case 2: return vm.iso >= 0;  // cdrom with a disc in it: the firmware reads the boot record from the ISO
+    default: return false;
+  }
 }
 
 void Engine::hand_to_firmware(TaskRec& t) {

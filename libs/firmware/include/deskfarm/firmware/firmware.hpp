@@ -17,7 +17,7 @@ struct BootPlan {
   std::vector<std::string> boot_order;    ///< "network", "cdrom", "disk" (first that works wins)
   std::string tftp_server;                ///< DHCP option 66: "host" or "host:port" (default port 69)
   std::string boot_file;                  ///< DHCP option 67
-  std::string iso_path;                   ///< ISO on the virtual CD-ROM ("" = none); reading its boot record is a later issue
+  std::string iso_path;                   ///< ISO on the virtual CD-ROM ("" = none): a BDM ISO's boot record (/bdm.bst) replaces TFTP
   std::uint64_t working_set_bytes = 4u << 20;   ///< read from the vDisk after login
   std::uint32_t read_request_bytes = 256u << 10;
   std::uint32_t tftp_blksize = 1408;

@@ -375,7 +375,7 @@ TEST_CASE("a manifest with a bad period or a group without desktops is refused a
   CHECK_THROWS_WITH(Harness(g.manifest(), options()), Catch::Contains("lists no desktops"));
 }
 
-TEST_CASE("brokering checks a licence out of the licence server per user and back at logoff; a full farm refuses") {
+TEST_CASE("brokering checks a licence out of the licence server per user and back at logoff, and a full farm refuses") {
   Farm f;
   f.ddc_extra = "license = \"lic\"\nlicense_farm = \"farm\"\n";
   f.more = "[instances.lic]\nplugin = \"license\"\nfarms = [{ name = \"farm\", licenses = 1 }]\n";

@@ -70,6 +70,7 @@ class Machine {
  private:
   MachineSpec spec_;
   pid_t pid_ = -1;
+  ino_t socket_ino_ = 0;  ///< the QMP socket this QEMU made: a later QEMU of the same VM makes another at the same path
   std::mutex process_mutex_;
   std::optional<std::string> exit_;
   std::mutex qmp_mutex_;

@@ -11,6 +11,7 @@
 #include <catch2/catch.hpp>
 #include <algorithm>
 #include <map>
+#include <memory>
 #include <set>
 
 #include <deskfarm/bdm/iso.hpp>
@@ -70,21 +71,28 @@ struct Outcome {
   bool operator==(const Outcome&) const = default;
 };
 
-Outcome run(const std::string& plugin) {
-  dt::TempDir dir("hv-swap");
+/// The gold image in `dir`'s vDisk store, then `manifest` started (as file `source`) with pvs's catalog loaded.
+std::unique_ptr<dt::Harness> start_farm(const dt::TempDir& dir, const std::string& source, const std::string& manifest) {
   std::filesystem::create_directories(dir.path() / "vdisks");
-  const auto image = dt::pattern(base_size, 3);
-  dt::write_file(dir.path() / "vdisks" / "gold.img", image);
+  dt::write_file(dir.path() / "vdisks" / "gold.img", dt::pattern(base_size, 3));
   dt::HarnessOptions o;
   o.plugin_path = {PLUGIN_DIR};
-  o.source_name = "swap.toml";
-  dt::Harness h(deployment(dir, free_udp_port(), plugin), o);
-  h.start();
+  o.source_name = source;
+  auto h = std::make_unique<dt::Harness>(manifest, o);
+  h->start();
   REQUIRE(dt::eventually([&] {
-    const auto status = h.instance_status("pvs-1");
+    const auto status = h->instance_status("pvs-1");
     const auto* c = status.find("catalog");
     return c && c->is_string() && c->as_string() == "loaded";
   }, 30s));
+  return h;
+}
+
+Outcome run(const std::string& plugin) {
+  dt::TempDir dir("hv-swap");
+  const auto image = dt::pattern(base_size, 3);  // what start_farm writes as the gold image
+  auto farm = start_farm(dir, "swap.toml", deployment(dir, free_udp_port(), plugin));
+  auto& h = *farm;
   auto power = h.probe(hv::all_power_events);
   auto inv = h.request<deskfarm::sdk::Empty, hv::Inventory>("hypervisor.farm-hv.inventory", {});
   REQUIRE(inv);
@@ -135,18 +143,8 @@ TEST_CASE("the same deployment with hypervisor-xen, -hyperv and -esx boots the s
 
 TEST_CASE("with firmware = true a started desktop boots through real firmware: TFTP, bootstrap, NBD login, handover") {
   dt::TempDir dir("hv-firmware");
-  std::filesystem::create_directories(dir.path() / "vdisks");
-  dt::write_file(dir.path() / "vdisks" / "gold.img", dt::pattern(base_size, 3));
-  dt::HarnessOptions o;
-  o.plugin_path = {PLUGIN_DIR};
-  o.source_name = "firmware.toml";
-  dt::Harness h(deployment(dir, free_udp_port(), "hypervisor-xen") + "firmware = true\n", o);
-  h.start();
-  REQUIRE(dt::eventually([&] {
-    const auto status = h.instance_status("pvs-1");
-    const auto* c = status.find("catalog");
-    return c && c->is_string() && c->as_string() == "loaded";
-  }, 30s));
+  auto farm = start_farm(dir, "firmware.toml", deployment(dir, free_udp_port(), "hypervisor-xen") + "firmware = true\n");
+  auto& h = *farm;
   auto steps = h.probe("hypervisor.farm-hv.vm.*.boot");
   const auto inv = h.request<deskfarm::sdk::Empty, hv::Inventory>("hypervisor.farm-hv.inventory", {});
   REQUIRE(inv);
@@ -176,23 +174,13 @@ TEST_CASE("with firmware = true a started desktop boots through real firmware: T
 
 TEST_CASE("with firmware = true a desktop that pool HA restarts on another host boots through its firmware again") {
   dt::TempDir dir("hv-ha-firmware");
-  std::filesystem::create_directories(dir.path() / "vdisks");
-  dt::write_file(dir.path() / "vdisks" / "gold.img", dt::pattern(base_size, 3));
-  dt::HarnessOptions o;
-  o.plugin_path = {PLUGIN_DIR};
-  o.source_name = "ha.toml";
   // Two hosts (the default), HA on, the restart within a second.
-  dt::Harness h(deployment(dir, free_udp_port(), "hypervisor-xen",
-                           "{ action = \"start\", distribution = \"constant\", ms = 20 }, "
-                           "{ action = \"ha_restart\", distribution = \"constant\", ms = 300 }") +
-                    "firmware = true\n",
-                o);
-  h.start();
-  REQUIRE(dt::eventually([&] {
-    const auto status = h.instance_status("pvs-1");
-    const auto* c = status.find("catalog");
-    return c && c->is_string() && c->as_string() == "loaded";
-  }, 30s));
+  auto farm = start_farm(dir, "ha.toml",
+                         deployment(dir, free_udp_port(), "hypervisor-xen",
+                                    "{ action = \"start\", distribution = \"constant\", ms = 20 }, "
+                                    "{ action = \"ha_restart\", distribution = \"constant\", ms = 300 }") +
+                             "firmware = true\n");
+  auto& h = *farm;
   auto devices = h.probe("pvs.pvs-1.device.*");
   auto steps = h.probe("hypervisor.farm-hv.vm.*.boot");
   auto power = h.probe(hv::all_power_events);
@@ -241,19 +229,10 @@ TEST_CASE("with firmware = true a desktop that pool HA restarts on another host 
 TEST_CASE("with firmware = true a desktop with the BDM ISO in its CD-ROM boots from the ISO's login servers, not TFTP") {
   REQUIRE(std::filesystem::exists(deskfarm::bdm::default_ipxe_iso));  // Debian's ipxe (scripts/setup.sh)
   dt::TempDir dir("hv-cdrom");
-  std::filesystem::create_directories(dir.path() / "vdisks");
-  dt::write_file(dir.path() / "vdisks" / "gold.img", dt::pattern(base_size, 3));
   const auto iso = dir.path() / "bdm.iso";
-  dt::HarnessOptions o;
-  o.plugin_path = {PLUGIN_DIR};
-  o.source_name = "cdrom.toml";
-  dt::Harness h(deployment(dir, free_udp_port(), "hypervisor-xen") + "firmware = true\nisos = [\"" + iso.string() + "\"]\n", o);
-  h.start();
-  REQUIRE(dt::eventually([&] {
-    const auto status = h.instance_status("pvs-1");
-    const auto* c = status.find("catalog");
-    return c && c->is_string() && c->as_string() == "loaded";
-  }, 30s));
+  auto farm = start_farm(dir, "cdrom.toml",
+                         deployment(dir, free_udp_port(), "hypervisor-xen") + "firmware = true\nisos = [\"" + iso.string() + "\"]\n");
+  auto& h = *farm;
   // The ISO an operator would write with `deskfarm bdm build`: pvs's streaming port as the one login server.
   deskfarm::bdm::IsoOptions options;
   options.source_date_epoch = 0;

@@ -90,10 +90,7 @@ Machine::Machine(MachineSpec spec, std::chrono::milliseconds timeout, std::stop_
       kill();
       throw std::runtime_error("the adapter stopped while " + spec_.qemu + " was starting");
     }
-    if (struct stat st{}; ::stat(spec_.qmp_socket.c_str(), &st) == 0) {
-      socket_ino_ = st.st_ino;
-      break;
-    }
+    if (struct stat st{}; ::stat(spec_.qmp_socket.c_str(), &st) == 0) break;
     if (std::chrono::steady_clock::now() >= deadline) {
       kill();
       throw std::runtime_error(spec_.qemu + " created no QMP socket within " + std::to_string(timeout.count()) + " ms: " + last_log_line());
@@ -111,11 +108,9 @@ Machine::Machine(MachineSpec spec, std::chrono::milliseconds timeout, std::stop_
 
 Machine::~Machine() {
   kill();
-  // Only our own socket: the VM's next QEMU may already listen at this path (a restart after a crash).
-  if (struct stat st{}; socket_ino_ != 0 && ::stat(spec_.qmp_socket.c_str(), &st) == 0 && st.st_ino == socket_ino_) {
-    std::error_code ec;
-    std::filesystem::remove(spec_.qmp_socket, ec);
-  }
+  // The socket's name is this process's alone (see the adapter's spec_of): no successor listens there.
+  std::error_code ec;
+  std::filesystem::remove(spec_.qmp_socket, ec);
 }
 
 Poco::Dynamic::Var Machine::execute(const std::string& command, Poco::JSON::Object::Ptr arguments, std::chrono::milliseconds timeout) {

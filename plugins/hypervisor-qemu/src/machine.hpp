@@ -23,7 +23,7 @@ struct MachineSpec {
   std::int64_t memory_mb = 128;
   std::int64_t vcpus = 1;
   std::filesystem::path dir;                 ///< the VM's directory: serial.log, qemu.log, the disk
-  std::filesystem::path qmp_socket;          ///< short enough for a Unix socket (108 bytes)
+  std::filesystem::path qmp_socket;          ///< short enough for a Unix socket (108 bytes), one per QEMU process
   std::string qemu = "qemu-system-x86_64";
   std::string accel = "tcg";                 ///< "kvm" or "tcg"
   std::filesystem::path disk;                ///< a qcow2 file; "" = no disk (or the NBD one below)
@@ -70,7 +70,6 @@ class Machine {
  private:
   MachineSpec spec_;
   pid_t pid_ = -1;
-  ino_t socket_ino_ = 0;  ///< the QMP socket this QEMU made: a later QEMU of the same VM makes another at the same path
   std::mutex process_mutex_;
   std::optional<std::string> exit_;
   std::mutex qmp_mutex_;

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <fstream>
@@ -298,9 +299,11 @@ class Qemu final : public hvsim::Adapter {
     s.vcpus = w.vcpus;
     s.dir = machines_dir_ / w.vm;
     // A Unix socket path holds 108 bytes: a deep state directory gets its socket in the temporary directory.
-    s.qmp_socket = s.dir / "qmp.sock";
+    // Each QEMU process gets its own socket name: a dead machine's cleanup can never touch its successor's socket.
+    const auto socket = "qmp-" + std::to_string(++starts_) + ".sock";
+    s.qmp_socket = s.dir / socket;
     if (s.qmp_socket.string().size() > 100)
-      s.qmp_socket = std::filesystem::temp_directory_path() / ("deskfarm-qmp-" + std::to_string(::getpid()) + "-" + w.vm + ".sock");
+      s.qmp_socket = std::filesystem::temp_directory_path() / ("deskfarm-" + std::to_string(::getpid()) + "-" + w.vm + "-" + socket);
     s.qemu = config_.qemu;
     s.accel = accel_;
     if (auto image = image_of(w.template_name)) {
@@ -414,6 +417,7 @@ class Qemu final : public hvsim::Adapter {
   std::mutex sleep_mutex_;
   std::condition_variable_any wake_;
   std::jthread monitor_;
+  mutable std::atomic<std::uint64_t> starts_{0};  ///< QEMU processes started: names each one's QMP socket
 };
 
 }  // namespace deskfarm::qemu

@@ -215,7 +215,9 @@ TEST_CASE("hypervisor-qemu: a killed QEMU is a VM that went off (an event) and n
   CHECK(h.logged("killed by signal 9"));
   CHECK(pid_of(h, vm) == 0);
   // The adapter goes on: the VM starts again in a new process.
-  REQUIRE(finish(tasks, act(h, "start", vm)).state == "completed");
+  const auto again = finish(tasks, act(h, "start", vm));
+  INFO(again.error);
+  REQUIRE(again.state == "completed");
   CHECK(pid_of(h, vm) != pid);
 }
 

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <future>
 
+#include <Poco/Data/DataException.h>
 #include <catch2/catch.hpp>
 #include <deskfarm/sdk/plugin.hpp>
 #include <deskfarm/testing/files.hpp>
@@ -95,6 +96,13 @@ TEST_CASE("a record converts to JSON and back, and a value of the wrong kind nam
                     Catch::Contains("deskfarm.test.Outer.items[1].name: expected a string, found integer"));
   CHECK_THROWS_WITH(sdk::decode_body<Outer>(R"({"port":70000})"), Catch::Contains("port: expected an integer in 0..65535"));
   CHECK_THROWS_WITH(sdk::Value::parse_json("{\"a\": }"), Catch::Contains("invalid JSON"));
+}
+
+TEST_CASE("error_text gives a Poco exception's message, not only its class name") {
+  const Poco::Data::DataException poco("no such column: peer");
+  CHECK(std::string(poco.what()) == "Database Exception");  // Poco's what(): the class name alone
+  CHECK(deskfarm::sdk::error_text(poco) == "Database Exception: no such column: peer");
+  CHECK(deskfarm::sdk::error_text(std::runtime_error("plain")) == "plain");
 }
 
 TEST_CASE("a message of the right type and another version is refused, not cast") {

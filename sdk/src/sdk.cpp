@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include <Poco/Data/Transaction.h>
+#include <Poco/Exception.h>
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
@@ -28,6 +29,11 @@
 using namespace Poco::Data::Keywords;
 
 namespace deskfarm::sdk {
+
+std::string error_text(const std::exception& e) {
+  if (const auto* poco = dynamic_cast<const Poco::Exception*>(&e)) return poco->displayText();
+  return e.what();
+}
 
 Executor::~Executor() = default;
 Clock::~Clock() = default;

@@ -66,7 +66,7 @@ T decode_body(std::string_view bytes) {
   } catch (const MessageError&) {
     throw;
   } catch (const std::exception& e) {
-    throw MessageError(std::string(T::type_name) + ": " + e.what());
+    throw MessageError(std::string(T::type_name) + ": " + error_text(e));
   }
 }
 

@@ -55,7 +55,7 @@ class DESKFARM_SDK_API Context {
 
   /// Runs `work(stop_token)` on the blocking pool (file copies, merges, slow queries), then `done` on this
   /// instance's executor with its result as a Reply (a RequestError keeps its code, any other exception becomes
-  /// Error{"failed", what()}). `done`
+  /// Error{"failed", error_text(e)}). `done`
   /// never runs after the instance stopped.
   template <class Work, class Done>
   void run_blocking(Work work, Done done) {
@@ -73,7 +73,7 @@ class DESKFARM_SDK_API Context {
       } catch (const RequestError& e) {
         result->emplace(Error{e.code(), e.what()});
       } catch (const std::exception& e) {
-        result->emplace(Error{"failed", e.what()});
+        result->emplace(Error{"failed", error_text(e)});
       } catch (...) {
         result->emplace(Error{"failed", "unknown exception"});
       }

@@ -88,7 +88,7 @@ inline void report(dk_error* error) noexcept {
     copy_text(error->key, sizeof error->key, e.key().c_str());
     copy_text(error->message, sizeof error->message, e.what());
   } catch (const std::exception& e) {
-    copy_text(error->message, sizeof error->message, e.what());
+    copy_text(error->message, sizeof error->message, error_text(e).c_str());
   } catch (...) {
     copy_text(error->message, sizeof error->message, "unknown exception (not derived from std::exception)");
   }

@@ -100,7 +100,7 @@ Subscription serve_async(Bus& bus, std::string subject, std::function<void(const
         } catch (const RequestError& e) {
           responder.fail(e.code(), e.what());
         } catch (const std::exception& e) {
-          responder.fail("internal", e.what());
+          responder.fail("internal", error_text(e));
         }
       },
       options);

@@ -73,6 +73,7 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
     std::string body;
     if (req.getContentLength() > static_cast<std::streamsize>(kMaxDocument) || !read_bounded(req.stream(), body)) {
       ++counters_->protocol_errors;
+      res.setKeepAlive(false);  // the unread rest of the body would be taken for the next request
       return xml(res, write_error(ProtocolError("", "request body is larger than " + std::to_string(kMaxDocument) + " bytes")));
     }
     Document d;

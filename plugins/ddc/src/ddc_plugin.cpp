@@ -910,6 +910,7 @@ class Ddc final : public Plugin, public nfuse::Broker {
     std::string user, group, desktop, address, endpoint;
     TimePoint expires{};
   };
+  /// The directory's answer (valid during the call only) or nullptr and the ErrorId to answer with.
   using Authenticated = std::function<void(const dir::AuthResult*, const char* error_id)>;
 
   void start_xml() {

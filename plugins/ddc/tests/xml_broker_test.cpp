@@ -119,7 +119,7 @@ TEST_CASE("RequestAppData lists exactly the groups a user is entitled to, by nam
         std::vector<nf::AppData>{remote});
 }
 
-TEST_CASE("RequestAddress brokers like admin.broker; the ticket and the ICA file belong to that launch") {
+TEST_CASE("RequestAddress brokers like admin.broker, and the ticket and the ICA file belong to that launch") {
   Harness h(manifest(), options());
   h.start();
   boot_all(h);

@@ -925,6 +925,9 @@ class Ddc final : public Plugin, public nfuse::Broker {
     xml_endpoint_ = o.host + ":" + std::to_string(xml_->port());
     ctx_.advertise("xml", xml_endpoint_);
     ctx_.log().info("XML service on http://" + xml_endpoint_ + std::string(nfuse::kPath) + ", credentials checked by directory " + config_.directory);
+    if (!o.host.starts_with("127.") && o.host != "localhost" && o.host != "::1")
+      ctx_.log().warning("XML service on " + xml_endpoint_ + " has no TLS: passwords cross the network in clear; bind it to loopback "
+                         "and put a TLS proxy in front");
   }
 
   void count_xml(const std::string& result) {

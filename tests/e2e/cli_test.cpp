@@ -204,14 +204,14 @@ TEST_CASE("with clock = virtual, --for runs simulated time as fast as the handle
 TEST_CASE("the pilot deployment serves the bootstrap over TFTP and desktops' vDisks over NBD to real clients",
           "[pilot]") {
   // Runs configs/pilot.toml with every port picked by the servers themselves (DESKFARM_TFTP_PORT=0 and
-  // DESKFARM_NBD_PORT=0 fill in its ${...:-default} ports, --admin takes port 0), so the test never competes
+  // DESKFARM_NBD_PORT=0, DESKFARM_XML_PORT=0 fill in its ${...:-default} ports, --admin takes port 0), so the test never competes
   // with scripts/pilot.sh or a parallel test for the pilot's fixed ports; `deskfarm status` reports the
   // ports chosen. A scratch working directory holds var/.
   if (!require_program("curl") || !require_program("nbdinfo")) return;
   TempDir dir;
   const std::string pilot = std::string(SOURCE_DIR) + "/configs/pilot.toml";
   const std::string in_dir = "cd " + dir.path().string() + " && ";
-  ChildProcess run({"sh", "-c", in_dir + "DESKFARM_TFTP_PORT=0 DESKFARM_NBD_PORT=0 exec " + bin + " run --admin 127.0.0.1:0 " + pilot},
+  ChildProcess run({"sh", "-c", in_dir + "DESKFARM_TFTP_PORT=0 DESKFARM_NBD_PORT=0 DESKFARM_XML_PORT=0 exec " + bin + " run --admin 127.0.0.1:0 " + pilot},
                    dir / "run.log");
   REQUIRE(eventually([&] { return read_text(dir / "run.log").find("deployment pilot running") != std::string::npos; }, 30s));
   // pvs loads its catalog from the data store after start, off its executor; devices wait for that.

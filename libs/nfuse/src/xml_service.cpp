@@ -8,6 +8,7 @@
 #include <Poco/Net/HTTPServerResponse.h>
 #include <Poco/Net/ServerSocket.h>
 #include <Poco/Net/SocketAddress.h>
+#include <Poco/URI.h>
 
 #include <atomic>
 #include <cctype>
@@ -22,7 +23,7 @@ namespace deskfarm::nfuse {
 namespace {
 
 struct Counters {
-  std::atomic<std::uint64_t> requests{0}, protocol_errors{0}, broker_timeouts{0}, not_found{0};
+  std::atomic<std::uint64_t> requests{0}, protocol_errors{0}, broker_timeouts{0}, not_found{0}, launches{0};
 };
 
 /// Asks the broker and waits for its answer at most `timeout`; the promise is shared, so a late answer only
@@ -58,6 +59,7 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
     // Paths compare without case: clients spell it /scripts/WPnBr.dll as often as /scripts/wpnbr.dll.
     std::string path = req.getURI().substr(0, req.getURI().find('?'));
     for (auto& c : path) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (path == kLaunchPath) return launch(req, res);
     if (path != kPath) {
       ++counters_->not_found;
       return text(res, Poco::Net::HTTPResponse::HTTP_NOT_FOUND, "no XML service at " + req.getURI() + "; POST to " + std::string(kPath) + "\n");
@@ -71,6 +73,7 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
     std::string body;
     if (req.getContentLength() > static_cast<std::streamsize>(kMaxDocument) || !read_bounded(req.stream(), body)) {
       ++counters_->protocol_errors;
+      res.setKeepAlive(false);  // the unread rest of the body would be taken for the next request
       return xml(res, write_error(ProtocolError("", "request body is larger than " + std::to_string(kMaxDocument) + " bytes")));
     }
     Document d;
@@ -108,6 +111,41 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
   }
 
  private:
+  /// GET kLaunchPath?ticket=T → the ICA file (application/x-ica) the broker has for that ticket.
+  void launch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& res) {
+    if (req.getMethod() != Poco::Net::HTTPRequest::HTTP_GET) {
+      ++counters_->not_found;
+      res.set("Allow", "GET");
+      return text(res, Poco::Net::HTTPResponse::HTTP_METHOD_NOT_ALLOWED, req.getMethod() + " " + std::string(kLaunchPath) + ": only GET\n");
+    }
+    std::string ticket;
+    for (const auto& [key, value] : Poco::URI(req.getURI()).getQueryParameters())
+      if (key == "ticket") ticket = value;
+    if (ticket.empty()) {
+      ++counters_->not_found;
+      return text(res, Poco::Net::HTTPResponse::HTTP_BAD_REQUEST, std::string(kLaunchPath) + ": give ?ticket=<the ticket of RequestTicket>\n");
+    }
+    auto file = ask<std::optional<IcaFile>>(ticket, [this](const auto& t, auto done) { broker_->launch(t, done); }, timeout_);
+    if (!file) {
+      ++counters_->broker_timeouts;
+      return text(res, Poco::Net::HTTPResponse::HTTP_SERVICE_UNAVAILABLE, "the broker did not answer the launch within " + std::to_string(timeout_.count()) + " ms\n");
+    }
+    if (!*file) {
+      ++counters_->not_found;
+      return text(res, Poco::Net::HTTPResponse::HTTP_NOT_FOUND, "no launch for that ticket (unknown or expired); ask RequestAddress and RequestTicket again\n");
+    }
+    std::string body;
+    try {
+      body = write_ica(**file);
+    } catch (const std::invalid_argument& e) {
+      return text(res, Poco::Net::HTTPResponse::HTTP_INTERNAL_SERVER_ERROR, std::string("cannot write the ICA file: ") + e.what() + "\n");
+    }
+    ++counters_->launches;
+    res.setStatus(Poco::Net::HTTPResponse::HTTP_OK);
+    res.setContentType(std::string(kIcaContentType));
+    res.setContentLength(static_cast<std::streamsize>(body.size()));
+    res.send() << body;
+  }
   static void xml(Poco::Net::HTTPServerResponse& res, const std::string& body) {
     res.setStatus(Poco::Net::HTTPResponse::HTTP_OK);
     res.setContentType("text/xml; charset=utf-8");
@@ -189,7 +227,7 @@ std::uint16_t XmlService::port() const { return impl_->port; }
 
 XmlServiceStats XmlService::stats() const {
   const auto& c = *impl_->counters;
-  return XmlServiceStats{c.requests.load(), c.protocol_errors.load(), c.broker_timeouts.load(), c.not_found.load()};
+  return XmlServiceStats{c.requests.load(), c.protocol_errors.load(), c.broker_timeouts.load(), c.not_found.load(), c.launches.load()};
 }
 
 }  // namespace deskfarm::nfuse

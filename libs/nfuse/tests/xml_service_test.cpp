@@ -41,6 +41,11 @@ class TestBroker final : public Broker {
     record(req.ticket_tag + "/" + std::to_string(req.time_to_live));
     done(TicketReply{"0123456789ABCDEF0123456789ABCD", ""});
   }
+  void launch(const std::string& ticket, std::function<void(std::optional<IcaFile>)> done) override {
+    record("launch " + ticket);
+    if (ticket != "0123456789ABCDEF0123456789ABCD") return done(std::nullopt);
+    done(IcaFile{.name = "Desktop-Sales", .address = "127.0.0.1:1494", .logon_ticket = ticket});
+  }
   std::vector<std::string> asked() {
     std::lock_guard lock(mu_);
     return asked_;
@@ -148,4 +153,30 @@ TEST_CASE("the XML service refuses an address it cannot bind, naming it", "[nfus
   XmlService second(o, broker);
   // Poco binds with SO_REUSEADDR only; a port in use by a listening socket still fails.
   CHECK_THROWS_WITH(second.start(), Catch::Contains("cannot listen on 127.0.0.1:" + std::to_string(first.port())));
+}
+
+TEST_CASE("the XML service hands out the ICA launch file of a ticket, and 404 for an unknown one", "[nfuse][http]") {
+  if (!dt::have_program("curl")) return;
+  auto broker = std::make_shared<TestBroker>();
+  XmlService service(XmlServiceOptions{}, broker);
+  service.start();
+  Client c{.port = service.port()};
+  const auto url = "http://127.0.0.1:" + std::to_string(service.port()) + std::string(kLaunchPath);
+  const auto r = dt::run_child({"curl", "-s", "-S", "--max-time", "10", "-w", "\n%{http_code} %{content_type}",
+                                url + "?ticket=0123456789ABCDEF0123456789ABCD"},
+                               std::chrono::seconds(20));
+  REQUIRE(r.exit_code == 0);
+  const auto nl = r.out.rfind('\n');
+  CHECK(r.out.substr(nl + 1) == "200 application/x-ica");
+  const auto ini = parse_ini(r.out.substr(0, nl));
+  CHECK(ini.at("ApplicationServers").at("Desktop-Sales").empty());
+  CHECK(ini.at("Desktop-Sales").at("Address") == "127.0.0.1:1494");
+  CHECK(ini.at("Desktop-Sales").at("LogonTicket") == "0123456789ABCDEF0123456789ABCD");
+  CHECK(c.post("", std::string(kLaunchPath) + "?ticket=nope", "GET").second == "404");
+  CHECK(c.post("", std::string(kLaunchPath), "GET").second == "400");
+  CHECK(c.post("", std::string(kLaunchPath) + "?ticket=x", "POST").second == "405");
+  const auto st = service.stats();
+  CHECK(st.launches == 1);
+  CHECK(st.not_found == 3);
+  CHECK(st.requests == 0);
 }

@@ -4,7 +4,9 @@
 // desktop, else one it starts through the hypervisor), with a "why" on every decision. Every controller of the
 // farm sees every registration (published on ddc.<instance>.desktops); the controller a desktop is registered
 // with is the only one that hands it to a user, the others forward to it. The first controller by name is the
-// pool master: it keeps each group's idle target for the time of day through the hypervisor.
+// pool master: it keeps each group's idle target for the time of day through the hypervisor. With `xml_address`
+// it serves the XML service (POST /scripts/wpnbr.dll): credentials checked by the directory role on every request,
+// desktops brokered by the same code path as admin.broker, and ICA launch files for the tickets it hands out.
 #include <algorithm>
 #include <map>
 #include <random>
@@ -17,11 +19,13 @@
 #include <Poco/Data/Transaction.h>
 
 #include <deskfarm/interfaces/ddc/ddc.hpp>
+#include <deskfarm/interfaces/directory/directory.hpp>
 #include <deskfarm/interfaces/hypervisor/hypervisor.hpp>
 #include <deskfarm/interfaces/license/grace.hpp>
 #include <deskfarm/sdk/plugin.hpp>
 #include <deskfarm/sdk/store.hpp>
 
+#include "executor_broker.hpp"
 #include "farm_key.hpp"
 #include "schedule.hpp"
 
@@ -35,10 +39,12 @@ using Poco::Data::Keywords::use;
 namespace ddc = deskfarm::interfaces::ddc;
 namespace hv = deskfarm::interfaces::hypervisor;
 namespace lic = deskfarm::interfaces::license;
+namespace dir = deskfarm::interfaces::directory;
+namespace nfuse = deskfarm::nfuse;
 
 struct GroupConf {
   std::string name, kind, reconnect, hypervisor;
-  std::vector<std::string> desktops, users;
+  std::vector<std::string> desktops, users, directory_groups;
   std::int64_t idle_peak = 0, idle_business = 0, idle_off_hours = 0;
   bool restart_after_logoff = false;
 };
@@ -56,6 +62,9 @@ struct DdcConfig {
   std::vector<std::string> peak_hours;
   std::int64_t utc_offset_min = 0;
   std::int64_t seed = 1;
+  std::string xml_address;
+  std::string directory;
+  std::int64_t launch_ttl_s = 300;
 };
 
 inline constexpr auto group_schema = schema<GroupConf>(
@@ -63,7 +72,8 @@ inline constexpr auto group_schema = schema<GroupConf>(
     option("kind", &GroupConf::kind, "\"pooled-random\"", "pooled-random: any idle desktop; pooled-static: the same desktop each time; assigned: the user's own desktop, assigned on first use")
         .one_of("pooled-random|pooled-static|assigned"),
     option("desktops", &GroupConf::desktops, nullptr, "VM names of its desktops; a name ending in * matches every VM name with that prefix"),
-    option("users", &GroupConf::users, "[]", "users entitled to it; [] = every user"),
+    option("users", &GroupConf::users, "[]", "users entitled to it (as the directory spells them); [] with no directory_groups = every user"),
+    option("directory_groups", &GroupConf::directory_groups, "[]", "directory groups whose members are entitled to it (the ddc's `directory` says who is in them)"),
     option("reconnect", &GroupConf::reconnect, "\"always\"", "SessionReconnection: always (also roams an active session), disconnected_only, same_endpoint_only")
         .one_of("always|disconnected_only|same_endpoint_only"),
     option("hypervisor", &GroupConf::hypervisor, "\"\"", "the hypervisor instance that runs its VMs (power management); \"\" = none"),
@@ -91,7 +101,10 @@ constexpr auto config_schema = schema<DdcConfig>(
     option("business_hours", &DdcConfig::business_hours, "\"08:00-18:00\"", "HH:MM-HH:MM of business hours"),
     option("peak_hours", &DdcConfig::peak_hours, "[\"08:00-10:00\"]", "HH:MM-HH:MM ranges of peak hours within business days"),
     option("utc_offset_min", &DdcConfig::utc_offset_min, "0", "minutes the farm's local time is ahead of UTC").range(-1440, 1440),
-    option("seed", &DdcConfig::seed, "1", "seed of random desktop picks").range(0, 9.0e15));
+    option("seed", &DdcConfig::seed, "1", "seed of random desktop picks").range(0, 9.0e15),
+    option("xml_address", &DdcConfig::xml_address, "\"\"", "HOST:PORT of the XML service (POST /scripts/wpnbr.dll, GET /scripts/launch.ica); \"\" = off; port 0 picks a free one (status shows it); needs `directory`"),
+    option("directory", &DdcConfig::directory, "\"\"", "directory instance (directory.<instance>.authenticate) that checks the XML service's credentials and gives users' groups"),
+    option("launch_ttl_s", &DdcConfig::launch_ttl_s, "300", "how long the ticket tag of a RequestAddress answer may be turned into a logon ticket").range(1, 86400));
 
 constexpr const char* provides[] = {"ddc", nullptr};
 
@@ -153,7 +166,7 @@ struct Candidate {
   bool assign = false;
 };
 
-class Ddc final : public Plugin {
+class Ddc final : public Plugin, public nfuse::Broker {
  public:
   explicit Ddc(Context& ctx)
       : ctx_(ctx), config_(config_schema.bind(ctx.config())), rng_(static_cast<std::uint64_t>(config_.seed) ^ std::hash<std::string>{}(ctx.name())) {
@@ -167,6 +180,7 @@ class Ddc final : public Plugin {
     decisions_ = &m.counter("deskfarm_ddc_broker_decisions_total", "brokering decisions answered");
     starts_ = &m.counter("deskfarm_ddc_power_starts_total", "desktops started through the hypervisor");
     registered_gauge_ = &m.gauge("deskfarm_ddc_registered", "desktops registered with this controller");
+    m.declare_counter("deskfarm_ddc_xml_answers_total", "XML service answers by result: ok, bad_credentials, account_disabled, refused, directory_unavailable, protocol_error, timeout");
   }
 
   static void validate(const Config& c) {
@@ -177,6 +191,15 @@ class Ddc final : public Plugin {
       if (g.desktops.empty()) throw ConfigError("groups", "group '" + g.name + "' lists no desktops; give it desktops = [\"NAME\", \"PREFIX*\"]");
     }
     schedule_of(conf);
+    if (!conf.xml_address.empty()) {
+      if (conf.directory.empty())
+        throw ConfigError("directory", "xml_address is set but directory is not: name the directory instance that checks the XML service's credentials");
+      const auto colon = conf.xml_address.rfind(':');
+      const std::string port = colon == std::string::npos ? "" : conf.xml_address.substr(colon + 1);
+      if (colon == std::string::npos || colon == 0 || port.empty() || port.size() > 5 ||
+          !std::all_of(port.begin(), port.end(), [](char ch) { return ch >= '0' && ch <= '9'; }) || std::stoi(port) > 65535)
+        throw ConfigError("xml_address", "xml_address '" + conf.xml_address + "' is not HOST:PORT (e.g. \"127.0.0.1:8080\"; port 0 picks a free one)");
+    }
   }
 
   void start() override {
@@ -215,7 +238,7 @@ class Ddc final : public Plugin {
     subs_.push_back(serve_async<ddc::Prepare, ddc::BrokerDecision>(bus, ddc::subject(me, "prepare"),
         [this](const ddc::Prepare& p, Responder<ddc::BrokerDecision> r) { prepare(p, [r](ddc::BrokerDecision d) mutable { r.ok(std::move(d)); }); }));
     subs_.push_back(serve_async<ddc::BrokerRequest, ddc::BrokerDecision>(bus, ddc::subject(me, "admin.broker"),
-        [this](const ddc::BrokerRequest& q, Responder<ddc::BrokerDecision> r) { broker(q, [r](ddc::BrokerDecision d) mutable { r.ok(std::move(d)); }); }));
+        [this](const ddc::BrokerRequest& q, Responder<ddc::BrokerDecision> r) { broker_admin(q, [r](ddc::BrokerDecision d) mutable { r.ok(std::move(d)); }); }));
     subs_.push_back(serve<ddc::DesktopQuery, ddc::DesktopList>(bus, ddc::subject(me, "admin.desktops"), [this](const ddc::DesktopQuery& q) { return list(q); }));
     subs_.push_back(serve<Empty, ddc::GroupList>(bus, ddc::subject(me, "admin.groups"), [this](const Empty&) { return group_list(); }));
     subs_.push_back(serve<ddc::Maintenance, ddc::Ack>(bus, ddc::subject(me, "admin.maintenance"), [this](const ddc::Maintenance& m) {
@@ -230,10 +253,12 @@ class Ddc final : public Plugin {
     subs_.push_back(subscribe<InstanceInfo>(bus, instance_down_subject, [this](const InstanceInfo& i, const Message&) { on_peer_down(i); }));
     ctx_.every(1s, [this] { sweep(); });
     ctx_.every(std::chrono::seconds(config_.pool_interval_s), [this] { pool_pass(); });
+    if (!config_.xml_address.empty()) start_xml();
   }
 
   void stop() override {
     stopped_ = true;  // timers end with the instance; a test may stop() it early to play a dead controller
+    if (xml_) xml_->stop();
     subs_.clear();
   }
 
@@ -248,6 +273,19 @@ class Ddc final : public Plugin {
     out["heartbeats_refused"] = static_cast<std::int64_t>(hb_refused_->value());
     out["deregistered_silent"] = static_cast<std::int64_t>(deregistered_->value());
     out["decisions"] = static_cast<std::int64_t>(decisions_->value());
+    if (xml_) {
+      const auto st = xml_->stats();
+      Value x = Value::object();
+      x["address"] = xml_endpoint_;
+      x["requests"] = static_cast<std::int64_t>(st.requests);
+      x["protocol_errors"] = static_cast<std::int64_t>(st.protocol_errors);
+      x["broker_timeouts"] = static_cast<std::int64_t>(st.broker_timeouts);
+      x["not_found"] = static_cast<std::int64_t>(st.not_found);
+      x["launches"] = static_cast<std::int64_t>(st.launches);
+      x["launches_pending"] = static_cast<std::int64_t>(launches_.size());
+      x["tickets"] = static_cast<std::int64_t>(tickets_.size());
+      out["xml"] = std::move(x);
+    }
   }
 
  private:
@@ -525,6 +563,9 @@ class Ddc final : public Plugin {
       }
     }
     std::erase_if(nonces_, [&](const auto& n) { return n.second < t; });
+    std::erase_if(launches_, [&](const auto& l) { return l.second.expires <= t; });
+    std::erase_if(tickets_, [&](const auto& l) { return l.second.expires <= t; });
+    sync_xml_counters();
   }
 
   // ---- brokering ----
@@ -538,11 +579,30 @@ class Ddc final : public Plugin {
     return d;
   }
 
-  bool entitled(const Group& g, const std::string& user) const {
-    return g.conf.users.empty() || std::find(g.conf.users.begin(), g.conf.users.end(), user) != g.conf.users.end();
+  /// A group's `users` and `directory_groups` entitle; neither given = every user.
+  static bool entitled(const Group& g, const std::string& user, const std::vector<std::string>& user_groups) {
+    const auto& c = g.conf;
+    if (c.users.empty() && c.directory_groups.empty()) return true;
+    if (std::find(c.users.begin(), c.users.end(), user) != c.users.end()) return true;
+    return std::any_of(c.directory_groups.begin(), c.directory_groups.end(), [&](const std::string& dg) {
+      return std::find(user_groups.begin(), user_groups.end(), dg) != user_groups.end();
+    });
   }
 
-  void broker(const ddc::BrokerRequest& q, Done done) {
+  /// admin.broker: the user's directory groups first when a group is entitled by them (the XML service has them
+  /// from the authentication already), then the same brokering.
+  void broker_admin(const ddc::BrokerRequest& q, Done done) {
+    const bool by_groups = std::any_of(groups_.begin(), groups_.end(), [](const auto& g) { return !g.second.conf.directory_groups.empty(); });
+    if (config_.directory.empty() || !by_groups || q.user.empty()) return broker(q, {}, std::move(done));
+    request<dir::GroupsOf, dir::Groups>(ctx_.bus(), dir::subject(config_.directory, "groups-of"), dir::GroupsOf{q.user, ""}, timeout(),
+                                        [this, q, done = std::move(done)](Reply<dir::Groups> g) mutable {
+                                          if (!g) ctx_.log().warning("groups of " + q.user + " not known: directory " + config_.directory + " did not answer (" +
+                                                                     g.error().message + "); brokering by user name only");
+                                          broker(q, g ? g->groups : std::vector<std::string>{}, std::move(done));
+                                        });
+  }
+
+  void broker(const ddc::BrokerRequest& q, const std::vector<std::string>& user_groups, Done done) {
     auto finish = [this, done = std::move(done)](ddc::BrokerDecision d) {
       decisions_->inc();
       d.broker = ctx_.name();
@@ -551,7 +611,7 @@ class Ddc final : public Plugin {
     if (q.user.empty()) return finish(refusal(ddc::kNotEntitled, "no user named; give user (and endpoint)"));
     std::vector<const Group*> groups;
     for (const auto& [name, g] : groups_)
-      if ((q.group.empty() || q.group == name) && entitled(g, q.user)) groups.push_back(&g);
+      if ((q.group.empty() || q.group == name) && entitled(g, q.user, user_groups)) groups.push_back(&g);
     if (groups.empty())
       return finish(refusal(ddc::kNotEntitled, q.user + " is entitled to " + (q.group.empty() ? "no desktop group" : "group " + q.group)));
     auto in_groups = [&](const Desk& d) {
@@ -844,6 +904,165 @@ class Ddc final : public Plugin {
     }
   }
 
+  // ---- XML service (nfuse::Broker; ExecutorBroker calls these on the executor) ----
+  /// A desktop handed out by RequestAddress (keyed by its ticket tag), then by RequestTicket (keyed by the ticket).
+  struct Launch {
+    std::string user, group, desktop, address, endpoint;
+    TimePoint expires{};
+  };
+  /// The directory's answer (valid during the call only) or nullptr and the ErrorId to answer with.
+  using Authenticated = std::function<void(const dir::AuthResult*, const char* error_id)>;
+
+  void start_xml() {
+    const auto colon = config_.xml_address.rfind(':');
+    nfuse::XmlServiceOptions o;
+    o.host = config_.xml_address.substr(0, colon);
+    o.port = static_cast<std::uint16_t>(std::stoi(config_.xml_address.substr(colon + 1)));
+    // The controller's own waits (directory, licence server, agent) end first and answer with their reason.
+    o.answer_timeout = std::chrono::milliseconds(3 * config_.request_timeout_ms + 1000);
+    xml_ = std::make_unique<nfuse::XmlService>(o, std::make_shared<deskfarm::ddc::ExecutorBroker>(ctx_.lifeline(), *this));
+    xml_->start();  // throws naming the address: the instance fails to start
+    xml_endpoint_ = o.host + ":" + std::to_string(xml_->port());
+    ctx_.advertise("xml", xml_endpoint_);
+    ctx_.log().info("XML service on http://" + xml_endpoint_ + std::string(nfuse::kPath) + ", credentials checked by directory " + config_.directory);
+    if (!o.host.starts_with("127.") && o.host != "localhost" && o.host != "::1")
+      ctx_.log().warning("XML service on " + xml_endpoint_ + " has no TLS: passwords cross the network in clear; bind it to loopback "
+                         "and put a TLS proxy in front");
+  }
+
+  void count_xml(const std::string& result) {
+    ctx_.metrics().counter("deskfarm_ddc_xml_answers_total", "XML service answers by result", {{"result", result}}).inc();
+  }
+
+  /// The service counts what never reaches the broker (malformed documents, unknown types, its own timeouts).
+  void sync_xml_counters() {
+    if (!xml_) return;
+    const auto st = xml_->stats();
+    if (st.protocol_errors > xml_synced_.protocol_errors)
+      ctx_.metrics().counter("deskfarm_ddc_xml_answers_total", "", {{"result", "protocol_error"}}).inc(st.protocol_errors - xml_synced_.protocol_errors);
+    if (st.broker_timeouts > xml_synced_.broker_timeouts)
+      ctx_.metrics().counter("deskfarm_ddc_xml_answers_total", "", {{"result", "timeout"}}).inc(st.broker_timeouts - xml_synced_.broker_timeouts);
+    xml_synced_ = st;
+  }
+
+  /// Every request that carries credentials is checked by the directory; `then(result, "")` or `then(nullptr, error_id)`.
+  void authenticate(const std::optional<nfuse::Credentials>& c, const std::string& request, Authenticated then) {
+    if (!c || c->user.empty()) {
+      count_xml("bad_credentials");
+      ctx_.log().info("XML service: " + request + " without credentials refused");
+      return then(nullptr, nfuse::kBadCredentials);
+    }
+    request_directory_auth(*c, request, std::move(then));
+  }
+
+  void request_directory_auth(const nfuse::Credentials& c, const std::string& what, Authenticated then) {
+    dir::Authenticate a{c.user, Secret(c.password), c.domain};
+    request<dir::Authenticate, dir::AuthResult>(
+        ctx_.bus(), dir::subject(config_.directory, "authenticate"), std::move(a), timeout(),
+        [this, user = c.user, what, then = std::move(then)](Reply<dir::AuthResult> r) {
+          if (!r) {
+            count_xml("directory_unavailable");
+            ctx_.log().warning("XML service: " + what + " of " + user + " not answered: directory " + config_.directory + " did not answer (" +
+                               r.error().message + "); check that instance");
+            return then(nullptr, nfuse::kUnspecified);
+          }
+          if (!r->ok) {
+            const bool disabled = r->code == dir::kDisabled;
+            count_xml(disabled ? "account_disabled" : "bad_credentials");
+            ctx_.log().info("XML service: " + what + " of " + user + " refused by directory " + config_.directory + " (" + r->code + ")");
+            return then(nullptr, disabled ? nfuse::kAccountDisabled : nfuse::kBadCredentials);
+          }
+          then(&r.value(), nullptr);
+        });
+  }
+
+  void validate_credentials(const nfuse::ValidateCredentials& req, std::function<void(nfuse::ValidateCredentialsReply)> done) override {
+    authenticate(req.credentials, "RequestValidateCredentials", [this, done = std::move(done)](const dir::AuthResult* a, const char* error) {
+      if (!a) return done({-1, false, error});
+      count_xml("ok");
+      done({-1, false, ""});  // the directory keeps no password expiry yet (plugins/directory/README.md, Limits)
+    });
+  }
+
+  void app_data(const nfuse::AppDataRequest& req, std::function<void(nfuse::AppDataReply)> done) override {
+    authenticate(req.credentials, "RequestAppData", [this, done = std::move(done)](const dir::AuthResult* a, const char* error) {
+      if (!a) return done({{}, error});
+      nfuse::AppDataReply out;
+      for (const auto& [name, g] : groups_) {
+        if (!entitled(g, a->user, a->groups)) continue;
+        nfuse::AppData app;
+        app.in_name = name;
+        app.f_name = name;
+        app.disabled = g.maintenance;
+        for (const auto& u : g.conf.users) app.users.push_back(a->domain + "\\" + u);
+        for (const auto& dg : g.conf.directory_groups) app.groups.push_back(a->domain + "\\" + dg);
+        app.anonymous = false;
+        if (g.conf.users.empty() && g.conf.directory_groups.empty()) app.groups.push_back(a->domain + "\\Domain Users");
+        out.apps.push_back(std::move(app));
+      }
+      count_xml("ok");
+      done(std::move(out));
+    });
+  }
+
+  void address(const nfuse::AddressRequest& req, std::function<void(nfuse::AddressReply)> done) override {
+    authenticate(req.credentials, "RequestAddress", [this, req, done = std::move(done)](const dir::AuthResult* a, const char* error) mutable {
+      if (!a) return done({"", "dot", "", error});
+      if (!groups_.contains(req.app_name)) {
+        count_xml("refused");
+        ctx_.log().info("XML service: RequestAddress of " + a->user + " for unknown desktop group '" + req.app_name + "'");
+        return done({"", "dot", "", nfuse::kAppRemoved});
+      }
+      const std::string endpoint = !req.client_name.empty() ? req.client_name : !req.client_address.empty() ? req.client_address : "xml-service";
+      ddc::BrokerRequest q{a->user, endpoint, req.app_name};
+      broker(q, a->groups, [this, q, done = std::move(done)](ddc::BrokerDecision d) {
+        if (d.outcome != "connect") {
+          count_xml("refused");
+          ctx_.log().info("XML service: no desktop of " + q.group + " for " + q.user + " (" + d.outcome + " " + d.reason + "): " + d.why);
+          return done({"", "dot", "", d.reason == ddc::kNotEntitled ? nfuse::kAppRemoved : nfuse::kNoAvailableWorkstation});
+        }
+        std::string tag = deskfarm::farm_key::random_hex(tokens_);
+        launches_[tag] = Launch{q.user, d.group, d.desktop, d.address, q.endpoint, ctx_.clock().now() + std::chrono::seconds(config_.launch_ttl_s)};
+        count_xml("ok");
+        ctx_.log().info("XML service: " + q.user + " gets " + d.desktop + " of " + d.group + ": " + d.why);
+        done({d.address, "dot", tag, ""});
+      });
+    });
+  }
+
+  void ticket(const nfuse::TicketRequest& req, std::function<void(nfuse::TicketReply)> done) override {
+    authenticate(req.credentials, "RequestTicket", [this, req, done = std::move(done)](const dir::AuthResult* a, const char* error) {
+      if (!a) return done({"", error});
+      auto l = launches_.find(req.ticket_tag);
+      if (l == launches_.end() || l->second.user != a->user || l->second.expires <= ctx_.clock().now()) {
+        count_xml("refused");
+        ctx_.log().info("XML service: RequestTicket of " + a->user + " names no launch of theirs (unknown or expired ticket tag)");
+        return done({"", nfuse::kUnspecified});
+      }
+      // 30 characters, as Citrix's CTXS1 logon tickets are; tied to this launch only.
+      std::string t = deskfarm::farm_key::random_hex(tokens_) + deskfarm::farm_key::random_hex(tokens_);
+      t.resize(30);
+      for (auto& c : t) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      Launch launch = l->second;
+      launch.expires = ctx_.clock().now() + std::chrono::seconds(req.time_to_live);
+      tickets_[t] = std::move(launch);
+      count_xml("ok");
+      done({t, ""});
+    });
+  }
+
+  void launch(const std::string& ticket, std::function<void(std::optional<nfuse::IcaFile>)> done) override {
+    auto l = tickets_.find(ticket);
+    if (l == tickets_.end() || l->second.expires <= ctx_.clock().now()) return done(std::nullopt);
+    nfuse::IcaFile f;
+    f.name = l->second.group;
+    f.title = l->second.group + " (" + l->second.desktop + ")";
+    f.address = l->second.address;
+    f.logon_ticket = ticket;
+    f.client_name = l->second.endpoint;
+    done(std::move(f));
+  }
+
   // ---- admin ----
   ddc::Ack maintenance(const ddc::Maintenance& m) {
     if (!m.group.empty()) {
@@ -918,6 +1137,11 @@ class Ddc final : public Plugin {
   std::size_t registered_here_ = 0;
   bool stopped_ = false;
   std::vector<Subscription> subs_;
+  std::unique_ptr<nfuse::XmlService> xml_;  ///< with xml_address; stopped in stop()
+  std::string xml_endpoint_;
+  nfuse::XmlServiceStats xml_synced_;  ///< what sync_xml_counters() already counted
+  std::unordered_map<std::string, Launch> launches_;  ///< ticket tag → launch (RequestAddress)
+  std::unordered_map<std::string, Launch> tickets_;   ///< logon ticket → launch (RequestTicket)
   Counter* registrations_ = nullptr;
   Counter* refused_ = nullptr;
   Counter* hb_refused_ = nullptr;

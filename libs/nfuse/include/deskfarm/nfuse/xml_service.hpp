@@ -7,8 +7,10 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
+#include "deskfarm/nfuse/ica.hpp"
 #include "deskfarm/nfuse/nfuse.hpp"
 
 namespace deskfarm::nfuse {
@@ -22,7 +24,13 @@ class Broker {
   virtual void app_data(const AppDataRequest& req, std::function<void(AppDataReply)> done) = 0;
   virtual void address(const AddressRequest& req, std::function<void(AddressReply)> done) = 0;
   virtual void ticket(const TicketRequest& req, std::function<void(TicketReply)> done) = 0;
+  /// GET kLaunchPath?ticket=T: the ICA launch file of the launch a RequestTicket ticket belongs to; nullopt = no
+  /// such ticket (404). A broker that serves no launch files keeps this default.
+  virtual void launch(const std::string& ticket, std::function<void(std::optional<IcaFile>)> done) { (void)ticket; done(std::nullopt); }
 };
+
+/// Where the service hands out ICA launch files: GET /scripts/launch.ica?ticket=<RequestTicket's ticket>.
+inline constexpr std::string_view kLaunchPath = "/scripts/launch.ica";
 
 struct XmlServiceOptions {
   std::string host = "127.0.0.1";
@@ -37,7 +45,8 @@ struct XmlServiceStats {
   std::uint64_t requests = 0;        ///< documents posted to the path
   std::uint64_t protocol_errors = 0; ///< malformed or unknown (answered with an error reply)
   std::uint64_t broker_timeouts = 0;
-  std::uint64_t not_found = 0;       ///< other paths or methods
+  std::uint64_t not_found = 0;       ///< other paths or methods, unknown launch tickets
+  std::uint64_t launches = 0;        ///< ICA files handed out
 };
 
 class XmlService {

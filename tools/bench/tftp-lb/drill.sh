@@ -5,6 +5,7 @@
 # FILE_KIB (default 64) KiB in a loop, TRANSFERS_PER_CLIENT (default 10) each, each failed transfer started again
 # (ATTEMPTS, default 4). KILL_AFTER_S (default 3) into the storm the second backend's process group is killed.
 # Checks, each printed as PASS/FAIL (exit 1 if any failed):
+#   - the load alone does not mark b2 DOWN before the kill;
 #   - every transfer completes (retries allowed) with the right SHA-256;
 #   - the dead backend is DOWN within interval x retries + response timeout (+ SLACK_MS, default 500);
 #   - no new session goes to it once it is DOWN;
@@ -122,6 +123,9 @@ load_pid=$!
 pids+=("$load_pid")
 sleep "$kill_after"
 b2_before=$(field b2 sessions_total)
+if grep -q "backend b2 127.0.0.1:$port2: UP -> DOWN" "$work/lb.log"; then
+  check fail "b2 went DOWN under the storm's load alone, before the kill"
+fi
 killed_at=$(ms_now)
 stop_group "$b2_group"
 echo "killed b2 (process group $b2_group) after ${kill_after} s of the storm; it had $b2_before sessions"

@@ -4,8 +4,10 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -24,8 +26,11 @@ constexpr std::uint32_t kNone = 0xffffffffu;
 constexpr std::uint64_t kListenTag = 0xffffffffffffffffull;
 constexpr std::uint64_t kWakeTag = 0xfffffffffffffffeull;
 constexpr int kEvents = 256;
-constexpr int kReadsPerEvent = 64;  // bounds one socket's share of a round, so a busy transfer cannot starve others
-constexpr std::size_t kBuffer = 65536;
+// Datagrams per recvmmsg: one call takes a socket's whole burst (a window, retransmissions, both directions of a
+// session, a storm of requests), and bounds one socket's share of a round so a busy transfer cannot starve others.
+constexpr unsigned kBatch = 32;
+constexpr int kListenRounds = 2;           // recvmmsg calls on the virtual server per readiness
+constexpr std::size_t kSlot = 65536;       // above the largest IPv4 UDP payload (65,507): nothing is truncated
 
 std::uint64_t key_of(const sockaddr_in& a) {
   return (static_cast<std::uint64_t>(a.sin_addr.s_addr) << 16) | a.sin_port;
@@ -76,8 +81,21 @@ struct Relay::State {
   std::vector<Candidate> candidates;
   Picker picker;
   RelayStats stats;
-  std::vector<std::byte> buffer = std::vector<std::byte>(kBuffer);
-  std::vector<std::byte> out;  // ERROR packets we write; its capacity is kept
+  // One receive burst, allocated (and touched) once. A relayed datagram is sent from the slot it was received
+  // into: the relay path copies nothing in user space.
+  std::vector<std::byte> rx = std::vector<std::byte>(kBatch * kSlot);
+  std::array<iovec, kBatch> rx_iov{};
+  std::array<mmsghdr, kBatch> rx_msg{};
+  std::array<sockaddr_in, kBatch> rx_from{};
+  // What one burst produces (at most one datagram per datagram received), sent with one sendmmsg in order.
+  enum class Out : std::uint8_t { to_backend, to_client, error };
+  std::array<iovec, kBatch> tx_iov{};
+  std::array<mmsghdr, kBatch> tx_msg{};
+  std::array<sockaddr_in, kBatch> tx_to{};
+  std::array<Out, kBatch> tx_kind{};
+  unsigned tx_count = 0;
+  // The ERROR packets the relay writes, encoded once.
+  std::vector<std::byte> unknown_tid, no_backend, busy;
 };
 
 Relay::Relay(RelayOptions options) : options_(std::move(options)) {}
@@ -86,7 +104,22 @@ Relay::~Relay() { stop(); }
 
 void Relay::start() {
   state_ = std::make_unique<State>(options_.method);
-  state_->out.reserve(512);
+  {
+    State& st = *state_;
+    for (unsigned k = 0; k < kBatch; ++k) {
+      st.rx_iov[k] = iovec{st.rx.data() + k * kSlot, kSlot};
+      st.rx_msg[k].msg_hdr.msg_iov = &st.rx_iov[k];
+      st.rx_msg[k].msg_hdr.msg_iovlen = 1;
+      st.rx_msg[k].msg_hdr.msg_name = &st.rx_from[k];
+      st.tx_msg[k].msg_hdr.msg_iov = &st.tx_iov[k];
+      st.tx_msg[k].msg_hdr.msg_iovlen = 1;
+      st.tx_msg[k].msg_hdr.msg_name = &st.tx_to[k];
+      st.tx_msg[k].msg_hdr.msg_namelen = sizeof(sockaddr_in);
+    }
+    tftp::encode_error(st.unknown_tid, tftp::ErrorCode::unknown_tid, "unknown transfer ID");
+    tftp::encode_error(st.no_backend, tftp::ErrorCode::not_defined, "no TFTP backend available, try again later");
+    tftp::encode_error(st.busy, tftp::ErrorCode::not_defined, "server busy");
+  }
   state_->by_client.reserve(std::min<std::size_t>(options_.max_sessions, 65536));
   state_->sessions.reserve(std::min<std::size_t>(options_.max_sessions, 1024));
   const std::string where = to_string(options_.vip);
@@ -202,18 +235,53 @@ void Relay::loop() {
     --stats.sessions_active;
   };
 
-  const auto send_error = [&](int fd, const sockaddr_in& to, tftp::ErrorCode code, std::string_view message) {
-    st.out.clear();
-    tftp::encode_error(st.out, code, message);
-    if (::sendto(fd, st.out.data(), st.out.size(), 0, reinterpret_cast<const sockaddr*>(&to), sizeof to) < 0)
-      ++stats.socket_errors;
+  // ---- output: queued per burst, then one sendmmsg per socket ----
+  const auto queue = [&](const sockaddr_in& to, const std::byte* data, std::size_t n, State::Out kind) {
+    const unsigned k = st.tx_count++;  // never beyond kBatch: at most one output per datagram of the burst
+    st.tx_to[k] = to;
+    st.tx_iov[k] = iovec{const_cast<std::byte*>(data), n};
+    st.tx_kind[k] = kind;
   };
-  const auto send = [&](int fd, const sockaddr_in& to, std::size_t n) {
-    if (::sendto(fd, st.buffer.data(), n, 0, reinterpret_cast<const sockaddr*>(&to), sizeof to) < 0) {
-      ++stats.socket_errors;  // a full send buffer or an ICMP error: the endpoints' retransmissions recover
-      return false;
+  const auto count_sent = [&](State::Out kind, std::size_t n) {
+    if (kind == State::Out::to_backend) ++stats.packets_to_backend;
+    else if (kind == State::Out::to_client) {
+      ++stats.packets_to_client;
+      stats.bytes_to_client += n;
     }
-    return true;
+  };
+  const auto flush = [&](int fd) {
+    unsigned sent = 0;
+    // Bounded: every call sends at least one datagram or skips one.
+    for (unsigned calls = 0; sent < st.tx_count && calls < kBatch; ++calls) {
+      ++stats.send_calls;
+      const int r = ::sendmmsg(fd, &st.tx_msg[sent], st.tx_count - sent, 0);
+      if (r <= 0) {
+        // A full send buffer or an ICMP error reported on this socket: that datagram is lost (the endpoints'
+        // retransmissions recover), the ones after it still go.
+        ++stats.socket_errors;
+        ++sent;
+        continue;
+      }
+      for (unsigned k = sent; k < sent + static_cast<unsigned>(r); ++k) count_sent(st.tx_kind[k], st.tx_iov[k].iov_len);
+      sent += static_cast<unsigned>(r);
+    }
+    st.tx_count = 0;
+  };
+  // One datagram on its own (a new session's request leaves from the session's new socket).
+  const auto send_now = [&](int fd, const sockaddr_in& to, const std::byte* data, std::size_t n, State::Out kind) {
+    ++stats.send_calls;
+    if (::sendto(fd, data, n, 0, reinterpret_cast<const sockaddr*>(&to), sizeof to) < 0) {
+      ++stats.socket_errors;  // a full send buffer or an ICMP error: the endpoints' retransmissions recover
+      return;
+    }
+    count_sent(kind, n);
+  };
+  const auto receive = [&](int fd) -> unsigned {
+    for (unsigned k = 0; k < kBatch; ++k) st.rx_msg[k].msg_hdr.msg_namelen = sizeof(sockaddr_in);
+    const int got = ::recvmmsg(fd, st.rx_msg.data(), kBatch, MSG_DONTWAIT, nullptr);
+    if (got <= 0) return 0;
+    ++stats.receive_calls;
+    return static_cast<unsigned>(got);
   };
 
   const auto apply_backends = [&] {
@@ -243,7 +311,7 @@ void Relay::loop() {
     st.picker.reserve(st.backends.size());
   };
 
-  const auto new_session = [&](const sockaddr_in& client, std::size_t n, Clock::time_point now) {
+  const auto new_session = [&](const sockaddr_in& client, const std::byte* data, std::size_t n, Clock::time_point now) {
     const std::uint32_t ip = ntohl(client.sin_addr.s_addr);
     const auto chosen = st.picker.pick(st.candidates, ip);
     if (!chosen) {
@@ -251,7 +319,7 @@ void Relay::loop() {
       if (stats.no_backend == 1 || stats.no_backend % 1000 == 0)
         log("no backend is UP for a request from " + to_string(client) + " (" + std::to_string(stats.no_backend) +
             " refused so far; see the backends' health)");
-      send_error(listen_fd_, client, tftp::ErrorCode::not_defined, "no TFTP backend available, try again later");
+      queue(client, st.no_backend.data(), st.no_backend.size(), State::Out::error);
       return;
     }
     if (stats.sessions_active >= options_.max_sessions && st.head != kNone) {
@@ -271,7 +339,7 @@ void Relay::loop() {
       ++stats.socket_errors;
       log("cannot open a session socket on " + host_of(local) + " for " + to_string(client) + ": " + std::strerror(e) +
           " (raise the open-files limit, or lower max_sessions)");
-      send_error(listen_fd_, client, tftp::ErrorCode::not_defined, "server busy");
+      queue(client, st.busy.data(), st.busy.size(), State::Out::error);
       return;
     }
     std::uint32_t i;
@@ -303,100 +371,108 @@ void Relay::loop() {
     ++stats.sessions_started;
     ++stats.sessions_active;
     stats.sessions_peak = std::max(stats.sessions_peak, stats.sessions_active);
-    if (send(fd, st.backends[*chosen].config.address, n)) ++stats.packets_to_backend;
+    send_now(fd, st.backends[*chosen].config.address, data, n, State::Out::to_backend);
   };
 
+  // The virtual server's socket: a burst of requests per call. Refusals (ERROR 0) leave together from it; a new
+  // session's request leaves from the session's own socket.
   const auto on_listen = [&](Clock::time_point now) {
-    for (int r = 0; r < kReadsPerEvent; ++r) {
-      sockaddr_in from{};
-      socklen_t len = sizeof from;
-      const ssize_t n = ::recvfrom(listen_fd_, st.buffer.data(), st.buffer.size(), 0, reinterpret_cast<sockaddr*>(&from), &len);
-      if (n < 0) return;
-      if (from.sin_family != AF_INET) continue;
-      const auto parsed = tftp::parse_packet(std::span(st.buffer.data(), static_cast<std::size_t>(n)));
-      const auto* packet = std::get_if<tftp::Packet>(&parsed);
-      if (!packet) {
-        ++stats.malformed_client;
-        continue;
+    for (int round = 0; round < kListenRounds; ++round) {
+      const unsigned got = receive(listen_fd_);
+      for (unsigned k = 0; k < got; ++k) {
+        const sockaddr_in& from = st.rx_from[k];
+        const std::byte* data = st.rx.data() + k * kSlot;
+        const std::size_t n = st.rx_msg[k].msg_len;
+        if (st.rx_msg[k].msg_hdr.msg_namelen < sizeof(sockaddr_in) || from.sin_family != AF_INET) continue;
+        const auto parsed = tftp::parse_packet(std::span(data, n));
+        const auto* packet = std::get_if<tftp::Packet>(&parsed);
+        if (!packet) {
+          ++stats.malformed_client;
+          continue;
+        }
+        if (!std::holds_alternative<tftp::Request>(*packet)) {
+          ++stats.not_a_request;  // no reply: an answer here would let anyone reflect traffic off the VIP
+          continue;
+        }
+        const auto found = st.by_client.find(key_of(from));
+        if (found != st.by_client.end() && st.sessions[found->second].finished) {
+          // A new request from the port of a finished transfer (UEFI asks for tsize, aborts, asks again from the
+          // same port): a new session, with a new transfer port on the backend.
+          close_session(found->second);
+          new_session(from, data, n, now);
+          continue;
+        }
+        if (found == st.by_client.end()) {
+          new_session(from, data, n, now);
+          continue;
+        }
+        // The client resent its request (our backend's first reply is slow or lost): the same backend gets it,
+        // and a backend that already started this transfer ignores a duplicate from the same (ip, port).
+        const auto i = found->second;
+        touch(i, now);
+        send_now(st.sessions[i].fd, st.backends[st.sessions[i].backend].config.address, data, n,
+                 State::Out::to_backend);
       }
-      if (!std::holds_alternative<tftp::Request>(*packet)) {
-        ++stats.not_a_request;  // no reply: an answer here would let anyone reflect traffic off the VIP
-        continue;
-      }
-      const auto found = st.by_client.find(key_of(from));
-      if (found != st.by_client.end() && st.sessions[found->second].finished) {
-        // A new request from the port of a finished transfer (UEFI asks for tsize, aborts, asks again from the
-        // same port): a new session, with a new transfer port on the backend.
-        close_session(found->second);
-        new_session(from, static_cast<std::size_t>(n), now);
-        continue;
-      }
-      if (found == st.by_client.end()) {
-        new_session(from, static_cast<std::size_t>(n), now);
-        continue;
-      }
-      // The client resent its request (our backend's first reply is slow or lost): the same backend gets it,
-      // and a backend that already started this transfer ignores a duplicate from the same (ip, port).
-      const auto i = found->second;
-      touch(i, now);
-      if (send(st.sessions[i].fd, st.backends[st.sessions[i].backend].config.address, static_cast<std::size_t>(n)))
-        ++stats.packets_to_backend;
+      flush(listen_fd_);
+      if (got < kBatch) return;  // drained: no EAGAIN round trip
     }
   };
 
-  // One datagram per readiness: a transfer is lockstep (or a small window), so a second read would mostly be an
-  // EAGAIN syscall; what is left is reported again by the level-triggered epoll in the next round.
+  // A session's socket: everything queued on it (the client's and the backend's datagrams, in arrival order) in
+  // one recvmmsg, handled in that order, and what it produces leaves in the same order with one sendmmsg, so
+  // batching never reorders a transfer. Lockstep transfers mostly bring one datagram; what is left beyond a
+  // burst is reported again by the level-triggered epoll in the next round.
   const auto on_session = [&](std::uint32_t i, Clock::time_point now) {
-    auto& s = st.sessions[i];
-    if (!s.in_use) return;
-    sockaddr_in from{};
-    socklen_t len = sizeof from;
-    const ssize_t got = ::recvfrom(s.fd, st.buffer.data(), st.buffer.size(), 0, reinterpret_cast<sockaddr*>(&from), &len);
-    if (got < 0) return;
-    const auto n = static_cast<std::size_t>(got);
-    const auto& backend = st.backends[s.backend].config.address;
-    if (same(from, s.client)) {
-      const auto parsed = tftp::parse_packet(std::span(st.buffer.data(), n));
-      const auto* packet = std::get_if<tftp::Packet>(&parsed);
-      if (!packet) {
-        ++stats.malformed_client;
-        return;
+    if (!st.sessions[i].in_use) return;
+    const int fd = st.sessions[i].fd;
+    const unsigned got = receive(fd);
+    for (unsigned k = 0; k < got; ++k) {
+      auto& s = st.sessions[i];
+      const sockaddr_in& from = st.rx_from[k];
+      const std::byte* data = st.rx.data() + k * kSlot;
+      const std::size_t n = st.rx_msg[k].msg_len;
+      const auto& backend = st.backends[s.backend].config.address;
+      if (same(from, s.client)) {
+        const auto parsed = tftp::parse_packet(std::span(data, n));
+        const auto* packet = std::get_if<tftp::Packet>(&parsed);
+        if (!packet) {
+          ++stats.malformed_client;
+          continue;
+        }
+        if (s.tid == 0) continue;  // nothing to answer yet: the client cannot know this port before a reply
+        touch(i, now);
+        sockaddr_in to = backend;
+        to.sin_port = s.tid;
+        queue(to, data, n, State::Out::to_backend);
+        if (const auto* a = std::get_if<tftp::Ack>(packet); a && s.last_block == a->block) finish(i, now);
+        else if (std::holds_alternative<tftp::Error>(*packet)) finish(i, now);
+      } else if (from.sin_addr.s_addr == backend.sin_addr.s_addr && (s.tid == 0 || from.sin_port == s.tid)) {
+        const auto parsed = tftp::parse_packet(std::span(data, n));
+        const auto* packet = std::get_if<tftp::Packet>(&parsed);
+        if (!packet) {
+          ++stats.malformed_backend;
+          continue;
+        }
+        s.tid = from.sin_port;  // the first valid reply from any port of the backend is its transfer ID
+        touch(i, now);
+        if (const auto* d = std::get_if<tftp::Data>(packet)) {
+          if (d->payload.size() < s.blksize) s.last_block = d->block;
+        } else if (const auto* oack = std::get_if<tftp::Oack>(packet)) {
+          for (const auto& o : oack->options)
+            if (o.name == "blksize")
+              if (auto v = tftp::parse_option_number(o.value, tftp::min_blksize, tftp::max_blksize))
+                s.blksize = static_cast<std::uint16_t>(*v);
+        }
+        queue(s.client, data, n, State::Out::to_client);
+        if (std::holds_alternative<tftp::Error>(*packet)) finish(i, now);
+      } else if (from.sin_addr.s_addr == s.client.sin_addr.s_addr || from.sin_addr.s_addr == backend.sin_addr.s_addr) {
+        ++stats.wrong_tid;  // RFC 1350: a packet from an unknown port gets ERROR 5 and the transfer goes on
+        queue(from, st.unknown_tid.data(), st.unknown_tid.size(), State::Out::error);
+      } else {
+        ++stats.foreign_dropped;  // never answered: the balancer talks only to its clients and backends
       }
-      if (s.tid == 0) return;  // nothing to answer yet: the client cannot know this port before a reply
-      touch(i, now);
-      sockaddr_in to = backend;
-      to.sin_port = s.tid;
-      if (send(s.fd, to, n)) ++stats.packets_to_backend;
-      if (const auto* ack = std::get_if<tftp::Ack>(packet); ack && s.last_block == ack->block) finish(i, now);
-      else if (std::holds_alternative<tftp::Error>(*packet)) finish(i, now);
-    } else if (from.sin_addr.s_addr == backend.sin_addr.s_addr && (s.tid == 0 || from.sin_port == s.tid)) {
-      const auto parsed = tftp::parse_packet(std::span(st.buffer.data(), n));
-      const auto* packet = std::get_if<tftp::Packet>(&parsed);
-      if (!packet) {
-        ++stats.malformed_backend;
-        return;
-      }
-      s.tid = from.sin_port;  // the first valid reply from any port of the backend is its transfer ID
-      touch(i, now);
-      if (const auto* data = std::get_if<tftp::Data>(packet)) {
-        if (data->payload.size() < s.blksize) s.last_block = data->block;
-      } else if (const auto* oack = std::get_if<tftp::Oack>(packet)) {
-        for (const auto& o : oack->options)
-          if (o.name == "blksize")
-            if (auto v = tftp::parse_option_number(o.value, tftp::min_blksize, tftp::max_blksize))
-              s.blksize = static_cast<std::uint16_t>(*v);
-      }
-      if (send(s.fd, s.client, n)) {
-        ++stats.packets_to_client;
-        stats.bytes_to_client += n;
-      }
-      if (std::holds_alternative<tftp::Error>(*packet)) finish(i, now);
-    } else if (from.sin_addr.s_addr == s.client.sin_addr.s_addr || from.sin_addr.s_addr == backend.sin_addr.s_addr) {
-      ++stats.wrong_tid;  // RFC 1350: a packet from an unknown port gets ERROR 5 and the transfer goes on
-      send_error(s.fd, from, tftp::ErrorCode::unknown_tid, "unknown transfer ID");
-    } else {
-      ++stats.foreign_dropped;  // never answered: the balancer talks only to its clients and backends
     }
+    flush(fd);
   };
 
   const auto publish = [&] {

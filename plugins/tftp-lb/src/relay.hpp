@@ -1,6 +1,7 @@
 #pragma once
 // The data plane: one epoll thread relays TFTP transfers between clients and backends through a virtual
-// server, following each backend's new transfer port (what a plain UDP proxy cannot do).
+// server, following each backend's new transfer port (what a plain UDP proxy cannot do). Each ready socket is
+// read with one recvmmsg (a burst of datagrams) and what the burst produces leaves with one sendmmsg, in order.
 #include <netinet/in.h>
 
 #include <atomic>
@@ -61,6 +62,8 @@ struct RelayStats {
   std::uint64_t packets_to_backend = 0;
   std::uint64_t packets_to_client = 0;
   std::uint64_t bytes_to_client = 0;
+  std::uint64_t receive_calls = 0;  ///< recvmmsg calls that returned datagrams (datagrams per call = the batching)
+  std::uint64_t send_calls = 0;     ///< sendmmsg/sendto calls
   std::vector<RelayBackendStats> backends;
 };
 

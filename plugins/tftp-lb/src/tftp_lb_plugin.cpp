@@ -246,6 +246,8 @@ class TftpLb final : public Plugin {
       r.set("packets_to_backend", s.packets_to_backend);
       r.set("packets_to_client", s.packets_to_client);
       r.set("bytes_to_client", s.bytes_to_client);
+      r.set("receive_calls", s.receive_calls);
+      r.set("send_calls", s.send_calls);
       out.set("relay", std::move(r));
     }
     Value backends = Value::array();

@@ -4,6 +4,10 @@
 # 256 x 64 KiB at blksize 1468. Prints min/median MiB/s, median p50/p99 per transfer, the ratios VIP/direct, and
 # the balancer's CPU seconds per GiB relayed. Then holds SESSIONS (default 10000) stalled transfers open through the
 # virtual server and prints the balancer's resident memory per session.
+# BASELINE=DIR (a folder holding another build's tftp-lb.so, e.g. the previous commit's) adds a second balancer
+# on 127.0.0.5 with that plugin in front of the same backend, measured in the same rounds ("base").
+# Per cell also the load generator's CPU (s/GiB, and its share of one core while it ran): a generator near one
+# core would be the limit, not the balancer.
 # usage: tools/bench/tftp-lb/run.sh [BUILD_DIR]     (reuses tools/bench/tftp's tftp_serve and tftp_load)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -40,53 +44,74 @@ pids+=($!)
 for _ in $(seq 50); do [[ -s $work/serve.port ]] && break; sleep 0.1; done
 backend=$(awk '{print $2}' "$work/serve.port")
 
-vip_port=$(free_port 127.0.0.2)
-cat > "$work/lb.toml" <<TOML
+# start_balancer NAME HOST PLUGIN_DIR: a deployment with one tftp-lb instance in front of the backend; sets
+# started_pid and started_port.
+start_balancer() {
+  local name=$1 host=$2 plugins=$3 port
+  port=$(free_port "$host")
+  cat > "$work/$name.toml" <<TOML
 [deployment]
-name = "tftp-lb-bench"
-state_dir = "$work/var"
+name = "tftp-lb-bench-$name"
+state_dir = "$work/var-$name"
 admin = "127.0.0.1:0"
 
 [instances.lb]
 plugin = "tftp-lb"
-vip = "127.0.0.2:$vip_port"
+vip = "$host:$port"
 monitor = "none"
 discover = false
 max_sessions = $((sessions + 1000))
 backends = [ { name = "serve", address = "127.0.0.1:$backend" } ]
 TOML
-"$bin/deskfarm" run "$work/lb.toml" --plugin-path "$build/plugins" > "$work/lb.log" 2>&1 &
-lb_pid=$!
-pids+=("$lb_pid")
-for _ in $(seq 50); do grep -q "virtual server" "$work/lb.log" && break; sleep 0.1; done
-grep -q "virtual server" "$work/lb.log" || { cat "$work/lb.log" >&2; exit 1; }
-lb_cpu() { awk '{ printf "%.3f", ($14 + $15) / '"$(getconf CLK_TCK)"' }' "/proc/$lb_pid/stat"; }
+  "$bin/deskfarm" run "$work/$name.toml" --plugin-path "$plugins" > "$work/$name.log" 2>&1 &
+  started_pid=$!
+  pids+=("$started_pid")
+  for _ in $(seq 50); do grep -q "virtual server" "$work/$name.log" && break; sleep 0.1; done
+  grep -q "virtual server" "$work/$name.log" || { cat "$work/$name.log" >&2; exit 1; }
+  started_port=$port
+}
+start_balancer lb 127.0.0.2 "$build/plugins"
+lb_pid=$started_pid
+vip_port=$started_port
+declare -A target=([direct]=127.0.0.1:$backend [vip]=127.0.0.2:$vip_port)
+declare -A balancer=([vip]=$lb_pid)
+paths=(direct vip)
+if [[ -n ${BASELINE:-} ]]; then
+  [[ -f $BASELINE/tftp-lb.so ]] || { echo "run.sh: BASELINE=$BASELINE holds no tftp-lb.so" >&2; exit 2; }
+  start_balancer base 127.0.0.5 "$BASELINE"
+  target[base]=127.0.0.5:$started_port
+  balancer[base]=$started_pid
+  paths+=(base)
+fi
+cpu_of() { [[ -z ${1:-} ]] && { echo 0; return; }; awk '{ printf "%.3f", ($14 + $15) / '"$(getconf CLK_TCK)"' }' "/proc/$1/stat"; }
 lb_rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$lb_pid/status"; }
 
 rows=("1x32MiB|1|f32m" "64x1MiB|64|f1m" "256x64KiB|256|f64k")
 declare -A samples
-echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $repeat rounds; backend tftp_serve 127.0.0.1:$backend, VIP 127.0.0.2:$vip_port"
+echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $repeat rounds; backend tftp_serve 127.0.0.1:$backend, VIP ${target[vip]}${BASELINE:+, baseline VIP ${target[base]}}"
 for ((r = 1; r <= repeat; r++)); do
   for row in "${rows[@]}"; do
     IFS='|' read -r label clients file <<<"$row"
-    for path in direct vip; do
-      target=127.0.0.1:$backend
-      [[ $path == vip ]] && target=127.0.0.2:$vip_port
-      before=$(lb_cpu)
-      if ! out=$("$bin/tftp_load" --server "$target" --file "$file" --clients "$clients" --blksize 1468 \
+    for path in "${paths[@]}"; do
+      before=$(cpu_of "${balancer[$path]:-}")
+      if ! out=$("$bin/tftp_load" --server "${target[$path]}" --file "$file" --clients "$clients" --blksize 1468 \
             --expect-sha256 "${sha[$file]}" --deadline-s 120); then
         echo "run.sh: round $r $path $label failed: $out" >&2
         continue
       fi
-      after=$(lb_cpu)
+      after=$(cpu_of "${balancer[$path]:-}")
+      # rate p50 p99 balancer-s/GiB generator-s/GiB generator-share-of-a-core
       line=$(awk -v out="$out" -v a="$before" -v b="$after" -v c="$clients" -v f="$file" 'BEGIN {
         match(out, /: [0-9.]+ MiB\/s/); rate = substr(out, RSTART + 2, RLENGTH - 8) + 0
         match(out, /p50 [0-9.]+ ms/); p50 = substr(out, RSTART + 4, RLENGTH - 7) + 0
         match(out, /p99 [0-9.]+ ms/); p99 = substr(out, RSTART + 4, RLENGTH - 7) + 0
+        match(out, /MiB in [0-9.]+ s/); wall = substr(out, RSTART + 7, RLENGTH - 9) + 0
+        match(out, /load CPU [0-9.]+ s/); gen = substr(out, RSTART + 9, RLENGTH - 11) + 0
         size = (f == "f32m") ? 32 : (f == "f1m") ? 1 : 0.0625
-        printf "%.1f %.1f %.1f %.2f", rate, p50, p99, (b - a) / (c * size / 1024) }')
+        gib = c * size / 1024
+        printf "%.1f %.1f %.1f %.2f %.2f %.2f", rate, p50, p99, (b - a) / gib, gen / gib, (wall > 0) ? gen / wall : 0 }')
       samples[$path,$label]+="$line"$'\n'
-      echo "  round $r $path $label $line" | awk '{ printf "  round %s %-6s %-10s %8s MiB/s  p50 %7s ms  p99 %7s ms  balancer %s CPU s/GiB\n", $2, $3, $4, $5, $6, $7, $8 }'
+      echo "  round $r $path $label $line" | awk '{ printf "  round %s %-6s %-10s %8s MiB/s  p50 %7s ms  p99 %7s ms  balancer %5s CPU s/GiB  generator %5s CPU s/GiB, %s of a core\n", $2, $3, $4, $5, $6, $7, $8, $9, $10 }'
     done
   done
 done
@@ -98,17 +123,33 @@ stat() {  # path label column min|median
   if [[ $4 == min ]]; then head -1 <<<"$values"; else awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }' <<<"$values"; fi
 }
 echo
-echo "MiB/s min/median over $repeat rounds; p50/p99 ms per transfer (median); VIP/direct of the medians"
-printf '%-10s %16s %15s %16s %15s %12s %14s %16s\n' row "direct MiB/s" "p50/p99 ms" "VIP MiB/s" "p50/p99 ms" "MiB/s ratio" "p99 ratio" "balancer s/GiB"
-for row in "${rows[@]}"; do
-  IFS='|' read -r label _ <<<"$row"
-  printf '%-10s %16s %15s %16s %15s %12s %14s %16s\n' "$label" \
-    "$(stat direct "$label" 1 min)/$(stat direct "$label" 1 median)" "$(stat direct "$label" 2 median)/$(stat direct "$label" 3 median)" \
-    "$(stat vip "$label" 1 min)/$(stat vip "$label" 1 median)" "$(stat vip "$label" 2 median)/$(stat vip "$label" 3 median)" \
-    "$(awk -v a="$(stat vip "$label" 1 median)" -v b="$(stat direct "$label" 1 median)" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')" \
-    "$(awk -v a="$(stat vip "$label" 3 median)" -v b="$(stat direct "$label" 3 median)" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')" \
-    "$(stat vip "$label" 4 median)"
+ratio() { awk -v a="$(stat "$1" "$3" "$4" median)" -v b="$(stat "$2" "$3" "$4" median)" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+echo "MiB/s min/median over $repeat rounds; p50/p99 ms per transfer (median); ratios of the medians;"
+echo "generator: tftp_load's CPU s/GiB and share of one core (median)"
+for path in "${paths[@]}"; do
+  [[ $path == direct ]] && continue
+  echo "${path}:"
+  printf '%-10s %16s %15s %16s %15s %12s %10s %15s %22s\n' row "direct MiB/s" "p50/p99 ms" "$path MiB/s" "p50/p99 ms" "MiB/s ratio" "p99 ratio" "balancer s/GiB" "generator direct/$path"
+  for row in "${rows[@]}"; do
+    IFS='|' read -r label _ <<<"$row"
+    printf '%-10s %16s %15s %16s %15s %12s %10s %15s %22s\n' "$label" \
+      "$(stat direct "$label" 1 min)/$(stat direct "$label" 1 median)" "$(stat direct "$label" 2 median)/$(stat direct "$label" 3 median)" \
+      "$(stat "$path" "$label" 1 min)/$(stat "$path" "$label" 1 median)" "$(stat "$path" "$label" 2 median)/$(stat "$path" "$label" 3 median)" \
+      "$(ratio "$path" direct "$label" 1)" "$(ratio "$path" direct "$label" 3)" "$(stat "$path" "$label" 4 median)" \
+      "$(stat direct "$label" 5 median)·$(stat direct "$label" 6 median) / $(stat "$path" "$label" 5 median)·$(stat "$path" "$label" 6 median)"
+  done
 done
+[[ -n ${BASELINE:-} ]] && for row in "${rows[@]}"; do
+  IFS='|' read -r label _ <<<"$row"
+  echo "vip/base $label: MiB/s $(ratio vip base "$label" 1), p99 $(ratio vip base "$label" 3), balancer CPU s/GiB $(ratio vip base "$label" 4)"
+done
+
+python3 -c 'import json,sys
+r = [x for x in json.load(sys.stdin)["instances"] if x["name"] == "lb"][0]["fields"]["relay"]
+n = r["packets_to_backend"] + r["packets_to_client"]
+if r.get("receive_calls"):
+    print("batching: %d datagrams relayed, %.2f per recvmmsg, %.2f per send call" % (n, n / r["receive_calls"], n / max(1, r["send_calls"])))' \
+  < <("$bin/deskfarm" status "$work/lb.toml") 2>/dev/null || true
 
 # Sessions held: every client sends one RRQ (resent while unanswered) and never ACKs; each session stays until
 # the idle timeout (60 s).

@@ -6,7 +6,8 @@
 // to --verify-mib; transfers past that cap are size-checked only, and the output says how many were hashed). Prints MiB/s, transfers/s, p50/p99 time per
 // transfer and the load generator's own CPU time, so a reader can see whether the generator was the bound.
 // usage: tftp_load --server HOST:PORT --file NAME [--clients N] [--transfers T] [--blksize B] [--windowsize W]
-//                  [--expect-sha256 HEX] [--verify-mib M] [--timeout-ms MS] [--deadline-s S]   (--help lists them)
+//                  [--expect-sha256 HEX] [--verify-mib M] [--timeout-ms MS] [--attempts A] [--deadline-s S]
+//                  (--help lists them)
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -51,6 +52,7 @@ struct Config {
   std::string expect_sha256;
   std::uint64_t verify_bytes = std::uint64_t{64} << 20;
   std::chrono::milliseconds timeout{1000};
+  int attempts = 1;
   std::chrono::seconds deadline{300};
 };
 
@@ -72,6 +74,7 @@ struct Download {
   Clock::time_point started;
   Clock::time_point last_activity;
   int retries = 0;
+  int attempt = 0;  ///< 0 for the first try; a failed download starts again (--attempts)
 };
 
 /// A finished download whose content, in the verify arena, still has to be hashed.
@@ -105,6 +108,9 @@ po::options_description& flags() {
          "keep at most this many MiB of downloads for the SHA-256 check; later ones are size-checked only")
         ("timeout-ms", po::value<long long>()->value_name("MS")->default_value(1000),
          "resend after this long without a reply; 5 resends fail the download")
+        ("attempts", po::value<long long>()->value_name("A")->default_value(1),
+         "tries per download: a failed one (an ERROR, 5 resends unanswered) starts again from a new socket, as PXE "
+         "firmware does; its time counts from the first try")
         ("deadline-s", po::value<long long>()->value_name("S")->default_value(300), "stop the whole run after this long");
     return o;
   }();
@@ -148,6 +154,7 @@ Config parse(int argc, char** argv) {
   if (vm.count("expect-sha256")) config.expect_sha256 = vm["expect-sha256"].as<std::string>();
   config.verify_bytes = checked<std::uint64_t>(vm, "verify-mib", 0, most >> 20) << 20;
   config.timeout = std::chrono::milliseconds(checked<std::int64_t>(vm, "timeout-ms", 0, most / 1'000'000));
+  config.attempts = checked<int>(vm, "attempts", 1, 1000);
   config.deadline = std::chrono::seconds(checked<std::int64_t>(vm, "deadline-s", 0, most / 1'000'000'000));
   if (config.file.empty()) usage("--file is required");
   if (config.transfers == 0) config.transfers = config.clients;
@@ -232,15 +239,17 @@ class Load {
       return durations_ms_[std::min(index, durations_ms_.size() - 1)];
     };
     std::printf("tftp_load: %zu/%zu transfers ok, %zu failed, %.1f MiB in %.3f s: %.1f MiB/s, %.1f transfers/s, "
-                "p50 %.1f ms, p99 %.1f ms, %llu resends, load CPU %.2f s, sha256 checked on %zu\n",
+                "p50 %.1f ms, p99 %.1f ms, %llu resends, %llu started again, load CPU %.2f s, sha256 checked on %zu\n",
                 ok_, config_.transfers, failed_, mib, seconds, mib / seconds, static_cast<double>(ok_) / seconds,
-                percentile(0.50), percentile(0.99), static_cast<unsigned long long>(resends_), cpu, verified);
+                percentile(0.50), percentile(0.99), static_cast<unsigned long long>(resends_),
+                static_cast<unsigned long long>(started_again_), cpu, verified);
     if (!first_error_.empty()) std::printf("tftp_load: first failure: %s\n", first_error_.c_str());
     return (ok_ == config_.transfers) ? 0 : 1;
   }
 
  private:
-  void launch(std::size_t slot) {
+  /// Starts a download in `slot`; `again` = the same download's next attempt (not counted as a new one).
+  void launch(std::size_t slot, bool again = false) {
     Download& download = slots_[slot];
     if (!download.fd) {
       // A fresh socket per download: servers tell transfers apart by the client's port.
@@ -262,11 +271,14 @@ class Load {
     download.bytes = 0;
     download.keep = nullptr;
     download.rrq_pending = true;
-    download.started = now_;
+    if (!again) {
+      download.started = now_;
+      download.attempt = 0;
+      ++launched_;
+    }
     download.last_activity = now_;
     download.retries = 0;
     send_rrq(download);
-    ++launched_;
   }
 
   void send_rrq(Download& download) {
@@ -281,6 +293,13 @@ class Load {
 
   void end(std::size_t slot, bool success, const std::string& why) {
     Download& download = slots_[slot];
+    if (!success && download.attempt + 1 < config_.attempts) {
+      ++download.attempt;
+      ++started_again_;
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, download.fd.get(), nullptr);
+      download.fd.reset();  // a new port: a new transfer for the server
+      return launch(slot, true);
+    }
     ++finished_;
     download.active = false;
     if (success) {
@@ -438,6 +457,7 @@ class Load {
   std::size_t failed_ = 0;
   std::uint64_t total_bytes_ = 0;
   std::uint64_t resends_ = 0;
+  std::uint64_t started_again_ = 0;
   std::string first_error_;
 };
 

@@ -1,0 +1,238 @@
+// The relay alone, without the plugin: each socket is read a burst at a time (recvmmsg) and a burst's output
+// leaves with one sendmmsg, so these tests blast datagrams and check that nothing is reordered, lost or sent to the
+// wrong session, and that the session rules still hold.
+#include <arpa/inet.h>
+
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <set>
+
+#include "relay.hpp"
+#include "tftp_lb_lab.hpp"
+
+namespace {
+
+using namespace tftp_lb_test;
+using tftp_lb::Relay;
+using tftp_lb::RelayStats;
+
+sockaddr_in endpoint(const char* host, std::uint16_t port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  ::inet_pton(AF_INET, host, &a.sin_addr);
+  return a;
+}
+
+std::vector<std::byte> data(std::uint16_t block, std::size_t size) {
+  std::vector<std::byte> payload(size, static_cast<std::byte>(block & 0xff));
+  std::vector<std::byte> out;
+  tftp::encode_data(out, block, payload);
+  return out;
+}
+/// The TFTP packet of type T in `bytes` (its spans point into `bytes`); fails the test if it is anything else.
+template <typename T>
+T packet_of(const std::vector<std::byte>& bytes) {
+  const auto parsed = tftp::parse_packet(bytes);
+  const auto* packet = std::get_if<tftp::Packet>(&parsed);
+  REQUIRE(packet);
+  const auto* got = std::get_if<T>(packet);
+  REQUIRE(got);
+  return *got;
+}
+
+/// A relay on 127.0.0.2 in front of one backend listening on 127.0.0.1.
+struct RelayLab {
+  dt::UdpSocket backend{"127.0.0.1"};  // the backend's port 69
+  Relay relay;
+  explicit RelayLab(bool eligible = true) : relay(options()) {
+    relay.start();
+    relay.set_backends({{"b", endpoint("127.0.0.1", backend.port()), 1, eligible}});
+  }
+  static tftp_lb::RelayOptions options() {
+    tftp_lb::RelayOptions o;
+    o.vip = endpoint("127.0.0.2", 0);
+    o.method = tftp_lb::Method::round_robin;
+    return o;
+  }
+  /// The relay's counters once `done` holds for them (they are published every 20 ms).
+  template <typename F>
+  RelayStats stats_when(F done) {
+    RelayStats s;
+    dt::eventually([&] { return done(s = relay.stats()); }, 5s);
+    return s;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("relay: bursts of DATA and ACKs for two clients on one address arrive complete and each in its own order") {
+  RelayLab lab;
+  // Two clients on one address, two ports: two sessions.
+  dt::UdpSocket a("127.0.0.4"), b("127.0.0.4");
+  a.send_to("127.0.0.2", lab.relay.port(), rrq("f"));
+  b.send_to("127.0.0.2", lab.relay.port(), rrq("f"));
+  // The backend sees each request from its own session port on the virtual server's address.
+  std::vector<std::uint16_t> ports;  // session ports, in the order the backend got the requests
+  for (int k = 0; k < 2; ++k) {
+    const auto r = lab.backend.receive(5s);
+    REQUIRE(r);
+    CHECK(r->host == "127.0.0.2");
+    ports.push_back(r->port);
+  }
+  REQUIRE(ports[0] != ports[1]);
+
+  // Two transfer ports on the backend, one per session; each sends 64 full blocks and a short one as one burst,
+  // interleaved with the other's.
+  dt::UdpSocket tid0("127.0.0.1"), tid1("127.0.0.1");
+  constexpr std::uint16_t blocks = 65;
+  for (std::uint16_t n = 1; n <= blocks; ++n) {
+    tid0.send_to("127.0.0.2", ports[0], data(n, n < blocks ? 512 : 100));
+    tid1.send_to("127.0.0.2", ports[1], data(n, n < blocks ? 512 : 7));
+  }
+  // Which client got which session depends on which request the relay read first: each client must see one
+  // session's blocks 1..65, in order, all from one port of the virtual server.
+  std::uint16_t seen_port[2] = {0, 0};
+  dt::UdpSocket* clients[2] = {&a, &b};
+  for (int c = 0; c < 2; ++c) {
+    for (std::uint16_t n = 1; n <= blocks; ++n) {
+      const auto d = clients[c]->receive(5s);
+      INFO("client " << c << ", block " << n);
+      REQUIRE(d);
+      CHECK(d->host == "127.0.0.2");
+      if (n == 1) seen_port[c] = d->port;
+      CHECK(d->port == seen_port[c]);
+      const auto got = packet_of<tftp::Data>(d->bytes);
+      CHECK(got.block == n);
+    }
+  }
+  CHECK(std::set<std::uint16_t>{seen_port[0], seen_port[1]} == std::set<std::uint16_t>{ports[0], ports[1]});
+
+  // Each client ACKs all its blocks in one burst; each transfer port gets its own ACKs in order.
+  for (std::uint16_t n = 1; n <= blocks; ++n) {
+    a.send_to("127.0.0.2", seen_port[0], ack(n));
+    b.send_to("127.0.0.2", seen_port[1], ack(n));
+  }
+  dt::UdpSocket* tids[2] = {&tid0, &tid1};
+  for (int t = 0; t < 2; ++t)
+    for (std::uint16_t n = 1; n <= blocks; ++n) {
+      const auto d = tids[t]->receive(5s);
+      INFO("transfer port " << t << ", ACK " << n);
+      REQUIRE(d);
+      CHECK(d->host == "127.0.0.2");
+      CHECK(d->port == ports[t]);
+      const auto got = packet_of<tftp::Ack>(d->bytes);
+      CHECK(got.block == n);
+    }
+
+  // The ACK of the short block ended both sessions; every datagram was relayed, in as many calls as it took.
+  const auto s = lab.stats_when([](const RelayStats& now) { return now.sessions_finished == 2; });
+  CHECK(s.sessions_finished == 2);
+  CHECK(s.sessions_started == 2);
+  CHECK(s.packets_to_client == 2 * blocks);
+  CHECK(s.packets_to_backend == 2 + 2 * blocks);
+  CHECK(s.socket_errors == 0);
+  CHECK(s.wrong_tid == 0);
+  const auto datagrams = 2 + 4 * blocks;
+  INFO("receive calls " << s.receive_calls << " for " << datagrams << " datagrams");
+  CHECK(s.receive_calls >= 1);
+  CHECK(s.receive_calls <= static_cast<std::uint64_t>(datagrams));
+}
+
+TEST_CASE("relay: a burst to a session with a wrong port and a stranger inside it: ERROR 5, a drop, and the transfer goes on in order") {
+  RelayLab lab;
+  dt::UdpSocket client("127.0.0.4");
+  client.send_to("127.0.0.2", lab.relay.port(), rrq("f"));
+  const auto r = lab.backend.receive(5s);
+  REQUIRE(r);
+  const auto session = r->port;
+  dt::UdpSocket tid("127.0.0.1"), other_port("127.0.0.1"), stranger("127.0.0.5");
+  // One burst: DATA 1, a packet from the backend's address on another port, a stranger's, DATA 2.
+  tid.send_to("127.0.0.2", session, data(1, 512));
+  other_port.send_to("127.0.0.2", session, data(7, 512));
+  stranger.send_to("127.0.0.2", session, data(8, 512));
+  tid.send_to("127.0.0.2", session, data(2, 3));
+  for (std::uint16_t n = 1; n <= 2; ++n) {
+    const auto d = client.receive(5s);
+    REQUIRE(d);
+    const auto got = packet_of<tftp::Data>(d->bytes);
+    CHECK(got.block == n);
+  }
+  CHECK_FALSE(client.receive(200ms));  // nothing of the intruders reached the client
+  const auto e = other_port.receive(5s);
+  REQUIRE(e);
+  const auto error = packet_of<tftp::Error>(e->bytes);
+  CHECK(error.code == tftp::ErrorCode::unknown_tid);
+  CHECK_FALSE(stranger.receive(200ms));  // never answered
+  const auto s = lab.stats_when([](const RelayStats& now) { return now.wrong_tid == 1 && now.foreign_dropped == 1; });
+  CHECK(s.wrong_tid == 1);
+  CHECK(s.foreign_dropped == 1);
+  CHECK(s.packets_to_client == 2);
+}
+
+TEST_CASE("relay: a storm of requests to the virtual server: one session per client, a resent request to the same one, junk counted") {
+  RelayLab lab;
+  constexpr int clients = 24;
+  std::vector<std::unique_ptr<dt::UdpSocket>> c;
+  for (int k = 0; k < clients; ++k) c.push_back(std::make_unique<dt::UdpSocket>("127.0.0.4"));
+  dt::UdpSocket junk("127.0.0.4");
+  // Every client's request twice, as one storm, with a non-request and a non-TFTP datagram inside it.
+  for (int round = 0; round < 2; ++round)
+    for (int k = 0; k < clients; ++k) {
+      c[static_cast<std::size_t>(k)]->send_to("127.0.0.2", lab.relay.port(), rrq("f" + std::to_string(k)));
+      if (k == clients / 2 && round == 0) {
+        junk.send_to("127.0.0.2", lab.relay.port(), ack(1));
+        junk.send_to("127.0.0.2", lab.relay.port(), {std::byte{0}, std::byte{9}});
+      }
+    }
+  // The backend gets both copies of each request, both from that client's session port, and a port per client.
+  std::map<std::string, std::set<std::uint16_t>> ports_of_file;
+  for (int k = 0; k < 2 * clients; ++k) {
+    const auto d = lab.backend.receive(5s);
+    INFO("request " << k);
+    REQUIRE(d);
+    const auto request = packet_of<tftp::Request>(d->bytes);
+    ports_of_file[request.filename].insert(d->port);
+  }
+  CHECK(ports_of_file.size() == static_cast<std::size_t>(clients));
+  std::set<std::uint16_t> all;
+  for (const auto& [file, ports] : ports_of_file) {
+    INFO(file);
+    CHECK(ports.size() == 1);
+    all.insert(ports.begin(), ports.end());
+  }
+  CHECK(all.size() == static_cast<std::size_t>(clients));
+  const auto s = lab.stats_when([](const RelayStats& now) { return now.packets_to_backend == 2 * clients; });
+  CHECK(s.sessions_started == clients);
+  CHECK(s.packets_to_backend == 2 * clients);
+  CHECK(s.not_a_request == 1);
+  CHECK(s.malformed_client == 1);
+}
+
+TEST_CASE("relay: with no backend eligible, every request of a storm gets ERROR 0 from the virtual server's port") {
+  RelayLab lab(false);
+  constexpr int clients = 16;
+  std::vector<std::unique_ptr<dt::UdpSocket>> c;
+  for (int k = 0; k < clients; ++k) c.push_back(std::make_unique<dt::UdpSocket>("127.0.0.4"));
+  // set_backends() is applied by the relay thread: the first refusal proves it was.
+  REQUIRE(dt::eventually(
+      [&] {
+        c[0]->send_to("127.0.0.2", lab.relay.port(), rrq("f"));
+        return c[0]->receive(100ms).has_value();
+      },
+      5s));
+  for (auto& s : c) s->send_to("127.0.0.2", lab.relay.port(), rrq("f"));
+  for (int k = 0; k < clients; ++k) {
+    const auto d = c[static_cast<std::size_t>(k)]->receive(5s);
+    INFO("client " << k);
+    REQUIRE(d);
+    CHECK(d->port == lab.relay.port());
+    const auto error = packet_of<tftp::Error>(d->bytes);
+    CHECK(error.message == "no TFTP backend available, try again later");
+  }
+  CHECK_FALSE(lab.backend.receive(200ms));
+  const auto s = lab.stats_when([](const RelayStats& now) { return now.no_backend >= clients + 1; });
+  CHECK(s.sessions_started == 0);
+  CHECK(s.no_backend >= clients + 1);
+}

@@ -116,9 +116,9 @@ TEST_CASE("the iPXE script tries the login servers in failover order", "[bdm]") 
   CHECK(script.find("iseq ${round} 2 || goto round") != std::string::npos);
   CHECK(script.find("sleep 50\ngoto start") != std::string::npos);
   // Each server is asked on the TFTP port for the device's boot script, named by its MAC and the record's version.
-  CHECK(script.find("chain --timeout 5000 tftp://10.0.2.3:69/deskfarm/v7/${net0/mac:hexhyp}/boot.ipxe ||\n") !=
+  CHECK(script.find("chain --timeout 5000 tftp://10.0.2.3:69/deskfarm/v42/${net0/mac:hexhyp}/boot.ipxe ||\n") !=
         std::string::npos);
-  CHECK(bdm::ipxe_script(sample().bootstrap, 6969).find("tftp://10.0.2.3:6969/deskfarm/v7/") != std::string::npos);
+  CHECK(bdm::ipxe_script(sample().bootstrap, 6969).find("tftp://10.0.2.3:6969/deskfarm/v42/") != std::string::npos);
 }
 
 TEST_CASE("the same inputs give the same bytes, and SOURCE_DATE_EPOCH changes them", "[bdm]") {

@@ -152,7 +152,7 @@ TEST_CASE("a real VM boots the BDM ISO, fetches its boot script from pvs over TF
   WARN("BDM chain (QEMU start to vDisk marker, TCG): " << seconds << " s");
 }
 
-TEST_CASE("the first login server down, iPXE falls over to the second; an older BDM image is logged and still boots",
+TEST_CASE("the first login server down, iPXE falls over to the second, and an older BDM image is logged and still boots",
           "[qemu][bdm][pvs]") {
   if (!have_tools()) return;
   // 10.0.2.9: no host answers there on QEMU's user network (the guest's ARP goes unanswered).

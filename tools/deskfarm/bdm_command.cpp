@@ -57,6 +57,7 @@ int cmd_bdm(int argc, char** argv) {
       ("verbose", po::value(&verbose)->default_value("false"), "true: the script prints each server it tries")
       ("interrupt-safe", po::value(&interrupt_safe)->default_value("false"), "firmware switch, true or false")
       ("advanced-memory", po::value(&advanced_memory)->default_value("true"), "firmware switch, true or false")
+      ("tftp-port", po::value(&o.tftp_port)->default_value(o.tftp_port), "login servers' TFTP port (boot script)")
       ("ipxe-iso", po::value(&ipxe_iso)->default_value(ipxe_iso), "Debian's iPXE ISO (boot loader files)")
       ("volume-id", po::value(&o.volume_id)->default_value(o.volume_id), "ISO volume id (A-Z 0-9 _)")
       ("no-hybrid", po::bool_switch(&no_hybrid), "no isohybrid MBR (CD-ROM only)")

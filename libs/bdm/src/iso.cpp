@@ -3,6 +3,7 @@
 #define LIBISOFS_WITHOUT_LIBBURN 1
 #include <deskfarm/bdm/iso.hpp>
 
+#include <deskfarm/bootstrap/boot_script.hpp>
 #include <libisofs/libisofs.h>
 
 #include <Poco/DigestEngine.h>
@@ -29,8 +30,12 @@ using bootstrap::Bootstrap;
 /// Files of Debian's ipxe.iso that the BDM image reuses unchanged (isolinux boots ipxe.krn = ipxe.lkrn).
 constexpr std::array<const char*, 3> loader_files = {"/isolinux.bin", "/ldlinux.c32", "/ipxe.krn"};
 
-/// The 2019 iPXE in Debian 12 has no per-command deadline but `chain --timeout` (milliseconds) exists.
-std::string fetch_url(const bootstrap::Endpoint& e) { return "tftp://" + e.host + "/deskfarm/boot.ipxe"; }
+/// The 2019 iPXE in Debian 12 has no per-command deadline but `chain --timeout` (milliseconds) exists. The name
+/// tells the login server which device asks and which boot record it carries (iPXE expands the MAC itself).
+std::string fetch_url(const bootstrap::Endpoint& e, std::uint16_t tftp_port, std::uint32_t version) {
+  return "tftp://" + e.host + ":" + std::to_string(tftp_port) + "/" +
+         bootstrap::boot_script_name(version, "${net0/mac:hexhyp}");
+}
 
 std::string error_text(int code) {
   const char* text = iso_error_to_msg(code);
@@ -177,7 +182,7 @@ class TempFile {
 
 }  // namespace
 
-std::string ipxe_script(const Bootstrap& b) {
+std::string ipxe_script(const Bootstrap& b, std::uint16_t tftp_port) {
   std::ostringstream s;
   const std::string poll = std::to_string(b.login_polling_timeout_ms);
   // Rounds over the whole list that fit in the general timeout (at least one).
@@ -204,7 +209,7 @@ std::string ipxe_script(const Bootstrap& b) {
     const auto& e = b.login_servers[i];
     if (b.verbose) s << "echo trying login server " << i + 1 << " " << e.host << ":" << e.port << "\n";
     s << "set login_server " << e.host << ":" << e.port << "\n"
-      << "chain --timeout " << poll << " " << fetch_url(e) << " ||\n";
+      << "chain --timeout " << poll << " " << fetch_url(e, tftp_port, b.version) << " ||\n";
   }
   s << "inc round\n"
     << "iseq ${round} " << rounds << " || goto round\n"
@@ -224,6 +229,7 @@ IsoResult build_iso(const IsoOptions& options, const fs::path& output) {
   if (std::string problem = bootstrap::validate(options.bootstrap); !problem.empty())
     throw BdmError("bootstrap", problem);
   validate_volume_id(options.volume_id);
+  if (options.tftp_port == 0) throw BdmError("tftp_port", "0 is not a port: give the login servers' TFTP port (1..65535)");
   const auto epoch = static_cast<time_t>(resolve_epoch(options));
   if (output.empty()) throw BdmError("output", "no output path given");
   const fs::path dir = output.has_parent_path() ? output.parent_path() : fs::path(".");
@@ -266,7 +272,7 @@ IsoResult build_iso(const IsoOptions& options, const fs::path& output) {
            "# deskfarm BDM: isolinux starts iPXE with the BDM script as its initrd (iPXE runs it)\n"
            "TIMEOUT 0\nDEFAULT bdm\nLABEL bdm\n KERNEL ipxe.krn\n INITRD bdm.ipxe\n",
            epoch);
-  add_file(image.get(), script_path + 1, ipxe_script(options.bootstrap), epoch);
+  add_file(image.get(), script_path + 1, ipxe_script(options.bootstrap, options.tftp_port), epoch);
   add_file(image.get(), bootstrap_path + 1, record, epoch);
   IsoDir* root = iso_image_get_root(image.get());
   iso_node_set_mtime(reinterpret_cast<IsoNode*>(root), epoch);

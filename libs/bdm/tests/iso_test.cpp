@@ -115,6 +115,10 @@ TEST_CASE("the iPXE script tries the login servers in failover order", "[bdm]") 
   // 30000 ms general timeout / (3 servers x 5000 ms) = 2 rounds over the list.
   CHECK(script.find("iseq ${round} 2 || goto round") != std::string::npos);
   CHECK(script.find("sleep 50\ngoto start") != std::string::npos);
+  // Each server is asked on the TFTP port for the device's boot script, named by its MAC and the record's version.
+  CHECK(script.find("chain --timeout 5000 tftp://10.0.2.3:69/deskfarm/v42/${net0/mac:hexhyp}/boot.ipxe ||\n") !=
+        std::string::npos);
+  CHECK(bdm::ipxe_script(sample().bootstrap, 6969).find("tftp://10.0.2.3:6969/deskfarm/v42/") != std::string::npos);
 }
 
 TEST_CASE("the same inputs give the same bytes, and SOURCE_DATE_EPOCH changes them", "[bdm]") {
@@ -151,6 +155,11 @@ TEST_CASE("bad input names the field and leaves no image behind", "[bdm]") {
     CHECK_FALSE(fs::exists(out));
     CHECK(entries(dir.path()) == 0);
   };
+  SECTION("TFTP port 0") {
+    auto o = sample();
+    o.tftp_port = 0;
+    expect_error(o, iso, "tftp_port: 0 is not a port");
+  }
   SECTION("more than 4 login servers") {
     auto o = sample();
     o.bootstrap.login_servers.assign(5, {"10.0.0.1", 6910});

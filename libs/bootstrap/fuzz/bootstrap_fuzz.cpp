@@ -1,10 +1,12 @@
 // Fuzzes the bootstrap parser twice per input: as given (framing, magic, checksum) and re-sealed with a valid
-// checksum, so the field parser is reached too. Anything that parses must survive encode -> parse unchanged.
+// checksum, so the field parser is reached too. Anything that parses must survive encode -> parse unchanged. The
+// same bytes as a TFTP name: a boot script name that parses must name the same request once written again.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
 
+#include "deskfarm/bootstrap/boot_script.hpp"
 #include "deskfarm/bootstrap/bootstrap.hpp"
 
 namespace {
@@ -29,5 +31,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::string_view body = bytes;
   if (auto p = body.rfind("sha256 = "); p != std::string_view::npos) body = body.substr(0, p);
   if (body.size() <= max_size) round_trip(seal(body));
+  if (const auto r = parse_boot_script_name(bytes)) {
+    const auto again = parse_boot_script_name(boot_script_name(r->version, r->mac));
+    if (!again || again->version != r->version || again->mac != r->mac) std::abort();
+  }
   return 0;
 }

@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include "deskfarm/bootstrap/boot_script.hpp"
 #include "deskfarm/bootstrap/bootstrap.hpp"
 #include "deskfarm/bootstrap/keys.hpp"
 
@@ -176,4 +177,23 @@ TEST_CASE("from_keys maps the manifest keys onto a record and names the manifest
   bad = k;
   bad.login_servers.clear();  // the caller fills these in (pvs: its own stream address)
   CHECK(key_of(bad) == "(accepted)");
+}
+
+TEST_CASE("a boot script name carries the device's MAC and boot record version and reads back") {
+  CHECK(boot_script_name(42, "${net0/mac:hexhyp}") == "deskfarm/v42/${net0/mac:hexhyp}/boot.ipxe");
+  const auto r = parse_boot_script_name(boot_script_name(42, "52-54-00-AB-cd-01"));
+  REQUIRE(r);
+  CHECK(r->version == 42);
+  CHECK(r->mac == "52:54:00:ab:cd:01");
+  CHECK(parse_boot_script_name("DESKFARM/V7/52:54:00:00:00:01/BOOT.IPXE")->mac == "52:54:00:00:00:01");
+}
+
+TEST_CASE("a name that is not a boot script name is refused") {
+  for (const char* bad : {"ARDBP32.BIN", "deskfarm/boot.ipxe", "deskfarm/v/52-54-00-00-00-01/boot.ipxe",
+                          "deskfarm/vx/52-54-00-00-00-01/boot.ipxe", "deskfarm/v1/52-54-00-00-00/boot.ipxe",
+                          "deskfarm/v1/52-54:00-00-00-01/boot.ipxe", "deskfarm/v1/52-54-00-00-00-0g/boot.ipxe",
+                          "deskfarm/v99999999999/52-54-00-00-00-01/boot.ipxe", "deskfarm/v1/52-54-00-00-00-01/boot.ipx"}) {
+    INFO(bad);
+    CHECK_FALSE(parse_boot_script_name(bad));
+  }
 }

@@ -23,6 +23,7 @@ struct BdmConfig : bootstrap::Keys {
   std::string volume_id;
   bool hybrid = true;
   std::int64_t source_date_epoch = -1;
+  std::int64_t tftp_port = 69;
 };
 
 // The bootstrap keys have the names (and ranges) pvs uses for the same record.
@@ -49,6 +50,9 @@ constexpr auto bdm_schema = schema<BdmConfig>(
     option("verbose", &BdmConfig::verbose, "false", "the script prints each login server it tries"),
     option("interrupt_safe", &BdmConfig::interrupt_safe, "false", "firmware switch carried in the boot record"),
     option("advanced_memory", &BdmConfig::advanced_memory, "true", "firmware switch carried in the boot record"),
+    option("tftp_port", &BdmConfig::tftp_port, "69",
+           "UDP port of the login servers' TFTP service (pvs tftp), where iPXE fetches the device's boot script")
+        .range(1, 65535),
     option("image", &BdmConfig::image, "\"bdm.iso\"", "file name of the ISO in the instance's state directory"),
     option("ipxe_iso", &BdmConfig::ipxe_iso, "\"/usr/lib/ipxe/ipxe.iso\"", "Debian's iPXE ISO, source of the boot loader files"),
     option("volume_id", &BdmConfig::volume_id, "\"DESKFARM_BDM\"", "ISO volume id: 1..32 of A-Z 0-9 _"),
@@ -72,6 +76,7 @@ bdm::IsoOptions make_options(const BdmConfig& c) {
   o.ipxe_iso = c.ipxe_iso;
   o.volume_id = c.volume_id;
   o.hybrid = c.hybrid;
+  o.tftp_port = static_cast<std::uint16_t>(c.tftp_port);
   if (c.source_date_epoch >= 0) o.source_date_epoch = c.source_date_epoch;
   return o;
 }

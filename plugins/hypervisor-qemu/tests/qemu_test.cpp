@@ -3,11 +3,10 @@
 // off, a killed QEMU reported off, and a QEMU that cannot start reported with its own message.
 #include <signal.h>
 
-#include <cstring>
-
 #include <catch2/catch.hpp>
 
 #include <deskfarm/bdm/iso.hpp>
+#include <deskfarm/testing/boot_sector.hpp>
 #include <deskfarm/testing/files.hpp>
 #include <deskfarm/testing/hypervisor_plugin_tests.hpp>
 #include <deskfarm/testing/net.hpp>
@@ -276,28 +275,9 @@ TEST_CASE("hypervisor-qemu: a template's image gives each VM a qcow2 overlay of 
 TEST_CASE("hypervisor-qemu: a real VM boots its vDisk streamed by pvs over NBD (export = its MAC)", "[qemu][pvs]") {
   if (!have_qemu()) return;
   deskfarm::testing::TempDir dir("qemu-test");
-  // The vDisk: a boot sector that writes a marker to COM1 and halts (16-bit real mode, loaded at 0:7C00).
-  std::vector<std::byte> disk(1 << 20);
-  const std::uint8_t code[] = {
-      0xFA,              // cli
-      0x31, 0xC0,        // xor ax, ax
-      0x8E, 0xD8,        // mov ds, ax
-      0xBE, 0x16, 0x7C,  // mov si, 0x7C16 (the message below)
-      0xBA, 0xF8, 0x03,  // mov dx, 0x3F8 (COM1)
-      0xAC,              // next: lodsb
-      0x84, 0xC0,        // test al, al
-      0x74, 0x03,        // jz done
-      0xEE,              // out dx, al
-      0xEB, 0xF8,        // jmp next
-      0xF4,              // done: hlt
-      0xEB, 0xFD,        // jmp done
-  };
+  // The vDisk: a boot sector that writes a marker to COM1 and halts.
   const std::string marker = "deskfarm vDisk boot sector from pvs\r\n";
-  std::memcpy(disk.data(), code, sizeof code);
-  std::memcpy(disk.data() + sizeof code, marker.c_str(), marker.size() + 1);
-  disk[510] = std::byte{0x55};
-  disk[511] = std::byte{0xAA};
-  deskfarm::testing::write_file(dir / "marker.img", disk);
+  deskfarm::testing::write_file(dir / "marker.img", deskfarm::testing::marker_disk(marker));
 
   const auto port = std::to_string(deskfarm::testing::free_port());
   const std::string mac = "52:54:00:00:07:01";  // the first VM of mac_prefix 52:54:00:00:07, as pvs knows it

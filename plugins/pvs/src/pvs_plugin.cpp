@@ -12,6 +12,7 @@
 #include <set>
 #include <thread>
 
+#include <deskfarm/bootstrap/boot_script.hpp>
 #include <deskfarm/bootstrap/bootstrap.hpp>
 #include <deskfarm/interfaces/hypervisor/hypervisor.hpp>
 #include <deskfarm/interfaces/pvs/pvs.hpp>
@@ -181,6 +182,10 @@ class Pvs final : public Plugin {
     metrics_.denied = &m.counter("deskfarm_pvs_denied_total",
                                  "Connections refused by address (devices[].ip, device_subnets, maintenance_from)");
     bootstraps_ = &m.counter("deskfarm_pvs_bootstrap_served_total", "Bootstrap downloads started over TFTP");
+    boot_scripts_ = &m.counter("deskfarm_pvs_boot_scripts_served_total",
+                               "Device boot scripts (deskfarm/vN/MAC/boot.ipxe) served over TFTP to Boot Device Manager iPXE");
+    version_mismatches_ = &m.counter("deskfarm_pvs_bootstrap_version_mismatch_total",
+                                     "Boot script requests whose boot record version differs from this server's bootstrap_version");
     actions_ = &m.counter("deskfarm_pvs_admin_actions_total", "Admin requests answered");
   }
   // A start() that threw part-way is not followed by stop(): the servers it started go here.
@@ -273,6 +278,7 @@ class Pvs final : public Plugin {
       const std::string wanted = lower(options_.bootstrap_file);
       to.virtual_file = [this, wanted, line, weak](std::string_view path,
                                                    const sockaddr_storage& from) -> std::optional<std::string> {
+        if (auto request = bootstrap::parse_boot_script_name(path)) return boot_script(*request, path, from, *line, weak);
         if (lower(std::string(path)) != wanted) return std::nullopt;
         bootstraps_->inc();
         // The firmware fetches the bootstrap only when it boots: that ends the session of the device at that address.
@@ -527,6 +533,49 @@ class Pvs final : public Plugin {
                       });
   }
 
+  /// The iPXE script a Boot Device Manager image fetches (TFTP thread): a known device boots the vDisk its hypervisor
+  /// attached from this server's NBD stream as the first disk; an unknown one ends the script with a failure, so the
+  /// ISO's script goes on to the next login server. The session is not ended here: QEMU opened the vDisk before
+  /// the firmware ran, and the hypervisor's boot event has ended the previous session already.
+  std::string boot_script(const bootstrap::BootScriptRequest& request, std::string_view path,
+                          const sockaddr_storage& from, const sdk::Lifeline& line,
+                          const std::weak_ptr<pvs::Streamer>& weak) {
+    boot_scripts_->inc();
+    const std::string me = ctx_.name();
+    const std::string host = host_of(from);
+    std::optional<pvs::DeviceRow> device;
+    if (auto s = weak.lock()) {
+      const auto snapshot = s->snapshot();
+      if (auto d = snapshot.devices.find(request.mac); d != snapshot.devices.end()) device = d->second;
+    }
+    if (request.version != bootstrap_.version) {
+      version_mismatches_->inc();
+      // CTX233881: an old BDM image against a newer server (or the reverse); the device still boots.
+      if (line.alive())
+        ctx_.log().warning("pvs: device " + request.mac + " booted a BDM image with bootstrap version " +
+                           std::to_string(request.version) + " but this server's bootstrap_version is " +
+                           std::to_string(bootstrap_.version) + ": rebuild the ISO (deskfarm bdm build " +
+                           "--bootstrap-version, or the bdm instance's bootstrap_version) and attach it again");
+    }
+    std::string script = "#!ipxe\n# deskfarm pvs " + me + ": boot script of device " + request.mac + "\n";
+    if (!device) {
+      if (line.alive())
+        ctx_.log().warning("pvs: device " + request.mac + " at " + host + " asked for its boot script " +
+                           std::string(path) + " but is not a device of this server: add it to devices or device.assign");
+      return script + "echo deskfarm pvs " + me + ": device " + request.mac +
+             " is not known here, trying the next login server\nexit 1\n";
+    }
+    if (line.alive())
+      ctx_.log().info("pvs: device " + request.mac + " at " + host + " fetched its boot script " + std::string(path) +
+                      " (BDM bootstrap version " + std::to_string(request.version) + "), vDisk " + device->vdisk);
+    // Drive 0x80 is the first BIOS disk: the hypervisor attaches the device's vDisk there (nbd://pvs/MAC).
+    // Short lines: iPXE's console wraps at 80 columns, which would split them on the serial log.
+    return script + "echo deskfarm pvs " + me + ": device " + request.mac + ", vDisk " + device->vdisk + "\n" +
+           "echo deskfarm pvs " + me + ": login server ${login_server}, sanboot drive 0x80\n" +
+           "sanboot --no-describe --drive 0x80 ||\n" + "echo deskfarm pvs " + me + ": vDisk of " + request.mac +
+           " did not boot from drive 0x80\n" + "exit 1\n";
+  }
+
   void ended_log(const pvs::EndedSession& e, const std::string& why) {
     ctx_.log().info("pvs: device " + e.mac + " session on vDisk " + e.vdisk + " version " + std::to_string(e.version) +
                     " ended, write cache discarded: " + why +
@@ -676,6 +725,8 @@ class Pvs final : public Plugin {
   pvs::Options options_;
   pvs::StreamerMetrics metrics_;
   Counter* bootstraps_ = nullptr;
+  Counter* boot_scripts_ = nullptr;
+  Counter* version_mismatches_ = nullptr;
   Counter* actions_ = nullptr;
   Store* store_ = nullptr;
   std::deque<std::function<void()>> jobs_;  // data-store jobs not begun (see data_job)

@@ -1,7 +1,9 @@
 // pvs in-process behaviour: bootstrap, device exports, write caches, versions, private mode, HA, config errors.
+#include <algorithm>
 #include <future>
 #include <thread>
 
+#include <deskfarm/bootstrap/boot_script.hpp>
 #include <deskfarm/bootstrap/bootstrap.hpp>
 #include <deskfarm/tftp/client.hpp>
 #include <deskfarm/testing/process.hpp>
@@ -31,6 +33,37 @@ TEST_CASE("the bootstrap is served over TFTP and names this server's stream addr
   CHECK(b.version == 3);
   // Case-insensitive, as Windows-born PXE names are.
   CHECK(fetch_bootstrap(lab.tftp_port(), "ardbp32.bin") == b);
+}
+
+TEST_CASE("a Boot Device Manager's iPXE gets its device's boot script by MAC, and an old image's version is logged and counted") {
+  Lab lab;
+  lab.start("bootstrap_version = 5\n");
+  auto script = [&](std::uint32_t version, const std::string& mac) {
+    const auto r = tftp::Client().get("127.0.0.1", lab.tftp_port(), bootstrap::boot_script_name(version, mac));
+    return dt::to_string(r.data);
+  };
+  // A known device, as iPXE writes its MAC (hyphens): it boots the disk its hypervisor attached from this server.
+  std::string mac_hyphens = mac_a;
+  std::replace(mac_hyphens.begin(), mac_hyphens.end(), ':', '-');
+  const auto known = script(5, mac_hyphens);
+  CHECK(known.rfind("#!ipxe\n", 0) == 0);
+  CHECK_THAT(known, Catch::Contains("sanboot --no-describe --drive 0x80 ||"));
+  CHECK_THAT(known, Catch::Contains("device " + std::string(mac_a) + ", vDisk gold\n"));
+  CHECK(lab.h->logged("pvs: device " + std::string(mac_a) + " at 127.0.0.1 fetched its boot script"));
+  CHECK_FALSE(lab.h->logged("booted a BDM image with bootstrap version"));
+  // An unknown device: the script fails, so the ISO's script goes on to its next login server.
+  const auto unknown = script(5, "52-54-00-ff-ff-ff");
+  CHECK_THAT(unknown, Catch::Contains("is not known here"));
+  CHECK_THAT(unknown, Catch::Contains("exit 1"));
+  CHECK(unknown.find("sanboot") == std::string::npos);
+  CHECK(lab.h->logged("52:54:00:ff:ff:ff at 127.0.0.1 asked for its boot script"));
+  // CTX233881: an image built with an older bootstrap version still boots, and says so in one line.
+  CHECK_THAT(script(4, mac_hyphens), Catch::Contains("sanboot"));
+  CHECK(lab.h->logged("pvs: device " + std::string(mac_a) +
+                      " booted a BDM image with bootstrap version 4 but this server's bootstrap_version is 5"));
+  const auto metrics = lab.h->metrics_text();
+  CHECK_THAT(metrics, Catch::Contains("deskfarm_pvs_boot_scripts_served_total{instance=\"pvs-1\"} 3"));
+  CHECK_THAT(metrics, Catch::Contains("deskfarm_pvs_bootstrap_version_mismatch_total{instance=\"pvs-1\"} 1"));
 }
 
 TEST_CASE("a configured server list of up to four goes into the bootstrap in failover order") {

@@ -24,6 +24,8 @@ struct IsoOptions {
   /// Every timestamp in the image; unset: SOURCE_DATE_EPOCH from the environment, else the current time.
   std::optional<std::int64_t> source_date_epoch;
   bool hybrid = true;  ///< isohybrid MBR so the same file boots from a USB stick
+  /// UDP port of the login servers' TFTP service, where iPXE asks for the device's boot script (1..65535).
+  std::uint16_t tftp_port = 69;
 };
 
 /// Bad options, a missing boot loader, or an image that cannot be written; `field()` names the option at fault.
@@ -43,7 +45,7 @@ struct IsoResult {
 };
 
 /// The iPXE script written to script_path: address setup, then each login server in order (README.md).
-std::string ipxe_script(const bootstrap::Bootstrap& b);
+std::string ipxe_script(const bootstrap::Bootstrap& b, std::uint16_t tftp_port = 69);
 
 /// Writes the image to `output` (a temporary sibling renamed on success: no partial image is ever left).
 /// Throws BdmError naming the field (a bootstrap key, "volume_id", "ipxe_iso", "source_date_epoch", "output").

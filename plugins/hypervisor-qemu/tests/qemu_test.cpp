@@ -189,7 +189,9 @@ TEST_CASE("hypervisor-qemu: a VM boots the BDM ISO from its CD-ROM into iPXE and
   for (const auto& m : power.received())
     if (auto e = deskfarm::sdk::body_of<hv::PowerStateEvent>(m)) {
       CHECK(e->mac == inv->vms.at(0).mac);
-      states.push_back(e->previous + ">" + e->state);
+      // A reset by the guest itself (firmware under a loaded TCG has been seen to do one) is reported as it should
+      // be, with reason "guest"; the sequence below is the adapter's own actions.
+      if (e->reason != "guest") states.push_back(e->previous + ">" + e->state);
     }
   CHECK(states == std::vector<std::string>{"off>starting", "starting>running", "running>starting", "starting>running", "running>off"});
 }

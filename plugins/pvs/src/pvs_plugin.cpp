@@ -501,6 +501,12 @@ class Pvs final : public Plugin {
   // late makes peers take this server for dead.
 
   void ledger_job(std::string what, std::function<void(pvs::Ledger&)> work) {
+    // The ledger's tables exist once the catalog has loaded (its first job migrates the store); before that no
+    // device streams here, and a bootstrap fetch (a monitor's, say) has no session to end.
+    if (!loaded_) {
+      ctx_.log().debug("pvs: session ledger: " + what + " skipped: the catalog has not loaded yet");
+      return;
+    }
     ctx_.run_blocking([ledger = ledger_, work = std::move(work)](std::stop_token) { work(*ledger); },
                       [this, what = std::move(what)](Reply<Empty> r) {
                         if (!r) ctx_.log().warning("pvs: session ledger: " + what + " failed: " + r.error().message);

@@ -451,11 +451,13 @@ class Ima final : public Plugin {
                         api::Rank{it->second.c.version, it->second.c.preference, it->second.c.host_id, it->second.c.instance})))
       return;
     auto& p = peers_[c.zone];
+    // A ZDC replaced by another has crashed, resigned or become a member: its record goes (a member's comes back
+    // from the new ZDC, which asks it for its state). The zone's other records stay until superseded: the new ZDC's
+    // forwards may arrive before its announcement.
+    if (!p.c.instance.empty() && p.c.instance != c.instance) records_.erase(p.c.instance);
     p.c = c;
     p.c.reachable = true;
     p.pending.clear();
-    // What that zone held before is its new ZDC's to send again.
-    for (auto r = records_.begin(); r != records_.end();) r = r->second.zone == c.zone ? records_.erase(r) : std::next(r);
     if (is_zdc()) {
       send_zone_state(p);
       publish(ctx_.bus(), api::collectors_subject(config_.farm), zdc_info_);  // so that the newcomer learns us

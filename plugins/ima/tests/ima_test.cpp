@@ -7,6 +7,7 @@
 #include <future>
 
 #include <deskfarm/interfaces/ima/ima.hpp>
+#include <deskfarm/testing/conformance_catch.hpp>
 #include <deskfarm/testing/harness.hpp>
 
 namespace {
@@ -290,3 +291,16 @@ TEST_CASE("bad input on the ima subjects: foreign, garbled, replayed and version
   report(*h, "s1", 3, 1);
   CHECK(record(data(*h, "s2"), "s1")->sessions == 3);
 }
+
+namespace {
+deskfarm::testing::conformance::Subject conformance_subject() {
+  deskfarm::testing::conformance::Subject s;
+  s.plugin = "ima";
+  s.instance = "s1";
+  s.manifest_toml = server("s1", "a");
+  s.options.plugin_path = {PLUGIN_DIR};
+  return s;
+}
+}  // namespace
+
+DESKFARM_CONFORMANCE_SUITE("ima", conformance_subject)

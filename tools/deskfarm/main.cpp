@@ -13,9 +13,9 @@
 
 #include "admin.hpp"
 #include "bdm_command.hpp"
-#include "ima_command.hpp"
 #include "config_check.hpp"
 #include "deployment.hpp"
+#include "ima_command.hpp"
 #include "log.hpp"
 #include "manifest.hpp"
 #include "plugin_loader.hpp"

@@ -76,3 +76,12 @@ TEST_CASE("one zone in two processes over nats-server: kill -9 the ZDC's process
   CHECK(log.find("ZDC ima-two of zone hq lost") != std::string::npos);
   nats.stop();
 }
+
+TEST_CASE("querydc and queryds: a usage error for two manifests, unreachable for a deployment that is not running") {
+  TempDir dir;
+  const auto file = site(dir, "idle", "nats://127.0.0.1:1", 1);
+  CHECK(run_child({bin, "querydc", file.string(), file.string()}, 10s).exit_code == 2);
+  auto r = run_child({bin, "queryds", file.string()}, 10s);
+  CHECK(r.exit_code == 5);
+  CHECK(r.err.find("is not running") != std::string::npos);
+}

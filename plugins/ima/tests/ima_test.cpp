@@ -117,7 +117,7 @@ TEST_CASE("the election order: newest version, then preference, then highest hos
   CHECK(outranks(x, y) != outranks(y, x));
 }
 
-TEST_CASE("three servers of a zone elect one ZDC; a newer version wins over preference and host ID") {
+TEST_CASE("three servers of a zone elect one ZDC, and a newer version wins over preference and host ID") {
   auto h = farm(three);
   for (const auto* s : {"s1", "s2", "s3"}) CHECK(zdc_of(*h, s) == "s2");  // host ID 30
   CHECK(h->instance_status("s2")["is_zdc"].as_bool());

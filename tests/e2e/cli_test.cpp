@@ -91,6 +91,7 @@ TEST_CASE("each plugin README's key table is exactly what describe --markdown pr
                                 std::pair{"license", "plugins/license/README.md"},
                                 std::pair{"directory", "plugins/directory/README.md"},
                                 std::pair{"ddc", "plugins/ddc/README.md"}, std::pair{"vda", "plugins/vda/README.md"},
+                                std::pair{"ima", "plugins/ima/README.md"},
                                 std::pair{"hello", "sdk/examples/hello-plugin/README.md"},
                                 std::pair{"memhv", "sdk/examples/hypervisor-plugin/README.md"},
                                 std::pair{"hypervisor-xen", "plugins/hypervisor-xen/README.md"},

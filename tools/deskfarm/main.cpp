@@ -15,6 +15,7 @@
 #include "bdm_command.hpp"
 #include "config_check.hpp"
 #include "deployment.hpp"
+#include "ima_command.hpp"
 #include "log.hpp"
 #include "manifest.hpp"
 #include "plugin_loader.hpp"
@@ -48,6 +49,9 @@ const char* usage_text =
     "  request SUBJECT [JSON] [MANIFEST]\n"
     "                     send a bus request to a running deployment (JSON object, default {}) and print the\n"
     "                     reply's JSON; exit 1 with the error envelope on stderr when it fails\n"
+    "  querydc [-e] [MANIFEST]\n"
+    "                     the zone data collectors of a running farm (ima); -e elects first\n"
+    "  queryds [MANIFEST] the dynamic data (sessions, load) the zone data collectors hold\n"
     "  bdm build --server HOST:PORT … -o IMAGE\n"
     "                     write a Boot Device Manager ISO (`deskfarm bdm --help` lists its options)\n"
     "\n"
@@ -62,6 +66,7 @@ struct Options {
   std::string log_level = "info";
   std::string run_for;
   bool markdown = false;
+  bool elect = false;  // querydc -e
   std::string timeout = "10s";
 };
 
@@ -401,6 +406,7 @@ int main(int argc, char** argv) {
       ("for", po::value(&o.run_for),
        "run: stop after this much deployment time (90s, 5m, 2h, 1d); with clock = \"virtual\" it is simulated time")
       ("timeout", po::value(&o.timeout)->default_value("10s"), "request: how long to wait for the reply")
+      ("elect,e", po::bool_switch(&o.elect), "querydc: run an election in the zone first, then print the collectors")
       ("markdown", po::bool_switch(&o.markdown), "describe: print the manifest keys as the README's Markdown table");
   po::options_description hidden;
   hidden.add_options()("command", po::value(&o.command))("args", po::value(&o.args));
@@ -435,6 +441,14 @@ int main(int argc, char** argv) {
     if (o.command == "plugins") return cmd_plugins(o);
     if (o.command == "describe") return cmd_describe(o);
     if (o.command == "request") return cmd_request(o);
+    if (o.command == "querydc" || o.command == "queryds") {
+      int code = ok;
+      const auto target = o.args.size() > 1 ? std::nullopt : admin_target(o, o.command, o.args.empty() ? "" : o.args[0], code);
+      if (o.args.size() > 1) std::cerr << "deskfarm " << o.command << ": give at most one MANIFEST\n";
+      if (!target) return o.args.size() > 1 ? usage : code;
+      return deskfarm::cli::cmd_ima(o.command, o.elect, target->address, target->token,
+                                    std::chrono::duration_cast<std::chrono::milliseconds>(parse_duration(o.timeout)));
+    }
     if (o.command.empty()) std::cerr << "deskfarm: no command given\n\n" << usage_text;
     else std::cerr << "deskfarm: unknown command '" << o.command << "'\n\n" << usage_text;
     return usage;

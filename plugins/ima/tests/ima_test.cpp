@@ -1,0 +1,306 @@
+// ima on the virtual clock: the election order, a three-server zone that elects one ZDC and elects again when it
+// crashes (within one keep-alive, with the members' full state) or shuts down (at once), two zones whose ZDCs
+// forward each change, manual elections and zone changes, an unreachable zone retried after
+// gateway_validation_s, and bad input on the ima subjects (counted, state unchanged).
+#include <catch2/catch.hpp>
+
+#include <future>
+
+#include <deskfarm/interfaces/ima/ima.hpp>
+#include <deskfarm/testing/conformance_catch.hpp>
+#include <deskfarm/testing/harness.hpp>
+
+namespace {
+
+using namespace std::chrono_literals;
+namespace api = deskfarm::interfaces::ima;
+using deskfarm::sdk::Empty;
+using deskfarm::testing::Harness;
+
+std::string server(const std::string& name, const std::string& zone, const std::string& extra = "") {
+  return "[instances." + name + "]\nplugin = \"ima\"\nfarm = \"corp\"\nzone = \"" + zone + "\"\n" + extra + "\n";
+}
+
+std::unique_ptr<Harness> farm(const std::string& toml) {
+  deskfarm::testing::HarnessOptions o;
+  o.plugin_path = {PLUGIN_DIR};
+  o.clock = "virtual";
+  auto h = std::make_unique<Harness>(toml, o);
+  h->start();
+  h->advance(1s);  // the start election's window (500 ms)
+  return h;
+}
+
+api::Collectors collectors(Harness& h, const std::string& instance) {
+  auto r = h.request<Empty, api::Collectors>(api::subject(instance, "admin.querydc"), {});
+  if (!r) FAIL("querydc on " << instance << ": " << r.error().message);
+  return *r;
+}
+
+/// The ZDC `instance` takes for its own zone's, "" while it knows none.
+std::string zdc_of(Harness& h, const std::string& instance) {
+  auto c = collectors(h, instance).collectors;
+  return c.empty() ? "" : c.front().instance;
+}
+
+api::DynamicData data(Harness& h, const std::string& instance) {
+  auto r = h.request<Empty, api::DynamicData>(api::subject(instance, "admin.queryds"), {});
+  if (!r) FAIL("queryds on " << instance << ": " << r.error().message);
+  return *r;
+}
+
+const api::Change* record(const api::DynamicData& d, const std::string& instance) {
+  for (const auto& c : d.records)
+    if (c.instance == instance) return &c;
+  return nullptr;
+}
+
+void report(Harness& h, const std::string& instance, std::int64_t sessions, double load) {
+  auto r = h.request<api::Report, api::Change>(api::subject(instance, "admin.report"), api::Report{sessions, load});
+  if (!r) FAIL("report on " << instance << ": " << r.error().message);
+}
+
+void crash(Harness& h, const std::string& instance) {
+  REQUIRE(h.request<api::Fault, Empty>(api::subject(instance, "admin.fault"), api::Fault{"crash"}));
+}
+
+/// Moves virtual time a second at a time (at most `limit`) until `done`; the time it took.
+deskfarm::sdk::Duration until(Harness& h, const std::function<bool()>& done, deskfarm::sdk::Duration limit = 600s,
+                              deskfarm::sdk::Duration step = 1s) {
+  const auto t0 = h.now();
+  while (!done() && h.now() - t0 < limit) h.advance(step);
+  return h.now() - t0;
+}
+
+double sample(const std::string& text, const std::string& series) {
+  const auto at = text.find("\n" + series + " ");
+  if (at == std::string::npos) return 0;
+  return std::stod(text.substr(at + series.size() + 2, text.find('\n', at + 1) - at - series.size() - 2));
+}
+
+double rejected(Harness& h, const std::string& instance, const std::string& reason) {
+  return sample(h.metrics_text(), "deskfarm_ima_rejected_total{instance=\"" + instance + "\",reason=\"" + reason + "\"}");
+}
+
+/// Sends a request from the harness's client without waiting for it (it is answered later in virtual time).
+template <class Req, class Rep>
+std::future<deskfarm::sdk::Reply<Rep>> send(Harness& h, const std::string& subject, Req req) {
+  auto p = std::make_shared<std::promise<deskfarm::sdk::Reply<Rep>>>();
+  auto f = p->get_future();
+  h.with_bus([=](deskfarm::sdk::Bus& bus) {
+    deskfarm::sdk::request<Req, Rep>(bus, subject, req, 60s, [p](deskfarm::sdk::Reply<Rep> r) { p->set_value(std::move(r)); });
+  });
+  return f;
+}
+
+const std::string three = server("s1", "a", "host_id = 10") + server("s2", "a", "host_id = 30") + server("s3", "a", "host_id = 20");
+
+}  // namespace
+
+TEST_CASE("the election order: newest version, then preference, then highest host ID") {
+  using api::outranks;
+  using api::Rank;
+  CHECK(api::compare_versions("1.10.0", "1.9.7") > 0);
+  CHECK(api::compare_versions("2", "2.0.0") == 0);
+  CHECK(api::compare_versions("1.2.0-rc1", "1.2.1") < 0);
+  // a newer version wins over every preference and host ID
+  CHECK(outranks(Rank{"2.0.0", api::kNotPreferred, 1, "a"}, Rank{"1.9.9", api::kMostPreferred, 65000, "b"}));
+  // same version: preference
+  CHECK(outranks(Rank{"1.0.0", api::kMostPreferred, 1, "a"}, Rank{"1.0.0", api::kPreferred, 9, "b"}));
+  CHECK(outranks(Rank{"1.0.0", api::kPreferred, 1, "a"}, Rank{"1.0.0", api::kDefault, 9, "b"}));
+  CHECK(outranks(Rank{"1.0.0", api::kDefault, 1, "a"}, Rank{"1.0.0", api::kNotPreferred, 9, "b"}));
+  // same version and preference: the highest host ID
+  CHECK(outranks(Rank{"1.0.0", api::kDefault, 9, "a"}, Rank{"1.0.0", api::kDefault, 1, "b"}));
+  CHECK_FALSE(outranks(Rank{"1.0.0", api::kDefault, 1, "a"}, Rank{"1.0.0", api::kDefault, 9, "b"}));
+  // a total order: of two, exactly one wins
+  Rank x{"1.0.0", api::kDefault, 5, "x"}, y{"1.0.0", api::kDefault, 5, "y"};
+  CHECK(outranks(x, y) != outranks(y, x));
+}
+
+TEST_CASE("three servers of a zone elect one ZDC, and a newer version wins over preference and host ID") {
+  auto h = farm(three);
+  for (const auto* s : {"s1", "s2", "s3"}) CHECK(zdc_of(*h, s) == "s2");  // host ID 30
+  CHECK(h->instance_status("s2")["is_zdc"].as_bool());
+  CHECK_FALSE(h->instance_status("s1")["is_zdc"].as_bool());
+
+  auto n = farm(three + server("s4", "a", "host_id = 1\npreference = \"not_preferred\"\nversion = \"1.1.0\"") +
+                server("s5", "a", "host_id = 2\npreference = \"most_preferred\""));
+  for (const auto* s : {"s1", "s2", "s3", "s4", "s5"}) CHECK(zdc_of(*n, s) == "s4");
+  auto m = farm(three + server("s5", "a", "host_id = 2\npreference = \"most_preferred\""));
+  for (const auto* s : {"s1", "s2", "s3", "s5"}) CHECK(zdc_of(*m, s) == "s5");
+}
+
+TEST_CASE("the ZDC crashes: a new ZDC within one keep-alive, holding every member's full state") {
+  auto h = farm(three);
+  REQUIRE(zdc_of(*h, "s1") == "s2");
+  report(*h, "s1", 4, 120);
+  report(*h, "s3", 7, 350);
+  report(*h, "s3", 8, 360);
+  REQUIRE(record(data(*h, "s2"), "s3") != nullptr);
+  CHECK(record(data(*h, "s2"), "s3")->sessions == 8);
+  const auto reported = h->now();
+  h->advance(20s);
+  crash(*h, "s2");
+  const auto took = until(*h, [&] { return zdc_of(*h, "s1") == "s3" && zdc_of(*h, "s3") == "s3"; }, 120s, 500ms);
+  INFO("new ZDC after " << std::chrono::duration<double>(took).count() << " s");
+  CHECK(took <= 60s);
+  CHECK(h->now() - reported >= 30s);  // not before the ZDC was silent for half a keep-alive
+  h->advance(2s);      // the full-state answers
+  auto d = data(*h, "s3");
+  CHECK(d.zdc);
+  REQUIRE(record(d, "s1") != nullptr);
+  CHECK(record(d, "s1")->sessions == 4);
+  CHECK(record(d, "s1")->load == 120);
+  REQUIRE(record(d, "s3") != nullptr);
+  CHECK(record(d, "s3")->sessions == 8);
+  CHECK(record(d, "s2") == nullptr);
+  CHECK(h->logged("ZDC s2 of zone a lost"));
+  CHECK(sample(h->metrics_text(), "deskfarm_ima_elections_total{instance=\"s1\",trigger=\"lost\"}") +
+            sample(h->metrics_text(), "deskfarm_ima_elections_total{instance=\"s3\",trigger=\"lost\"}") >= 1);
+}
+
+TEST_CASE("the ZDC shuts down gracefully: its resignation starts the election at once") {
+  auto h = farm(three);
+  REQUIRE(zdc_of(*h, "s3") == "s2");
+  h->advance(10s);
+  h->run_on("s2", [](deskfarm::sdk::Plugin& p, deskfarm::sdk::Context&) { p.stop(); });
+  const auto took = until(*h, [&] { return zdc_of(*h, "s1") == "s3" && zdc_of(*h, "s3") == "s3"; }, 120s, 100ms);
+  CHECK(took <= 1s);  // one election window, no keep-alive wait
+  CHECK(h->logged("ZDC s2 resigned (shutdown): electing"));
+}
+
+TEST_CASE("two zones: a change in zone a reaches zone b's ZDC, and a new ZDC in zone b gets zone a's data") {
+  auto h = farm(server("a1", "a", "host_id = 2") + server("a2", "a", "host_id = 1") + server("b1", "b", "host_id = 2") +
+                server("b2", "b", "host_id = 1"));
+  REQUIRE(zdc_of(*h, "a2") == "a1");
+  REQUIRE(zdc_of(*h, "b2") == "b1");
+  auto c = collectors(*h, "b2").collectors;
+  REQUIRE(c.size() == 2);
+  CHECK(c[1].zone == "a");
+  CHECK(c[1].instance == "a1");
+  report(*h, "a2", 12, 900);  // a member of zone a → its ZDC a1 → zone b's ZDC b1
+  h->advance(100ms);
+  auto d = data(*h, "b1");
+  REQUIRE(record(d, "a2") != nullptr);
+  CHECK(record(d, "a2")->sessions == 12);
+  CHECK(record(d, "a2")->zone == "a");
+  report(*h, "b2", 3, 50);
+  h->advance(100ms);
+  REQUIRE(record(data(*h, "a1"), "b2") != nullptr);
+  // zone b's ZDC crashes: its successor gets zone a's data from a1 as soon as it announces itself
+  crash(*h, "b1");
+  until(*h, [&] { return zdc_of(*h, "b2") == "b2"; }, 120s);
+  h->advance(1s);
+  d = data(*h, "b2");
+  REQUIRE(record(d, "a2") != nullptr);
+  CHECK(record(d, "a2")->sessions == 12);
+  report(*h, "a2", 13, 910);
+  h->advance(100ms);
+  CHECK(record(data(*h, "b2"), "a2")->sessions == 13);
+}
+
+TEST_CASE("another zone's ZDC that does not answer is retried after gateway_validation_s, with the latest changes") {
+  auto h = farm(server("a1", "a", "gateway_validation_s = 300") + server("b1", "b") + server("b2", "b", "keepalive_s = 900\nhost_id = 1"));
+  const std::string bz = zdc_of(*h, "b2");
+  REQUIRE(bz == "b1");
+  crash(*h, "b1");
+  report(*h, "a1", 1, 10);
+  report(*h, "a1", 2, 20);  // queued for zone b: only the latest per server is kept
+  h->advance(1s);
+  CHECK(sample(h->metrics_text(), "deskfarm_ima_forward_failures_total{instance=\"a1\"}") == 1);
+  CHECK(h->instance_status("a1")["other_zones"]["b"].as_string() == "b1 (unreachable)");
+  CHECK(h->logged("ZDC b1 of zone b is unreachable"));
+  // b2 notices its ZDC is gone only after 450 s (keepalive_s = 900); meanwhile a1 retries b1 at 300 s
+  h->advance(298s);
+  CHECK(h->instance_status("a1")["other_zones"]["b"].as_string() == "b1 (unreachable)");
+  h->advance(2s);
+  h->advance(1s);
+  CHECK(sample(h->metrics_text(), "deskfarm_ima_forward_failures_total{instance=\"a1\"}") == 2);  // the retry, failed again
+  until(*h, [&] { return zdc_of(*h, "b2") == "b2"; }, 900s);
+  h->advance(1s);
+  CHECK(h->instance_status("a1")["other_zones"]["b"].as_string() == "b2");
+  REQUIRE(record(data(*h, "b2"), "a1") != nullptr);
+  CHECK(record(data(*h, "b2"), "a1")->sessions == 2);
+}
+
+TEST_CASE("manual election and a zone change: the order decides again, each zone keeps one ZDC") {
+  auto h = farm(three + server("b1", "b", "host_id = 5"));
+  auto f = send<Empty, api::Collectors>(*h, api::subject("s1", "admin.elect"), Empty{});
+  h->advance(1s);
+  REQUIRE(f.wait_for(5s) == std::future_status::ready);
+  auto r = f.get();
+  REQUIRE(r);
+  REQUIRE(!r->collectors.empty());
+  CHECK(r->collectors[0].instance == "s2");
+  CHECK(r->collectors[0].epoch >= 2);
+  CHECK(sample(h->metrics_text(), "deskfarm_ima_elections_total{instance=\"s1\",trigger=\"manual\"}") == 1);
+  // s2 (the ZDC of a) moves to zone b, where its host ID 30 beats b1's 5
+  REQUIRE(h->request<api::ZoneMove, Empty>(api::subject("s2", "admin.zone"), api::ZoneMove{"b"}));
+  h->advance(2s);
+  CHECK(zdc_of(*h, "s1") == "s3");
+  CHECK(zdc_of(*h, "b1") == "s2");
+  CHECK(zdc_of(*h, "s2") == "s2");
+  auto c = collectors(*h, "s1").collectors;
+  REQUIRE(c.size() == 2);
+  CHECK(c[1].zone == "b");
+  CHECK(c[1].instance == "s2");
+  CHECK(h->request<api::ZoneMove, Empty>(api::subject("s2", "admin.zone"), api::ZoneMove{"no.such"}).error().code == "bad_request");
+}
+
+TEST_CASE("bad input on the ima subjects: foreign, garbled, replayed and version-inflating messages are counted, nothing changes") {
+  auto h = farm(three);
+  REQUIRE(zdc_of(*h, "s1") == "s2");
+  const auto epoch = collectors(*h, "s1").collectors[0].epoch;
+  const auto subject = api::election_subject("corp", "a");
+  h->publish(subject, deskfarm::sdk::Text{"hello"});
+  h->publish(subject, api::Election{"bogus", "corp", "a", 9, 1, 1, "ghost", 1, "1.0.0", "default", ""});
+  h->publish(subject, api::Election{api::kCall, "corp", "a", 9, 1, 1, "ghost", 1, "1.0.0", "sideways", ""});
+  h->advance(10ms);
+  CHECK(rejected(*h, "s1", "foreign") == 1);
+  CHECK(rejected(*h, "s1", "garbled") == 2);
+  // a ghost server advertises 1.0.0 with a low rank (a real candidate, it loses) …
+  const api::Election ghost{api::kCandidate, "corp", "a", epoch, 1, 1, "ghost", 1, "1.0.0", "not_preferred", ""};
+  h->publish(subject, ghost);
+  h->advance(10ms);
+  // … then its candidate is replayed, and it claims 9.0.0 in the same incarnation to win a round
+  h->publish(subject, ghost);
+  auto inflated = ghost;
+  inflated.kind = api::kCall;
+  inflated.seq = 2;
+  inflated.epoch = epoch + 1;
+  inflated.version = "9.0.0";
+  h->publish(subject, inflated);
+  // an old ZDC's election for an epoch long past
+  h->publish(subject, api::Election{api::kElected, "corp", "a", epoch - 1 > 0 ? epoch - 1 : 0, 5, 2, "ghost", 1, "1.0.0", "default", ""});
+  h->advance(2s);
+  for (const auto* s : {"s1", "s3"}) {
+    CHECK(rejected(*h, s, "replay") == 1);
+    CHECK(rejected(*h, s, "version_claim") == 1);
+    CHECK(zdc_of(*h, s) == "s2");
+    CHECK(collectors(*h, s).collectors[0].epoch == epoch);
+  }
+  CHECK(h->logged("ghost claims version 9.0.0 after advertising 1.0.0"));
+  // garbled collectors and changes
+  h->publish(api::collectors_subject("corp"), api::Collector{"corp", "b.c", "x", 1, "1", "default", 1, true});
+  auto wrong = h->request<api::Change, api::Ack>(api::subject("s2", "change"), api::Change{"corp", "zz", "s1", 1, 1, 99, 5, 1, false, ""});
+  CHECK(wrong.error().code == "bad_request");
+  h->advance(10ms);
+  CHECK(rejected(*h, "s2", "garbled") >= 2);
+  CHECK(collectors(*h, "s1").collectors.size() == 1);
+  // and the zone still works
+  report(*h, "s1", 3, 1);
+  CHECK(record(data(*h, "s2"), "s1")->sessions == 3);
+}
+
+namespace {
+deskfarm::testing::conformance::Subject conformance_subject() {
+  deskfarm::testing::conformance::Subject s;
+  s.plugin = "ima";
+  s.instance = "s1";
+  s.manifest_toml = server("s1", "a");
+  s.options.plugin_path = {PLUGIN_DIR};
+  return s;
+}
+}  // namespace
+
+DESKFARM_CONFORMANCE_SUITE("ima", conformance_subject)

@@ -110,7 +110,8 @@ std::string summary_text(const Summary& s) {
   out << "storm: " << s.users << " users through " << s.controllers.size() << " controllers in " << fixed(s.seconds, 1) << " s\n";
   out << "  brokered:        " << s.brokered << " (refused " << s.refused << ", failed " << s.failed << ", unfinished " << s.unfinished << ")\n";
   out << "  decisions:       " << s.decisions << " (" << fixed(s.decisions_per_s(), 1) << "/s; " << s.starting_answers
-      << " 'starting, ask again'; " << s.retries_elsewhere << " retried on another controller)\n";
+      << " 'starting, ask again'; " << s.refusals_retried << " refusals asked again; " << s.retries_elsewhere
+      << " retried on another controller)\n";
   out << "  brokering:       p50 " << fixed(s.broker.p50, 2) << " ms, p99 " << fixed(s.broker.p99, 2) << " ms, max "
       << fixed(s.broker.max, 2) << " ms (through the admin endpoint)\n";
   out << "  sessions:        " << s.disconnected << " disconnected, " << s.reconnected << " reconnected to their session, "
@@ -129,6 +130,7 @@ std::string summary_text(const Summary& s) {
   if (s.errors.empty()) out << " none";
   for (const auto& [kind, n] : s.errors) out << " " << kind << "=" << n;
   out << "\n";
+  for (const auto& [reason, text] : s.refusal_examples) out << "  first " << reason << ": " << text << "\n";
   for (const auto& [kind, text] : s.error_examples) out << "  first " << kind << ": " << text << "\n";
   return out.str();
 }
@@ -144,6 +146,7 @@ std::string summary_json(const Summary& s) {
   v["decisions_per_s"] = s.decisions_per_s();
   v["starting_answers"] = s.starting_answers;
   v["retries_elsewhere"] = s.retries_elsewhere;
+  v["refusals_retried"] = s.refusals_retried;
   v["broker_p50_ms"] = s.broker.p50;
   v["broker_p99_ms"] = s.broker.p99;
   v["broker_max_ms"] = s.broker.max;
@@ -491,10 +494,20 @@ class Driver {
       return later(u, Step::broker, o_.starting_retry);
     }
     if (d.outcome == "refused") {
+      if (o_.retried_refusals.contains(d.reason) && u.starting < o_.starting_attempts) {
+        ++u.starting;
+        {
+          std::lock_guard lock(stats_);
+          ++summary_.refusals_retried;
+          summary_.refusal_examples.try_emplace(d.reason, u.plan.name + ": " + d.why + " (asked again)");
+        }
+        return later(u, Step::broker, o_.refusal_retry);
+      }
       if (!u.returning && o_.expected_refusals.contains(d.reason)) {
         {
           std::lock_guard lock(stats_);
           ++summary_.refusals[d.reason];
+          summary_.refusal_examples.try_emplace(d.reason, u.plan.name + ": " + d.why);
         }
         ++refused_;
         return end_user(u);

@@ -40,6 +40,10 @@ struct Options {
   Millis deadline{0};                ///< the whole storm; 0 = arrivals + session + away + 120 s
   std::uint64_t seed = 1;
   std::set<std::string> expected_refusals{"no_license", "no_desktop", "maintenance", "not_entitled"};
+  /// Refusals a user answers by asking again after `refusal_retry` (at most `starting_attempts` times), as a user
+  /// clicks the desktop again: two controllers handing out the same idle desktop at once refuse the loser so.
+  std::set<std::string> retried_refusals{"agent_refused"};
+  Millis refusal_retry{200};
 };
 
 /// "50/s", "50" (per second), "300/m", "3600/h" → arrivals per second; throws std::invalid_argument naming the text.
@@ -80,6 +84,7 @@ struct Sample {
 struct Summary {
   std::int64_t users = 0, brokered = 0, refused = 0, failed = 0, unfinished = 0;
   std::int64_t decisions = 0, starting_answers = 0, retries_elsewhere = 0, reconnected = 0, disconnected = 0;
+  std::int64_t refusals_retried = 0;  ///< refusals in Options::retried_refusals answered by asking again
   std::int64_t sessions_lost = 0;  ///< a disconnected user came back to another desktop, or an agent lost the session
   double seconds = 0, broker_seconds = 0;
   Latency broker;
@@ -88,6 +93,7 @@ struct Summary {
   std::int64_t licenses_end = -1;
   std::int64_t licenses_total = -1;
   std::map<std::string, std::int64_t> refusals;
+  std::map<std::string, std::string> refusal_examples;  ///< the first controller's why of each reason
   std::map<std::string, std::int64_t> errors;
   std::map<std::string, std::string> error_examples;
   std::vector<std::string> controllers;

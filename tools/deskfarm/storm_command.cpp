@@ -37,7 +37,7 @@ int cmd_storm(int argc, char** argv) {
   namespace po = boost::program_options;
   storm::Options o;
   std::string admin, rate = "10/s", session = "30s", away = "5s", disconnect = "0.2", reconnect = "0.5", controllers, refusals,
-              timeout = "10s", starting_retry = "1s", deadline = "0", json, latencies;
+              timeout = "10s", starting_retry = "1s", refusal_retry = "200ms", retried = "agent_refused", deadline = "0", json, latencies;
   long long users = o.users, concurrency = o.concurrency, seed = static_cast<long long>(o.seed), first = o.first_user,
             starting_attempts = o.starting_attempts;
   std::vector<std::string> args;
@@ -72,9 +72,13 @@ int cmd_storm(int argc, char** argv) {
       ("concurrency", po::value(&concurrency)->default_value(concurrency), "requests in flight at once, 1..256 (the admin endpoint serves two at a time)")
       ("timeout", po::value(&timeout)->default_value(timeout), "one request's deadline")
       ("starting-retry", po::value(&starting_retry)->default_value(starting_retry), "after a \"starting\" answer, ask again after this")
-      ("starting-attempts", po::value(&starting_attempts)->default_value(starting_attempts), "\"starting\" answers a user accepts before it counts as failed")
+      ("starting-attempts", po::value(&starting_attempts)->default_value(starting_attempts), "\"starting\" answers (and retried refusals) a user accepts before it counts as failed")
       ("expect-refusals", po::value(&refusals)->default_value("no_license,no_desktop,maintenance,not_entitled"),
        "refusal reasons that end a user without failing the storm (others fail it)")
+      ("retry-refusals", po::value(&retried)->default_value(retried),
+       "refusal reasons a user answers by asking again after --refusal-retry (at most --starting-attempts times), as a user "
+       "clicks again: two controllers handing out one idle desktop at once refuse the loser with agent_refused")
+      ("refusal-retry", po::value(&refusal_retry)->default_value(refusal_retry), "how long a refused user waits before asking again")
       ("deadline", po::value(&deadline)->default_value(deadline), "end the storm after this long, users not done count as unfinished (0: arrivals + session + away + 120 s)")
       ("seed", po::value(&seed)->default_value(seed), "seed of who disconnects and who comes back")
       ("json", po::value(&json), "also write the summary as JSON to this file (- for stdout instead of the text)")
@@ -117,6 +121,9 @@ int cmd_storm(int argc, char** argv) {
     o.request_timeout = millis(timeout, "--timeout");
     o.starting_retry = millis(starting_retry, "--starting-retry");
     o.deadline = millis(deadline, "--deadline");
+    o.refusal_retry = millis(refusal_retry, "--refusal-retry");
+    const auto again = split_list(retried);
+    o.retried_refusals = std::set<std::string>(again.begin(), again.end());
     o.disconnect_ratio = storm::parse_ratio(disconnect, "--disconnect-ratio");
     o.reconnect_ratio = storm::parse_ratio(reconnect, "--reconnect-ratio");
     o.controllers = split_list(controllers);

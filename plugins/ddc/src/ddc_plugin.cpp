@@ -395,6 +395,7 @@ class Ddc final : public Plugin {
         return refuse_registration(r, ddc::kReplayed, "nonce " + r.nonce + " was used before", true);
     }
     auto next = d.s;
+    const std::string had_user = d.s.user;  ///< who the farm last saw on it (from its previous owner)
     if (next.controller != ctx_.name() || next.registration != ddc::kRegistered) ++registered_here_;
     next.registration = ddc::kRegistered;
     next.controller = ctx_.name();
@@ -410,6 +411,9 @@ class Ddc final : public Plugin {
     d.reserved = false;
     d.start_requested = {};
     commit(d, std::move(next));
+    // The agent says the session the farm knew ended while it had no controller (its logoff never reached the dead
+    // one): the licence goes back now, or it would stay checked out for good.
+    if (!had_user.empty() && r.user != had_user) checkin(had_user, r.desktop);
     registrations_->inc();
     registered_gauge_->set(static_cast<double>(registered_here_));
     ddc::Registered out;

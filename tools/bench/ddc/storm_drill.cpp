@@ -243,6 +243,7 @@ int run(const DrillArgs& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each figure as it is measured, also into a file
   namespace po = boost::program_options;
   DrillArgs a;
   po::options_description opts("storm_drill options");

@@ -2,18 +2,14 @@
 // collectors it knows (after an election with -e), and for queryds each collector for its dynamic data.
 #include "ima_command.hpp"
 
+#include <Poco/Exception.h>
 #include <Poco/JSON/Parser.h>
-#include <Poco/Net/HTTPClientSession.h>
-#include <Poco/Net/HTTPRequest.h>
-#include <Poco/Net/HTTPResponse.h>
-#include <Poco/StreamCopier.h>
 
 #include <cstdio>
 #include <iostream>
 #include <optional>
-#include <sstream>
 
-#include "admin.hpp"
+#include "cli_common.hpp"
 
 namespace deskfarm::cli {
 namespace {
@@ -21,31 +17,18 @@ namespace {
 using Poco::JSON::Array;
 using Poco::JSON::Object;
 
-/// One admin call: the body, or nullopt after printing why (then `code` says unreachable or failed).
-std::optional<std::string> admin_call(const std::string& address, const std::string& token, const std::string& method,
-                                      const std::string& path, const std::string& body, std::chrono::milliseconds timeout,
-                                      int& code) {
-  auto [host, port] = kernel::parse_host_port(address, "--admin");
+/// One admin call through the shared client: the body, or nullopt after printing why (then `code` says failed or
+/// unreachable).
+template <class Call>
+std::optional<std::string> admin_call(const AdminClient& admin, const std::string& what, Call call, int& code) {
   try {
-    Poco::Net::HTTPClientSession session(host, port);
-    session.setTimeout(Poco::Timespan(static_cast<long>(timeout.count() / 1000) + 5, 0));
-    Poco::Net::HTTPRequest request(method, path);
-    if (!token.empty()) request.set("Authorization", "Bearer " + token);
-    if (method == Poco::Net::HTTPRequest::HTTP_POST) {
-      request.setContentType("application/json");
-      request.setContentLength(static_cast<std::streamsize>(body.size()));
-      request.set("X-Timeout-Ms", std::to_string(timeout.count()));
-    }
-    session.sendRequest(request) << body;
-    Poco::Net::HTTPResponse response;
-    std::ostringstream out;
-    Poco::StreamCopier::copyStream(session.receiveResponse(response), out);
-    if (response.getStatus() == Poco::Net::HTTPResponse::HTTP_OK) return out.str();
-    std::cerr << "deskfarm: " << path << " failed: " << out.str() << "\n";
-    code = 1;
+    const HttpAnswer a = call();
+    if (a.status == 200) return a.body;
+    std::cerr << "deskfarm: " << what << " failed: " << a.body << "\n";
+    code = runtime_failure;
   } catch (const Poco::Exception& e) {
-    std::cerr << "deskfarm: cannot reach the admin endpoint at " << address << ": " << e.displayText() << "\n";
-    code = 5;
+    std::cerr << "deskfarm: cannot reach the admin endpoint at " << admin.address() << ": " << e.displayText() << "\n";
+    code = unreachable;
   }
   return std::nullopt;
 }
@@ -54,10 +37,13 @@ Object::Ptr parse(const std::string& json) { return Poco::JSON::Parser().parse(j
 
 }  // namespace
 
-int cmd_ima(const std::string& command, bool elect, const std::string& admin_address, const std::string& token,
-            std::chrono::milliseconds timeout) {
+int cmd_ima(const std::string& command, bool elect, const AdminTarget& target, std::chrono::milliseconds timeout) {
   int code = 0;
-  auto status = admin_call(admin_address, token, Poco::Net::HTTPRequest::HTTP_GET, "/status", "", timeout, code);
+  const AdminClient admin(target);
+  const auto ask = [&](const std::string& subject) {
+    return admin_call(admin, subject, [&] { return admin.request(subject, "{}", timeout); }, code);
+  };
+  auto status = admin_call(admin, "/status", [&] { return admin.get("/status", timeout); }, code);
   if (!status) return code;
   std::string first;
   auto instances = parse(*status)->getArray("instances");
@@ -67,12 +53,12 @@ int cmd_ima(const std::string& command, bool elect, const std::string& admin_add
       first = o->getValue<std::string>("name");
   }
   if (first.empty()) {
-    std::cerr << "deskfarm " << command << ": the deployment at " << admin_address
+    std::cerr << "deskfarm " << command << ": the deployment at " << admin.address()
               << " runs no ima instance; add one ([instances.NAME] plugin = \"ima\") or point at another deployment\n";
     return 1;
   }
   const std::string request = elect && command == "querydc" ? "admin.elect" : "admin.querydc";
-  auto reply = admin_call(admin_address, token, Poco::Net::HTTPRequest::HTTP_POST, "/request/ima." + first + "." + request, "{}", timeout, code);
+  auto reply = ask("ima." + first + "." + request);
   if (!reply) return code;
   auto collectors = parse(*reply)->getArray("collectors");
   const std::size_t n = collectors ? collectors->size() : 0;
@@ -90,7 +76,7 @@ int cmd_ima(const std::string& command, bool elect, const std::string& admin_add
   std::printf("%-20s %-16s %-20s %-8s %-9s %-8s %-6s %s\n", "collector", "zone", "server", "host_id", "sessions", "load", "seq", "updated");
   for (std::size_t i = 0; i < n; ++i) {
     const auto zdc = collectors->getObject(static_cast<unsigned>(i))->getValue<std::string>("instance");
-    auto data = admin_call(admin_address, token, Poco::Net::HTTPRequest::HTTP_POST, "/request/ima." + zdc + ".admin.queryds", "{}", timeout, code);
+    auto data = ask("ima." + zdc + ".admin.queryds");
     if (!data) continue;  // a collector of another process that does not answer: said on stderr, the rest still printed
     auto records = parse(*data)->getArray("records");
     for (std::size_t j = 0; records && j < records->size(); ++j) {

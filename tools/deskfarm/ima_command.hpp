@@ -4,11 +4,12 @@
 #include <chrono>
 #include <string>
 
+#include "cli_common.hpp"
+
 namespace deskfarm::cli {
 
 /// `command` is "querydc" or "queryds"; `elect` (querydc -e) first runs an election in the zone of the first ima
 /// instance. Prints tables on stdout; returns 0, 1 (a request failed or no ima instance runs) or 5 (unreachable).
-int cmd_ima(const std::string& command, bool elect, const std::string& admin_address, const std::string& token,
-            std::chrono::milliseconds timeout);
+int cmd_ima(const std::string& command, bool elect, const AdminTarget& target, std::chrono::milliseconds timeout);
 
 }  // namespace deskfarm::cli

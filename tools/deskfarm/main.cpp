@@ -13,27 +13,20 @@
 
 #include "admin.hpp"
 #include "bdm_command.hpp"
+#include "cli_common.hpp"
 #include "config_check.hpp"
 #include "deployment.hpp"
 #include "ima_command.hpp"
 #include "log.hpp"
 #include "manifest.hpp"
 #include "plugin_loader.hpp"
+#include "storm_command.hpp"
 
 namespace po = boost::program_options;
 using namespace deskfarm::kernel;
+using namespace deskfarm::cli;
 
 namespace {
-
-// Documented in the README and in --help.
-enum Exit : int {
-  ok = 0,
-  runtime_failure = 1,
-  usage = 2,
-  invalid = 3,
-  start_failed = 4,
-  unreachable = 5,
-};
 
 const char* usage_text =
     "usage: deskfarm [OPTIONS] COMMAND [ARGS]\n"
@@ -52,6 +45,9 @@ const char* usage_text =
     "  querydc [-e] [MANIFEST]\n"
     "                     the zone data collectors of a running farm (ima); -e elects first\n"
     "  queryds [MANIFEST] the dynamic data (sessions, load) the zone data collectors hold\n"
+    "  storm [MANIFEST] --users N --rate R/s --session 30s …\n"
+    "                     drive a logon storm of simulated users against a running deployment's controllers and\n"
+    "                     agents; print brokering latency, decisions/s, refusals (`deskfarm storm --help`)\n"
     "  bdm build --server HOST:PORT … -o IMAGE\n"
     "                     write a Boot Device Manager ISO (`deskfarm bdm --help` lists its options)\n"
     "\n"
@@ -86,34 +82,6 @@ std::vector<std::filesystem::path> plugin_dirs(const Options& o, const Manifest*
   auto defaults = default_plugin_dirs();
   dirs.insert(dirs.end(), defaults.begin(), defaults.end());
   return dirs;
-}
-
-// "90s", "5m", "2h", "1d", "250ms", or plain seconds.
-std::chrono::nanoseconds parse_duration(const std::string& text) {
-  std::size_t used = 0;
-  double value = 0;
-  try {
-    value = std::stod(text, &used);
-  } catch (...) {
-    throw std::invalid_argument("--for '" + text + "' is not a duration like 90s, 5m, 2h, 1d");
-  }
-  const std::string unit = text.substr(used);
-  double seconds = value;
-  if (unit == "ms") seconds = value / 1000;
-  else if (unit == "s" || unit.empty()) seconds = value;
-  else if (unit == "m") seconds = value * 60;
-  else if (unit == "h") seconds = value * 3600;
-  else if (unit == "d") seconds = value * 86400;
-  else throw std::invalid_argument("--for '" + text + "' has an unknown unit '" + unit + "' (ms, s, m, h, d)");
-  if (seconds < 0) throw std::invalid_argument("--for must not be negative");
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(seconds));
-}
-
-// The admin token: the manifest's admin_token, else DESKFARM_ADMIN_TOKEN.
-std::string admin_token(const Manifest* m) {
-  if (m && !m->admin_token.empty()) return m->admin_token;
-  const char* env = std::getenv("DESKFARM_ADMIN_TOKEN");
-  return env ? env : "";
 }
 
 // A non-loopback admin address without a token is refused before anything starts (exit 3).
@@ -230,45 +198,13 @@ int cmd_describe(const Options& o) {
   return ok;
 }
 
-std::filesystem::path admin_file(const Manifest& m) { return m.state_dir / "admin.address"; }
-
-/// Where a running deployment's admin endpoint is, and the token it wants.
-struct AdminTarget {
-  std::string address;
-  std::string token;
-};
-
-/// --admin, or what `run` wrote into MANIFEST's state directory; the token from the manifest or the environment.
-std::optional<AdminTarget> admin_target(const Options& o, const std::string& command, const std::string& manifest,
-                                        int& exit_code) {
-  AdminTarget t{o.admin, admin_token(nullptr)};
-  if (!manifest.empty()) {
-    auto m = load_manifest(manifest);
-    t.token = admin_token(&m);
-    if (t.address.empty()) {
-      std::ifstream in(admin_file(m));
-      if (!(in >> t.address)) {
-        std::cerr << "deskfarm " << command << ": deployment " << m.name << " is not running (no " << admin_file(m).string() << ")\n";
-        exit_code = unreachable;
-        return std::nullopt;
-      }
-    }
-  }
-  if (t.address.empty()) {
-    std::cerr << "deskfarm " << command << ": give the MANIFEST of a running deployment, or --admin HOST:PORT\n";
-    exit_code = usage;
-    return std::nullopt;
-  }
-  return t;
-}
-
 int cmd_status(const Options& o) {
   if (o.args.size() > 1) {
     std::cerr << "deskfarm status: give at most one MANIFEST\n";
     return usage;
   }
   int code = ok;
-  const auto target = admin_target(o, "status", o.args.empty() ? "" : o.args[0], code);
+  const auto target = admin_target(o.admin, "status", o.args.empty() ? "" : o.args[0], code);
   if (!target) return code;
   auto [host, port] = parse_host_port(target->address, "--admin");
   try {
@@ -299,9 +235,9 @@ int cmd_request(const Options& o) {
     if (!o.args[i].empty() && o.args[i].front() == '{') json = o.args[i];
     else manifest = o.args[i];
   }
-  const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(parse_duration(o.timeout));
+  const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(parse_duration(o.timeout, "--timeout"));
   int code = ok;
-  const auto target = admin_target(o, "request", manifest, code);
+  const auto target = admin_target(o.admin, "request", manifest, code);
   if (!target) return code;
   auto [host, port] = parse_host_port(target->address, "--admin");
   try {
@@ -392,6 +328,8 @@ int cmd_run(const Options& o) {
 int main(int argc, char** argv) {
   // `bdm` has options of its own (--server, --ip, …): it parses them itself.
   if (argc >= 2 && std::string(argv[1]) == "bdm") return deskfarm::cli::cmd_bdm(argc, argv);
+  // `storm` too (--users, --rate, …).
+  if (argc >= 2 && std::string(argv[1]) == "storm") return deskfarm::cli::cmd_storm(argc, argv);
   Options o;
   po::options_description visible("options");
   visible.add_options()
@@ -443,11 +381,11 @@ int main(int argc, char** argv) {
     if (o.command == "request") return cmd_request(o);
     if (o.command == "querydc" || o.command == "queryds") {
       int code = ok;
-      const auto target = o.args.size() > 1 ? std::nullopt : admin_target(o, o.command, o.args.empty() ? "" : o.args[0], code);
+      const auto target = o.args.size() > 1 ? std::nullopt : admin_target(o.admin, o.command, o.args.empty() ? "" : o.args[0], code);
       if (o.args.size() > 1) std::cerr << "deskfarm " << o.command << ": give at most one MANIFEST\n";
       if (!target) return o.args.size() > 1 ? usage : code;
-      return deskfarm::cli::cmd_ima(o.command, o.elect, target->address, target->token,
-                                    std::chrono::duration_cast<std::chrono::milliseconds>(parse_duration(o.timeout)));
+      return deskfarm::cli::cmd_ima(o.command, o.elect, *target,
+                                    std::chrono::duration_cast<std::chrono::milliseconds>(parse_duration(o.timeout, "--timeout")));
     }
     if (o.command.empty()) std::cerr << "deskfarm: no command given\n\n" << usage_text;
     else std::cerr << "deskfarm: unknown command '" << o.command << "'\n\n" << usage_text;

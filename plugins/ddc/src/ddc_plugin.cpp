@@ -433,6 +433,7 @@ class Ddc final : public Plugin, public nfuse::Broker {
         return refuse_registration(r, ddc::kReplayed, "nonce " + r.nonce + " was used before", true);
     }
     auto next = d.s;
+    const std::string had_user = d.s.user;  ///< who the farm last saw on it (from its previous owner)
     if (next.controller != ctx_.name() || next.registration != ddc::kRegistered) ++registered_here_;
     next.registration = ddc::kRegistered;
     next.controller = ctx_.name();
@@ -448,6 +449,9 @@ class Ddc final : public Plugin, public nfuse::Broker {
     d.reserved = false;
     d.start_requested = {};
     commit(d, std::move(next));
+    // The agent says the session the farm knew ended while it had no controller (its logoff never reached the dead
+    // one): the licence goes back now, or it would stay checked out for good.
+    if (!had_user.empty() && r.user != had_user) checkin(had_user, r.desktop);
     registrations_->inc();
     registered_gauge_->set(static_cast<double>(registered_here_));
     ddc::Registered out;
@@ -707,8 +711,8 @@ class Ddc final : public Plugin, public nfuse::Broker {
     try_candidate(q, job, 0, {}, finish);
   }
 
-  /// One candidate after another: a licence for the session on it (the session id is the desktop: one session per
-  /// desktop), then its owner prepares it. A licence taken for a candidate that refuses goes back at once.
+  /// One candidate after another: a licence for the session on it (license_session: the desktop and the user), then
+  /// its owner prepares it. A licence taken for a candidate that refuses goes back at once.
   void try_candidate(const ddc::BrokerRequest& q, std::shared_ptr<std::vector<Candidate>> job, std::size_t i,
                      std::string refusals, Done finish) {
     if (i >= job->size()) return finish(refusal(ddc::kAgentRefused, "every candidate was refused: " + refusals));
@@ -808,17 +812,21 @@ class Ddc final : public Plugin, public nfuse::Broker {
   }
 
   // ---- licences (plugins/license serves them; interfaces/license's client keeps the 30-day grace) ----
+  /// The licence session of `user` on `desktop`. The user is part of it: a desktop freed by one user's logoff may
+  /// be brokered to the next through another controller before the first checkin reached the server, and the two
+  /// must not collide (the server would refuse the second as session_conflict).
+  static std::string license_session(const std::string& desktop, const std::string& user) { return desktop + "/" + user; }
   /// `then(ok, licensed, note)`: ok = the session may start; licensed = it holds a licence (or a grace grant).
   void checkout(const std::string& user, const std::string& desktop, std::function<void(bool, bool, std::string)> then) {
     if (!licenses_) return then(true, false, "");
-    licenses_->checkout(user, desktop, [this, then = std::move(then)](lic::CheckoutReply r) {
+    licenses_->checkout(user, license_session(desktop, user), [this, then = std::move(then)](lic::CheckoutReply r) {
       if (!r.granted) return then(false, false, "licence server " + config_.license + " refused (" + r.code + "): " + r.reason);
       then(true, true, r.grace ? "licence granted in grace (" + std::to_string(r.grace_hours_left) + " h left): " + r.reason : "");
     });
   }
   /// The session on `desktop` ended; the user's licence goes back with the last one (the server counts them).
   void checkin(const std::string& user, const std::string& desktop) {
-    if (licenses_ && !user.empty()) licenses_->checkin(user, desktop);
+    if (licenses_ && !user.empty()) licenses_->checkin(user, license_session(desktop, user));
   }
 
   // ---- pool service ----

@@ -272,16 +272,21 @@ class Vda final : public Plugin {
             later(*ag, ag->period, [this](Agent& x) { heartbeat(x); });
             return;
           }
-          failovers_->inc();
-          ctx_.log().info(ag->desktop + ": controller " + ag->controller + " stopped answering (" +
-                          (r ? r->reason : r.error().code) + "); registering with another");
-          // Start the new round at the controller after the lost one, so the lost one is tried last.
-          const auto pos = std::find(ag->order.begin(), ag->order.end(), ag->controller);
-          ag->next = pos == ag->order.end() ? 0 : static_cast<std::size_t>(pos - ag->order.begin() + 1) % ag->order.size();
-          ag->controller.clear();
-          ag->token.clear();
-          register_round(key, gen, 0);
+          lose_controller(*ag, r ? r->reason : r.error().code);
         });
+  }
+
+  /// The agent's controller stopped answering (or no longer knows it): register with another at once, carrying
+  /// the session.
+  void lose_controller(Agent& a, const std::string& why) {
+    failovers_->inc();
+    ctx_.log().info(a.desktop + ": controller " + a.controller + " stopped answering (" + why + "); registering with another");
+    // Start the new round at the controller after the lost one, so the lost one is tried last.
+    const auto pos = std::find(a.order.begin(), a.order.end(), a.controller);
+    a.next = pos == a.order.end() ? 0 : static_cast<std::size_t>(pos - a.order.begin() + 1) % a.order.size();
+    a.controller.clear();
+    a.token.clear();
+    register_round(a.key, a.gen, 0);
   }
 
   Agent* by_desktop(const std::string& desktop) {
@@ -331,11 +336,21 @@ class Vda final : public Plugin {
     ddc::SessionEvent ev{a->desktop, a->token, kind, a->user, a->endpoint};
     if (kind == ddc::kLogoff) a->user.clear(), a->endpoint.clear();
     if (a->controller.empty()) return r.ok({true, "", "not registered: the next registration carries the session"});
-    request<ddc::SessionEvent, ddc::Ack>(ctx_.bus(), ddc::subject(a->controller, "session"), ev, timeout(),
-                                         [r](Reply<ddc::Ack> ack) mutable {
-                                           if (ack) r.ok(*ack);
-                                           else r.ok({false, ack.error().code, ack.error().message});
-                                         });
+    request<ddc::SessionEvent, ddc::Ack>(
+        ctx_.bus(), ddc::subject(a->controller, "session"), ev, timeout(),
+        [this, r, key = a->key, gen = a->gen, controller = a->controller](Reply<ddc::Ack> ack) mutable {
+          if (ack) return r.ok(*ack);
+          // The session changed on the desktop whatever the controller says: when it does not answer (it died), the
+          // agent does not wait for its heartbeat to notice but registers with another now, and the registration
+          // carries the session's new state.
+          Agent* ag = live(key, gen);
+          if (ag && ag->controller == controller && (ack.error().code == "timeout" || ack.error().code == "no_responders")) {
+            lose_controller(*ag, ack.error().code + " to a session event");
+            return r.ok({true, "", "controller " + controller + " did not answer (" + ack.error().code +
+                                       "); the registration with another carries the session"});
+          }
+          r.ok({false, ack.error().code, ack.error().message});
+        });
   }
 
   Context& ctx_;

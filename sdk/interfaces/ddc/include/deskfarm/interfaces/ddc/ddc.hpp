@@ -321,7 +321,8 @@ struct Maintenance {
 
 // ---- controller → licence server ----
 // The controller checks licences out and in through interfaces/license (LicenseClient, with the 30-day grace);
-// the session id it uses is the desktop's name (one session per desktop).
+// the session id it uses is "<desktop>/<user>" (one session per desktop and user: a desktop freed by a logoff
+// may be brokered again before its checkin reached the server).
 
 // ---- subjects ----
 /// ddc.<controller>.<what>: register, heartbeat, deregister, session, prepare, admin.broker, admin.desktops,

@@ -245,9 +245,8 @@ TEST_CASE("failover drill: clients fetch in a loop, a backend dies, is DOWN with
   if (!require_program("in.tftpd")) return;
   Lab lab;
   lab.start_hpa();
-  // A probe timeout that 32 looping clients on two shared cores cannot reach by load alone (800 ms could, at a load
-  // average of 20); the dead backend is found by ICMP port unreachable, which does not wait for the timeout.
-  const int interval = 1000, timeout = 2000, retries = 3;
+  // A probe timeout that 32 looping clients on two shared cores cannot reach by load alone.
+  const int interval = 1000, timeout = 800, retries = 3;
   lab.start("method = \"round_robin\"\nmonitor = \"udp-ecv\"\ninterval_ms = " + std::to_string(interval) +
             "\nresponse_timeout_ms = " + std::to_string(timeout) + "\nretries = " + std::to_string(retries) +
             "\ndowntime_ms = 2000\n");

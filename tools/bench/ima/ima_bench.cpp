@@ -25,6 +25,7 @@
 #include <deskfarm/testing/temp_dir.hpp>
 
 #include "../bench_cli.hpp"
+#include "../nats/nats_bench_util.hpp"
 
 namespace {
 
@@ -42,19 +43,9 @@ struct Options {
   std::string url;
 };
 
-[[noreturn]] void fail(const std::string& what) {
-  std::fprintf(stderr, "ima_bench: %s\n", what.c_str());
-  std::exit(1);
-}
-
-void check(natsStatus s, const char* what) {
-  if (s != NATS_OK) fail(std::string(what) + ": " + natsStatus_GetText(s));
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using deskfarm::bench::check;
+using deskfarm::bench::fail;
+using deskfarm::bench::median;
 
 std::string server(const std::string& name, const std::string& zone, long long host_id, const Options& o) {
   return "[instances." + name + "]\nplugin = \"ima\"\nfarm = \"bench\"\nzone = \"" + zone + "\"\nhost_id = " +

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../bench_cli.hpp"
+#include "nats_bench_util.hpp"
 #include "deployment.hpp"
 #include "deskfarm/sdk/service.hpp"
 #include "manifest.hpp"
@@ -40,19 +41,9 @@ struct Options {
   std::string url;
 };
 
-[[noreturn]] void fail(const std::string& what) {
-  std::fprintf(stderr, "nats_bench: %s\n", what.c_str());
-  std::exit(1);
-}
-
-void check(natsStatus s, const char* what) {
-  if (s != NATS_OK) fail(std::string(what) + ": " + natsStatus_GetText(s));
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using deskfarm::bench::check;
+using deskfarm::bench::fail;
+using deskfarm::bench::median;
 
 /// The result line a child prints and the parent reads: "result A B".
 void result(double a, double b = 0) {

@@ -71,6 +71,13 @@ struct Chain {
     o.state_dir = dir / "state";
     h = std::make_unique<dt::Harness>(manifest, o);
     h->start();
+    // QEMU's NBD client connects when the machine starts: pvs must serve the vDisk by then (its catalog loads from
+    // the data store after start, slower under a sanitizer).
+    REQUIRE(dt::eventually([&] {
+      const auto status = h->instance_status("pvs-1");
+      const auto* c = status.find("catalog");
+      return c && c->is_string() && c->as_string() == "loaded";
+    }, 30s));
   }
   fs::path iso() const { return dir / "state" / "bdm" / "bdm.iso"; }
   fs::path serial(const std::string& vm) const { return dir / "state" / "hv-1" / "machines" / vm / "serial.log"; }

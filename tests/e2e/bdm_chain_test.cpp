@@ -73,11 +73,7 @@ struct Chain {
     h->start();
     // QEMU's NBD client connects when the machine starts: pvs must serve the vDisk by then (its catalog loads from
     // the data store after start, slower under a sanitizer).
-    REQUIRE(dt::eventually([&] {
-      const auto status = h->instance_status("pvs-1");
-      const auto* c = status.find("catalog");
-      return c && c->is_string() && c->as_string() == "loaded";
-    }, 30s));
+    h->await_status("pvs-1", "catalog", "loaded");
   }
   fs::path iso() const { return dir / "state" / "bdm" / "bdm.iso"; }
   fs::path serial(const std::string& vm) const { return dir / "state" / "hv-1" / "machines" / vm / "serial.log"; }

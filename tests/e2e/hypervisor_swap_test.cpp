@@ -80,11 +80,7 @@ std::unique_ptr<dt::Harness> start_farm(const dt::TempDir& dir, const std::strin
   o.source_name = source;
   auto h = std::make_unique<dt::Harness>(manifest, o);
   h->start();
-  REQUIRE(dt::eventually([&] {
-    const auto status = h->instance_status("pvs-1");
-    const auto* c = status.find("catalog");
-    return c && c->is_string() && c->as_string() == "loaded";
-  }, 30s));
+  h->await_status("pvs-1", "catalog", "loaded");
   return h;
 }
 

@@ -53,14 +53,7 @@ TEST_CASE("simulated desktops boot through the TFTP virtual server that tftp-lb 
   o.source_name = "netboot-lb.toml";
   dt::Harness h(manifest, o);
   h.start();
-  for (const char* name : {"pvs-1", "pvs-2"}) {
-    INFO(name);
-    REQUIRE(dt::eventually([&] {
-      const auto status = h.instance_status(name);
-      const auto* c = status.find("catalog");
-      return c && c->is_string() && c->as_string() == "loaded";
-    }, 30s));
-  }
+  for (const char* name : {"pvs-1", "pvs-2"}) h.await_status(name, "catalog", "loaded");
   const auto backends = [&] {
     auto r = h.request<deskfarm::sdk::Empty, api::BackendList>(api::admin_subject("lb", "backend.list"), {});
     REQUIRE(r);

@@ -290,6 +290,9 @@ TEST_CASE("hypervisor-qemu: a real VM boots its vDisk streamed by pvs over NBD (
                 "images = [{ template = \"desktop\", path = \"nbd://127.0.0.1:" + port + "\" }]\n",
             real_clock());
   h.start();
+  // QEMU's NBD client connects when the machine starts: pvs must serve the vDisk by then (its catalog loads from the
+  // data store after start, slower under a sanitizer).
+  h.await_status("pvs-1", "catalog", "loaded");
   auto tasks = h.probe("hypervisor.hv-1.task.*");
   const auto vm = finish(tasks, act(h, "create", "")).vm;
   const auto started = finish(tasks, act(h, "start", vm));

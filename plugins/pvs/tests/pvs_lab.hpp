@@ -76,10 +76,7 @@ struct Lab {
   void start_instances(const std::string& instances) {
     h = harness(instances);
     h->start();
-    for (const auto& name : h->instances()) {
-      INFO("instance " << name);
-      REQUIRE(dt::eventually([&] { return text(status(name), "catalog") == "loaded"; }, std::chrono::seconds(30)));
-    }
+    for (const auto& name : h->instances()) h->await_status(name, "catalog", "loaded");
   }
   /// Stops the deployment and forgets it (a restart is another start()).
   void stop() { h.reset(); }

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <toml++/toml.h>
 
@@ -311,6 +312,23 @@ sdk::Value Harness::instance_status(const std::string& instance, std::chrono::mi
   auto out = std::make_shared<sdk::Value>(sdk::Value::object());  // the task may outlive a timed-out wait
   run_on(instance, [out](sdk::Plugin& p, sdk::Context&) { p.status(*out); }, timeout);
   return *out;
+}
+
+void Harness::await_status(const std::string& instance, const std::string& key, const std::string& expected,
+                           std::chrono::milliseconds within) {
+  const auto end = std::chrono::steady_clock::now() + within;
+  std::string seen = "(no field)";
+  for (;;) {
+    const auto status = instance_status(instance);
+    if (const auto* v = status.find(key)) {
+      if (v->is_string() && v->as_string() == expected) return;
+      seen = v->is_string() ? "\"" + v->as_string() + "\"" : "a non-string value";
+    }
+    if (std::chrono::steady_clock::now() >= end)
+      throw std::runtime_error(instance + ": status field \"" + key + "\" is still " + seen + ", not \"" + expected +
+                               "\", after " + std::to_string(within.count()) + " ms");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 std::string Harness::metrics_text() { return core_->running("metrics_text").metrics_text(); }

@@ -161,6 +161,10 @@ class DESKFARM_TESTING_API Harness {
   sdk::Value status();
   /// One instance's own status fields (its Plugin::status()).
   sdk::Value instance_status(const std::string& instance, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  /// Polls the instance's status (real time, at most `within`) until field `key` is the string `expected`, e.g.
+  /// pvs's "catalog" = "loaded" before a client connects; throws naming the instance, the field and what it last saw.
+  void await_status(const std::string& instance, const std::string& key, const std::string& expected,
+                    std::chrono::milliseconds within = std::chrono::seconds(30));
   /// The Prometheus exposition of /metrics.
   std::string metrics_text();
 

@@ -12,9 +12,25 @@
 #include <Poco/StreamCopier.h>
 
 #include "admin.hpp"
+#include "deskfarm/sdk/value.hpp"
 #include "manifest.hpp"
 
 namespace deskfarm::cli {
+
+std::vector<std::string> instances_of(const std::string& status_json, const std::string& plugin) {
+  std::vector<std::string> out;
+  const auto status = sdk::Value::parse_json(status_json);
+  const sdk::Value* list = status.find("instances");
+  if (!list || !list->is_array()) return out;
+  for (const auto& i : list->as_array()) {
+    const sdk::Value* p = i.find("plugin");
+    const sdk::Value* n = i.find("name");
+    const sdk::Value* st = i.find("state");
+    if (p && n && p->is_string() && n->is_string() && p->as_string() == plugin && (!st || !st->is_string() || st->as_string() == "running"))
+      out.push_back(n->as_string());
+  }
+  return out;
+}
 
 std::chrono::nanoseconds parse_duration(const std::string& text, const std::string& option) {
   std::size_t used = 0;

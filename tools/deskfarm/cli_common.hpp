@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace deskfarm::kernel {
 struct Manifest;
@@ -30,6 +31,9 @@ std::string admin_token(const kernel::Manifest* m);
 
 /// Where `run` writes the address of its admin endpoint.
 std::filesystem::path admin_file(const kernel::Manifest& m);
+
+/// Names of the running instances of `plugin` in a /status document, in the deployment's start order.
+std::vector<std::string> instances_of(const std::string& status_json, const std::string& plugin);
 
 /// Where a running deployment's admin endpoint is, and the token it wants.
 struct AdminTarget {

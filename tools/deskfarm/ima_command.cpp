@@ -45,13 +45,8 @@ int cmd_ima(const std::string& command, bool elect, const AdminTarget& target, s
   };
   auto status = admin_call(admin, "/status", [&] { return admin.get("/status", timeout); }, code);
   if (!status) return code;
-  std::string first;
-  auto instances = parse(*status)->getArray("instances");
-  for (std::size_t i = 0; instances && i < instances->size() && first.empty(); ++i) {
-    auto o = instances->getObject(static_cast<unsigned>(i));
-    if (o->optValue<std::string>("plugin", "") == "ima" && o->optValue<std::string>("state", "") == "running")
-      first = o->getValue<std::string>("name");
-  }
+  const auto imas = instances_of(*status, "ima");
+  const std::string first = imas.empty() ? "" : imas.front();  // the first started answers for the farm
   if (first.empty()) {
     std::cerr << "deskfarm " << command << ": the deployment at " << admin.address()
               << " runs no ima instance; add one ([instances.NAME] plugin = \"ima\") or point at another deployment\n";

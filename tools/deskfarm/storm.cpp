@@ -200,22 +200,6 @@ std::optional<double> metric_sum(const std::string& text, const std::string& fam
   return sum;
 }
 
-std::vector<std::string> instances_of(const std::string& status_json, const std::string& plugin) {
-  std::vector<std::string> out;
-  const auto status = sdk::Value::parse_json(status_json);
-  const sdk::Value* list = status.find("instances");
-  if (!list || !list->is_array()) return out;
-  for (const auto& i : list->as_array()) {
-    const sdk::Value* p = i.find("plugin");
-    const sdk::Value* n = i.find("name");
-    const sdk::Value* st = i.find("state");
-    if (p && n && p->is_string() && n->is_string() && p->as_string() == plugin && (!st || !st->is_string() || st->as_string() == "running"))
-      out.push_back(n->as_string());
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 namespace {
 
 enum class Step { broker, disconnect, come_back, logoff };
@@ -637,7 +621,10 @@ Summary run(const Options& o, const AdminClient& admin, std::ostream& progress, 
       throw std::runtime_error("cannot reach the admin endpoint at " + admin.address() + ": " + e.displayText());
     }
     if (status.status != 200) throw std::runtime_error("the admin endpoint at " + admin.address() + " answered /status with HTTP " + std::to_string(status.status));
-    if (controllers.empty()) controllers = instances_of(status.body, "ddc");
+    if (controllers.empty()) {
+      controllers = instances_of(status.body, "ddc");
+      std::sort(controllers.begin(), controllers.end());  // the rotation is the same whatever the start order
+    }
     if (license.empty()) {
       const auto servers = instances_of(status.body, "license");
       if (!servers.empty()) license = servers.front();

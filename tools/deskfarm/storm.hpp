@@ -121,9 +121,6 @@ std::string progress_line(const Progress& p, std::int64_t users);
 /// Sum of the samples of one metric family in Prometheus text (every label set); nothing when absent.
 std::optional<double> metric_sum(const std::string& prometheus_text, const std::string& family);
 
-/// Names of the running instances of `plugin` in a /status document.
-std::vector<std::string> instances_of(const std::string& status_json, const std::string& plugin);
-
 /// Runs the storm; `progress` gets the live line (rewritten in place when `tty`, else once a second).
 /// `stop` ends it early (the users not done count as unfinished). Throws std::runtime_error when the deployment
 /// has no controller to broker through.

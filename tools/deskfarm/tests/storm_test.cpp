@@ -5,9 +5,11 @@
 
 #include <deskfarm/sdk/value.hpp>
 
+#include "cli_common.hpp"
 #include "storm.hpp"
 
 using namespace deskfarm::cli::storm;
+using deskfarm::cli::instances_of;
 
 TEST_CASE("a rate is read per second, per minute or per hour and must be positive") {
   CHECK(parse_rate("50/s") == Approx(50));
@@ -84,13 +86,13 @@ TEST_CASE("a metric family is summed over its label sets and not confused with a
   CHECK_FALSE(metric_sum(text, "deskfarm_ddc_registered"));
 }
 
-TEST_CASE("controllers and the licence server are found among the running instances of /status") {
+TEST_CASE("controllers and the licence server are found among the running instances of /status, in start order") {
   const std::string status = R"({"instances": [
       {"name": "ddc-2", "plugin": "ddc", "state": "running"},
       {"name": "lic", "plugin": "license", "state": "running"},
       {"name": "ddc-1", "plugin": "ddc", "state": "running"},
       {"name": "ddc-3", "plugin": "ddc", "state": "failed"}]})";
-  CHECK(instances_of(status, "ddc") == std::vector<std::string>{"ddc-1", "ddc-2"});
+  CHECK(instances_of(status, "ddc") == std::vector<std::string>{"ddc-2", "ddc-1"});
   CHECK(instances_of(status, "license") == std::vector<std::string>{"lic"});
   CHECK(instances_of(status, "vda").empty());
 }

@@ -153,6 +153,8 @@ TEST_CASE("the XML service of a running farm, driven by curl: credentials, deskt
   CHECK(entry.at("InitialProgram") == "#Desktop");
   CHECK(ini.at("WFClient").at("ClientName") == "alice-pc");
   CHECK(entry.at("Title") == "office (" + addr.server_address + ")");
+  // Single use: the same link again gets nothing.
+  CHECK(curl({"http://127.0.0.1:" + std::to_string(xml_port) + std::string(nf::kLaunchPath) + "?ticket=" + ticket.ticket}).status == "404");
 
   // Bad input: each a clear error answer, counted; nothing corrupted.
   const auto malformed = post(dir, xml_port, "<NFuseProtocol version=\"5.4\"><RequestAddress>");

@@ -1051,7 +1051,8 @@ class Ddc final : public Plugin, public nfuse::Broker {
       std::string t = deskfarm::farm_key::random_hex(tokens_) + deskfarm::farm_key::random_hex(tokens_);
       t.resize(30);
       for (auto& c : t) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-      Launch launch = l->second;
+      Launch launch = std::move(l->second);
+      launches_.erase(l);  // a tag yields one ticket: a replayed RequestTicket is refused
       launch.expires = ctx_.clock().now() + std::chrono::seconds(req.time_to_live);
       tickets_[t] = std::move(launch);
       count_xml("ok");
@@ -1062,12 +1063,15 @@ class Ddc final : public Plugin, public nfuse::Broker {
   void launch(const std::string& ticket, std::function<void(std::optional<nfuse::IcaFile>)> done) override {
     auto l = tickets_.find(ticket);
     if (l == tickets_.end() || l->second.expires <= ctx_.clock().now()) return done(std::nullopt);
+    // Single use: the launch file is where the ticket is redeemed here, so a replayed or leaked link gets nothing.
+    const Launch used = std::move(l->second);
+    tickets_.erase(l);
     nfuse::IcaFile f;
-    f.name = l->second.group;
-    f.title = l->second.group + " (" + l->second.desktop + ")";
-    f.address = l->second.address;
+    f.name = used.group;
+    f.title = used.group + " (" + used.desktop + ")";
+    f.address = used.address;
     f.logon_ticket = ticket;
-    f.client_name = l->second.endpoint;
+    f.client_name = used.endpoint;
     done(std::move(f));
   }
 

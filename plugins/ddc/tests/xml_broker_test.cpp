@@ -163,9 +163,18 @@ TEST_CASE("RequestAddress brokers like admin.broker, and the ticket and the ICA 
   CHECK(ini.at("sales").at("LogonTicket") == ticket.ticket);
   CHECK(ini.at("WFClient").at("ClientName") == "alice-laptop");
   CHECK(client.launch("ABC").status == 404);
-  // The ticket lives TimetoLive seconds (deployment clock).
-  h.advance(61s);
+  // Single use: the tag gave its ticket, the ticket its launch file; replays get nothing.
+  CHECK(ask<nf::TicketReply>(port, nf::TicketRequest{creds("alice", "wonderland"), "CtxLogon", addr.ticket_tag, 60}).error_id == nf::kUnspecified);
   CHECK(client.launch(ticket.ticket).status == 404);
+
+  // A ticket lives TimetoLive seconds (deployment clock).
+  const auto again = ask<nf::AddressReply>(port, nf::AddressRequest{"sales", {}, creds("alice", "wonderland"), "alice-laptop", "127.0.0.1"});
+  REQUIRE(again.error_id == "");
+  CHECK(again.server_address == addr.server_address);  // her own session again
+  auto late = ask<nf::TicketReply>(port, nf::TicketRequest{creds("alice", "wonderland"), "CtxLogon", again.ticket_tag, 60});
+  REQUIRE(late.error_id == "");
+  h.advance(61s);
+  CHECK(client.launch(late.ticket).status == 404);
 }
 
 TEST_CASE("an XML service without a directory, or at no HOST:PORT, is refused naming the key") {

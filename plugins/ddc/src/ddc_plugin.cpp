@@ -237,6 +237,7 @@ class Ddc final : public Plugin, public nfuse::Broker {
     subs_.push_back(serve<ddc::SessionEvent, ddc::Ack>(bus, ddc::subject(me, "session"), [this](const ddc::SessionEvent& e) { return on_session(e); }));
     subs_.push_back(serve_async<ddc::Prepare, ddc::BrokerDecision>(bus, ddc::subject(me, "prepare"),
         [this](const ddc::Prepare& p, Responder<ddc::BrokerDecision> r) { prepare(p, [r](ddc::BrokerDecision d) mutable { r.ok(std::move(d)); }); }));
+    subs_.push_back(serve<ddc::StartDesktop, ddc::BrokerDecision>(bus, ddc::subject(me, "start"), [this](const ddc::StartDesktop& r) { return start_here(r); }));
     subs_.push_back(serve_async<ddc::BrokerRequest, ddc::BrokerDecision>(bus, ddc::subject(me, "admin.broker"),
         [this](const ddc::BrokerRequest& q, Responder<ddc::BrokerDecision> r) { broker_admin(q, [r](ddc::BrokerDecision d) mutable { r.ok(std::move(d)); }); }));
     subs_.push_back(serve<ddc::DesktopQuery, ddc::DesktopList>(bus, ddc::subject(me, "admin.desktops"), [this](const ddc::DesktopQuery& q) { return list(q); }));
@@ -658,14 +659,7 @@ class Ddc final : public Plugin, public nfuse::Broker {
           } else if (d.s.registration == ddc::kRegistered && d.s.session_state == ddc::kNoSession) {
             candidates.push_back({name, ddc::kLogon, name + " is assigned to " + q.user + " (group " + d.s.group + ")", false});
           } else if (d.s.registration != ddc::kRegistered && !d.s.hypervisor.empty() && d.s.vm.size()) {
-            if (d.start_requested == TimePoint{}) power(d, "start");
-            ddc::BrokerDecision s;
-            s.outcome = "starting";
-            s.reason = ddc::kStarting;
-            s.desktop = name;
-            s.group = d.s.group;
-            s.why = name + " is assigned to " + q.user + " and not registered; it is being started through " + d.s.hypervisor + ": ask again";
-            return finish(std::move(s));
+            return start_desktop(ddc::StartDesktop{name, {}, q.user, ctx_.name()}, finish);
           }
         }
     // 3. An idle desktop: up to three, so one taken meanwhile or refused by its agent does not fail the request.
@@ -687,25 +681,22 @@ class Ddc final : public Plugin, public nfuse::Broker {
       }
     }
     if (candidates.empty()) {
-      // 4. Start one: the pool service's job, done now for this user.
+      // 4. Start one: the pool service's job, done now for this user, by the pool master.
+      ddc::StartDesktop start{"", {}, q.user, ctx_.name()};
       for (const Group* g : groups) {
-        if (g->conf.hypervisor.empty()) continue;
-        if (Desk* d = startable(*g)) {
-          power(*d, "start");
-          ddc::BrokerDecision s;
-          s.outcome = "starting";
-          s.reason = ddc::kStarting;
-          s.desktop = d->s.desktop;
-          s.group = g->conf.name;
-          s.why = "no idle desktop in group " + g->conf.name + "; started " + d->s.desktop + " through " + g->conf.hypervisor + ": ask again";
-          return finish(std::move(s));
-        }
-      }
-      for (const Group* g : groups)
+        if (!g->conf.hypervisor.empty()) start.groups.push_back(g->conf.name);
         if (g->maintenance) maintenance_seen = true;
+      }
       std::string why = maintenance_seen ? "the only desktops for " + q.user + " are in maintenance mode" : "no idle desktop for " + q.user + " and none left to start";
       for (const auto& n : notes) why += "; " + n;
-      return finish(refusal(maintenance_seen ? ddc::kMaintenance : ddc::kNoDesktop, std::move(why)));
+      auto refuse = [finish, maintenance_seen, why](const std::string& master_why) mutable {
+        finish(refusal(maintenance_seen ? ddc::kMaintenance : ddc::kNoDesktop, master_why.empty() ? why : why + " (" + master_why + ")"));
+      };
+      if (start.groups.empty()) return refuse("");
+      return start_desktop(std::move(start), [finish, refuse](ddc::BrokerDecision d) mutable {
+        if (d.outcome == "starting") return finish(std::move(d));
+        refuse(d.why);
+      });
     }
     auto job = std::make_shared<std::vector<Candidate>>(std::move(candidates));
     try_candidate(q, job, 0, {}, finish);
@@ -830,11 +821,62 @@ class Ddc final : public Plugin, public nfuse::Broker {
   }
 
   // ---- pool service ----
-  bool is_master() const {
+  /// The controller that issues power actions (the farm master of XenDesktop 2-4): the first by name.
+  std::string pool_master() const {
     std::string first = ctx_.name();
     for (const auto& i : ctx_.instances("ddc"))
       if (i.name < first) first = i.name;
-    return first == ctx_.name();
+    return first;
+  }
+  bool is_master() const { return pool_master() == ctx_.name(); }
+
+  static ddc::BrokerDecision starting(const Desk& d, std::string why) {
+    ddc::BrokerDecision s;
+    s.outcome = "starting";
+    s.reason = ddc::kStarting;
+    s.desktop = d.s.desktop;
+    s.group = d.s.group;
+    s.why = std::move(why);
+    return s;
+  }
+
+  /// Starts a desktop for a user through the pool master: here when this controller is the master, else by asking
+  /// it (ddc.<master>.start); a master that does not answer is worked around by starting here, logged.
+  void start_desktop(ddc::StartDesktop r, Done done) {
+    const std::string master = pool_master();
+    if (master == ctx_.name()) return done(start_here(r));
+    request<ddc::StartDesktop, ddc::BrokerDecision>(ctx_.bus(), ddc::subject(master, "start"), r, timeout(),
+                                                    [this, r, master, done](Reply<ddc::BrokerDecision> d) {
+                                                      if (d) return done(*d);
+                                                      ctx_.log().warning("pool master " + master + " did not answer a start for " + r.user + " (" +
+                                                                         d.error().message + "); starting here");
+                                                      done(start_here(r));
+                                                    });
+  }
+
+  /// The master's half: the named desktop (unless it is starting already), else an off desktop of the first group
+  /// that has one. Its start_requested marks are what keep two starts of one machine apart.
+  ddc::BrokerDecision start_here(const ddc::StartDesktop& r) {
+    if (!r.desktop.empty()) {
+      auto it = desks_.find(r.desktop);
+      if (it == desks_.end() || it->second.s.hypervisor.empty() || it->second.s.vm.empty())
+        return refusal(ddc::kNoDesktop, r.desktop + " is not a machine the pool master " + ctx_.name() + " knows how to start");
+      Desk& d = it->second;
+      if (d.s.registration == ddc::kRegistered) return starting(d, r.desktop + " has registered: ask again");
+      const bool already = d.start_requested != TimePoint{};
+      if (!already) power(d, "start");
+      return starting(d, r.desktop + " is assigned to " + r.user + " and not registered; it is " + (already ? "starting" : "being started") +
+                             " through " + d.s.hypervisor + ": ask again");
+    }
+    for (const auto& name : r.groups) {
+      auto g = groups_.find(name);
+      if (g == groups_.end() || g->second.conf.hypervisor.empty()) continue;
+      if (Desk* d = startable(g->second)) {
+        power(*d, "start");
+        return starting(*d, "no idle desktop in group " + name + "; started " + d->s.desktop + " through " + g->second.conf.hypervisor + ": ask again");
+      }
+    }
+    return refusal(ddc::kNoDesktop, "the pool master " + ctx_.name() + " has nothing left to start");
   }
 
   /// An off desktop of the group the pool may start (known from the hypervisor's inventory).

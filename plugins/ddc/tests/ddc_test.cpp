@@ -397,3 +397,37 @@ TEST_CASE("brokering checks a licence out of the licence server per user and bac
   CHECK(again.outcome == "connect");
   CHECK(again.licensed);
 }
+
+TEST_CASE("only the pool master starts machines: a desktop asked for through either controller starts once") {
+  Farm f;
+  f.vms = 3;
+  f.group += ", idle_peak = 0, idle_business = 0, idle_off_hours = 0";
+  Harness h(f.manifest(), options());
+  h.start();
+  h.advance(30s);  // the pool service has read the inventory; with targets of 0 it starts nothing
+  REQUIRE(registered(h) == 0);
+  // Nothing idle: the first ask through the other controller and the next through the master each start one,
+  // and never the same machine (both starts come from the master).
+  const auto a = broker(h, "alice", "a1", "ddc-2");
+  const auto b = broker(h, "bob", "b1", "ddc-1");
+  const auto c = broker(h, "carol", "c1", "ddc-2");
+  for (const auto* d : {&a, &b, &c}) {
+    INFO(d->why);
+    CHECK(d->outcome == "starting");
+  }
+  CHECK(a.desktop != b.desktop);
+  CHECK(b.desktop != c.desktop);
+  CHECK(a.desktop != c.desktop);
+  CHECK(a.broker == "ddc-2");
+  const auto metrics = h.metrics_text();
+  CHECK(metrics.find("deskfarm_ddc_power_starts_total{instance=\"ddc-1\"} 3") != std::string::npos);
+  CHECK(metrics.find("deskfarm_ddc_power_starts_total{instance=\"ddc-2\"} 0") != std::string::npos);
+  // A fourth user finds nothing left to start; the master says so.
+  const auto d = broker(h, "dave", "d1", "ddc-2");
+  CHECK(d.reason == ddc::kNoDesktop);
+  CHECK_THAT(d.why, Catch::Contains("nothing left to start"));
+  h.advance(10s);  // they boot and register; the users who asked get them
+  CHECK(registered(h) == 3);
+  CHECK_FALSE(h.logged("start failed"));
+  CHECK(broker(h, "alice", "a1", "ddc-2").outcome == "connect");
+}

@@ -236,6 +236,22 @@ struct Prepare {
                       field("assign", &Prepare::assign)};
   }
 };
+/// ddc.<pool master>.start → BrokerDecision: a controller with nothing idle for a user asks the pool master to
+/// start a desktop: the named one (the user's assigned desktop), else an off desktop of the first of `groups` that
+/// has one. Only the master issues power actions, so two controllers never start the same machine. Outcome
+/// "starting" (with the desktop and group) or a refusal (`no_desktop`: none left to start).
+struct StartDesktop {
+  static constexpr std::string_view type_name = "deskfarm.ddc.StartDesktop";
+  static constexpr std::uint32_t type_version = 1;
+  std::string desktop;
+  std::vector<std::string> groups;
+  std::string user;
+  std::string broker;
+  static constexpr auto fields() {
+    return std::tuple{field("desktop", &StartDesktop::desktop), field("groups", &StartDesktop::groups),
+                      field("user", &StartDesktop::user), field("broker", &StartDesktop::broker)};
+  }
+};
 
 // ---- state the controllers share (published on ddc.<controller>.desktops) ----
 struct DesktopStatus {

@@ -6,6 +6,9 @@
 #include <Poco/Net/HTTPServerParams.h>
 #include <Poco/Net/HTTPServerRequest.h>
 #include <Poco/Net/HTTPServerResponse.h>
+#include <Poco/Net/Context.h>
+#include <Poco/Net/SSLManager.h>
+#include <Poco/Net/SecureServerSocket.h>
 #include <Poco/Net/ServerSocket.h>
 #include <Poco/Net/SocketAddress.h>
 #include <Poco/URI.h>
@@ -195,10 +198,38 @@ XmlService::XmlService(XmlServiceOptions options, std::shared_ptr<Broker> broker
 
 XmlService::~XmlService() { stop(); }
 
+namespace {
+
+/// A server context for the certificate and key (TLS 1.2+), or the reason, naming the file, why it cannot be made.
+Poco::Net::Context::Ptr tls_context(const XmlServiceOptions& o) {
+  if (o.tls_certificate.empty() != o.tls_key.empty())
+    throw std::runtime_error("XML service: a TLS certificate needs its key and a key its certificate (both PEM files)");
+  // Poco's SSL layer: initialised once per process, before the first context (it is reference counted).
+  static const bool ssl_ready = [] { Poco::Net::initializeSSL(); return true; }();
+  (void)ssl_ready;
+  try {
+    Poco::Net::Context::Params p;
+    p.certificateFile = o.tls_certificate;
+    p.privateKeyFile = o.tls_key;
+    p.verificationMode = Poco::Net::Context::VERIFY_NONE;  // clients are users with passwords, not certificates
+    p.loadDefaultCAs = false;
+    Poco::Net::Context::Ptr ctx = new Poco::Net::Context(Poco::Net::Context::TLS_SERVER_USE, p);
+    ctx->disableProtocols(Poco::Net::Context::PROTO_SSLV2 | Poco::Net::Context::PROTO_SSLV3 | Poco::Net::Context::PROTO_TLSV1 |
+                          Poco::Net::Context::PROTO_TLSV1_1);
+    return ctx;
+  } catch (const Poco::Exception& e) {
+    throw std::runtime_error("XML service: cannot load the TLS certificate '" + o.tls_certificate + "' with key '" + o.tls_key +
+                             "': " + e.displayText() + "; give PEM files the service can read");
+  }
+}
+
+}  // namespace
+
 void XmlService::start() {
   if (impl_->server) return;
   const auto& o = impl_->options;
-  Poco::Net::ServerSocket socket;
+  const bool tls = !o.tls_certificate.empty() || !o.tls_key.empty();
+  Poco::Net::ServerSocket socket = tls ? Poco::Net::SecureServerSocket(tls_context(o)) : Poco::Net::ServerSocket();
   try {
     socket.bind(Poco::Net::SocketAddress(o.host, o.port), true, false);  // no SO_REUSEPORT: a port in use fails
     socket.listen(o.max_queued);

@@ -3,6 +3,8 @@
 // paths and methods, and a broker that never answers get clear answers.
 #include <catch2/catch.hpp>
 
+#include <deskfarm/testing/certs.hpp>
+#include <deskfarm/testing/peers.hpp>
 #include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
 
@@ -63,15 +65,17 @@ class TestBroker final : public Broker {
 struct Client {
   dt::TempDir dir{"nfuse-curl"};
   std::uint16_t port;
+  std::string ca;  ///< HTTPS, trusting this CA certificate (curl checks the name 127.0.0.1 too)
   /// POSTs `body` with curl; returns curl's stdout (the reply) and the status code.
   std::pair<std::string, std::string> post(const std::string& body, const std::string& path = "/scripts/WPnBr.dll",
                                            const std::string& method = "POST") {
     const auto file = dir / "request.xml";
     std::ofstream(file, std::ios::binary) << body;
-    const auto r = dt::run_child({"curl", "-s", "-S", "--max-time", "10", "-X", method, "-H", "Content-Type: text/xml",
-                                  "--data-binary", "@" + file.string(), "-w", "\n%{http_code}",
-                                  "http://127.0.0.1:" + std::to_string(port) + path},
-                                 std::chrono::seconds(20));
+    std::vector<std::string> argv{"curl", "-s", "-S", "--max-time", "10", "-X", method, "-H", "Content-Type: text/xml",
+                                  "--data-binary", "@" + file.string(), "-w", "\n%{http_code}"};
+    if (!ca.empty()) argv.insert(argv.end(), {"--cacert", ca});
+    argv.push_back((ca.empty() ? "http://127.0.0.1:" : "https://127.0.0.1:") + std::to_string(port) + path);
+    const auto r = dt::run_child(argv, std::chrono::seconds(20));
     if (r.exit_code != 0) FAIL("curl failed (" << r.exit_code << "): " << r.err);
     const auto nl = r.out.rfind('\n');
     return {r.out.substr(0, nl), r.out.substr(nl + 1)};
@@ -179,4 +183,58 @@ TEST_CASE("the XML service hands out the ICA launch file of a ticket, and 404 fo
   CHECK(st.launches == 1);
   CHECK(st.not_found == 3);
   CHECK(st.requests == 0);
+}
+
+TEST_CASE("with a certificate and key the XML service speaks HTTPS only: curl checks it, plain HTTP and TLS 1.1 get nothing", "[nfuse][http][tls]") {
+  if (!dt::require_program("curl") || !dt::require_program("openssl")) return;
+  dt::TempDir dir("nfuse-tls");
+  const auto ca = dir / "ca-cert.pem";
+  const auto made = dt::make_test_certificates(dir.path(), ca);
+  INFO(made);
+  REQUIRE(made.empty());
+  auto broker = std::make_shared<TestBroker>();
+  XmlServiceOptions o;
+  o.tls_certificate = (dir / "server-cert.pem").string();
+  o.tls_key = (dir / "server-key.pem").string();
+  XmlService service(o, broker);
+  service.start();
+
+  Client c{.port = service.port(), .ca = ca.string()};
+  auto [ok, status] = c.post(write_request({"5.4", ValidateCredentials{alice()}}));
+  CHECK(status == "200");
+  CHECK(std::get<ValidateCredentialsReply>(parse_reply(ok)) == ValidateCredentialsReply{});
+  auto [ticket, s2] = c.post(write_request({"5.4", TicketRequest{alice(), "CtxLogon", "IMAHostId:7", 120}}));
+  CHECK(std::get<TicketReply>(parse_reply(ticket)).ticket == "0123456789ABCDEF0123456789ABCD");
+
+  // Plain HTTP to the HTTPS port: no answer, and the service goes on.
+  const auto plain = dt::run_child({"curl", "-s", "--max-time", "5", "-w", "%{http_code}", "-X", "POST", "--data-binary", "x",
+                                    "http://127.0.0.1:" + std::to_string(service.port()) + "/scripts/wpnbr.dll"},
+                                   std::chrono::seconds(15));
+  CHECK(plain.exit_code != 0);
+  CHECK(plain.out.find("200") == std::string::npos);
+  // openssl s_client: TLS 1.2 and 1.3 accepted with our certificate, TLS 1.1 refused.
+  const auto connect = "127.0.0.1:" + std::to_string(service.port());
+  const auto tls12 = dt::run_child({"sh", "-c", "echo | openssl s_client -brief -tls1_2 -CAfile " + ca.string() + " -connect " + connect}, std::chrono::seconds(15));
+  INFO(tls12.out << tls12.err);
+  CHECK((tls12.out + tls12.err).find("Verification: OK") != std::string::npos);
+  // The client is told to allow TLS 1.1 (security level 0), so only the server can refuse it.
+  const auto tls11 = dt::run_child({"sh", "-c", "echo | openssl s_client -brief -tls1_1 -cipher DEFAULT@SECLEVEL=0 -connect " + connect},
+                                   std::chrono::seconds(15));
+  INFO(tls11.out << tls11.err);
+  CHECK((tls11.out + tls11.err).find("Verification: OK") == std::string::npos);
+  CHECK((tls11.out + tls11.err).find("alert protocol version") != std::string::npos);  // the server's refusal
+  CHECK(c.post(write_request({"5.4", ValidateCredentials{alice("wrong")}})).second == "200");  // still serving
+  service.stop();
+}
+
+TEST_CASE("an XML service whose certificate or key cannot be loaded does not start, and says which file", "[nfuse][http][tls]") {
+  XmlServiceOptions o;
+  o.tls_certificate = "/nonexistent/xml-cert.pem";
+  o.tls_key = "/nonexistent/xml-key.pem";
+  XmlService service(o, std::make_shared<TestBroker>());
+  CHECK_THROWS_WITH(service.start(), Catch::Contains("/nonexistent/xml-cert.pem"));
+  XmlServiceOptions half;
+  half.tls_certificate = "cert.pem";
+  XmlService other(half, std::make_shared<TestBroker>());
+  CHECK_THROWS_WITH(other.start(), Catch::Contains("needs its key"));
 }

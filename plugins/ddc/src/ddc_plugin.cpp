@@ -63,6 +63,8 @@ struct DdcConfig {
   std::int64_t utc_offset_min = 0;
   std::int64_t seed = 1;
   std::string xml_address;
+  std::string xml_tls_certificate;
+  std::string xml_tls_key;
   std::string directory;
   std::int64_t launch_ttl_s = 300;
 };
@@ -103,6 +105,8 @@ constexpr auto config_schema = schema<DdcConfig>(
     option("utc_offset_min", &DdcConfig::utc_offset_min, "0", "minutes the farm's local time is ahead of UTC").range(-1440, 1440),
     option("seed", &DdcConfig::seed, "1", "seed of random desktop picks").range(0, 9.0e15),
     option("xml_address", &DdcConfig::xml_address, "\"\"", "HOST:PORT of the XML service (POST /scripts/wpnbr.dll, GET /scripts/launch.ica); \"\" = off; port 0 picks a free one (status shows it); needs `directory`"),
+    option("xml_tls_certificate", &DdcConfig::xml_tls_certificate, "\"\"", "PEM certificate chain: the XML service speaks HTTPS (TLS 1.2+) with xml_tls_key; \"\" = plain HTTP"),
+    option("xml_tls_key", &DdcConfig::xml_tls_key, "\"\"", "PEM private key of xml_tls_certificate"),
     option("directory", &DdcConfig::directory, "\"\"", "directory instance (directory.<instance>.authenticate) that checks the XML service's credentials and gives users' groups"),
     option("launch_ttl_s", &DdcConfig::launch_ttl_s, "300", "how long the ticket tag of a RequestAddress answer may be turned into a logon ticket").range(1, 86400));
 
@@ -194,6 +198,9 @@ class Ddc final : public Plugin, public nfuse::Broker {
     if (!conf.xml_address.empty()) {
       if (conf.directory.empty())
         throw ConfigError("directory", "xml_address is set but directory is not: name the directory instance that checks the XML service's credentials");
+      if (conf.xml_tls_certificate.empty() != conf.xml_tls_key.empty())
+        throw ConfigError(conf.xml_tls_key.empty() ? "xml_tls_key" : "xml_tls_certificate",
+                          "xml_tls_certificate and xml_tls_key go together (the certificate and its private key, PEM)");
       const auto colon = conf.xml_address.rfind(':');
       const std::string port = colon == std::string::npos ? "" : conf.xml_address.substr(colon + 1);
       if (colon == std::string::npos || colon == 0 || port.empty() || port.size() > 5 ||
@@ -970,14 +977,17 @@ class Ddc final : public Plugin, public nfuse::Broker {
     o.port = static_cast<std::uint16_t>(std::stoi(config_.xml_address.substr(colon + 1)));
     // The controller's own waits (directory, licence server, agent) end first and answer with their reason.
     o.answer_timeout = std::chrono::milliseconds(3 * config_.request_timeout_ms + 1000);
+    o.tls_certificate = config_.xml_tls_certificate;
+    o.tls_key = config_.xml_tls_key;
+    const bool tls = !o.tls_certificate.empty();
     xml_ = std::make_unique<nfuse::XmlService>(o, std::make_shared<deskfarm::ddc::ExecutorBroker>(ctx_.lifeline(), *this));
     xml_->start();  // throws naming the address: the instance fails to start
     xml_endpoint_ = o.host + ":" + std::to_string(xml_->port());
     ctx_.advertise("xml", xml_endpoint_);
-    ctx_.log().info("XML service on http://" + xml_endpoint_ + std::string(nfuse::kPath) + ", credentials checked by directory " + config_.directory);
-    if (!o.host.starts_with("127.") && o.host != "localhost" && o.host != "::1")
-      ctx_.log().warning("XML service on " + xml_endpoint_ + " has no TLS: passwords cross the network in clear; bind it to loopback "
-                         "and put a TLS proxy in front");
+    ctx_.log().info("XML service on " + std::string(tls ? "https://" : "http://") + xml_endpoint_ + std::string(nfuse::kPath) + ", credentials checked by directory " + config_.directory);
+    if (!tls && !o.host.starts_with("127.") && o.host != "localhost" && o.host != "::1")
+      ctx_.log().warning("XML service on " + xml_endpoint_ + " has no TLS: passwords cross the network in clear; set xml_tls_certificate "
+                         "and xml_tls_key, or bind it to loopback");
   }
 
   void count_xml(const std::string& result) {

@@ -10,7 +10,11 @@
 #include <deskfarm/nfuse/ica.hpp>
 #include <deskfarm/nfuse/nfuse.hpp>
 #include <deskfarm/nfuse/xml_service.hpp>
+#include <deskfarm/testing/certs.hpp>
 #include <deskfarm/testing/harness.hpp>
+#include <deskfarm/testing/peers.hpp>
+#include <deskfarm/testing/process.hpp>
+#include <deskfarm/testing/temp_dir.hpp>
 
 #include "password.hpp"
 
@@ -28,12 +32,12 @@ const std::string alice_hash = deskfarm::directory::make_hash("wonderland", 1000
 const std::string carol_hash = deskfarm::directory::make_hash("christmas", 1000);
 const std::string dave_hash = deskfarm::directory::make_hash("disabled", 1000);
 
-std::string manifest() {
+std::string manifest(const std::string& xml_extra = "") {
   return "[deployment]\nname = \"farm\"\nclock = \"virtual\"\nclock_start = 2026-01-05T09:00:00Z\n\n"
          "[instances.hv-1]\nplugin = \"hypervisor-xen\"\nmax_in_progress = 0\n"
          "latencies = [{ action = \"start\", distribution = \"constant\", ms = 2000 }]\n"
          "vms = [{ template = \"desktop\", count = 4, prefix = \"desktop-\" }]\n\n"
-         "[instances.ddc-1]\nplugin = \"ddc\"\nfarm_key = \"k\"\nxml_address = \"127.0.0.1:0\"\ndirectory = \"dir\"\n"
+         "[instances.ddc-1]\nplugin = \"ddc\"\nfarm_key = \"k\"\nxml_address = \"127.0.0.1:0\"\ndirectory = \"dir\"\n" + xml_extra +
          "groups = [\n"
          "  { name = \"sales\", desktops = [\"desktop-1\", \"desktop-2\"], users = [\"alice\"] },\n"
          "  { name = \"remote\", desktops = [\"desktop-3\"], directory_groups = [\"Remote\"] },\n"
@@ -189,4 +193,26 @@ TEST_CASE("an XML service without a directory, or at no HOST:PORT, is refused na
   };
   CHECK_THAT(error("xml_address = \"127.0.0.1:0\"\n"), Catch::Contains("xml_address is set but directory is not"));
   CHECK_THAT(error("xml_address = \"8080\"\ndirectory = \"dir\"\n"), Catch::Contains("xml_address '8080' is not HOST:PORT"));
+}
+
+TEST_CASE("with xml_tls_certificate and xml_tls_key the XML service answers over HTTPS, checked by curl") {
+  if (!deskfarm::testing::require_program("curl") || !deskfarm::testing::require_program("openssl")) return;
+  deskfarm::testing::TempDir dir("ddc-xml-tls");
+  const auto ca = dir / "ca-cert.pem";
+  REQUIRE(deskfarm::testing::make_test_certificates(dir.path(), ca).empty());
+  Harness h(manifest("xml_tls_certificate = \"" + (dir / "server-cert.pem").string() + "\"\nxml_tls_key = \"" +
+                     (dir / "server-key.pem").string() + "\"\n"),
+            options());
+  h.start();
+  CHECK(h.logged("XML service on https://127.0.0.1:"));
+  deskfarm::testing::write_text(dir / "apps.xml", nf::write_request({"5.4", nf::AppDataRequest{"onelevel", {}, "all", "ica30", creds("alice", "wonderland"), "", ""}}));
+  const auto r = deskfarm::testing::run_child({"curl", "-sS", "--max-time", "10", "--cacert", ca.string(), "-H", "Content-Type: text/xml",
+                                               "--data-binary", "@" + (dir / "apps.xml").string(),
+                                               "https://127.0.0.1:" + std::to_string(xml_port(h)) + std::string(nf::kPath)},
+                                              20s);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const auto apps = std::get<nf::AppDataReply>(nf::parse_reply(r.out));
+  REQUIRE(apps.apps.size() == 1);
+  CHECK(apps.apps[0].in_name == "sales");
 }

@@ -39,6 +39,10 @@ struct XmlServiceOptions {
   int max_queued = 64;     ///< connections waiting beyond them
   std::chrono::milliseconds answer_timeout{5000};  ///< the broker's answer; then "unspecified" with the reason
   std::chrono::milliseconds io_timeout{10000};     ///< reading a request, writing a reply
+  /// HTTPS when both are set: PEM certificate chain and its private key (TLS 1.2 and newer; the handshake runs on
+  /// the request's thread, bounded by io_timeout). Both empty = plain HTTP.
+  std::string tls_certificate;
+  std::string tls_key;
 };
 
 struct XmlServiceStats {
@@ -55,7 +59,8 @@ class XmlService {
   ~XmlService();  ///< stops
   XmlService(const XmlService&) = delete;
   XmlService& operator=(const XmlService&) = delete;
-  /// Binds and serves; throws std::runtime_error naming the address when it cannot bind.
+  /// Binds and serves; throws std::runtime_error naming the address when it cannot bind, or the file when the
+  /// certificate or key cannot be loaded.
   void start();
   /// Stops accepting and closes the open connections; a request still waiting for its broker ends within
   /// answer_timeout on its own (it holds the broker and counters it uses). Idempotent.

@@ -281,6 +281,7 @@ class Ddc final : public Plugin, public nfuse::Broker {
     out["heartbeats_refused"] = static_cast<std::int64_t>(hb_refused_->value());
     out["deregistered_silent"] = static_cast<std::int64_t>(deregistered_->value());
     out["decisions"] = static_cast<std::int64_t>(decisions_->value());
+    out["assignments_unsaved"] = static_cast<std::int64_t>(unsaved_.size());  // waiting for the data store
     if (xml_) {
       const auto st = xml_->stats();
       Value x = Value::object();
@@ -574,6 +575,7 @@ class Ddc final : public Plugin, public nfuse::Broker {
         failed_registration(d, "started but never registered");
       }
     }
+    retry_unsaved();
     std::erase_if(nonces_, [&](const auto& n) { return n.second < t; });
     std::erase_if(launches_, [&](const auto& l) { return l.second.expires <= t; });
     std::erase_if(tickets_, [&](const auto& l) { return l.second.expires <= t; });
@@ -768,45 +770,88 @@ class Ddc final : public Plugin, public nfuse::Broker {
           dk.reserved = false;
           if (!ack || !ack->ok)
             return done(refusal(ddc::kAgentRefused, "the agent of " + p.desktop + " refused: " + (ack ? ack->detail : ack.error().message)));
-          auto next = dk.s;
-          next.session_state = ddc::kActive;
-          next.user = p.user;
-          next.endpoint = p.endpoint;
-          std::string stored;
-          if (p.assign && next.assigned_to.empty()) {
-            next.assigned_to = p.user;
-            stored = persist_assignment(p.desktop, p.user, dk.s.group);
-          }
-          commit(dk, std::move(next));
-          ddc::BrokerDecision out;
-          out.outcome = "connect";
-          out.desktop = p.desktop;
-          out.group = dk.s.group;
-          out.kind = p.kind;
-          out.controller = ctx_.name();
-          out.address = dk.s.desktop;
-          out.why = p.why + (p.broker == ctx_.name() ? "" : "; decided by its owner " + ctx_.name());
-          if (!stored.empty()) out.why += "; " + stored;
-          done(std::move(out));
+          if (!(p.assign && dk.s.assigned_to.empty())) return connect(dk, p, "", done);
+          // A new assignment is in the store before the user is told (a controller restart right after must not
+          // lose it). The write runs on the blocking pool: a slow or restarting data store never stalls brokering.
+          dk.reserved = true;
+          Assignment a{p.user, dk.s.group, now_ms()};
+          ctx_.run_blocking([this, desktop = p.desktop, a](std::stop_token) { write_assignment(desktop, a); },
+                            [this, p, a, token, done](Reply<Empty> written) {
+                              std::string note;
+                              if (!written) {
+                                unsaved_[p.desktop] = a;
+                                ctx_.log().error("assignment of " + p.desktop + " to " + p.user + " not stored: " + written.error().message +
+                                                 "; kept in memory and written when the data store answers again");
+                                note = "the assignment is not stored yet (data store: " + written.error().message + "); it is retried";
+                              }
+                              auto back = desks_.find(p.desktop);
+                              if (back == desks_.end() || back->second.token != token) {
+                                Desk& gone = desk(p.desktop);  // the assignment stands; the session did not happen
+                                auto next = gone.s;
+                                next.assigned_to = p.user;
+                                apply(gone, std::move(next));
+                                return done(refusal(ddc::kNoDesktop, p.desktop + " deregistered meanwhile; it stays assigned to " + p.user));
+                              }
+                              back->second.reserved = false;
+                              connect(back->second, p, note, done);
+                            });
         });
   }
 
-  /// Written at once, on the executor: an assignment is made once per user and desktop, and it must be in the
-  /// store before the user is told (a controller restart right after must not lose it). Returns "" or the problem.
-  std::string persist_assignment(const std::string& desktop, const std::string& user, const std::string& group) {
-    try {
-      auto s = ctx_.store().session();
-      std::string d = desktop, u = user, g = group;
-      Poco::Int64 t = now_ms();
-      Poco::Data::Transaction tx(s);
-      s << sql(s, "DELETE FROM ddc_assignments WHERE desktop = ?"), use(d), now;
-      s << sql(s, "INSERT INTO ddc_assignments (desktop, user_name, grp, since_ms) VALUES (?, ?, ?, ?)"), use(d), use(u), use(g), use(t), now;
-      tx.commit();
-      return "";
-    } catch (const std::exception& e) {
-      ctx_.log().error("assignment of " + desktop + " to " + user + " not stored: " + e.what() + "; check the data store");
-      return "the assignment is not stored (data store: " + std::string(e.what()) + ")";
-    }
+  /// The session on `dk` is on: record it (and the assignment `p` asks for) and tell the broker.
+  void connect(Desk& dk, const ddc::Prepare& p, const std::string& note, const Done& done) {
+    auto next = dk.s;
+    next.session_state = ddc::kActive;
+    next.user = p.user;
+    next.endpoint = p.endpoint;
+    if (p.assign && next.assigned_to.empty()) next.assigned_to = p.user;
+    commit(dk, std::move(next));
+    ddc::BrokerDecision out;
+    out.outcome = "connect";
+    out.desktop = p.desktop;
+    out.group = dk.s.group;
+    out.kind = p.kind;
+    out.controller = ctx_.name();
+    out.address = dk.s.desktop;
+    out.why = p.why + (p.broker == ctx_.name() ? "" : "; decided by its owner " + ctx_.name());
+    if (!note.empty()) out.why += "; " + note;
+    done(std::move(out));
+  }
+
+  struct Assignment {
+    std::string user, group;
+    std::int64_t since_ms = 0;
+  };
+  /// One assignment into the store, on the blocking pool. Replace, not insert: a retry after a write whose answer was
+  /// lost leaves one row, never two.
+  void write_assignment(const std::string& desktop, const Assignment& a) {
+    auto s = ctx_.store().session();
+    std::string d = desktop, u = a.user, g = a.group;
+    Poco::Int64 t = a.since_ms;
+    Poco::Data::Transaction tx(s);
+    s << sql(s, "DELETE FROM ddc_assignments WHERE desktop = ?"), use(d), now;
+    s << sql(s, "INSERT INTO ddc_assignments (desktop, user_name, grp, since_ms) VALUES (?, ?, ?, ?)"), use(d), use(u), use(g), use(t), now;
+    tx.commit();
+  }
+
+  /// Every sweep: the assignments the store refused, written again (one job at a time) until it takes them.
+  void retry_unsaved() {
+    if (unsaved_.empty() || saving_) return;
+    saving_ = true;
+    ctx_.run_blocking(
+        [this, batch = unsaved_](std::stop_token) {
+          for (const auto& [desktop, a] : batch) write_assignment(desktop, a);
+          return batch.size();
+        },
+        [this, batch = unsaved_](Reply<std::size_t> r) {
+          saving_ = false;
+          if (!r) return;  // still down: the next sweep tries again (logged once, when it failed first)
+          for (const auto& [desktop, a] : batch) {
+            auto it = unsaved_.find(desktop);
+            if (it != unsaved_.end() && it->second.user == a.user && it->second.since_ms == a.since_ms) unsaved_.erase(it);
+          }
+          ctx_.log().info(std::to_string(*r) + " assignment(s) written to the data store now that it answers again");
+        });
   }
 
   // ---- licences (plugins/license serves them; interfaces/license's client keeps the 30-day grace) ----
@@ -1204,6 +1249,8 @@ class Ddc final : public Plugin, public nfuse::Broker {
   std::unique_ptr<nfuse::XmlService> xml_;  ///< with xml_address; stopped in stop()
   std::string xml_endpoint_;
   nfuse::XmlServiceStats xml_synced_;  ///< what sync_xml_counters() already counted
+  std::map<std::string, Assignment> unsaved_;  ///< desktop → an assignment the data store has not taken yet
+  bool saving_ = false;                        ///< a retry_unsaved job is running
   std::unordered_map<std::string, Launch> launches_;  ///< ticket tag → launch (RequestAddress)
   std::unordered_map<std::string, Launch> tickets_;   ///< logon ticket → launch (RequestTicket)
   Counter* registrations_ = nullptr;

@@ -6,7 +6,10 @@
 #include <deskfarm/interfaces/ddc/ddc.hpp>
 #include <deskfarm/interfaces/hypervisor/hypervisor.hpp>
 #include <deskfarm/testing/harness.hpp>
+#include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
+
+#include <Poco/Data/Session.h>
 
 #include "farm_key.hpp"
 #include "schedule.hpp"
@@ -430,4 +433,37 @@ TEST_CASE("only the pool master starts machines: a desktop asked for through eit
   CHECK(registered(h) == 3);
   CHECK_FALSE(h.logged("start failed"));
   CHECK(broker(h, "alice", "a1", "ddc-2").outcome == "connect");
+}
+
+TEST_CASE("a data store that refuses writes does not stop brokering: the assignment is kept and written once it answers") {
+  deskfarm::testing::TempDir state("ddc-store-down");
+  Farm f;
+  f.controllers = 1;
+  f.group = "name = \"own\", kind = \"assigned\", desktops = [\"desktop-*\"], hypervisor = \"hv-1\"";
+  Harness h(f.manifest(), options(state.path()));
+  h.start();
+  boot_all(h);
+  // Another connection holds the SQLite store's write lock: the controller's writes wait its busy timeout, then fail.
+  using Poco::Data::Keywords::now;
+  Poco::Data::Session lock("sqlite", (state / "datastore.db").string());
+  lock << "BEGIN EXCLUSIVE", now;
+  const auto d = broker(h, "bob", "pc");
+  INFO(d.why);
+  REQUIRE(d.outcome == "connect");
+  CHECK_THAT(d.why, Catch::Contains("not stored yet"));
+  CHECK(h.instance_status("ddc-1")["assignments_unsaved"].as_integer() == 1);
+  CHECK(broker(h, "zoe", "pc2").outcome == "connect");  // brokering goes on meanwhile (zoe's write fails too)
+  lock << "COMMIT", now;  // the store answers again
+  REQUIRE(deskfarm::testing::eventually([&] {
+    h.advance(1s);  // the next sweep writes what is waiting
+    return h.instance_status("ddc-1")["assignments_unsaved"].as_integer() == 0;
+  }, 30s));
+  CHECK(h.logged("assignment(s) written to the data store now that it answers again"));
+  int rows = 0;
+  std::string desktop = d.desktop;
+  lock << "SELECT COUNT(*) FROM ddc_assignments WHERE desktop = ? AND user_name = 'bob'", Poco::Data::Keywords::use(desktop),
+      Poco::Data::Keywords::into(rows), now;
+  CHECK(rows == 1);
+  lock << "SELECT COUNT(*) FROM ddc_assignments", Poco::Data::Keywords::into(rows), now;
+  CHECK(rows == 2);
 }

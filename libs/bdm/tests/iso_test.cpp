@@ -301,6 +301,23 @@ TEST_CASE("deskfarm bdm build writes the same image as the library and refuses b
   refuse({"--server", "10.0.0.5:6910", "--colour", "blue"}, "--colour", 2);
   refuse({"--server", "10.0.0.5:6910", "--recovery", "pray"}, "--recovery 'pray'", 2);
   refuse({"--server", "10.0.0.5:6910", "--mask", "255.0.0.0"}, "need --ip", 2);
+  refuse({"--server", "10.0.0.5:6910", "--format", "floppy"}, "--format 'floppy' is not iso or partition", 2);
+  refuse({"--server", "10.0.0.5:6910", "--format", "partition", "--syslinux-mbr", (dir / "none.bin").string()},
+         "syslinux_mbr", 1);
+}
+
+TEST_CASE("deskfarm bdm build --format partition writes the library's partition image", "[bdm][cli][partition]") {
+  if (!have_ipxe_iso() || !fs::exists(bdm::default_syslinux_mbr) || !testing::require_program("mformat") ||
+      !testing::require_program("syslinux"))
+    return;
+  TempDir dir("bdm-test");
+  const auto img = dir / "cli.img";
+  const auto r = testing::run_child({DESKFARM_BIN, "bdm", "build", "--format", "partition", "--server", "10.0.2.2:6910",
+                                     "--server", "10.0.2.3:6911", "--server", "pvs.example:6910", "--bootstrap-version",
+                                     "42", "--verbose", "true", "--source-date-epoch", "1700000000", "-o", img.string()});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(testing::sha256_file(img) == bdm::build_partition_image(sample(), dir / "lib.img").sha256);
 }
 
 TEST_CASE("the isohybrid image boots from a disk too (a USB stick): the MBR starts ISOLINUX, then iPXE and the script",

@@ -14,20 +14,15 @@
 #include <filesystem>
 #include <thread>
 
+#include "bdm_test_util.hpp"
+
 namespace fs = std::filesystem;
 using namespace deskfarm;
+using deskfarm::bdm::test::entries;
+using deskfarm::bdm::test::sample;
 using deskfarm::testing::TempDir;
 
 namespace {
-
-bdm::IsoOptions sample() {
-  bdm::IsoOptions o;
-  o.bootstrap.version = 42;
-  o.bootstrap.login_servers = {{"10.0.2.2", 6910}, {"10.0.2.3", 6911}};
-  o.bootstrap.verbose = true;
-  o.source_date_epoch = 1700000000;
-  return o;
-}
 
 /// Debian's ipxe, syslinux, syslinux-common and mtools (scripts/setup.sh installs them).
 bool have_tools() {
@@ -42,10 +37,6 @@ bool have_tools() {
 
 /// The FAT partition as mtools addresses it inside the disk image.
 std::string partition(const fs::path& image) { return image.string() + "@@" + std::to_string(bdm::partition_offset); }
-
-std::size_t entries(const fs::path& dir) {
-  return static_cast<std::size_t>(std::distance(fs::directory_iterator(dir), fs::directory_iterator()));
-}
 
 unsigned byte(const std::string& s, std::size_t at) { return static_cast<unsigned char>(s.at(at)); }
 
@@ -197,22 +188,7 @@ TEST_CASE("QEMU boots the partition image as a hard disk: syslinux's MBR, SYSLIN
   o.bootstrap.login_general_timeout_ms = 1000;
   o.bootstrap.recovery_time_s = 3600;  // after one try the script sleeps: nothing more to see
   bdm::build_partition_image(o, img);
-  // The disk is also "the local disk", so the run never ends by itself: poll the serial log (bounded: 60 s), then
-  // ~ChildProcess kills QEMU by its PID.
-  const auto log = dir / "serial.log";
-  std::string out;
-  {
-    testing::ChildProcess qemu({"qemu-system-x86_64", "-accel", "tcg", "-nographic", "-no-reboot", "-m", "128", "-drive",
-                                "file=" + img.string() + ",format=raw,if=ide,snapshot=on", "-serial", "stdio",
-                                "-monitor", "none", "-nic", "user,model=e1000"},
-                               log);
-    testing::eventually(
-        [&] {
-          out = testing::read_text(log);
-          return out.find("retrying in 3600 s") != std::string::npos || !qemu.running();
-        },
-        std::chrono::seconds(60));
-  }
+  const std::string out = bdm::test::boot_as_disk(img, dir / "serial.log", "retrying in 3600 s");
   INFO(out);
   const auto syslinux = out.find("SYSLINUX 6.04");
   const auto stamp = out.find("deskfarm BDM bootstrap version 9");

@@ -70,7 +70,7 @@ TEST_CASE("the partition image has syslinux's MBR and one active FAT12 partition
   // The whole disk is what fdisk-like tools see; sfdisk may be absent, so the entry is checked byte by byte above.
 }
 
-TEST_CASE("mdir lists SYSLINUX, iPXE, the script and the record; mtype reads them back", "[bdm][partition]") {
+TEST_CASE("mdir lists SYSLINUX, iPXE, the script and the record, and mcopy reads them back", "[bdm][partition]") {
   if (!have_tools()) return;
   TempDir dir("bdm-part");
   const auto img = dir / "bdm.img";

@@ -24,6 +24,8 @@ packages=(
   tftpd-hpa
   # Boot Device Manager ISO: libisofs to write it, Debian's iPXE inside it, xorriso and QEMU to check and boot it
   libisofs-dev ipxe xorriso qemu-system-x86
+  # BDM partition image: mtools makes and fills its FAT partition, SYSLINUX (and its mbr.bin) makes it bootable
+  mtools syslinux syslinux-common
   # the bus across processes: the NATS C client and a real nats-server for the tests and benchmark
   libnats-dev nats-server
 )

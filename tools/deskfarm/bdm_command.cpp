@@ -21,6 +21,8 @@ const char* bdm_usage =
     "\n"
     "Writes a bootable ISO (El Torito BIOS, isohybrid for USB sticks) with Debian's iPXE, an iPXE script that\n"
     "tries the login servers in the order given, and the bootstrap record (libs/bootstrap format).\n"
+    "--format partition writes a raw disk image instead: syslinux's MBR and one bootable FAT partition\n"
+    "(mtools, SYSLINUX) with the same iPXE, script and record.\n"
     "Static addressing when --ip is given (then --mask and --gateway are required).\n"
     "Timestamps come from --source-date-epoch, else SOURCE_DATE_EPOCH, else now: same inputs, same bytes.\n";
 
@@ -41,6 +43,7 @@ int cmd_bdm(int argc, char** argv) {
   bdm::IsoOptions o;
   std::string ipxe_iso = o.ipxe_iso.string();
   bool no_hybrid = false;
+  std::string format = "iso", syslinux_mbr = o.syslinux_mbr.string();
   po::options_description opts("bdm build options");
   opts.add_options()
       ("help,h", "print this help")
@@ -61,6 +64,8 @@ int cmd_bdm(int argc, char** argv) {
       ("ipxe-iso", po::value(&ipxe_iso)->default_value(ipxe_iso), "Debian's iPXE ISO (boot loader files)")
       ("volume-id", po::value(&o.volume_id)->default_value(o.volume_id), "ISO volume id (A-Z 0-9 _)")
       ("no-hybrid", po::bool_switch(&no_hybrid), "no isohybrid MBR (CD-ROM only)")
+      ("format", po::value(&format)->default_value(format), "iso, or partition: a raw disk image (MBR + FAT)")
+      ("syslinux-mbr", po::value(&syslinux_mbr)->default_value(syslinux_mbr), "partition: MBR boot code (440 bytes)")
       ("source-date-epoch", po::value<std::int64_t>(), "every timestamp in the image (seconds since 1970)")
       ("output,o", po::value(&output), "the image to write (replaced atomically)");
   po::options_description hidden;
@@ -102,6 +107,8 @@ int cmd_bdm(int argc, char** argv) {
     b.advanced_memory = parse_bool("advanced-memory", advanced_memory);
     o.ipxe_iso = ipxe_iso;
     o.hybrid = !no_hybrid;
+    o.syslinux_mbr = syslinux_mbr;
+    if (!bdm::parse_format(format)) throw po::error("--format '" + format + "' is not iso or partition");
     o.source_date_epoch = epoch;
   } catch (const po::error& e) {
     std::cerr << "deskfarm bdm: " << e.what() << "\n\n" << bdm_usage;
@@ -111,12 +118,15 @@ int cmd_bdm(int argc, char** argv) {
     return 2;
   }
   try {
-    const auto r = bdm::build_iso(o, output);
+    const auto r = bdm::build_image(*bdm::parse_format(format), o, output);
     std::cout << output << " " << r.size << " bytes sha256 " << r.sha256 << "\n";
     return 0;
   } catch (const bdm::BdmError& e) {
     std::cerr << "deskfarm bdm: " << e.what() << "\n";
-    return e.field() == "output" || e.field() == "ipxe_iso" ? 1 : 2;
+    // Bad options exit 2; what the machine lacks or refuses (a file, a tool, the output) exits 1.
+    for (const char* f : {"output", "ipxe_iso", "syslinux_mbr", "mformat", "mcopy", "syslinux"})
+      if (e.field() == f) return 1;
+    return 2;
   }
 }
 

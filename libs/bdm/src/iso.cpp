@@ -4,6 +4,7 @@
 #include <deskfarm/bdm/iso.hpp>
 
 #include <deskfarm/bootstrap/boot_script.hpp>
+#include "detail.hpp"
 #include <libisofs/libisofs.h>
 
 #include <Poco/DigestEngine.h>
@@ -136,6 +137,18 @@ void add_file(IsoImage* image, const std::string& name, const std::string& bytes
   iso_node_set_ctime(node, epoch);
 }
 
+void validate_volume_id(const std::string& v) {
+  if (v.empty() || v.size() > 32) throw BdmError("volume_id", "'" + v + "' must be 1..32 characters");
+  for (char c : v)
+    if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'))
+      throw BdmError("volume_id", "'" + v + "' may contain only A-Z, 0-9 and _ (ISO 9660 d-characters)");
+}
+
+
+}  // namespace
+
+namespace detail {
+
 std::int64_t resolve_epoch(const IsoOptions& o) {
   if (o.source_date_epoch) {
     if (*o.source_date_epoch < 0 || *o.source_date_epoch > 253402300799)
@@ -153,34 +166,23 @@ std::int64_t resolve_epoch(const IsoOptions& o) {
   return static_cast<std::int64_t>(std::time(nullptr));
 }
 
-void validate_volume_id(const std::string& v) {
-  if (v.empty() || v.size() > 32) throw BdmError("volume_id", "'" + v + "' must be 1..32 characters");
-  for (char c : v)
-    if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'))
-      throw BdmError("volume_id", "'" + v + "' may contain only A-Z, 0-9 and _ (ISO 9660 d-characters)");
+void check_output(const fs::path& output) {
+  if (output.empty()) throw BdmError("output", "no output path given");
+  const fs::path dir = output.has_parent_path() ? output.parent_path() : fs::path(".");
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec))
+    throw BdmError("output", "directory '" + dir.string() + "' of '" + output.string() + "' does not exist");
+  if (::access(dir.c_str(), W_OK) != 0)
+    throw BdmError("output", "directory '" + dir.string() + "' is not writable (" + std::strerror(errno) +
+                                 "): choose another -o path");
 }
 
+std::string read_loader_file(const fs::path& ipxe_iso, const std::string& path) {
+  ImagePtr source = import_iso(ipxe_iso, "ipxe_iso");
+  return read_node(source.get(), path, "ipxe_iso", ipxe_iso);
+}
 
-/// Removes the temporary image unless release() was called (every error path leaves nothing behind).
-class TempFile {
- public:
-  explicit TempFile(fs::path p) : path_(std::move(p)) {}
-  ~TempFile() {
-    if (!path_.empty()) {
-      std::error_code ec;
-      fs::remove(path_, ec);
-    }
-  }
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-  const fs::path& path() const { return path_; }
-  void release() { path_.clear(); }
-
- private:
-  fs::path path_;
-};
-
-}  // namespace
+}  // namespace detail
 
 std::string ipxe_script(const Bootstrap& b, std::uint16_t tftp_port) {
   std::ostringstream s;
@@ -230,15 +232,9 @@ IsoResult build_iso(const IsoOptions& options, const fs::path& output) {
     throw BdmError("bootstrap", problem);
   validate_volume_id(options.volume_id);
   if (options.tftp_port == 0) throw BdmError("tftp_port", "0 is not a port: give the login servers' TFTP port (1..65535)");
-  const auto epoch = static_cast<time_t>(resolve_epoch(options));
-  if (output.empty()) throw BdmError("output", "no output path given");
-  const fs::path dir = output.has_parent_path() ? output.parent_path() : fs::path(".");
+  const auto epoch = static_cast<time_t>(detail::resolve_epoch(options));
+  detail::check_output(output);
   std::error_code ec;
-  if (!fs::is_directory(dir, ec))
-    throw BdmError("output", "directory '" + dir.string() + "' of '" + output.string() + "' does not exist");
-  if (::access(dir.c_str(), W_OK) != 0)
-    throw BdmError("output", "directory '" + dir.string() + "' is not writable (" + std::strerror(errno) +
-                                 "): choose another -o path");
 
   // Boot loader files and the isohybrid MBR code, from Debian's own iPXE ISO.
   ImagePtr source = import_iso(options.ipxe_iso, "ipxe_iso");
@@ -268,10 +264,7 @@ IsoResult build_iso(const IsoOptions& options, const fs::path& output) {
   iso_image_set_data_preparer_id(image.get(), "");
   iso_image_set_system_id(image.get(), "");
   for (std::size_t i = 0; i < loader_files.size(); ++i) add_file(image.get(), loader_files[i] + 1, loader[i], epoch);
-  add_file(image.get(), "isolinux.cfg",
-           "# deskfarm BDM: isolinux starts iPXE with the BDM script as its initrd (iPXE runs it)\n"
-           "TIMEOUT 0\nDEFAULT bdm\nLABEL bdm\n KERNEL ipxe.krn\n INITRD bdm.ipxe\n",
-           epoch);
+  add_file(image.get(), "isolinux.cfg", detail::loader_config, epoch);
   add_file(image.get(), script_path + 1, ipxe_script(options.bootstrap, options.tftp_port), epoch);
   add_file(image.get(), bootstrap_path + 1, record, epoch);
   IsoDir* root = iso_image_get_root(image.get());
@@ -319,7 +312,7 @@ IsoResult build_iso(const IsoOptions& options, const fs::path& output) {
   check(iso_image_create_burn_source(image.get(), opts.get(), &raw_burn), "output", "cannot start writing");
   std::unique_ptr<burn_source, BurnDeleter> burn(raw_burn);
 
-  TempFile temp(fs::path(output.string() + ".tmp-" + std::to_string(::getpid())));
+  detail::TempFile temp(fs::path(output.string() + ".tmp-" + std::to_string(::getpid())));
   std::ofstream out(temp.path(), std::ios::binary | std::ios::trunc);
   if (!out) throw BdmError("output", "cannot create '" + temp.path().string() + "': " + std::strerror(errno));
   Poco::SHA2Engine sha(Poco::SHA2Engine::SHA_256);

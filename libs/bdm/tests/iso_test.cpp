@@ -11,30 +11,20 @@
 
 #include <filesystem>
 
+#include "bdm_test_util.hpp"
+
 namespace fs = std::filesystem;
 using namespace deskfarm;
+using deskfarm::bdm::test::entries;
+using deskfarm::bdm::test::sample;
 using deskfarm::testing::TempDir;
 
 namespace {
-
-bdm::IsoOptions sample() {
-  bdm::IsoOptions o;
-  o.bootstrap.version = 42;
-  o.bootstrap.login_servers = {{"10.0.2.2", 6910}, {"10.0.2.3", 6911}, {"pvs.example", 6910}};
-  o.bootstrap.verbose = true;
-  o.source_date_epoch = 1700000000;
-  return o;
-}
 
 bool have_ipxe_iso() {
   if (fs::exists(bdm::default_ipxe_iso)) return true;
   testing::missing(std::string(bdm::default_ipxe_iso) + " is missing (Debian package ipxe; scripts/setup.sh)");
   return false;
-}
-
-/// Nothing but the directory's own files: no temporary image left behind.
-std::size_t entries(const fs::path& dir) {
-  return static_cast<std::size_t>(std::distance(fs::directory_iterator(dir), fs::directory_iterator()));
 }
 
 }  // namespace
@@ -301,6 +291,23 @@ TEST_CASE("deskfarm bdm build writes the same image as the library and refuses b
   refuse({"--server", "10.0.0.5:6910", "--colour", "blue"}, "--colour", 2);
   refuse({"--server", "10.0.0.5:6910", "--recovery", "pray"}, "--recovery 'pray'", 2);
   refuse({"--server", "10.0.0.5:6910", "--mask", "255.0.0.0"}, "need --ip", 2);
+  refuse({"--server", "10.0.0.5:6910", "--format", "floppy"}, "--format 'floppy' is not iso or partition", 2);
+  refuse({"--server", "10.0.0.5:6910", "--format", "partition", "--syslinux-mbr", (dir / "none.bin").string()},
+         "syslinux_mbr", 1);
+}
+
+TEST_CASE("deskfarm bdm build --format partition writes the library's partition image", "[bdm][cli][partition]") {
+  if (!have_ipxe_iso() || !fs::exists(bdm::default_syslinux_mbr) || !testing::require_program("mformat") ||
+      !testing::require_program("syslinux"))
+    return;
+  TempDir dir("bdm-test");
+  const auto img = dir / "cli.img";
+  const auto r = testing::run_child({DESKFARM_BIN, "bdm", "build", "--format", "partition", "--server", "10.0.2.2:6910",
+                                     "--server", "10.0.2.3:6911", "--server", "pvs.example:6910", "--bootstrap-version",
+                                     "42", "--verbose", "true", "--source-date-epoch", "1700000000", "-o", img.string()});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(testing::sha256_file(img) == bdm::build_partition_image(sample(), dir / "lib.img").sha256);
 }
 
 TEST_CASE("the isohybrid image boots from a disk too (a USB stick): the MBR starts ISOLINUX, then iPXE and the script",
@@ -315,22 +322,7 @@ TEST_CASE("the isohybrid image boots from a disk too (a USB stick): the MBR star
   o.bootstrap.login_general_timeout_ms = 1000;
   o.bootstrap.recovery_time_s = 3600;  // after one try the script sleeps: nothing more to see
   bdm::build_iso(o, iso);
-  // As a disk the image is also "the local disk", so the run never ends by itself: QEMU runs in the background,
-  // the test polls its serial log for the script's last line (bounded: 60 s) and kills it by its PID.
-  const auto log = dir / "serial.log";
-  std::string out;
-  {
-    testing::ChildProcess qemu({"qemu-system-x86_64", "-accel", "tcg", "-nographic", "-no-reboot", "-m", "128", "-drive",
-                                "file=" + iso.string() + ",format=raw,if=ide,snapshot=on", "-serial", "stdio",
-                                "-monitor", "none", "-nic", "user,model=e1000"},
-                               log);
-    testing::eventually(
-        [&] {
-          out = testing::read_text(log);
-          return out.find("retrying in 3600 s") != std::string::npos || !qemu.running();
-        },
-        std::chrono::seconds(60));
-  }  // ~ChildProcess kills QEMU by its PID
+  const std::string out = bdm::test::boot_as_disk(iso, dir / "serial.log", "retrying in 3600 s");
   INFO(out);
   const auto isolinux = out.find("ISOLINUX 6.04 20200816 EHDD");  // EHDD: the hard-disk (isohybrid) entry
   const auto stamp = out.find("deskfarm BDM bootstrap version 8");

@@ -19,6 +19,7 @@ constexpr const char* provides[] = {"bdm", nullptr};
 /// The bootstrap keys (shared with pvs, same names) and the image's own.
 struct BdmConfig : bootstrap::Keys {
   std::string image;
+  std::string format;
   std::string ipxe_iso;
   std::string volume_id;
   bool hybrid = true;
@@ -53,7 +54,10 @@ constexpr auto bdm_schema = schema<BdmConfig>(
     option("tftp_port", &BdmConfig::tftp_port, "69",
            "UDP port of the login servers' TFTP service (pvs tftp), where iPXE fetches the device's boot script")
         .range(1, 65535),
-    option("image", &BdmConfig::image, "\"bdm.iso\"", "file name of the ISO in the instance's state directory"),
+    option("format", &BdmConfig::format, "\"iso\"",
+           "iso (El Torito, isohybrid) or partition: a raw disk image, syslinux's MBR + one bootable FAT partition")
+        .one_of("iso|partition"),
+    option("image", &BdmConfig::image, "\"bdm.iso\"", "file name of the image in the instance's state directory"),
     option("ipxe_iso", &BdmConfig::ipxe_iso, "\"/usr/lib/ipxe/ipxe.iso\"", "Debian's iPXE ISO, source of the boot loader files"),
     option("volume_id", &BdmConfig::volume_id, "\"DESKFARM_BDM\"", "ISO volume id: 1..32 of A-Z 0-9 _"),
     option("hybrid", &BdmConfig::hybrid, "true", "isohybrid MBR: the same image boots from a USB stick"),
@@ -114,7 +118,7 @@ class Bdm final : public Plugin {
  private:
   api::IsoImage build() {
     const auto path = ctx_.state_dir() / config_.image;
-    const auto r = bdm::build_iso(options_, path);
+    const auto r = bdm::build_image(*bdm::parse_format(config_.format), options_, path);
     api::IsoImage image;
     image.path = path.string();
     image.size = static_cast<std::int64_t>(r.size);
@@ -122,7 +126,7 @@ class Bdm final : public Plugin {
     image.bootstrap_version = options_.bootstrap.version;
     for (const auto& e : options_.bootstrap.login_servers) image.login_servers.push_back(e.host + ":" + std::to_string(e.port));
     image_ = image;
-    ctx_.log().info("wrote BDM ISO " + image.path + " (" + std::to_string(r.size) + " bytes, sha256 " + r.sha256 +
+    ctx_.log().info("wrote BDM " + config_.format + " image " + image.path + " (" + std::to_string(r.size) + " bytes, sha256 " + r.sha256 +
                     ", bootstrap version " + std::to_string(image.bootstrap_version) + ")");
     return image;
   }

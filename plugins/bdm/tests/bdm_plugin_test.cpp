@@ -78,7 +78,33 @@ TEST_CASE("bdm writes the ISO at start, shows it in its status and rebuilds the 
   h->stop();
 }
 
+TEST_CASE("bdm with format = \"partition\" writes the raw disk image the library writes", "[bdm]") {
+  if (!have_ipxe_iso() || !std::filesystem::exists(bdm::default_syslinux_mbr)) {
+    dt::missing("ipxe or syslinux-common is missing (scripts/setup.sh)");
+    return;
+  }
+  if (!dt::require_program("mformat") || !dt::require_program("syslinux")) return;
+  dt::TempDir dir("bdm-plugin");
+  auto h = deployment(dir, "login_servers = [\"10.0.0.5:6910\"]\nformat = \"partition\"\nimage = \"bdm.img\"\n");
+  h->start();
+  const auto status = h->instance_status("boot");
+  const std::string path = status.find("path")->as_string();
+  INFO(path);
+  REQUIRE(std::filesystem::exists(path));
+  CHECK(std::filesystem::path(path).filename() == "bdm.img");
+  CHECK(status.find("size")->as_integer() == static_cast<std::int64_t>(bdm::partition_image_size));
+  bdm::IsoOptions o;
+  o.bootstrap.login_servers = {{"10.0.0.5", 6910}};
+  o.source_date_epoch = 1700000000;
+  const dt::TempDir lib("bdm-plugin-lib");
+  CHECK(status.find("sha256")->as_string() == bdm::build_partition_image(o, lib / "lib.img").sha256);
+  // An ISO reader finds no ISO here: it is a disk image (MBR + FAT), not an ISO 9660 one.
+  CHECK_THROWS_AS(bdm::read_iso_file(path, bdm::bootstrap_path), bdm::BdmError);
+  h->stop();
+}
+
 TEST_CASE("bdm refuses bad manifests, naming the key", "[bdm]") {
+  CHECK(manifest_error("login_servers = [\"10.0.0.5:6910\"]\nformat = \"floppy\"\n").find("format") != std::string::npos);
   CHECK(manifest_error("login_servers = []\n").find("login_servers") != std::string::npos);
   CHECK(manifest_error("login_servers = [\"a:1\", \"a:2\", \"a:3\", \"a:4\", \"a:5\"]\n").find("1..4") !=
         std::string::npos);

@@ -3,7 +3,10 @@
 # interleaved rounds (REPEAT, default 5): the whole chain (BDM ISO on the CD-ROM → iPXE → DHCP → TFTP boot script
 # from pvs → sanboot of the NBD disk), the same chain with a static address instead of DHCP, and the peer: SeaBIOS
 # booting the same NBD disk directly. Prints min/median seconds from QEMU's start to the marker on the serial line
-# for each, and the ratios against the peer.
+# for each, and the ratios against the peer. Then the BDM stage alone, ISO vs raw partition image (format =
+# "partition": syslinux's MBR + FAT + SYSLINUX, booted as the first hard disk): seconds from QEMU's start to the
+# line pvs's boot script prints when iPXE has fetched it (the sanboot after it needs the vDisk as disk 0x80, which
+# the partition image occupies), and the ratio partition/ISO.
 # usage: tools/bench/bdm-chain/run.sh [BUILD_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -70,39 +73,53 @@ static_ip = "10.0.2.15"
 static_mask = "255.255.255.0"
 static_gateway = "10.0.2.2"
 source_date_epoch = 1700000000
+[instances.bdm-part]
+plugin = "bdm"
+login_servers = ["10.0.2.2:$stream"]
+tftp_port = $tftp
+format = "partition"
+image = "bdm.img"
+source_date_epoch = 1700000000
 TOML
 "$deskfarm" run "$work/farm.toml" --plugin-path "$build/plugins" --for 1h --log-level warning >"$work/farm.log" 2>&1 &
 farm_pid=$!
 iso=$work/var/bdm/bdm.iso
 iso_static=$work/var/bdm-static/bdm.iso
-for _ in $(seq 1 100); do [[ -s $iso && -s $iso_static ]] && ss -Hlt "sport = :$stream" | grep -q . && break; sleep 0.1; done
+part=$work/var/bdm-part/bdm.img
+for _ in $(seq 1 100); do [[ -s $iso && -s $iso_static && -s $part ]] && ss -Hlt "sport = :$stream" | grep -q . && break; sleep 0.1; done
 [[ -s $iso ]] || { cat "$work/farm.log" >&2; echo "run.sh: the deployment did not write $iso" >&2; exit 1; }
 
 now_ms() { date +%s%3N; }
-# One boot: QEMU with the vDisk as its first disk (and an ISO for a chain); milliseconds to the marker.
+# One boot: QEMU with the vDisk as its first disk (and an ISO for a chain), or the partition image as its only
+# disk; milliseconds to the marker (or to pvs's boot script line for the *-stage runs).
+script_line="sanboot drive 0x80"
 boot() {
-  local log=$work/serial.log cdrom=() order=c
-  [[ $1 == chain ]] && cdrom=(-cdrom "$iso") && order=d
+  local log=$work/serial.log cdrom=() order=c disk="file=nbd://127.0.0.1:$stream/$mac,format=raw,if=ide" want=$marker
+  [[ $1 == chain || $1 == iso-stage ]] && cdrom=(-cdrom "$iso") && order=d
   [[ $1 == chain-static ]] && cdrom=(-cdrom "$iso_static") && order=d
+  [[ $1 == partition-stage ]] && disk="file=$part,format=raw,if=ide,snapshot=on"
+  [[ $1 == *-stage ]] && want=$script_line
   rm -f "$log"
   local t0; t0=$(now_ms)
   qemu-system-x86_64 -accel "$accel" -nographic -no-reboot -m 128 -boot order=$order "${cdrom[@]}" \
-    -drive "file=nbd://127.0.0.1:$stream/$mac,format=raw,if=ide" -netdev user,id=n0 -device "e1000,netdev=n0,mac=$mac" \
+    -drive "$disk" -netdev user,id=n0 -device "e1000,netdev=n0,mac=$mac" \
     -serial "file:$log" -monitor none >/dev/null 2>&1 &
   qemu_pid=$!
   local i
-  for ((i = 0; i < 1200; i++)); do grep -qa "$marker" "$log" 2>/dev/null && break; sleep 0.05; done
+  for ((i = 0; i < 1200; i++)); do grep -qa "$want" "$log" 2>/dev/null && break; sleep 0.05; done
   local t1; t1=$(now_ms)
   kill "$qemu_pid" 2>/dev/null; wait "$qemu_pid" 2>/dev/null || true
   qemu_pid=""
-  grep -qa "$marker" "$log" || { echo "run.sh: $1 boot printed no marker within 60 s" >&2; cat "$log" >&2; exit 1; }
+  grep -qa "$want" "$log" || { echo "run.sh: $1 boot printed no '$want' within 60 s" >&2; cat "$log" >&2; exit 1; }
   echo $((t1 - t0))
 }
-chain=() static=() direct=()
+chain=() static=() direct=() iso_stage=() part_stage=()
 for ((r = 0; r < repeat; r++)); do
   chain+=("$(boot chain)")
   static+=("$(boot chain-static)")
   direct+=("$(boot direct)")
+  iso_stage+=("$(boot iso-stage)")
+  part_stage+=("$(boot partition-stage)")
 done
 stats() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "min %.2f s, median %.2f s", a[1] / 1000, a[int((NR+1)/2)] / 1000}'; }
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -112,3 +129,7 @@ echo "the same, static address (no DHCP)                   : $(stats "${static[@
 echo "direct NBD disk boot (SeaBIOS)                      : $(stats "${direct[@]}")"
 awk -v c="$(median "${chain[@]}")" -v s="$(median "${static[@]}")" -v d="$(median "${direct[@]}")" \
   'BEGIN {if (d > 0) printf "median ratio chain/direct: %.2f, static chain/direct: %.2f\n", c / d, s / d}'
+echo "BDM stage to pvs's boot script, ISO on the CD-ROM     : $(stats "${iso_stage[@]}")"
+echo "the same, partition image as the hard disk          : $(stats "${part_stage[@]}")"
+awk -v i="$(median "${iso_stage[@]}")" -v p="$(median "${part_stage[@]}")" \
+  'BEGIN {if (i > 0) printf "median ratio partition/ISO: %.2f\n", p / i}'

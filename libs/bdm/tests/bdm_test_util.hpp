@@ -1,0 +1,49 @@
+#pragma once
+// What the ISO and partition image tests share: a sample record, a directory's entry count, and a QEMU boot of an
+// image attached as a hard disk.
+#include <deskfarm/bdm/iso.hpp>
+
+#include <deskfarm/testing/files.hpp>
+#include <deskfarm/testing/process.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+
+namespace deskfarm::bdm::test {
+
+inline IsoOptions sample() {
+  IsoOptions o;
+  o.bootstrap.version = 42;
+  o.bootstrap.login_servers = {{"10.0.2.2", 6910}, {"10.0.2.3", 6911}, {"pvs.example", 6910}};
+  o.bootstrap.verbose = true;
+  o.source_date_epoch = 1700000000;
+  return o;
+}
+
+/// Nothing but the directory's own files: no temporary image left behind.
+inline std::size_t entries(const std::filesystem::path& dir) {
+  return static_cast<std::size_t>(
+      std::distance(std::filesystem::directory_iterator(dir), std::filesystem::directory_iterator()));
+}
+
+/// Boots `image` as QEMU's first hard disk (TCG, snapshot: the file stays as built) and returns the serial output
+/// once it holds `until` or QEMU exits. A disk image is also "the local disk", so the run may never end by itself:
+/// the log is polled (bounded by `timeout`) and ~ChildProcess kills QEMU by its PID.
+inline std::string boot_as_disk(const std::filesystem::path& image, const std::filesystem::path& log,
+                                const std::string& until, std::chrono::seconds timeout = std::chrono::seconds(60)) {
+  std::string out;
+  testing::ChildProcess qemu({"qemu-system-x86_64", "-accel", "tcg", "-nographic", "-no-reboot", "-m", "128", "-drive",
+                              "file=" + image.string() + ",format=raw,if=ide,snapshot=on", "-serial", "stdio",
+                              "-monitor", "none", "-nic", "user,model=e1000"},
+                             log);
+  testing::eventually(
+      [&] {
+        out = testing::read_text(log);
+        return out.find(until) != std::string::npos || !qemu.running();
+      },
+      timeout);
+  return out;
+}
+
+}  // namespace deskfarm::bdm::test

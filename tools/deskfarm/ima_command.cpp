@@ -17,25 +17,20 @@ namespace {
 using Poco::JSON::Array;
 using Poco::JSON::Object;
 
-/// One admin call through the shared client: the body, or nullopt after printing why (then `code` says failed or
-/// unreachable).
-template <class Call>
-std::optional<std::string> admin_call(const AdminClient& admin, const std::string& what, Call call, int& code) {
-  try {
-    const HttpAnswer a = call();
-    if (a.status == 200) return a.body;
-    std::cerr << "deskfarm: " << what << " failed: " << a.body << "\n";
-    code = runtime_failure;
-  } catch (const Poco::Exception& e) {
-    std::cerr << "deskfarm: cannot reach the admin endpoint at " << admin.address() << ": " << e.displayText() << "\n";
-    code = unreachable;
-  }
-  return std::nullopt;
-}
-
 Object::Ptr parse(const std::string& json) { return Poco::JSON::Parser().parse(json).extract<Object::Ptr>(); }
 
 }  // namespace
+
+std::vector<std::string> ima_instances(const std::string& status_json) {
+  std::vector<std::string> out;
+  auto instances = parse(status_json)->getArray("instances");
+  for (std::size_t i = 0; instances && i < instances->size(); ++i) {
+    auto o = instances->getObject(static_cast<unsigned>(i));
+    if (o->optValue<std::string>("plugin", "") == "ima" && o->optValue<std::string>("state", "") == "running")
+      out.push_back(o->getValue<std::string>("name"));
+  }
+  return out;
+}
 
 int cmd_ima(const std::string& command, bool elect, const AdminTarget& target, std::chrono::milliseconds timeout) {
   int code = 0;
@@ -45,13 +40,8 @@ int cmd_ima(const std::string& command, bool elect, const AdminTarget& target, s
   };
   auto status = admin_call(admin, "/status", [&] { return admin.get("/status", timeout); }, code);
   if (!status) return code;
-  std::string first;
-  auto instances = parse(*status)->getArray("instances");
-  for (std::size_t i = 0; instances && i < instances->size() && first.empty(); ++i) {
-    auto o = instances->getObject(static_cast<unsigned>(i));
-    if (o->optValue<std::string>("plugin", "") == "ima" && o->optValue<std::string>("state", "") == "running")
-      first = o->getValue<std::string>("name");
-  }
+  const auto running = ima_instances(*status);
+  const std::string first = running.empty() ? "" : running.front();
   if (first.empty()) {
     std::cerr << "deskfarm " << command << ": the deployment at " << admin.address()
               << " runs no ima instance; add one ([instances.NAME] plugin = \"ima\") or point at another deployment\n";

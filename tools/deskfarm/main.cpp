@@ -350,7 +350,7 @@ int main(int argc, char** argv) {
        "run: stop after this much deployment time (90s, 5m, 2h, 1d); with clock = \"virtual\" it is simulated time")
       ("timeout", po::value(&o.timeout)->default_value("10s"), "request, querydc, queryds, dsmaint: how long to wait for each reply")
       ("elect,e", po::bool_switch(&o.elect), "querydc: run an election in the zone first, then print the collectors")
-      ("instance", po::value(&o.instance), "dsmaint: the ima instance whose local host cache to refresh (default: every one)")
+      ("instance", po::value(&o.instance), "dsmaint: the ima instance to act on (default: every running ima instance)")
       ("markdown", po::bool_switch(&o.markdown), "describe: print the manifest keys as the README's Markdown table");
   po::options_description hidden;
   hidden.add_options()("command", po::value(&o.command))("args", po::value(&o.args));

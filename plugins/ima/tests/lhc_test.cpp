@@ -1,8 +1,8 @@
 // ima's data store and local host cache on the virtual clock: each server's record reaches the store and every
 // server's cache; a change in the store reaches the cache after dcn_poll_s, at once on refreshlhc and on another
 // server's change notification; with the store unreachable a server works from its cache until lhc_max_age_h,
-// then is degraded and stands in no election; a corrupt cache is rebuilt at start (start fails when the store
-// cannot rebuild it); recreatelhc rebuilds it on demand.
+// then is degraded and stands in no election until the store is back; a corrupt cache is rebuilt at start (start
+// fails when the store cannot rebuild it); recreatelhc rebuilds it on demand.
 #include <catch2/catch.hpp>
 
 #include <fstream>
@@ -223,4 +223,29 @@ TEST_CASE("recreatelhc deletes the cache file and rebuilds it from the data stor
   CHECK(r->file == cache_file(*h, "srv").string());
   CHECK(zones_in(cache_file(*h, "srv"), "lhc_servers") == std::map<std::string, std::string>{{"far-1", "east"}, {"srv", "hq"}});
   CHECK(h->logged("recreated from the data store (2 servers)"));
+}
+
+TEST_CASE("the data store back after the cache expired: a refresh makes the server whole, and it stands in elections again") {
+  TempDir dir("deskfarm-lhc");
+  // The store's directory is a plain file: every session fails until the test puts a directory there.
+  const auto blocker = dir / "store";
+  std::ofstream(blocker) << "not a directory";
+  auto h = deploy(dir, server("srv", "hq", "lhc_max_age_h = 1"), "sqlite:" + (blocker / "store.db").string());
+  h->start();
+  h->await_status("srv", "lhc", api::kLhcStale);
+  h->advance(1h + 10s);
+  REQUIRE(lhc_state(*h, "srv") == api::kLhcExpired);
+  REQUIRE_FALSE(h->instance_status("srv")["is_zdc"].as_bool());
+
+  std::filesystem::remove(blocker);
+  std::filesystem::create_directory(blocker);
+  auto back = admin(*h, "srv", "refreshlhc");
+  REQUIRE(back);
+  CHECK(back->state == api::kLhcFresh);
+  CHECK(back->age_s == 0);
+  REQUIRE(back->servers.size() == 1);  // its own record, written to the new store first
+  CHECK(health(*h, "srv") == deskfarm::sdk::Health::ok);
+  CHECK(h->logged("data store reachable again"));
+  h->advance(1s);  // the election it called on coming back
+  CHECK(h->instance_status("srv")["is_zdc"].as_bool());
 }

@@ -186,7 +186,7 @@ TEST_CASE("the data store down: a server works from its cache for lhc_max_age_h,
   CHECK(lhc_servers(*h, "srv") == 1);  // the cache itself is still there
 }
 
-TEST_CASE("a corrupt local host cache is rebuilt from the data store at start; without the store start fails") {
+TEST_CASE("a corrupt local host cache is rebuilt from the data store at start, and start fails without the store") {
   TempDir dir("deskfarm-lhc");
   seed(dir);
   write_garbage(dir / "srv" / "lhc.db");

@@ -16,6 +16,8 @@ packages=(
   libpoco-dev libtomlplusplus-dev catch2 libpq-dev libssl-dev
   # PostgreSQL server for the data-store test
   postgresql
+  # the sqlite3 client, the peer of tools/bench/ima/lhc.sh
+  sqlite3
   # real peers used by the tests
   tftp-hpa atftp curl libnbd-bin nbdkit qemu-utils python3
   # certificates for the NBD TLS tests

@@ -1,6 +1,7 @@
 // One zone across two `deskfarm run` processes on a real nats-server (started on a loopback port, stopped by its
 // PID): the server with the higher host ID is the ZDC; kill -9 its process and the other elects itself within one
-// keep-alive; `deskfarm querydc` and `queryds` show the collectors and their data.
+// keep-alive; `deskfarm querydc` and `queryds` show the collectors and their data. `deskfarm dsmaint refreshlhc`
+// and `recreatelhc` against two `deskfarm run` children that share one SQLite data store.
 #include <csignal>
 
 #include <catch2/catch.hpp>
@@ -84,4 +85,49 @@ TEST_CASE("querydc and queryds: a usage error for two manifests, unreachable for
   auto r = run_child({bin, "queryds", file.string()}, 10s);
   CHECK(r.exit_code == 5);
   CHECK(r.err.find("is not running") != std::string::npos);
+}
+
+TEST_CASE("deskfarm dsmaint refreshlhc: a server's local host cache learns at once what another process wrote to the data store") {
+  TempDir dir;
+  // Two deployments (each its own in-process bus: no change notification passes between them) share one data store.
+  const auto manifest = [&](const std::string& name) {
+    const auto file = dir / (name + ".toml");
+    write_text(file, "[deployment]\nname = \"" + name + "\"\nstate_dir = \"" + (dir / name).string() +
+                         "\"\nadmin = \"127.0.0.1:0\"\ndata_store = \"sqlite:" + (dir / "store.db").string() +
+                         "\"\n\n[instances.ima-" + name + "]\nplugin = \"ima\"\nfarm = \"corp\"\nzone = \"" + name + "\"\n");
+    return file;
+  };
+  const auto a = manifest("a"), b = manifest("b");
+  const auto refresh = [&](const std::filesystem::path& m, std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv{bin, "dsmaint", "refreshlhc", m.string()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return run_child(argv, 20s);
+  };
+  ChildProcess pa({bin, "run", a.string()}, dir / "a.log");
+  REQUIRE(eventually([&] { return refresh(a).exit_code == 0; }, 20s));
+  ChildProcess pb({bin, "run", b.string()}, dir / "b.log");
+  REQUIRE(eventually([&] { return refresh(b).out.find("ima-b ") != std::string::npos; }, 20s));
+
+  // ima-a would poll the store only after dcn_poll_s (30 minutes); dsmaint refreshes it now.
+  auto r = refresh(a, {"--instance", "ima-a"});
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("ima-a: local host cache " + (dir / "a" / "ima-a" / "lhc.db").string() + " refreshed: fresh, 2 servers") !=
+        std::string::npos);
+  CHECK(r.out.find("ima-b ") != std::string::npos);
+
+  auto re = run_child({bin, "dsmaint", "recreatelhc", a.string()}, 20s);
+  CHECK(re.exit_code == 0);
+  CHECK(re.out.find("recreated: fresh, 2 servers") != std::string::npos);
+  CHECK(run_child({bin, "dsmaint", "rebuild", a.string()}, 10s).exit_code == 2);
+  auto none = refresh(a, {"--instance", "ima-z"});
+  CHECK(none.exit_code == 1);
+  CHECK(none.err.find("no ima instance 'ima-z'") != std::string::npos);
+
+  for (auto* p : {&pa, &pb}) {
+    p->signal(SIGTERM);
+    auto code = p->wait(15s);
+    REQUIRE(code);
+    CHECK(*code == 0);
+  }
 }

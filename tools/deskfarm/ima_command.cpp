@@ -17,22 +17,6 @@ namespace {
 using Poco::JSON::Array;
 using Poco::JSON::Object;
 
-/// One admin call through the shared client: the body, or nullopt after printing why (then `code` says failed or
-/// unreachable).
-template <class Call>
-std::optional<std::string> admin_call(const AdminClient& admin, const std::string& what, Call call, int& code) {
-  try {
-    const HttpAnswer a = call();
-    if (a.status == 200) return a.body;
-    std::cerr << "deskfarm: " << what << " failed: " << a.body << "\n";
-    code = runtime_failure;
-  } catch (const Poco::Exception& e) {
-    std::cerr << "deskfarm: cannot reach the admin endpoint at " << admin.address() << ": " << e.displayText() << "\n";
-    code = unreachable;
-  }
-  return std::nullopt;
-}
-
 Object::Ptr parse(const std::string& json) { return Poco::JSON::Parser().parse(json).extract<Object::Ptr>(); }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "cli_common.hpp"
 #include "config_check.hpp"
 #include "deployment.hpp"
+#include "dsmaint_command.hpp"
 #include "ima_command.hpp"
 #include "log.hpp"
 #include "manifest.hpp"
@@ -45,6 +46,9 @@ const char* usage_text =
     "  querydc [-e] [MANIFEST]\n"
     "                     the zone data collectors of a running farm (ima); -e elects first\n"
     "  queryds [MANIFEST] the dynamic data (sessions, load) the zone data collectors hold\n"
+    "  dsmaint refreshlhc|recreatelhc [MANIFEST] [--instance NAME]\n"
+    "                     refresh each ima server's local host cache from the data store now, or delete and\n"
+    "                     rebuild it (a corrupt cache); every ima instance unless --instance names one\n"
     "  storm [MANIFEST] --users N --rate R/s --session 30s …\n"
     "                     drive a logon storm of simulated users against a running deployment's controllers and\n"
     "                     agents; print brokering latency, decisions/s, refusals (`deskfarm storm --help`)\n"
@@ -63,6 +67,7 @@ struct Options {
   std::string run_for;
   bool markdown = false;
   bool elect = false;  // querydc -e
+  std::string instance;  // dsmaint --instance
   std::string timeout = "10s";
 };
 
@@ -343,8 +348,9 @@ int main(int argc, char** argv) {
       ("log-level", po::value(&o.log_level)->default_value("info"), "debug, info, warning or error")
       ("for", po::value(&o.run_for),
        "run: stop after this much deployment time (90s, 5m, 2h, 1d); with clock = \"virtual\" it is simulated time")
-      ("timeout", po::value(&o.timeout)->default_value("10s"), "request: how long to wait for the reply")
+      ("timeout", po::value(&o.timeout)->default_value("10s"), "request, querydc, queryds, dsmaint: how long to wait for each reply")
       ("elect,e", po::bool_switch(&o.elect), "querydc: run an election in the zone first, then print the collectors")
+      ("instance", po::value(&o.instance), "dsmaint: the ima instance to act on (default: every running ima instance)")
       ("markdown", po::bool_switch(&o.markdown), "describe: print the manifest keys as the README's Markdown table");
   po::options_description hidden;
   hidden.add_options()("command", po::value(&o.command))("args", po::value(&o.args));
@@ -386,6 +392,17 @@ int main(int argc, char** argv) {
       if (!target) return o.args.size() > 1 ? usage : code;
       return deskfarm::cli::cmd_ima(o.command, o.elect, *target,
                                     std::chrono::duration_cast<std::chrono::milliseconds>(parse_duration(o.timeout, "--timeout")));
+    }
+    if (o.command == "dsmaint") {
+      int code = ok;
+      if (o.args.empty() || o.args.size() > 2) {
+        std::cerr << "deskfarm dsmaint: give refreshlhc or recreatelhc, then at most one MANIFEST\n";
+        return usage;
+      }
+      const auto target = admin_target(o.admin, o.command, o.args.size() > 1 ? o.args[1] : "", code);
+      if (!target) return code;
+      return deskfarm::cli::cmd_dsmaint(o.args[0], o.instance, *target,
+                                        std::chrono::duration_cast<std::chrono::milliseconds>(parse_duration(o.timeout, "--timeout")));
     }
     if (o.command.empty()) std::cerr << "deskfarm: no command given\n\n" << usage_text;
     else std::cerr << "deskfarm: unknown command '" << o.command << "'\n\n" << usage_text;

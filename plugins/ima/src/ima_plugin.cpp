@@ -4,12 +4,18 @@
 // a call opens round `epoch`, every member answers with its rank, and after election_window_ms each member takes
 // the best candidate it saw, the winner announcing itself; a message of an older round or a sender's repeated
 // sequence number changes nothing (counted). All of it runs on the instance's executor, so it needs no locks.
+// The farm's static data (each server's record) lives in the data store; every server keeps a local host cache of
+// it (lhc.hpp), refreshed on the blocking pool, and works from it while the store is unreachable.
 #include <ctime>
+#include <future>
 #include <map>
 #include <set>
 
 #include <deskfarm/interfaces/ima/ima.hpp>
 #include <deskfarm/sdk/plugin.hpp>
+#include <deskfarm/sdk/store.hpp>
+
+#include "lhc.hpp"
 
 namespace {
 
@@ -29,6 +35,9 @@ struct ImaConfig {
   std::int64_t keepalive_s = 60;
   std::int64_t gateway_validation_s = 300;
   std::int64_t election_window_ms = 500;
+  std::string lhc;
+  std::int64_t dcn_poll_s = 1800;
+  std::int64_t lhc_max_age_h = 96;
 };
 
 constexpr auto ima_schema = schema<ImaConfig>(
@@ -49,7 +58,17 @@ constexpr auto ima_schema = schema<ImaConfig>(
         .range(1, 86400),
     option("election_window_ms", &ImaConfig::election_window_ms, "500",
            "how long a round collects candidates before each member takes the best")
-        .range(1, 60000));
+        .range(1, 60000),
+    option("lhc", &ImaConfig::lhc, "\"\"",
+           "the local host cache (an SQLite file); \"\": lhc.db in the instance's state directory; relative: to it"),
+    option("dcn_poll_s", &ImaConfig::dcn_poll_s, "1800",
+           "DCNChangePollingInterval: seconds between refreshes of the local host cache from the data store "
+           "(a change notification from another server refreshes at once)")
+        .range(1, 604800),
+    option("lhc_max_age_h", &ImaConfig::lhc_max_age_h, "96",
+           "hours a server works from its local host cache without a good refresh from the data store; then it is "
+           "degraded and takes no part in elections")
+        .range(1, 8760));
 
 bool subject_token(const std::string& s) {
   if (s.empty() || s.size() > 64) return false;
@@ -96,6 +115,8 @@ class Ima final : public Plugin {
     zdc_gauge_ = &m.gauge("deskfarm_ima_zdc", "1 while this server is its zone's data collector");
     forward_failures_ = &m.counter("deskfarm_ima_forward_failures_total", "Forwards to another zone's ZDC that failed (retried after gateway_validation_s)");
     members_lost_ = &m.counter("deskfarm_ima_members_lost_total", "Members that did not answer the ZDC's keep-alive ping and were dropped");
+    m.declare_counter("deskfarm_ima_lhc_refreshes_total", "Refreshes of the local host cache from the data store, per result (ok, failed)");
+    lhc_age_gauge_ = &m.gauge("deskfarm_ima_lhc_age_seconds", "Seconds since the local host cache was last refreshed from the data store");
   }
 
   static void validate(const Config& config) { check(ima_schema.bind(config)); }
@@ -103,6 +124,7 @@ class Ima final : public Plugin {
   void start() override {
     incarnation_ = std::chrono::duration_cast<std::chrono::microseconds>(ctx_.clock().now().time_since_epoch()).count();
     own_ = api::Change{config_.farm, zone_, ctx_.name(), host_id_, incarnation_, 0, 0, 0, false, iso8601(ctx_.clock().now())};
+    open_cache();
     auto& bus = ctx_.bus();
     const auto me = ctx_.name();
     serves_.push_back(serve<api::Change, api::Ack>(bus, api::subject(me, "change"), [this](const api::Change& c) { return on_change(c, false); }));
@@ -114,6 +136,9 @@ class Ima final : public Plugin {
     serves_.push_back(serve<Empty, api::Collectors>(bus, api::subject(me, "admin.querydc"), [this](const Empty&) { return collectors(); }));
     serves_.push_back(serve<Empty, api::DynamicData>(bus, api::subject(me, "admin.queryds"), [this](const Empty&) { return dynamic_data(); }));
     serves_.push_back(serve_async<Empty, api::Collectors>(bus, api::subject(me, "admin.elect"), [this](const Empty&, Responder<api::Collectors> r) {
+      if (lhc_expired())
+        return r.fail("unavailable", "server " + ctx_.name() + " takes no part in elections: its local host cache expired (" +
+                                         lhc_->file().string() + "); bring the data store back, then deskfarm dsmaint refreshlhc");
       elect_waiting_.push_back(r);
       call_election("manual");
     }));
@@ -129,7 +154,14 @@ class Ima final : public Plugin {
       silence();
       return Empty{};
     }));
+    for (const auto& [request, recreate] : {std::pair{"admin.refreshlhc", false}, std::pair{"admin.recreatelhc", true}})
+      serves_.push_back(serve_async<Empty, api::Lhc>(bus, api::subject(me, request), [this, recreate](const Empty&, Responder<api::Lhc> r) {
+        refresh_lhc(recreate, std::move(r));
+      }));
     collectors_sub_ = bus.subscribe(api::collectors_subject(config_.farm), [this](const Message& m) { on_collector(m); });
+    dcn_sub_ = bus.subscribe(api::dcn_subject(config_.farm), [this](const Message& m) { on_dcn(m); });
+    poll_ = ctx_.every(std::chrono::seconds(config_.dcn_poll_s), [this] { refresh_lhc(false); });
+    refresh_lhc(false);  // migrates the store and writes this server's record first
     join_zone();
     const auto period = std::max<Duration>(keepalive_ / 8, std::chrono::milliseconds(50));
     tick_ = ctx_.every(period, [this] { tick(); });
@@ -159,7 +191,15 @@ class Ima final : public Plugin {
     Value rejected = Value::object();
     for (const auto& [reason, n] : rejected_counts_) rejected.set(reason, n);
     out.set("rejected", std::move(rejected));
+    out.set("lhc", lhc_state_);
+    out.set("lhc_file", lhc_ ? lhc_->file().string() : std::string());
+    out.set("lhc_servers", static_cast<std::int64_t>(lhc_servers_.size()));
+    out.set("lhc_age_s", lhc_age_s());
+    out.set("lhc_refreshed", lhc_refreshed_ms_ ? iso8601(from_ms(lhc_refreshed_ms_)) : std::string());
+    out.set("lhc_error", lhc_error_);
   }
+
+  Health health() const override { return lhc_state_ == api::kLhcExpired ? Health::degraded : Health::ok; }
 
  private:
   struct Member {
@@ -195,6 +235,7 @@ class Ima final : public Plugin {
 
   /// Opens a round above every round this server has seen; the call is the caller's own candidacy.
   void call_election(const std::string& trigger) {
+    if (lhc_expired()) return;  // said once when the cache expired
     const auto epoch = std::max(epoch_, round_epoch_) + 1;
     elections(trigger).inc();
     auto call = message(api::kCall, epoch, trigger);
@@ -235,6 +276,8 @@ class Ima final : public Plugin {
     s.seq = e.seq;
     if (ranked && s.version.empty()) s.version = e.version;
     const api::Rank rank{e.version, e.preference, e.host_id, e.instance};
+    // A server whose local host cache expired stands in no election: it neither answers nor opens rounds.
+    if (lhc_expired() && (e.kind == api::kCall || e.kind == api::kCandidate)) return;
 
     if (e.kind == api::kCall || e.kind == api::kCandidate) {
       if (e.epoch > round_epoch_ && e.epoch > epoch_) {
@@ -281,6 +324,11 @@ class Ima final : public Plugin {
 
   void close_round(std::int64_t epoch) {
     if (silent_ || epoch != round_epoch_ || !in_round()) return;
+    if (lhc_expired()) candidates_.erase(ctx_.name());
+    if (candidates_.empty()) {
+      round_epoch_ = epoch_;  // no candidate left: the round ends without a winner
+      return;
+    }
     auto best = candidates_.begin();
     for (auto it = candidates_.begin(); it != candidates_.end(); ++it)
       if (api::outranks(it->second, best->second)) best = it;
@@ -472,6 +520,7 @@ class Ima final : public Plugin {
 
   void tick() {
     if (silent_) return;
+    check_lhc_age();
     const auto now = ctx_.clock().now();
     if (in_round()) {
       // A round whose timer was lost behind a busy executor still ends.
@@ -540,6 +589,8 @@ class Ima final : public Plugin {
     senders_.clear();
     peers_.erase(zone);
     join_zone();
+    own_dirty_ = true;  // the farm's static data changed: written to the store, then announced (dcn)
+    refresh_lhc(false);
     call_election("zone_change");
   }
 
@@ -549,7 +600,10 @@ class Ima final : public Plugin {
     serves_.clear();
     election_sub_.reset();
     collectors_sub_.reset();
+    dcn_sub_.reset();
     ctx_.clock().cancel(tick_);
+    ctx_.clock().cancel(poll_);
+    for (auto& r : std::exchange(lhc_next_.waiters, {})) r.fail("unavailable", "server " + ctx_.name() + " stopped");
     zdc_gauge_->set(0);
     auto waiting = std::exchange(elect_waiting_, {});
     for (auto& r : waiting) r.fail("unavailable", "server " + ctx_.name() + " stopped before the election ended");
@@ -601,6 +655,195 @@ class Ima final : public Plugin {
     return *c;
   }
 
+  // ---- local host cache -------------------------------------------------------------------------------------
+  // One refresh job at a time on the blocking pool; requests during a job join the next one (a request must see
+  // a read that began after it). A job migrates the store once, writes this server's record when it changed, reads
+  // the farm's records and replaces the cache with them.
+
+  struct LhcJob {
+    bool recreate = false;
+    std::vector<Responder<api::Lhc>> waiters;
+  };
+  struct LhcRead {
+    std::vector<api::Server> servers;
+    std::string cache_error;  ///< the store answered but the cache file could not be written
+  };
+
+  static TimePoint from_ms(std::int64_t ms) { return TimePoint(std::chrono::milliseconds(ms)); }
+  std::int64_t now_ms() const {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(ctx_.clock().now().time_since_epoch()).count();
+  }
+  bool lhc_expired() const { return lhc_state_ == api::kLhcExpired; }
+  std::int64_t lhc_age_s() const {
+    const auto since = lhc_refreshed_ms_ ? lhc_refreshed_ms_ : lhc_created_ms_;
+    return std::max<std::int64_t>(0, (now_ms() - since) / 1000);
+  }
+  api::Server own_server() const {
+    return api::Server{config_.farm, ctx_.name(), zone_, host_id_, config_.preference, version_};
+  }
+
+  /// Reads the cache at start. A corrupt one is rebuilt from the store before start returns (waiting for the
+  /// blocking pool here: the server cannot serve without its farm data); if the store cannot do it, start fails.
+  void open_cache() {
+    std::filesystem::path file = config_.lhc.empty() ? std::filesystem::path("lhc.db") : std::filesystem::path(config_.lhc);
+    if (file.is_relative()) file = ctx_.state_dir() / file;
+    lhc_ = std::make_shared<ima::LocalHostCache>(file);
+    ima::CacheContent content;
+    try {
+      content = lhc_->open(now_ms());
+    } catch (const ima::CorruptCache& e) {
+      ctx_.log().warning("local host cache " + file.string() + " is corrupt (" + e.what() + "): rebuilding it from the data store");
+      auto done = std::make_shared<std::promise<std::vector<api::Server>>>();
+      auto result = done->get_future();
+      ctx_.submit_blocking([done, store = &ctx_.store(), lhc = lhc_, own = own_server(), at = now_ms()](std::stop_token) {
+        try {
+          auto s = store->session();
+          ima::migrate_store(s);
+          ima::write_server(s, own, at);
+          auto servers = ima::read_farm(s, own.farm);
+          lhc->recreate(servers, at);
+          done->set_value(std::move(servers));
+        } catch (...) {
+          done->set_exception(std::current_exception());
+        }
+      });
+      std::string why = "no answer within 20 s";
+      if (result.wait_for(std::chrono::seconds(20)) == std::future_status::ready) {
+        try {
+          content.servers = result.get();
+          content.refreshed_ms = content.created_ms = now_ms();
+          own_dirty_ = false;
+          migrated_ = true;
+          ctx_.log().info("local host cache " + file.string() + " rebuilt from the data store: " +
+                          std::to_string(content.servers.size()) + " servers");
+          why.clear();
+        } catch (const std::exception& x) {
+          why = x.what();
+        }
+      }
+      if (!why.empty())
+        throw std::runtime_error("local host cache " + file.string() + " is corrupt (" + e.what() +
+                                 ") and the data store cannot rebuild it (" + why +
+                                 "): bring the data store back and start again, or delete " + file.string() +
+                                 " to start with an empty cache");
+    }
+    lhc_servers_ = std::move(content.servers);
+    lhc_refreshed_ms_ = content.refreshed_ms;
+    lhc_created_ms_ = content.created_ms;
+    lhc_state_ = migrated_ ? api::kLhcFresh : api::kLhcLoading;
+    lhc_age_gauge_->set(static_cast<double>(lhc_age_s()));
+  }
+
+  /// Queues a refresh (`recreate`: delete the cache file and write it anew); `waiter` is answered when it is done.
+  void refresh_lhc(bool recreate, std::optional<Responder<api::Lhc>> waiter = std::nullopt) {
+    if (silent_) return;
+    lhc_next_.recreate = lhc_next_.recreate || recreate;
+    if (waiter) lhc_next_.waiters.push_back(std::move(*waiter));
+    lhc_queued_ = true;
+    if (!lhc_running_) run_lhc_job();
+  }
+
+  void run_lhc_job() {
+    if (!lhc_queued_ || silent_) return;
+    lhc_running_ = true;
+    lhc_queued_ = false;
+    auto job = std::exchange(lhc_next_, {});
+    const auto own = own_server();
+    const bool migrate = !migrated_, write = own_dirty_;
+    const auto at = now_ms();
+    ctx_.run_blocking(
+        [store = &ctx_.store(), lhc = lhc_, own, migrate, write, recreate = job.recreate, at](std::stop_token) {
+          auto s = store->session();
+          if (migrate) ima::migrate_store(s);
+          if (write) ima::write_server(s, own, at);
+          LhcRead read{ima::read_farm(s, own.farm), {}};
+          try {
+            if (recreate) lhc->recreate(read.servers, at);
+            else lhc->replace(read.servers, at);
+          } catch (const std::exception& e) {
+            read.cache_error = e.what();
+          }
+          return read;
+        },
+        [this, job = std::move(job), own, migrate, write, at](Reply<LhcRead> r) mutable {
+          lhc_running_ = false;
+          lhc_done(std::move(r), job, own, migrate, write, at);
+          run_lhc_job();
+        });
+  }
+
+  void lhc_done(Reply<LhcRead> r, LhcJob& job, const api::Server& own, bool migrate, bool write, std::int64_t at) {
+    const auto file = lhc_->file().string();
+    if (!r) {
+      ctx_.metrics().counter("deskfarm_ima_lhc_refreshes_total", "", {{"result", "failed"}}).inc();
+      lhc_error_ = r.error().message;
+      if (lhc_state_ == api::kLhcFresh || lhc_state_ == api::kLhcLoading) {
+        lhc_state_ = api::kLhcStale;
+        ctx_.log().warning("data store unreachable (" + lhc_error_ + "): working from the local host cache " + file + " (" +
+                           std::to_string(lhc_servers_.size()) + " servers, last good refresh " + std::to_string(lhc_age_s()) +
+                           " s ago); retried every " + std::to_string(config_.dcn_poll_s) + " s (dcn_poll_s); after " +
+                           std::to_string(config_.lhc_max_age_h) + " h (lhc_max_age_h) this server stops taking part in elections");
+      }
+      check_lhc_age();
+      for (auto& w : job.waiters)
+        w.fail("unavailable", "data store unreachable (" + lhc_error_ + "); the local host cache " + file + " was kept (" +
+                                  lhc_state_ + ", " + std::to_string(lhc_age_s()) + " s old)");
+      return;
+    }
+    ctx_.metrics().counter("deskfarm_ima_lhc_refreshes_total", "", {{"result", "ok"}}).inc();
+    if (migrate) migrated_ = true;
+    if (write && own.zone == zone_) own_dirty_ = false;
+    if (write) publish(ctx_.bus(), api::dcn_subject(config_.farm), own);  // every server refreshes its cache at once
+    if (!r->cache_error.empty())
+      ctx_.log().warning("cannot write the local host cache " + file + " (" + r->cache_error +
+                         "): keeping the data in memory; check the disk, or run deskfarm dsmaint recreatelhc");
+    const auto was = lhc_state_;
+    lhc_servers_ = std::move(r->servers);
+    lhc_refreshed_ms_ = at;
+    lhc_error_.clear();
+    lhc_state_ = api::kLhcFresh;
+    lhc_age_gauge_->set(static_cast<double>(lhc_age_s()));
+    if (was == api::kLhcStale || was == api::kLhcExpired)
+      ctx_.log().info("data store reachable again: local host cache " + file + " refreshed (" + std::to_string(lhc_servers_.size()) + " servers)");
+    if (job.recreate) ctx_.log().info("local host cache " + file + " recreated from the data store (" + std::to_string(lhc_servers_.size()) + " servers)");
+    if (was == api::kLhcExpired) call_election("start");  // back in service
+    for (auto& w : job.waiters) w.ok(lhc_info());
+  }
+
+  /// Past lhc_max_age_h without a good refresh: degraded, out of elections (a ZDC resigns).
+  void check_lhc_age() {
+    lhc_age_gauge_->set(static_cast<double>(lhc_age_s()));
+    if (lhc_state_ == api::kLhcFresh || lhc_expired() || lhc_age_s() < config_.lhc_max_age_h * 3600) return;
+    lhc_state_ = api::kLhcExpired;
+    ctx_.log().error("local host cache " + lhc_->file().string() + " expired: no good refresh from the data store for " +
+                     std::to_string(config_.lhc_max_age_h) + " h (lhc_max_age_h; last error: " + lhc_error_ +
+                     "); this server is degraded and takes no part in elections: bring the data store back (or point "
+                     "data_store at a reachable one), then run deskfarm dsmaint refreshlhc");
+    if (is_zdc()) {
+      send(message(api::kResign, epoch_));
+      zdc_.clear();
+      members_.clear();
+      records_.clear();
+      zdc_gauge_->set(0);
+    }
+    auto waiting = std::exchange(elect_waiting_, {});
+    for (auto& w : waiting) w.fail("unavailable", "the local host cache of " + ctx_.name() + " expired during the election");
+  }
+
+  void on_dcn(const Message& m) {
+    if (silent_) return;
+    auto body = decode<api::Server>(m);
+    if (!body) return;
+    if (body->farm != config_.farm || body->instance.empty())
+      return reject("garbled", "change notification of '" + body->instance + "' for farm " + body->farm);
+    if (body->instance != ctx_.name()) refresh_lhc(false);
+  }
+
+  api::Lhc lhc_info() const {
+    return api::Lhc{ctx_.name(), lhc_->file().string(), lhc_state_,
+                    lhc_refreshed_ms_ ? iso8601(from_ms(lhc_refreshed_ms_)) : std::string(), lhc_age_s(), lhc_servers_};
+  }
+
   Context& ctx_;
   ImaConfig config_;
   std::string zone_;
@@ -631,7 +874,22 @@ class Ima final : public Plugin {
   std::vector<Subscription> serves_;
   Subscription election_sub_;
   Subscription collectors_sub_;
+  Subscription dcn_sub_;
   TimerId tick_ = 0;
+  TimerId poll_ = 0;
+
+  std::shared_ptr<ima::LocalHostCache> lhc_;
+  std::vector<api::Server> lhc_servers_;  ///< the farm's servers as the cache holds them
+  std::int64_t lhc_refreshed_ms_ = 0;
+  std::int64_t lhc_created_ms_ = 0;
+  std::string lhc_state_ = api::kLhcLoading;
+  std::string lhc_error_;
+  bool migrated_ = false;
+  bool own_dirty_ = true;  ///< this server's record is not yet in the store as it is now
+  bool lhc_running_ = false;
+  bool lhc_queued_ = false;
+  LhcJob lhc_next_;
+  Gauge* lhc_age_gauge_ = nullptr;
   std::map<std::string, std::int64_t> rejected_counts_;
   std::map<std::string, Counter*> changes_;
   Gauge* zdc_gauge_ = nullptr;

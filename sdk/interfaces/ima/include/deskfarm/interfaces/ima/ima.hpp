@@ -205,6 +205,48 @@ struct Fault {
   static constexpr auto fields() { return std::tuple{field("fault", &Fault::fault)}; }
 };
 
+/// A farm server's static data (what the data store holds for it, and every server's local host cache a copy of).
+/// Also the data change notification on ima.farm.<farm>.dcn: a server whose static data changed publishes its new
+/// record, and every server of the farm refreshes its local host cache at once.
+struct Server {
+  static constexpr std::string_view type_name = "deskfarm.ima.Server";
+  static constexpr std::uint32_t type_version = 1;
+  std::string farm;
+  std::string instance;
+  std::string zone;
+  std::int64_t host_id = 0;
+  std::string preference;
+  std::string version;
+  static constexpr auto fields() {
+    return std::tuple{field("farm", &Server::farm),         field("instance", &Server::instance),
+                      field("zone", &Server::zone),         field("host_id", &Server::host_id),
+                      field("preference", &Server::preference), field("version", &Server::version)};
+  }
+};
+
+/// Local host cache states (Lhc.state and the "lhc" status field).
+inline constexpr const char* kLhcLoading = "loading";  ///< the cache is read; the first refresh from the store runs
+inline constexpr const char* kLhcFresh = "fresh";      ///< the last refresh from the data store succeeded
+inline constexpr const char* kLhcStale = "stale";      ///< the data store is unreachable: working from the cache
+inline constexpr const char* kLhcExpired = "expired";  ///< stale beyond lhc_max_age_h: the server is degraded
+
+/// ima.<instance>.admin.refreshlhc and .admin.recreatelhc (sdk::Empty): the local host cache once the refresh (or
+/// the rebuild) is done; an error reply (code "unavailable") when the data store could not be read.
+struct Lhc {
+  static constexpr std::string_view type_name = "deskfarm.ima.Lhc";
+  static constexpr std::uint32_t type_version = 1;
+  std::string instance;
+  std::string file;
+  std::string state;
+  std::string refreshed;  ///< ISO 8601 UTC time of the last good refresh; "" when never
+  std::int64_t age_s = 0;
+  std::vector<Server> servers;  ///< sorted by instance
+  static constexpr auto fields() {
+    return std::tuple{field("instance", &Lhc::instance), field("file", &Lhc::file),   field("state", &Lhc::state),
+                      field("refreshed", &Lhc::refreshed), field("age_s", &Lhc::age_s), field("servers", &Lhc::servers)};
+  }
+};
+
 /// ima.<instance>.<request>: "ping", "change", "forward", "state", "report", "admin.elect", "admin.querydc", …
 inline std::string subject(std::string_view instance, std::string_view request) {
   return "ima." + std::string(instance) + "." + std::string(request);
@@ -215,5 +257,7 @@ inline std::string election_subject(std::string_view farm, std::string_view zone
 }
 /// ima.farm.<farm>.collectors
 inline std::string collectors_subject(std::string_view farm) { return "ima.farm." + std::string(farm) + ".collectors"; }
+/// ima.farm.<farm>.dcn: data change notifications (Server)
+inline std::string dcn_subject(std::string_view farm) { return "ima.farm." + std::string(farm) + ".dcn"; }
 
 }  // namespace deskfarm::interfaces::ima

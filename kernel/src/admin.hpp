@@ -28,7 +28,7 @@ bool equal_constant_time(std::string_view a, std::string_view b);
 struct AdminLimits {
   std::chrono::milliseconds request_deadline{5000};  ///< to receive a whole request, and to send a whole answer
   std::chrono::milliseconds idle_timeout{5000};      ///< a kept-alive connection without a new request is closed
-  std::size_t max_connections = 64;                  ///< reading (or idle between requests) at once; the oldest is dropped beyond
+  std::size_t max_connections = 256;                 ///< reading (or idle between requests) at once; the oldest is dropped beyond
   std::size_t max_queued = 64;                       ///< complete requests waiting for a worker; 503 beyond
   std::size_t max_head_bytes = 8192;                 ///< 431 beyond
   std::size_t max_inflight = 256;                    ///< bus requests waiting for their reply; 503 beyond

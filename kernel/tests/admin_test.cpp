@@ -175,6 +175,24 @@ TEST_CASE("admin keep-alive: an idle connection is closed after the idle timeout
   CHECK(std::chrono::steady_clock::now() - idle_from < 2s);
 }
 
+TEST_CASE("admin: beyond max_connections readers the oldest is dropped, unanswered; the others are served") {
+  AdminLimits limits;
+  limits.max_connections = 4;
+  Endpoint e(0, limits);
+  std::vector<std::unique_ptr<Poco::Net::StreamSocket>> readers;
+  for (int i = 0; i < 5; ++i) {
+    readers.push_back(std::make_unique<Poco::Net::StreamSocket>(e.address()));
+    send_text(*readers.back(), "GET / HTTP/1.1\r\n");  // half a head
+    std::this_thread::sleep_for(50ms);  // accepted in this order
+  }
+  CHECK(closed_by_peer(*readers[0], 2s));
+  for (int i = 1; i < 5; ++i) {
+    std::string buffer;
+    send_text(*readers[static_cast<std::size_t>(i)], "\r\n");
+    CHECK(read_answer(*readers[static_cast<std::size_t>(i)], buffer, 5s).status == 200);
+  }
+}
+
 TEST_CASE("admin: a responder answering after the bus deadline gets 504 at the deadline, and its late reply goes nowhere") {
   Endpoint e(600);  // adder.adder.later answers after 600 ms
   Poco::Net::StreamSocket s(e.address());

@@ -367,7 +367,8 @@ void AdminServer::io() {
     for (auto& [id, c] : connections) {
       short events = 0;
       if (c.state == Connection::State::writing) events = POLLOUT;
-      else if (c.in.size() <= limits_.max_head_bytes) events = POLLIN;  // busy too: a client that leaves is seen
+      else if (c.state == Connection::State::reading) events = POLLIN;  // a body may be up to 1 MiB
+      else if (c.in.size() <= limits_.max_head_bytes) events = POLLIN;  // busy: a client that leaves is seen
       fds.push_back(pollfd{c.fd, events, 0});
       ids.push_back(id);
     }

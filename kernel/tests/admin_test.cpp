@@ -183,7 +183,7 @@ TEST_CASE("admin keep-alive: an idle connection is closed after the idle timeout
   CHECK(std::chrono::steady_clock::now() - idle_from < 2s);
 }
 
-TEST_CASE("admin: beyond max_connections readers the oldest is dropped, unanswered; the others are served") {
+TEST_CASE("admin: beyond max_connections readers the oldest is dropped unanswered, and the others are served") {
   AdminLimits limits;
   limits.max_connections = 4;
   Endpoint e(0, limits);

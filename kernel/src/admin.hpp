@@ -1,11 +1,7 @@
 #pragma once
-#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -27,22 +23,28 @@ std::string admin_address_error(const std::string& address, const std::string& t
 /// True when `a` equals `b`, in time that depends on their lengths only (for the bearer token).
 bool equal_constant_time(std::string_view a, std::string_view b);
 
-/// The admin endpoint's limits; the defaults are what `deskfarm run` uses.
+/// The admin endpoint's limits; the defaults are what `deskfarm run` uses (`admin_workers` and `admin_inflight`
+/// under [deployment] set two of them).
 struct AdminLimits {
-  std::chrono::milliseconds request_deadline{5000};  ///< to receive a whole request head
-  std::size_t max_connections = 64;                 ///< reading at once; the oldest is dropped beyond
-  std::size_t max_queued = 16;                      ///< complete requests waiting; 503 beyond
-  std::size_t max_head_bytes = 8192;                ///< 431 beyond
+  std::chrono::milliseconds request_deadline{5000};  ///< to receive a whole request, and to send a whole answer
+  std::chrono::milliseconds idle_timeout{5000};      ///< a kept-alive connection without a new request is closed
+  std::size_t max_connections = 256;                 ///< reading (or idle between requests) at once; the oldest is dropped beyond
+  std::size_t max_queued = 64;                       ///< complete requests waiting for a worker; 503 beyond
+  std::size_t max_head_bytes = 8192;                 ///< 431 beyond
+  std::size_t max_inflight = 256;                    ///< bus requests waiting for their reply; 503 beyond
+  std::size_t max_requests_per_connection = 1000;    ///< then the answer says "Connection: close"
   unsigned workers = 2;
 };
 
 /// The deployment's admin endpoint: GET /metrics (Prometheus text), GET /status (JSON) and POST /request/SUBJECT
 /// (a JSON bus request, `deskfarm request`).
 ///
-/// Slow or idle clients cannot starve it: one thread accepts connections and reads request heads
-/// (poll, no thread per connection) with a deadline of 5 s for the whole head; only complete requests
-/// go to a bounded queue served by two workers. Connections close after one answer (no keep-alive).
-/// With a token, every request needs `Authorization: Bearer <token>`.
+/// One I/O thread owns every connection (poll, non-blocking, no thread per connection): it reads requests within
+/// a deadline, hands complete ones to a bounded queue served by the workers, and writes the answers. A worker
+/// answers GET itself; for POST /request it only starts the bus request, and the reply (or the timeout) completes
+/// the answer later from the bus, so a slow responder holds an in-flight slot, not a worker. Connections are kept
+/// alive (HTTP/1.1) for a bounded number of requests and an idle timeout. With a token, every request needs
+/// `Authorization: Bearer <token>`.
 class AdminServer {
  public:
   /// Binds `address` (throws std::invalid_argument for a refused address, Poco::Exception if it cannot bind).
@@ -53,32 +55,42 @@ class AdminServer {
   /// The address actually bound ("127.0.0.1:43123").
   std::string address() const;
 
+  /// What the endpoint has done so far (tests, and a look from a debugger).
+  struct Counters {
+    std::size_t inflight = 0;       ///< bus requests waiting for their reply now
+    std::size_t inflight_peak = 0;  ///< the most at once
+    std::uint64_t refused_inflight = 0;  ///< 503: admin_inflight reached
+    std::uint64_t refused_queue = 0;     ///< 503: the workers' queue was full
+    std::uint64_t late_replies = 0;      ///< a reply after its request was answered 504 (dropped)
+    std::uint64_t orphaned = 0;          ///< an answer whose client had gone (dropped)
+    std::uint64_t reused = 0;            ///< requests on a connection that had answered before
+  };
+  Counters counters() const;
+
  private:
-  struct Pending {
-    Poco::Net::StreamSocket socket;
+  /// The state the I/O thread, the workers and pending bus callbacks share; it outlives the server while a
+  /// callback still holds it, so a reply that comes after the server is gone writes nowhere.
+  struct Shared;
+  struct Connection;
+  struct Job {
+    std::uint64_t connection = 0;
     std::string head;
-    std::chrono::steady_clock::time_point deadline;
+    std::string body;
+    bool keep_alive = false;
   };
-  struct Request {
-    Poco::Net::StreamSocket socket;
-    std::string head;
-  };
-  void reader();
+  void io();
   void worker();
-  void answer(Request& request);
-  /// POST /request/SUBJECT: the body (JSON) as a bus request on the operator's behalf; the reply's JSON back.
-  void bus_request(Request& request, const std::string& subject);
+  /// The whole HTTP answer to `job`; empty when it is a bus request now in flight (answered later).
+  std::string answer(const Job& job);
+  std::string bus_request(const Job& job, const std::string& subject);
 
   Deployment& deployment_;
   std::string token_;
   AdminLimits limits_;
   std::string host_;
   Poco::Net::ServerSocket listener_;
-  std::atomic<bool> stopping_{false};
-  std::mutex mutex_;
-  std::condition_variable ready_;
-  std::deque<Request> queue_;
-  std::thread reader_;
+  std::shared_ptr<Shared> shared_;
+  std::thread io_;
   std::vector<std::thread> workers_;
 };
 

@@ -302,29 +302,34 @@ void Deployment::stop() {
   log_.write(sdk::LogLevel::info, "kernel", "deployment " + manifest_.name + " stopped");
 }
 
-BusAnswer Deployment::request(const std::string& subject, const std::string& json, std::chrono::milliseconds timeout) {
-  if (!runtime_) return {false, "not_running", "the deployment is not running"};
-  if (auto error = sdk::subject_error(subject, false); !error.empty()) return {false, "bad_request", error};
+void Deployment::request_async(const std::string& subject, const std::string& json, std::chrono::milliseconds timeout,
+                               std::function<void(BusAnswer)> done) {
+  if (!runtime_) return done({false, "not_running", "the deployment is not running"});
+  if (auto error = sdk::subject_error(subject, false); !error.empty()) return done({false, "bad_request", error});
   try {
     (void)sdk::Value::parse_json(json);
   } catch (const std::exception& e) {
-    return {false, "bad_request", std::string("request body: ") + e.what()};
+    return done({false, "bad_request", std::string("request body: ") + e.what()});
   }
   sdk::Message m;
   m.subject = subject;
   m.type = sdk::json_type;
   m.bytes = json;
+  Runtime* rt = runtime_.get();
+  rt->admin.strand.post([rt, m = std::move(m), timeout, done = std::move(done)]() mutable {
+    rt->admin.bus.request(std::move(m), timeout, [done = std::move(done)](const sdk::Message* reply, std::string_view error) {
+      if (!reply) return done({false, sdk::detail::bus_error_code(error), std::string(error)});
+      const bool failed = reply->type == sdk::Error::type_name;
+      done({!failed, failed ? "error" : std::string(reply->type), reply->encoded()});
+    });
+  });
+}
+
+BusAnswer Deployment::request(const std::string& subject, const std::string& json, std::chrono::milliseconds timeout) {
   // The reply may come after we stopped waiting: it writes only into state it shares.
   auto done = std::make_shared<std::promise<BusAnswer>>();
   auto answer = done->get_future();
-  Runtime* rt = runtime_.get();
-  rt->admin.strand.post([rt, m = std::move(m), timeout, done]() mutable {
-    rt->admin.bus.request(std::move(m), timeout, [done](const sdk::Message* reply, std::string_view error) {
-      if (!reply) return done->set_value({false, sdk::detail::bus_error_code(error), std::string(error)});
-      const bool failed = reply->type == sdk::Error::type_name;
-      done->set_value({!failed, failed ? "error" : std::string(reply->type), reply->encoded()});
-    });
-  });
+  request_async(subject, json, timeout, [done](BusAnswer a) { done->set_value(std::move(a)); });
   if (answer.wait_for(timeout + std::chrono::seconds(2)) != std::future_status::ready)
     return {false, "timeout", "no answer within " + std::to_string(timeout.count()) + " ms"};
   return answer.get();

@@ -57,6 +57,11 @@ class Deployment {
   Poco::JSON::Object::Ptr status();
   /// Sends a JSON request (type deskfarm.json) to `subject` and waits for the reply (the admin endpoint's POST /request).
   BusAnswer request(const std::string& subject, const std::string& json, std::chrono::milliseconds timeout);
+  /// The same without waiting: `done` gets the answer once, on the bus's thread (the reply, the bus's timeout on the
+  /// deployment clock, no_responders), or at once on the caller's thread for a request that cannot be sent
+  /// (not running, bad subject, body not JSON). After stop() a pending request's `done` is dropped, never called.
+  void request_async(const std::string& subject, const std::string& json, std::chrono::milliseconds timeout,
+                     std::function<void(BusAnswer)> done);
   /// Prometheus exposition of the kernel's and every instance's metrics (status.cpp).
   std::string metrics_text();
   /// Runs `task` on the named instance's executor and waits for it (tests and tools).

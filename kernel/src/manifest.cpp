@@ -18,7 +18,7 @@ const std::vector<std::string> top_level_keys{"include", "deployment", "instance
 const std::vector<std::string> deployment_keys{"name",    "data_store", "bus",         "clock",
                                                "clock_start", "admin", "state_dir", "workers",
                                                "bus_block_timeout_ms", "start_timeout_s", "stop_timeout_s", "plugin_path",
-                                               "admin_token", "blocking_workers", "blocking_queue",
+                                               "admin_token", "admin_workers", "admin_inflight", "blocking_workers", "blocking_queue",
                                                "nats_user", "nats_password", "nats_token", "nats_ca", "nats_cert", "nats_key",
                                                "nats_reconnect_buffer_kb", "nats_reconnect_wait_ms"};
 const std::vector<std::string> reserved_instance_keys{"plugin", "requires", "count"};
@@ -321,6 +321,8 @@ void read_deployment(const toml::table& d, Manifest& m, const EnvLookup& env, Di
   string_key("state_dir", state_dir);
   if (!state_dir.empty()) m.state_dir = state_dir;
   if (auto v = int_key("workers", 0, 256)) m.workers = static_cast<unsigned>(*v);
+  if (auto v = int_key("admin_workers", 1, 64)) m.admin_workers = static_cast<unsigned>(*v);
+  if (auto v = int_key("admin_inflight", 1, 100000)) m.admin_inflight = static_cast<std::size_t>(*v);
   if (auto v = int_key("blocking_workers", 1, 256)) m.blocking_workers = static_cast<unsigned>(*v);
   if (auto v = int_key("blocking_queue", 1, 1000000)) m.blocking_queue = static_cast<std::size_t>(*v);
   if (auto v = int_key("bus_block_timeout_ms", 0, 600000)) m.bus_block_timeout = std::chrono::milliseconds(*v);

@@ -46,6 +46,8 @@ struct Manifest {
   std::optional<sdk::TimePoint> clock_start;
   std::string admin = "127.0.0.1:0";
   std::string admin_token;  ///< required for a non-loopback admin address; write it as "${ENV}"
+  unsigned admin_workers = 2;        ///< admin endpoint threads answering GET and starting bus requests
+  std::size_t admin_inflight = 256;  ///< bus requests through the admin endpoint waiting for a reply; 503 beyond
   std::filesystem::path state_dir;
   unsigned workers = 0;
   unsigned blocking_workers = 4;      ///< threads for plugins' blocking work (run_blocking)

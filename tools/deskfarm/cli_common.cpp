@@ -6,6 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include <Poco/Exception.h>
 #include <Poco/Net/HTTPClientSession.h>
 #include <Poco/Net/HTTPRequest.h>
 #include <Poco/Net/HTTPResponse.h>
@@ -87,45 +88,84 @@ AdminClient::AdminClient(AdminTarget target) : target_(std::move(target)) {
   std::tie(host_, port_) = kernel::parse_host_port(target_.address, "--admin");
 }
 
+AdminClient::~AdminClient() = default;
+
+std::size_t AdminClient::connections_opened() const {
+  std::lock_guard lock(mutex_);
+  return opened_;
+}
+
 namespace {
 
-HttpAnswer exchange(Poco::Net::HTTPClientSession& session, Poco::Net::HTTPRequest& request, const std::string& body,
-                    const std::string& token) {
-  if (!token.empty()) request.set("Authorization", "Bearer " + token);
-  if (request.getMethod() == Poco::Net::HTTPRequest::HTTP_POST) {
-    request.setContentType("application/json");
-    request.setContentLength(static_cast<std::streamsize>(body.size()));
-    session.sendRequest(request) << body;
-  } else {
-    session.sendRequest(request);
-  }
-  Poco::Net::HTTPResponse response;
-  std::istream& in = session.receiveResponse(response);
-  HttpAnswer a;
-  a.status = static_cast<int>(response.getStatus());
-  a.reply_type = response.get("X-Reply-Type", "");
-  std::ostringstream text;
-  Poco::StreamCopier::copyStream(in, text);
-  a.body = text.str();
-  return a;
-}
+/// Idle connections kept; more threads than this open (and then close) their own.
+constexpr std::size_t max_idle = 256;
 
 }  // namespace
 
+HttpAnswer AdminClient::exchange(Poco::Net::HTTPRequest& request, const std::string& body, std::chrono::milliseconds socket_timeout) const {
+  if (!target_.token.empty()) request.set("Authorization", "Bearer " + target_.token);
+  if (request.getMethod() == Poco::Net::HTTPRequest::HTTP_POST) {
+    request.setContentType("application/json");
+    request.setContentLength(static_cast<std::streamsize>(body.size()));
+  }
+  request.setKeepAlive(true);
+  std::unique_ptr<Poco::Net::HTTPClientSession> session;
+  {
+    std::lock_guard lock(mutex_);
+    if (!idle_.empty()) {
+      session = std::move(idle_.back());
+      idle_.pop_back();
+    }
+  }
+  bool kept = session != nullptr;
+  for (int attempt = 0;; ++attempt) {
+    if (!session) {
+      session = std::make_unique<Poco::Net::HTTPClientSession>(host_, port_);
+      // Below the endpoint's idle timeout (5 s), so a kept connection is rarely one it is closing.
+      session->setKeepAliveTimeout(Poco::Timespan(2, 0));
+      std::lock_guard lock(mutex_);
+      ++opened_;
+    }
+    session->setKeepAlive(true);
+    session->setTimeout(Poco::Timespan(static_cast<Poco::Timespan::TimeDiff>(socket_timeout.count()) * 1000));
+    try {
+      if (request.getMethod() == Poco::Net::HTTPRequest::HTTP_POST) session->sendRequest(request) << body;
+      else session->sendRequest(request);
+      Poco::Net::HTTPResponse response;
+      std::istream& in = session->receiveResponse(response);
+      HttpAnswer a;
+      a.status = static_cast<int>(response.getStatus());
+      a.reply_type = response.get("X-Reply-Type", "");
+      std::ostringstream text;
+      Poco::StreamCopier::copyStream(in, text);
+      a.body = text.str();
+      if (response.getKeepAlive()) {
+        std::lock_guard lock(mutex_);
+        if (idle_.size() < max_idle) idle_.push_back(std::move(session));
+      }
+      return a;
+    } catch (const Poco::TimeoutException&) {
+      throw;  // the request may be running: never sent twice
+    } catch (const Poco::Exception&) {
+      // A kept connection the endpoint closed while it was idle (its idle timeout, or it dropped its oldest idle
+      // reader) answers nothing: the request was never read, so it goes once more on a fresh connection.
+      if (!kept || attempt > 0) throw;
+      session.reset();
+      kept = false;
+    }
+  }
+}
+
 HttpAnswer AdminClient::get(const std::string& path, std::chrono::milliseconds timeout) const {
-  Poco::Net::HTTPClientSession session(host_, port_);
-  session.setTimeout(Poco::Timespan(static_cast<Poco::Timespan::TimeDiff>(timeout.count()) * 1000));
   Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_GET, path, Poco::Net::HTTPMessage::HTTP_1_1);
-  return exchange(session, request, {}, target_.token);
+  return exchange(request, {}, timeout);
 }
 
 HttpAnswer AdminClient::request(const std::string& subject, const std::string& json, std::chrono::milliseconds timeout) const {
-  Poco::Net::HTTPClientSession session(host_, port_);
-  // The endpoint answers within the bus timeout; the socket waits a little longer so the answer is not cut off.
-  session.setTimeout(Poco::Timespan(static_cast<Poco::Timespan::TimeDiff>(timeout.count() + 5000) * 1000));
   Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_POST, "/request/" + subject, Poco::Net::HTTPMessage::HTTP_1_1);
   request.set("X-Timeout-Ms", std::to_string(timeout.count()));
-  return exchange(session, request, json, target_.token);
+  // The endpoint answers within the bus timeout; the socket waits a little longer so the answer is not cut off.
+  return exchange(request, json, timeout + std::chrono::seconds(5));
 }
 
 }  // namespace deskfarm::cli

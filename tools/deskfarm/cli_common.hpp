@@ -3,9 +3,16 @@
 // endpoint (--admin, or the address `run` wrote into the manifest's state directory) and one HTTP exchange with it.
 #include <chrono>
 #include <filesystem>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
+
+namespace Poco::Net {
+class HTTPClientSession;
+class HTTPRequest;
+}  // namespace Poco::Net
 
 namespace deskfarm::kernel {
 struct Manifest;
@@ -53,20 +60,32 @@ struct HttpAnswer {
   std::string reply_type;  ///< X-Reply-Type of a bus request's answer
 };
 
-/// HTTP to one admin endpoint, one connection per exchange (the endpoint closes after each answer). Throws
-/// Poco::Exception when the endpoint cannot be reached. Safe to use from several threads.
+/// HTTP to one admin endpoint. Connections are kept alive and reused (the endpoint keeps them for a bounded number
+/// of requests and an idle timeout); an exchange on a kept connection the endpoint had closed meanwhile goes again,
+/// once, on a fresh one. Throws Poco::Exception when the endpoint cannot be reached. Safe to use from several
+/// threads: each exchange takes a connection of its own.
 class AdminClient {
  public:
   explicit AdminClient(AdminTarget target);
+  ~AdminClient();
+  AdminClient(const AdminClient&) = delete;
+  AdminClient& operator=(const AdminClient&) = delete;
   HttpAnswer get(const std::string& path, std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
   /// POST /request/SUBJECT with a JSON body; the bus request waits `timeout` for its reply.
   HttpAnswer request(const std::string& subject, const std::string& json, std::chrono::milliseconds timeout) const;
   const std::string& address() const { return target_.address; }
+  /// Connections opened so far (each exchange on a kept one opens none).
+  std::size_t connections_opened() const;
 
  private:
+  HttpAnswer exchange(Poco::Net::HTTPRequest& request, const std::string& body, std::chrono::milliseconds socket_timeout) const;
+
   AdminTarget target_;
   std::string host_;
   std::uint16_t port_ = 0;
+  mutable std::mutex mutex_;
+  mutable std::vector<std::unique_ptr<Poco::Net::HTTPClientSession>> idle_;  ///< kept alive for the next exchange
+  mutable std::size_t opened_ = 0;
 };
 
 }  // namespace deskfarm::cli

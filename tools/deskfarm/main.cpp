@@ -289,7 +289,10 @@ int cmd_run(const Options& o) {
   deployment.start();
   std::unique_ptr<AdminServer> admin;
   try {
-    admin = std::make_unique<AdminServer>(deployment, manifest.admin, manifest.admin_token);
+    AdminLimits limits;
+    limits.workers = manifest.admin_workers;
+    limits.max_inflight = manifest.admin_inflight;
+    admin = std::make_unique<AdminServer>(deployment, manifest.admin, manifest.admin_token, limits);
   } catch (const std::exception& e) {
     log.write(deskfarm::sdk::LogLevel::error, "kernel", std::string("admin endpoint ") + manifest.admin + ": " + e.what());
     deployment.stop();

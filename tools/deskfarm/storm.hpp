@@ -33,7 +33,7 @@ struct Options {
   std::string group;                 ///< desktop group asked for; "" = any
   std::string user_prefix = "storm-user-";
   std::int64_t first_user = 1;       ///< users are named PREFIX<first_user + i>
-  std::int64_t concurrency = 4;      ///< requests in flight at once (the admin endpoint serves two at a time)
+  std::int64_t concurrency = 16;     ///< requests in flight at once (each on a kept-alive connection of its own)
   Millis request_timeout{10000};     ///< one bus request's deadline
   Millis starting_retry{1000};       ///< when a controller answers "starting": ask again after this
   std::int64_t starting_attempts = 120;  ///< "starting" answers a user accepts before giving up (an error)

@@ -69,7 +69,7 @@ int cmd_storm(int argc, char** argv) {
       ("group", po::value(&o.group), "desktop group to ask for (default: any the user may use)")
       ("user-prefix", po::value(&o.user_prefix)->default_value(o.user_prefix), "users are named PREFIX1, PREFIX2, …")
       ("first-user", po::value(&first)->default_value(first), "number of the first user (two storms side by side use different ranges)")
-      ("concurrency", po::value(&concurrency)->default_value(concurrency), "requests in flight at once, 1..256 (the admin endpoint serves two at a time)")
+      ("concurrency", po::value(&concurrency)->default_value(concurrency), "requests in flight at once, 1..256 (each on a kept-alive connection; the admin endpoint holds up to admin_inflight bus requests)")
       ("timeout", po::value(&timeout)->default_value(timeout), "one request's deadline")
       ("starting-retry", po::value(&starting_retry)->default_value(starting_retry), "after a \"starting\" answer, ask again after this")
       ("starting-attempts", po::value(&starting_attempts)->default_value(starting_attempts), "\"starting\" answers (and retried refusals) a user accepts before it counts as failed")

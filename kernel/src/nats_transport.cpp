@@ -35,12 +35,15 @@ constexpr int pending_bytes = 256 << 20;
 /// distinct name is kept once for the life of the process, and their number is bounded against a peer that
 /// makes names up.
 const std::string* intern_type(std::string_view name) {
+  // A delivery thread mostly sees one type after another: the last name it looked up costs no lock.
+  thread_local const std::string* last = nullptr;
+  if (last != nullptr && *last == name) return last;
   static std::mutex mutex;
   static std::set<std::string, std::less<>> names;
   std::lock_guard lock(mutex);
-  if (auto it = names.find(name); it != names.end()) return &*it;
+  if (auto it = names.find(name); it != names.end()) return last = &*it;
   if (names.size() >= max_type_names) return nullptr;
-  return &*names.emplace(name).first;
+  return last = &*names.emplace(name).first;
 }
 
 std::string status_text(natsStatus s) {
@@ -252,16 +255,16 @@ void NatsTransport::request(const sdk::Message& message, std::uint64_t id) {
 
 void NatsTransport::reply(const std::string& to, const sdk::Message& reply) { send(to, nullptr, reply, true); }
 
-void NatsTransport::foreign(const std::string& subject, const std::string& why) {
+void NatsTransport::foreign(std::string_view subject, const std::string& why) {
   const auto n = foreign_.fetch_add(1, std::memory_order_relaxed) + 1;
   // One line for the first few and then every thousandth: a foreign publisher must not flood the log.
   if (n <= 10 || n % 1000 == 0)
-    log(sdk::LogLevel::warning, "ignored a message from NATS on '" + subject + "': " + why + " (" + std::to_string(n) +
+    log(sdk::LogLevel::warning, "ignored a message from NATS on '" + std::string(subject) + "': " + why + " (" + std::to_string(n) +
                                     " so far, deskfarm_bus_nats_dropped_total{reason=\"foreign\"})");
 }
 
 bool NatsTransport::to_message(natsMsg* msg, sdk::Message& out) {
-  const std::string subject = natsMsg_GetSubject(msg);
+  const std::string_view subject = natsMsg_GetSubject(msg);
   const char* type = nullptr;
   const char* version = nullptr;
   if (natsMsgHeader_Get(msg, nats_type_header, &type) != NATS_OK ||
@@ -285,7 +288,7 @@ bool NatsTransport::to_message(natsMsg* msg, sdk::Message& out) {
     foreign(subject, error);
     return false;
   }
-  out.subject = subject;
+  out.subject.assign(subject);
   out.type = *name;
   out.version = n;
   out.bytes.assign(natsMsg_GetData(msg), static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
@@ -312,7 +315,7 @@ void NatsTransport::handle_inbox(natsMsg* msg) {
   std::uint64_t id = 0;
   const auto digits = subject.substr(std::min(subject.size(), inbox_prefix_.size()));
   if (std::from_chars(digits.data(), digits.data() + digits.size(), id).ptr != digits.data() + digits.size()) {
-    foreign(std::string(subject), "not a reply to one of this process's requests");
+    foreign(subject, "not a reply to one of this process's requests");
     return;
   }
   if (natsMsg_IsNoResponders(msg)) return bus_.remote_reply(id, {}, true);

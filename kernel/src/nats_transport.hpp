@@ -9,6 +9,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <Poco/JSON/Object.h>
@@ -85,7 +86,7 @@ class NatsTransport final : public RemoteTransport {
   /// A message from NATS as the bus sees it; false (counted, logged) when it is foreign or garbled.
   bool to_message(__natsMsg* msg, sdk::Message& out);
   void subscribe_locked(const std::string& pattern, __natsSubscription*& sub);
-  void foreign(const std::string& subject, const std::string& why);
+  void foreign(std::string_view subject, const std::string& why);
   void log(sdk::LogLevel level, const std::string& text) { log_.write(level, "bus", redact_secrets_(text)); }
   std::string redact_secrets_(std::string text) const;
 

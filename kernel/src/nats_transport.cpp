@@ -10,23 +10,40 @@
 #include "metrics.hpp"
 #include "redact.hpp"
 
+// libnats's own publish, with its flush control: `directFlush` writes the connection's buffer to the socket before
+// returning (what natsConnection_Request does for its request), else the library's flusher thread writes it a
+// moment later with whatever else was published meanwhile. The library exports it but its public header does not
+// declare it; its signature is the same from 2.x to the newest 3.x (src/conn.h). Checked for the major version below.
+#if NATS_VERSION_MAJOR != 3
+#error "libnats other than 3.x: check natsConn_publish's signature in its src/conn.h, then widen this check"
+#endif
+extern "C" natsStatus natsConn_publish(natsConnection* nc, natsMsg* msg, const char* reply, bool directFlush);
+
 namespace deskfarm::kernel {
 
 namespace {
 constexpr std::string_view remote_inbox = "_INBOX.";
 constexpr std::size_t max_type_names = 4096;
 constexpr std::size_t max_type_name = 200;
+// What libnats holds per subscription for its delivery thread before it drops (a slow consumer, counted in
+// deskfarm_bus_nats_errors_total). Its default, 65,536 messages, was below one burst of buffered publishes from
+// a single strand (about a million a second) while the delivery thread hands them to strands at a third of that.
+constexpr int pending_messages = 1 << 20;
+constexpr int pending_bytes = 256 << 20;
 
 /// A stable home for the type names of messages from other processes (sdk::Message::type is a view): each
 /// distinct name is kept once for the life of the process, and their number is bounded against a peer that
 /// makes names up.
 const std::string* intern_type(std::string_view name) {
+  // A delivery thread mostly sees one type after another: the last name it looked up costs no lock.
+  thread_local const std::string* last = nullptr;
+  if (last != nullptr && *last == name) return last;
   static std::mutex mutex;
   static std::set<std::string, std::less<>> names;
   std::lock_guard lock(mutex);
-  if (auto it = names.find(name); it != names.end()) return &*it;
+  if (auto it = names.find(name); it != names.end()) return last = &*it;
   if (names.size() >= max_type_names) return nullptr;
-  return &*names.emplace(name).first;
+  return last = &*names.emplace(name).first;
 }
 
 std::string status_text(natsStatus s) {
@@ -107,9 +124,10 @@ void NatsTransport::connect() {
     }
     // This process delivers its own publications in process (by pointer): the server must not echo them back.
     check(natsOptions_SetNoEcho(opts.get(), true), "bus: no echo");
-    // Requests and replies leave at once instead of after libnats's flush delay (about 1 ms per hop: a round
-    // trip took 2 ms, now about 0.4 ms); bulk publishing pays a write per message for it (docs/benchmarks.md).
-    check(natsOptions_SetSendAsap(opts.get(), true), "bus: send asap");
+    // Publications are buffered: libnats's flusher thread writes what accumulated in about a millisecond with one
+    // write (a write per message cost 10x the throughput). Requests and replies leave at once instead (send()),
+    // with everything buffered before them, so one connection keeps every publisher's order.
+    check(natsOptions_SetSendAsap(opts.get(), false), "bus: buffered publishes");
     check(natsOptions_SetAllowReconnect(opts.get(), true), "bus: reconnect");
     check(natsOptions_SetMaxReconnect(opts.get(), -1), "bus: reconnect attempts");  // forever: a farm outlives a restart
     check(natsOptions_SetReconnectWait(opts.get(), settings_.reconnect_wait.count()), "nats_reconnect_wait_ms");
@@ -168,7 +186,10 @@ void NatsTransport::close() {
 
 void NatsTransport::subscribe_locked(const std::string& pattern, natsSubscription*& sub) {
   if (nc_ == nullptr || sub != nullptr) return;
-  if (const natsStatus s = natsConnection_Subscribe(&sub, nc_, pattern.c_str(), &NatsCallbacks::message, this); s != NATS_OK) {
+  natsStatus s = natsConnection_Subscribe(&sub, nc_, pattern.c_str(), &NatsCallbacks::message, this);
+  if (s == NATS_OK) s = natsSubscription_SetPendingLimits(sub, pending_messages, pending_bytes);
+  if (s != NATS_OK) {
+    if (sub != nullptr) natsSubscription_Destroy(sub);
     sub = nullptr;
     async_errors_.fetch_add(1, std::memory_order_relaxed);
     log(sdk::LogLevel::error, "cannot subscribe to '" + pattern + "' on NATS: " + status_text(s) +
@@ -200,7 +221,7 @@ void NatsTransport::settle() {
   if (nc_ != nullptr && connected_) natsConnection_FlushTimeout(nc_, 1000);
 }
 
-void NatsTransport::send(const std::string& subject, const char* reply_to, const sdk::Message& message) {
+void NatsTransport::send(const std::string& subject, const char* reply_to, const sdk::Message& message, bool at_once) {
   if (nc_ == nullptr) return;  // not connected yet (a constructor publishing) or already closed
   const std::string body = message.encoded();
   const std::string type(message.type);
@@ -211,7 +232,8 @@ void NatsTransport::send(const std::string& subject, const char* reply_to, const
   MsgPtr msg(raw);
   if (s == NATS_OK) s = natsMsgHeader_Set(raw, nats_type_header, type.c_str());
   if (s == NATS_OK) s = natsMsgHeader_Set(raw, nats_version_header, version);
-  if (s == NATS_OK) s = natsConnection_PublishMsg(nc_, raw);
+  // A round trip waits for each hop: without the direct flush each would wait for the flusher (~1 ms per hop).
+  if (s == NATS_OK) s = natsConn_publish(nc_, raw, nullptr, at_once);
   if (s == NATS_OK) {
     sent_.fetch_add(1, std::memory_order_relaxed);
     return;
@@ -224,25 +246,25 @@ void NatsTransport::send(const std::string& subject, const char* reply_to, const
   }
 }
 
-void NatsTransport::publish(const sdk::Message& message) { send(message.subject, nullptr, message); }
+void NatsTransport::publish(const sdk::Message& message) { send(message.subject, nullptr, message, false); }
 
 void NatsTransport::request(const sdk::Message& message, std::uint64_t id) {
   if (inbox_prefix_.empty()) return;  // not connected yet: the request times out, or a local responder answers
-  send(message.subject, (inbox_prefix_ + std::to_string(id)).c_str(), message);
+  send(message.subject, (inbox_prefix_ + std::to_string(id)).c_str(), message, true);
 }
 
-void NatsTransport::reply(const std::string& to, const sdk::Message& reply) { send(to, nullptr, reply); }
+void NatsTransport::reply(const std::string& to, const sdk::Message& reply) { send(to, nullptr, reply, true); }
 
-void NatsTransport::foreign(const std::string& subject, const std::string& why) {
+void NatsTransport::foreign(std::string_view subject, const std::string& why) {
   const auto n = foreign_.fetch_add(1, std::memory_order_relaxed) + 1;
   // One line for the first few and then every thousandth: a foreign publisher must not flood the log.
   if (n <= 10 || n % 1000 == 0)
-    log(sdk::LogLevel::warning, "ignored a message from NATS on '" + subject + "': " + why + " (" + std::to_string(n) +
+    log(sdk::LogLevel::warning, "ignored a message from NATS on '" + std::string(subject) + "': " + why + " (" + std::to_string(n) +
                                     " so far, deskfarm_bus_nats_dropped_total{reason=\"foreign\"})");
 }
 
 bool NatsTransport::to_message(natsMsg* msg, sdk::Message& out) {
-  const std::string subject = natsMsg_GetSubject(msg);
+  const std::string_view subject = natsMsg_GetSubject(msg);
   const char* type = nullptr;
   const char* version = nullptr;
   if (natsMsgHeader_Get(msg, nats_type_header, &type) != NATS_OK ||
@@ -266,7 +288,7 @@ bool NatsTransport::to_message(natsMsg* msg, sdk::Message& out) {
     foreign(subject, error);
     return false;
   }
-  out.subject = subject;
+  out.subject.assign(subject);
   out.type = *name;
   out.version = n;
   out.bytes.assign(natsMsg_GetData(msg), static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
@@ -293,7 +315,7 @@ void NatsTransport::handle_inbox(natsMsg* msg) {
   std::uint64_t id = 0;
   const auto digits = subject.substr(std::min(subject.size(), inbox_prefix_.size()));
   if (std::from_chars(digits.data(), digits.data() + digits.size(), id).ptr != digits.data() + digits.size()) {
-    foreign(std::string(subject), "not a reply to one of this process's requests");
+    foreign(subject, "not a reply to one of this process's requests");
     return;
   }
   if (natsMsg_IsNoResponders(msg)) return bus_.remote_reply(id, {}, true);

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <Poco/JSON/Object.h>
@@ -79,12 +80,13 @@ class NatsTransport final : public RemoteTransport {
   void handle_disconnected();
   void handle_reconnected();
   void handle_error(const std::string& what);
-  /// Sends one message; counts a failure (the reconnect buffer is full, the connection closed).
-  void send(const std::string& subject, const char* reply_to, const sdk::Message& message);
+  /// Sends one message, to the socket before returning when `at_once` (requests, replies), else buffered for the
+  /// flusher (publications); counts a failure (the reconnect buffer is full, the connection closed).
+  void send(const std::string& subject, const char* reply_to, const sdk::Message& message, bool at_once);
   /// A message from NATS as the bus sees it; false (counted, logged) when it is foreign or garbled.
   bool to_message(__natsMsg* msg, sdk::Message& out);
   void subscribe_locked(const std::string& pattern, __natsSubscription*& sub);
-  void foreign(const std::string& subject, const std::string& why);
+  void foreign(std::string_view subject, const std::string& why);
   void log(sdk::LogLevel level, const std::string& text) { log_.write(level, "bus", redact_secrets_(text)); }
   std::string redact_secrets_(std::string text) const;
 

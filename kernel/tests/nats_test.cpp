@@ -2,7 +2,9 @@
 // nats-server started on a loopback port and stopped by its PID.
 #include <nats/nats.h>
 
+#include <atomic>
 #include <cstdlib>
+#include <memory>
 #include <filesystem>
 #include <optional>
 #include <thread>
@@ -121,6 +123,43 @@ TEST_CASE("two kernels share subjects and wildcards through nats-server: each su
   CHECK(in_order == 500);
   CHECK(sample(a.metrics_text(), "deskfarm_bus_nats_connected") == 1);
   CHECK(sample(b.metrics_text(), "deskfarm_bus_nats_messages_total{direction=\"received\"}") >= 503);
+}
+
+TEST_CASE("100,000 buffered publications on one subject from one publisher reach a subscriber of another kernel, all in order") {
+  TempDir dir;
+  auto server = nats_server(dir);
+  if (!server) return;
+  Harness a(kernel("site-a", server->url()), options());
+  Harness b(kernel("site-b", server->url()), options());
+  a.start();
+  b.start();
+  constexpr int total = 100000;
+  // Counted on b's strand (no assertions off the main thread), read here once everything arrived.
+  std::atomic<int> received{0}, in_order{0};
+  std::atomic<bool> subscribed{false}, unsubscribed{false};
+  auto sub = std::make_shared<sdk::Subscription>();
+  b.with_bus([&, sub](sdk::Bus& bus) {
+    *sub = bus.subscribe("farm.burst", [&](const sdk::Message& m) {
+      if (text_of(m) == std::to_string(received.load())) in_order.fetch_add(1);
+      received.fetch_add(1);
+    }, sdk::SubscribeOptions{total, sdk::Overflow::block});
+    subscribed = true;
+  });
+  REQUIRE(deskfarm::testing::eventually([&] { return subscribed.load(); }, 10s));
+  // One task on a's strand publishes them all: a burst far faster than one write each could carry.
+  a.with_bus([](sdk::Bus& bus) {
+    for (int i = 0; i < total; ++i) sdk::publish(bus, "farm.burst", sdk::Text{std::to_string(i)});
+  });
+  CHECK(deskfarm::testing::eventually([&] { return received.load() == total; }, 60s));
+  std::this_thread::sleep_for(200ms);  // time for a wrong extra copy to arrive
+  CHECK(received.load() == total);
+  CHECK(in_order.load() == total);
+  CHECK(sample(b.metrics_text(), "deskfarm_bus_nats_errors_total") == 0);  // no slow-consumer drop in libnats
+  b.with_bus([&, sub](sdk::Bus&) {
+    sub->reset();
+    unsubscribed = true;
+  });
+  REQUIRE(deskfarm::testing::eventually([&] { return unsubscribed.load(); }, 10s));
 }
 
 TEST_CASE("a request crosses to the kernel that serves it and back, within its deadline, or fails as no_responders") {

@@ -3,12 +3,15 @@
 // image attached as a hard disk.
 #include <deskfarm/bdm/iso.hpp>
 
+#include <catch2/catch.hpp>
 #include <deskfarm/testing/files.hpp>
 #include <deskfarm/testing/process.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <thread>
 
 namespace deskfarm::bdm::test {
 
@@ -19,6 +22,26 @@ inline IsoOptions sample() {
   o.bootstrap.verbose = true;
   o.source_date_epoch = 1700000000;
   return o;
+}
+
+/// Reproducibility of one builder (`build(options, path)` → a result with `sha256`): the same inputs a second apart
+/// give the same bytes, another epoch other bytes, and SOURCE_DATE_EPOCH is read when the option is unset.
+template <class Build>
+void check_reproducible(Build build, const std::filesystem::path& dir, const std::string& suffix) {
+  const auto one = build(sample(), dir / ("one" + suffix));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // a time taken from the clock anywhere would show
+  const auto two = build(sample(), dir / ("two" + suffix));
+  CHECK(one.sha256 == two.sha256);
+  CHECK(testing::sha256_file(dir / ("one" + suffix)) == testing::sha256_file(dir / ("two" + suffix)));
+  auto later = sample();
+  later.source_date_epoch = 1700000001;
+  CHECK(build(later, dir / ("later" + suffix)).sha256 != one.sha256);
+  auto from_env = sample();
+  from_env.source_date_epoch.reset();
+  ::setenv("SOURCE_DATE_EPOCH", "1700000000", 1);
+  const auto env = build(from_env, dir / ("env" + suffix));
+  ::unsetenv("SOURCE_DATE_EPOCH");
+  CHECK(env.sha256 == one.sha256);
 }
 
 /// Nothing but the directory's own files: no temporary image left behind.

@@ -11,8 +11,10 @@
 #include <Poco/Net/SecureServerSocket.h>
 #include <Poco/Net/ServerSocket.h>
 #include <Poco/Net/SocketAddress.h>
+#include <Poco/ThreadPool.h>
 #include <Poco/URI.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <optional>
@@ -27,19 +29,23 @@ namespace {
 
 struct Counters {
   std::atomic<std::uint64_t> requests{0}, protocol_errors{0}, broker_timeouts{0}, not_found{0}, launches{0};
+  std::atomic<bool> stopping{false};  ///< stop() ends the waits for the broker, so its threads can be joined at once
 };
 
 /// Asks the broker and waits for its answer at most `timeout`; the promise is shared, so a late answer only
 /// writes into it.
 template <class Rep, class Req, class Ask>
-std::optional<Rep> ask(const Req& req, Ask ask_fn, std::chrono::milliseconds timeout) {
+std::optional<Rep> ask(const Req& req, Ask ask_fn, std::chrono::milliseconds timeout, const std::atomic<bool>& stopping) {
   auto answer = std::make_shared<std::promise<Rep>>();
   auto once = std::make_shared<std::atomic<bool>>(false);
   auto fut = answer->get_future();
   ask_fn(req, [answer, once](Rep r) {
     if (!once->exchange(true)) answer->set_value(std::move(r));
   });
-  if (fut.wait_for(timeout) != std::future_status::ready) return std::nullopt;
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (fut.wait_for(std::min<std::chrono::steady_clock::duration>(std::chrono::milliseconds(50), end - std::chrono::steady_clock::now())) !=
+         std::future_status::ready)
+    if (stopping || std::chrono::steady_clock::now() >= end) return std::nullopt;
   return fut.get();
 }
 
@@ -95,13 +101,13 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
             return write_reply(*rep, d.version);
           };
           if constexpr (std::is_same_v<T, ValidateCredentials>)
-            return fmt(ask<ValidateCredentialsReply>(r, [this](const auto& q, auto done) { broker_->validate_credentials(q, done); }, timeout_));
+            return fmt(ask<ValidateCredentialsReply>(r, [this](const auto& q, auto done) { broker_->validate_credentials(q, done); }, timeout_, counters_->stopping));
           else if constexpr (std::is_same_v<T, AppDataRequest>)
-            return fmt(ask<AppDataReply>(r, [this](const auto& q, auto done) { broker_->app_data(q, done); }, timeout_));
+            return fmt(ask<AppDataReply>(r, [this](const auto& q, auto done) { broker_->app_data(q, done); }, timeout_, counters_->stopping));
           else if constexpr (std::is_same_v<T, AddressRequest>)
-            return fmt(ask<AddressReply>(r, [this](const auto& q, auto done) { broker_->address(q, done); }, timeout_));
+            return fmt(ask<AddressReply>(r, [this](const auto& q, auto done) { broker_->address(q, done); }, timeout_, counters_->stopping));
           else
-            return fmt(ask<TicketReply>(r, [this](const auto& q, auto done) { broker_->ticket(q, done); }, timeout_));
+            return fmt(ask<TicketReply>(r, [this](const auto& q, auto done) { broker_->ticket(q, done); }, timeout_, counters_->stopping));
         },
         d.request);
     if (!reply) {
@@ -128,7 +134,7 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
       ++counters_->not_found;
       return text(res, Poco::Net::HTTPResponse::HTTP_BAD_REQUEST, std::string(kLaunchPath) + ": give ?ticket=<the ticket of RequestTicket>\n");
     }
-    auto file = ask<std::optional<IcaFile>>(ticket, [this](const auto& t, auto done) { broker_->launch(t, done); }, timeout_);
+    auto file = ask<std::optional<IcaFile>>(ticket, [this](const auto& t, auto done) { broker_->launch(t, done); }, timeout_, counters_->stopping);
     if (!file) {
       ++counters_->broker_timeouts;
       return text(res, Poco::Net::HTTPResponse::HTTP_SERVICE_UNAVAILABLE, "the broker did not answer the launch within " + std::to_string(timeout_.count()) + " ms\n");
@@ -186,6 +192,9 @@ struct XmlService::Impl {
   XmlServiceOptions options;
   std::shared_ptr<Broker> broker;
   std::shared_ptr<Counters> counters = std::make_shared<Counters>();
+  /// The service's own threads, joined at stop: none outlives it (a plugin's code, or OpenSSL's per-thread state of
+  /// a TLS handshake, must not stay behind on threads of Poco's shared default pool).
+  std::unique_ptr<Poco::ThreadPool> threads;
   std::unique_ptr<Poco::Net::HTTPServer> server;
   std::uint16_t port = 0;
 };
@@ -243,15 +252,20 @@ void XmlService::start() {
   params->setMaxQueued(o.max_queued);
   params->setTimeout(Poco::Timespan(static_cast<long>(o.io_timeout.count() / 1000), static_cast<long>(o.io_timeout.count() % 1000) * 1000));
   params->setKeepAlive(true);
+  impl_->counters->stopping = false;
+  impl_->threads = std::make_unique<Poco::ThreadPool>(1, o.max_threads + 1);
   impl_->server = std::make_unique<Poco::Net::HTTPServer>(
-      new Factory(impl_->broker, impl_->counters, o.answer_timeout), socket, params);
+      new Factory(impl_->broker, impl_->counters, o.answer_timeout), *impl_->threads, socket, params);
   impl_->server->start();
 }
 
 void XmlService::stop() {
   if (!impl_ || !impl_->server) return;
+  impl_->counters->stopping = true;
   impl_->server->stopAll(true);
   impl_->server.reset();
+  impl_->threads->joinAll();
+  impl_->threads.reset();
 }
 
 std::uint16_t XmlService::port() const { return impl_->port; }

@@ -62,8 +62,8 @@ class XmlService {
   /// Binds and serves; throws std::runtime_error naming the address when it cannot bind, or the file when the
   /// certificate or key cannot be loaded.
   void start();
-  /// Stops accepting and closes the open connections; a request still waiting for its broker ends within
-  /// answer_timeout on its own (it holds the broker and counters it uses). Idempotent.
+  /// Stops accepting, closes the open connections, ends the waits for the broker (a late answer writes only into
+  /// the request's own shared promise) and joins the service's threads. Idempotent.
   void stop();
   std::uint16_t port() const;
   XmlServiceStats stats() const;

@@ -24,6 +24,18 @@ inline IsoOptions sample() {
   return o;
 }
 
+/// The sample with one login server that never answers and short timeouts, for a QEMU boot: after one try the
+/// script sleeps 3600 s ("retrying in 3600 s" ends the run), so the serial log holds the whole first attempt.
+inline IsoOptions boot_sample(std::uint32_t version) {
+  IsoOptions o = sample();
+  o.bootstrap.version = version;
+  o.bootstrap.login_servers = {{"10.0.2.2", 6910}};
+  o.bootstrap.login_polling_timeout_ms = 1000;
+  o.bootstrap.login_general_timeout_ms = 1000;
+  o.bootstrap.recovery_time_s = 3600;
+  return o;
+}
+
 /// Reproducibility of one builder (`build(options, path)` → a result with `sha256`): the same inputs a second apart
 /// give the same bytes, another epoch other bytes, and SOURCE_DATE_EPOCH is read when the option is unset.
 template <class Build>

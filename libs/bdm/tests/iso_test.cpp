@@ -303,12 +303,7 @@ TEST_CASE("the isohybrid image boots from a disk too (a USB stick): the MBR star
   if (!have_ipxe_iso() || !testing::require_program("qemu-system-x86_64")) return;
   TempDir dir("bdm-test");
   const auto iso = dir / "bdm.iso";
-  auto o = sample();
-  o.bootstrap.version = 8;
-  o.bootstrap.login_servers = {{"10.0.2.2", 6910}};
-  o.bootstrap.login_polling_timeout_ms = 1000;
-  o.bootstrap.login_general_timeout_ms = 1000;
-  o.bootstrap.recovery_time_s = 3600;  // after one try the script sleeps: nothing more to see
+  const auto o = bdm::test::boot_sample(8);
   bdm::build_iso(o, iso);
   const std::string out = bdm::test::boot_as_disk(iso, dir / "serial.log", "retrying in 3600 s");
   INFO(out);

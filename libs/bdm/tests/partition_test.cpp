@@ -168,12 +168,7 @@ TEST_CASE("QEMU boots the partition image as a hard disk: syslinux's MBR, SYSLIN
   if (!have_tools() || !testing::require_program("qemu-system-x86_64")) return;
   TempDir dir("bdm-part");
   const auto img = dir / "bdm.img";
-  auto o = sample();
-  o.bootstrap.version = 9;
-  o.bootstrap.login_servers = {{"10.0.2.2", 6910}};
-  o.bootstrap.login_polling_timeout_ms = 1000;
-  o.bootstrap.login_general_timeout_ms = 1000;
-  o.bootstrap.recovery_time_s = 3600;  // after one try the script sleeps: nothing more to see
+  const auto o = bdm::test::boot_sample(9);
   bdm::build_partition_image(o, img);
   const std::string out = bdm::test::boot_as_disk(img, dir / "serial.log", "retrying in 3600 s");
   INFO(out);

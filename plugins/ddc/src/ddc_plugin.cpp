@@ -838,15 +838,16 @@ class Ddc final : public Plugin, public nfuse::Broker {
   void retry_unsaved() {
     if (unsaved_.empty() || saving_) return;
     saving_ = true;
+    auto batch = std::make_shared<const std::map<std::string, Assignment>>(unsaved_);  // one copy, read by both halves
     ctx_.run_blocking(
-        [this, batch = unsaved_](std::stop_token) {
-          for (const auto& [desktop, a] : batch) write_assignment(desktop, a);
-          return batch.size();
+        [this, batch](std::stop_token) {
+          for (const auto& [desktop, a] : *batch) write_assignment(desktop, a);
+          return batch->size();
         },
-        [this, batch = unsaved_](Reply<std::size_t> r) {
+        [this, batch](Reply<std::size_t> r) {
           saving_ = false;
           if (!r) return;  // still down: the next sweep tries again (logged once, when it failed first)
-          for (const auto& [desktop, a] : batch) {
+          for (const auto& [desktop, a] : *batch) {
             auto it = unsaved_.find(desktop);
             if (it != unsaved_.end() && it->second.user == a.user && it->second.since_ms == a.since_ms) unsaved_.erase(it);
           }

@@ -4,10 +4,10 @@
 # Rows: 1 x 32 MiB, 64 x 1 MiB, 256 x 64 KiB at blksize 1468, and 1 x 32 MiB at windowsize 16 (peers that support it).
 # All servers run at once on their own ports; each round runs every row against every server in turn, so noise
 # from other work on the machine falls on all of them alike. Prints per server and row the min and median MiB/s
-# over the rounds, the median p50/p99 time per transfer, ratios ours/peer (of the medians) and server CPU seconds
-# per GiB served (median). Server CPU is read from a cpuacct cgroup per server when the cgroup v1 cpuacct
-# controller is writable (this counts tftpd-hpa's forked children too), else from /proc (utime+stime+cutime+cstime,
-# where tftpd-hpa's children do not show: n/a).
+# over the rounds, the median p50/p99 time per transfer, ratios ours/peer (of the medians), server CPU seconds
+# per GiB served (median) and the server's and the load generator's share of one core (median). Server CPU is
+# read from a cpuacct cgroup per server when the cgroup v1 cpuacct controller is writable (this counts tftpd-hpa's
+# forked children too), else from /proc (utime+stime+cutime+cstime, where tftpd-hpa's children do not show: n/a).
 # Peers that are missing are skipped; scripts/setup.sh --bench installs them (atftpd unpacked into /tmp/atftpd).
 # dnsmasq can only serve TFTP on port 69: it runs only as root and only if port 69 is free.
 set -euo pipefail
@@ -104,7 +104,7 @@ for row in "${all_rows[@]}"; do
   if [[ -z ${ROWS:-} || " $ROWS " == *" $label "* ]]; then rows+=("$row"); fi
 done
 
-declare -A samples  # "name,label" -> lines "MiB/s p50 p99 cpu/GiB load-cpu"
+declare -A samples  # "name,label" -> lines "MiB/s p50 p99 cpu/GiB load-cpu server-cores load-cores"
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $repeat rounds"
 for ((r = 1; r <= repeat; r++)); do
   for row in "${rows[@]}"; do
@@ -128,9 +128,13 @@ for ((r = 1; r <= repeat; r++)); do
         match(out, /p99 [0-9.]+ ms/); p99 = substr(out, RSTART + 4, RLENGTH - 7) + 0
         match(out, /load CPU [0-9.]+ s/); load = substr(out, RSTART + 9, RLENGTH - 11) + 0
         size = (f == "f32m") ? 32 : (f == "f1m") ? 1 : 0.0625
-        printf "%.1f %.1f %.1f %.2f %.2f", rate, p50, p99, (b - a) / (c * size / 1024), load }')
+        wall = (rate > 0) ? c * size / rate : 0
+        # Share of one core over the transfer time, for the server and for the load generator: a single-threaded
+        # server near 1.00 is at the limit of the machine, whatever the generator could still take.
+        printf "%.1f %.1f %.1f %.2f %.2f %.2f %.2f", rate, p50, p99, (b - a) / (c * size / 1024), load,
+          (wall > 0) ? (b - a) / wall : 0, (wall > 0) ? load / wall : 0 }')
       samples[$name,$label]+="$line"$'\n'
-      printf '  round %d %-8s %-12s %s\n' "$r" "$name" "$label" "$line" | awk '{ printf "  round %s %-8s %-12s %8s MiB/s  p50 %7s ms  p99 %7s ms  %6s CPU s/GiB  load CPU %s s\n", $2, $3, $4, $5, $6, $7, $8, $9 }'
+      printf '  round %d %-8s %-12s %s\n' "$r" "$name" "$label" "$line" | awk '{ printf "  round %s %-8s %-12s %8s MiB/s  p50 %7s ms  p99 %7s ms  %6s CPU s/GiB  load CPU %s s  cores: server %s, load %s\n", $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 }'
     done
   done
 done
@@ -144,16 +148,18 @@ stat() {  # name label column min|median
 }
 
 echo
-echo "MiB/s min/median over $repeat rounds; p50/p99 ms per transfer (median); server CPU s per GiB (median)"
-printf '%-12s' row; for s in "${servers[@]}"; do printf ' %16s %15s %9s' "$s MiB/s" "p50/p99 ms" "cpu/GiB"; done
+echo "MiB/s min/median over $repeat rounds; p50/p99 ms per transfer (median); server CPU s per GiB (median);"
+echo "cores: the server's / the load generator's share of one core while the row ran (median)"
+printf '%-12s' row; for s in "${servers[@]}"; do printf ' %16s %15s %9s %9s' "$s MiB/s" "p50/p99 ms" "cpu/GiB" "cores"; done
 for s in "${servers[@]:1}"; do printf ' %12s' "ours/$s"; done
 echo
 for row in "${rows[@]}"; do
   IFS='|' read -r label _ <<<"$row"
   printf '%-12s' "$label"
   for s in "${servers[@]}"; do
-    printf ' %16s %15s %9s' "$(stat "$s" "$label" 1 min)/$(stat "$s" "$label" 1 median)" \
-      "$(stat "$s" "$label" 2 median)/$(stat "$s" "$label" 3 median)" "$(stat "$s" "$label" 4 median)"
+    printf ' %16s %15s %9s %9s' "$(stat "$s" "$label" 1 min)/$(stat "$s" "$label" 1 median)" \
+      "$(stat "$s" "$label" 2 median)/$(stat "$s" "$label" 3 median)" "$(stat "$s" "$label" 4 median)" \
+      "$(stat "$s" "$label" 6 median)/$(stat "$s" "$label" 7 median)"
   done
   for s in "${servers[@]:1}"; do
     printf ' %12s' "$(awk -v a="$(stat ours "$label" 1 median)" -v b="$(stat "$s" "$label" 1 median)" 'BEGIN { if (b + 0 > 0 && a + 0 > 0) printf "%.2fx", a / b; else print "-" }')"

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -184,8 +185,10 @@ std::string read_loader_file(const fs::path& ipxe_iso, const std::string& path) 
 
 }  // namespace detail
 
-std::string ipxe_script(const Bootstrap& b, std::uint16_t tftp_port) {
+std::string ipxe_script(const Bootstrap& b, std::uint16_t tftp_port, std::uint8_t desktop_drive) {
   std::ostringstream s;
+  char drive[8];
+  std::snprintf(drive, sizeof drive, "0x%02x", desktop_drive);
   const std::string poll = std::to_string(b.login_polling_timeout_ms);
   // Rounds over the whole list that fit in the general timeout (at least one).
   const std::uint64_t per_round = static_cast<std::uint64_t>(b.login_polling_timeout_ms) * b.login_servers.size();
@@ -193,6 +196,8 @@ std::string ipxe_script(const Bootstrap& b, std::uint16_t tftp_port) {
   s << "#!ipxe\n"
     << "# deskfarm Boot Device Manager: generated from bootstrap version " << b.version << " (bdm.bst)\n"
     << "echo deskfarm BDM bootstrap version " << b.version << "\n"
+    // The login server's boot script sanboots this drive: the desktop's disk, wherever this image put it.
+    << "set deskfarm_drive " << drive << "\n"
     << ":start\n";
   if (b.addressing == bootstrap::Addressing::dhcp) {
     s << "dhcp || goto recovery\n";
@@ -218,7 +223,7 @@ std::string ipxe_script(const Bootstrap& b, std::uint16_t tftp_port) {
     << ":recovery\n";
   if (b.recovery == bootstrap::Recovery::reboot_to_hd) {
     s << "echo deskfarm BDM: no login server answered, booting the local disk\n"
-      << "sanboot --no-describe --drive 0x80 || reboot\n";
+      << "sanboot --no-describe --drive " << drive << " || reboot\n";
   } else {
     s << "echo deskfarm BDM: no login server answered, retrying in " << b.recovery_time_s << " s\n"
       << "sleep " << b.recovery_time_s << "\n"

@@ -190,7 +190,7 @@ IsoResult build_partition_image(const IsoOptions& options, const fs::path& outpu
   const std::vector<std::pair<std::string, std::string>> contents = {
       {"syslinux.cfg", detail::loader_config},
       {"ipxe.krn", kernel},
-      {script_path + 1, ipxe_script(options.bootstrap, options.tftp_port)},
+      {script_path + 1, ipxe_script(options.bootstrap, options.tftp_port, partition_desktop_drive)},
       {bootstrap_path + 1, bootstrap::encode(options.bootstrap)}};
   for (const auto& [name, bytes] : contents) stage(files.path() / name, bytes, epoch);
 

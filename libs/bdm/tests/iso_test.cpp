@@ -87,6 +87,8 @@ TEST_CASE("the bootstrap record read back from the ISO parses and equals the inp
   CHECK(script == bdm::ipxe_script(o.bootstrap));
   CHECK(script.find("set net0/ip 192.168.7.20\n") != std::string::npos);
   CHECK(script.find("set net0/netmask 255.255.255.0\n") != std::string::npos);
+  // Behind a CD-ROM the desktop's disk is the first hard disk: the login server's script and recovery boot it.
+  CHECK(script.find("set deskfarm_drive 0x80\n") != std::string::npos);
   CHECK(script.find("sanboot --no-describe --drive 0x80") != std::string::npos);
 }
 

@@ -91,7 +91,11 @@ TEST_CASE("mdir lists SYSLINUX, iPXE, the script and the record, and mcopy reads
     return testing::read_text(dir / name);
   };
   CHECK(read("bdm.bst") == bootstrap::encode(o.bootstrap));
-  CHECK(read("bdm.ipxe") == bdm::ipxe_script(o.bootstrap));
+  const auto script = read("bdm.ipxe");
+  CHECK(script == bdm::ipxe_script(o.bootstrap, 69, bdm::partition_desktop_drive));
+  // The image itself is the first hard disk, so the desktop's disk is the second.
+  CHECK(script.find("set deskfarm_drive 0x81\n") != std::string::npos);
+  CHECK(script.find("sanboot --no-describe --drive 0x81 || reboot\n") != std::string::npos);
   CHECK(read("syslinux.cfg").find("INITRD bdm.ipxe") != std::string::npos);
   if (fs::exists("/usr/lib/ipxe/ipxe.lkrn")) {
     read("ipxe.krn");

@@ -47,14 +47,23 @@ std::vector<std::string> qemu_arguments(const MachineSpec& s) {
       "-netdev", "user,id=net0", "-device", "e1000,netdev=net0,mac=" + s.mac + boot_letter_devices(s.boot_order, "network"),
       "-drive", "if=none,id=cd0,media=cdrom,readonly=on" + (s.iso.empty() ? std::string() : ",format=raw,file=" + s.iso.string()),
       "-device", "ide-cd,drive=cd0,id=cdrom0,bus=ide.1" + boot_letter_devices(s.boot_order, "cdrom")};
+  // With a boot partition, "disk" in the boot order is that image (first hard disk, BIOS 0x80), and the VM's own
+  // disk is the second (0x81), found by whatever the partition boots (the BDM script sanboots 0x81). snapshot=on:
+  // every VM shares the image, and what a guest writes to it goes to a temporary file that QEMU drops at exit.
+  std::string disk_place = "bus=ide.0" + boot_letter_devices(s.boot_order, "disk");
+  if (!s.boot_partition.empty()) {
+    a.insert(a.end(), {"-drive", "if=none,id=boot0,format=raw,snapshot=on,file=" + s.boot_partition.string(), "-device",
+                       "ide-hd,drive=boot0,id=boot0dev,bus=ide.0,unit=0" + boot_letter_devices(s.boot_order, "disk")});
+    disk_place = "bus=ide.0,unit=1";
+  }
   if (!s.nbd_host.empty()) {
     // QEMU's own NBD client reads the vDisk a provisioning server streams; the export is the device's MAC.
     a.insert(a.end(), {"-drive", "if=none,id=disk0,driver=raw,file.driver=nbd,file.server.type=inet,file.server.host=" + s.nbd_host +
                                      ",file.server.port=" + s.nbd_port + ",file.export=" + s.mac,
-                       "-device", "ide-hd,drive=disk0,id=disk0dev,bus=ide.0" + boot_letter_devices(s.boot_order, "disk")});
+                       "-device", "ide-hd,drive=disk0,id=disk0dev," + disk_place});
   } else if (!s.disk.empty()) {
     a.insert(a.end(), {"-drive", "if=none,id=disk0,format=qcow2,file=" + s.disk.string(), "-device",
-                       "ide-hd,drive=disk0,id=disk0dev,bus=ide.0" + boot_letter_devices(s.boot_order, "disk")});
+                       "ide-hd,drive=disk0,id=disk0dev," + disk_place});
   }
   a.insert(a.end(), s.extra_args.begin(), s.extra_args.end());
   return a;

@@ -29,6 +29,7 @@ struct MachineSpec {
   std::filesystem::path disk;                ///< a qcow2 file; "" = no disk (or the NBD one below)
   std::string nbd_host;                      ///< set: the disk is the NBD export named by the VM's MAC (pvs streaming)
   std::string nbd_port;
+  std::filesystem::path boot_partition;      ///< set: a raw image on the first hard disk, the disk above second
   std::filesystem::path iso;                 ///< "" = an empty CD-ROM drive
   std::vector<std::string> boot_order;       ///< network, cdrom, disk
   std::vector<std::string> extra_args;

@@ -31,7 +31,7 @@ using hvsim::Action;
 using hvsim::State;
 
 struct ImageConf {
-  std::string template_name, path, format;
+  std::string template_name, path, format, boot_partition;
 };
 
 struct QemuConfig : hvsim::AdapterConfig {
@@ -46,7 +46,10 @@ inline constexpr auto image_schema = sdk::schema<ImageConf>(
     sdk::option("path", &ImageConf::path, nullptr,
                 "the base image; each VM's disk is a qcow2 overlay on it (qemu-img create -b), made at its first start; "
                 "\"nbd://HOST:PORT\": each VM's disk is the NBD export named by its MAC there (a pvs streaming service)"),
-    sdk::option("format", &ImageConf::format, "\"qcow2\"", "the base image's format").one_of("qcow2|raw"));
+    sdk::option("format", &ImageConf::format, "\"qcow2\"", "the base image's format").one_of("qcow2|raw"),
+    sdk::option("boot_partition", &ImageConf::boot_partition, "\"\"",
+                "a raw boot-partition image (bdm format = \"partition\") on each VM's first hard disk, written to a "
+                "throw-away snapshot; the VM's disk (path) becomes the second (BIOS 0x81). \"\" = none"));
 
 constexpr auto qemu_schema = hvsim::extend_schema<QemuConfig>(
     hvsim::adapter_schema,
@@ -159,6 +162,11 @@ class Qemu final : public hvsim::Adapter {
         auto image = image_of(w.template_name);
         context().run_blocking(
             [spec, image, timeout, img = config_.qemu_img](std::stop_token stop) {
+              // Checked at each start, not at validation: a bdm instance of the same deployment writes it at its start.
+              if (!spec.boot_partition.empty() && !std::filesystem::is_regular_file(spec.boot_partition))
+                throw std::runtime_error("boot_partition '" + spec.boot_partition.string() + "' of template '" +
+                                         image->template_name + "' does not exist: build it (deskfarm bdm build " +
+                                         "--format partition, or a bdm instance with format = \"partition\")");
               if (image && !spec.disk.empty() && !std::filesystem::exists(spec.disk)) {
                 std::filesystem::create_directories(spec.dir);
                 const auto tmp = spec.disk.string() + ".tmp";
@@ -310,6 +318,8 @@ class Qemu final : public hvsim::Adapter {
       if (auto nbd = nbd_server(image->path)) s.nbd_host = nbd->first, s.nbd_port = nbd->second;
       else s.disk = s.dir / "disk.qcow2";
     }
+    if (auto image = image_of(w.template_name); image && !image->boot_partition.empty())
+      s.boot_partition = std::filesystem::absolute(image->boot_partition);
     if (!w.iso.empty()) s.iso = std::filesystem::absolute(w.iso);
     s.boot_order = w.boot_order;
     s.extra_args = config_.extra_args;

@@ -574,12 +574,14 @@ class Pvs final : public Plugin {
     if (line.alive())
       ctx_.log().info("pvs: device " + request.mac + " at " + host + " fetched its boot script " + std::string(path) +
                       " (BDM bootstrap version " + std::to_string(request.version) + "), vDisk " + device->vdisk);
-    // Drive 0x80 is the first BIOS disk: the hypervisor attaches the device's vDisk there (nbd://pvs/MAC).
+    // The hypervisor attaches the device's vDisk (nbd://pvs/MAC) as a BIOS disk: the first (0x80) unless the BDM
+    // script that chained here says otherwise in deskfarm_drive (a boot partition is the first disk: 0x81).
     // Short lines: iPXE's console wraps at 80 columns, which would split them on the serial log.
-    return script + "echo deskfarm pvs " + me + ": device " + request.mac + ", vDisk " + device->vdisk + "\n" +
-           "echo deskfarm pvs " + me + ": login server ${login_server}, sanboot drive 0x80\n" +
-           "sanboot --no-describe --drive 0x80 ||\n" + "echo deskfarm pvs " + me + ": vDisk of " + request.mac +
-           " did not boot from drive 0x80\n" + "exit 1\n";
+    return script + "isset ${deskfarm_drive} || set deskfarm_drive 0x80\n" + "echo deskfarm pvs " + me + ": device " +
+           request.mac + ", vDisk " + device->vdisk + "\n" + "echo deskfarm pvs " + me +
+           ": login server ${login_server}, sanboot drive ${deskfarm_drive}\n" +
+           "sanboot --no-describe --drive ${deskfarm_drive} ||\n" + "echo deskfarm pvs " + me + ": vDisk of " +
+           request.mac + " did not boot from drive ${deskfarm_drive}\n" + "exit 1\n";
   }
 
   void ended_log(const pvs::EndedSession& e, const std::string& why) {

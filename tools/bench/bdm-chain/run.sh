@@ -3,10 +3,9 @@
 # interleaved rounds (REPEAT, default 5): the whole chain (BDM ISO on the CD-ROM → iPXE → DHCP → TFTP boot script
 # from pvs → sanboot of the NBD disk), the same chain with a static address instead of DHCP, and the peer: SeaBIOS
 # booting the same NBD disk directly. Prints min/median seconds from QEMU's start to the marker on the serial line
-# for each, and the ratios against the peer. Then the BDM stage alone, ISO vs raw partition image (format =
-# "partition": syslinux's MBR + FAT + SYSLINUX, booted as the first hard disk): seconds from QEMU's start to the
-# line pvs's boot script prints when iPXE has fetched it (the sanboot after it needs the vDisk as disk 0x80, which
-# the partition image occupies), and the ratio partition/ISO.
+# for each, and the ratios against the peer. Then the same chain from the raw partition image (format =
+# "partition": syslinux's MBR + FAT + SYSLINUX) as the first hard disk, the NBD vDisk as the second (its BDM script
+# names drive 0x81 for pvs's sanboot), and the ratio partition/ISO.
 # usage: tools/bench/bdm-chain/run.sh [BUILD_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -90,19 +89,19 @@ for _ in $(seq 1 100); do [[ -s $iso && -s $iso_static && -s $part ]] && ss -Hlt
 [[ -s $iso ]] || { cat "$work/farm.log" >&2; echo "run.sh: the deployment did not write $iso" >&2; exit 1; }
 
 now_ms() { date +%s%3N; }
-# One boot: QEMU with the vDisk as its first disk (and an ISO for a chain), or the partition image as its only
-# disk; milliseconds to the marker (or to pvs's boot script line for the *-stage runs).
-script_line="sanboot drive 0x80"
+# One boot: QEMU with the vDisk as its first disk (and an ISO for a chain), or behind the partition image as its
+# second disk; milliseconds to the marker.
 boot() {
-  local log=$work/serial.log cdrom=() order=c disk="file=nbd://127.0.0.1:$stream/$mac,format=raw,if=ide" want=$marker
-  [[ $1 == chain || $1 == iso-stage ]] && cdrom=(-cdrom "$iso") && order=d
+  local log=$work/serial.log cdrom=() order=c want=$marker
+  local disks=(-drive "file=nbd://127.0.0.1:$stream/$mac,format=raw,if=ide,index=0")
+  [[ $1 == chain ]] && cdrom=(-cdrom "$iso") && order=d
   [[ $1 == chain-static ]] && cdrom=(-cdrom "$iso_static") && order=d
-  [[ $1 == partition-stage ]] && disk="file=$part,format=raw,if=ide,snapshot=on"
-  [[ $1 == *-stage ]] && want=$script_line
+  [[ $1 == chain-partition ]] && disks=(-drive "file=$part,format=raw,if=ide,index=0,snapshot=on"
+                                        -drive "file=nbd://127.0.0.1:$stream/$mac,format=raw,if=ide,index=1")
   rm -f "$log"
   local t0; t0=$(now_ms)
   qemu-system-x86_64 -accel "$accel" -nographic -no-reboot -m 128 -boot order=$order "${cdrom[@]}" \
-    -drive "$disk" -netdev user,id=n0 -device "e1000,netdev=n0,mac=$mac" \
+    "${disks[@]}" -netdev user,id=n0 -device "e1000,netdev=n0,mac=$mac" \
     -serial "file:$log" -monitor none >/dev/null 2>&1 &
   qemu_pid=$!
   local i
@@ -113,13 +112,12 @@ boot() {
   grep -qa "$want" "$log" || { echo "run.sh: $1 boot printed no '$want' within 60 s" >&2; cat "$log" >&2; exit 1; }
   echo $((t1 - t0))
 }
-chain=() static=() direct=() iso_stage=() part_stage=()
+chain=() static=() direct=() part_chain=()
 for ((r = 0; r < repeat; r++)); do
   chain+=("$(boot chain)")
   static+=("$(boot chain-static)")
   direct+=("$(boot direct)")
-  iso_stage+=("$(boot iso-stage)")
-  part_stage+=("$(boot partition-stage)")
+  part_chain+=("$(boot chain-partition)")
 done
 stats() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "min %.2f s, median %.2f s", a[1] / 1000, a[int((NR+1)/2)] / 1000}'; }
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -129,7 +127,6 @@ echo "the same, static address (no DHCP)                   : $(stats "${static[@
 echo "direct NBD disk boot (SeaBIOS)                      : $(stats "${direct[@]}")"
 awk -v c="$(median "${chain[@]}")" -v s="$(median "${static[@]}")" -v d="$(median "${direct[@]}")" \
   'BEGIN {if (d > 0) printf "median ratio chain/direct: %.2f, static chain/direct: %.2f\n", c / d, s / d}'
-echo "BDM stage to pvs's boot script, ISO on the CD-ROM     : $(stats "${iso_stage[@]}")"
-echo "the same, partition image as the hard disk          : $(stats "${part_stage[@]}")"
-awk -v i="$(median "${iso_stage[@]}")" -v p="$(median "${part_stage[@]}")" \
+echo "BDM chain from the partition image (vDisk at 0x81)  : $(stats "${part_chain[@]}")"
+awk -v i="$(median "${chain[@]}")" -v p="$(median "${part_chain[@]}")" \
   'BEGIN {if (i > 0) printf "median ratio partition/ISO: %.2f\n", p / i}'

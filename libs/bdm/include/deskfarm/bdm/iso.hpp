@@ -53,8 +53,16 @@ struct IsoResult {
   std::string sha256;  ///< lower-case hex of the whole image
 };
 
-/// The iPXE script written to script_path: address setup, then each login server in order (README.md).
-std::string ipxe_script(const bootstrap::Bootstrap& b, std::uint16_t tftp_port = 69);
+/// BIOS drive of the desktop's own disk (its vDisk, streamed by pvs) as the machine booted from each image sees it:
+/// behind a CD-ROM it is the first hard disk; behind a boot partition on the first hard disk, the second.
+inline constexpr std::uint8_t iso_desktop_drive = 0x80;
+inline constexpr std::uint8_t partition_desktop_drive = 0x81;
+
+/// The iPXE script written to script_path: address setup, then each login server in order (README.md). It sets
+/// `deskfarm_drive` to `desktop_drive` (as "0x80"), which the login server's boot script sanboots, and its
+/// reboot_to_hd recovery boots that drive.
+std::string ipxe_script(const bootstrap::Bootstrap& b, std::uint16_t tftp_port = 69,
+                        std::uint8_t desktop_drive = iso_desktop_drive);
 
 /// Writes the image to `output` (a temporary sibling renamed on success: no partial image is ever left).
 /// Throws BdmError naming the field (a bootstrap key, "volume_id", "ipxe_iso", "source_date_epoch", "output").

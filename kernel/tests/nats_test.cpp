@@ -76,16 +76,29 @@ bool bus_connected(Harness& h) {
 
 std::string text_of(const sdk::Message& m) { return sdk::body_of<sdk::Text>(m)->value; }
 
+/// Two started kernels on one nats-server: "site-a" runs `a_instances`, "site-b" none. Without a server (the test
+/// then fails under CI) `up` is false and neither kernel exists.
+struct TwoSites {
+  TempDir dir;
+  std::optional<NatsServer> server = nats_server(dir);
+  std::optional<Harness> a, b;
+  bool up = server.has_value();
+  explicit TwoSites(const std::string& a_instances = "") {
+    if (!up) return;
+    a.emplace(kernel("site-a", server->url(), "", a_instances), options());
+    b.emplace(kernel("site-b", server->url()), options());
+    a->start();
+    b->start();
+  }
+};
+
 }  // namespace
 
 TEST_CASE("two kernels share subjects and wildcards through nats-server: each subscriber once, in publish order") {
-  TempDir dir;
-  auto server = nats_server(dir);
-  if (!server) return;
-  Harness a(kernel("site-a", server->url()), options());
-  Harness b(kernel("site-b", server->url()), options());
-  a.start();
-  b.start();
+  TwoSites sites;
+  if (!sites.up) return;
+  auto& a = *sites.a;
+  auto& b = *sites.b;
   auto one_token = b.probe("farm.*.state");
   auto all = b.probe("farm.>");
   auto exact = b.probe("farm.vm1.state");
@@ -126,13 +139,10 @@ TEST_CASE("two kernels share subjects and wildcards through nats-server: each su
 }
 
 TEST_CASE("100,000 buffered publications on one subject from one publisher reach a subscriber of another kernel, all in order") {
-  TempDir dir;
-  auto server = nats_server(dir);
-  if (!server) return;
-  Harness a(kernel("site-a", server->url()), options());
-  Harness b(kernel("site-b", server->url()), options());
-  a.start();
-  b.start();
+  TwoSites sites;
+  if (!sites.up) return;
+  auto& a = *sites.a;
+  auto& b = *sites.b;
   constexpr int total = 100000;
   // Counted on b's strand (no assertions off the main thread), read here once everything arrived.
   std::atomic<int> received{0}, in_order{0};
@@ -163,13 +173,10 @@ TEST_CASE("100,000 buffered publications on one subject from one publisher reach
 }
 
 TEST_CASE("a request crosses to the kernel that serves it and back, within its deadline, or fails as no_responders") {
-  TempDir dir;
-  auto server = nats_server(dir);
-  if (!server) return;
-  Harness a(kernel("site-a", server->url(), "", adder), options());
-  Harness b(kernel("site-b", server->url()), options());
-  a.start();
-  b.start();
+  TwoSites sites(adder);
+  if (!sites.up) return;
+  auto& a = *sites.a;
+  auto& b = *sites.b;
   const auto sum = b.request<Sum, Total>("adder.adder.sum", Sum{{1, 2, 39}});
   REQUIRE(sum.ok());
   CHECK(sum->total == 42);
@@ -198,13 +205,10 @@ TEST_CASE("a request crosses to the kernel that serves it and back, within its d
 }
 
 TEST_CASE("a receiver with another version of a type refuses it clearly and counts it, and foreign messages are counted") {
-  TempDir dir;
-  auto server = nats_server(dir);
-  if (!server) return;
-  Harness a(kernel("site-a", server->url(), "", adder), options());
-  Harness b(kernel("site-b", server->url()), options());
-  a.start();
-  b.start();
+  TwoSites sites(adder);
+  if (!sites.up) return;
+  auto& a = *sites.a;
+  auto& b = *sites.b;
   const auto reply = b.request<SumV2, Total>("adder.adder.sum", SumV2{{1, 2}});
   REQUIRE(!reply.ok());
   CHECK(reply.error().code == "version_mismatch");
@@ -223,7 +227,7 @@ TEST_CASE("a receiver with another version of a type refuses it clearly and coun
 
   // A bare NATS client's message (no deskfarm headers) is ignored, counted and logged, and hurts nothing.
   natsConnection* nc = nullptr;
-  REQUIRE(natsConnection_ConnectTo(&nc, server->url().c_str()) == NATS_OK);
+  REQUIRE(natsConnection_ConnectTo(&nc, sites.server->url().c_str()) == NATS_OK);
   CHECK(natsConnection_PublishString(nc, "farm.sum", "{garbage") == NATS_OK);
   CHECK(natsConnection_FlushTimeout(nc, 2000) == NATS_OK);
   natsConnection_Destroy(nc);

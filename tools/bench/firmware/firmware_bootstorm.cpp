@@ -4,13 +4,11 @@
 //                      [--blksize 1408] [--timeout-s 600] [--same-address]   (--help lists them)
 // A live progress line goes to stderr; the result (boots/s, p50/p99 boot time and per step) to stdout.
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <limits>
 #include <map>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +19,7 @@
 
 #include "../bench_cli.hpp"
 #include "../pvs_storm.hpp"
+#include "firmware_storm.hpp"
 
 using namespace deskfarm;
 using Clock = std::chrono::steady_clock;
@@ -99,68 +98,41 @@ int main(int argc, char** argv) {
   base_plan.tftp_blksize = a.blksize;
 
   Storm s;
-  std::mutex m;
-  std::atomic<int> next{0}, booted{0}, failed{0};
-  const int worker_count = std::min(a.concurrency, a.devices);
-  std::atomic<int> running{worker_count};
-  std::stop_source stop;
-  const auto t0 = Clock::now();
-  std::vector<std::jthread> workers;
-  for (int w = 0; w < worker_count; ++w) {
-    workers.emplace_back([&] {
-      for (int i; !stop.stop_requested() && (i = next.fetch_add(1)) < a.devices;) {
-        auto plan = base_plan;
-        plan.mac = bench::mac_of(i);
-        if (own_addresses) plan.source_address = bench::source_of(i);
-        const auto start = Clock::now();
-        const auto r = firmware::boot(plan, stop.get_token());
-        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-        std::lock_guard lock(m);
-        if (r.recoveries > 0 && s.recovered++ == 0) {
-          const auto failed_step = std::find_if(r.steps.begin(), r.steps.end(), [](const auto& st) { return st.state == "failed"; });
-          if (failed_step != r.steps.end()) s.first_recovery = plan.mac + ": " + failed_step->name + ": " + failed_step->detail;
-        }
-        if (r.ok) {
-          ++booted;
-          s.boot_ms.push_back(ms);
-          for (const auto& step : r.steps) s.step_ms[step.name].push_back(static_cast<double>(step.took.count()) / 1000.0);
-        } else {
-          ++failed;
-          if (s.failures++ == 0) s.first_failure = plan.mac + ": " + r.failed_step + ": " + r.reason;
-        }
-      }
-      --running;
-    });
-  }
-  // Live progress until every device is done; past --timeout-s the boots still running are stopped (each returns
-  // within ~100 ms of that), the devices not started are counted as failed, and the loop ends.
-  const auto give_up = t0 + std::chrono::seconds(a.timeout_s);
-  while (running > 0) {
-    if (Clock::now() >= give_up && !stop.stop_requested()) {
-      stop.request_stop();
-      std::fprintf(stderr, "\nfirmware_bootstorm: --timeout-s %d passed; stopping the boots still running\n", a.timeout_s);
+  const auto plan_of = [&](int i) {
+    auto plan = base_plan;
+    plan.mac = bench::mac_of(i);
+    if (own_addresses) plan.source_address = bench::source_of(i);
+    return plan;
+  };
+  const auto record = [&](const firmware::BootPlan& plan, const firmware::BootResult& r, double ms) {
+    if (r.recoveries > 0 && s.recovered++ == 0) {
+      const auto failed_step = std::find_if(r.steps.begin(), r.steps.end(), [](const auto& st) { return st.state == "failed"; });
+      if (failed_step != r.steps.end()) s.first_recovery = plan.mac + ": " + failed_step->name + ": " + failed_step->detail;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(250));
-    const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-    std::fprintf(stderr, "\r  booted %d/%d, failed %d, %.1f s, %.1f boots/s   ", booted.load(), a.devices, failed.load(),
-                 elapsed, booted / std::max(elapsed, 1e-9));
-  }
-  for (auto& w : workers) w.join();
-  s.total_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::fprintf(stderr, "\n");
+    if (r.ok) {
+      s.boot_ms.push_back(ms);
+      for (const auto& step : r.steps) s.step_ms[step.name].push_back(static_cast<double>(step.took.count()) / 1000.0);
+    } else if (s.failures++ == 0) {
+      s.first_failure = plan.mac + ": " + r.failed_step + ": " + r.reason;
+    }
+  };
+  // Past --timeout-s the boots still running are stopped and the devices not started are reported.
+  const auto storm = bench::direct_firmware_storm("firmware", a.devices, a.concurrency,
+                                                  Clock::now() + std::chrono::seconds(a.timeout_s), plan_of, record);
+  s.total_s = storm.total_s;
   pvs.stop();
 
   const auto boot = bench::percentiles(s.boot_ms);
   std::printf("devices %d ok %d  total %.2f s  %.1f boots/s  %.1f MiB/s  boot p50 %.1f ms  p99 %.1f ms  max %.1f ms\n",
-              a.devices, booted.load(), s.total_s, booted / s.total_s,
-              static_cast<double>(booted) * static_cast<double>(a.ws_mib) / s.total_s, boot.p50, boot.p99, boot.max);
+              a.devices, storm.booted, s.total_s, storm.booted / s.total_s,
+              static_cast<double>(storm.booted) * static_cast<double>(a.ws_mib) / s.total_s, boot.p50, boot.p99, boot.max);
   for (const char* name : {"tftp", "bootstrap", "login", "stream"}) {
     const auto p = bench::percentiles(s.step_ms[name]);
     std::printf("  step %-9s p50 %8.2f ms  p99 %8.2f ms  max %8.2f ms\n", name, p.p50, p.p99, p.max);
   }
   if (s.recovered) std::printf("  %d boots needed a restore_network retry, first: %s\n", s.recovered, s.first_recovery.c_str());
   if (s.failures) std::printf("  %d failures, first: %s\n", s.failures, s.first_failure.c_str());
-  const int not_started = a.devices - booted - failed;
+  const int not_started = storm.not_started;
   if (not_started > 0) std::printf("  %d devices not started before --timeout-s\n", not_started);
   return s.failures || not_started ? 1 : 0;
 }

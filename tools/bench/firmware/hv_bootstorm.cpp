@@ -28,6 +28,7 @@
 #include <deskfarm/testing/temp_dir.hpp>
 
 #include "../storm.hpp"
+#include "firmware_storm.hpp"
 
 using namespace deskfarm;
 using Clock = std::chrono::steady_clock;
@@ -64,21 +65,6 @@ struct Result {
   double total_s = 0;
 };
 
-/// Live progress on stderr until `done()` or `give_up`; true when everything finished in time.
-template <class Done, class Counts>
-bool progress(const char* what, int devices, Clock::time_point t0, Clock::time_point give_up, Done done, Counts counts) {
-  while (!done()) {
-    if (Clock::now() >= give_up) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(250));
-    const auto [ok, failed] = counts();
-    const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-    std::fprintf(stderr, "\r  %-10s booted %d/%d, failed %d, %.1f s, %.1f boots/s   ", what, ok, devices, failed, elapsed,
-                 ok / std::max(elapsed, 1e-9));
-  }
-  std::fprintf(stderr, "\n");
-  return true;
-}
-
 /// The loopback address the hypervisor adapter gives a VM (127.X.Y.Z from its MAC's last three octets), so the
 /// direct peer's devices look to pvs as the VMs do: one machine per address.
 std::string address_of(int vm_number) {
@@ -88,41 +74,19 @@ std::string address_of(int vm_number) {
 
 Result direct_storm(const Args& a, const firmware::BootPlan& base, int first_number, Clock::time_point give_up) {
   Result r;
-  std::mutex m;
-  std::atomic<int> next{0}, booted{0}, failed{0};
-  const int worker_count = std::min(a.concurrency, a.devices);
-  std::atomic<int> running{worker_count};
-  std::stop_source stop;
-  const auto t0 = Clock::now();
-  std::vector<std::jthread> workers;
-  for (int w = 0; w < worker_count; ++w) {
-    workers.emplace_back([&] {
-      for (int i; !stop.stop_requested() && (i = next.fetch_add(1)) < a.devices;) {
-        auto plan = base;
-        plan.mac = bench::mac_of(first_number + i);
-        plan.source_address = address_of(first_number + i);
-        const auto start = Clock::now();
-        const auto b = firmware::boot(plan, stop.get_token());
-        const double ms = ms_between(start, Clock::now());
-        std::lock_guard lock(m);
-        if (b.ok) {
-          ++booted;
-          r.boot_ms.push_back(ms);
-        } else {
-          ++failed;
-          if (r.failures++ == 0) r.first_failure = plan.mac + ": " + b.failed_step + ": " + b.reason;
-        }
-      }
-      --running;
-    });
-  }
-  if (!progress("direct", a.devices, t0, give_up, [&] { return running == 0; }, [&] { return std::pair{booted.load(), failed.load()}; })) {
-    stop.request_stop();
-    std::fprintf(stderr, "\nhv_bootstorm: --timeout-s passed; stopping the direct boots still running\n");
-  }
-  for (auto& w : workers) w.join();
-  r.total_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  r.failures += a.devices - booted - failed;  // never started
+  const auto plan_of = [&](int i) {
+    auto plan = base;
+    plan.mac = bench::mac_of(first_number + i);
+    plan.source_address = address_of(first_number + i);
+    return plan;
+  };
+  const auto record = [&](const firmware::BootPlan& plan, const firmware::BootResult& b, double ms) {
+    if (b.ok) r.boot_ms.push_back(ms);
+    else if (r.failures++ == 0) r.first_failure = plan.mac + ": " + b.failed_step + ": " + b.reason;
+  };
+  const auto storm = bench::direct_firmware_storm("direct", a.devices, a.concurrency, give_up, plan_of, record);
+  r.total_s = storm.total_s;
+  r.failures += storm.not_started;
   return r;
 }
 
@@ -180,7 +144,7 @@ Result hypervisor_storm(testing::Harness& h, Clock::time_point give_up) {
     }
   });
   const int n = static_cast<int>(vms.size());
-  const bool in_time = progress("hypervisor", n, t0, give_up, [&] { return ended->load() >= n; },
+  const bool in_time = bench::progress("hypervisor", n, t0, give_up, [&] { return ended->load() >= n; },
                                 [&] { return std::pair{ok->load(), ended->load() - ok->load()}; });
   if (!in_time) std::fprintf(stderr, "\nhv_bootstorm: --timeout-s passed with %d of %d starts ended\n", ended->load(), n);
   h.with_bus([subscription](sdk::Bus&) { subscription->reset(); });

@@ -23,38 +23,19 @@ if (($(ulimit -n) < MANY + 256)); then
 fi
 
 work=$(mktemp -d /dev/shm/deskfarm-nbd-devices.XXXXXX)
-server_pid=""
-stop_server() {
-  if [[ -n $server_pid ]]; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
-  fi
-}
+# shellcheck source=tools/bench/nbd/server.sh
+source tools/bench/nbd/server.sh  # the working directory is the repository's root (cd above)
 trap 'stop_server; rm -rf "$work"' EXIT
 img=$work/disk.img
 head -c $((64 << 20)) /dev/urandom >"$img"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {  # bounded: 100 x 0.1 s
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "devices.sh: server on port $1 did not come up" >&2
-  return 1
-}
 
 declare -A line
 # run_case LABEL DEVICES -- SERVER COMMAND (with @PORT@)
 run_case() {
   local label=$1 devices=$2
-  shift 3
-  local port
-  port=$(free_port)
-  "${@//@PORT@/$port}" >"$work/$label.log" 2>&1 &
-  server_pid=$!
-  wait_port "$port"
+  shift 2
+  start_server "$label" "$@"
+  local port=$server_port
   sleep 0.5  # the port answers before every server thread is up; measure from a settled server
   line[$label]=$("$bin/nbd_devices" 127.0.0.1 "$port" bench --devices "$devices" --concurrency "$CONCURRENCY" \
     --reads "$READS" --server-pid "$server_pid" --verify "$img")

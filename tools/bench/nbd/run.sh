@@ -18,39 +18,19 @@ for tool in nbdkit qemu-nbd python3; do
 done
 
 work=$(mktemp -d /dev/shm/deskfarm-nbd-bench.XXXXXX)
-server_pid=""
-stop_server() {
-  if [[ -n $server_pid ]]; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
-  fi
-}
+# shellcheck source=tools/bench/nbd/server.sh
+source tools/bench/nbd/server.sh  # the working directory is the repository's root (cd above)
 trap 'stop_server; rm -rf "$work"' EXIT
-
 img=$work/disk.img
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$img"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {  # bounded: 100 x 0.1 s
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "run.sh: server on port $1 did not come up" >&2
-  return 1
-}
 
 declare -A result
 # run_case LABEL MODES -- SERVER COMMAND (with @PORT@)
 run_case() {
   local label=$1 modes=$2
-  shift 3
-  local port
-  port=$(free_port)
-  "${@//@PORT@/$port}" >"$work/$label.log" 2>&1 &
-  server_pid=$!
-  wait_port "$port"
+  shift 2
+  start_server "$label" "$@"
+  local port=$server_port
   for mode in $modes; do
     local qd=$RAND_QD
     [[ $mode == seq ]] && qd=$SEQ_QD

@@ -1,0 +1,28 @@
+# Sourced by run.sh and devices.sh: one NBD server at a time on a free loopback port, stopped by its PID.
+#   start_server LABEL -- COMMAND…   (@PORT@ in COMMAND is the port) sets server_pid and server_port; its output
+#                                    goes to $work/LABEL.log; returns once the port accepts (bounded: 10 s)
+#   stop_server                      kills it by its PID and reaps it; a no-op when none runs
+# The caller sets $work and puts stop_server in its EXIT trap.
+server_pid=""
+server_port=""
+stop_server() {
+  if [[ -n $server_pid ]]; then
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+  fi
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+start_server() {
+  local label=$1
+  shift 2
+  server_port=$(free_port)
+  "${@//@PORT@/$server_port}" >"$work/$label.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$server_port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "$(basename "$0"): $label on port $server_port did not come up (log: $work/$label.log)" >&2
+  return 1
+}

@@ -19,7 +19,10 @@ usage: farmnet.sh COMMAND DIR [ARGS…]       (as root; DIR holds the run: its s
         frame between two sites takes 2N), starts a nats-server per site (one cluster), PostgreSQL primary in the
         first site and a streaming replica (pg_basebackup -R) in the second, then one `deskfarm run` per site
         with ima instance ima-SITE of farm "farmnet": one zone "farm" (--zones one, default) or zone SITE
-        (--zones site); keepalive_s (default 4), gateway_validation_s (default 2). DIR must not exist or be
+        (--zones site); --zones both runs both shapes side by side: ima-SITE in farm "farmnet", zone "farm", and
+        zone-SITE in farm "zones", zone SITE (querydc/queryds show the first; ask zone-SITE with
+        `df DIR SITE request ima.zone-SITE.admin.querydc`). keepalive_s (default 4), gateway_validation_s
+        (default 2), dcn_poll_s 2, election_window_ms 300. DIR must not exist or be
         empty. Waits until every site has a zone data collector; prints the time it took. On any failure
         everything already started is stopped and the namespaces deleted.
   down DIR              Stops every process of the run by its PID (SIGTERM, then SIGKILL after 10 s), deletes
@@ -214,6 +217,21 @@ down_all() {
 
 # ---- commands ---------------------------------------------------------------------------------------------
 
+ima_instance() {  # NAME FARM ZONE HOST_ID: one [instances.…] table of a site's manifest
+  cat <<EOF
+
+[instances.$1]
+plugin = "ima"
+farm = "$2"
+zone = "$3"
+host_id = $4
+keepalive_s = $keepalive
+gateway_validation_s = $gateway
+election_window_ms = 300
+dcn_poll_s = 2
+EOF
+}
+
 phase() {  # one line per step of `up`, with the seconds since it began
   echo "farmnet: $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%6.2f s", b - a }') $1" >&2
 }
@@ -234,7 +252,7 @@ cmd_up() {
       *) echo "farmnet: up: unknown option '$1'" >&2; usage >&2; exit 2 ;;
     esac
   done
-  case "$zones" in one|site) ;; *) echo "farmnet: --zones is one or site, not '$zones'" >&2; exit 2 ;; esac
+  case "$zones" in one|site|both) ;; *) echo "farmnet: --zones is one, site or both, not '$zones'" >&2; exit 2 ;; esac
   [[ "$delay" =~ ^[0-9]+$ ]] || { echo "farmnet: --delay-ms takes milliseconds, not '$delay'" >&2; exit 2; }
   [ "$(id -u)" = 0 ] || die "up needs root (network namespaces, veth, tc)"
   local tool
@@ -253,6 +271,7 @@ cmd_up() {
   mkdir -p "$dir/log" "$dir/pid" "$dir/sites"
   dir=$(cd "$dir" && pwd)
   chmod 755 "$dir" "$dir/sites"  # PostgreSQL runs as nobody and needs to reach its data directory
+  as_postgres test -x "$dir/sites" || die "user nobody cannot enter $dir (PostgreSQL runs as nobody): make its parent directories world-searchable (chmod o+x)"
   sites_list="${sites[*]}"
   cat >"$dir/farmnet.env" <<EOF
 run=$run
@@ -321,9 +340,8 @@ EOF
   i=0
   for s in "${sites[@]}"; do
     i=$((i + 1))
-    local zone=farm
-    [ "$zones" = site ] && zone=$s
-    cat >"$dir/sites/$s/site.toml" <<EOF
+    {
+      cat <<EOF
 # farmnet site $s (namespace $(ns "$s"), address $(addr "$s"))
 [deployment]
 name = "site-$s"
@@ -331,22 +349,15 @@ state_dir = "$dir/sites/$s/var"
 admin = "127.0.0.1:0"
 bus = "nats://$(addr "$s"):4222"
 data_store = "postgresql://deskfarm@$(addr "${sites[0]}"):5432/postgres?connect_timeout=2"
-
-[instances.ima-$s]
-plugin = "ima"
-farm = "farmnet"
-zone = "$zone"
-host_id = $((i * 10))
-keepalive_s = $keepalive
-gateway_validation_s = $gateway
-election_window_ms = 300
-dcn_poll_s = 2
 EOF
+      [ "$zones" = site ] || ima_instance "ima-$s" farmnet farm $((i * 10))
+      [ "$zones" = one ] || ima_instance "$([ "$zones" = site ] && echo ima || echo zone)-$s" "$([ "$zones" = site ] && echo farmnet || echo zones)" "$s" $((i * 10))
+    } >"$dir/sites/$s/site.toml"
     start_deskfarm "$s"
   done
   pg_replica "${sites[1]}" "${sites[0]}"  # while the deskfarms start: none of them needs the replica
   phase "PostgreSQL replica"
-  for s in "${sites[@]}"; do wait_for 30 "deskfarm of site $s (a ZDC in its zone)" "$dir/log/deskfarm-$s.log" deskfarm_ready "$s"; done
+  for s in "${sites[@]}"; do wait_for 60 "deskfarm of site $s (a ZDC in its zone)" "$dir/log/deskfarm-$s.log" deskfarm_ready "$s"; done
   phase "every site with a zone data collector"
   trap - EXIT
   printf 'farmnet: up in %.2f s: %d sites (%s), zones %s, %s ms one way per link, %s; run %s in %s\n' \

@@ -12,7 +12,7 @@ usage() {
   cat <<'EOF'
 usage: farmnet.sh COMMAND DIR [ARGS…]       (as root; DIR holds the run: its state, logs and PID files)
 
-  up DIR [--sites a,b,c] [--zones one|site] [--delay-ms N] [--rate RATE] [--keepalive-s N] [--gateway-s N]
+  up DIR [--sites a,b,c] [--zones one|site|both] [--delay-ms N] [--rate RATE] [--keepalive-s N] [--gateway-s N]
          [--bin BUILD_BIN_DIR] [--name RUN]
         Creates namespaces df-RUN-hub and df-RUN-SITE (RUN: --name, default random), links each site to the hub
         (veth, tbf at RATE both ways, default 100mbit; linkemu delays each link N ms one way, default 10, so a
@@ -25,8 +25,8 @@ usage: farmnet.sh COMMAND DIR [ARGS…]       (as root; DIR holds the run: its s
         (default 2), dcn_poll_s 2, election_window_ms 300. DIR must not exist or be
         empty. Waits until every site has a zone data collector; prints the time it took. On any failure
         everything already started is stopped and the namespaces deleted.
-  down DIR              Stops every process of the run by its PID (SIGTERM, then SIGKILL after 10 s), deletes
-                        its namespaces. DIR (logs) stays: remove it yourself.
+  down DIR              Stops every process of the run by its PID (SIGTERM; PostgreSQL SIGINT, its fast shutdown;
+                        SIGKILL to what is left after 10 s), deletes its namespaces. DIR (logs) stays: remove it.
   cut DIR SITE          linkemu drops every frame to and from SITE (a partition); returns once applied.
   heal DIR SITE         Undoes cut.
   delay DIR SITE MS     Sets SITE's one-way link delay.

@@ -349,7 +349,8 @@ class Ima final : public Plugin {
     epoch_ = epoch;
     if (round_epoch_ < epoch) round_epoch_ = epoch;
     zdc_ = zdc;
-    zdc_info_ = api::Collector{config_.farm, zone_, zdc, rank.host_id, rank.version, rank.preference, epoch, true};
+    zdc_info_ = api::Collector{config_.farm, zone_, zdc, rank.host_id, rank.version, rank.preference, epoch, true,
+                               zdc == ctx_.name() ? incarnation_ : 0};
     last_heard_zdc_ = ctx_.clock().now();
     pinging_zdc_ = false;
     zdc_gauge_->set(is_zdc() ? 1 : 0);
@@ -490,10 +491,14 @@ class Ima final : public Plugin {
       return reject("garbled", "collector '" + c.instance + "' of zone '" + c.zone + "', farm " + c.farm);
     if (c.zone == zone_) return;  // this zone's ZDC is known from its election
     auto it = peers_.find(c.zone);
-    if (it != peers_.end() && c.epoch < it->second.c.epoch)
+    // The same server announcing itself again from a newer incarnation was restarted: a zone of one server starts
+    // again at epoch 1, so its epoch says nothing; it holds nothing of the other zones and knows none of them.
+    const bool restarted = it != peers_.end() && c.instance == it->second.c.instance && c.incarnation > it->second.c.incarnation &&
+                           it->second.c.incarnation != 0;
+    if (it != peers_.end() && c.epoch < it->second.c.epoch && !restarted)
       return reject("stale_epoch", "collector " + c.instance + " of zone " + c.zone + " for epoch " + std::to_string(c.epoch));
     // One round, two winners (each missed the other's candidate): the better one, as the zone itself settles it.
-    if (it != peers_.end() && c.epoch == it->second.c.epoch &&
+    if (it != peers_.end() && c.epoch == it->second.c.epoch && !restarted &&
         (c.instance == it->second.c.instance ||
          !api::outranks(api::Rank{c.version, c.preference, c.host_id, c.instance},
                         api::Rank{it->second.c.version, it->second.c.preference, it->second.c.host_id, it->second.c.instance})))

@@ -199,6 +199,30 @@ TEST_CASE("two zones: a change in zone a reaches zone b's ZDC, and a new ZDC in 
   CHECK(record(data(*h, "b2"), "a2")->sessions == 13);
 }
 
+TEST_CASE("a one-server zone restarted comes back at the same epoch: the other ZDCs tell it by its incarnation and send it their zone's state") {
+  auto h = farm(server("a1", "a") + server("b1", "b"));
+  auto known = collectors(*h, "a1").collectors;
+  REQUIRE(known.size() == 2);
+  auto b1 = known[1];
+  REQUIRE(b1.instance == "b1");
+  REQUIRE(b1.incarnation != 0);
+  CHECK(collectors(*h, "a1").collectors[0].incarnation != 0);  // a1 announces its own
+  const auto forwarded = [&] { return sample(h->metrics_text(), "deskfarm_ima_changes_total{instance=\"a1\",direction=\"forwarded\"}"); };
+  const auto before = forwarded();
+  REQUIRE(before >= 1);  // a1's record went to b1 when the two ZDCs learnt of each other
+  h->publish(api::collectors_subject("corp"), b1);  // the same announcement again: a repeat, nothing to send
+  h->advance(100ms);
+  CHECK(forwarded() == before);
+  // b1's process restarted: the same epoch (its zone has no other server to learn a later one from), a new incarnation
+  auto again = b1;
+  again.incarnation = b1.incarnation + 1;
+  h->publish(api::collectors_subject("corp"), again);
+  h->advance(100ms);
+  CHECK(forwarded() == before + 1);  // a1's record, sent to the newcomer
+  CHECK(collectors(*h, "a1").collectors[1].incarnation == again.incarnation);
+  CHECK(sample(h->metrics_text(), "deskfarm_ima_rejected_total{instance=\"a1\",reason=\"stale_epoch\"}") == 0);
+}
+
 TEST_CASE("another zone's ZDC that does not answer is retried after gateway_validation_s, with the latest changes") {
   auto h = farm(server("a1", "a", "gateway_validation_s = 300") + server("b1", "b") + server("b2", "b", "keepalive_s = 900\nhost_id = 1"));
   const std::string bz = zdc_of(*h, "b2");

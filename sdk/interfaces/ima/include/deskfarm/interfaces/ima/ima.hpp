@@ -146,11 +146,15 @@ struct Collector {
   std::string preference;
   std::int64_t epoch = 0;
   bool reachable = true;  ///< false while forwards to it fail (retried after gateway_validation_s)
+  /// The ZDC's incarnation when it announces itself (0: unknown, or a sender without the field): a restarted
+  /// one-server zone comes back at the same epoch, and only this tells its announcement from a repeat.
+  std::int64_t incarnation = 0;
   static constexpr auto fields() {
     return std::tuple{field("farm", &Collector::farm), field("zone", &Collector::zone),
                       field("instance", &Collector::instance), field("host_id", &Collector::host_id),
                       field("version", &Collector::version), field("preference", &Collector::preference),
-                      field("epoch", &Collector::epoch), field("reachable", &Collector::reachable)};
+                      field("epoch", &Collector::epoch), field("reachable", &Collector::reachable),
+                      field("incarnation", &Collector::incarnation)};
   }
 };
 

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Three sites on one machine (tools/farmnet/farmnet.sh: network namespaces, linkemu, a NATS cluster, PostgreSQL
+# primary + replica, one `deskfarm run` per site with a one-zone farm and a zone-per-site farm side by side), and
+# the drills of the multi-site farm, each asserted with `deskfarm querydc` / `queryds` / `status` or the admin
+# endpoint's requests:
+#   ZDC killed: SIGKILL to the process of the one-zone farm's ZDC; a new ZDC within one keep-alive (its log line's
+#              time against the kill's), holding the full dynamic state of the zone;
+#   data store: the PostgreSQL primary killed, every server works from its local host cache (lhc stale, changes
+#              still reach the ZDC); started again, the caches are fresh;
+#   partition: linkemu cuts site c; zone c keeps taking changes, so do the others; after heal every collector holds
+#              every server exactly once, with the last change each made (nothing lost, nothing duplicated).
+# Usage: farmnet_drills.sh FARMNET_SH BUILD_BIN_DIR. Needs root, `ip netns`, nats-server and PostgreSQL: without
+# them it fails under CI=true and skips (exit 77) elsewhere, as every test with a real peer does.
+set -euo pipefail
+farmnet=$1
+bin=$2
+keepalive=4
+
+missing=""
+[ "$(id -u)" = 0 ] || missing="root (network namespaces)"
+[ -n "$missing" ] || ip netns list >/dev/null 2>&1 || missing="ip netns (iproute2)"
+[ -n "$missing" ] || command -v nats-server >/dev/null || missing="nats-server"
+[ -n "$missing" ] || ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || missing="the PostgreSQL server"
+[ -n "$missing" ] || command -v setpriv >/dev/null || missing="setpriv (util-linux)"
+if [ -n "$missing" ]; then
+  # Same rule as tests/support/deskfarm/testing/peers.hpp: fail under CI, skip (exit 77) elsewhere.
+  echo "DESKFARM-TEST-SKIPPED: farmnet drills need $missing (scripts/setup.sh installs the packages)"
+  [ "${CI:-}" = true ] && { echo "farmnet_drills.sh: $missing is required under CI=true" >&2; exit 1; }
+  exit 77
+fi
+
+work=$(mktemp -d /tmp/deskfarm-farmnet-XXXXXX)
+chmod 755 "$work"  # PostgreSQL runs as nobody inside it
+run=""
+cleanup() {
+  local code=$?
+  if [ -n "$run" ]; then
+    if [ $code -ne 0 ]; then
+      for f in "$work"/run/log/deskfarm-*.log; do echo "--- $f (last 15 lines)"; tail -n 15 "$f"; done
+      "$farmnet" stats "$work/run" || true
+    fi
+    "$farmnet" down "$work/run" || true
+    # A run leaves nothing behind: no namespace of it, no process of it.
+    if ip netns list | grep -q "^df-$run-"; then echo "FAIL: namespaces of run $run left: $(ip netns list | grep "^df-$run-")"; code=1; fi
+  fi
+  rm -rf "$work"
+  exit $code
+}
+trap cleanup EXIT
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+pass() { echo "ok: $*"; }
+# eventually SECONDS CMD…: CMD succeeds within SECONDS (tried every 0.2 s).
+eventually() {
+  local end=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $end ] || return 1
+    sleep 0.2
+  done
+}
+df() { "$farmnet" df "$work/run" "$@"; }
+report() { df "$1" request "ima.$2.admin.report" "{\"sessions\": $3, \"load\": $4}" >/dev/null; }
+zdc() { df "$1" querydc | awk '$1 == "farm" { print $2 }'; }
+zdc_is() { [ "$(zdc "$1")" = "$2" ]; }
+# The records zone-SITE holds as its zone's collector, one line each: zone server sessions seq (sorted).
+zone_records() {
+  df "$1" request "ima.zone-$1.admin.queryds" | tr '{' '\n' |
+    sed -n 's/.*"instance":"\([^"]*\)"[^}]*"seq":\([0-9]*\),"sessions":\([0-9]*\)[^}]*"zone":"\([^"]*\)".*/\4 \1 \3 \2/p' | sort
+}
+holds() { zone_records "$1" | grep -qx "$2"; }
+records_are() { [ "$(zone_records "$1")" = "$2" ]; }
+lhc_of() { df "$1" status | sed -n 's/.*"lhc": *"\([^"]*\)".*/\1/p' | sort -u | tr '\n' ' ' | sed 's/ $//'; }
+lhc_is() { [ "$(lhc_of "$1")" = "$2" ]; }
+
+start=$SECONDS
+up=$("$farmnet" up "$work/run" --bin "$bin" --zones both --keepalive-s $keepalive --gateway-s 2 2>&1) || { echo "$up"; fail "farmnet up"; }
+run=$(sed -n 's/^run=//p' "$work/run/farmnet.env")
+echo "$up" | tail -n 1
+for s in a b c; do ip netns list | grep -q "^df-$run-$s" || fail "namespace df-$run-$s missing after up"; done
+
+# ---- the ZDC's process killed: a new ZDC within one keep-alive, with the full state -----------------------
+dc=$(zdc a)
+[ "$dc" = ima-c ] || fail "the one-zone farm's ZDC is $dc, expected ima-c (highest host ID)"
+report a ima-a 6 60
+report b ima-b 7 70
+eventually 10 sh -c "\"$farmnet\" df \"$work/run\" c queryds | grep -Eq '^ima-c +farm +ima-b +20 +7 '" || fail "ima-b's change did not reach ima-c"
+killed_at=$EPOCHREALTIME
+"$farmnet" kill "$work/run" c
+eventually $((3 * keepalive)) zdc_is a ima-b || fail "no new ZDC after the ZDC's process was killed (ima-a sees '$(zdc a)')"
+line=$(grep "ima-b: zone farm: ZDC ima-b" "$work/run/log/deskfarm-b.log" | tail -n 1)
+elected_at=$(date -d "$(echo "$line" | cut -d' ' -f1)" +%s.%N)
+took=$(awk -v a="$killed_at" -v b="$elected_at" 'BEGIN { printf "%.2f", b - a }')
+awk -v t="$took" -v k=$keepalive 'BEGIN { exit !(t > 0 && t <= k) }' ||
+  fail "new ZDC ima-b after $took s, not within one keep-alive ($keepalive s): $line"
+ds=$(df a queryds)
+echo "$ds" | grep -Eq '^ima-b +farm +ima-a +10 +6 ' || fail "the new ZDC lacks ima-a's state: $ds"
+echo "$ds" | grep -Eq '^ima-b +farm +ima-b +20 +7 ' || fail "the new ZDC lacks its own state: $ds"
+echo "$ds" | grep -q 'ima-c' && fail "the new ZDC still holds the killed ima-c: $ds"
+pass "ZDC ima-c killed: ima-b elected after $took s (keep-alive $keepalive s), holding the zone's full state"
+
+"$farmnet" start "$work/run" c
+eventually 30 zdc_is c ima-c || fail "restarted, ima-c did not become the ZDC again (it sees '$(zdc c)')"
+pass "site c's deskfarm started again: ima-c is the ZDC again (highest host ID)"
+
+# ---- data store: the primary killed, the local host caches carry on -----------------------------------------
+for s in a b c; do eventually 10 lhc_is "$s" fresh || fail "site $s's local host cache is $(lhc_of "$s"), not fresh"; done
+"$farmnet" kill "$work/run" a pg
+for s in a b c; do eventually 15 lhc_is "$s" stale || fail "site $s did not notice the data store is gone (lhc: $(lhc_of "$s"))"; done
+dc=$(zdc a)
+report a ima-a 4 40
+eventually 10 sh -c "\"$farmnet\" df \"$work/run\" ${dc#ima-} queryds | grep -Eq '^$dc +farm +ima-a +10 +4 '" ||
+  fail "without the data store, ima-a's change did not reach its ZDC $dc"
+pass "data store down: every server works from its local host cache (lhc stale), changes still reach the ZDC"
+"$farmnet" start "$work/run" a pg
+for s in a b c; do eventually 15 lhc_is "$s" fresh || fail "site $s's local host cache is $(lhc_of "$s") after the data store came back"; done
+pass "data store back: every local host cache fresh again"
+
+# ---- partition: site c cut off, its zone keeps working, rejoins with nothing lost or duplicated -------------
+for s in a b c; do eventually 15 holds a "$s zone-$s 0 0" || fail "zone a's collector does not hold zone-$s before the partition"; done
+report a zone-a 1 10
+report c zone-c 1 10
+for s in a b c; do eventually 15 holds "$s" "c zone-c 1 1" || fail "zone $s's collector did not receive zone-c's change"; done
+"$farmnet" cut "$work/run" c
+report c zone-c 2 20  # within the partition
+report c zone-c 3 30
+report a zone-a 2 20  # outside it
+report b zone-b 5 50
+holds c "c zone-c 3 3" || fail "zone c stopped working in the partition: $(zone_records c)"
+eventually 10 holds b "a zone-a 2 2" || fail "zone b missed zone-a's change during the partition"
+holds a "c zone-c 1 1" || fail "a change of zone c crossed the cut: $(zone_records a)"
+pass "partitioned zone c keeps its changes (seq 3) while zones a and b keep theirs"
+"$farmnet" heal "$work/run" c
+expected=$(printf '%s\n' "a zone-a 2 2" "b zone-b 5 1" "c zone-c 3 3")
+for s in a b c; do
+  eventually 30 records_are "$s" "$expected" ||
+    fail "after heal, zone $s's collector holds: $(zone_records "$s" | tr '\n' ';') (expected: $(echo "$expected" | tr '\n' ';'))"
+done
+pass "after heal every collector holds each server once, with its last change (nothing lost, nothing duplicated)"
+
+echo "farmnet drills passed in $((SECONDS - start)) s"

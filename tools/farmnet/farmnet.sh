@@ -1,0 +1,415 @@
+#!/usr/bin/env bash
+# farmnet: several sites of one farm on one machine. Each site is a network namespace with a nats-server (the
+# servers form one cluster) and a `deskfarm run` of an ima server; site 1 also runs the PostgreSQL primary, site 2
+# its streaming replica. The sites hang off a hub namespace by veth pairs shaped with tbf; in the hub, linkemu
+# switches frames between them with a per-link delay and can cut a link. Everything started is stopped by its PID
+# (at `down`, and by `up` itself when a step fails), and the namespaces are deleted. Run as root. `--help` for usage.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+usage() {
+  cat <<'EOF'
+usage: farmnet.sh COMMAND DIR [ARGS…]       (as root; DIR holds the run: its state, logs and PID files)
+
+  up DIR [--sites a,b,c] [--zones one|site|both] [--delay-ms N] [--rate RATE] [--keepalive-s N] [--gateway-s N]
+         [--bin BUILD_BIN_DIR] [--name RUN]
+        Creates namespaces df-RUN-hub and df-RUN-SITE (RUN: --name, default random), links each site to the hub
+        (veth, tbf at RATE both ways, default 100mbit; linkemu delays each link N ms one way, default 10, so a
+        frame between two sites takes 2N), starts a nats-server per site (one cluster), PostgreSQL primary in the
+        first site and a streaming replica (pg_basebackup -R) in the second, then one `deskfarm run` per site
+        with ima instance ima-SITE of farm "farmnet": one zone "farm" (--zones one, default) or zone SITE
+        (--zones site); --zones both runs both shapes side by side: ima-SITE in farm "farmnet", zone "farm", and
+        zone-SITE in farm "zones", zone SITE (querydc/queryds show the first; ask zone-SITE with
+        `df DIR SITE request ima.zone-SITE.admin.querydc`). keepalive_s (default 4), gateway_validation_s
+        (default 2), dcn_poll_s 2, election_window_ms 300. DIR must not exist or be
+        empty. Waits until every site has a zone data collector; prints the time it took. On any failure
+        everything already started is stopped and the namespaces deleted.
+  down DIR              Stops every process of the run by its PID (SIGTERM; PostgreSQL SIGINT, its fast shutdown;
+                        SIGKILL to what is left after 10 s), deletes its namespaces. DIR (logs) stays: remove it.
+  cut DIR SITE          linkemu drops every frame to and from SITE (a partition); returns once applied.
+  heal DIR SITE         Undoes cut.
+  delay DIR SITE MS     Sets SITE's one-way link delay.
+  kill DIR SITE [deskfarm|nats|pg]
+                        SIGKILL the site's process (default deskfarm) and wait for it to end.
+  start DIR SITE [deskfarm|nats|pg]
+                        Start a killed one again (the same command line).
+  exec DIR SITE CMD…    Runs CMD in SITE's namespace.
+  df DIR SITE ARGS…     Runs `deskfarm ARGS… MANIFEST` in SITE's namespace with that site's manifest, e.g.
+                        `farmnet.sh df DIR a querydc`, `farmnet.sh df DIR b request ima.ima-b.admin.report '{"sessions":2,"load":10}'`.
+  stats DIR             linkemu's counters per link (frames, bytes in each direction, drops).
+  info DIR              Sites, namespaces, addresses, PIDs.
+
+Addresses: site number i (1-based, in --sites order) is 10.77.i.1, on-link 10.77.0.0/16 through linkemu;
+nats-server on :4222 (cluster :6222, monitoring :8222), PostgreSQL on :5432, deskfarm's admin on 127.0.0.1 of
+its namespace. Logs in DIR/log/, PIDs in DIR/pid/.
+EOF
+}
+
+die() { echo "farmnet: $*" >&2; exit 1; }
+[ $# -ge 1 ] || { usage >&2; exit 2; }
+cmd=$1
+shift
+case "$cmd" in -h|--help|help) usage; exit 0 ;; esac
+[ $# -ge 1 ] || { echo "farmnet: $cmd needs DIR" >&2; usage >&2; exit 2; }
+dir=$1
+shift
+
+# ---- state of a run -----------------------------------------------------------------------------------------
+
+load() {
+  [ -f "$dir/farmnet.env" ] || die "$dir holds no farmnet run (no farmnet.env): start one with farmnet.sh up $dir"
+  # shellcheck disable=SC1091
+  . "$dir/farmnet.env"
+  read -r -a sites <<<"$sites_list"
+}
+ns() { echo "df-$run-$1"; }
+hub() { echo "df-$run-hub"; }
+site_index() {
+  local i=1 s
+  for s in "${sites[@]}"; do [ "$s" = "$1" ] && { echo "$i"; return; }; i=$((i + 1)); done
+  die "no site '$1' in this run (sites: ${sites[*]})"
+}
+addr() { echo "10.77.$(site_index "$1").1"; }
+pidfile() { echo "$dir/pid/$1.pid"; }
+alive() { [ -f "$(pidfile "$1")" ] && kill -0 "$(cat "$(pidfile "$1")")" 2>/dev/null; }
+
+# Stops processes by their PID files: SIG (TERM, INT, KILL) to all at once, then waits at most 10 s for all of
+# them, then SIGKILL to those left. Usage: stop_procs SIG NAME…
+stop_procs() {
+  local sig=$1 name f pid pids=()
+  shift
+  for name in "$@"; do
+    f=$(pidfile "$name")
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    rm -f "$f"
+    kill -0 "$pid" 2>/dev/null || continue
+    kill "-$sig" "$pid" 2>/dev/null || true
+    pids+=("$pid:$name")
+  done
+  local end=$((SECONDS + 10)) left
+  while :; do
+    left=()
+    for p in "${pids[@]}"; do kill -0 "${p%%:*}" 2>/dev/null && left+=("$p"); done
+    [ ${#left[@]} -gt 0 ] && [ $SECONDS -lt $end ] || break
+    sleep 0.05
+  done
+  for p in "${left[@]}"; do
+    echo "farmnet: ${p#*:} (PID ${p%%:*}) still running 10 s after SIG$sig: SIGKILL" >&2
+    kill -KILL "${p%%:*}" 2>/dev/null || true
+  done
+  for p in "${left[@]}"; do for _ in $(seq 50); do kill -0 "${p%%:*}" 2>/dev/null || break; sleep 0.1; done; done
+}
+
+# Starts CMD… in namespace NS in the background as NAME (log DIR/log/NAME.log, PID DIR/pid/NAME.pid). `ip netns
+# exec` execs the command, so the PID is the server's own.
+spawn() {
+  local name=$1 netns=$2
+  shift 2
+  ip netns exec "$netns" "$@" </dev/null >>"$dir/log/$name.log" 2>&1 &
+  echo $! >"$(pidfile "$name")"
+}
+
+# Waits (at most SECONDS, in 0.05 s steps) until CMD… succeeds; fails naming WHAT and the log to read.
+wait_for() {
+  local seconds=$1 what=$2 log=$3
+  shift 3
+  local end=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $end ] || die "$what not ready within $seconds s (see $log)"
+    sleep 0.05
+  done
+}
+
+# ---- the pieces -------------------------------------------------------------------------------------------
+
+as_postgres() { setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; }
+
+start_nats() {
+  local s=$1
+  spawn "nats-$s" "$(ns "$s")" nats-server -c "$dir/sites/$s/nats.conf"
+}
+routes_ready() { local n; n=$(nats_routes "$1") && [ "$n" -ge "$2" ]; }
+nats_routes() {  # the cluster routes nats-server of site $1 reports, from its monitoring port
+  local s=$1
+  ip netns exec "$(ns "$s")" curl -fsS "http://$(addr "$s"):8222/routez" | sed -n 's/.*"num_routes": *\([0-9]*\).*/\1/p'
+}
+
+start_pg() {
+  local s=$1 role=$2 a
+  a=$(addr "$s")
+  spawn "pg-$s" "$(ns "$s")" setpriv --reuid=nobody --regid=nogroup --clear-groups "$pg_bin/postgres" \
+    -D "$dir/sites/$s/pg" -h "$a" -p 5432 -k "$dir/sites/$s"
+  wait_for 20 "PostgreSQL $role of site $s" "$dir/log/pg-$s.log" ip netns exec "$(ns "$s")" "$pg_bin/pg_isready" -h "$a" -p 5432
+}
+
+# PostgreSQL: initdb of the primary's data directory in the background (the slowest step of `up`), the primary
+# started from it, and a streaming replica cloned from the primary with pg_basebackup -R. These three functions
+# are the only place that knows how PostgreSQL is started.
+pg_initdb() {
+  local s=$1
+  mkdir -p "$dir/sites/$s/pg"
+  chown nobody "$dir/sites/$s" "$dir/sites/$s/pg"
+  as_postgres "$pg_bin/initdb" -D "$dir/sites/$s/pg" -A trust -U deskfarm --no-sync >"$dir/log/initdb.log" 2>&1 &
+  echo $! >"$(pidfile initdb)"
+}
+pg_primary() {
+  local s=$1 pid
+  pid=$(cat "$(pidfile initdb)")
+  wait "$pid" || die "initdb for site $s failed (see $dir/log/initdb.log)"
+  rm -f "$(pidfile initdb)"
+  printf 'host all all 10.77.0.0/16 trust\nhost replication all 10.77.0.0/16 trust\n' >>"$dir/sites/$s/pg/pg_hba.conf"
+  printf "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n" >>"$dir/sites/$s/pg/postgresql.conf"
+  start_pg "$s" primary
+}
+pg_replica() {
+  local s=$1 primary=$2
+  chown nobody "$dir/sites/$s"
+  ip netns exec "$(ns "$s")" setpriv --reuid=nobody --regid=nogroup --clear-groups "$pg_bin/pg_basebackup" \
+    -h "$(addr "$primary")" -p 5432 -U deskfarm -D "$dir/sites/$s/pg" -R -X stream --checkpoint=fast --no-sync \
+    >"$dir/log/pg_basebackup.log" 2>&1 || die "pg_basebackup from site $primary to site $s failed (see $dir/log/pg_basebackup.log)"
+  start_pg "$s" replica
+}
+
+start_deskfarm() {
+  local s=$1
+  rm -f "$dir/sites/$s/var/admin.address"
+  spawn "deskfarm-$s" "$(ns "$s")" "$bin/deskfarm" run "$dir/sites/$s/site.toml"
+}
+deskfarm_ready() {  # site $1's deskfarm answers querydc with a collector of its zone
+  local s=$1
+  ip netns exec "$(ns "$s")" "$bin/deskfarm" querydc "$dir/sites/$s/site.toml" 2>/dev/null | awk 'NR > 1 && $2 != "" { ok = 1 } END { exit !ok }'
+}
+
+write_control() {  # linkemu's control file from DIR/links (one line per site: SITE DELAY CUT); then SIGHUP, wait
+  local gen s d c
+  gen=$(($(cat "$dir/generation" 2>/dev/null || echo 0) + 1))
+  echo "$gen" >"$dir/generation"
+  {
+    echo "generation $gen"
+    while read -r s d c; do echo "p-$s delay_ms=$d cut=$c"; done <"$dir/links"
+  } >"$dir/linkemu.control.tmp"
+  mv "$dir/linkemu.control.tmp" "$dir/linkemu.control"
+  if alive linkemu; then
+    kill -HUP "$(cat "$(pidfile linkemu)")"
+    wait_for 5 "linkemu (control generation $gen)" "$dir/log/linkemu.log" grep -qx "generation $gen" "$dir/linkemu.stats"
+  fi
+}
+set_link() {  # SITE FIELD(2=delay, 3=cut) VALUE
+  local s=$1 field=$2 value=$3
+  site_index "$s" >/dev/null
+  awk -v s="$s" -v f="$field" -v v="$value" '$1 == s { $f = v } { print }' "$dir/links" >"$dir/links.tmp"
+  mv "$dir/links.tmp" "$dir/links"
+  write_control
+}
+
+down_all() {
+  local s
+  set +e
+  stop_procs TERM "${sites[@]/#/deskfarm-}"
+  stop_procs INT "${sites[@]/#/pg-}" initdb  # PostgreSQL's fast shutdown
+  stop_procs TERM "${sites[@]/#/nats-}" linkemu
+  for s in "${sites[@]}"; do ip netns del "$(ns "$s")" 2>/dev/null; done
+  ip netns del "$(hub)" 2>/dev/null
+  set -e
+}
+
+# ---- commands ---------------------------------------------------------------------------------------------
+
+ima_instance() {  # NAME FARM ZONE HOST_ID: one [instances.…] table of a site's manifest
+  cat <<EOF
+
+[instances.$1]
+plugin = "ima"
+farm = "$2"
+zone = "$3"
+host_id = $4
+keepalive_s = $keepalive
+gateway_validation_s = $gateway
+election_window_ms = 300
+dcn_poll_s = 2
+EOF
+}
+
+phase() {  # one line per step of `up`, with the seconds since it began
+  echo "farmnet: $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%6.2f s", b - a }') $1" >&2
+}
+
+cmd_up() {
+  local sites_arg=a,b,c zones=one delay=10 rate=100mbit keepalive=4 gateway=2 name=""
+  bin=$(cd "$here/../.." && pwd)/build/bin
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --sites) sites_arg=$2; shift 2 ;;
+      --zones) zones=$2; shift 2 ;;
+      --delay-ms) delay=$2; shift 2 ;;
+      --rate) rate=$2; shift 2 ;;
+      --keepalive-s) keepalive=$2; shift 2 ;;
+      --gateway-s) gateway=$2; shift 2 ;;
+      --bin) bin=$(cd "$2" && pwd); shift 2 ;;
+      --name) name=$2; shift 2 ;;
+      *) echo "farmnet: up: unknown option '$1'" >&2; usage >&2; exit 2 ;;
+    esac
+  done
+  case "$zones" in one|site|both) ;; *) echo "farmnet: --zones is one, site or both, not '$zones'" >&2; exit 2 ;; esac
+  [[ "$delay" =~ ^[0-9]+$ ]] || { echo "farmnet: --delay-ms takes milliseconds, not '$delay'" >&2; exit 2; }
+  [ "$(id -u)" = 0 ] || die "up needs root (network namespaces, veth, tc)"
+  local tool
+  for tool in ip tc nats-server curl setpriv; do command -v "$tool" >/dev/null || die "$tool is not installed (scripts/setup.sh installs it)"; done
+  [ -x "$bin/deskfarm" ] && [ -x "$bin/linkemu" ] || die "no deskfarm and linkemu in $bin: build first (cmake --build build), or give --bin"
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+  [ -n "$pg_bin" ] || die "the PostgreSQL server is not installed (scripts/setup.sh installs it)"
+  IFS=, read -r -a sites <<<"$sites_arg"
+  [ ${#sites[@]} -ge 2 ] && [ ${#sites[@]} -le 200 ] || die "--sites needs 2 to 200 sites, got '$sites_arg'"
+  local s
+  for s in "${sites[@]}"; do [[ "$s" =~ ^[a-z0-9]{1,8}$ ]] || die "site '$s': use 1 to 8 lowercase letters or digits"; done
+  if [ -e "$dir" ] && [ -n "$(ls -A "$dir")" ]; then die "$dir is not empty: give a new directory (or farmnet.sh down it and remove it)"; fi
+  [ -n "$name" ] || name=$(head -c3 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  [[ "$name" =~ ^[a-z0-9]{1,8}$ ]] || die "--name '$name': use 1 to 8 lowercase letters or digits"
+  run=$name
+  mkdir -p "$dir/log" "$dir/pid" "$dir/sites"
+  dir=$(cd "$dir" && pwd)
+  chmod 755 "$dir" "$dir/sites"  # PostgreSQL runs as nobody and needs to reach its data directory
+  as_postgres test -x "$dir/sites" || die "user nobody cannot enter $dir (PostgreSQL runs as nobody): make its parent directories world-searchable (chmod o+x)"
+  sites_list="${sites[*]}"
+  cat >"$dir/farmnet.env" <<EOF
+run=$run
+sites_list="$sites_list"
+bin=$bin
+pg_bin=$pg_bin
+zones=$zones
+EOF
+  trap 'echo "farmnet: up failed: stopping what was started" >&2; down_all' EXIT
+  local t0 i=0 ports=()
+  t0=$EPOCHREALTIME
+  pg_initdb "${sites[0]}"
+
+  # Network: the hub and one namespace per site; a veth pair each, tbf on both ends.
+  ip netns add "$(hub)"
+  ip -n "$(hub)" link set lo up
+  : >"$dir/links"
+  for s in "${sites[@]}"; do
+    i=$((i + 1))
+    ip netns add "$(ns "$s")"
+    ip -n "$(ns "$s")" link set lo up
+    ip link add wan0 netns "$(ns "$s")" type veth peer name "p-$s" netns "$(hub)"
+    ip -n "$(ns "$s")" addr add "10.77.$i.1/16" dev wan0
+    ip -n "$(ns "$s")" link set wan0 up
+    ip -n "$(hub)" link set "p-$s" up
+    tc -n "$(ns "$s")" qdisc add dev wan0 root tbf rate "$rate" burst 64kb latency 100ms
+    tc -n "$(hub)" qdisc add dev "p-$s" root tbf rate "$rate" burst 64kb latency 100ms
+    ports+=(--port "p-$s")
+    echo "$s $delay 0" >>"$dir/links"
+    mkdir -p "$dir/sites/$s/var"
+  done
+  # The hub's own stack stays silent (no IPv6 neighbour discovery of its own on the ports).
+  ip netns exec "$(hub)" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+  write_control
+  spawn linkemu "$(hub)" "$bin/linkemu" "${ports[@]}" --control "$dir/linkemu.control" --stats "$dir/linkemu.stats"
+  wait_for 5 linkemu "$dir/log/linkemu.log" test -f "$dir/linkemu.stats"
+
+  # NATS: one server per site, routes to every other site.
+  for s in "${sites[@]}"; do
+    local a r others=()
+    a=$(addr "$s")
+    for r in "${sites[@]}"; do [ "$r" = "$s" ] || others+=("\"nats-route://$(addr "$r"):6222\""); done
+    cat >"$dir/sites/$s/nats.conf" <<EOF
+server_name: farmnet-$s
+listen: $a:4222
+http: $a:8222
+# A cut link is noticed within ~2 s (the defaults, 2 minutes, would hold a dead route far past any drill).
+ping_interval: "1s"
+ping_max: 2
+cluster {
+  name: farmnet
+  listen: $a:6222
+  routes: [$(IFS=,; echo "${others[*]}")]
+}
+EOF
+    start_nats "$s"
+  done
+  pg_primary "${sites[0]}"
+  phase "network, nats-server, PostgreSQL primary"
+  for s in "${sites[@]}"; do
+    wait_for 20 "nats-server of site $s with routes to every other site" "$dir/log/nats-$s.log" \
+      routes_ready "$s" $((${#sites[@]} - 1))
+  done
+
+  # deskfarm: one per site, its ima server on its own site's nats-server, the data store on the primary.
+  i=0
+  for s in "${sites[@]}"; do
+    i=$((i + 1))
+    {
+      cat <<EOF
+# farmnet site $s (namespace $(ns "$s"), address $(addr "$s"))
+[deployment]
+name = "site-$s"
+state_dir = "$dir/sites/$s/var"
+admin = "127.0.0.1:0"
+bus = "nats://$(addr "$s"):4222"
+data_store = "postgresql://deskfarm@$(addr "${sites[0]}"):5432/postgres?connect_timeout=2"
+EOF
+      [ "$zones" = site ] || ima_instance "ima-$s" farmnet farm $((i * 10))
+      [ "$zones" = one ] || ima_instance "$([ "$zones" = site ] && echo ima || echo zone)-$s" "$([ "$zones" = site ] && echo farmnet || echo zones)" "$s" $((i * 10))
+    } >"$dir/sites/$s/site.toml"
+    start_deskfarm "$s"
+  done
+  pg_replica "${sites[1]}" "${sites[0]}"  # while the deskfarms start: none of them needs the replica
+  phase "PostgreSQL replica"
+  for s in "${sites[@]}"; do wait_for 60 "deskfarm of site $s (a ZDC in its zone)" "$dir/log/deskfarm-$s.log" deskfarm_ready "$s"; done
+  phase "every site with a zone data collector"
+  trap - EXIT
+  printf 'farmnet: up in %.2f s: %d sites (%s), zones %s, %s ms one way per link, %s; run %s in %s\n' \
+    "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')" "${#sites[@]}" "$sites_list" "$zones" "$delay" "$rate" "$run" "$dir"
+}
+
+service_name() {  # SITE [deskfarm|nats|pg] → the process name
+  case "${2:-deskfarm}" in
+    deskfarm|nats|pg) echo "${2:-deskfarm}-$1" ;;
+    *) echo "farmnet: service '$2': one of deskfarm, nats, pg" >&2; exit 2 ;;
+  esac
+}
+
+case "$cmd" in
+  up) cmd_up "$@" ;;
+  down) load; down_all; echo "farmnet: run $run stopped, namespaces deleted" ;;
+  cut|heal)
+    [ $# -eq 1 ] || { echo "farmnet: $cmd DIR SITE" >&2; exit 2; }
+    load; set_link "$1" 3 "$([ "$cmd" = cut ] && echo 1 || echo 0)" ;;
+  delay)
+    [ $# -eq 2 ] && [[ "$2" =~ ^[0-9]+$ ]] || { echo "farmnet: delay DIR SITE MS" >&2; exit 2; }
+    load; set_link "$1" 2 "$2" ;;
+  kill)
+    [ $# -ge 1 ] || { echo "farmnet: kill DIR SITE [deskfarm|nats|pg]" >&2; exit 2; }
+    load; site_index "$1" >/dev/null; p=$(service_name "$1" "${2:-}")
+    alive "$p" || die "$p is not running"
+    stop_procs KILL "$p" ;;
+  start)
+    [ $# -ge 1 ] || { echo "farmnet: start DIR SITE [deskfarm|nats|pg]" >&2; exit 2; }
+    load; site_index "$1" >/dev/null; p=$(service_name "$1" "${2:-}")
+    alive "$p" && die "$p is running already"
+    case "$p" in
+      deskfarm-*) start_deskfarm "$1" ;;
+      nats-*) start_nats "$1" ;;
+      pg-*) [ -d "$dir/sites/$1/pg" ] || die "site $1 runs no PostgreSQL"; start_pg "$1" server ;;
+    esac ;;
+  exec)
+    [ $# -ge 2 ] || { echo "farmnet: exec DIR SITE CMD…" >&2; exit 2; }
+    load; s=$1; shift; site_index "$s" >/dev/null
+    exec ip netns exec "$(ns "$s")" "$@" ;;
+  df)
+    [ $# -ge 2 ] || { echo "farmnet: df DIR SITE ARGS…" >&2; exit 2; }
+    load; s=$1; shift; site_index "$s" >/dev/null
+    exec ip netns exec "$(ns "$s")" "$bin/deskfarm" "$@" "$dir/sites/$s/site.toml" ;;
+  stats) load; cat "$dir/linkemu.stats" ;;
+  info)
+    load
+    echo "run $run: hub $(hub), zones $zones"
+    for s in "${sites[@]}"; do
+      printf '%-8s %-16s %-12s' "$s" "$(ns "$s")" "$(addr "$s")"
+      for p in deskfarm nats pg; do alive "$p-$s" && printf ' %s=%s' "$p" "$(cat "$(pidfile "$p-$s")")"; done
+      echo
+    done ;;
+  *) echo "farmnet: unknown command '$cmd'" >&2; usage >&2; exit 2 ;;
+esac

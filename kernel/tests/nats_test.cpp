@@ -173,9 +173,8 @@ TEST_CASE("100,000 buffered publications on one subject from one publisher reach
 }
 
 TEST_CASE("a request crosses to the kernel that serves it and back, within its deadline, or fails as no_responders") {
-  TwoSites sites(adder);
+  TwoSites sites(adder);  // site-a serves, site-b asks
   if (!sites.up) return;
-  auto& a = *sites.a;
   auto& b = *sites.b;
   const auto sum = b.request<Sum, Total>("adder.adder.sum", Sum{{1, 2, 39}});
   REQUIRE(sum.ok());

@@ -30,6 +30,8 @@ packages=(
   mtools syslinux syslinux-common
   # the bus across processes: the NATS C client and a real nats-server for the tests and benchmark
   libnats-dev nats-server
+  # the TFTP load balancer's io_uring relay
+  liburing-dev
 )
 # Benchmark peers: dnsmasq as a package; atftpd conflicts with tftpd-hpa, so it is unpacked
 # privately into /tmp/atftpd, where tools/bench/tftp/run.sh looks for it.

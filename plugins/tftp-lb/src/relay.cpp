@@ -7,6 +7,7 @@
 #include <sys/utsname.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -73,6 +74,7 @@ std::optional<RelayEngine> relay_engine_from(std::string_view name) {
 struct Relay::Ring {
   io_uring ring{};
   bool ring_open = false;
+  bool enable_in_loop = false;  // created disabled: the relay thread enables it and is its only submitter
   io_uring_buf_ring* buf_ring = nullptr;
   std::size_t buf_ring_bytes = 0;
   std::byte* buffers = nullptr;
@@ -111,11 +113,19 @@ struct Relay::Ring {
       return nullptr;
     }
     auto r = std::make_unique<Ring>();
-    io_uring_params params{};
-    params.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
-    params.cq_entries = 4 * kRingEntries;
-    params.flags |= IORING_SETUP_CQSIZE;
-    int e = io_uring_queue_init_params(kRingEntries, &r->ring, &params);
+    // Completions are posted only when the relay thread enters the kernel (DEFER_TASKRUN, 6.1+), so a datagram's
+    // arrival does not interrupt the relay with task work; the ring starts disabled and the relay thread enables
+    // it, becoming its single issuer. Before 6.1, cooperative task running (5.19+) is the next best.
+    int e = -EINVAL;
+    for (const unsigned flags : {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED,
+                                 unsigned{IORING_SETUP_COOP_TASKRUN}}) {
+      io_uring_params params{};
+      params.flags = flags | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
+      params.cq_entries = 4 * kRingEntries;
+      e = io_uring_queue_init_params(kRingEntries, &r->ring, &params);
+      r->enable_in_loop = (flags & IORING_SETUP_R_DISABLED) != 0;
+      if (e != -EINVAL) break;
+    }
     if (e < 0) {
       why = std::string("io_uring_queue_init: ") + std::strerror(-e) +
             " (a kernel before 6.0, seccomp, or sysctl kernel.io_uring_disabled refuses it)";
@@ -780,6 +790,15 @@ void Relay::loop() {
     ring->give_back(b);
   };
 
+  if (ring->enable_in_loop) {
+    // liburing 2.3 declares io_uring_enable_rings but does not export it: the system call itself.
+    if (::syscall(__NR_io_uring_register, ring->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) < 0) {
+      log(std::string("io_uring relay stopped: enabling its ring: ") + std::strerror(errno) +
+          " (set relay = \"epoll\")");
+      publish();
+      return;
+    }
+  }
   arm_receive(listen_fd_, tag(kRecvListen));
   arm_wake();
   std::vector<std::uint64_t> rearm;

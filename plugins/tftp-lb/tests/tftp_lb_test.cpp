@@ -244,6 +244,7 @@ TEST_CASE("a drained backend gets no new sessions, its state is published, and i
 TEST_CASE("failover drill: clients fetch in a loop, a backend dies, is DOWN within interval*retries+timeout, gets nothing, and is UP after restart") {
   if (!require_program("in.tftpd")) return;
   Lab lab(TFTP_LB_ENGINE());
+  INFO("relay engine " << lab.engine);
   lab.start_hpa();
   // A probe timeout that 32 looping clients on two shared cores cannot reach by load alone.
   const int interval = 1000, timeout = 800, retries = 3;
@@ -301,6 +302,7 @@ TEST_CASE("failover drill: clients fetch in a loop, a backend dies, is DOWN with
   REQUIRE(down);
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed);
   const auto body = sdk::body_of<api::BackendHealth>(*down);
+  INFO("relay " << lab.status().find("relay")->to_json());
   INFO("DOWN after " << took.count() << " ms: " << body->reason);
   CHECK(body->reason.find("ICMP port unreachable") != std::string::npos);
   // interval*retries + timeout, plus 500 ms for scheduling on a loaded machine (the bus and the blocking pool).

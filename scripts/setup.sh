@@ -32,6 +32,8 @@ packages=(
   libnats-dev nats-server
   # tools/farmnet: network namespaces, veth and tbf (ip, tc)
   iproute2
+  # the TFTP load balancer's io_uring relay
+  liburing-dev
 )
 # Benchmark peers: dnsmasq as a package; atftpd conflicts with tftpd-hpa, so it is unpacked
 # privately into /tmp/atftpd, where tools/bench/tftp/run.sh looks for it.

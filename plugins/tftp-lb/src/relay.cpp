@@ -1,9 +1,13 @@
 #include "relay.hpp"
 
 #include <arpa/inet.h>
+#include <liburing.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/utsname.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -32,6 +36,19 @@ constexpr unsigned kBatch = 32;
 constexpr int kListenRounds = 2;           // recvmmsg calls on the virtual server per readiness
 constexpr std::size_t kSlot = 65536;       // above the largest IPv4 UDP payload (65,507): nothing is truncated
 
+// io_uring engine. A received datagram's buffer comes from a provided-buffer ring and is sent on from where it
+// landed; it goes back to the ring when its send completes (or at once when it produced nothing to send).
+constexpr unsigned kRingEntries = 4096;       // submissions per io_uring_enter before an early one is needed
+constexpr unsigned kBuffers = 1024;           // datagrams in flight (received, send not yet completed); power of 2
+constexpr std::size_t kBufSize = kSlot + 64;  // io_uring_recvmsg_out + the sender's address + the payload
+constexpr int kGroup = 7;
+// user_data: the kind in the top byte; a session's receive carries its index and generation (24 bits).
+enum : std::uint64_t { kRecvListen = 1, kRecvSession = 2, kSend = 3, kWakeRead = 4, kIgnore = 5 };
+constexpr std::uint64_t tag(std::uint64_t kind, std::uint64_t value = 0) { return (kind << 56) | value; }
+constexpr std::uint64_t session_tag(std::uint32_t index, std::uint32_t gen) {
+  return tag(kRecvSession, (static_cast<std::uint64_t>(gen & 0xffffffu) << 32) | index);
+}
+
 std::uint64_t key_of(const sockaddr_in& a) {
   return (static_cast<std::uint64_t>(a.sin_addr.s_addr) << 16) | a.sin_port;
 }
@@ -45,6 +62,108 @@ void close_fd(int& fd) {
 }
 
 }  // namespace
+
+std::optional<RelayEngine> relay_engine_from(std::string_view name) {
+  if (name == "auto") return RelayEngine::automatic;
+  if (name == "io_uring") return RelayEngine::io_uring;
+  if (name == "epoll") return RelayEngine::epoll;
+  return std::nullopt;
+}
+
+/// The io_uring engine's ring, its provided buffers and, per buffer, the send that carries it on.
+struct Relay::Ring {
+  io_uring ring{};
+  bool ring_open = false;
+  bool enable_in_loop = false;  // created disabled: the relay thread enables it and is its only submitter
+  io_uring_buf_ring* buf_ring = nullptr;
+  std::size_t buf_ring_bytes = 0;
+  std::byte* buffers = nullptr;
+  std::size_t buffers_bytes = kBuffers * kBufSize;
+  msghdr recv_template{};  // what a multishot receive wants: the sender's address, no control data
+  std::array<msghdr, kBuffers> tx_msg{};
+  std::array<iovec, kBuffers> tx_iov{};
+  std::array<sockaddr_in, kBuffers> tx_to{};
+  std::array<std::uint8_t, kBuffers> tx_kind{};
+  std::uint64_t wake_value = 0;
+  std::vector<std::uint64_t> rearm;  // receives ended (no buffer left, an error): armed again at the turn's end
+  std::vector<int> to_close;         // closed sessions' sockets, closed once the turn's submissions are in
+
+  Ring() = default;
+  Ring(const Ring&) = delete;
+  Ring& operator=(const Ring&) = delete;
+  ~Ring() {
+    if (ring_open) io_uring_queue_exit(&ring);  // first: the kernel lets go of the buffers
+    if (buf_ring) ::munmap(buf_ring, buf_ring_bytes);
+    if (buffers) ::munmap(buffers, buffers_bytes);
+    for (int fd : to_close) ::close(fd);
+  }
+  std::byte* buffer(unsigned bid) { return buffers + static_cast<std::size_t>(bid) * kBufSize; }
+  void give_back(unsigned bid) {
+    io_uring_buf_ring_add(buf_ring, buffer(bid), kBufSize, static_cast<unsigned short>(bid),
+                          io_uring_buf_ring_mask(kBuffers), 0);
+    io_uring_buf_ring_advance(buf_ring, 1);
+  }
+
+  /// The ring with its buffers registered, or null and why not (the caller falls back to epoll or refuses).
+  static std::unique_ptr<Ring> open(std::string& why) {
+    utsname u{};
+    int major = 0, minor = 0;
+    if (::uname(&u) == 0 && std::sscanf(u.release, "%d.%d", &major, &minor) == 2 && major < 6) {
+      why = std::string("kernel ") + u.release + " has no multishot recvmsg (needs 6.0+)";
+      return nullptr;
+    }
+    auto r = std::make_unique<Ring>();
+    // Completions are posted only when the relay thread enters the kernel (DEFER_TASKRUN, 6.1+), so a datagram's
+    // arrival does not interrupt the relay with task work; the ring starts disabled and the relay thread enables
+    // it, becoming its single issuer. Before 6.1, cooperative task running (5.19+) is the next best.
+    int e = -EINVAL;
+    for (const unsigned flags : {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED,
+                                 unsigned{IORING_SETUP_COOP_TASKRUN}}) {
+      io_uring_params params{};
+      params.flags = flags | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
+      params.cq_entries = 4 * kRingEntries;
+      e = io_uring_queue_init_params(kRingEntries, &r->ring, &params);
+      r->enable_in_loop = (flags & IORING_SETUP_R_DISABLED) != 0;
+      if (e != -EINVAL) break;
+    }
+    if (e < 0) {
+      why = std::string("io_uring_queue_init: ") + std::strerror(-e) +
+            " (a kernel before 6.0, seccomp, or sysctl kernel.io_uring_disabled refuses it)";
+      return nullptr;
+    }
+    r->ring_open = true;
+    r->buf_ring_bytes = kBuffers * sizeof(io_uring_buf);
+    void* br = ::mmap(nullptr, r->buf_ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* bufs = ::mmap(nullptr, r->buffers_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                        -1, 0);
+    if (br == MAP_FAILED || bufs == MAP_FAILED) {
+      why = std::string("mmap of the receive buffers: ") + std::strerror(errno);
+      if (br != MAP_FAILED) ::munmap(br, r->buf_ring_bytes);
+      if (bufs != MAP_FAILED) ::munmap(bufs, r->buffers_bytes);
+      return nullptr;
+    }
+    r->buf_ring = static_cast<io_uring_buf_ring*>(br);
+    r->buffers = static_cast<std::byte*>(bufs);
+    io_uring_buf_reg reg{};
+    reg.ring_addr = reinterpret_cast<std::uint64_t>(br);
+    reg.ring_entries = kBuffers;
+    reg.bgid = kGroup;
+    if ((e = io_uring_register_buf_ring(&r->ring, &reg, 0)) < 0) {
+      why = std::string("io_uring_register_buf_ring: ") + std::strerror(-e) + " (provided buffer rings need 5.19+)";
+      return nullptr;
+    }
+    io_uring_buf_ring_init(r->buf_ring);
+    for (unsigned b = 0; b < kBuffers; ++b) r->give_back(b);
+    r->recv_template.msg_namelen = sizeof(sockaddr_in);
+    for (unsigned b = 0; b < kBuffers; ++b) {
+      r->tx_msg[b].msg_iov = &r->tx_iov[b];
+      r->tx_msg[b].msg_iovlen = 1;
+      r->tx_msg[b].msg_name = &r->tx_to[b];
+      r->tx_msg[b].msg_namelen = sizeof(sockaddr_in);
+    }
+    return r;
+  }
+};
 
 struct Relay::Session {
   int fd = -1;
@@ -149,6 +268,25 @@ void Relay::start() {
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &ev);
   ev.data.u64 = kWakeTag;
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev);
+  engine_ = RelayEngine::epoll;
+  const auto log = [this](const std::string& line) {
+    if (options_.log) options_.log(line);
+  };
+  if (options_.engine != RelayEngine::epoll) {
+    std::string why;
+    ring_ = Ring::open(why);
+    if (ring_) {
+      engine_ = RelayEngine::io_uring;
+    } else if (options_.engine == RelayEngine::io_uring) {
+      close_fd(listen_fd_);
+      close_fd(wake_fd_);
+      close_fd(epoll_fd_);
+      throw std::runtime_error("tftp-lb: relay = \"io_uring\" on " + where + ", but " + why +
+                               " (set relay = \"auto\" to fall back to epoll)");
+    } else {
+      log("relay on " + where + ": epoll, because io_uring is unavailable: " + why);
+    }
+  }
   stopping_ = false;
   thread_ = std::thread([this] { loop(); });
 }
@@ -160,6 +298,7 @@ void Relay::stop() {
     (void)!::write(wake_fd_, &one, sizeof one);
     thread_.join();
   }
+  ring_.reset();
   if (state_)
     for (auto& s : state_->sessions) close_fd(s.fd);
   close_fd(listen_fd_);
@@ -221,9 +360,42 @@ void Relay::loop() {
     ++stats.sessions_lingering;
     st.lingering.push_back({i, s.gen, now + options_.linger});
   };
+  Ring* const ring = ring_.get();
+  // io_uring: a submission slot, submitting what is queued when the queue is full (only a turn of thousands).
+  const auto sqe = [&]() -> io_uring_sqe* {
+    io_uring_sqe* q = io_uring_get_sqe(&ring->ring);
+    for (int tries = 0; !q && tries < 8; ++tries) {
+      ++stats.ring_enters;
+      io_uring_submit(&ring->ring);
+      q = io_uring_get_sqe(&ring->ring);
+    }
+    return q;
+  };
+  const auto arm_receive = [&](int fd, std::uint64_t user_data) {
+    io_uring_sqe* q = sqe();
+    if (!q) {
+      ring->rearm.push_back(user_data);
+      return;
+    }
+    io_uring_prep_recvmsg_multishot(q, fd, &ring->recv_template, 0);
+    q->flags |= IOSQE_BUFFER_SELECT;
+    q->buf_group = kGroup;
+    io_uring_sqe_set_data64(q, user_data);
+  };
   const auto close_session = [&](std::uint32_t i) {
     auto& s = st.sessions[i];
-    close_fd(s.fd);
+    if (ring) {
+      // The multishot receive holds the socket: cancel it, and close the descriptor only after this turn's
+      // submissions are in, so no queued send can land on a new socket that reused the number.
+      if (io_uring_sqe* q = sqe()) {
+        io_uring_prep_cancel64(q, session_tag(i, s.gen), 0);
+        io_uring_sqe_set_data64(q, tag(kIgnore));
+      }
+      ring->to_close.push_back(s.fd);
+      s.fd = -1;
+    } else {
+      close_fd(s.fd);
+    }
     st.by_client.erase(key_of(s.client));
     unlink(i);
     if (!s.finished) --st.candidates[s.backend].active;
@@ -235,19 +407,42 @@ void Relay::loop() {
     --stats.sessions_active;
   };
 
-  // ---- output: queued per burst, then one sendmmsg per socket ----
-  const auto queue = [&](const sockaddr_in& to, const std::byte* data, std::size_t n, State::Out kind) {
-    const unsigned k = st.tx_count++;  // never beyond kBatch: at most one output per datagram of the burst
-    st.tx_to[k] = to;
-    st.tx_iov[k] = iovec{const_cast<std::byte*>(data), n};
-    st.tx_kind[k] = kind;
-  };
   const auto count_sent = [&](State::Out kind, std::size_t n) {
     if (kind == State::Out::to_backend) ++stats.packets_to_backend;
     else if (kind == State::Out::to_client) {
       ++stats.packets_to_client;
       stats.bytes_to_client += n;
     }
+  };
+  // ---- output: epoll queues per burst, then one sendmmsg per socket; io_uring queues a send submission ----
+  // io_uring: the socket and the buffer of the datagram being handled. It produces at most one datagram, sent
+  // with that buffer, which goes back to the ring when the send completes.
+  int current_fd = -1;
+  unsigned current_buffer = 0;
+  bool buffer_taken = false;
+  const auto ring_send = [&](int fd, const sockaddr_in& to, const std::byte* data, std::size_t n, State::Out kind) {
+    io_uring_sqe* q = buffer_taken ? nullptr : sqe();
+    if (!q) {
+      ++stats.socket_errors;
+      return;
+    }
+    const unsigned b = current_buffer;
+    buffer_taken = true;
+    ring->tx_to[b] = to;
+    ring->tx_iov[b] = iovec{const_cast<std::byte*>(data), n};
+    ring->tx_kind[b] = static_cast<std::uint8_t>(kind);
+    // MSG_DONTWAIT: a full send buffer fails this datagram now (as sendmmsg does) instead of parking it, so
+    // sends on one socket leave in the order they were queued.
+    io_uring_prep_sendmsg(q, fd, &ring->tx_msg[b], MSG_DONTWAIT);
+    io_uring_sqe_set_data64(q, tag(kSend, b));
+    count_sent(kind, n);  // now, with the datagram's other effects; a failed send takes it back
+  };
+  const auto queue = [&](const sockaddr_in& to, const std::byte* data, std::size_t n, State::Out kind) {
+    if (ring) return ring_send(current_fd, to, data, n, kind);
+    const unsigned k = st.tx_count++;  // never beyond kBatch: at most one output per datagram of the burst
+    st.tx_to[k] = to;
+    st.tx_iov[k] = iovec{const_cast<std::byte*>(data), n};
+    st.tx_kind[k] = kind;
   };
   const auto flush = [&](int fd) {
     unsigned sent = 0;
@@ -269,6 +464,7 @@ void Relay::loop() {
   };
   // One datagram on its own (a new session's request leaves from the session's new socket).
   const auto send_now = [&](int fd, const sockaddr_in& to, const std::byte* data, std::size_t n, State::Out kind) {
+    if (ring) return ring_send(fd, to, data, n, kind);
     ++stats.send_calls;
     if (::sendto(fd, data, n, 0, reinterpret_cast<const sockaddr*>(&to), sizeof to) < 0) {
       ++stats.socket_errors;  // a full send buffer or an ICMP error: the endpoints' retransmissions recover
@@ -361,10 +557,14 @@ void Relay::loop() {
     s.last_block = -1;
     s.last = now;
     append(i);
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = (static_cast<std::uint64_t>(s.gen) << 32) | i;
-    ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+    if (ring) {
+      arm_receive(fd, session_tag(i, s.gen));
+    } else {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.u64 = (static_cast<std::uint64_t>(s.gen) << 32) | i;
+      ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+    }
     st.by_client.emplace(key_of(client), i);
     ++st.candidates[*chosen].active;
     ++st.backends[*chosen].total;
@@ -376,42 +576,43 @@ void Relay::loop() {
 
   // The virtual server's socket: a burst of requests per call. Refusals (ERROR 0) leave together from it; a new
   // session's request leaves from the session's own socket.
+  const auto listen_datagram = [&](const sockaddr_in& from, const std::byte* data, std::size_t n,
+                                   Clock::time_point now) {
+    const auto parsed = tftp::parse_packet(std::span(data, n));
+    const auto* packet = std::get_if<tftp::Packet>(&parsed);
+    if (!packet) {
+      ++stats.malformed_client;
+      return;
+    }
+    if (!std::holds_alternative<tftp::Request>(*packet)) {
+      ++stats.not_a_request;  // no reply: an answer here would let anyone reflect traffic off the VIP
+      return;
+    }
+    const auto found = st.by_client.find(key_of(from));
+    if (found != st.by_client.end() && st.sessions[found->second].finished) {
+      // A new request from the port of a finished transfer (UEFI asks for tsize, aborts, asks again from the
+      // same port): a new session, with a new transfer port on the backend.
+      close_session(found->second);
+      new_session(from, data, n, now);
+      return;
+    }
+    if (found == st.by_client.end()) {
+      new_session(from, data, n, now);
+      return;
+    }
+    // The client resent its request (our backend's first reply is slow or lost): the same backend gets it,
+    // and a backend that already started this transfer ignores a duplicate from the same (ip, port).
+    const auto i = found->second;
+    touch(i, now);
+    send_now(st.sessions[i].fd, st.backends[st.sessions[i].backend].config.address, data, n, State::Out::to_backend);
+  };
   const auto on_listen = [&](Clock::time_point now) {
     for (int round = 0; round < kListenRounds; ++round) {
       const unsigned got = receive(listen_fd_);
       for (unsigned k = 0; k < got; ++k) {
         const sockaddr_in& from = st.rx_from[k];
-        const std::byte* data = st.rx.data() + k * kSlot;
-        const std::size_t n = st.rx_msg[k].msg_len;
         if (st.rx_msg[k].msg_hdr.msg_namelen < sizeof(sockaddr_in) || from.sin_family != AF_INET) continue;
-        const auto parsed = tftp::parse_packet(std::span(data, n));
-        const auto* packet = std::get_if<tftp::Packet>(&parsed);
-        if (!packet) {
-          ++stats.malformed_client;
-          continue;
-        }
-        if (!std::holds_alternative<tftp::Request>(*packet)) {
-          ++stats.not_a_request;  // no reply: an answer here would let anyone reflect traffic off the VIP
-          continue;
-        }
-        const auto found = st.by_client.find(key_of(from));
-        if (found != st.by_client.end() && st.sessions[found->second].finished) {
-          // A new request from the port of a finished transfer (UEFI asks for tsize, aborts, asks again from the
-          // same port): a new session, with a new transfer port on the backend.
-          close_session(found->second);
-          new_session(from, data, n, now);
-          continue;
-        }
-        if (found == st.by_client.end()) {
-          new_session(from, data, n, now);
-          continue;
-        }
-        // The client resent its request (our backend's first reply is slow or lost): the same backend gets it,
-        // and a backend that already started this transfer ignores a duplicate from the same (ip, port).
-        const auto i = found->second;
-        touch(i, now);
-        send_now(st.sessions[i].fd, st.backends[st.sessions[i].backend].config.address, data, n,
-                 State::Out::to_backend);
+        listen_datagram(from, st.rx.data() + k * kSlot, st.rx_msg[k].msg_len, now);
       }
       flush(listen_fd_);
       if (got < kBatch) return;  // drained: no EAGAIN round trip
@@ -422,15 +623,10 @@ void Relay::loop() {
   // one recvmmsg, handled in that order, and what it produces leaves in the same order with one sendmmsg, so
   // batching never reorders a transfer. Lockstep transfers mostly bring one datagram; what is left beyond a
   // burst is reported again by the level-triggered epoll in the next round.
-  const auto on_session = [&](std::uint32_t i, Clock::time_point now) {
-    if (!st.sessions[i].in_use) return;
-    const int fd = st.sessions[i].fd;
-    const unsigned got = receive(fd);
-    for (unsigned k = 0; k < got; ++k) {
+  const auto session_datagram = [&](std::uint32_t i, const sockaddr_in& from, const std::byte* data, std::size_t n,
+                                    Clock::time_point now) {
+    do {  // once: `continue` drops the datagram
       auto& s = st.sessions[i];
-      const sockaddr_in& from = st.rx_from[k];
-      const std::byte* data = st.rx.data() + k * kSlot;
-      const std::size_t n = st.rx_msg[k].msg_len;
       const auto& backend = st.backends[s.backend].config.address;
       if (same(from, s.client)) {
         const auto parsed = tftp::parse_packet(std::span(data, n));
@@ -471,7 +667,13 @@ void Relay::loop() {
       } else {
         ++stats.foreign_dropped;  // never answered: the balancer talks only to its clients and backends
       }
-    }
+    } while (false);
+  };
+  const auto on_session = [&](std::uint32_t i, Clock::time_point now) {
+    if (!st.sessions[i].in_use) return;
+    const int fd = st.sessions[i].fd;
+    const unsigned got = receive(fd);
+    for (unsigned k = 0; k < got; ++k) session_datagram(i, st.rx_from[k], st.rx.data() + k * kSlot, st.rx_msg[k].msg_len, now);
     flush(fd);
   };
 
@@ -486,27 +688,9 @@ void Relay::loop() {
     published_ = stats;
   };
 
-  apply_backends();
-  epoll_event events[kEvents];
   auto next_sweep = Clock::now();
   auto next_publish = next_sweep;
-  while (!stopping_) {
-    const int n = ::epoll_wait(epoll_fd_, events, kEvents, 100);
-    const auto now = Clock::now();
-    for (int e = 0; e < n; ++e) {
-      const auto tag = events[e].data.u64;
-      if (tag == kWakeTag) {
-        std::uint64_t v;
-        (void)!::read(wake_fd_, &v, sizeof v);
-        apply_backends();
-      } else if (tag == kListenTag) {
-        on_listen(now);
-      } else {
-        const auto i = static_cast<std::uint32_t>(tag & 0xffffffffu);
-        if (i < st.sessions.size() && st.sessions[i].in_use && st.sessions[i].gen == static_cast<std::uint32_t>(tag >> 32))
-          on_session(i, now);
-      }
-    }
+  const auto housekeeping = [&](Clock::time_point now) {
     if (now >= next_publish) {  // counters a status request reads are at most 20 ms old
       next_publish = now + std::chrono::milliseconds(20);
       publish();
@@ -526,6 +710,134 @@ void Relay::loop() {
         close_session(i);
       }
     }
+  };
+
+  apply_backends();
+  if (!ring) {
+    epoll_event events[kEvents];
+    while (!stopping_) {
+      const int n = ::epoll_wait(epoll_fd_, events, kEvents, 100);
+      const auto now = Clock::now();
+      for (int e = 0; e < n; ++e) {
+        const auto t = events[e].data.u64;
+        if (t == kWakeTag) {
+          std::uint64_t v;
+          (void)!::read(wake_fd_, &v, sizeof v);
+          apply_backends();
+        } else if (t == kListenTag) {
+          on_listen(now);
+        } else {
+          const auto i = static_cast<std::uint32_t>(t & 0xffffffffu);
+          if (i < st.sessions.size() && st.sessions[i].in_use && st.sessions[i].gen == static_cast<std::uint32_t>(t >> 32))
+            on_session(i, now);
+        }
+      }
+      housekeeping(now);
+    }
+    publish();
+    return;
+  }
+
+  // ---- io_uring: a turn is one io_uring_enter that submits the last turn's sends and re-armed receives and
+  // waits for completions; the completions are handled in the order the kernel posted them (per socket, the order
+  // the datagrams arrived), and what they produce is queued in that order for the next enter. ----
+  const auto arm_wake = [&] {
+    if (io_uring_sqe* q = sqe()) {
+      io_uring_prep_read(q, wake_fd_, &ring->wake_value, sizeof ring->wake_value, 0);
+      io_uring_sqe_set_data64(q, tag(kWakeRead));
+    }
+  };
+  const auto receive_completion = [&](const io_uring_cqe& c, Clock::time_point now) {
+    const std::uint64_t t = c.user_data;
+    const bool listen = (t >> 56) == kRecvListen;
+    const auto i = static_cast<std::uint32_t>(t & 0xffffffffu);
+    const bool live = listen || (i < st.sessions.size() && st.sessions[i].in_use &&
+                                 (st.sessions[i].gen & 0xffffffu) == ((t >> 32) & 0xffffffu));
+    if (c.flags & IORING_CQE_F_BUFFER) {
+      current_buffer = c.flags >> IORING_CQE_BUFFER_SHIFT;
+      buffer_taken = false;
+      auto* out = io_uring_recvmsg_validate(ring->buffer(current_buffer), c.res, &ring->recv_template);
+      if (live && out && c.res >= 0 && !(out->flags & MSG_TRUNC) && out->namelen >= sizeof(sockaddr_in)) {
+        sockaddr_in from;
+        std::memcpy(&from, io_uring_recvmsg_name(out), sizeof from);
+        const auto* data = static_cast<const std::byte*>(io_uring_recvmsg_payload(out, &ring->recv_template));
+        const std::size_t n = io_uring_recvmsg_payload_length(out, c.res, &ring->recv_template);
+        if (from.sin_family == AF_INET) {
+          current_fd = listen ? listen_fd_ : st.sessions[i].fd;
+          if (listen) listen_datagram(from, data, n, now);
+          else session_datagram(i, from, data, n, now);
+        }
+      }
+      if (!buffer_taken) ring->give_back(current_buffer);
+    } else if (c.res < 0 && c.res != -ENOBUFS && c.res != -ECANCELED && live) {
+      ++stats.socket_errors;
+    }
+    // The receive ended (no buffer was free, or an error): armed again at the turn's end while its socket lives.
+    if (!(c.flags & IORING_CQE_F_MORE) && c.res != -ECANCELED && live) ring->rearm.push_back(t);
+  };
+  const auto send_completion = [&](const io_uring_cqe& c) {
+    const auto b = static_cast<unsigned>(c.user_data & 0xffffffu);
+    if (b >= kBuffers) return;
+    if (c.res < 0) {  // a full send buffer or an ICMP error: the endpoints' retransmissions recover
+      ++stats.socket_errors;
+      const auto kind = static_cast<State::Out>(ring->tx_kind[b]);
+      if (kind == State::Out::to_backend) --stats.packets_to_backend;
+      else if (kind == State::Out::to_client) {
+        --stats.packets_to_client;
+        stats.bytes_to_client -= ring->tx_iov[b].iov_len;
+      }
+    }
+    ring->give_back(b);
+  };
+
+  if (ring->enable_in_loop) {
+    // liburing 2.3 declares io_uring_enable_rings but does not export it: the system call itself.
+    if (::syscall(__NR_io_uring_register, ring->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) < 0) {
+      log(std::string("io_uring relay stopped: enabling its ring: ") + std::strerror(errno) +
+          " (set relay = \"epoll\")");
+      publish();
+      return;
+    }
+  }
+  arm_receive(listen_fd_, tag(kRecvListen));
+  arm_wake();
+  std::vector<std::uint64_t> rearm;
+  while (!stopping_) {
+    __kernel_timespec wait{0, 100'000'000};
+    io_uring_cqe* first = nullptr;
+    ++stats.ring_enters;
+    io_uring_submit_and_wait_timeout(&ring->ring, &first, 1, &wait, nullptr);
+    for (int fd : ring->to_close) ::close(fd);  // their last submissions are in
+    ring->to_close.clear();
+    const auto now = Clock::now();
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_cqe* c;
+    io_uring_for_each_cqe(&ring->ring, head, c) {
+      ++seen;
+      const auto kind = c->user_data >> 56;
+      if (kind == kRecvListen || kind == kRecvSession) {
+        receive_completion(*c, now);
+      } else if (kind == kSend) {
+        send_completion(*c);
+      } else if (kind == kWakeRead) {
+        apply_backends();
+        arm_wake();
+      }
+    }
+    io_uring_cq_advance(&ring->ring, seen);
+    rearm.swap(ring->rearm);
+    for (const auto t : rearm) {
+      if ((t >> 56) == kRecvListen) {
+        arm_receive(listen_fd_, t);
+        continue;
+      }
+      const auto i = static_cast<std::uint32_t>(t & 0xffffffffu);
+      if (i < st.sessions.size() && st.sessions[i].in_use && (st.sessions[i].gen & 0xffffffu) == ((t >> 32) & 0xffffffu))
+        arm_receive(st.sessions[i].fd, t);
+    }
+    rearm.clear();
+    housekeeping(now);
   }
   publish();
 }

@@ -1,7 +1,9 @@
 #pragma once
-// The data plane: one epoll thread relays TFTP transfers between clients and backends through a virtual
-// server, following each backend's new transfer port (what a plain UDP proxy cannot do). Each ready socket is
-// read with one recvmmsg (a burst of datagrams) and what the burst produces leaves with one sendmmsg, in order.
+// The data plane: one thread relays TFTP transfers between clients and backends through a virtual server,
+// following each backend's new transfer port (what a plain UDP proxy cannot do). Two engines, one set of rules:
+// io_uring (a multishot receive armed on every socket, the sends queued as submissions, one io_uring_enter per
+// turn whatever the turn moved) and epoll (each ready socket read with one recvmmsg, what the burst produces
+// sent with one sendmmsg, in order). io_uring is chosen at start when the kernel allows it.
 #include <netinet/in.h>
 
 #include <atomic>
@@ -10,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -19,6 +22,12 @@
 
 namespace deskfarm::tftp_lb {
 
+/// Which engine moves the datagrams: `automatic` takes io_uring when the kernel allows it (6.0+, not refused by
+/// seccomp or kernel.io_uring_disabled) and epoll otherwise.
+enum class RelayEngine : std::uint8_t { automatic, io_uring, epoll };
+/// "auto", "io_uring", "epoll" (the manifest's `relay` key); nullopt for anything else.
+std::optional<RelayEngine> relay_engine_from(std::string_view name);
+
 struct RelayOptions {
   sockaddr_in vip{};                 ///< a specific IPv4 address (never 0.0.0.0: replies must leave from it)
   std::size_t max_sessions = 10000;  ///< a new session beyond it evicts the oldest idle one
@@ -27,6 +36,7 @@ struct RelayOptions {
   /// still reaches the client.
   std::chrono::milliseconds linger{2000};
   Method method = Method::round_robin;
+  RelayEngine engine = RelayEngine::automatic;
   std::function<void(std::string_view)> log;  ///< one line per event, from the relay thread; default silent
 };
 
@@ -64,6 +74,7 @@ struct RelayStats {
   std::uint64_t bytes_to_client = 0;
   std::uint64_t receive_calls = 0;  ///< recvmmsg calls that returned datagrams (datagrams per call = the batching)
   std::uint64_t send_calls = 0;     ///< sendmmsg/sendto calls
+  std::uint64_t ring_enters = 0;    ///< io_uring engine: io_uring_enter calls (one per turn: all receives and sends)
   std::vector<RelayBackendStats> backends;
 };
 
@@ -77,8 +88,11 @@ class Relay {
   Relay(const Relay&) = delete;
   Relay& operator=(const Relay&) = delete;
 
-  /// Binds the virtual server (throws std::runtime_error naming the address) and starts the loop.
+  /// Binds the virtual server (throws std::runtime_error naming the address), chooses the engine (throws when
+  /// io_uring is forced and refused, saying why) and starts the loop.
   void start();
+  /// "io_uring" or "epoll" once started.
+  std::string_view engine() const { return engine_ == RelayEngine::io_uring ? "io_uring" : "epoll"; }
   void stop();
   std::uint16_t port() const { return port_; }
   void set_backends(std::vector<RelayBackend> backends);
@@ -87,6 +101,7 @@ class Relay {
  private:
   struct Session;
   struct State;
+  struct Ring;
   void loop();
 
   RelayOptions options_;
@@ -101,6 +116,8 @@ class Relay {
   bool pending_set_ = false;
   RelayStats published_;
   std::unique_ptr<State> state_;      // owned by the loop thread while it runs
+  std::unique_ptr<Ring> ring_;        // the io_uring engine's ring and buffers; null with epoll
+  RelayEngine engine_ = RelayEngine::epoll;
 };
 
 }  // namespace deskfarm::tftp_lb

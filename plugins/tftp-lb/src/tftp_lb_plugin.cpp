@@ -36,6 +36,7 @@ struct BackendSeed {
 struct LbConfig {
   std::string vip;
   std::string method;
+  std::string relay;
   std::string boot_file;
   std::vector<BackendSeed> backends;
   bool discover = true;
@@ -71,6 +72,11 @@ constexpr auto lb_schema = schema<LbConfig>(
            "backend choice for a new session: source_ip keeps a client address on one backend (UEFI's tsize probe and "
            "its download), least_sessions, round_robin (both weighted)")
         .one_of("round_robin|least_sessions|source_ip"),
+    option("relay", &LbConfig::relay, "\"auto\"",
+           "the relay's engine: io_uring (one system call per turn for all sessions' datagrams), epoll (one recvmmsg "
+           "and one sendmmsg per ready socket), auto = io_uring where the kernel allows it (6.0+, not refused by "
+           "seccomp or kernel.io_uring_disabled), else epoll (logged)")
+        .one_of("auto|io_uring|epoll"),
     option("boot_file", &LbConfig::boot_file, "\"ARDBP32.BIN\"", "the bootstrap: DHCP option 67, and what the monitors request"),
     option("backends", &LbConfig::backends, "[]", "backends listed by name (pvs instances) or address (foreign servers)",
            backend_schema),
@@ -188,6 +194,7 @@ class TftpLb final : public Plugin {
     o.max_sessions = static_cast<std::size_t>(config_.max_sessions);
     o.idle_timeout = std::chrono::seconds(config_.idle_timeout_s);
     o.method = checked_.method;
+    o.engine = *relay_engine_from(config_.relay);
     o.log = [this, line = ctx_.lifeline()](std::string_view text) {
       line->post([this, text = std::string(text)] { ctx_.log().warning(text); });
     };
@@ -213,7 +220,8 @@ class TftpLb final : public Plugin {
     discover();
     point_networks("");
     ctx_.every(std::chrono::seconds(1), [this] { sync_metrics(); });
-    ctx_.log().info("virtual server " + vip_ + " (" + config_.method + ", monitor " + config_.monitor + ", " +
+    ctx_.log().info("virtual server " + vip_ + " (" + config_.method + ", relay " + std::string(relay_->engine()) +
+                    " [relay = \"" + config_.relay + "\"], monitor " + config_.monitor + ", " +
                     std::to_string(backends_.size()) + " backends so far)");
   }
 
@@ -227,6 +235,7 @@ class TftpLb final : public Plugin {
     out.set("method", config_.method);
     out.set("monitor", config_.monitor);
     if (relay_) {
+      out.set("relay_engine", std::string(relay_->engine()));
       const auto s = relay_->stats();
       Value r = Value::object();
       r.set("sessions_active", s.sessions_active);
@@ -248,6 +257,7 @@ class TftpLb final : public Plugin {
       r.set("bytes_to_client", s.bytes_to_client);
       r.set("receive_calls", s.receive_calls);
       r.set("send_calls", s.send_calls);
+      r.set("ring_enters", s.ring_enters);
       out.set("relay", std::move(r));
     }
     Value backends = Value::array();

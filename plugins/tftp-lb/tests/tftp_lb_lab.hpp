@@ -49,17 +49,23 @@ inline std::vector<std::byte> ack(std::uint16_t block) {
   return out;
 }
 
+/// The relay engines a test that moves datagrams runs with, one run each (Catch2 GENERATE).
+#define TFTP_LB_ENGINE() GENERATE(as<std::string>{}, "io_uring", "epoll")
+
 struct Lab {
+  /// The balancer's `relay` key: a test that moves datagrams sets it from TFTP_LB_ENGINE(), and start() checks
+  /// that this engine, not a fallback, carried the test.
+  explicit Lab(std::string relay_engine = "auto") : engine(std::move(relay_engine)) {
+    std::filesystem::create_directories(root());
+    dt::write_file(root() / "boot.bin", dt::pattern(boot_size, 11));
+    dt::write_file(root() / "big.bin", dt::pattern(big_size, 12));
+  }
+  std::string engine;
   dt::TempDir dir{"tftp-lb-test"};
   std::uint16_t hpa_port = free_udp_port();
   std::unique_ptr<dt::ChildProcess> hpa;
   std::unique_ptr<dt::Harness> h;
 
-  Lab() {
-    std::filesystem::create_directories(root());
-    dt::write_file(root() / "boot.bin", dt::pattern(boot_size, 11));
-    dt::write_file(root() / "big.bin", dt::pattern(big_size, 12));
-  }
   std::filesystem::path root() const { return dir.path() / "root"; }
 
   /// Starts in.tftpd on hpa_port (the same port after a restart) and waits until it answers.
@@ -92,6 +98,7 @@ struct Lab {
            root().string() + "\"\n\n[instances.lb]\nplugin = \"tftp-lb\"\n" +
            (extra.find("vip =") == std::string::npos ? "vip = \"" + std::string(vip_host) + ":0\"\n" : "") +
            (extra.find("boot_file =") == std::string::npos ? "boot_file = \"boot.bin\"\n" : "") +
+           (extra.find("relay =") == std::string::npos ? "relay = \"" + engine + "\"\n" : "") +
            (extra.find("backends =") == std::string::npos
                 ? "backends = [ { name = \"hpa\", address = \"127.0.0.1:" + std::to_string(hpa_port) + "\" } ]\n"
                 : "") +
@@ -106,6 +113,12 @@ struct Lab {
   void start(const std::string& extra) {
     h = harness(extra);
     h->start();
+    if (engine != "auto") {
+      const auto s = status();
+      INFO("status " << s.to_json());
+      REQUIRE(s.find("relay_engine"));
+      REQUIRE(s.find("relay_engine")->as_string() == engine);
+    }
   }
   std::string check_error(const std::string& extra) const {
     try {

@@ -22,7 +22,7 @@ TEST_CASE("tftp-hpa, curl and atftp fetch through the virtual server from the pv
   if (!require_program("tftp") || !require_program("curl") || !require_program("atftp") ||
       !require_program("in.tftpd"))
     return;
-  Lab lab;
+  Lab lab(TFTP_LB_ENGINE());
   lab.start_hpa();
   lab.start(fast_udp_ecv);
   REQUIRE(lab.all_in({"pvs-1", "hpa"}, api::kUp));
@@ -57,7 +57,7 @@ TEST_CASE("tftp-hpa, curl and atftp fetch through the virtual server from the pv
 
 TEST_CASE("the client sees only the virtual server, and a wrong port gets ERROR 5, strangers and junk are dropped and counted") {
   if (!require_program("in.tftpd")) return;
-  Lab lab;
+  Lab lab(TFTP_LB_ENGINE());
   lab.start_hpa();
   lab.start("monitor = \"none\"\ndiscover = false\n");
   REQUIRE(lab.all_in({"hpa"}, api::kUp));
@@ -115,7 +115,7 @@ TEST_CASE("the client sees only the virtual server, and a wrong port gets ERROR 
 
 TEST_CASE("UEFI's tsize probe, its abort and the download from the same port are two sessions on the same backend") {
   if (!require_program("in.tftpd")) return;
-  Lab lab;
+  Lab lab(TFTP_LB_ENGINE());
   lab.start_hpa();
   lab.start("method = \"source_ip\"\nmonitor = \"udp-ecv\"\ninterval_ms = 500\nresponse_timeout_ms = 400\n");
   REQUIRE(lab.all_in({"pvs-1", "hpa"}, api::kUp));
@@ -166,7 +166,7 @@ TEST_CASE("UEFI's tsize probe, its abort and the download from the same port are
 
 TEST_CASE("the session table is bounded: a new session evicts the oldest idle one and is counted") {
   if (!require_program("in.tftpd")) return;
-  Lab lab;
+  Lab lab(TFTP_LB_ENGINE());
   lab.start_hpa();
   lab.start("monitor = \"none\"\ndiscover = false\nmax_sessions = 2\n");
   REQUIRE(lab.all_in({"hpa"}, api::kUp));
@@ -212,7 +212,7 @@ TEST_CASE("udp-ecv marks a closed port DOWN on ICMP port-unreachable, and the tf
 
 TEST_CASE("a drained backend gets no new sessions, its state is published, and it comes back when undrained") {
   if (!require_program("in.tftpd")) return;
-  Lab lab;
+  Lab lab(TFTP_LB_ENGINE());
   lab.start_hpa();
   lab.start(fast_udp_ecv);
   REQUIRE(lab.all_in({"pvs-1", "hpa"}, api::kUp));
@@ -243,7 +243,8 @@ TEST_CASE("a drained backend gets no new sessions, its state is published, and i
 
 TEST_CASE("failover drill: clients fetch in a loop, a backend dies, is DOWN within interval*retries+timeout, gets nothing, and is UP after restart") {
   if (!require_program("in.tftpd")) return;
-  Lab lab;
+  Lab lab(TFTP_LB_ENGINE());
+  INFO("relay engine " << lab.engine);
   lab.start_hpa();
   // A probe timeout that 32 looping clients on two shared cores cannot reach by load alone.
   const int interval = 1000, timeout = 800, retries = 3;
@@ -301,6 +302,7 @@ TEST_CASE("failover drill: clients fetch in a loop, a backend dies, is DOWN with
   REQUIRE(down);
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - killed);
   const auto body = sdk::body_of<api::BackendHealth>(*down);
+  INFO("relay " << lab.status().find("relay")->to_json());
   INFO("DOWN after " << took.count() << " ms: " << body->reason);
   CHECK(body->reason.find("ICMP port unreachable") != std::string::npos);
   // interval*retries + timeout, plus 500 ms for scheduling on a loaded machine (the bus and the blocking pool).
@@ -353,6 +355,10 @@ TEST_CASE("malformed balancer settings are refused at their key") {
   CHECK(lab.check_error("send_hex = \"0x01\"\n").find("'x' at offset 1 is not a hex digit") != std::string::npos);
   CHECK(lab.check_error("expect_sha256 = \"abc\"\n").find("64 lower-case hex digits") != std::string::npos);
   CHECK(lab.check_error("method = \"random\"\n").find("method") != std::string::npos);
+  const auto relay = lab.check_error("relay = \"select\"\n");
+  INFO(relay);
+  CHECK(relay.find("relay") != std::string::npos);
+  CHECK(relay.find("io_uring") != std::string::npos);  // the error lists the engines there are
   const auto twice = lab.check_error("backends = [ { name = \"a\", address = \"127.0.0.1:69\" }, { name = \"a\" } ]\n");
   CHECK(twice.find("backend 'a' is listed twice") != std::string::npos);
 }
@@ -379,7 +385,7 @@ TEST_CASE("nginx's UDP stream proxy in front of tftpd-hpa completes no transfer,
     return;
   }
   if (!require_program("in.tftpd")) return;
-  Lab lab;
+  Lab lab(TFTP_LB_ENGINE());
   lab.start_hpa();
   lab.start("monitor = \"none\"\ndiscover = false\n");
   REQUIRE(lab.all_in({"hpa"}, api::kUp));

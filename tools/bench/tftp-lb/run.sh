@@ -4,8 +4,12 @@
 # 256 x 64 KiB at blksize 1468. Prints min/median MiB/s, median p50/p99 per transfer, the ratios VIP/direct, and
 # the balancer's CPU seconds per GiB relayed. Then holds SESSIONS (default 10000) stalled transfers open through the
 # virtual server and prints the balancer's resident memory per session.
-# BASELINE=DIR (a folder holding another build's tftp-lb.so, e.g. the previous commit's) adds a second balancer
-# on 127.0.0.5 with that plugin in front of the same backend, measured in the same rounds ("base").
+# RELAYS (default "io_uring epoll") names the relay engines to compare: one balancer per engine (`relay` key), the
+# first on 127.0.0.2 (it also holds the sessions), the next on 127.0.0.6, .7, all in front of the same backend and
+# measured in the same rounds. Per balancer, `perf stat` counts its system calls and context switches over all the
+# rounds, printed per datagram relayed (the balancers take turns, so each one's counts are its own traffic).
+# BASELINE=DIR (a folder holding another build's tftp-lb.so, e.g. the previous commit's) adds a balancer on
+# 127.0.0.5 with that plugin (its default engine) in front of the same backend, measured in the same rounds ("base").
 # Per cell also the load generator's CPU (s/GiB, and its share of one core while it ran): a generator near one
 # core would be the limit, not the balancer.
 # usage: tools/bench/tftp-lb/run.sh [BUILD_DIR]     (reuses tools/bench/tftp's tftp_serve and tftp_load)
@@ -44,11 +48,12 @@ pids+=($!)
 for _ in $(seq 50); do [[ -s $work/serve.port ]] && break; sleep 0.1; done
 backend=$(awk '{print $2}' "$work/serve.port")
 
-# start_balancer NAME HOST PLUGIN_DIR: a deployment with one tftp-lb instance in front of the backend; sets
-# started_pid and started_port.
+# start_balancer NAME HOST PLUGIN_DIR [ENGINE]: a deployment with one tftp-lb instance in front of the backend;
+# sets started_pid and started_port.
 start_balancer() {
-  local name=$1 host=$2 plugins=$3 port
+  local name=$1 host=$2 plugins=$3 engine=${4:-} port relay_line=""
   port=$(free_port "$host")
+  [[ -n $engine ]] && relay_line="relay = \"$engine\""
   cat > "$work/$name.toml" <<TOML
 [deployment]
 name = "tftp-lb-bench-$name"
@@ -62,6 +67,7 @@ monitor = "none"
 discover = false
 max_sessions = $((sessions + 1000))
 backends = [ { name = "serve", address = "127.0.0.1:$backend" } ]
+$relay_line
 TOML
   "$bin/deskfarm" run "$work/$name.toml" --plugin-path "$plugins" > "$work/$name.log" 2>&1 &
   started_pid=$!
@@ -70,25 +76,48 @@ TOML
   grep -q "virtual server" "$work/$name.log" || { cat "$work/$name.log" >&2; exit 1; }
   started_port=$port
 }
-start_balancer lb 127.0.0.2 "$build/plugins"
-lb_pid=$started_pid
-vip_port=$started_port
-declare -A target=([direct]=127.0.0.1:$backend [vip]=127.0.0.2:$vip_port)
-declare -A balancer=([vip]=$lb_pid)
-paths=(direct vip)
+read -r -a relays <<<"${RELAYS:-io_uring epoll}"
+declare -A target=([direct]=127.0.0.1:$backend)
+declare -A balancer=()
+declare -A manifest=()
+paths=(direct)
+hosts=(127.0.0.2 127.0.0.6 127.0.0.7)
+for k in "${!relays[@]}"; do
+  engine=${relays[$k]}
+  name=$([[ $k == 0 ]] && echo lb || echo "lb-$engine")
+  start_balancer "$name" "${hosts[$k]}" "$build/plugins" "$engine"
+  grep -q "relay $engine" "$work/$name.log" || { echo "run.sh: $name did not start the $engine relay:" >&2; cat "$work/$name.log" >&2; exit 1; }
+  target[$engine]=${hosts[$k]}:$started_port
+  balancer[$engine]=$started_pid
+  manifest[$engine]=$work/$name.toml
+  paths+=("$engine")
+  [[ $k == 0 ]] && { lb_pid=$started_pid; vip_port=$started_port; }
+done
 if [[ -n ${BASELINE:-} ]]; then
   [[ -f $BASELINE/tftp-lb.so ]] || { echo "run.sh: BASELINE=$BASELINE holds no tftp-lb.so" >&2; exit 2; }
   start_balancer base 127.0.0.5 "$BASELINE"
   target[base]=127.0.0.5:$started_port
   balancer[base]=$started_pid
+  manifest[base]=$work/base.toml
   paths+=(base)
+fi
+# System calls and context switches of each balancer over all the rounds.
+declare -A perf_pid=()
+if perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; then
+  for path in "${!balancer[@]}"; do
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "${balancer[$path]}" -o "$work/perf-$path.csv" &
+    perf_pid[$path]=$!
+    pids+=("$!")
+  done
+else
+  echo "run.sh: perf cannot count raw_syscalls:sys_enter here (perf_event_paranoid?): no system-call counts" >&2
 fi
 cpu_of() { [[ -z ${1:-} ]] && { echo 0; return; }; awk '{ printf "%.3f", ($14 + $15) / '"$(getconf CLK_TCK)"' }' "/proc/$1/stat"; }
 lb_rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$lb_pid/status"; }
 
 rows=("1x32MiB|1|f32m" "64x1MiB|64|f1m" "256x64KiB|256|f64k")
 declare -A samples
-echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $repeat rounds; backend tftp_serve 127.0.0.1:$backend, VIP ${target[vip]}${BASELINE:+, baseline VIP ${target[base]}}"
+echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $repeat rounds; backend tftp_serve 127.0.0.1:$backend;$(for p in "${paths[@]:1}"; do printf ' %s VIP %s' "$p" "${target[$p]}"; done)"
 for ((r = 1; r <= repeat; r++)); do
   for row in "${rows[@]}"; do
     IFS='|' read -r label clients file <<<"$row"
@@ -111,7 +140,7 @@ for ((r = 1; r <= repeat; r++)); do
         gib = c * size / 1024
         printf "%.1f %.1f %.1f %.2f %.2f %.2f", rate, p50, p99, (b - a) / gib, gen / gib, (wall > 0) ? gen / wall : 0 }')
       samples[$path,$label]+="$line"$'\n'
-      echo "  round $r $path $label $line" | awk '{ printf "  round %s %-6s %-10s %8s MiB/s  p50 %7s ms  p99 %7s ms  balancer %5s CPU s/GiB  generator %5s CPU s/GiB, %s of a core\n", $2, $3, $4, $5, $6, $7, $8, $9, $10 }'
+      echo "  round $r $path $label $line" | awk '{ printf "  round %s %-8s %-10s %8s MiB/s  p50 %7s ms  p99 %7s ms  balancer %5s CPU s/GiB  generator %5s CPU s/GiB, %s of a core\n", $2, $3, $4, $5, $6, $7, $8, $9, $10 }'
     done
   done
 done
@@ -139,17 +168,39 @@ for path in "${paths[@]}"; do
       "$(stat direct "$label" 5 median)·$(stat direct "$label" 6 median) / $(stat "$path" "$label" 5 median)·$(stat "$path" "$label" 6 median)"
   done
 done
-[[ -n ${BASELINE:-} ]] && for row in "${rows[@]}"; do
-  IFS='|' read -r label _ <<<"$row"
-  echo "vip/base $label: MiB/s $(ratio vip base "$label" 1), p99 $(ratio vip base "$label" 3), balancer CPU s/GiB $(ratio vip base "$label" 4)"
+echo "load average after the rounds: $(cut -d' ' -f1-3 /proc/loadavg)"
+first=${paths[1]:-}
+for other in "${paths[@]:2}"; do
+  for row in "${rows[@]}"; do
+    IFS='|' read -r label _ <<<"$row"
+    echo "$first/$other $label: MiB/s $(ratio "$first" "$other" "$label" 1), p99 $(ratio "$first" "$other" "$label" 3), balancer CPU s/GiB $(ratio "$first" "$other" "$label" 4)"
+  done
 done
 
-python3 -c 'import json,sys
-r = [x for x in json.load(sys.stdin)["instances"] if x["name"] == "lb"][0]["fields"]["relay"]
+# Per balancer: datagrams relayed (its status), its system calls and context switches per datagram (perf).
+echo
+for path in "${paths[@]:1}"; do
+  [[ -n ${perf_pid[$path]:-} ]] && { kill -INT "${perf_pid[$path]}" 2>/dev/null || true; wait "${perf_pid[$path]}" 2>/dev/null || true; }
+  "$bin/deskfarm" status "${manifest[$path]}" 2>/dev/null | python3 -c 'import json, sys
+path, perf = sys.argv[1], sys.argv[2]
+i = [x for x in json.load(sys.stdin)["instances"] if x["name"].startswith("lb")][0]["fields"]
+r = i["relay"]
 n = r["packets_to_backend"] + r["packets_to_client"]
-if r.get("receive_calls"):
-    print("batching: %d datagrams relayed, %.2f per recvmmsg, %.2f per send call" % (n, n / r["receive_calls"], n / max(1, r["send_calls"])))' \
-  < <("$bin/deskfarm" status "$work/lb.toml") 2>/dev/null || true
+counts = {}
+try:
+    for line in open(perf):
+        f = line.strip().split(",")
+        if len(f) > 2 and f[0].replace(".", "").isdigit():
+            counts[f[2]] = float(f[0])
+except OSError:
+    pass
+calls = "io_uring_enter %d (%.3f per datagram)" % (r.get("ring_enters", 0), r.get("ring_enters", 0) / max(1, n)) if r.get("ring_enters") else \
+        "recvmmsg %d (%.2f datagrams each), send calls %d (%.2f each)" % (r["receive_calls"], n / max(1, r["receive_calls"]), r["send_calls"], n / max(1, r["send_calls"]))
+line = "%-8s engine %s: %d datagrams relayed; %s" % (path, i.get("relay_engine", "?"), n, calls)
+if "raw_syscalls:sys_enter" in counts and n:
+    line += "; perf: %.3f system calls and %.3f context switches per datagram" % (counts["raw_syscalls:sys_enter"] / n, counts.get("context-switches", 0) / n)
+print(line)' "$path" "$work/perf-$path.csv" || echo "$path: no status"
+done
 
 # Sessions held: every client sends one RRQ (resent while unanswered) and never ACKs; each session stays until
 # the idle timeout (60 s).

@@ -243,8 +243,9 @@ TEST_CASE("a drained backend gets no new sessions, its state is published, and i
 
 TEST_CASE("failover drill: clients fetch in a loop, a backend dies, is DOWN within interval*retries+timeout, gets nothing, and is UP after restart") {
   if (!require_program("in.tftpd")) return;
-  Lab lab(TFTP_LB_ENGINE());
-  INFO("relay engine " << lab.engine);
+  // Health and failover are the monitors' and the session table's, the same for both relay engines (each engine's
+  // relaying is tested above); run once, on the engine the machine picks, since the drill's timing is load-bound.
+  Lab lab;
   lab.start_hpa();
   // A probe timeout that 32 looping clients on two shared cores cannot reach by load alone.
   const int interval = 1000, timeout = 800, retries = 3;

@@ -469,8 +469,8 @@ TEST_CASE("a data store that refuses writes does not stop brokering: the assignm
   CHECK(rows == 2);
 }
 
-TEST_CASE("with ima the pool master is the controller beside the ZDC: none there, a start is done here and counted; "
-          "the ZDC dies and this controller is master; sessions go to its ima server and on to the ZDC") {
+TEST_CASE("with ima the pool master is the controller beside the ZDC: with none there a start is done here and counted, "
+          "the ZDC dies and this controller is master, sessions go to its ima server and on to the ZDC") {
   namespace ima = deskfarm::interfaces::ima;
   Farm f;
   f.vms = 3;

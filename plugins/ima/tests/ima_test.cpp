@@ -302,7 +302,7 @@ deskfarm::testing::conformance::Subject conformance_subject() {
 
 DESKFARM_CONFORMANCE_SUITE("ima", conformance_subject)
 
-TEST_CASE("sessions reported by a controller reach the ZDC of another zone; ima.<instance>.zdc and its updates name the ZDC") {
+TEST_CASE("sessions reported by a controller reach the ZDC of another zone, and ima.<instance>.zdc and its updates name the ZDC") {
   auto h = farm(server("a1", "a", "host_id = 2") + server("a2", "a", "host_id = 1") + server("b1", "b"));
   REQUIRE(zdc_of(*h, "a2") == "a1");
   auto zdc = h->request<Empty, api::Collector>(api::subject("a2", "zdc"), {});

@@ -299,7 +299,7 @@ TEST_CASE("admin /metrics (read with curl): answers by status 200, 404, 503, 504
   if (!deskfarm::testing::require_program("curl")) return;
   AdminLimits limits;
   limits.max_inflight = 1;
-  Endpoint e(800, limits);  // adder.adder.later answers after 800 ms
+  Endpoint e(2500, limits);  // adder.adder.later answers after 2.5 s
   const std::string base = "http://" + e.admin->address();
   const auto curl = [&](std::vector<std::string> args) {
     std::vector<std::string> argv{"curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"};
@@ -314,9 +314,9 @@ TEST_CASE("admin /metrics (read with curl): answers by status 200, 404, 503, 504
   CHECK(curl({base + "/nowhere"}) == "404");
   CHECK(curl(post_args("adder.nobody.sum", "2000")) == "404");  // no responder
   // One slow request holds the only in-flight slot (admin_inflight = 1): a second is refused 503, and the slow one
-  // runs into its 300 ms deadline, 504.
+  // runs into its 1.5 s deadline, 504 (long enough for the second curl to start on a loaded machine).
   std::string slow;
-  std::thread holder([&] { slow = curl(post_args("adder.adder.later", "300")); });
+  std::thread holder([&] { slow = curl(post_args("adder.adder.later", "1500")); });
   const bool held = deskfarm::testing::eventually([&] { return e.admin->counters().inflight == 1; }, 5s);
   const auto busy = curl(post_args("adder.adder.sum", "2000"));
   holder.join();
@@ -338,10 +338,13 @@ TEST_CASE("admin /metrics (read with curl): answers by status 200, 404, 503, 504
   CHECK(m.out.find("# TYPE deskfarm_admin_request_seconds histogram") != std::string::npos);
   CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_request_seconds_count") == 5);
   CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_request_seconds_bucket{le=\"+Inf\"}") == 5);
-  // The 504 waited its 300 ms deadline: it is above the 0.25 s bound, the four quick answers below it.
-  CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_request_seconds_bucket{le=\"0.25\"}") == 4);
-  CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_request_seconds_sum") >= 0.3);
+  // The 504 waited its 1.5 s deadline: it is above the 1 s bound, the four quick answers below it.
+  CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_request_seconds_bucket{le=\"1\"}") == 4);
+  CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_request_seconds_sum") >= 1.5);
   // The next scrape counts the first one.
   auto again = deskfarm::testing::run_child({"curl", "-sf", base + "/metrics"}, 20s);
   CHECK(deskfarm::testing::metric_sample(again.out, "deskfarm_admin_requests_total{code=\"200\"}") == 2);
+  // The responder answers after the 504 (the bus drops that reply); the endpoint still holds nothing.
+  CHECK(deskfarm::testing::eventually([&] { return e.fixture("later_answered") == 1; }, 10s));
+  CHECK(e.admin->counters().inflight == 0);
 }

@@ -211,6 +211,7 @@ struct AdminServer::Connection {
   Clock::time_point deadline;
   std::size_t served = 0;
   bool close_after = false;
+  Clock::time_point received{};  ///< when the request being answered was whole (the latency's start)
 };
 
 AdminServer::AdminServer(Deployment& deployment, const std::string& address, std::string token, AdminLimits limits)
@@ -245,6 +246,59 @@ AdminServer::Counters AdminServer::counters() const {
   return shared_->counters;
 }
 
+void AdminServer::record_answer(const std::string& text, Clock::duration took) {
+  // Every answer is made by response_text: "HTTP/1.1 NNN ..."
+  const int code = text.size() > 12 ? std::atoi(text.c_str() + 9) : 0;
+  const double seconds = std::chrono::duration<double>(took).count();
+  const auto bucket = static_cast<std::size_t>(
+      std::lower_bound(latency_bounds.begin(), latency_bounds.end(), seconds) - latency_bounds.begin());
+  std::lock_guard lock(shared_->mutex);
+  auto& counters = shared_->counters;
+  ++counters.answers[code];
+  ++counters.latency_buckets[bucket];
+  counters.latency_sum_s += seconds;
+}
+
+std::string AdminServer::metrics_text() const {
+  const auto c = counters();
+  std::string out;
+  const auto family = [&](const char* name, const char* type, const char* help) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+  };
+  family("deskfarm_admin_requests_total", "counter",
+         "Answers of the admin endpoint by HTTP status (200, 404 no such resource or no responder, 503 busy, 504 no reply in time, ...).");
+  auto answers = c.answers;
+  for (int code : {200, 404, 503, 504}) answers.try_emplace(code, 0);  // the outcomes a dashboard watches, from the start
+  for (const auto& [code, n] : answers)
+    out += "deskfarm_admin_requests_total{code=\"" + std::to_string(code) + "\"} " + std::to_string(n) + "\n";
+  family("deskfarm_admin_inflight", "gauge", "Bus requests of the admin endpoint waiting for their reply now.");
+  out += "deskfarm_admin_inflight " + std::to_string(c.inflight) + "\n";
+  family("deskfarm_admin_inflight_peak", "gauge", "The most bus requests of the admin endpoint that waited at once (admin_inflight bounds it).");
+  out += "deskfarm_admin_inflight_peak " + std::to_string(c.inflight_peak) + "\n";
+  family("deskfarm_admin_refused_total", "counter", "Requests answered 503 by reason: inflight (admin_inflight reached), queue (workers' queue full).");
+  out += "deskfarm_admin_refused_total{reason=\"inflight\"} " + std::to_string(c.refused_inflight) + "\n";
+  out += "deskfarm_admin_refused_total{reason=\"queue\"} " + std::to_string(c.refused_queue) + "\n";
+  family("deskfarm_admin_dropped_total", "counter",
+         "Answers dropped by reason: late (a bus reply after its 504), orphaned (the client had gone).");
+  out += "deskfarm_admin_dropped_total{reason=\"late\"} " + std::to_string(c.late_replies) + "\n";
+  out += "deskfarm_admin_dropped_total{reason=\"orphaned\"} " + std::to_string(c.orphaned) + "\n";
+  family("deskfarm_admin_request_seconds", "histogram", "Seconds from a whole request received to its answer begun.");
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < latency_bounds.size(); ++i) {
+    cumulative += c.latency_buckets[i];
+    std::ostringstream le;
+    le << latency_bounds[i];
+    out += "deskfarm_admin_request_seconds_bucket{le=\"" + le.str() + "\"} " + std::to_string(cumulative) + "\n";
+  }
+  cumulative += c.latency_buckets.back();
+  std::ostringstream sum;
+  sum << c.latency_sum_s;
+  out += "deskfarm_admin_request_seconds_bucket{le=\"+Inf\"} " + std::to_string(cumulative) + "\n";
+  out += "deskfarm_admin_request_seconds_sum " + sum.str() + "\n";
+  out += "deskfarm_admin_request_seconds_count " + std::to_string(cumulative) + "\n";
+  return out;
+}
+
 void AdminServer::io() {
   std::map<std::uint64_t, Connection> connections;  // by id, so the oldest comes first
   std::uint64_t next_id = 1;
@@ -252,6 +306,8 @@ void AdminServer::io() {
   std::vector<std::uint64_t> ids;
 
   const auto start_answer = [&](Connection& c, std::string text, bool keep_alive) {
+    record_answer(text, c.received == Clock::time_point{} ? Clock::duration::zero() : Clock::now() - c.received);
+    c.received = {};
     c.out = std::move(text);
     c.sent = 0;
     c.close_after = !keep_alive;
@@ -261,6 +317,7 @@ void AdminServer::io() {
   // Reads one whole request out of c.in, if there is one, and hands it to the workers (or answers it at once).
   const auto take_request = [&](std::uint64_t id, Connection& c) {
     const auto end = head_end(c.in);
+    c.received = Clock::now();
     if (end == std::string::npos ? c.in.size() > limits_.max_head_bytes : end > limits_.max_head_bytes + 4) {
       start_answer(c, response_text(431, "Request Header Fields Too Large", plain_text,
                                     "request head over " + std::to_string(limits_.max_head_bytes) + " bytes\n", false, false),
@@ -415,7 +472,7 @@ void AdminServer::io() {
         Poco::Net::StreamSocket s = listener_.acceptConnection();
         s.setBlocking(false);
         const int fd = s.impl()->sockfd();
-        connections.emplace(next_id++, Connection{std::move(s), fd, Connection::State::reading, {}, {}, 0, now + limits_.request_deadline, 0, false});
+        connections.emplace(next_id++, Connection{std::move(s), fd, Connection::State::reading, {}, {}, 0, now + limits_.request_deadline, 0, false, {}});
         std::size_t reading = 0;
         for (const auto& [id, c] : connections) reading += c.state == Connection::State::reading ? 1 : 0;
         if (reading > limits_.max_connections) {
@@ -463,7 +520,7 @@ std::string AdminServer::answer(const Job& job) {
     return response_text(405, "Method Not Allowed", plain_text, "only GET, or POST /request/SUBJECT\n", false, keep, "Allow: GET, HEAD, POST\r\n");
   try {
     if (path == "/metrics")
-      return response_text(200, "OK", "text/plain; version=0.0.4; charset=utf-8", deployment_.metrics_text(), head_only, keep);
+      return response_text(200, "OK", "text/plain; version=0.0.4; charset=utf-8", deployment_.metrics_text() + metrics_text(), head_only, keep);
     if (path == "/status") {
       std::ostringstream json;
       Poco::JSON::Stringifier::stringify(deployment_.status(), json, 2);

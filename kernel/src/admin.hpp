@@ -1,6 +1,8 @@
 #pragma once
+#include <array>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -64,8 +66,18 @@ class AdminServer {
     std::uint64_t late_replies = 0;      ///< a reply after its request was answered 504 (dropped)
     std::uint64_t orphaned = 0;          ///< an answer whose client had gone (dropped)
     std::uint64_t reused = 0;            ///< requests on a connection that had answered before
+    std::map<int, std::uint64_t> answers;  ///< answers begun, by HTTP status (an orphaned one is not among them)
+    /// Seconds from a whole request received to its answer begun: counts at or below each of latency_bounds,
+    /// then the rest (+Inf); and their sum.
+    std::array<std::uint64_t, 13> latency_buckets{};
+    double latency_sum_s = 0;
   };
+  /// The upper bounds (seconds) of Counters::latency_buckets but the last.
+  static constexpr std::array<double, 12> latency_bounds{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
   Counters counters() const;
+  /// The endpoint's own metrics (Prometheus text): answers by status, in flight now and at most, refusals,
+  /// answers dropped, the latency histogram. GET /metrics serves them after the deployment's.
+  std::string metrics_text() const;
 
  private:
   /// The state the I/O thread, the workers and pending bus callbacks share; it outlives the server while a
@@ -83,6 +95,8 @@ class AdminServer {
   /// The whole HTTP answer to `job`; empty when it is a bus request now in flight (answered later).
   std::string answer(const Job& job);
   std::string bus_request(const Job& job, const std::string& subject);
+  /// Counts an answer begun (its status from its first line) and how long after its request.
+  void record_answer(const std::string& text, std::chrono::steady_clock::duration took);
 
   Deployment& deployment_;
   std::string token_;

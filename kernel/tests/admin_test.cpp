@@ -13,6 +13,8 @@
 #include <Poco/Net/StreamSocket.h>
 #include <catch2/catch.hpp>
 #include <deskfarm/testing/files.hpp>
+#include <deskfarm/testing/metrics_text.hpp>
+#include <deskfarm/testing/peers.hpp>
 #include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
 
@@ -291,4 +293,58 @@ TEST_CASE("admin: 1,000 concurrent requests against a slow responder stay within
   CHECK(held <= 100);
   CHECK(counters.refused_inflight == static_cast<std::uint64_t>(busy));
   CHECK(counters.inflight == 0);
+}
+
+TEST_CASE("admin /metrics (read with curl): answers by status 200, 404, 503, 504, in flight now and at most, and the latency histogram") {
+  if (!deskfarm::testing::require_program("curl")) return;
+  AdminLimits limits;
+  limits.max_inflight = 1;
+  Endpoint e(2500, limits);  // adder.adder.later answers after 2.5 s
+  const std::string base = "http://" + e.admin->address();
+  const auto curl = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv{"curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return deskfarm::testing::run_child(argv, 20s).out;
+  };
+  const auto post_args = [&](const std::string& subject, const std::string& timeout_ms) {
+    return std::vector<std::string>{"-H", "Content-Type: application/json", "-H", "X-Timeout-Ms: " + timeout_ms,
+                                    "--data-binary", "{\"terms\":[1,2]}", base + "/request/" + subject};
+  };
+  CHECK(curl({base + "/status"}) == "200");
+  CHECK(curl({base + "/nowhere"}) == "404");
+  CHECK(curl(post_args("adder.nobody.sum", "2000")) == "404");  // no responder
+  // One slow request holds the only in-flight slot (admin_inflight = 1): a second is refused 503, and the slow one
+  // runs into its 1.5 s deadline, 504 (long enough for the second curl to start on a loaded machine).
+  std::string slow;
+  std::thread holder([&] { slow = curl(post_args("adder.adder.later", "1500")); });
+  const bool held = deskfarm::testing::eventually([&] { return e.admin->counters().inflight == 1; }, 5s);
+  const auto busy = curl(post_args("adder.adder.sum", "2000"));
+  holder.join();
+  REQUIRE(held);
+  CHECK(busy == "503");
+  CHECK(slow == "504");
+
+  auto m = deskfarm::testing::run_child({"curl", "-sf", base + "/metrics"}, 20s);
+  INFO(m.out);
+  REQUIRE(m.exit_code == 0);
+  CHECK(m.out.find("# TYPE deskfarm_admin_requests_total counter") != std::string::npos);
+  CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_requests_total{code=\"200\"}") == 1);  // /status; this /metrics is counted once sent
+  CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_requests_total{code=\"404\"}") == 2);
+  CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_requests_total{code=\"503\"}") == 1);
+  CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_requests_total{code=\"504\"}") == 1);
+  CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_inflight") == 0);
+  CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_inflight_peak") == 1);
+  CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_refused_total{reason=\"inflight\"}") == 1);
+  CHECK(m.out.find("# TYPE deskfarm_admin_request_seconds histogram") != std::string::npos);
+  CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_request_seconds_count") == 5);
+  CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_request_seconds_bucket{le=\"+Inf\"}") == 5);
+  // The 504 waited its 1.5 s deadline: it is above the 1 s bound, the four quick answers below it.
+  CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_request_seconds_bucket{le=\"1\"}") == 4);
+  CHECK(deskfarm::testing::metric_sample(m.out, "deskfarm_admin_request_seconds_sum") >= 1.5);
+  // The next scrape counts the first one.
+  auto again = deskfarm::testing::run_child({"curl", "-sf", base + "/metrics"}, 20s);
+  CHECK(deskfarm::testing::metric_sample(again.out, "deskfarm_admin_requests_total{code=\"200\"}") == 2);
+  // The responder answers after the 504 (the bus drops that reply); the endpoint still holds nothing.
+  CHECK(deskfarm::testing::eventually([&] { return e.fixture("later_answered") == 1; }, 10s));
+  CHECK(e.admin->counters().inflight == 0);
 }

@@ -13,6 +13,7 @@
 
 #include <deskfarm/testing/certs.hpp>
 #include <deskfarm/testing/harness.hpp>
+#include <deskfarm/testing/metrics_text.hpp>
 #include <deskfarm/testing/nats.hpp>
 #include <deskfarm/testing/peers.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
@@ -62,11 +63,7 @@ std::optional<NatsServer> nats_server(const TempDir& dir, std::vector<std::strin
 }
 
 /// The value of one series ("name{labels}") in Prometheus text; -1 when absent.
-double sample(const std::string& text, const std::string& series) {
-  const auto at = text.find("\n" + series + " ");
-  if (at == std::string::npos) return -1;
-  return std::stod(text.substr(at + series.size() + 2, text.find('\n', at + 1) - at - series.size() - 2));
-}
+double sample(const std::string& text, const std::string& series) { return deskfarm::testing::metric_sample(text, series); }
 
 bool bus_connected(Harness& h) {
   const auto s = h.status();

@@ -10,6 +10,7 @@
 #include <deskfarm/testing/nats.hpp>
 #include <deskfarm/testing/peers.hpp>
 #include <deskfarm/testing/process.hpp>
+#include <deskfarm/testing/querydc.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
 
 namespace {
@@ -28,14 +29,7 @@ std::filesystem::path site(const TempDir& dir, const std::string& name, const st
 }
 
 /// `deskfarm querydc` on `manifest`: the collector of zone hq, "" when none answers.
-std::string collector(const std::filesystem::path& manifest) {
-  auto r = run_child({bin, "querydc", manifest.string()}, 10s);
-  const auto at = r.out.find("\nhq ");
-  if (r.exit_code != 0 || at == std::string::npos) return "";
-  auto rest = r.out.substr(at + 4);
-  rest = rest.substr(rest.find_first_not_of(' '));
-  return rest.substr(0, rest.find(' '));
-}
+std::string collector(const std::filesystem::path& manifest) { return zone_collector(bin, manifest, "hq"); }
 }  // namespace
 
 TEST_CASE("one zone in two processes over nats-server: kill -9 the ZDC's process, the other elects itself within a keep-alive") {

@@ -1,5 +1,6 @@
 // `deskfarm querydc` / `queryds`: finds the deployment's ima instances in its /status, asks the first for the
-// collectors it knows (after an election with -e), and for queryds each collector for its dynamic data.
+// collectors it knows (after an election with -e), and for queryds each collector for its dynamic data: a line per
+// server, then a line per session the servers' controllers reported, as each collector holds them.
 #include "ima_command.hpp"
 
 #include <Poco/Exception.h>
@@ -53,6 +54,7 @@ int cmd_ima(const std::string& command, bool elect, const AdminTarget& target, s
     return 0;
   }
   std::printf("%-20s %-16s %-20s %-8s %-9s %-8s %-6s %s\n", "collector", "zone", "server", "host_id", "sessions", "load", "seq", "updated");
+  std::string sessions;  // the sessions the servers' controllers reported, printed after the servers
   for (std::size_t i = 0; i < n; ++i) {
     const auto zdc = collectors->getObject(static_cast<unsigned>(i))->getValue<std::string>("instance");
     auto data = ask("ima." + zdc + ".admin.queryds");
@@ -64,7 +66,21 @@ int cmd_ima(const std::string& command, bool elect, const AdminTarget& target, s
                   r->getValue<std::string>("instance").c_str(), static_cast<long long>(r->getValue<Poco::Int64>("host_id")),
                   static_cast<long long>(r->getValue<Poco::Int64>("sessions")), r->getValue<double>("load"),
                   static_cast<long long>(r->getValue<Poco::Int64>("seq")), r->getValue<std::string>("updated").c_str());
+      auto list = r->getArray("session_list");
+      for (std::size_t k = 0; list && k < list->size(); ++k) {
+        auto x = list->getObject(static_cast<unsigned>(k));
+        char line[512];
+        std::snprintf(line, sizeof line, "%-20s %-16s %-20s %-20s %-16s %-13s %-16s %s\n", zdc.c_str(), r->getValue<std::string>("zone").c_str(),
+                      r->getValue<std::string>("instance").c_str(), x->getValue<std::string>("desktop").c_str(),
+                      x->getValue<std::string>("user").c_str(), x->getValue<std::string>("state").c_str(),
+                      x->getValue<std::string>("controller").c_str(), x->optValue<std::string>("endpoint", "").c_str());
+        sessions += line;
+      }
     }
+  }
+  if (!sessions.empty()) {
+    std::printf("\n%-20s %-16s %-20s %-20s %-16s %-13s %-16s %s\n", "collector", "zone", "server", "desktop", "user", "state", "controller", "endpoint");
+    std::fputs(sessions.c_str(), stdout);
   }
   return code;
 }

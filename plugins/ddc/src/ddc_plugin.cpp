@@ -3,8 +3,10 @@
 // manifest; the controller brokers users onto desktops (their disconnected session first, else an idle
 // desktop, else one it starts through the hypervisor), with a "why" on every decision. Every controller of the
 // farm sees every registration (published on ddc.<instance>.desktops); the controller a desktop is registered
-// with is the only one that hands it to a user, the others forward to it. The first controller by name is the
-// pool master: it keeps each group's idle target for the time of day through the hypervisor. With `xml_address`
+// with is the only one that hands it to a user, the others forward to it. The pool master (the controller beside its
+// zone's data collector when `ima` names the ima server it runs beside, else the first controller by name in this
+// process) keeps each group's idle target for the time of day through the hypervisor and starts desktops for the
+// others. With `ima`, every session change of its desktops goes to that server as dynamic data. With `xml_address`
 // it serves the XML service (POST /scripts/wpnbr.dll): credentials checked by the directory role on every request,
 // desktops brokered by the same code path as admin.broker, and ICA launch files for the tickets it hands out.
 #include <algorithm>
@@ -21,6 +23,7 @@
 #include <deskfarm/interfaces/ddc/ddc.hpp>
 #include <deskfarm/interfaces/directory/directory.hpp>
 #include <deskfarm/interfaces/hypervisor/hypervisor.hpp>
+#include <deskfarm/interfaces/ima/ima.hpp>
 #include <deskfarm/interfaces/license/grace.hpp>
 #include <deskfarm/sdk/plugin.hpp>
 #include <deskfarm/sdk/store.hpp>
@@ -40,6 +43,7 @@ namespace ddc = deskfarm::interfaces::ddc;
 namespace hv = deskfarm::interfaces::hypervisor;
 namespace lic = deskfarm::interfaces::license;
 namespace dir = deskfarm::interfaces::directory;
+namespace ima = deskfarm::interfaces::ima;
 namespace nfuse = deskfarm::nfuse;
 
 struct GroupConf {
@@ -67,6 +71,7 @@ struct DdcConfig {
   std::string xml_tls_key;
   std::string directory;
   std::int64_t launch_ttl_s = 300;
+  std::string ima;
 };
 
 inline constexpr auto group_schema = schema<GroupConf>(
@@ -108,7 +113,8 @@ constexpr auto config_schema = schema<DdcConfig>(
     option("xml_tls_certificate", &DdcConfig::xml_tls_certificate, "\"\"", "PEM certificate chain: the XML service speaks HTTPS (TLS 1.2+) with xml_tls_key; \"\" = plain HTTP"),
     option("xml_tls_key", &DdcConfig::xml_tls_key, "\"\"", "PEM private key of xml_tls_certificate"),
     option("directory", &DdcConfig::directory, "\"\"", "directory instance (directory.<instance>.authenticate) that checks the XML service's credentials and gives users' groups"),
-    option("launch_ttl_s", &DdcConfig::launch_ttl_s, "300", "how long the ticket tag of a RequestAddress answer may be turned into a logon ticket").range(1, 86400));
+    option("launch_ttl_s", &DdcConfig::launch_ttl_s, "300", "how long the ticket tag of a RequestAddress answer may be turned into a logon ticket").range(1, 86400),
+    option("ima", &DdcConfig::ima, "\"\"", "the ima server this controller runs beside (one controller per server): the controller beside its zone's data collector is the pool master, and session changes go to that server; \"\" = the first controller by name in this process is the master"));
 
 constexpr const char* provides[] = {"ddc", nullptr};
 
@@ -183,6 +189,8 @@ class Ddc final : public Plugin, public nfuse::Broker {
     deregistered_ = &m.counter("deskfarm_ddc_deregistered_silent_total", "agents deregistered after deregister_after_s of silence");
     decisions_ = &m.counter("deskfarm_ddc_broker_decisions_total", "brokering decisions answered");
     starts_ = &m.counter("deskfarm_ddc_power_starts_total", "desktops started through the hypervisor");
+    master_fallbacks_ = &m.counter("deskfarm_ddc_master_fallbacks_total", "desktops started here because the pool master did not answer (or none was known)");
+    ima_failures_ = &m.counter("deskfarm_ddc_ima_reports_failed_total", "session changes the ima server beside this controller did not take");
     registered_gauge_ = &m.gauge("deskfarm_ddc_registered", "desktops registered with this controller");
     m.declare_counter("deskfarm_ddc_xml_answers_total", "XML service answers by result: ok, bad_credentials, account_disabled, refused, directory_unavailable, protocol_error, timeout");
   }
@@ -259,6 +267,7 @@ class Ddc final : public Plugin, public nfuse::Broker {
       if (m.subject != ddc::subject(ctx_.name(), "desktops")) on_peer_update(s);
     }));
     subs_.push_back(subscribe<InstanceInfo>(bus, instance_down_subject, [this](const InstanceInfo& i, const Message&) { on_peer_down(i); }));
+    if (!config_.ima.empty()) follow_ima();
     ctx_.every(1s, [this] { sweep(); });
     ctx_.every(std::chrono::seconds(config_.pool_interval_s), [this] { pool_pass(); });
     if (!config_.xml_address.empty()) start_xml();
@@ -272,6 +281,7 @@ class Ddc final : public Plugin, public nfuse::Broker {
 
   void status(Value& out) const override {
     out["master"] = is_master();
+    if (!config_.ima.empty()) out["zdc"] = zdc_;  // the ima server whose controller is the master; "" during an election
     out["registered"] = static_cast<std::int64_t>(registered_here_);
     out["period"] = std::string(deskfarm::ddc::period_name(schedule_.at(ctx_.clock().now())));
     Value groups = Value::array();
@@ -371,8 +381,34 @@ class Ddc final : public Plugin, public nfuse::Broker {
   /// Applies and tells the other controllers (and the farm's data collector) about a desktop this controller owns.
   void commit(Desk& d, ddc::DesktopStatus next) {
     next.since_ms = std::max(now_ms(), d.s.since_ms + 1);
+    const auto before = d.s;
     apply(d, std::move(next));
     publish(ctx_.bus(), ddc::subject(ctx_.name(), "desktops"), d.s);
+    if (!config_.ima.empty()) report_session(before, d.s);
+  }
+
+  /// Tells the ima server beside this controller what changed in a desktop's session (logon, disconnect,
+  /// reconnect, logoff); a user replaced on a desktop is the old one's logoff and the new one's logon.
+  void report_session(const ddc::DesktopStatus& before, const ddc::DesktopStatus& after) {
+    const bool had = before.session_state != ddc::kNoSession && !before.user.empty();
+    const bool has = after.session_state != ddc::kNoSession && !after.user.empty();
+    const auto send = [&](const char* kind, const ddc::DesktopStatus& s) {
+      request<ima::SessionChange, ima::Change>(
+          ctx_.bus(), ima::subject(config_.ima, "session"), ima::SessionChange{kind, s.desktop, s.user, ctx_.name(), s.endpoint}, timeout(),
+          [this, kind = std::string(kind), desktop = s.desktop](Reply<ima::Change> r) {
+            if (r) return;
+            ima_failures_->inc();
+            const auto n = ima_failures_->value();
+            if (n <= 10 || n % 1000 == 0)
+              ctx_.log().warning("ima server " + config_.ima + " did not take the " + kind + " on " + desktop + " (" + r.error().message +
+                                 ", " + std::to_string(n) + " so far): its zone's data collector misses it until the next change");
+          });
+    };
+    if (had && (!has || before.user != after.user)) send("logoff", before);
+    if (has && (!had || before.user != after.user)) return send(after.session_state == ddc::kActive ? "logon" : "disconnect", after);
+    if (!had || !has) return;
+    if (before.session_state != after.session_state) send(after.session_state == ddc::kActive ? "reconnect" : "disconnect", after);
+    else if (before.endpoint != after.endpoint) send("reconnect", after);  // roamed to another endpoint
   }
 
   void on_peer_update(const ddc::DesktopStatus& s) {
@@ -874,14 +910,45 @@ class Ddc final : public Plugin, public nfuse::Broker {
   }
 
   // ---- pool service ----
-  /// The controller that issues power actions (the farm master of XenDesktop 2-4): the first by name.
+  /// The controller that issues power actions (the farm master of XenDesktop 2-4) without `ima`: the first by name
+  /// in this process.
   std::string pool_master() const {
     std::string first = ctx_.name();
     for (const auto& i : ctx_.instances("ddc"))
       if (i.name < first) first = i.name;
     return first;
   }
-  bool is_master() const { return pool_master() == ctx_.name(); }
+  /// With `ima`: while the server beside this controller is its zone's data collector; else the first by name.
+  bool is_master() const { return config_.ima.empty() ? pool_master() == ctx_.name() : zdc_ == config_.ima; }
+
+  /// Follows the zone's data collector as the ima server beside this controller knows it: its updates, and a
+  /// question at start and every pool pass (an update published before the subscription is not lost for long).
+  void follow_ima() {
+    subs_.push_back(subscribe<ima::Collector>(ctx_.bus(), ima::zdc_updates_subject(config_.ima),
+                                              [this](const ima::Collector& c, const Message&) { set_zdc(c.instance); }));
+    subs_.push_back(serve<ddc::StartDesktop, ddc::BrokerDecision>(ctx_.bus(), ddc::beside_subject(config_.ima, "start"),
+                                                                  [this](const ddc::StartDesktop& r) { return start_here(r); }));
+    ask_zdc();
+  }
+  void ask_zdc() {
+    request<Empty, ima::Collector>(ctx_.bus(), ima::subject(config_.ima, "zdc"), Empty{}, timeout(), [this](Reply<ima::Collector> c) {
+      if (stopped_) return;
+      if (c) return set_zdc(c->instance);
+      if (!ima_unanswered_) ctx_.log().warning("ima server " + config_.ima + " does not answer (" + c.error().message +
+                                               "): check the ima key; until it answers, starts are done here");
+      ima_unanswered_ = true;
+    });
+  }
+  void set_zdc(const std::string& zdc) {
+    ima_unanswered_ = false;
+    if (stopped_ || zdc == zdc_) return;
+    const bool was = is_master();
+    zdc_ = zdc;
+    ctx_.log().info(zdc.empty() ? "zone data collector unknown (an election runs): starts are done here meanwhile"
+                                : "zone data collector " + zdc + (is_master() ? ": this controller is the pool master"
+                                                                             : ": the pool master is the controller beside it"));
+    if (was != is_master()) ctx_.log().info(std::string("pool master: ") + (is_master() ? "now this controller" : "no longer this controller"));
+  }
 
   static ddc::BrokerDecision starting(const Desk& d, std::string why) {
     ddc::BrokerDecision s;
@@ -896,11 +963,22 @@ class Ddc final : public Plugin, public nfuse::Broker {
   /// Starts a desktop for a user through the pool master: here when this controller is the master, else by asking
   /// it (ddc.<master>.start); a master that does not answer is worked around by starting here, logged.
   void start_desktop(ddc::StartDesktop r, Done done) {
-    const std::string master = pool_master();
-    if (master == ctx_.name()) return done(start_here(r));
-    request<ddc::StartDesktop, ddc::BrokerDecision>(ctx_.bus(), ddc::subject(master, "start"), r, timeout(),
+    if (is_master()) return done(start_here(r));
+    std::string master = pool_master(), subject = ddc::subject(master, "start");
+    if (!config_.ima.empty()) {
+      if (zdc_.empty()) {
+        master_fallbacks_->inc();
+        ctx_.log().warning("no zone data collector known to ima server " + config_.ima + " (an election runs, or it does not answer): starting for " +
+                           r.user + " here");
+        return done(start_here(r));
+      }
+      master = "the controller beside " + zdc_;
+      subject = ddc::beside_subject(zdc_, "start");
+    }
+    request<ddc::StartDesktop, ddc::BrokerDecision>(ctx_.bus(), subject, r, timeout(),
                                                     [this, r, master, done](Reply<ddc::BrokerDecision> d) {
                                                       if (d) return done(*d);
+                                                      master_fallbacks_->inc();
                                                       ctx_.log().warning("pool master " + master + " did not answer a start for " + r.user + " (" +
                                                                          d.error().message + "); starting here");
                                                       done(start_here(r));
@@ -966,6 +1044,7 @@ class Ddc final : public Plugin, public nfuse::Broker {
 
   void pool_pass() {
     if (stopped_) return;
+    if (!config_.ima.empty()) ask_zdc();
     std::set<std::string> hypervisors;
     for (const auto& [name, g] : groups_)
       if (!g.conf.hypervisor.empty()) hypervisors.insert(g.conf.hypervisor);
@@ -1260,7 +1339,11 @@ class Ddc final : public Plugin, public nfuse::Broker {
   Counter* deregistered_ = nullptr;
   Counter* decisions_ = nullptr;
   Counter* starts_ = nullptr;
+  Counter* master_fallbacks_ = nullptr;
+  Counter* ima_failures_ = nullptr;
   Gauge* registered_gauge_ = nullptr;
+  std::string zdc_;               ///< with `ima`: its zone's data collector ("" while unknown)
+  bool ima_unanswered_ = false;   ///< said once until it answers
 };
 
 }  // namespace

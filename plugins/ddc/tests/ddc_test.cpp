@@ -5,6 +5,7 @@
 
 #include <deskfarm/interfaces/ddc/ddc.hpp>
 #include <deskfarm/interfaces/hypervisor/hypervisor.hpp>
+#include <deskfarm/interfaces/ima/ima.hpp>
 #include <deskfarm/testing/harness.hpp>
 #include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
@@ -466,4 +467,70 @@ TEST_CASE("a data store that refuses writes does not stop brokering: the assignm
   CHECK(rows == 1);
   lock << "SELECT COUNT(*) FROM ddc_assignments", Poco::Data::Keywords::into(rows), now;
   CHECK(rows == 2);
+}
+
+TEST_CASE("with ima the pool master is the controller beside the ZDC: with none there a start is done here and counted, "
+          "the ZDC dies and this controller is master, sessions go to its ima server and on to the ZDC") {
+  namespace ima = deskfarm::interfaces::ima;
+  Farm f;
+  f.vms = 3;
+  f.controllers = 1;
+  f.group += ", idle_peak = 0, idle_business = 0, idle_off_hours = 0";
+  f.ddc_extra = "ima = \"ima-b\"\n";
+  // ima-a wins the election on its host ID; no controller runs beside it.
+  f.more = "[instances.ima-a]\nplugin = \"ima\"\nhost_id = 2\nkeepalive_s = 10\n\n[instances.ima-b]\nplugin = \"ima\"\nhost_id = 1\nkeepalive_s = 10\n";
+  Harness h(f.manifest(), options());
+  h.start();
+  h.advance(30s);
+  REQUIRE(h.instance_status("ddc-1")["zdc"].as_string() == "ima-a");
+  CHECK_FALSE(h.instance_status("ddc-1")["master"].as_bool());
+  const auto a = broker(h, "alice", "a1");
+  INFO(a.why);
+  CHECK(a.outcome == "starting");
+  CHECK(h.logged("pool master the controller beside ima-a did not answer a start for alice"));
+  auto metrics = h.metrics_text();
+  CHECK(metrics.find("deskfarm_ddc_master_fallbacks_total{instance=\"ddc-1\"} 1") != std::string::npos);
+  CHECK(metrics.find("deskfarm_ddc_power_starts_total{instance=\"ddc-1\"} 1") != std::string::npos);
+
+  // The desktop registers; alice's logon goes to ima-b and on to the ZDC ima-a; her logoff takes it away.
+  h.advance(10s);
+  const auto c = broker(h, "alice", "a1");
+  REQUIRE(c.outcome == "connect");
+  h.advance(1s);
+  const auto sessions_at_zdc = [&] {
+    auto d = h.request<Empty, ima::DynamicData>(ima::subject("ima-a", "admin.queryds"), {});
+    REQUIRE(d);
+    for (const auto& r : d->records)
+      if (r.instance == "ima-b") return r.session_list;
+    return std::vector<ima::Session>{};
+  };
+  auto held = sessions_at_zdc();
+  REQUIRE(held.size() == 1);
+  CHECK(held[0].desktop == c.desktop);
+  CHECK(held[0].user == "alice");
+  CHECK(held[0].controller == "ddc-1");
+  CHECK(held[0].state == ima::kSessionActive);
+  CHECK(held[0].endpoint == "a1");
+  REQUIRE(h.request<ddc::SessionAction, ddc::Ack>("vda.vda-1.admin.session", ddc::SessionAction{c.desktop, "disconnect", ""})->ok);
+  h.advance(1s);
+  held = sessions_at_zdc();
+  REQUIRE(held.size() == 1);
+  CHECK(held[0].state == ima::kSessionDisconnected);
+  REQUIRE(h.request<ddc::SessionAction, ddc::Ack>("vda.vda-1.admin.session", ddc::SessionAction{c.desktop, "logoff", ""})->ok);
+  h.advance(1s);
+  CHECK(sessions_at_zdc().empty());
+
+  // ima-a crashes: ima-b is elected and ddc-1 is the master; its next start is its own, not a fallback.
+  REQUIRE(h.request<ima::Fault, Empty>(ima::subject("ima-a", "admin.fault"), ima::Fault{"crash"}));
+  for (int i = 0; i < 60 && !h.instance_status("ddc-1")["master"].as_bool(); ++i) h.advance(1s);
+  REQUIRE(h.instance_status("ddc-1")["master"].as_bool());
+  CHECK(h.instance_status("ddc-1")["zdc"].as_string() == "ima-b");
+  CHECK(h.logged("zone data collector ima-b: this controller is the pool master"));
+  broker(h, "alice", "a1");  // takes the idle desktop alice left
+  const auto b = broker(h, "bob", "b1");
+  INFO(b.why);
+  CHECK(b.outcome == "starting");
+  metrics = h.metrics_text();
+  CHECK(metrics.find("deskfarm_ddc_master_fallbacks_total{instance=\"ddc-1\"} 1") != std::string::npos);
+  CHECK(metrics.find("deskfarm_ddc_power_starts_total{instance=\"ddc-1\"} 2") != std::string::npos);
 }

@@ -123,7 +123,7 @@ class Ima final : public Plugin {
 
   void start() override {
     incarnation_ = std::chrono::duration_cast<std::chrono::microseconds>(ctx_.clock().now().time_since_epoch()).count();
-    own_ = api::Change{config_.farm, zone_, ctx_.name(), host_id_, incarnation_, 0, 0, 0, false, iso8601(ctx_.clock().now())};
+    own_ = api::Change{config_.farm, zone_, ctx_.name(), host_id_, incarnation_, 0, 0, 0, false, iso8601(ctx_.clock().now()), {}};
     open_cache();
     auto& bus = ctx_.bus();
     const auto me = ctx_.name();
@@ -133,6 +133,8 @@ class Ima final : public Plugin {
     serves_.push_back(serve<Empty, api::Change>(bus, api::subject(me, "state"), [this](const Empty&) { return own_; }));
     for (const char* s : {"report", "admin.report"})
       serves_.push_back(serve<api::Report, api::Change>(bus, api::subject(me, s), [this](const api::Report& r) { return report(r); }));
+    serves_.push_back(serve<api::SessionChange, api::Change>(bus, api::subject(me, "session"), [this](const api::SessionChange& c) { return session_change(c); }));
+    serves_.push_back(serve<Empty, api::Collector>(bus, api::subject(me, "zdc"), [this](const Empty&) { return own_collector(); }));
     serves_.push_back(serve<Empty, api::Collectors>(bus, api::subject(me, "admin.querydc"), [this](const Empty&) { return collectors(); }));
     serves_.push_back(serve<Empty, api::DynamicData>(bus, api::subject(me, "admin.queryds"), [this](const Empty&) { return dynamic_data(); }));
     serves_.push_back(serve_async<Empty, api::Collectors>(bus, api::subject(me, "admin.elect"), [this](const Empty&, Responder<api::Collectors> r) {
@@ -308,6 +310,7 @@ class Ima final : public Plugin {
       if (e.instance == zdc_) {
         ctx_.log().info("ZDC " + e.instance + " resigned (shutdown): electing");
         zdc_.clear();
+        announce_zdc();
         call_election("shutdown");
       }
     } else if (e.kind == api::kLeave && is_zdc()) {
@@ -365,6 +368,7 @@ class Ima final : public Plugin {
       publish(ctx_.bus(), api::collectors_subject(config_.farm), zdc_info_);
       for (auto& [zone, p] : peers_) send_zone_state(p);
     }
+    announce_zdc();
     auto waiting = std::exchange(elect_waiting_, {});
     for (auto& r : waiting) r.ok(collectors());
   }
@@ -390,6 +394,30 @@ class Ima final : public Plugin {
                                             std::to_string(r.sessions) + ", " + std::to_string(r.load) + ")");
     own_.sessions = r.sessions;
     own_.load = r.load;
+    ++own_.seq;
+    own_.updated = iso8601(ctx_.clock().now());
+    changes("reported").inc();
+    send_own();
+    return own_;
+  }
+
+  /// A session change from the controller beside this server: its sessions (by desktop) and their count change.
+  api::Change session_change(const api::SessionChange& c) {
+    const bool on = c.kind == "logon" || c.kind == "reconnect", off = c.kind == "logoff";
+    if ((!on && !off && c.kind != "disconnect") || c.desktop.empty())
+      throw RequestError("bad_request", "session change '" + c.kind + "' of desktop '" + c.desktop +
+                                            "': the kind is logon, disconnect, reconnect or logoff, and the desktop is named");
+    auto& list = own_.session_list;
+    auto it = std::lower_bound(list.begin(), list.end(), c.desktop, [](const api::Session& s, const std::string& d) { return s.desktop < d; });
+    const bool held = it != list.end() && it->desktop == c.desktop;
+    if (off) {
+      if (held) list.erase(it);
+    } else {
+      api::Session s{c.desktop, c.user, c.controller, on ? api::kSessionActive : api::kSessionDisconnected, c.endpoint};
+      if (held) *it = std::move(s);
+      else list.insert(it, std::move(s));
+    }
+    own_.sessions = static_cast<std::int64_t>(list.size());
     ++own_.seq;
     own_.updated = iso8601(ctx_.clock().now());
     changes("reported").inc();
@@ -561,6 +589,7 @@ class Ima final : public Plugin {
     if (in_round()) return;
     ctx_.log().warning("ZDC " + zdc_ + " of zone " + zone_ + " lost (" + why + "): electing");
     zdc_.clear();
+    announce_zdc();
     call_election("lost");
   }
 
@@ -591,6 +620,7 @@ class Ima final : public Plugin {
     records_.clear();
     epoch_ = round_epoch_ = 0;
     zdc_gauge_->set(0);
+    announce_zdc();
     senders_.clear();
     peers_.erase(zone);
     join_zone();
@@ -601,6 +631,10 @@ class Ima final : public Plugin {
 
   /// Subscriptions and timers end; nothing more is sent (a crash, or the end of stop()).
   void silence() {
+    if (!zdc_.empty()) {
+      zdc_.clear();  // the controller beside this server stops following it
+      announce_zdc();
+    }
     silent_ = true;
     serves_.clear();
     election_sub_.reset();
@@ -615,6 +649,20 @@ class Ima final : public Plugin {
   }
 
   // ---- queries ---------------------------------------------------------------------------------------------
+
+  /// This server's zone's collector as it knows it; instance "" while there is none.
+  api::Collector own_collector() const {
+    if (!zdc_.empty()) return zdc_info_;
+    return api::Collector{config_.farm, zone_, "", 0, "", "", epoch_, false};
+  }
+
+  /// Publishes the zone's collector on ima.<instance>.zdc.updates when it changed since the last time.
+  void announce_zdc() {
+    if (zdc_ == announced_zdc_ && epoch_ == announced_epoch_) return;
+    announced_zdc_ = zdc_;
+    announced_epoch_ = epoch_;
+    publish(ctx_.bus(), api::zdc_updates_subject(ctx_.name()), own_collector());
+  }
 
   api::Collectors collectors() const {
     api::Collectors out;
@@ -830,6 +878,7 @@ class Ima final : public Plugin {
       members_.clear();
       records_.clear();
       zdc_gauge_->set(0);
+      announce_zdc();
     }
     auto waiting = std::exchange(elect_waiting_, {});
     for (auto& w : waiting) w.fail("unavailable", "the local host cache of " + ctx_.name() + " expired during the election");
@@ -869,6 +918,8 @@ class Ima final : public Plugin {
   TimePoint last_heard_zdc_{};
   bool pinging_zdc_ = false;
   std::vector<Responder<api::Collectors>> elect_waiting_;
+  std::string announced_zdc_;  ///< what ima.<instance>.zdc.updates said last
+  std::int64_t announced_epoch_ = 0;
   std::map<std::string, Sender> senders_;
 
   api::Change own_;

@@ -9,6 +9,7 @@
 #include <deskfarm/interfaces/ima/ima.hpp>
 #include <deskfarm/testing/conformance_catch.hpp>
 #include <deskfarm/testing/harness.hpp>
+#include <deskfarm/testing/metrics_text.hpp>
 
 namespace {
 
@@ -72,11 +73,7 @@ deskfarm::sdk::Duration until(Harness& h, const std::function<bool()>& done, des
   return h.now() - t0;
 }
 
-double sample(const std::string& text, const std::string& series) {
-  const auto at = text.find("\n" + series + " ");
-  if (at == std::string::npos) return 0;
-  return std::stod(text.substr(at + series.size() + 2, text.find('\n', at + 1) - at - series.size() - 2));
-}
+double sample(const std::string& text, const std::string& series) { return deskfarm::testing::metric_sample(text, series, 0); }
 
 double rejected(Harness& h, const std::string& instance, const std::string& reason) {
   return sample(h.metrics_text(), "deskfarm_ima_rejected_total{instance=\"" + instance + "\",reason=\"" + reason + "\"}");
@@ -328,3 +325,55 @@ deskfarm::testing::conformance::Subject conformance_subject() {
 }  // namespace
 
 DESKFARM_CONFORMANCE_SUITE("ima", conformance_subject)
+
+TEST_CASE("sessions reported by a controller reach the ZDC of another zone, and ima.<instance>.zdc and its updates name the ZDC") {
+  auto h = farm(server("a1", "a", "host_id = 2") + server("a2", "a", "host_id = 1") + server("b1", "b"));
+  REQUIRE(zdc_of(*h, "a2") == "a1");
+  auto zdc = h->request<Empty, api::Collector>(api::subject("a2", "zdc"), {});
+  REQUIRE(zdc);
+  CHECK(zdc->instance == "a1");
+  CHECK(zdc->zone == "a");
+  const auto session = [&](const std::string& kind, const std::string& desktop, const std::string& user) {
+    auto r = h->request<api::SessionChange, api::Change>(api::subject("a2", "session"), api::SessionChange{kind, desktop, user, "ddc-2", "laptop"});
+    if (!r) FAIL(kind << " on a2: " << r.error().message);
+    h->advance(100ms);
+    return *r;
+  };
+  session("logon", "desktop-1", "alice");
+  auto c = session("logon", "desktop-2", "bob");
+  CHECK(c.sessions == 2);
+  session("disconnect", "desktop-1", "alice");
+  // zone a's ZDC forwarded a2's record to zone b's ZDC, sessions and all
+  auto d = data(*h, "b1");
+  REQUIRE(record(d, "a2") != nullptr);
+  auto list = record(d, "a2")->session_list;
+  REQUIRE(list.size() == 2);
+  CHECK(list[0].desktop == "desktop-1");
+  CHECK(list[0].user == "alice");
+  CHECK(list[0].state == api::kSessionDisconnected);
+  CHECK(list[0].controller == "ddc-2");
+  CHECK(list[1].state == api::kSessionActive);
+  session("reconnect", "desktop-1", "alice");
+  c = session("logoff", "desktop-2", "bob");
+  CHECK(c.sessions == 1);
+  d = data(*h, "b1");
+  REQUIRE(record(d, "a2") != nullptr);
+  REQUIRE(record(d, "a2")->session_list.size() == 1);
+  CHECK(record(d, "a2")->session_list[0].state == api::kSessionActive);
+  CHECK(record(d, "a2")->sessions == 1);
+  auto bad = h->request<api::SessionChange, api::Change>(api::subject("a2", "session"), api::SessionChange{"nap", "desktop-1", "alice", "ddc-2", ""});
+  REQUIRE(!bad);
+  CHECK(bad.error().code == "bad_request");
+
+  // The ZDC crashes: a2's updates say first that the zone has none, then that a2 itself is the collector.
+  auto updates = h->probe(api::zdc_updates_subject("a2"));
+  crash(*h, "a1");
+  until(*h, [&] { return zdc_of(*h, "a2") == "a2"; }, 120s, 500ms);
+  std::vector<std::string> said;
+  for (const auto& m : updates.received())
+    if (auto body = deskfarm::sdk::body_of<api::Collector>(m)) said.push_back(body->instance);
+  CHECK(said == std::vector<std::string>{"", "a2"});
+  zdc = h->request<Empty, api::Collector>(api::subject("a2", "zdc"), {});
+  REQUIRE(zdc);
+  CHECK(zdc->instance == "a2");
+}

@@ -236,9 +236,9 @@ struct Prepare {
                       field("assign", &Prepare::assign)};
   }
 };
-/// ddc.<pool master>.start → BrokerDecision: a controller with nothing idle for a user asks the pool master to
-/// start a desktop: the named one (the user's assigned desktop), else an off desktop of the first of `groups` that
-/// has one. Only the master issues power actions, so two controllers never start the same machine. Outcome
+/// ddc.<pool master>.start (ddc.beside.<zdc>.start when the controllers follow ima) → BrokerDecision: a controller
+/// with nothing idle for a user asks the pool master to start a desktop: the named one (the user's assigned
+/// desktop), else an off desktop of the first of `groups` that has one. Only the master issues power actions, so two controllers never start the same machine. Outcome
 /// "starting" (with the desktop and group) or a refusal (`no_desktop`: none left to start).
 struct StartDesktop {
   static constexpr std::string_view type_name = "deskfarm.ddc.StartDesktop";
@@ -345,6 +345,11 @@ struct Maintenance {
 /// admin.groups, admin.maintenance; published: ddc.<controller>.desktops (DesktopStatus).
 inline std::string subject(std::string_view controller, std::string_view what) {
   return "ddc." + std::string(controller) + "." + std::string(what);
+}
+/// ddc.beside.<ima>.<what>: the controller that runs beside the ima server <ima> (its `ima` key). "start" there is
+/// how a controller reaches the pool master, the controller beside its zone's data collector, by the ZDC's name.
+inline std::string beside_subject(std::string_view ima, std::string_view what) {
+  return "ddc.beside." + std::string(ima) + "." + std::string(what);
 }
 inline constexpr const char* all_desktop_updates = "ddc.*.desktops";
 inline constexpr const char* maintenance_updates = "ddc.maintenance";

@@ -95,6 +95,43 @@ struct Election {
   }
 };
 
+/// Session states (Session.state).
+inline constexpr const char* kSessionActive = "active";
+inline constexpr const char* kSessionDisconnected = "disconnected";
+
+/// A desktop session held by a controller beside a server: part of the server's dynamic data (Change.session_list).
+struct Session {
+  static constexpr std::string_view type_name = "deskfarm.ima.Session";
+  static constexpr std::uint32_t type_version = 1;
+  std::string desktop;
+  std::string user;
+  std::string controller;  ///< the controller (ddc instance) the desktop is registered with
+  std::string state;       ///< kSessionActive, kSessionDisconnected
+  std::string endpoint;    ///< the client device it is (or was last) connected from
+  static constexpr auto fields() {
+    return std::tuple{field("desktop", &Session::desktop), field("user", &Session::user), field("controller", &Session::controller),
+                      field("state", &Session::state), field("endpoint", &Session::endpoint)};
+  }
+};
+
+/// ima.<instance>.session: the controller beside a server reports a session change (kind logon, disconnect,
+/// reconnect, logoff — the ddc SessionEvent kinds); the server's record changes (its sessions by desktop, and the
+/// count) and goes to the ZDC at once, like every change. Answered with the new record (Change).
+struct SessionChange {
+  static constexpr std::string_view type_name = "deskfarm.ima.SessionChange";
+  static constexpr std::uint32_t type_version = 1;
+  std::string kind;
+  std::string desktop;
+  std::string user;
+  std::string controller;
+  std::string endpoint;
+  static constexpr auto fields() {
+    return std::tuple{field("kind", &SessionChange::kind), field("desktop", &SessionChange::desktop),
+                      field("user", &SessionChange::user), field("controller", &SessionChange::controller),
+                      field("endpoint", &SessionChange::endpoint)};
+  }
+};
+
 /// A server's dynamic data as one change: member → its ZDC on ima.<zdc>.change, ZDC → every other zone's ZDC on
 /// ima.<zdc>.forward, and a member's full state on ima.<member>.state. A record replaces an older one of the same
 /// origin ((incarnation, seq) larger); `gone` removes it.
@@ -111,11 +148,13 @@ struct Change {
   double load = 0;  ///< the server's load index, 0 … 10000
   bool gone = false;
   std::string updated;  ///< ISO 8601 UTC, the origin's clock
+  std::vector<Session> session_list;  ///< the sessions its controller reported (SessionChange), sorted by desktop
   static constexpr auto fields() {
     return std::tuple{field("farm", &Change::farm), field("zone", &Change::zone), field("instance", &Change::instance),
                       field("host_id", &Change::host_id), field("incarnation", &Change::incarnation),
                       field("seq", &Change::seq), field("sessions", &Change::sessions), field("load", &Change::load),
-                      field("gone", &Change::gone), field("updated", &Change::updated)};
+                      field("gone", &Change::gone), field("updated", &Change::updated),
+                      field("session_list", &Change::session_list)};
   }
 };
 
@@ -130,6 +169,11 @@ struct Ack {
     return std::tuple{field("accepted", &Ack::accepted), field("zdc", &Ack::zdc), field("epoch", &Ack::epoch)};
   }
 };
+
+/// ima.<instance>.zdc (sdk::Empty → Collector): the collector of the server's own zone as it knows it; `instance`
+/// is "" while the zone has none (an election runs). The same Collector is published on
+/// ima.<instance>.zdc.updates whenever that changes: a controller beside the server follows it (the controller
+/// beside the ZDC is the pool master).
 
 /// ima.<instance>.ping: the ZDC asks a silent member, a member its silent ZDC (sdk::Empty → Ack).
 /// ima.<instance>.state: a newly elected ZDC asks a member for its full state (sdk::Empty → Change).
@@ -255,6 +299,8 @@ struct Lhc {
 inline std::string subject(std::string_view instance, std::string_view request) {
   return "ima." + std::string(instance) + "." + std::string(request);
 }
+/// ima.<instance>.zdc.updates: the server's own zone's collector, on every change (Collector)
+inline std::string zdc_updates_subject(std::string_view instance) { return subject(instance, "zdc.updates"); }
 /// ima.farm.<farm>.zone.<zone>.election
 inline std::string election_subject(std::string_view farm, std::string_view zone) {
   return "ima.farm." + std::string(farm) + ".zone." + std::string(zone) + ".election";

@@ -104,7 +104,7 @@ TEST_CASE("a read session sees committed rows and refuses writes, and the error 
   CHECK(store.replica_fallbacks() == 0);  // no replica configured: the primary is the place, not a fallback
 }
 
-TEST_CASE("a read replica is PostgreSQL beside a PostgreSQL data store; anything else is refused with the fix") {
+TEST_CASE("a read replica is PostgreSQL beside a PostgreSQL data store, anything else is refused with the fix") {
   CHECK_THROWS_WITH(KernelStore("sqlite:x.db", "postgresql://127.0.0.1:1/db"),
                     Catch::Contains("data_store_replica") && Catch::Contains("make both postgresql:// URLs"));
   CHECK_THROWS_WITH(KernelStore("postgresql://127.0.0.1:1/db", "sqlite:r.db"), Catch::Contains("streaming replicas"));

@@ -63,6 +63,7 @@ std::unique_ptr<sdk::Config> checked_config(const Instance& inst, Diagnostics& d
 
 Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log)
     : manifest_(std::move(manifest)), log_(log), secrets_(url_secrets(manifest_.data_store)) {
+  for (auto& secret : url_secrets(manifest_.data_store_replica)) secrets_.push_back(std::move(secret));
   if (!manifest_.admin_token.empty()) secrets_.push_back(manifest_.admin_token);
   for (const auto& secret : {manifest_.nats_password, manifest_.nats_token}) {
     if (!secret.empty()) secrets_.push_back(secret);
@@ -74,7 +75,7 @@ Deployment::Deployment(Manifest manifest, PluginCatalog& catalog, LogSink& log)
   Diagnostics diags;
   const Location top{manifest_.file.string()};
   try {
-    (void)StoreUrl::parse(manifest_.data_store);
+    KernelStore check(manifest_.data_store, manifest_.data_store_replica);  // parses both; connects to neither
   } catch (const std::invalid_argument& e) {
     diags.add(top, e.what());
   }
@@ -139,6 +140,9 @@ void Deployment::create_all() {
   }
   runtime_ = std::make_unique<Runtime>(manifest_);
   log_.set_clock(runtime_->clock.get());
+  runtime_->store.observe([this](sdk::LogLevel level, const std::string& line) { log_.write(level, "kernel", line); },
+                          &runtime_->metrics.counter("deskfarm_store_replica_fallbacks_total",
+                                                     "read sessions the primary answered because the read replica did not", {}));
   if (!manifest_.bus_servers.empty()) {
     NatsSettings n;
     n.servers = manifest_.bus_servers;

@@ -15,7 +15,7 @@ namespace deskfarm::kernel {
 namespace {
 
 const std::vector<std::string> top_level_keys{"include", "deployment", "instances", "overlays"};
-const std::vector<std::string> deployment_keys{"name",    "data_store", "bus",         "clock",
+const std::vector<std::string> deployment_keys{"name",    "data_store", "data_store_replica", "bus",         "clock",
                                                "clock_start", "admin", "state_dir", "workers",
                                                "bus_block_timeout_ms", "start_timeout_s", "stop_timeout_s", "plugin_path",
                                                "admin_token", "admin_workers", "admin_inflight", "blocking_workers", "blocking_queue",
@@ -305,6 +305,7 @@ void read_deployment(const toml::table& d, Manifest& m, const EnvLookup& env, Di
   if (d.get("name")) string_key("name", m.name);
   else diags.add(location_of(d), "[deployment] has no name", "add name = \"pilot\" (it names logs, metrics and var/NAME)");
   string_key("data_store", m.data_store);
+  string_key("data_store_replica", m.data_store_replica);
   string_key("bus", m.bus);
   string_key("clock", m.clock);
   string_key("admin", m.admin);

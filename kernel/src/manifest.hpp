@@ -32,6 +32,8 @@ struct Manifest {
   std::filesystem::path file;
   std::string name;
   std::string data_store;
+  /// A PostgreSQL streaming replica of data_store, the nearest to this deployment: read sessions go there.
+  std::string data_store_replica;
   std::string bus = "inproc";  ///< or "nats://host:port[,host:port…]": the bus across processes
   std::vector<std::string> bus_servers;  ///< the NATS servers of `bus`, each "nats://host:port" or "tls://…"
   std::string nats_user;

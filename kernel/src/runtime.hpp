@@ -40,7 +40,7 @@ struct Runtime {
                         pool, m.clock_start.value_or(std::chrono::time_point_cast<sdk::Duration>(std::chrono::system_clock::now()))))
                   : std::unique_ptr<sdk::Clock>(new RealClock)),
         bus(*clock, m.bus_block_timeout),
-        store(m.data_store),
+        store(m.data_store, m.data_store_replica),
         blocking(m.blocking_workers, m.blocking_queue) {}
   Pool pool;
   std::unique_ptr<sdk::Clock> clock;

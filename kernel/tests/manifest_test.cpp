@@ -119,12 +119,14 @@ TEST_CASE("environment variables fill in secrets, with defaults, and a missing o
 [deployment]
 name = "x"
 data_store = "postgresql://farm:${DB_PASSWORD}@127.0.0.1/farm"
+data_store_replica = "postgresql://farm:${DB_PASSWORD}@127.0.0.2/farm"
 [instances.a]
 plugin = "p"
 zone = "${ZONE:-east}"
 price = "$$5"
 )", "test.toml", env_of({{"DB_PASSWORD", "s3cret"}}));
   CHECK(m.data_store == "postgresql://farm:s3cret@127.0.0.1/farm");
+  CHECK(m.data_store_replica == "postgresql://farm:s3cret@127.0.0.2/farm");
   CHECK(m.instances[0].config.get("zone")->value<std::string>() == "east");
   CHECK(m.instances[0].config.get("price")->value<std::string>() == "$5");
   const auto e = error_of("[deployment]\nname = \"x\"\n[instances.a]\nplugin = \"p\"\nkey = \"${API_KEY}\"\n");

@@ -1,3 +1,7 @@
+#include <chrono>
+#include <optional>
+#include <thread>
+
 #include <catch2/catch.hpp>
 #include <deskfarm/testing/peers.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
@@ -77,4 +81,118 @@ TEST_CASE("the same migrations run against a real PostgreSQL server", "[.][postg
   std::string vdisk, name = "desk-1";
   s << sdk::sql(s, "SELECT vdisk FROM demo_devices WHERE name = ? AND mac <> '?'"), use(name), into(vdisk), now;
   CHECK(vdisk == "win7");
+}
+
+TEST_CASE("a read session sees committed rows and refuses writes, and the error says it was a read session") {
+  deskfarm::testing::TempDir dir;
+  KernelStore store("sqlite:" + (dir / "datastore.db").string());
+  auto w = store.session();
+  w << "CREATE TABLE demo_seen (id INTEGER)", now;
+  w << "INSERT INTO demo_seen VALUES (7)", now;
+  auto r = store.read_session();
+  int id = 0;
+  r << "SELECT id FROM demo_seen", into(id), now;
+  CHECK(id == 7);
+  try {
+    r << "INSERT INTO demo_seen VALUES (8)", now;
+    FAIL("a write through a read session was accepted");
+  } catch (const std::exception& e) {
+    CHECK_THAT(sdk::error_text(e), Catch::Contains("readonly") && Catch::Contains("write through Store::session()"));
+  }
+  // query_only stays on the read pool's own connection: the writer's session still writes.
+  w << "INSERT INTO demo_seen VALUES (9)", now;
+  CHECK(store.replica_fallbacks() == 0);  // no replica configured: the primary is the place, not a fallback
+}
+
+TEST_CASE("a read replica is PostgreSQL beside a PostgreSQL data store, anything else is refused with the fix") {
+  CHECK_THROWS_WITH(KernelStore("sqlite:x.db", "postgresql://127.0.0.1:1/db"),
+                    Catch::Contains("data_store_replica") && Catch::Contains("make both postgresql:// URLs"));
+  CHECK_THROWS_WITH(KernelStore("postgresql://127.0.0.1:1/db", "sqlite:r.db"), Catch::Contains("streaming replicas"));
+  CHECK_NOTHROW(KernelStore("postgresql://127.0.0.1:1/db", "postgresql://127.0.0.1:2/db"));  // connects to neither
+}
+
+// Hidden ("[.]"): run only by tests/e2e/postgres_replica.sh (CTest: postgres-read-replica), which starts a primary and
+// a streaming replica on loopback and sets both URLs; the first two run with the replica up, the last after it stopped.
+namespace {
+struct ReplicaUrls {
+  std::string primary, replica;
+};
+std::optional<ReplicaUrls> replica_urls() {
+  const char* p = std::getenv("DESKFARM_TEST_POSTGRES_URL");
+  const char* r = std::getenv("DESKFARM_TEST_POSTGRES_REPLICA_URL");
+  if (p && r) return ReplicaUrls{p, r};
+  deskfarm::testing::missing("DESKFARM_TEST_POSTGRES_URL and _REPLICA_URL are not set; tests/e2e/postgres_replica.sh runs this test");
+  return std::nullopt;
+}
+bool in_recovery(Poco::Data::Session& s) {
+  bool recovery = false;
+  s << "SELECT pg_is_in_recovery()", into(recovery), now;
+  return recovery;
+}
+}  // namespace
+
+TEST_CASE("a row written through the primary is read through the replica once it has replicated", "[.][postgres-replica]") {
+  auto urls = replica_urls();
+  if (!urls) return;
+  KernelStore store(urls->primary, urls->replica);
+  auto w = store.session();
+  CHECK_FALSE(in_recovery(w));
+  w << "CREATE TABLE IF NOT EXISTS demo_replicated (id INTEGER)", now;
+  w << "INSERT INTO demo_replicated VALUES (42)", now;
+  int seen = 0;
+  for (int i = 0; i < 100 && seen == 0; ++i) {  // streaming replication: usually within milliseconds; at most 10 s
+    auto r = store.read_session();
+    REQUIRE(in_recovery(r));  // the replica answered, not the primary
+    try {
+      r << "SELECT COUNT(*) FROM demo_replicated WHERE id = 42", into(seen), now;
+    } catch (const Poco::Exception&) {
+      // the table itself has not replicated yet
+    }
+    if (seen == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  CHECK(seen == 1);
+  CHECK(store.replica_fallbacks() == 0);
+}
+
+TEST_CASE("a write through a read session is refused by PostgreSQL, and our error says so", "[.][postgres-replica]") {
+  auto urls = replica_urls();
+  if (!urls) return;
+  KernelStore store(urls->primary, urls->replica);
+  auto r = store.read_session();
+  try {
+    r << "CREATE TABLE demo_never (id INTEGER)", now;
+    FAIL("the replica took a write");
+  } catch (const std::exception& e) {
+    CHECK_THAT(sdk::error_text(e), Catch::Contains("read-only transaction") && Catch::Contains("write through Store::session()"));
+  }
+}
+
+TEST_CASE("with the replica stopped, read sessions are answered by the primary, logged once and counted",
+          "[.][postgres-replica-down]") {
+  auto urls = replica_urls();
+  if (!urls) return;
+  KernelStore store(urls->primary, urls->replica);
+  std::vector<std::string> warnings;
+  sdk::Counter fallbacks;
+  store.observe([&](sdk::LogLevel level, const std::string& line) { if (level == sdk::LogLevel::warning) warnings.push_back(line); },
+                &fallbacks);
+  for (int i = 0; i < 3; ++i) {
+    auto r = store.read_session();
+    CHECK_FALSE(in_recovery(r));  // the primary
+    int seen = 0;
+    r << "SELECT COUNT(*) FROM demo_replicated WHERE id = 42", into(seen), now;
+    CHECK(seen == 1);
+  }
+  CHECK(store.replica_fallbacks() == 3);
+  CHECK(fallbacks.value() == 3);
+  REQUIRE(warnings.size() == 1);
+  CHECK_THAT(warnings[0], Catch::Contains("does not answer") && Catch::Contains("read sessions go to the primary"));
+  // Read-only on the primary too: the fallback does not turn a read session into a writer.
+  auto r = store.read_session();
+  try {
+    r << "INSERT INTO demo_replicated VALUES (1)", now;
+    FAIL("the primary took a write through a read session");
+  } catch (const std::exception& e) {
+    CHECK_THAT(sdk::error_text(e), Catch::Contains("read-only transaction"));
+  }
 }

@@ -31,8 +31,14 @@ using namespace Poco::Data::Keywords;
 namespace deskfarm::sdk {
 
 std::string error_text(const std::exception& e) {
-  if (const auto* poco = dynamic_cast<const Poco::Exception*>(&e)) return poco->displayText();
-  return e.what();
+  const auto* poco = dynamic_cast<const Poco::Exception*>(&e);
+  if (!poco) return e.what();
+  std::string text = poco->displayText();
+  // PostgreSQL's and SQLite's words for a write on a read-only session name neither our API nor the fix.
+  if (text.find("read-only transaction") != std::string::npos || text.find("readonly database") != std::string::npos)
+    text += " (a write through Store::read_session(), which is read-only on the replica and on the primary alike: "
+            "write through Store::session())";
+  return text;
 }
 
 Executor::~Executor() = default;

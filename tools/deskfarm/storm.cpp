@@ -158,6 +158,7 @@ std::string summary_json(const Summary& s) {
   v["licenses_end"] = s.licenses_end;
   v["licenses_total"] = s.licenses_total;
   v["seconds"] = s.seconds;
+  v["started_unix_ms"] = s.started_unix_ms;
   sdk::Value refusals = sdk::Value::object();
   for (const auto& [reason, n] : s.refusals) refusals[reason] = n;
   v["refusals"] = std::move(refusals);
@@ -237,6 +238,8 @@ class Driver {
 
   void start() {
     start_ = Clock::now();
+    summary_.started_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch()).count();
     {
       std::lock_guard lock(mutex_);
       for (const auto& u : users_) tasks_.push(Task{start_ + u.plan.arrive, u.index});

@@ -87,6 +87,7 @@ struct Summary {
   std::int64_t refusals_retried = 0;  ///< refusals in Options::retried_refusals answered by asking again
   std::int64_t sessions_lost = 0;  ///< a disconnected user came back to another desktop, or an agent lost the session
   double seconds = 0, broker_seconds = 0;
+  std::int64_t started_unix_ms = 0;  ///< wall clock at the first arrival: Sample::at_ms counts from here
   Latency broker;
   std::int64_t pool_starts = -1;       ///< deskfarm_ddc_power_starts_total delta; -1 when /metrics did not say
   std::int64_t licenses_peak = -1;     ///< -1 without a licence server

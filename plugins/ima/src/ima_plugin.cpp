@@ -806,10 +806,18 @@ class Ima final : public Plugin {
     const auto at = now_ms();
     ctx_.run_blocking(
         [store = &ctx_.store(), lhc = lhc_, own, migrate, write, recreate = job.recreate, at](std::stop_token) {
-          auto s = store->session();
-          if (migrate) ima::migrate_store(s);
-          if (write) ima::write_server(s, own, at);
-          LhcRead read{ima::read_farm(s, own.farm), {}};
+          LhcRead read;
+          if (migrate || write) {
+            // This refresh wrote the server's own record: the read must see it, so it stays on the primary.
+            auto s = store->session();
+            if (migrate) ima::migrate_store(s);
+            if (write) ima::write_server(s, own, at);
+            read.servers = ima::read_farm(s, own.farm);
+          } else {
+            // A periodic refresh: the other servers' records may be a moment old, so the nearest replica serves it.
+            auto s = store->read_session();
+            read.servers = ima::read_farm(s, own.farm);
+          }
           try {
             if (recreate) lhc->recreate(read.servers, at);
             else lhc->replace(read.servers, at);

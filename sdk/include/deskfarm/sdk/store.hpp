@@ -22,6 +22,11 @@ class DESKFARM_SDK_API Store {
   virtual ~Store();
   /// A session from the deployment's pool; use it on your executor, then let it go.
   virtual Poco::Data::Session session() = 0;
+  /// A read-only session for reads that may be slightly stale: on the deployment's read replica
+  /// (`data_store_replica`) when one is configured and answers, on the primary otherwise (a replica that is down is
+  /// logged once and counted in deskfarm_store_replica_fallbacks_total). Never for a read that must see a write just
+  /// made: that read goes through session(). Every write through it fails, on the primary too (error_text says so).
+  virtual Poco::Data::Session read_session() = 0;
   /// "SQLite" or "PostgreSQL".
   virtual std::string connector() const = 0;
 };

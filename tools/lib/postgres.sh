@@ -1,0 +1,179 @@
+# A private PostgreSQL for tests, drills and benchmarks: source this file from bash, then
+#
+#   pg_installed                            # true when the server is installed
+#   pg_require                              # finds the server; not installed: exit 77 (skip), or exit 1 under CI=true
+#   pg_start_primary db "$work/db" [ADDR[:PORT]]    # initdb + start; sets db_pid db_host db_port db_url db_conninfo
+#   pg_start_replica rep db "$work/rep" [ADDR[:PORT]]   # pg_basebackup -R of db, started, waits until streaming
+#   pg_psql db -c "SELECT 1"                # psql on that server as the superuser deskfarm
+#   pg_stop db [fast|immediate]             # stops it by its PID (bounded); pg_start db starts it again, same port
+#   pg_stop_all                             # every server started here: put it in the caller's EXIT trap
+#
+# The first argument names the server: its facts are shell variables with that prefix (call these functions
+# directly, not inside $(...), or the variables stay in the subshell). Without a port a free one
+# is picked (PostgreSQL cannot listen on port 0 and report it); the address defaults to 127.0.0.1. Works under
+# `ip netns exec NS` with the namespace's address given. The server runs as nobody when the caller is root, so its
+# directory's parents must be traversable by nobody (mktemp -d makes 0700 directories: chmod 755 them).
+# Authentication is trust for every client and for replication: these servers hold test data only and listen on
+# the one address given.
+
+PG_BINDIR=${PG_BINDIR:-}
+PG_USER=nobody               # who runs the server when the caller is root (initdb and postgres refuse root)
+PG_WAIT_TENTHS=${PG_WAIT_TENTHS:-150}   # every wait below: at most this many tenths of a second
+_pg_started=()
+
+# pg_installed: true when the server is installed (sets PG_BINDIR, the newest version's bin directory).
+pg_installed() {
+  [ -n "$PG_BINDIR" ] || PG_BINDIR=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
+  [ -n "$PG_BINDIR" ] && [ -x "$PG_BINDIR/postgres" ]
+}
+
+pg_require() {
+  pg_installed && return 0
+  # Same rule as tests/support/deskfarm/testing/peers.hpp: fail under CI, skip (exit 77) elsewhere.
+  echo "DESKFARM-TEST-SKIPPED: the PostgreSQL server is not installed (scripts/setup.sh installs it)"
+  [ "${CI:-}" = true ] && { echo "postgres.sh: PostgreSQL is required under CI=true" >&2; exit 1; }
+  exit 77
+}
+
+# The prefix that runs a command as the server's user. setpriv execs in place and the prefix is expanded inline
+# (not a function, which a background `&` would fork into a subshell), so `$!` is the server's own PID.
+_pg_as_user_prefix() {
+  _pg_run=()
+  [ "$(id -u)" = 0 ] && _pg_run=(setpriv --reuid="$PG_USER" --regid="$(id -g "$PG_USER")" --clear-groups --)
+  return 0
+}
+_pg_as_user() { _pg_as_user_prefix; "${_pg_run[@]}" "$@"; }
+
+_pg_free_port() {
+  python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"
+}
+
+_pg_get() { local v="${1}_$2"; printf '%s' "${!v:-}"; }
+_pg_set() { printf -v "${1}_$2" '%s' "$3"; }
+
+# _pg_prepare NAME DIR ADDR: the directory owned by the server's user, the address split into host and port.
+_pg_prepare() {
+  local name=$1 dir=$2 addr=${3:-127.0.0.1}
+  [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || { echo "postgres.sh: server name '$name' must be a shell identifier" >&2; return 1; }
+  mkdir -p "$dir"
+  [ "$(id -u)" = 0 ] && chown "$PG_USER" "$dir"
+  if ! _pg_as_user test -w "$dir"; then
+    echo "postgres.sh: $PG_USER cannot write $dir; make its parent directories traversable (chmod 755)" >&2
+    return 1
+  fi
+  local host=$addr port=""
+  if [[ $addr == *:* ]]; then host=${addr%:*}; port=${addr##*:}; fi
+  _pg_set "$name" dir "$dir"
+  _pg_set "$name" host "$host"
+  _pg_set "$name" fixed_port "$port"
+}
+
+# _pg_launch NAME: starts the server on its data directory; a port picked here that another process took
+# meanwhile (ctest -j) is replaced, at most 5 times. Returns once pg_isready answers.
+_pg_launch() {
+  local name=$1 dir host port pid attempt
+  dir=$(_pg_get "$name" dir)
+  host=$(_pg_get "$name" host)
+  for attempt in 1 2 3 4 5; do
+    port=$(_pg_get "$name" port)
+    [ -n "$port" ] || port=$(_pg_get "$name" fixed_port)
+    [ -n "$port" ] || port=$(_pg_free_port "$host")
+    _pg_as_user_prefix
+    "${_pg_run[@]}" "$PG_BINDIR/postgres" -D "$dir/data" -h "$host" -p "$port" -k "$dir" >>"$dir/server.log" 2>&1 &
+    pid=$!
+    local i
+    for ((i = 0; i < PG_WAIT_TENTHS; i++)); do
+      if "$PG_BINDIR/pg_isready" -q -h "$host" -p "$port" -U deskfarm || ! kill -0 "$pid" 2>/dev/null; then break; fi
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null && "$PG_BINDIR/pg_isready" -q -h "$host" -p "$port" -U deskfarm; then
+      _pg_set "$name" pid "$pid"
+      _pg_set "$name" port "$port"
+      _pg_set "$name" url "postgresql://deskfarm@$host:$port/postgres"
+      _pg_set "$name" conninfo "host=$host port=$port user=deskfarm dbname=postgres"  # libpq keywords: Poco and psql
+      _pg_started+=("$name")
+      return 0
+    fi
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    # Only a port picked here may be replaced; a given one (or the one a restart must keep) is an error.
+    if [ -z "$(_pg_get "$name" fixed_port)$(_pg_get "$name" port)" ] &&
+       tail -n 20 "$dir/server.log" | grep -q "could not bind\|Address already in use"; then
+      echo "postgres.sh: port $port on $host was taken meanwhile; trying another ($name)" >&2
+      continue
+    fi
+    break
+  done
+  echo "postgres.sh: PostgreSQL '$name' did not start on $host:$port; its log ($dir/server.log) ends:" >&2
+  tail -n 20 "$dir/server.log" >&2
+  return 1
+}
+
+pg_start_primary() {
+  local name=$1 dir=$2
+  [ -n "$PG_BINDIR" ] || pg_require
+  _pg_prepare "$name" "$dir" "${3:-}" || return 1
+  _pg_as_user "$PG_BINDIR/initdb" -D "$dir/data" -A trust -U deskfarm --no-sync >"$dir/initdb.log" 2>&1 ||
+    { echo "postgres.sh: initdb of $dir/data failed:" >&2; cat "$dir/initdb.log" >&2; return 1; }
+  # Any client and any replica may connect (see the top of this file): netns callers come from other addresses.
+  printf 'local all all trust\nhost all all all trust\nhost replication all all trust\n' >"$dir/data/pg_hba.conf"
+  _pg_launch "$name"
+}
+
+# pg_start_replica NAME PRIMARY DIR [ADDR[:PORT]]: a hot standby streaming from PRIMARY (already started here).
+pg_start_replica() {
+  local name=$1 primary=$2 dir=$3 i
+  [ -n "$PG_BINDIR" ] || pg_require
+  [ -n "$(_pg_get "$primary" pid)" ] || { echo "postgres.sh: primary '$primary' is not running here" >&2; return 1; }
+  _pg_prepare "$name" "$dir" "${4:-}" || return 1
+  # -R writes primary_conninfo and standby.signal; -X stream copies the WAL written during the copy too.
+  _pg_as_user "$PG_BINDIR/pg_basebackup" -h "$(_pg_get "$primary" host)" -p "$(_pg_get "$primary" port)" \
+    -U deskfarm -D "$dir/data" -R -X stream -c fast --no-sync >"$dir/basebackup.log" 2>&1 ||
+    { echo "postgres.sh: pg_basebackup of '$primary' into $dir/data failed:" >&2; cat "$dir/basebackup.log" >&2; return 1; }
+  _pg_launch "$name" || return 1
+  local state=""
+  for ((i = 0; i < PG_WAIT_TENTHS; i++)); do
+    state=$(pg_psql "$name" -tAc "SELECT pg_is_in_recovery()::text || ' ' || coalesce((SELECT status FROM pg_stat_wal_receiver), 'none')" 2>/dev/null || true)
+    [ "$state" = "true streaming" ] && return 0
+    sleep 0.1
+  done
+  echo "postgres.sh: replica '$name' is not streaming from '$primary' (recovery, receiver: ${state:-no answer}); see $dir/server.log" >&2
+  return 1
+}
+
+# pg_start NAME: starts a stopped server again on its data directory and port.
+pg_start() {
+  local name=$1
+  [ -z "$(_pg_get "$name" pid)" ] || { echo "postgres.sh: '$name' is running already" >&2; return 1; }
+  [ -n "$(_pg_get "$name" port)" ] || { echo "postgres.sh: '$name' was never started here" >&2; return 1; }
+  _pg_launch "$name"
+}
+
+# pg_stop NAME [fast|immediate]: fast (SIGINT) ends sessions and checkpoints; immediate (SIGQUIT) is a crash.
+# After the bounded wait the server is killed.
+pg_stop() {
+  local name=$1 mode=${2:-fast} pid sig=INT i
+  pid=$(_pg_get "$name" pid)
+  [ -n "$pid" ] || return 0
+  [ "$mode" = immediate ] && sig=QUIT
+  kill "-$sig" "$pid" 2>/dev/null || true
+  for ((i = 0; i < PG_WAIT_TENTHS; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "postgres.sh: '$name' (pid $pid) did not stop within $((PG_WAIT_TENTHS / 10))s; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+  _pg_set "$name" pid ""
+}
+
+# Replicas first: a primary's fast shutdown waits for its WAL senders.
+pg_stop_all() {
+  local i
+  for ((i = ${#_pg_started[@]} - 1; i >= 0; i--)); do pg_stop "${_pg_started[i]}"; done
+}
+
+pg_psql() {
+  local name=$1
+  shift
+  "$PG_BINDIR/psql" -X -q -h "$(_pg_get "$name" host)" -p "$(_pg_get "$name" port)" -U deskfarm -d postgres "$@"
+}

@@ -65,8 +65,10 @@ zdc() { df "$1" querydc | awk '$1 == "farm" { print $2 }'; }
 zdc_is() { [ "$(zdc "$1")" = "$2" ]; }
 # The records zone-SITE holds as its zone's collector, one line each: zone server sessions seq (sorted).
 zone_records() {
-  df "$1" request "ima.zone-$1.admin.queryds" | tr '{' '\n' |
-    sed -n 's/.*"instance":"\([^"]*\)"[^}]*"seq":\([0-9]*\),"sessions":\([0-9]*\)[^}]*"zone":"\([^"]*\)".*/\4 \1 \3 \2/p' | sort
+  df "$1" request "ima.zone-$1.admin.queryds" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin).get("records", []):
+    print(r["zone"], r["instance"], r["sessions"], r["seq"])' | sort
 }
 holds() { zone_records "$1" | grep -qx "$2"; }
 records_are() { [ "$(zone_records "$1")" = "$2" ]; }

@@ -153,10 +153,7 @@ TEST_CASE("a running deployment answers deskfarm status and /metrics, and stops 
   auto bad = run_child({bin, "request", "hello.ping", R"({"name":5})", file.string()}, 10s);
   CHECK(bad.exit_code == 1);
   CHECK(bad.err.find("bad_request") != std::string::npos);
-  run.signal(SIGTERM);
-  auto code = run.wait(15s);
-  REQUIRE(code);
-  CHECK(*code == 0);
+  CHECK(run.terminate(15s) == 0);
   const auto log = read_text(dir / "run.log");
   CHECK(log.find("received Terminated, stopping") != std::string::npos);
   CHECK(log.find("instance greeter stopped") != std::string::npos);
@@ -235,10 +232,7 @@ TEST_CASE("the pilot deployment serves the bootstrap over TFTP and desktops' vDi
   CHECK(list.exit_code == 0);
   CHECK(list.out.find("export=\"52:54:00:00:01:01\"") != std::string::npos);
   CHECK(list.out.find("export-size: 67108864") != std::string::npos);
-  run.signal(SIGTERM);
-  auto code = run.wait(15s);
-  REQUIRE(code);
-  CHECK(*code == 0);
+  CHECK(run.terminate(15s) == 0);
   CHECK(read_text(dir / "run.log").find("instance pvs-1 stopped") != std::string::npos);
 }
 
@@ -278,8 +272,7 @@ TEST_CASE("clients that send half a request head do not starve deskfarm status, 
   const int n = slow[0].receiveBytes(buf, sizeof buf);
   CHECK(std::string(buf, static_cast<std::size_t>(std::max(n, 0))).starts_with("HTTP/1.1 408 Request Timeout"));
   CHECK(std::chrono::steady_clock::now() - t0 < 8s);
-  run.signal(SIGTERM);
-  CHECK(run.wait(15s) == std::optional<int>(0));
+  CHECK(run.terminate(15s) == 0);
 }
 
 TEST_CASE("a non-loopback admin address without a token is refused before anything starts (exit 3)") {
@@ -313,7 +306,6 @@ TEST_CASE("with admin_token every request needs the bearer token, and deskfarm s
   ::unsetenv("DESKFARM_TEST_ADMIN_TOKEN");
   CHECK(status.exit_code == 0);
   CHECK(status.out.find("\"deployment\": \"lab\"") != std::string::npos);
-  run.signal(SIGTERM);
-  CHECK(run.wait(15s) == std::optional<int>(0));
+  CHECK(run.terminate(15s) == 0);
   CHECK(read_text(dir / "run.log").find(token) == std::string::npos);
 }

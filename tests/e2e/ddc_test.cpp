@@ -42,10 +42,7 @@ TEST_CASE("a farm of a hypervisor, two controllers and agents: desktops start, r
   CHECK(desks.out.find("\"session_state\":\"active\"") != std::string::npos);
   auto status = run_child({bin, "status", file.string()}, 10s);
   CHECK(status.out.find("\"master\": true") != std::string::npos);
-  run.signal(SIGTERM);
-  auto code = run.wait(15s);
-  REQUIRE(code);
-  CHECK(*code == 0);
+  CHECK(run.terminate(15s) == 0);
   const auto log = read_text(dir / "run.log");
   CHECK(log.find("pool pool (") != std::string::npos);
   CHECK(log.find(" error ") == std::string::npos);

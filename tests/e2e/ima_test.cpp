@@ -63,10 +63,7 @@ TEST_CASE("one zone in two processes over nats-server: kill -9 the ZDC's process
   CHECK(took <= std::chrono::seconds(keepalive_s));
   auto ds = run_child({bin, "queryds", one.string()}, 10s);
   CHECK(ds.out.find("ima-one") != std::string::npos);
-  p1.signal(SIGTERM);
-  auto code = p1.wait(15s);
-  REQUIRE(code);
-  CHECK(*code == 0);
+  CHECK(p1.terminate(15s) == 0);
   const auto log = read_text(dir / "one.log");
   CHECK(log.find("ZDC ima-two of zone hq lost") != std::string::npos);
   nats.stop();
@@ -118,10 +115,5 @@ TEST_CASE("deskfarm dsmaint refreshlhc: a server's local host cache learns at on
   CHECK(none.exit_code == 1);
   CHECK(none.err.find("no ima instance 'ima-z'") != std::string::npos);
 
-  for (auto* p : {&pa, &pb}) {
-    p->signal(SIGTERM);
-    auto code = p->wait(15s);
-    REQUIRE(code);
-    CHECK(*code == 0);
-  }
+  for (auto* p : {&pa, &pb}) CHECK(p->terminate(15s) == 0);
 }

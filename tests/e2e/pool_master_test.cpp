@@ -139,10 +139,7 @@ TEST_CASE("two processes on nats-server: the controller beside the ZDC is the po
   CHECK(sample(dir / "one", starts("ddc-one")) == 1);
   CHECK(sample(dir / "one", "deskfarm_ddc_master_fallbacks_total{instance=\"ddc-one\"}") == 0);
 
-  p1.signal(SIGTERM);
-  auto code = p1.wait(15s);
-  REQUIRE(code);
-  CHECK(*code == 0);
+  CHECK(p1.terminate(15s) == 0);
   const auto log = read_text(dir / "one.log");
   CHECK(log.find("zone data collector ima-two: the pool master is the controller beside it") != std::string::npos);
   CHECK(occurrences(log, "zone data collector ima-one: this controller is the pool master") >= 2);  // at start, and after the kill

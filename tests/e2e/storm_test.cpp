@@ -44,8 +44,7 @@ struct RunningFarm {
     }, 60s);
   }
   ~RunningFarm() {
-    run->signal(SIGTERM);
-    run->wait(20s);
+    run->terminate(20s);
   }
   std::int64_t figure(const Value& summary, const char* name) const {
     const Value* v = summary.find(name);

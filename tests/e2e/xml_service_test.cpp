@@ -184,10 +184,7 @@ TEST_CASE("the XML service of a running farm, driven by curl: credentials, deskt
   CHECK(metric(metrics, series + "\"bad_credentials\"}") == 2);
   CHECK(metric(metrics, series + "\"ok\"}") == 6);
 
-  run.signal(SIGTERM);
-  auto code = run.wait(15s);
-  REQUIRE(code);
-  CHECK(*code == 0);
+  CHECK(run.terminate(15s) == 0);
   const auto log = read_text(dir / "run.log");
   CHECK(log.find("XML service on http://127.0.0.1:" + std::to_string(xml_port)) != std::string::npos);
   CHECK(log.find("XML service: alice gets " + addr.server_address + " of office") != std::string::npos);

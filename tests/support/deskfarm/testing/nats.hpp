@@ -65,8 +65,7 @@ class NatsServer {
   /// Stops it by its PID (SIGTERM, then SIGKILL after 5 s) and waits until the port is closed.
   void stop() {
     if (!child_) return;
-    child_->signal(SIGTERM);
-    child_->wait(std::chrono::seconds(5));
+    child_->terminate(std::chrono::seconds(5));
     child_.reset();
     eventually([&] { return !port_accepts(port_); }, std::chrono::seconds(5));
   }

@@ -153,6 +153,12 @@ class ChildProcess {
     }
     return status_ == -1 ? std::nullopt : status_;
   }
+  /// Stops the child the way an operator stops `deskfarm run` (SIGTERM) and waits for it: its exit code
+  /// within `limit` (0: it stopped cleanly), or nullopt when it had to be killed.
+  std::optional<int> terminate(std::chrono::milliseconds limit) {
+    signal(SIGTERM);
+    return wait(limit);
+  }
 
  private:
   pid_t pid_ = -1;

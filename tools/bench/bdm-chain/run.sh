@@ -37,16 +37,10 @@ mkdir -p "$work/vdisks"
 truncate -s 8M "$work/vdisks/marker.img"
 printf '\x55\xAA' | dd of="$work/vdisks/marker.img" bs=1 seek=510 conv=notrunc status=none
 
-# Free loopback ports for pvs's TFTP (UDP) and NBD (TCP), picked at random and checked with ss.
-pick_port() {
-  local p
-  for _ in $(seq 1 50); do
-    p=$(shuf -i 20000-60000 -n 1)
-    ss -Hltun "sport = :$p" | grep -q . || { echo "$p"; return; }
-  done
-  echo "run.sh: no free port found" >&2; exit 1
-}
-tftp=$(pick_port) stream=$(pick_port)
+# Free loopback ports for pvs's TFTP (UDP) and NBD (TCP).
+# shellcheck source=tools/lib/net.sh
+source tools/lib/net.sh
+tftp=$(free_port udp) stream=$(free_port tcp)
 cat >"$work/farm.toml" <<TOML
 [deployment]
 name = "bdm-chain-bench"

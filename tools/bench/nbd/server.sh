@@ -12,17 +12,15 @@ stop_server() {
     server_pid=""
   fi
 }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=tools/lib/net.sh
+source tools/lib/net.sh
 start_server() {
   local label=$1
   shift 2
-  server_port=$(free_port)
+  server_port=$(free_port tcp)
   "${@//@PORT@/$server_port}" >"$work/$label.log" 2>&1 &
   server_pid=$!
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$server_port") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
+  wait_port tcp "$server_port" && return 0
   echo "$(basename "$0"): $label on port $server_port did not come up (log: $work/$label.log)" >&2
   return 1
 }

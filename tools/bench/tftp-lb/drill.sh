@@ -50,7 +50,8 @@ ulimit -n "$(ulimit -Hn)"
 
 head -c $((file_kib << 10)) /dev/urandom > "$root/boot.bin"
 sha=$(sha256sum "$root/boot.bin" | cut -c1-64)
-free_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=tools/lib/net.sh
+source tools/lib/net.sh
 
 # start_backend NAME PORT KIND: a backend in its own process group; sets started_group.
 start_backend() {
@@ -68,8 +69,8 @@ stop_group() {  # kills a process group, children included, and reaps its leader
   wait "$1" 2>/dev/null || true
 }
 
-port1=$(free_port)
-port2=$(free_port)
+port1=$(free_port udp)
+port2=$(free_port udp)
 start_backend b1 "$port1" serve
 start_backend b2 "$port2" "$killed_kind"
 b2_group=$started_group

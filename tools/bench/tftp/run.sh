@@ -37,8 +37,8 @@ chmod 755 "$root"; chmod 644 "$root"/*
 declare -A sha
 for f in f32m f1m f64k; do sha[$f]=$(sha256sum "$root/$f" | cut -c1-64); done
 
-free_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 50); do ss -lun | grep -q "127.0.0.1:$1 " && return 0; sleep 0.1; done; return 1; }
+# shellcheck source=tools/lib/net.sh
+source tools/lib/net.sh
 ticks_per_second=$(getconf CLK_TCK)
 cpuacct=/sys/fs/cgroup/cpuacct
 
@@ -75,25 +75,25 @@ for _ in $(seq 50); do [[ -s $work/ours.port ]] && break; sleep 0.1; done
 start ours "$(awk '{print $2}' "$work/ours.port")" "$ours_pid"
 
 if [[ -x /usr/sbin/in.tftpd ]]; then
-  port=$(free_port)
+  port=$(free_port udp)
   /usr/sbin/in.tftpd -L -s "$root" -a "127.0.0.1:$port" 2> "$work/hpa.log" &
   pid=$!
-  if wait_port "$port"; then start hpa "$port" "$pid"; else kill "$pid"; fi
+  if wait_port udp "$port" 127.0.0.1 5; then start hpa "$port" "$pid"; else kill "$pid"; fi
 fi
 
 if [[ -x /tmp/atftpd/usr/sbin/atftpd ]]; then
-  port=$(free_port)
+  port=$(free_port udp)
   /tmp/atftpd/usr/sbin/atftpd --daemon --no-fork --user root --group root -m 2048 --logfile /dev/null \
     --port "$port" --bind-address 127.0.0.1 "$root" &
   pid=$!
-  if wait_port "$port"; then start atftpd "$port" "$pid"; else kill "$pid"; fi
+  if wait_port udp "$port" 127.0.0.1 5; then start atftpd "$port" "$pid"; else kill "$pid"; fi
 fi
 
 if [[ -x /usr/sbin/dnsmasq && $(id -u) == 0 ]] && ! ss -lun | grep -q ':69 '; then
   /usr/sbin/dnsmasq --no-daemon --conf-file=/dev/null --pid-file= --port=0 --enable-tftp --tftp-root="$root" \
     --tftp-max=2048 --listen-address=127.0.0.1 --bind-interfaces --user=root 2> "$work/dnsmasq.log" &
   pid=$!
-  if wait_port 69; then start dnsmasq 69 "$pid"; else kill "$pid"; fi
+  if wait_port udp 69 127.0.0.1 5; then start dnsmasq 69 "$pid"; else kill "$pid"; fi
 fi
 
 # row name|clients|file|extra args|servers that support it (empty = all)

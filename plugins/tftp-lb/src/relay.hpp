@@ -40,7 +40,7 @@ struct RelayOptions {
   /// After a turn that moved datagrams, poll for the next ones without sleeping this long (0 = always sleep):
   /// a lockstep transfer's next datagram comes one round trip later, and a sleep costs a wake-up per hop.
   /// See busy_poll.hpp for the bound.
-  std::chrono::microseconds busy_poll{20};
+  std::chrono::microseconds busy_poll{0};
   std::function<void(std::string_view)> log;  ///< one line per event, from the relay thread; default silent
 };
 

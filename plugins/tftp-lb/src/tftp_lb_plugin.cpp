@@ -37,7 +37,7 @@ struct LbConfig {
   std::string vip;
   std::string method;
   std::string relay;
-  std::int64_t busy_poll_us = 20;
+  std::int64_t busy_poll_us = 0;
   std::string boot_file;
   std::vector<BackendSeed> backends;
   bool discover = true;
@@ -78,10 +78,11 @@ constexpr auto lb_schema = schema<LbConfig>(
            "and one sendmmsg per ready socket), auto = io_uring where the kernel allows it (6.0+, not refused by "
            "seccomp or kernel.io_uring_disabled), else epoll (logged)")
         .one_of("auto|io_uring|epoll"),
-    option("busy_poll_us", &LbConfig::busy_poll_us, "20",
+    option("busy_poll_us", &LbConfig::busy_poll_us, "0",
            "after a turn that relayed datagrams, poll for the next ones this long without sleeping (a lockstep "
-           "transfer's next datagram comes one round trip later; a sleep costs a wake-up per hop); 0 = never; "
-           "after 8 empty windows in a row the relay sleeps at once for 256 turns, and idle it sleeps")
+           "transfer's next datagram comes one round trip later; a sleep costs a wake-up per hop); 0 = never (the "
+           "default: on a box without a core to spare it did not pay, docs/benchmarks.md); after 8 empty windows in a "
+           "row the relay sleeps at once for 256 turns, and idle it sleeps")
         .range(0, 1000),
     option("boot_file", &LbConfig::boot_file, "\"ARDBP32.BIN\"", "the bootstrap: DHCP option 67, and what the monitors request"),
     option("backends", &LbConfig::backends, "[]", "backends listed by name (pvs instances) or address (foreign servers)",

@@ -37,6 +37,10 @@ struct RelayOptions {
   std::chrono::milliseconds linger{2000};
   Method method = Method::round_robin;
   RelayEngine engine = RelayEngine::automatic;
+  /// After a turn that moved datagrams, poll for the next ones without sleeping this long (0 = always sleep):
+  /// a lockstep transfer's next datagram comes one round trip later, and a sleep costs a wake-up per hop.
+  /// See busy_poll.hpp for the bound.
+  std::chrono::microseconds busy_poll{0};
   std::function<void(std::string_view)> log;  ///< one line per event, from the relay thread; default silent
 };
 
@@ -75,6 +79,8 @@ struct RelayStats {
   std::uint64_t receive_calls = 0;  ///< recvmmsg calls that returned datagrams (datagrams per call = the batching)
   std::uint64_t send_calls = 0;     ///< sendmmsg/sendto calls
   std::uint64_t ring_enters = 0;    ///< io_uring engine: io_uring_enter calls (one per turn: all receives and sends)
+  std::uint64_t busy_polls = 0;      ///< waits that polled without sleeping (io_uring_enter or epoll_wait, timeout 0)
+  std::uint64_t busy_poll_hits = 0;  ///< of those, the ones that found datagrams (each a wake-up saved)
   std::vector<RelayBackendStats> backends;
 };
 

@@ -37,6 +37,7 @@ struct LbConfig {
   std::string vip;
   std::string method;
   std::string relay;
+  std::int64_t busy_poll_us = 0;
   std::string boot_file;
   std::vector<BackendSeed> backends;
   bool discover = true;
@@ -77,6 +78,12 @@ constexpr auto lb_schema = schema<LbConfig>(
            "and one sendmmsg per ready socket), auto = io_uring where the kernel allows it (6.0+, not refused by "
            "seccomp or kernel.io_uring_disabled), else epoll (logged)")
         .one_of("auto|io_uring|epoll"),
+    option("busy_poll_us", &LbConfig::busy_poll_us, "0",
+           "after a turn that relayed datagrams, poll for the next ones this long without sleeping (a lockstep "
+           "transfer's next datagram comes one round trip later; a sleep costs a wake-up per hop); 0 = never (the "
+           "default: on a box without a core to spare it did not pay, docs/benchmarks.md); after 8 empty windows in a "
+           "row the relay sleeps at once for 256 turns, and idle it sleeps")
+        .range(0, 1000),
     option("boot_file", &LbConfig::boot_file, "\"ARDBP32.BIN\"", "the bootstrap: DHCP option 67, and what the monitors request"),
     option("backends", &LbConfig::backends, "[]", "backends listed by name (pvs instances) or address (foreign servers)",
            backend_schema),
@@ -195,6 +202,7 @@ class TftpLb final : public Plugin {
     o.idle_timeout = std::chrono::seconds(config_.idle_timeout_s);
     o.method = checked_.method;
     o.engine = *relay_engine_from(config_.relay);
+    o.busy_poll = std::chrono::microseconds(config_.busy_poll_us);
     o.log = [this, line = ctx_.lifeline()](std::string_view text) {
       line->post([this, text = std::string(text)] { ctx_.log().warning(text); });
     };
@@ -221,7 +229,8 @@ class TftpLb final : public Plugin {
     point_networks("");
     ctx_.every(std::chrono::seconds(1), [this] { sync_metrics(); });
     ctx_.log().info("virtual server " + vip_ + " (" + config_.method + ", relay " + std::string(relay_->engine()) +
-                    " [relay = \"" + config_.relay + "\"], monitor " + config_.monitor + ", " +
+                    " [relay = \"" + config_.relay + "\"], busy poll " + std::to_string(config_.busy_poll_us) +
+                    " us, monitor " + config_.monitor + ", " +
                     std::to_string(backends_.size()) + " backends so far)");
   }
 
@@ -258,6 +267,8 @@ class TftpLb final : public Plugin {
       r.set("receive_calls", s.receive_calls);
       r.set("send_calls", s.send_calls);
       r.set("ring_enters", s.ring_enters);
+      r.set("busy_polls", s.busy_polls);
+      r.set("busy_poll_hits", s.busy_poll_hits);
       out.set("relay", std::move(r));
     }
     Value backends = Value::array();

@@ -3,12 +3,14 @@
 // sendmmsg). These tests blast datagrams and check that nothing is reordered, lost or sent to the wrong session,
 // and that the session rules still hold.
 #include <arpa/inet.h>
+#include <time.h>
 
 #include <catch2/catch.hpp>
 
 #include <map>
 #include <set>
 
+#include "busy_poll.hpp"
 #include "relay.hpp"
 #include "tftp_lb_lab.hpp"
 
@@ -47,14 +49,17 @@ T packet_of(const std::vector<std::byte>& bytes) {
 struct RelayLab {
   dt::UdpSocket backend{"127.0.0.1"};  // the backend's port 69
   Relay relay;
-  explicit RelayLab(const std::string& engine, bool eligible = true) : relay(options(engine)) {
+  explicit RelayLab(const std::string& engine, bool eligible = true,
+                    std::optional<std::chrono::microseconds> busy_poll = std::nullopt)
+      : relay(options(engine, busy_poll)) {
     relay.start();
     REQUIRE(relay.engine() == engine);  // the engine asked for carries the test, not a fallback
     relay.set_backends({{"b", endpoint("127.0.0.1", backend.port()), 1, eligible}});
   }
-  static tftp_lb::RelayOptions options(const std::string& engine) {
+  static tftp_lb::RelayOptions options(const std::string& engine, std::optional<std::chrono::microseconds> busy_poll) {
     tftp_lb::RelayOptions o;
     o.engine = *tftp_lb::relay_engine_from(engine);
+    if (busy_poll) o.busy_poll = *busy_poll;
     o.vip = endpoint("127.0.0.2", 0);
     o.method = tftp_lb::Method::round_robin;
     return o;
@@ -253,4 +258,125 @@ TEST_CASE("relay: with no backend eligible, every request of a storm gets ERROR 
   const auto s = lab.stats_when([](const RelayStats& now) { return now.no_backend >= clients + 1; });
   CHECK(s.sessions_started == 0);
   CHECK(s.no_backend >= clients + 1);
+}
+
+namespace {
+
+/// CPU time of this whole process (the relay thread's, when the test's own thread only sleeps).
+std::chrono::nanoseconds process_cpu() {
+  timespec t{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return std::chrono::seconds(t.tv_sec) + std::chrono::nanoseconds(t.tv_nsec);
+}
+
+/// A lockstep transfer through the lab's relay: RRQ, then `blocks` DATA (the last one short) each ACKed before the
+/// next is sent, as tftp clients and servers do. Checks every block arrives once, in order, from the virtual server.
+void lockstep(RelayLab& lab, std::uint16_t blocks) {
+  dt::UdpSocket client("127.0.0.4");
+  client.send_to("127.0.0.2", lab.relay.port(), rrq("f"));
+  const auto r = lab.backend.receive(5s);
+  REQUIRE(r);
+  const auto session = r->port;
+  dt::UdpSocket tid("127.0.0.1");
+  std::uint16_t server_port = 0;
+  for (std::uint16_t n = 1; n <= blocks; ++n) {
+    tid.send_to("127.0.0.2", session, data(n, n < blocks ? 512 : 10));
+    const auto d = client.receive(5s);
+    INFO("block " << n);
+    REQUIRE(d);
+    REQUIRE(d->host == "127.0.0.2");
+    if (n == 1) server_port = d->port;
+    REQUIRE(d->port == server_port);
+    REQUIRE(packet_of<tftp::Data>(d->bytes).block == n);
+    client.send_to("127.0.0.2", server_port, ack(n));
+    const auto a = tid.receive(5s);
+    REQUIRE(a);
+    REQUIRE(a->port == session);
+    REQUIRE(packet_of<tftp::Ack>(a->bytes).block == n);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("busy poll: polls for a window after work, sleeps after an empty one, backs off after repeated misses") {
+  using tftp_lb::BusyPoll;
+  const auto t0 = BusyPoll::Clock::time_point{} + 1h;
+  SECTION("a window of 0 never polls") {
+    BusyPoll b(0us);
+    CHECK_FALSE(b.next_polls(true, t0));
+    CHECK_FALSE(b.next_polls(false, t0));
+  }
+  SECTION("work opens a window; a turn inside it polls again, the first one past it sleeps") {
+    BusyPoll b(50us);
+    CHECK_FALSE(b.next_polls(false, t0));  // idle from the start: sleep
+    CHECK(b.next_polls(true, t0));
+    CHECK(b.next_polls(false, t0 + 49us));
+    CHECK_FALSE(b.next_polls(false, t0 + 50us));
+    CHECK_FALSE(b.next_polls(false, t0 + 1s));  // still idle: still sleeping
+    CHECK(b.next_polls(true, t0 + 2s));         // work again: a new window
+    CHECK(b.next_polls(true, t0 + 2s + 40us));  // a poll found work: the window starts over
+    CHECK(b.next_polls(false, t0 + 2s + 80us));
+  }
+  SECTION("after kMaxMisses empty windows in a row, work is followed by sleep for kBackoffTurns turns") {
+    BusyPoll b(10us);
+    auto now = t0;
+    for (unsigned m = 0; m < BusyPoll::kMaxMisses; ++m) {
+      CHECK(b.next_polls(true, now));
+      now += 1ms;  // the next datagram comes after the window: a miss
+      CHECK_FALSE(b.next_polls(false, now));
+    }
+    CHECK(b.backing_off());
+    for (unsigned t = 0; t < BusyPoll::kBackoffTurns; ++t) {
+      INFO("turn " << t);
+      REQUIRE_FALSE(b.next_polls(true, now += 1ms));
+    }
+    CHECK_FALSE(b.backing_off());
+    CHECK(b.next_polls(true, now));  // tries again
+  }
+  SECTION("a poll that finds work forgives the misses before it") {
+    BusyPoll b(10us);
+    auto now = t0;
+    for (unsigned m = 0; m + 1 < BusyPoll::kMaxMisses; ++m) {
+      CHECK(b.next_polls(true, now));
+      CHECK_FALSE(b.next_polls(false, now += 1ms));
+    }
+    CHECK(b.next_polls(true, now));
+    CHECK(b.next_polls(true, now + 5us));  // a hit
+    CHECK_FALSE(b.next_polls(false, now += 1ms));  // one miss, not the kMaxMisses-th
+    CHECK_FALSE(b.backing_off());
+  }
+}
+
+TEST_CASE("relay: a lockstep transfer with busy polling on arrives whole and in order, and the polls catch datagrams") {
+  const std::string engine = TFTP_LB_ENGINE();
+  RelayLab lab(engine, true, 1000us);  // the longest window: the test's own turnaround fits in it even when loaded
+  constexpr std::uint16_t blocks = 200;
+  lockstep(lab, blocks);
+  const auto s = lab.stats_when([](const RelayStats& now) { return now.sessions_finished == 1; });
+  INFO(engine << ": busy polls " << s.busy_polls << ", of them with datagrams " << s.busy_poll_hits);
+  CHECK(s.packets_to_client == blocks);
+  CHECK(s.packets_to_backend == 1 + blocks);
+  CHECK(s.socket_errors == 0);
+  CHECK(s.busy_polls > 0);
+  CHECK(s.busy_poll_hits > 0);  // some datagram was found by a poll, not a wake-up
+  CHECK(s.busy_poll_hits <= s.busy_polls);
+}
+
+TEST_CASE("relay: with busy polling on, an idle balancer stops polling and uses no CPU") {
+  const std::string engine = TFTP_LB_ENGINE();
+  RelayLab lab(engine, true, 1000us);
+  lockstep(lab, 20);  // traffic, so the relay did poll
+  const auto polled = lab.stats_when([](const RelayStats& now) { return now.sessions_finished == 1 && now.busy_polls > 0; });
+  REQUIRE(polled.busy_polls > 0);
+  std::this_thread::sleep_for(100ms);  // the last window (1 ms) is over
+  const auto before = lab.relay.stats();
+  const auto cpu_before = process_cpu();
+  std::this_thread::sleep_for(2s);
+  const auto cpu = process_cpu() - cpu_before;
+  const auto after = lab.stats_when([&](const RelayStats& now) { return now.sessions_lingering == 0; });
+  const double cpu_ms = static_cast<double>(cpu.count()) / 1e6;
+  INFO(engine << ": CPU over 2 s idle " << cpu_ms << " ms; busy polls "
+              << before.busy_polls << " -> " << after.busy_polls);
+  CHECK(after.busy_polls == before.busy_polls);  // no datagram, no poll
+  CHECK(cpu < 40ms);                              // a spinning relay would burn most of the 2 s
 }

@@ -360,6 +360,9 @@ TEST_CASE("malformed balancer settings are refused at their key") {
   INFO(relay);
   CHECK(relay.find("relay") != std::string::npos);
   CHECK(relay.find("io_uring") != std::string::npos);  // the error lists the engines there are
+  const auto spin = lab.check_error("busy_poll_us = 5000\n");  // a window that long is a core given away
+  INFO(spin);
+  CHECK(spin.find("busy_poll_us") != std::string::npos);
   const auto twice = lab.check_error("backends = [ { name = \"a\", address = \"127.0.0.1:69\" }, { name = \"a\" } ]\n");
   CHECK(twice.find("backend 'a' is listed twice") != std::string::npos);
 }

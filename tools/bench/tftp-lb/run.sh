@@ -5,8 +5,9 @@
 # the balancer's CPU seconds per GiB relayed. Then holds SESSIONS (default 10000) stalled transfers open through the
 # virtual server and prints the balancer's resident memory per session.
 # RELAYS (default "io_uring epoll") names the relay engines to compare: one balancer per engine (`relay` key), the
-# first on 127.0.0.2 (it also holds the sessions), the next on 127.0.0.6, .7, all in front of the same backend and
-# measured in the same rounds. Per balancer, `perf stat` counts its system calls and context switches over all the
+# first on 127.0.0.2 (it also holds the sessions), the next on 127.0.0.6, .7, .8, ..., all in front of the same
+# backend and measured in the same rounds. ENGINE:US sets that balancer's busy_poll_us as well ("io_uring:0
+# io_uring:50 epoll:50"); without it the plugin's default holds. Per balancer, `perf stat` counts its system calls and context switches over all the
 # rounds, printed per datagram relayed (the balancers take turns, so each one's counts are its own traffic).
 # BASELINE=DIR (a folder holding another build's tftp-lb.so, e.g. the previous commit's) adds a balancer on
 # 127.0.0.5 with that plugin (its default engine) in front of the same backend, measured in the same rounds ("base").
@@ -51,9 +52,10 @@ backend=$(awk '{print $2}' "$work/serve.port")
 # start_balancer NAME HOST PLUGIN_DIR [ENGINE]: a deployment with one tftp-lb instance in front of the backend;
 # sets started_pid and started_port.
 start_balancer() {
-  local name=$1 host=$2 plugins=$3 engine=${4:-} port relay_line=""
+  local name=$1 host=$2 plugins=$3 engine=${4:-} busy=${5:-} port relay_line=""
   port=$(free_port "$host")
   [[ -n $engine ]] && relay_line="relay = \"$engine\""
+  [[ -n $busy ]] && relay_line+=$'\n'"busy_poll_us = $busy"
   cat > "$work/$name.toml" <<TOML
 [deployment]
 name = "tftp-lb-bench-$name"
@@ -81,16 +83,19 @@ declare -A target=([direct]=127.0.0.1:$backend)
 declare -A balancer=()
 declare -A manifest=()
 paths=(direct)
-hosts=(127.0.0.2 127.0.0.6 127.0.0.7)
+hosts=(127.0.0.2 127.0.0.6 127.0.0.7 127.0.0.8 127.0.0.9 127.0.0.10 127.0.0.11)
+(( ${#relays[@]} <= ${#hosts[@]} )) || { echo "run.sh: at most ${#hosts[@]} RELAYS" >&2; exit 2; }
 for k in "${!relays[@]}"; do
-  engine=${relays[$k]}
-  name=$([[ $k == 0 ]] && echo lb || echo "lb-$engine")
-  start_balancer "$name" "${hosts[$k]}" "$build/plugins" "$engine"
+  path=${relays[$k]}
+  engine=${path%%:*}
+  busy=$([[ $path == *:* ]] && echo "${path#*:}" || true)
+  name=$([[ $k == 0 ]] && echo lb || echo "lb-${path/:/-}")
+  start_balancer "$name" "${hosts[$k]}" "$build/plugins" "$engine" "$busy"
   grep -q "relay $engine" "$work/$name.log" || { echo "run.sh: $name did not start the $engine relay:" >&2; cat "$work/$name.log" >&2; exit 1; }
-  target[$engine]=${hosts[$k]}:$started_port
-  balancer[$engine]=$started_pid
-  manifest[$engine]=$work/$name.toml
-  paths+=("$engine")
+  target[$path]=${hosts[$k]}:$started_port
+  balancer[$path]=$started_pid
+  manifest[$path]=$work/$name.toml
+  paths+=("$path")
   [[ $k == 0 ]] && { lb_pid=$started_pid; vip_port=$started_port; }
 done
 if [[ -n ${BASELINE:-} ]]; then
@@ -197,6 +202,8 @@ except OSError:
 calls = "io_uring_enter %d (%.3f per datagram)" % (r.get("ring_enters", 0), r.get("ring_enters", 0) / max(1, n)) if r.get("ring_enters") else \
         "recvmmsg %d (%.2f datagrams each), send calls %d (%.2f each)" % (r["receive_calls"], n / max(1, r["receive_calls"]), r["send_calls"], n / max(1, r["send_calls"]))
 line = "%-8s engine %s: %d datagrams relayed; %s" % (path, i.get("relay_engine", "?"), n, calls)
+if r.get("busy_polls"):
+    line += "; busy polls %d (%.2f per datagram), %.0f%% found datagrams" % (r["busy_polls"], r["busy_polls"] / max(1, n), 100.0 * r.get("busy_poll_hits", 0) / r["busy_polls"])
 if "raw_syscalls:sys_enter" in counts and n:
     line += "; perf: %.3f system calls and %.3f context switches per datagram" % (counts["raw_syscalls:sys_enter"] / n, counts.get("context-switches", 0) / n)
 print(line)' "$path" "$work/perf-$path.csv" || echo "$path: no status"

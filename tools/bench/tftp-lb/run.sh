@@ -42,7 +42,8 @@ head -c $((1 << 20)) /dev/urandom > "$root/f1m"
 head -c $((64 << 10)) /dev/urandom > "$root/f64k"
 declare -A sha
 for f in f32m f1m f64k; do sha[$f]=$(sha256sum "$root/$f" | cut -c1-64); done
-free_port() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"; }
+# shellcheck source=tools/lib/net.sh
+source tools/lib/net.sh
 
 "$bin/tftp_serve" --root "$root" --max-transfers 16384 > "$work/serve.port" 2> "$work/serve.log" &
 pids+=($!)
@@ -53,7 +54,7 @@ backend=$(awk '{print $2}' "$work/serve.port")
 # sets started_pid and started_port.
 start_balancer() {
   local name=$1 host=$2 plugins=$3 engine=${4:-} busy=${5:-} port relay_line=""
-  port=$(free_port "$host")
+  port=$(free_port udp "$host")
   [[ -n $engine ]] && relay_line="relay = \"$engine\""
   [[ -n $busy ]] && relay_line+=$'\n'"busy_poll_us = $busy"
   cat > "$work/$name.toml" <<TOML

@@ -26,8 +26,9 @@ usage: farmnet.sh COMMAND DIR [ARGS…]       (as root; DIR holds the run: its s
         cluster routes) and no PostgreSQL: nothing of the farms crosses the WAN.
         --desktops N (default 0) adds to each site a simulated XenServer pool hv-SITE of N desktops desk-SITE-*,
         their agents agents-SITE and a controller ddc-SITE beside ima-SITE keeping all N started (group pool-SITE;
-        with one zone the last site's controller, beside the ZDC, lists and tends every site's group), and a licence server: lic in the first site (beside the data store) for a farm spanning the sites,
-        lic-SITE in each site for --zones farm. keepalive_s (default 4), gateway_validation_s
+        with one zone the last site's controller, beside the ZDC, lists and tends every site's group), and a
+        licence server: lic in the first site (beside the data store) for a farm spanning the sites, lic-SITE in
+        each site for --zones farm. keepalive_s (default 4), gateway_validation_s
         (default 2), dcn_poll_s 2, election_window_ms 300. DIR must not exist or be
         empty. Waits until every site has a zone data collector; prints the time it took. On any failure
         everything already started is stopped and the namespaces deleted.

@@ -27,7 +27,7 @@ set title "WAN bytes, at site b"
 plot "$tsv" using 2:xtic(1) title "per change" lc rgb "#4e79a7", "" using 3 title "per logon (and its logoff)" lc rgb "#f28e2b"
 set title "logon latency, ms"
 plot "$tsv" using 4:xtic(1) title "p50" lc rgb "#59a14f", "" using 5 title "p99" lc rgb "#e15759"
-set title "convergence after a change at site b, ms\n(until every other site holding the farm's view has it; none for a farm per site)"
+set title "convergence after a change at site b, ms\n(other sites' collectors; farm per site: none)"
 plot "$tsv" using 6:xtic(1) notitle lc rgb "#76b7b2"
 unset multiplot
 EOF

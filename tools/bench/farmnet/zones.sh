@@ -118,7 +118,7 @@ converge_once() {
   local load=$1 o s pids=() t0 seen
   for o in $(observers "$design"); do
     s=${o%%:*}
-    # Polls without pause on one connection (a poll takes about a millisecond), at most 10 s and 50,000 polls.
+    # Polls without pause on one connection (no process per poll), at most 10 s and 50,000 polls.
     "$farmnet" exec "$run" "$s" bash -c "$http_lib"'
       connect "$(cat "$1")" || exit 1
       end=$((SECONDS + 10))

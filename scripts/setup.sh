@@ -37,7 +37,8 @@ packages=(
 )
 # Benchmark peers: dnsmasq as a package; atftpd conflicts with tftpd-hpa, so it is unpacked
 # privately into /tmp/atftpd, where tools/bench/tftp/run.sh looks for it.
-if $bench; then packages+=(dnsmasq-base linux-perf); fi
+# gnuplot-nox draws docs/zone-design.svg (tools/bench/farmnet/plot.sh).
+if $bench; then packages+=(dnsmasq-base linux-perf gnuplot-nox); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,8 +12,8 @@ usage() {
   cat <<'EOF'
 usage: farmnet.sh COMMAND DIR [ARGS…]       (as root; DIR holds the run: its state, logs and PID files)
 
-  up DIR [--sites a,b,c] [--zones one|site|both] [--delay-ms N] [--rate RATE] [--keepalive-s N] [--gateway-s N]
-         [--bin BUILD_BIN_DIR] [--name RUN]
+  up DIR [--sites a,b,c] [--zones one|site|both|farm] [--desktops N] [--delay-ms N] [--rate RATE] [--keepalive-s N]
+         [--gateway-s N] [--bin BUILD_BIN_DIR] [--name RUN]
         Creates namespaces df-RUN-hub and df-RUN-SITE (RUN: --name, default random), links each site to the hub
         (veth, tbf at RATE both ways, default 100mbit; linkemu delays each link N ms one way, default 10, so a
         frame between two sites takes 2N), starts a nats-server per site (one cluster), PostgreSQL primary in the
@@ -21,7 +21,14 @@ usage: farmnet.sh COMMAND DIR [ARGS…]       (as root; DIR holds the run: its s
         with ima instance ima-SITE of farm "farmnet": one zone "farm" (--zones one, default) or zone SITE
         (--zones site); --zones both runs both shapes side by side: ima-SITE in farm "farmnet", zone "farm", and
         zone-SITE in farm "zones", zone SITE (querydc/queryds show the first; ask zone-SITE with
-        `df DIR SITE request ima.zone-SITE.admin.querydc`). keepalive_s (default 4), gateway_validation_s
+        `df DIR SITE request ima.zone-SITE.admin.querydc`). --zones farm makes each site a farm of its own:
+        ima-SITE in farm site-SITE, zone SITE, its data store SQLite in the site, its nats-server alone (no
+        cluster routes) and no PostgreSQL: nothing of the farms crosses the WAN.
+        --desktops N (default 0) adds to each site a simulated XenServer pool hv-SITE of N desktops desk-SITE-*,
+        their agents agents-SITE and a controller ddc-SITE beside ima-SITE keeping all N started (group pool-SITE;
+        with one zone the last site's controller, beside the ZDC, lists and tends every site's group), and a
+        licence server: lic in the first site (beside the data store) for a farm spanning the sites, lic-SITE in
+        each site for --zones farm. keepalive_s (default 4), gateway_validation_s
         (default 2), dcn_poll_s 2, election_window_ms 300. DIR must not exist or be
         empty. Waits until every site has a zone data collector; prints the time it took. On any failure
         everything already started is stopped and the namespaces deleted.
@@ -232,17 +239,63 @@ dcn_poll_s = 2
 EOF
 }
 
+# A site's desktops (--desktops): the simulated pool, its agents, the controller beside the site's ima server and,
+# where the farm has it, the licence server. A farm has one licence server, in the first site beside the data
+# store's primary (every checkout is a write to it), so a logon in another site checks its licence out across the WAN.
+desktop_instances() {
+  local s=$1 g groups="" farm=farmnet lic=lic lic_site=${sites[0]}
+  [ "$zones" != farm ] || { farm=site-$s; lic=lic-$s; lic_site=$s; }
+  for g in "${sites[@]}"; do
+    # One zone's pool master is the controller beside its ZDC, the last site's (highest host ID): it lists and
+    # keeps started every site's desktops. Otherwise each controller is its zone's master and lists its own.
+    [ "$g" = "$s" ] || { [ "$s" = "${sites[${#sites[@]}-1]}" ] && [ "$zones" != site ] && [ "$zones" != farm ]; } || continue
+    groups+="${groups:+, }{ name = \"pool-$g\", kind = \"pooled-random\", desktops = [\"desk-$g-*\"], hypervisor = \"hv-$g\", idle_peak = $desktops, idle_business = $desktops, idle_off_hours = $desktops }"
+  done
+  cat <<EOF
+
+[instances.hv-$s]
+plugin = "hypervisor-xen"
+max_vms = $desktops
+hosts = [{ id = "host-$s", memory_mb = 1048576, vcpus = 1024 }]
+vms = [{ template = "desktop", count = $desktops, prefix = "desk-$s-" }]
+latencies = [{ action = "start", distribution = "constant", ms = 50 }]
+
+[instances.agents-$s]
+plugin = "vda"
+hypervisors = ["hv-$s"]
+controllers = ["ddc-$s"]
+farm_key = "farmnet-key"
+
+[instances.ddc-$s]
+plugin = "ddc"
+ima = "ima-$s"
+farm_key = "farmnet-key"
+pool_interval_s = 5
+max_starts_per_tick = $desktops
+groups = [$groups]
+license = "$lic"
+license_farm = "$farm"
+EOF
+  [ "$s" != "$lic_site" ] || printf '\n[instances.%s]\nplugin = "license"\nfarms = [{ name = "%s", licenses = %s }]\n' "$lic" "$farm" $((desktops * ${#sites[@]}))
+}
+desktops_ready() {  # ddc-$1 has its site's desktops registered and idle
+  local s=$1
+  ip netns exec "$(ns "$s")" "$bin/deskfarm" request "ddc.ddc-$s.admin.groups" '{}' "$dir/sites/$s/site.toml" 2>/dev/null |
+    grep -q "\"idle\":$desktops[,}]"
+}
+
 phase() {  # one line per step of `up`, with the seconds since it began
   echo "farmnet: $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%6.2f s", b - a }') $1" >&2
 }
 
 cmd_up() {
-  local sites_arg=a,b,c zones=one delay=10 rate=100mbit keepalive=4 gateway=2 name=""
+  local sites_arg=a,b,c zones=one desktops=0 delay=10 rate=100mbit keepalive=4 gateway=2 name=""
   bin=$(cd "$here/../.." && pwd)/build/bin
   while [ $# -gt 0 ]; do
     case "$1" in
       --sites) sites_arg=$2; shift 2 ;;
       --zones) zones=$2; shift 2 ;;
+      --desktops) desktops=$2; shift 2 ;;
       --delay-ms) delay=$2; shift 2 ;;
       --rate) rate=$2; shift 2 ;;
       --keepalive-s) keepalive=$2; shift 2 ;;
@@ -252,7 +305,8 @@ cmd_up() {
       *) echo "farmnet: up: unknown option '$1'" >&2; usage >&2; exit 2 ;;
     esac
   done
-  case "$zones" in one|site|both) ;; *) echo "farmnet: --zones is one, site or both, not '$zones'" >&2; exit 2 ;; esac
+  case "$zones" in one|site|both|farm) ;; *) echo "farmnet: --zones is one, site, both or farm, not '$zones'" >&2; exit 2 ;; esac
+  [[ "$desktops" =~ ^[0-9]+$ ]] && [ "$desktops" -le 10000 ] || { echo "farmnet: --desktops takes 0 to 10000 desktops per site, not '$desktops'" >&2; exit 2; }
   [[ "$delay" =~ ^[0-9]+$ ]] || { echo "farmnet: --delay-ms takes milliseconds, not '$delay'" >&2; exit 2; }
   [ "$(id -u)" = 0 ] || die "up needs root (network namespaces, veth, tc)"
   local tool
@@ -279,11 +333,12 @@ sites_list="$sites_list"
 bin=$bin
 pg_bin=$pg_bin
 zones=$zones
+desktops=$desktops
 EOF
   trap 'echo "farmnet: up failed: stopping what was started" >&2; down_all' EXIT
   local t0 i=0 ports=()
   t0=$EPOCHREALTIME
-  pg_initdb "${sites[0]}"
+  [ "$zones" = farm ] || pg_initdb "${sites[0]}"  # a farm per site keeps its data store in the site
 
   # Network: the hub and one namespace per site; a veth pair each, tbf on both ends.
   ip netns add "$(hub)"
@@ -314,26 +369,31 @@ EOF
     local a r others=()
     a=$(addr "$s")
     for r in "${sites[@]}"; do [ "$r" = "$s" ] || others+=("\"nats-route://$(addr "$r"):6222\""); done
-    cat >"$dir/sites/$s/nats.conf" <<EOF
+    {
+    cat <<EOF
 server_name: farmnet-$s
 listen: $a:4222
 http: $a:8222
 # A cut link is noticed within ~2 s (the defaults, 2 minutes, would hold a dead route far past any drill).
 ping_interval: "1s"
 ping_max: 2
+EOF
+    # A farm per site shares no bus: its nats-server has no routes to the others.
+    [ "$zones" = farm ] || cat <<EOF
 cluster {
   name: farmnet
   listen: $a:6222
   routes: [$(IFS=,; echo "${others[*]}")]
 }
 EOF
+    } >"$dir/sites/$s/nats.conf"
     start_nats "$s"
   done
-  pg_primary "${sites[0]}"
+  local want_routes=$((${#sites[@]} - 1))
+  if [ "$zones" = farm ]; then want_routes=0; else pg_primary "${sites[0]}"; fi
   phase "network, nats-server, PostgreSQL primary"
   for s in "${sites[@]}"; do
-    wait_for 20 "nats-server of site $s with routes to every other site" "$dir/log/nats-$s.log" \
-      routes_ready "$s" $((${#sites[@]} - 1))
+    wait_for 20 "nats-server of site $s with routes to every other site" "$dir/log/nats-$s.log" routes_ready "$s" "$want_routes"
   done
 
   # deskfarm: one per site, its ima server on its own site's nats-server, the data store on the primary.
@@ -348,17 +408,28 @@ name = "site-$s"
 state_dir = "$dir/sites/$s/var"
 admin = "127.0.0.1:0"
 bus = "nats://$(addr "$s"):4222"
-data_store = "postgresql://deskfarm@$(addr "${sites[0]}"):5432/postgres?connect_timeout=2"
+data_store = "$([ "$zones" = farm ] && echo "sqlite:$dir/sites/$s/var/datastore.db" || echo "postgresql://deskfarm@$(addr "${sites[0]}"):5432/postgres?connect_timeout=2")"
 EOF
-      [ "$zones" = site ] || ima_instance "ima-$s" farmnet farm $((i * 10))
-      [ "$zones" = one ] || ima_instance "$([ "$zones" = site ] && echo ima || echo zone)-$s" "$([ "$zones" = site ] && echo farmnet || echo zones)" "$s" $((i * 10))
+      case "$zones" in
+        one|both) ima_instance "ima-$s" farmnet farm $((i * 10)) ;;
+        site) ima_instance "ima-$s" farmnet "$s" $((i * 10)) ;;
+        farm) ima_instance "ima-$s" "site-$s" "$s" $((i * 10)) ;;
+      esac
+      [ "$zones" != both ] || ima_instance "zone-$s" zones "$s" $((i * 10))
+      [ "$desktops" = 0 ] || desktop_instances "$s"
     } >"$dir/sites/$s/site.toml"
     start_deskfarm "$s"
   done
-  pg_replica "${sites[1]}" "${sites[0]}"  # while the deskfarms start: none of them needs the replica
-  phase "PostgreSQL replica"
+  if [ "$zones" != farm ]; then
+    pg_replica "${sites[1]}" "${sites[0]}"  # while the deskfarms start: none of them needs the replica
+    phase "PostgreSQL replica"
+  fi
   for s in "${sites[@]}"; do wait_for 60 "deskfarm of site $s (a ZDC in its zone)" "$dir/log/deskfarm-$s.log" deskfarm_ready "$s"; done
   phase "every site with a zone data collector"
+  if [ "$desktops" != 0 ]; then
+    for s in "${sites[@]}"; do wait_for 90 "ddc-$s with its $desktops desktops idle" "$dir/log/deskfarm-$s.log" desktops_ready "$s"; done
+    phase "every site's desktops started and registered"
+  fi
   trap - EXIT
   printf 'farmnet: up in %.2f s: %d sites (%s), zones %s, %s ms one way per link, %s; run %s in %s\n' \
     "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')" "${#sites[@]}" "$sites_list" "$zones" "$delay" "$rate" "$run" "$dir"

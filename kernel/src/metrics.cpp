@@ -1,7 +1,7 @@
 #include "metrics.hpp"
 
+#include <charconv>
 #include <cstdio>
-#include <cstdlib>
 #include <stdexcept>
 
 namespace deskfarm::kernel {
@@ -22,11 +22,8 @@ std::string format_number(double v) {
 /// A bucket bound or a sum as people write it ("0.0025", "10"): the shortest text that reads back as the same double.
 std::string shortest(double v) {
   char buf[64];
-  for (int digits = 1; digits <= 17; ++digits) {
-    std::snprintf(buf, sizeof buf, "%.*g", digits, v);
-    if (std::strtod(buf, nullptr) == v) break;
-  }
-  return buf;
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
 }
 const char* kind_name(int k) { return k == 0 ? "counter" : k == 1 ? "gauge" : "histogram"; }
 }  // namespace

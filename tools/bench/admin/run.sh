@@ -61,7 +61,7 @@ for i in $(seq 1 "$users"); do
   if [[ "$i" -lt "$users" ]]; then printf 'next\n'; fi
 done >"$dir/curl.cfg"
 start=$(date +%s.%N)
-curl --silent --show-error --parallel --parallel-max "$concurrency" --config "$dir/curl.cfg" >"$dir/curl.txt" 2>"$dir/curl.err" || true
+curl --silent --show-error --no-progress-meter --parallel --parallel-max "$concurrency" --config "$dir/curl.cfg" >"$dir/curl.txt" 2>"$dir/curl.err" || true
 end=$(date +%s.%N)
 answered=$(grep -c '^200 ' "$dir/curl.txt" || true)
 if [[ "$answered" -eq 0 ]]; then echo "run.sh: curl got no 200; its status codes:" >&2; cut -d" " -f1 "$dir/curl.txt" | sort | uniq -c >&2; exit 1; fi

@@ -20,6 +20,7 @@
 #include <Poco/Net/NetException.h>
 
 #include "deployment.hpp"
+#include "metrics.hpp"
 #include "deskfarm/sdk/service.hpp"
 
 namespace deskfarm::kernel {
@@ -62,13 +63,13 @@ bool equal_constant_time(std::string_view a, std::string_view b) {
 
 namespace {
 
-std::string response_text(int code, const char* reason, const std::string& type, const std::string& body, bool head_only,
-                          bool keep_alive, const std::string& extra_headers = {}) {
+AdminAnswer response_text(int code, const char* reason, const std::string& type, const std::string& body, bool head_only,
+                       bool keep_alive, const std::string& extra_headers = {}) {
   std::string out = "HTTP/1.1 " + std::to_string(code) + " " + reason + "\r\nContent-Type: " + type +
                     "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: " +
                     (keep_alive ? "keep-alive" : "close") + "\r\n" + extra_headers + "\r\n";
   if (!head_only) out += body;
-  return out;
+  return {code, std::move(out)};
 }
 
 /// The value of header `name` (case-insensitive) in a request head, or empty.
@@ -130,7 +131,7 @@ bool wants_keep_alive(const std::string& head) {
 }
 
 /// The HTTP answer to a bus request's outcome: the reply's JSON, or the error envelope with its status.
-std::string render(const Deployment& deployment, const BusAnswer& a, bool keep_alive) {
+AdminAnswer render(const Deployment& deployment, const BusAnswer& a, bool keep_alive) {
   const std::string json = "application/json";
   if (a.ok)
     return response_text(200, "OK", json, deployment.redact(a.body) + "\n", false, keep_alive, "X-Reply-Type: " + a.type + "\r\n");
@@ -153,7 +154,7 @@ struct AdminServer::Shared {
 
   struct Answer {
     std::uint64_t connection = 0;
-    std::string text;
+    AdminAnswer response;
     bool keep_alive = false;  ///< what the answer's Connection header says
   };
   struct InFlight {
@@ -167,28 +168,42 @@ struct AdminServer::Shared {
     const std::uint64_t one = 1;
     [[maybe_unused]] const auto n = ::write(wake_fd, &one, sizeof one);  // a full counter is awake already
   }
-  void answer(std::uint64_t connection, std::string text, bool keep_alive) {
+  void answer(std::uint64_t connection, AdminAnswer response, bool keep_alive) {
     {
       std::lock_guard lock(mutex);
-      answers.push_back(Answer{connection, std::move(text), keep_alive});
+      answers.push_back(Answer{connection, std::move(response), keep_alive});
     }
     wake();
   }
   /// A bus request's outcome: the first of the reply and the backstop answers, the other is dropped.
-  void complete(std::uint64_t connection, std::string text) {
+  void complete(std::uint64_t connection, AdminAnswer response) {
     {
       std::lock_guard lock(mutex);
       const auto it = inflight.find(connection);
       if (it == inflight.end()) {
-        ++counters.late_replies;  // the backstop answered already
+        dropped_late.inc();  // the backstop answered already
         return;
       }
-      answers.push_back(Answer{connection, std::move(text), it->second.keep_alive});
+      answers.push_back(Answer{connection, std::move(response), it->second.keep_alive});
       inflight.erase(it);
-      counters.inflight = inflight.size();
+      inflight_now.set(static_cast<double>(inflight.size()));
     }
     wake();
   }
+  /// Counts an answer begun by its status and the time since its request was whole.
+  void record_answer(int code, Clock::duration took) {
+    latency.observe(std::chrono::duration<double>(took).count());
+    std::lock_guard lock(mutex);
+    answer_counter(code).inc();
+  }
+  /// The series of deskfarm_admin_requests_total for `code`; the caller holds `mutex`.
+  sdk::Counter& answer_counter(int code) {
+    auto& c = by_code[code];
+    if (!c) c = &metrics.counter("deskfarm_admin_requests_total", kRequestsHelp, {{"code", std::to_string(code)}});
+    return *c;
+  }
+  static constexpr const char* kRequestsHelp =
+      "Answers of the admin endpoint by HTTP status (200, 404 no such resource or no responder, 503 busy, 504 no reply in time, ...).";
 
   const int wake_fd;
   std::mutex mutex;
@@ -197,7 +212,26 @@ struct AdminServer::Shared {
   std::deque<Job> jobs;
   std::vector<Answer> answers;
   std::unordered_map<std::uint64_t, InFlight> inflight;  ///< by connection: a connection has one request at a time
-  Counters counters;
+
+  // The endpoint's own metrics (deskfarm_admin_*), served after the deployment's. A registry of its own: these
+  // outlive the deployment's runtime as long as a late bus reply still holds this Shared.
+  MetricsRegistry metrics;
+  std::map<int, sdk::Counter*> by_code;  ///< under `mutex`
+  sdk::Gauge& inflight_now = metrics.gauge("deskfarm_admin_inflight", "Bus requests of the admin endpoint waiting for their reply now.", {});
+  sdk::Gauge& inflight_peak = metrics.gauge(
+      "deskfarm_admin_inflight_peak", "The most bus requests of the admin endpoint that waited at once (admin_inflight bounds it).", {});
+  sdk::Counter& refused_inflight = metrics.counter("deskfarm_admin_refused_total", kRefusedHelp, {{"reason", "inflight"}});
+  sdk::Counter& refused_queue = metrics.counter("deskfarm_admin_refused_total", kRefusedHelp, {{"reason", "queue"}});
+  sdk::Counter& dropped_late = metrics.counter("deskfarm_admin_dropped_total", kDroppedHelp, {{"reason", "late"}});
+  sdk::Counter& dropped_orphaned = metrics.counter("deskfarm_admin_dropped_total", kDroppedHelp, {{"reason", "orphaned"}});
+  sdk::Counter& reused = metrics.counter("deskfarm_admin_reused_total",
+                                         "Requests on a kept-alive connection that had answered before.", {});
+  sdk::Histogram& latency = metrics.histogram("deskfarm_admin_request_seconds", "Seconds from a whole request received to its answer begun.",
+                                              std::vector<double>(latency_bounds.begin(), latency_bounds.end()), {});
+  static constexpr const char* kRefusedHelp =
+      "Requests answered 503 by reason: inflight (admin_inflight reached), queue (workers' queue full).";
+  static constexpr const char* kDroppedHelp =
+      "Answers dropped by reason: late (a bus reply after its 504), orphaned (the client had gone).";
 };
 
 struct AdminServer::Connection {
@@ -216,6 +250,10 @@ struct AdminServer::Connection {
 
 AdminServer::AdminServer(Deployment& deployment, const std::string& address, std::string token, AdminLimits limits)
     : deployment_(deployment), token_(std::move(token)), limits_(limits), shared_(std::make_shared<Shared>()) {
+  {
+    std::lock_guard lock(shared_->mutex);
+    for (int code : {200, 404, 503, 504}) shared_->answer_counter(code);  // the outcomes a dashboard watches, from the start
+  }
   if (auto error = admin_address_error(address, token_); !error.empty()) throw std::invalid_argument(error);
   auto [host, port] = parse_host_port(address, "admin address");
   host_ = host;
@@ -242,62 +280,24 @@ std::string AdminServer::address() const {
 }
 
 AdminServer::Counters AdminServer::counters() const {
+  const auto& m = *shared_;
+  Counters c;
   std::lock_guard lock(shared_->mutex);
-  return shared_->counters;
+  c.inflight = static_cast<std::size_t>(m.inflight_now.value());
+  c.inflight_peak = static_cast<std::size_t>(m.inflight_peak.value());
+  c.refused_inflight = m.refused_inflight.value();
+  c.refused_queue = m.refused_queue.value();
+  c.late_replies = m.dropped_late.value();
+  c.orphaned = m.dropped_orphaned.value();
+  c.reused = m.reused.value();
+  for (const auto& [code, counter] : m.by_code)
+    if (counter->value()) c.answers[code] = counter->value();
+  for (std::size_t i = 0; i < c.latency_buckets.size(); ++i) c.latency_buckets[i] = m.latency.bucket(i);
+  c.latency_sum_s = m.latency.sum();
+  return c;
 }
 
-void AdminServer::record_answer(const std::string& text, Clock::duration took) {
-  // Every answer is made by response_text: "HTTP/1.1 NNN ..."
-  const int code = text.size() > 12 ? std::atoi(text.c_str() + 9) : 0;
-  const double seconds = std::chrono::duration<double>(took).count();
-  const auto bucket = static_cast<std::size_t>(
-      std::lower_bound(latency_bounds.begin(), latency_bounds.end(), seconds) - latency_bounds.begin());
-  std::lock_guard lock(shared_->mutex);
-  auto& counters = shared_->counters;
-  ++counters.answers[code];
-  ++counters.latency_buckets[bucket];
-  counters.latency_sum_s += seconds;
-}
-
-std::string AdminServer::metrics_text() const {
-  const auto c = counters();
-  std::string out;
-  const auto family = [&](const char* name, const char* type, const char* help) {
-    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
-  };
-  family("deskfarm_admin_requests_total", "counter",
-         "Answers of the admin endpoint by HTTP status (200, 404 no such resource or no responder, 503 busy, 504 no reply in time, ...).");
-  auto answers = c.answers;
-  for (int code : {200, 404, 503, 504}) answers.try_emplace(code, 0);  // the outcomes a dashboard watches, from the start
-  for (const auto& [code, n] : answers)
-    out += "deskfarm_admin_requests_total{code=\"" + std::to_string(code) + "\"} " + std::to_string(n) + "\n";
-  family("deskfarm_admin_inflight", "gauge", "Bus requests of the admin endpoint waiting for their reply now.");
-  out += "deskfarm_admin_inflight " + std::to_string(c.inflight) + "\n";
-  family("deskfarm_admin_inflight_peak", "gauge", "The most bus requests of the admin endpoint that waited at once (admin_inflight bounds it).");
-  out += "deskfarm_admin_inflight_peak " + std::to_string(c.inflight_peak) + "\n";
-  family("deskfarm_admin_refused_total", "counter", "Requests answered 503 by reason: inflight (admin_inflight reached), queue (workers' queue full).");
-  out += "deskfarm_admin_refused_total{reason=\"inflight\"} " + std::to_string(c.refused_inflight) + "\n";
-  out += "deskfarm_admin_refused_total{reason=\"queue\"} " + std::to_string(c.refused_queue) + "\n";
-  family("deskfarm_admin_dropped_total", "counter",
-         "Answers dropped by reason: late (a bus reply after its 504), orphaned (the client had gone).");
-  out += "deskfarm_admin_dropped_total{reason=\"late\"} " + std::to_string(c.late_replies) + "\n";
-  out += "deskfarm_admin_dropped_total{reason=\"orphaned\"} " + std::to_string(c.orphaned) + "\n";
-  family("deskfarm_admin_request_seconds", "histogram", "Seconds from a whole request received to its answer begun.");
-  std::uint64_t cumulative = 0;
-  for (std::size_t i = 0; i < latency_bounds.size(); ++i) {
-    cumulative += c.latency_buckets[i];
-    std::ostringstream le;
-    le << latency_bounds[i];
-    out += "deskfarm_admin_request_seconds_bucket{le=\"" + le.str() + "\"} " + std::to_string(cumulative) + "\n";
-  }
-  cumulative += c.latency_buckets.back();
-  std::ostringstream sum;
-  sum << c.latency_sum_s;
-  out += "deskfarm_admin_request_seconds_bucket{le=\"+Inf\"} " + std::to_string(cumulative) + "\n";
-  out += "deskfarm_admin_request_seconds_sum " + sum.str() + "\n";
-  out += "deskfarm_admin_request_seconds_count " + std::to_string(cumulative) + "\n";
-  return out;
-}
+std::string AdminServer::metrics_text() const { return shared_->metrics.render(); }
 
 void AdminServer::io() {
   std::map<std::uint64_t, Connection> connections;  // by id, so the oldest comes first
@@ -305,10 +305,10 @@ void AdminServer::io() {
   std::vector<pollfd> fds;
   std::vector<std::uint64_t> ids;
 
-  const auto start_answer = [&](Connection& c, std::string text, bool keep_alive) {
-    record_answer(text, c.received == Clock::time_point{} ? Clock::duration::zero() : Clock::now() - c.received);
+  const auto start_answer = [&](Connection& c, AdminAnswer response, bool keep_alive) {
+    shared_->record_answer(response.code, c.received == Clock::time_point{} ? Clock::duration::zero() : Clock::now() - c.received);
     c.received = {};
-    c.out = std::move(text);
+    c.out = std::move(response.text);
     c.sent = 0;
     c.close_after = !keep_alive;
     c.state = Connection::State::writing;
@@ -338,9 +338,9 @@ void AdminServer::io() {
     c.in.erase(0, end + length);
     job.keep_alive = wants_keep_alive(job.head) && c.served + 1 < limits_.max_requests_per_connection;
     std::unique_lock lock(shared_->mutex);
-    if (c.served > 0) ++shared_->counters.reused;
+    if (c.served > 0) shared_->reused.inc();
     if (shared_->jobs.size() >= limits_.max_queued) {
-      ++shared_->counters.refused_queue;
+      shared_->refused_queue.inc();
       lock.unlock();
       start_answer(c, response_text(503, "Service Unavailable", plain_text,
                                     "busy: " + std::to_string(limits_.max_queued) + " requests already wait for the admin workers; try again\n",
@@ -406,16 +406,15 @@ void AdminServer::io() {
             it->second.keep_alive});
         it = shared_->inflight.erase(it);
       }
-      shared_->counters.inflight = shared_->inflight.size();
+      shared_->inflight_now.set(static_cast<double>(shared_->inflight.size()));
     }
     for (auto& a : answers) {
       auto it = connections.find(a.connection);
       if (it == connections.end() || it->second.state != Connection::State::busy) {
-        std::lock_guard lock(shared_->mutex);
-        ++shared_->counters.orphaned;  // the client closed before its answer
+        shared_->dropped_orphaned.inc();  // the client closed before its answer
         continue;
       }
-      start_answer(it->second, std::move(a.text), a.keep_alive);
+      start_answer(it->second, std::move(a.response), a.keep_alive);
       if (!advance(it->first, it->second)) close(it);
     }
 
@@ -499,12 +498,12 @@ void AdminServer::worker() {
       job = std::move(shared_->jobs.front());
       shared_->jobs.pop_front();
     }
-    std::string text = answer(job);
-    if (!text.empty()) shared_->answer(job.connection, std::move(text), job.keep_alive);
+    auto response = answer(job);
+    if (response.code) shared_->answer(job.connection, std::move(response), job.keep_alive);
   }
 }
 
-std::string AdminServer::answer(const Job& job) {
+AdminAnswer AdminServer::answer(const Job& job) {
   const auto line_end = job.head.find_first_of("\r\n");
   std::istringstream first(job.head.substr(0, line_end));
   std::string method, uri;
@@ -536,24 +535,24 @@ std::string AdminServer::answer(const Job& job) {
   }
 }
 
-std::string AdminServer::bus_request(const Job& job, const std::string& subject) {
+AdminAnswer AdminServer::bus_request(const Job& job, const std::string& subject) {
   const std::string body = job.body.empty() ? "{}" : job.body;
   long timeout_ms = 10000;
   if (const auto t = header(job.head, "X-Timeout-Ms"); !t.empty()) timeout_ms = std::clamp(std::atol(t.c_str()), 1L, 600000L);
   const std::chrono::milliseconds timeout(timeout_ms);
   {
     std::lock_guard lock(shared_->mutex);
-    auto& counters = shared_->counters;
     if (shared_->inflight.size() >= limits_.max_inflight) {
-      ++counters.refused_inflight;
+      shared_->refused_inflight.inc();
       return response_text(503, "Service Unavailable", plain_text,
                            "busy: " + std::to_string(limits_.max_inflight) +
                                " bus requests already wait for their replies (admin_inflight under [deployment]); try again shortly\n",
                            false, job.keep_alive);
     }
     shared_->inflight[job.connection] = Shared::InFlight{Clock::now() + timeout + std::chrono::seconds(2), timeout, job.keep_alive};
-    counters.inflight = shared_->inflight.size();
-    counters.inflight_peak = std::max(counters.inflight_peak, counters.inflight);
+    const auto now = static_cast<double>(shared_->inflight.size());
+    shared_->inflight_now.set(now);
+    shared_->inflight_peak.set(std::max(shared_->inflight_peak.value(), now));
   }
   // The reply completes the answer from the bus; `shared` keeps what it writes into alive, whatever came first.
   deployment_.request_async(subject, body, timeout,

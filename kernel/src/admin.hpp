@@ -25,6 +25,13 @@ std::string admin_address_error(const std::string& address, const std::string& t
 /// True when `a` equals `b`, in time that depends on their lengths only (for the bearer token).
 bool equal_constant_time(std::string_view a, std::string_view b);
 
+/// An answer of the admin endpoint: its whole HTTP text and its status (counted by status as it is, never read
+/// back out of the text). Status 0: no answer yet (a bus request in flight answers later).
+struct AdminAnswer {
+  int code = 0;
+  std::string text;
+};
+
 /// The admin endpoint's limits; the defaults are what `deskfarm run` uses (`admin_workers` and `admin_inflight`
 /// under [deployment] set two of them).
 struct AdminLimits {
@@ -75,8 +82,9 @@ class AdminServer {
   /// The upper bounds (seconds) of Counters::latency_buckets but the last.
   static constexpr std::array<double, 12> latency_bounds{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
   Counters counters() const;
-  /// The endpoint's own metrics (Prometheus text): answers by status, in flight now and at most, refusals,
-  /// answers dropped, the latency histogram. GET /metrics serves them after the deployment's.
+  /// The endpoint's own metrics (Prometheus text, rendered by its MetricsRegistry): answers by status, in flight
+  /// now and at most, refusals, answers dropped, requests on reused connections, the latency histogram. GET
+  /// /metrics serves them after the deployment's.
   std::string metrics_text() const;
 
  private:
@@ -92,11 +100,9 @@ class AdminServer {
   };
   void io();
   void worker();
-  /// The whole HTTP answer to `job`; empty when it is a bus request now in flight (answered later).
-  std::string answer(const Job& job);
-  std::string bus_request(const Job& job, const std::string& subject);
-  /// Counts an answer begun (its status from its first line) and how long after its request.
-  void record_answer(const std::string& text, std::chrono::steady_clock::duration took);
+  /// The whole HTTP answer to `job`; status 0 when it is a bus request now in flight (answered later).
+  AdminAnswer answer(const Job& job);
+  AdminAnswer bus_request(const Job& job, const std::string& subject);
 
   Deployment& deployment_;
   std::string token_;

@@ -1,7 +1,7 @@
 // The XML service as a Web Interface (or any client) uses it: the real `deskfarm` binary on a manifest with a
 // simulated XenServer pool, desktop agents, a controller, a licence server and a directory; every request posted
 // by the real `curl` and every reply compared field by field; the desktop it hands out checked with the
-// controller's own admin.desktops, and the ICA launch file with that desktop's address. Bad input gets the
+// controller's own admin.desktops, and the ICA launch file with the address that desktop's agent registered. Bad input gets the
 // protocol's error answers, is counted, and the next good request still works.
 #include <csignal>
 #include <fstream>
@@ -82,6 +82,7 @@ TEST_CASE("the XML service of a running farm, driven by curl: credentials, deskt
              "[deployment]\nname = \"farm\"\nstate_dir = \"" + (dir / "var").string() + "\"\nadmin = \"127.0.0.1:" +
                  std::to_string(admin_port) + "\"\n\n"
                  "[instances.hv]\nplugin = \"hypervisor-xen\"\nvms = [{ template = \"desktop\", count = 3, prefix = \"desktop-\" }]\n"
+                 "networks = [{ name = \"lan\", subnet = \"10.30.0.0/24\" }]\n"
                  "latencies = [{ action = \"start\", distribution = \"constant\", ms = 100 }]\n\n"
                  "[instances.ddc-1]\nplugin = \"ddc\"\nfarm_key = \"e2e-key\"\npool_interval_s = 1\nlicense = \"lic\"\n"
                  "xml_address = \"127.0.0.1:" + std::to_string(xml_port) + "\"\ndirectory = \"dir\"\n"
@@ -121,14 +122,17 @@ TEST_CASE("the XML service of a running farm, driven by curl: credentials, deskt
   // A desktop for alice: the controller's own view shows it in use by her, from her endpoint.
   const auto addr = ask<nf::AddressReply>(dir, xml_port, nf::AddressRequest{"office", {}, creds("alice", "wonderland"), "alice-pc", "127.0.0.1"});
   REQUIRE(addr.error_id == "");
-  CHECK((addr.server_address == "desktop-1" || addr.server_address == "desktop-2"));
-  CHECK(addr.address_type == "dot");
+  // The address her desktop's agent registered: the VM's lease on the hypervisor's network (desktop-N is the Nth VM,
+  // so it leased 10.30.0.N) and the ICA port.
+  CHECK((addr.server_address == "10.30.0.1:1494" || addr.server_address == "10.30.0.2:1494"));
+  CHECK(addr.address_type == "dot-port");
   CHECK(addr.ticket_tag.size() == 32);
   auto listed = run_child({bin, "request", "ddc.ddc-1.admin.desktops", R"({"user":"alice"})", file.string()}, 10s);
   REQUIRE(listed.exit_code == 0);
   const auto mine = deskfarm::sdk::from_value<ddc::DesktopList>(deskfarm::sdk::Value::parse_json(listed.out)).desktops;
   REQUIRE(mine.size() == 1);
-  CHECK(mine[0].desktop == addr.server_address);
+  CHECK(mine[0].desktop == "desktop-" + addr.server_address.substr(8, 1));
+  CHECK(mine[0].address == addr.server_address);
   CHECK(mine[0].group == "office");
   CHECK(mine[0].registration == ddc::kRegistered);
   CHECK(mine[0].session_state == ddc::kActive);
@@ -152,7 +156,7 @@ TEST_CASE("the XML service of a running farm, driven by curl: credentials, deskt
   CHECK(entry.at("LogonTicketType") == "CTXS1");
   CHECK(entry.at("InitialProgram") == "#Desktop");
   CHECK(ini.at("WFClient").at("ClientName") == "alice-pc");
-  CHECK(entry.at("Title") == "office (" + addr.server_address + ")");
+  CHECK(entry.at("Title") == "office (" + mine[0].desktop + ")");
   // Single use: the same link again gets nothing.
   CHECK(curl({"http://127.0.0.1:" + std::to_string(xml_port) + std::string(nf::kLaunchPath) + "?ticket=" + ticket.ticket}).status == "404");
 
@@ -187,7 +191,7 @@ TEST_CASE("the XML service of a running farm, driven by curl: credentials, deskt
   CHECK(run.terminate(15s) == 0);
   const auto log = read_text(dir / "run.log");
   CHECK(log.find("XML service on http://127.0.0.1:" + std::to_string(xml_port)) != std::string::npos);
-  CHECK(log.find("XML service: alice gets " + addr.server_address + " of office") != std::string::npos);
+  CHECK(log.find("XML service: alice gets " + mine[0].desktop + " of office") != std::string::npos);
   CHECK(log.find("wonderland") == std::string::npos);
   CHECK(log.find(" error ") == std::string::npos);
 }

@@ -20,7 +20,7 @@ EngineConfig engine_config(const AdapterConfig& c, const std::string& instance) 
   e.mac_prefix = c.mac_prefix;
   for (const auto& h : c.hosts) e.hosts.push_back({h.id, h.pool, h.memory_mb, h.vcpus});
   for (const auto& t : c.templates) e.templates.push_back({t.name, t.memory_mb, t.vcpus, t.network, t.boot_order, t.ha});
-  for (const auto& n : c.networks) e.networks.push_back({n.name, n.tftp_server, n.boot_file});
+  for (const auto& n : c.networks) e.networks.push_back({n.name, n.tftp_server, n.boot_file, n.subnet});
   e.isos = c.isos;
   for (const auto& l : c.latencies) {
     const auto a = action_of(l.action);

@@ -1,6 +1,7 @@
 // The simulation engine: see engine.hpp. Everything runs on the caller's thread; time comes from Callbacks.
 #include "deskfarm/hvsim/engine.hpp"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -41,6 +42,20 @@ std::optional<State> transient(Action a) {
     case Action::shutdown: return State::stopping;
     default: return std::nullopt;
   }
+}
+
+/// "a.b.c.d" → the address in host order; nullopt for anything else.
+std::optional<std::uint32_t> ipv4(const std::string& text) {
+  in_addr a{};
+  if (::inet_pton(AF_INET, text.c_str(), &a) != 1) return std::nullopt;
+  return ntohl(a.s_addr);
+}
+
+std::string dotted(std::uint32_t address) {
+  in_addr a{};
+  a.s_addr = htonl(address);
+  char buf[INET_ADDRSTRLEN];
+  return ::inet_ntop(AF_INET, &a, buf, sizeof buf) ? buf : "";
 }
 
 }  // namespace
@@ -111,8 +126,26 @@ Engine::Engine(const Personality& vendor, EngineConfig config, Callbacks callbac
     hosts_.push_back(HostRec{h, 0, 0, true});
   }
   seen.clear();
-  for (const auto& n : config_.networks)
+  for (const auto& n : config_.networks) {
     if (!seen.insert(n.name).second) throw std::invalid_argument("networks: name '" + n.name + "' is given twice");
+    LeasePool pool;
+    if (!n.subnet.empty()) {
+      // The network and broadcast addresses are not leased; a /31 or /32 leaves nothing to lease.
+      const auto slash = n.subnet.find('/');
+      const auto bad = std::invalid_argument("networks: '" + n.name + "' has subnet '" + n.subnet +
+                                             "', not an IPv4 range ADDRESS/8..30 with no host bits set (e.g. \"10.1.0.0/16\")");
+      const auto base = slash == std::string::npos ? std::nullopt : ipv4(n.subnet.substr(0, slash));
+      const auto bits = slash == std::string::npos ? std::string() : n.subnet.substr(slash + 1);
+      if (!base || bits.empty() || bits.size() > 2 || bits.find_first_not_of("0123456789") != std::string::npos) throw bad;
+      const int prefix = std::stoi(bits);
+      if (prefix < 8 || prefix > 30) throw bad;
+      const std::uint32_t host_mask = (1u << (32 - prefix)) - 1;
+      if (*base & host_mask) throw bad;
+      pool.base = *base;
+      pool.room = host_mask - 1;
+    }
+    leases_.push_back(std::move(pool));
+  }
   seen.clear();
   for (const auto& t : config_.templates) {
     if (!seen.insert(t.name).second) throw std::invalid_argument("templates: name '" + t.name + "' is given twice");
@@ -295,6 +328,7 @@ hv::Vm Engine::vm_view(std::uint32_t index) const {
   out.network = config_.networks.empty() ? "" : config_.networks[v.network].name;
   out.iso = v.iso >= 0 ? config_.isos[static_cast<std::size_t>(v.iso)] : "";
   out.boot_order = decode_boot_order(v.boot_order);
+  out.address = address_of(v);
   return out;
 }
 
@@ -558,6 +592,11 @@ hv::Task Engine::submit(const hv::VmAction& a) {
       throw refused(Failure::not_enough_memory, a.template_name,
                     "room for a VM (max_vms " + std::to_string(config_.max_vms) + " reached; mac_prefix leaves room for " +
                         std::to_string(mac_room_) + ")");
+    const auto net = network_of(*ti);
+    if (!leases_.empty() && leases_[net].room && leases_[net].free() <= pending_creates(net))
+      throw refused(Failure::not_enough_memory, a.template_name,
+                    "a free address on network '" + config_.networks[net].name + "' (subnet " + config_.networks[net].subnet +
+                        " is fully leased; destroy VMs or give the network a larger subnet)");
     t.template_idx = *ti;
     t.name = a.name.empty() ? a.template_name : a.name;
   } else {
@@ -698,6 +737,7 @@ void Engine::complete(std::uint64_t num) {
     case Action::pause: set_state(t.vm, State::paused, "action"); break;
     case Action::destroy: {
       auto& vm = vms_[t.vm];
+      release_lease(vm);
       vm.alive = false;
       vm.name = std::string();
       vm.name.shrink_to_fit();
@@ -898,10 +938,8 @@ std::uint32_t Engine::new_vm(std::uint16_t template_idx, std::string name) {
   v.memory_mb = static_cast<std::uint32_t>(tp.memory_mb);
   v.vcpus = static_cast<std::uint16_t>(tp.vcpus);
   v.template_idx = template_idx;
-  std::uint16_t net = 0;
-  for (std::size_t i = 0; i < config_.networks.size(); ++i)
-    if (config_.networks[i].name == tp.network) net = static_cast<std::uint16_t>(i);
-  v.network = net;
+  v.network = network_of(template_idx);
+  v.lease = take_lease(v.network);
   v.boot_order = encode_boot_order(tp.boot_order.empty() ? std::vector<std::string>{"network", "disk"} : tp.boot_order, tp.name);
   v.ha = tp.ha;
   v.alive = true;
@@ -911,6 +949,50 @@ std::uint32_t Engine::new_vm(std::uint16_t template_idx, std::string name) {
   return static_cast<std::uint32_t>(vms_.size() - 1);
 }
 
+std::uint16_t Engine::network_of(std::uint16_t template_idx) const {
+  const auto& tp = config_.templates[template_idx];
+  std::uint16_t net = 0;
+  for (std::size_t i = 0; i < config_.networks.size(); ++i)
+    if (config_.networks[i].name == tp.network) net = static_cast<std::uint16_t>(i);
+  return net;
+}
+
+std::uint32_t Engine::take_lease(std::uint16_t net) {
+  if (leases_.empty()) return 0;
+  auto& pool = leases_[net];
+  if (pool.room == 0) return 0;
+  if (!pool.freed.empty()) {
+    const auto n = *pool.freed.begin();
+    pool.freed.erase(pool.freed.begin());
+    return n;
+  }
+  if (pool.next > pool.room) throw refused(Failure::not_enough_memory, config_.networks[net].name, "a free address on the network's subnet");
+  return pool.next++;
+}
+
+void Engine::release_lease(VmRec& vm) {
+  if (vm.lease == 0 || leases_.empty()) return;
+  auto& pool = leases_[vm.network];
+  if (vm.lease + 1 == pool.next) {
+    --pool.next;  // keep `freed` small: the top of the range returns to `next`
+    while (pool.next > 1 && pool.freed.erase(pool.next - 1)) --pool.next;
+  } else {
+    pool.freed.insert(vm.lease);
+  }
+  vm.lease = 0;
+}
+
+std::string Engine::address_of(const VmRec& vm) const {
+  return vm.lease == 0 || leases_.empty() ? std::string() : dotted(leases_[vm.network].base + vm.lease);
+}
+
+std::size_t Engine::pending_creates(std::uint16_t net) const {
+  std::size_t n = 0;
+  for (const auto& [num, t] : tasks_)
+    if (t.action == Action::create && (t.state == TaskState::pending || t.state == TaskState::started) && network_of(t.template_idx) == net) ++n;
+  return n;
+}
+
 std::vector<std::string> Engine::seed(const std::string& template_name, std::size_t count, const std::string& prefix) {
   const auto ti = template_index(template_name);
   if (!ti) throw refused(Failure::object_not_found, template_name, "template");
@@ -918,6 +1000,13 @@ std::vector<std::string> Engine::seed(const std::string& template_name, std::siz
     throw refused(Failure::not_enough_memory, template_name,
                   "room for " + std::to_string(count) + " more VMs (max_vms " + std::to_string(config_.max_vms) +
                       ", and mac_prefix leaves room for " + std::to_string(mac_room_) + ")");
+  if (!leases_.empty()) {
+    const auto net = network_of(*ti);
+    if (leases_[net].room && leases_[net].free() < count + pending_creates(net))
+      throw refused(Failure::not_enough_memory, template_name,
+                    "room for " + std::to_string(count) + " more addresses on network '" + config_.networks[net].name + "' (subnet " +
+                        config_.networks[net].subnet + " has " + std::to_string(leases_[net].free()) + " free)");
+  }
   std::vector<std::string> ids;
   ids.reserve(count);
   vms_.reserve(vms_.size() + count);
@@ -927,7 +1016,8 @@ std::vector<std::string> Engine::seed(const std::string& template_name, std::siz
 
 // ---- the inventory file ----
 // Line format, tab-separated: a header "deskfarm-hvsim-inventory<TAB>1<TAB>VENDOR<TAB>SLOTS", then one line
-// per VM: INDEX STATE HOST TEMPLATE MEMORY_MB VCPUS NETWORK ISO BOOT_ORDER HA NAME ("-" for none).
+// per VM: INDEX STATE HOST TEMPLATE MEMORY_MB VCPUS NETWORK ISO BOOT_ORDER HA NAME ADDRESS ("-" for none). A line
+// without ADDRESS (written before networks had subnets) is read as "-": the VM gets a lease at load.
 
 void Engine::save(const std::filesystem::path& file) const {
   const auto tmp = std::filesystem::path(file.string() + ".tmp");
@@ -944,7 +1034,7 @@ void Engine::save(const std::filesystem::path& file) const {
           << '\t' << config_.templates[v.template_idx].name << '\t' << v.memory_mb << '\t' << v.vcpus << '\t'
           << (config_.networks.empty() ? "-" : config_.networks[v.network].name) << '\t'
           << (v.iso >= 0 ? config_.isos[static_cast<std::size_t>(v.iso)] : "-") << '\t' << order << '\t' << (v.ha ? 1 : 0) << '\t'
-          << v.name << '\n';
+          << v.name << '\t' << (v.lease ? address_of(v) : "-") << '\n';
     }
     out.flush();
     if (!out) throw std::runtime_error(tmp.string() + ": writing the inventory failed (disk full?)");
@@ -1003,7 +1093,7 @@ void Engine::load(const std::filesystem::path& file) {
     ++n;
     if (line.empty()) continue;
     const auto f = split(line);
-    if (f.size() != 11) throw bad("expected 11 tab-separated fields, found " + std::to_string(f.size()));
+    if (f.size() != 11 && f.size() != 12) throw bad("expected 12 tab-separated fields, found " + std::to_string(f.size()));
     const auto index = number(f[0], slots ? slots - 1 : 0, "VM index");
     if (slots == 0 || vms[index].alive) throw bad("VM index " + f[0] + " is out of range or given twice");
     VmRec v;
@@ -1038,6 +1128,14 @@ void Engine::load(const std::filesystem::path& file) {
     if (f[9] != "0" && f[9] != "1") throw bad("HA flag '" + f[9] + "' is not 0 or 1");
     v.ha = f[9] == "1";
     v.name = f[10];
+    if (f.size() == 12 && f[11] != "-") {
+      const auto a = ipv4(f[11]);
+      if (!a) throw bad("address '" + f[11] + "' is not an IPv4 address");
+      const auto& pool = leases_.empty() ? LeasePool{} : leases_[v.network];
+      // Outside the network's subnet (the manifest changed it): the VM gets a new lease below.
+      if (pool.room && *a > pool.base && *a - pool.base <= pool.room) v.lease = *a - pool.base;
+      else if (cb_.log) cb_.log("inventory: VM " + vm_id(static_cast<std::uint32_t>(index)) + " had address " + f[11] + ", outside its network's subnet now; it gets a new lease");
+    }
     v.alive = true;
     // A transition the deployment's stop interrupted has finished on the hypervisor meanwhile.
     v.state = *state == State::starting ? State::running : *state == State::stopping ? State::off : *state;
@@ -1046,6 +1144,34 @@ void Engine::load(const std::filesystem::path& file) {
     ++live;
   }
   if (in.bad()) throw bad("reading failed");
+  // Leases: the file's stand; the rest (older files, a subnet added or changed) lease in VM order.
+  std::vector<std::vector<std::uint32_t>> used(leases_.size());
+  for (const auto& v : vms)
+    if (v.alive && v.lease) used[v.network].push_back(v.lease);
+  for (std::size_t net = 0; net < leases_.size(); ++net) {
+    auto& u = used[net];
+    std::sort(u.begin(), u.end());
+    if (std::adjacent_find(u.begin(), u.end()) != u.end())
+      throw bad("two VMs hold address " + dotted(leases_[net].base + *std::adjacent_find(u.begin(), u.end())) + " of network '" +
+                config_.networks[net].name + "'");
+    auto& pool = leases_[net];
+    pool.freed.clear();
+    pool.next = u.empty() ? 1 : u.back() + 1;
+    for (std::uint32_t h = 1, i = 0; h < pool.next; ++h) {
+      if (i < u.size() && u[i] == h) ++i;
+      else pool.freed.insert(h);
+    }
+  }
+  for (std::uint32_t i = 0; i < vms.size(); ++i) {
+    auto& v = vms[i];
+    if (!v.alive || v.lease || leases_.empty() || leases_[v.network].room == 0) continue;
+    if (leases_[v.network].free() == 0) {
+      if (cb_.log) cb_.log("inventory: VM " + vm_id(i) + " gets no address: network '" + config_.networks[v.network].name + "' subnet " +
+                           config_.networks[v.network].subnet + " is fully leased; give it a larger subnet");
+      continue;
+    }
+    v.lease = take_lease(v.network);
+  }
   for (auto& h : hosts_) h.used_memory = h.used_vcpus = 0;
   vms_ = std::move(vms);
   live_vms_ = live;

@@ -336,10 +336,80 @@ TEST_CASE("the inventory file survives a restart, and a corrupt one is a clear e
     out << "7\trunning\thost-a\tdesktop\tlots\n";
   }
   Sim u(xen());
-  CHECK_THROWS_WITH(u.engine->load(file), Catch::Contains("inventory:4:") && Catch::Contains("11 tab-separated fields"));
+  CHECK_THROWS_WITH(u.engine->load(file), Catch::Contains("inventory:4:") && Catch::Contains("12 tab-separated fields"));
   Sim v(esx());
   std::ofstream(dir.path() / "x") << "deskfarm-hvsim-inventory\t1\txen\t3\n";
   CHECK_THROWS_WITH(v.engine->load(dir.path() / "x"), Catch::Contains("belongs to a 'xen' adapter"));
+}
+
+TEST_CASE("a network's subnet leases its VMs addresses in order, a destroyed VM's goes to the next, and a full one refuses") {
+  auto c = Sim::config();
+  c.networks[0].subnet = "10.1.0.0/29";  // host numbers 1..6
+  Sim s(xen(), c);
+  const auto ids = s.engine->seed("desktop", 3, "d");
+  CHECK(s.engine->vm(ids[0])->address == "10.1.0.1");
+  CHECK(s.engine->vm(ids[1])->address == "10.1.0.2");
+  CHECK(s.engine->vm(ids[2])->address == "10.1.0.3");
+  const auto inv = s.engine->inventory();
+  REQUIRE(inv.vms.size() == 3);
+  CHECK(inv.vms[2].address == "10.1.0.3");
+  CHECK(inv.networks[0].subnet == "10.1.0.0/29");
+
+  s.act("destroy", ids[1]);
+  s.advance(2s);
+  REQUIRE(s.act("create", "").state != "failed");
+  s.advance(2s);
+  REQUIRE(!s.tasks.empty());
+  const auto created = s.tasks.back().vm;
+  REQUIRE(s.tasks.back().state == "completed");
+  CHECK(s.engine->vm(created)->address == "10.1.0.2");  // the lowest free lease, not the next new one
+
+  CHECK(s.engine->seed("desktop", 3, "e").size() == 3);  // .4 .5 .6: the subnet is full now
+  CHECK(s.engine->vm(s.engine->inventory().vms.back().id)->address == "10.1.0.6");
+  CHECK_THROWS_WITH(s.act("create", ""), Catch::Contains("10.1.0.0/29 is fully leased"));
+  CHECK_THROWS_WITH(s.engine->seed("desktop", 1, "f"), Catch::Contains("subnet 10.1.0.0/29 has 0 free"));
+
+  // A network without a subnet: no address, and nothing invented.
+  Sim plain(xen());
+  CHECK(plain.engine->vm(plain.engine->seed("desktop", 1, "d")[0])->address.empty());
+
+  for (const auto* bad : {"10.1.0.0", "10.1.0.1/24", "10.1.0.0/31", "10.1.0.0/x", "lan/24"}) {
+    auto b = Sim::config();
+    b.networks[0].subnet = bad;
+    CHECK_THROWS_WITH(Sim(xen(), b), Catch::StartsWith("networks: 'lan' has subnet '" + std::string(bad) + "'"));
+  }
+}
+
+TEST_CASE("leases survive the inventory file, and a file written without addresses leases in VM order") {
+  deskfarm::testing::TempDir dir;
+  const auto file = dir.path() / "inventory";
+  auto c = Sim::config();
+  c.networks[0].subnet = "192.168.10.0/24";
+  std::vector<std::string> ids;
+  {
+    Sim s(xen(), c);
+    ids = s.engine->seed("desktop", 3, "d");
+    s.act("destroy", ids[0]);
+    s.advance(2s);
+    s.engine->save(file);
+  }
+  {
+    Sim t(xen(), c);
+    t.engine->load(file);
+    CHECK(t.engine->vm(ids[1])->address == "192.168.10.2");
+    CHECK(t.engine->vm(ids[2])->address == "192.168.10.3");
+    CHECK(t.engine->vm(t.engine->seed("desktop", 1, "e")[0])->address == "192.168.10.1");  // the hole left by d1
+  }
+  // The file as an older engine wrote it: 11 fields, no address.
+  std::ifstream in(file);
+  std::string text, line;
+  while (std::getline(in, line)) text += (line.starts_with("deskfarm") ? line : line.substr(0, line.rfind('\t'))) + "\n";
+  in.close();
+  std::ofstream(file, std::ios::trunc) << text;
+  Sim u(xen(), c);
+  u.engine->load(file);
+  CHECK(u.engine->vm(ids[1])->address == "192.168.10.1");
+  CHECK(u.engine->vm(ids[2])->address == "192.168.10.2");
 }
 
 TEST_CASE("a config no host can satisfy is refused by name") {

@@ -318,6 +318,16 @@ std::string write_request(const Document& d) {
   return w.finish();
 }
 
+std::string address_type(std::string_view address) {
+  const auto colon = address.rfind(':');
+  const bool port = colon != std::string_view::npos && colon + 1 < address.size() &&
+                    address.find_first_not_of("0123456789", colon + 1) == std::string_view::npos;
+  const auto host = port ? address.substr(0, colon) : address;
+  const bool digits_and_dots = !host.empty() && host.find_first_not_of("0123456789.") == std::string_view::npos;
+  const bool dotted = digits_and_dots && std::count(host.begin(), host.end(), '.') == 3;
+  return std::string(dotted ? "dot" : "dns") + (port ? "-port" : "");
+}
+
 std::string write_reply(const Reply& reply, std::string_view version) {
   Writer w(version.empty() ? kVersion : version);
   std::visit(

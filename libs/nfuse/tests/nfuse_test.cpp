@@ -127,6 +127,15 @@ TEST_CASE("replies are written as the protocol has them and read back field by f
   CHECK(std::get<TicketReply>(parse_reply(write_reply(t))) == t);
 }
 
+TEST_CASE("a ServerAddress's addresstype says whether it is dotted or a name, and whether a port follows", "[nfuse]") {
+  CHECK(address_type("10.1.0.7") == "dot");
+  CHECK(address_type("10.1.0.7:1494") == "dot-port");
+  CHECK(address_type("desktop-3") == "dns");
+  CHECK(address_type("desktop-3.corp.example:1494") == "dns-port");
+  CHECK(address_type("1.2.3") == "dns");         // not four parts: a name as far as the client can tell
+  CHECK(address_type("10.1.0.7:") == "dns");     // an empty port is no port, and the text is no dotted address
+}
+
 TEST_CASE("malformed XML and unknown requests get the protocol's error reply naming what and where", "[nfuse]") {
   CHECK(error_of("<NFuseProtocol version=\"5.4\"><RequestTicket>").find("malformed XML at line 1") != std::string::npos);
   CHECK(error_of(doc("<RequestTicket><Credentials></RequestTicket>")).find("malformed XML at line 3") != std::string::npos);

@@ -10,6 +10,7 @@
 // it serves the XML service (POST /scripts/wpnbr.dll): credentials checked by the directory role on every request,
 // desktops brokered by the same code path as admin.broker, and ICA launch files for the tickets it hands out.
 #include <algorithm>
+#include <cctype>
 #include <map>
 #include <random>
 #include <set>
@@ -489,6 +490,7 @@ class Ddc final : public Plugin, public nfuse::Broker {
     next.session_state = r.session_state.empty() ? ddc::kNoSession : r.session_state;
     next.user = r.user;
     next.endpoint = r.endpoint;
+    next.address = usable_address(r);
     d.token = deskfarm::farm_key::random_hex(tokens_);
     d.last_heartbeat = t;
     d.reserved = false;
@@ -506,6 +508,18 @@ class Ddc final : public Plugin, public nfuse::Broker {
     out.proof = deskfarm::farm_key::sign(key, ddc::Registered::proof_text(ctx_.name(), r.nonce));
     out.heartbeat_s = config_.heartbeat_s;
     return out;
+  }
+
+  /// The address an agent registered, when it can go into an XML answer and an ICA file's Address= line as it is.
+  std::string usable_address(const ddc::Register& r) {
+    const auto& a = r.address;
+    const bool fine = a.size() <= 255 && std::all_of(a.begin(), a.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == ':' || c == '-' || c == '[' || c == ']';
+    });
+    if (fine) return a;
+    ctx_.log().warning("registration of " + r.desktop + ": address '" + a.substr(0, 64) +
+                       "' is not HOST:PORT; clients get the desktop's name until its agent registers a usable address");
+    return "";
   }
 
   /// The desktop this agent holds a registration for here, or nothing (counted).
@@ -848,7 +862,16 @@ class Ddc final : public Plugin, public nfuse::Broker {
     out.group = dk.s.group;
     out.kind = p.kind;
     out.controller = ctx_.name();
-    out.address = dk.s.desktop;
+    out.address = dk.s.address;
+    if (out.address.empty()) {
+      // An agent older than Register::address (or a VM on a network without a subnet): the name is all there is.
+      // Said once per controller, not per desktop: a farm of old agents would otherwise log every desktop.
+      out.address = dk.s.desktop;
+      if (!named_only_logged_)
+        ctx_.log().info(dk.s.desktop + " is handed out by name (and so is any other desktop without an address): its agent registered "
+                        "no address; update the agent, or give its VM's hypervisor network a subnet");
+      named_only_logged_ = true;
+    }
     out.why = p.why + (p.broker == ctx_.name() ? "" : "; decided by its owner " + ctx_.name());
     if (!note.empty()) out.why += "; " + note;
     done(std::move(out));
@@ -1210,7 +1233,7 @@ class Ddc final : public Plugin, public nfuse::Broker {
         launches_[tag] = Launch{q.user, d.group, d.desktop, d.address, q.endpoint, ctx_.clock().now() + std::chrono::seconds(config_.launch_ttl_s)};
         count_xml("ok");
         ctx_.log().info("XML service: " + q.user + " gets " + d.desktop + " of " + d.group + ": " + d.why);
-        done({d.address, "dot", tag, ""});
+        done({d.address, nfuse::address_type(d.address), tag, ""});
       });
     });
   }
@@ -1326,6 +1349,7 @@ class Ddc final : public Plugin, public nfuse::Broker {
   std::size_t registered_here_ = 0;
   bool stopped_ = false;
   std::vector<Subscription> subs_;
+  bool named_only_logged_ = false;  ///< a desktop without a registered address was handed out by name (logged once)
   std::unique_ptr<nfuse::XmlService> xml_;  ///< with xml_address; stopped in stop()
   std::string xml_endpoint_;
   nfuse::XmlServiceStats xml_synced_;  ///< what sync_xml_counters() already counted

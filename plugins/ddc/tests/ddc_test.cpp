@@ -10,6 +10,8 @@
 #include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
 
+#include <map>
+
 #include <Poco/Data/Session.h>
 
 #include "farm_key.hpp"
@@ -33,6 +35,7 @@ struct Farm {
   std::string vda_extra;
   int controllers = 2;
   std::string more;  ///< further instances, appended as written
+  std::string hv_extra;  ///< further keys of hv-1
 
   std::string manifest() const {
     std::string m = "[deployment]\nname = \"farm\"\nclock = \"virtual\"\nclock_start = " + start + "\n\n"
@@ -40,7 +43,7 @@ struct Farm {
                     "latencies = [{ action = \"start\", distribution = \"constant\", ms = 2000 }, "
                     "{ action = \"shutdown\", distribution = \"constant\", ms = 1000 }, "
                     "{ action = \"reboot\", distribution = \"constant\", ms = 3000 }]\n"
-                    "vms = [{ template = \"desktop\", count = " + std::to_string(vms) + ", prefix = \"desktop-\" }]\n\n";
+                    "vms = [{ template = \"desktop\", count = " + std::to_string(vms) + ", prefix = \"desktop-\" }]\n" + hv_extra + "\n";
     std::string list;
     for (int i = 1; i <= controllers; ++i) {
       const std::string name = "ddc-" + std::to_string(i);
@@ -284,6 +287,67 @@ TEST_CASE("forged and replayed registrations and unknown heartbeats are refused 
   CHECK(st["registrations_refused"].as_integer() == 4);
   CHECK(st["heartbeats_refused"].as_integer() == 1);
   CHECK_THAT(h.metrics_text(), Catch::Contains("deskfarm_ddc_registrations_refused_total"));
+}
+
+TEST_CASE("an agent registers its VM's lease with the ICA port, brokering answers it, and the signature covers it") {
+  Farm f;
+  f.controllers = 1;
+  f.hv_extra = "networks = [{ name = \"lan\", subnet = \"10.20.0.0/24\" }]\n";
+  Harness h(f.manifest(), options());
+  h.start();
+  boot_all(h);
+  std::map<std::string, std::string> lease;  // VM name → the hypervisor's address for it
+  for (const auto& vm : vms(h)) lease[vm.name] = vm.address;
+  REQUIRE(lease.size() == 4);
+  for (const auto& d : desktops(h)) {
+    INFO(d.desktop);
+    REQUIRE(d.registration == ddc::kRegistered);
+    CHECK(d.address == lease.at(d.desktop) + ":1494");
+    CHECK(d.address.starts_with("10.20.0."));
+  }
+  const auto decision = broker(h, "alice", "alice-laptop");
+  REQUIRE(decision.outcome == "connect");
+  CHECK(decision.address == lease.at(decision.desktop) + ":1494");
+  CHECK_FALSE(h.logged("is handed out by name"));
+
+  // Rewriting the address of a signed registration breaks its signature: nobody redirects a desktop's clients.
+  auto moved = signed_registration("desktop-4", ms(h.now()), "e");
+  moved.address = "10.20.0.4:1494";
+  moved.signature = deskfarm::farm_key::sign(kKey, moved.signing_text("ddc-1"));
+  auto tampered = moved;
+  tampered.address = "198.51.100.7:1494";
+  auto r = h.request<ddc::Register, ddc::Registered>("ddc.ddc-1.register", tampered);
+  REQUIRE(r);
+  CHECK(r->reason == ddc::kBadSignature);
+  // An address that would break an ICA file's line is not kept: the name is handed out instead.
+  auto odd = signed_registration("desktop-4", ms(h.now()), "f");
+  odd.address = "10.20.0.4:1494\r\nAddress=evil";
+  odd.signature = deskfarm::farm_key::sign(kKey, odd.signing_text("ddc-1"));
+  r = h.request<ddc::Register, ddc::Registered>("ddc.ddc-1.register", odd);
+  REQUIRE(r);
+  CHECK(r->accepted);
+  for (const auto& d : desktops(h))
+    if (d.desktop == "desktop-4") CHECK(d.address.empty());
+  CHECK(h.logged("registration of desktop-4: address '10.20.0.4:1494"));
+}
+
+TEST_CASE("a desktop whose agent registered no address is handed out by name, logged once") {
+  Farm f;
+  f.controllers = 1;  // the default network has no subnet: the VMs have no address, and the agents invent none
+  Harness h(f.manifest(), options());
+  h.start();
+  boot_all(h);
+  for (const auto& vm : vms(h)) CHECK(vm.address.empty());
+  for (const auto& d : desktops(h)) CHECK(d.address.empty());
+  const auto a = broker(h, "alice", "a");
+  const auto b = broker(h, "bob", "b");
+  REQUIRE(a.outcome == "connect");
+  REQUIRE(b.outcome == "connect");
+  CHECK(a.address == a.desktop);
+  CHECK(b.address == b.desktop);
+  std::size_t said = 0;
+  for (const auto& line : h.logs()) said += line.find("is handed out by name") != std::string::npos;
+  CHECK(said == 1);
 }
 
 TEST_CASE("a desktop that keeps failing registration is quarantined: refused and not started") {

@@ -1,7 +1,7 @@
 // The controller's XML service (its nfuse::Broker), asked through nfuse::XmlClient, in a deployment on the virtual clock, with a directory, a
 // simulated XenServer pool and agents: credentials checked by the directory on every request, the groups a user is
 // entitled to (by name or by directory group), RequestAddress through the same brokering as admin.broker, the
-// ticket tied to that launch and the ICA file naming the desktop; refusals answered with the protocol's ErrorId.
+// ticket tied to that launch and the ICA file with the address the desktop's agent registered; refusals answered with the protocol's ErrorId.
 #include <catch2/catch.hpp>
 
 #include <deskfarm/interfaces/ddc/ddc.hpp>
@@ -36,7 +36,8 @@ std::string manifest(const std::string& xml_extra = "") {
   return "[deployment]\nname = \"farm\"\nclock = \"virtual\"\nclock_start = 2026-01-05T09:00:00Z\n\n"
          "[instances.hv-1]\nplugin = \"hypervisor-xen\"\nmax_in_progress = 0\n"
          "latencies = [{ action = \"start\", distribution = \"constant\", ms = 2000 }]\n"
-         "vms = [{ template = \"desktop\", count = 4, prefix = \"desktop-\" }]\n\n"
+         "vms = [{ template = \"desktop\", count = 4, prefix = \"desktop-\" }]\n"
+         "networks = [{ name = \"lan\", subnet = \"10.20.0.0/24\" }]\n\n"
          "[instances.ddc-1]\nplugin = \"ddc\"\nfarm_key = \"k\"\nxml_address = \"127.0.0.1:0\"\ndirectory = \"dir\"\n" + xml_extra +
          "groups = [\n"
          "  { name = \"sales\", desktops = [\"desktop-1\", \"desktop-2\"], users = [\"alice\"] },\n"
@@ -130,11 +131,13 @@ TEST_CASE("RequestAddress brokers like admin.broker, and the ticket and the ICA 
   const auto port = xml_port(h);
   auto addr = ask<nf::AddressReply>(port, nf::AddressRequest{"sales", {}, creds("alice", "wonderland"), "alice-laptop", "127.0.0.1"});
   REQUIRE(addr.error_id == "");
-  CHECK(addr.address_type == "dot");
+  CHECK(addr.address_type == "dot-port");
   CHECK(addr.ticket_tag.size() == 32);
   auto mine = h.request<ddc::DesktopQuery, ddc::DesktopList>("ddc.ddc-1.admin.desktops", ddc::DesktopQuery{"", "alice"})->desktops;
   REQUIRE(mine.size() == 1);
-  CHECK(mine[0].desktop == addr.server_address);
+  // The address her desktop's agent registered: its VM's lease (desktop-N is the Nth VM) and the ICA port.
+  CHECK(addr.server_address == "10.20.0." + mine[0].desktop.substr(mine[0].desktop.rfind('-') + 1) + ":1494");
+  CHECK(mine[0].address == addr.server_address);
   CHECK(mine[0].group == "sales");
   CHECK(mine[0].session_state == ddc::kActive);
   CHECK(mine[0].endpoint == "alice-laptop");
@@ -143,7 +146,7 @@ TEST_CASE("RequestAddress brokers like admin.broker, and the ticket and the ICA 
   CHECK(ask<nf::AddressReply>(port, nf::AddressRequest{"eng", {}, creds("alice", "wonderland"), "", ""}).error_id == nf::kAppRemoved);
   CHECK(ask<nf::AddressReply>(port, nf::AddressRequest{"nope", {}, creds("alice", "wonderland"), "", ""}).error_id == nf::kAppRemoved);
   auto carol = ask<nf::AddressReply>(port, nf::AddressRequest{"remote", {}, creds("carol", "christmas"), "", ""});
-  CHECK(carol.server_address == "desktop-3");
+  CHECK(carol.server_address == "10.20.0.3:1494");
   // admin.broker takes the same path, directory groups included (asked with groups-of).
   auto d = h.request<ddc::BrokerRequest, ddc::BrokerDecision>("ddc.ddc-1.admin.broker", ddc::BrokerRequest{"carol", "other", "remote"});
   REQUIRE(d);

@@ -44,6 +44,7 @@ constexpr const char* provides[] = {"vda", nullptr};
 struct Agent {
   std::string key;  ///< hypervisor/vm
   std::string hypervisor, vm, mac, desktop;
+  std::string address;  ///< "IP:1494" from its VM's lease; "" = the hypervisor gave the VM none
   std::vector<std::string> order;  ///< this agent's ListOfDDCs order
   std::size_t next = 0;            ///< where the next registration round starts
   std::string controller, token;
@@ -135,7 +136,7 @@ class Vda final : public Plugin {
                                   [this, hypervisor](Reply<hv::Inventory> inv) {
                                     if (!inv) return;
                                     for (const auto& v : inv->vms) {
-                                      names_[hypervisor + "/" + v.id] = v.name;
+                                      names_[hypervisor + "/" + v.id] = {v.name, v.address};
                                       if (v.power_state == hv::kRunning) start_agent(hypervisor, v.id, v.mac);
                                     }
                                   });
@@ -154,7 +155,8 @@ class Vda final : public Plugin {
     std::shuffle(a.order.begin(), a.order.end(), rng_);  // ListOfDDCs: random order spreads the farm's agents
     a.next = 0;
     if (auto n = names_.find(key); n != names_.end()) {
-      a.desktop = n->second;
+      a.desktop = n->second.name;
+      a.address = agent_address(n->second.address);
       by_name_[a.desktop] = key;
       register_round(key, a.gen, 0);
       return;
@@ -167,14 +169,15 @@ class Vda final : public Plugin {
     request<Empty, hv::Inventory>(ctx_.bus(), hv::request_subject(hypervisor, "inventory"), Empty{}, timeout(),
                                   [this, hypervisor](Reply<hv::Inventory> inv) {
                                     if (inv)
-                                      for (const auto& v : inv->vms) names_[hypervisor + "/" + v.id] = v.name;
+                                      for (const auto& v : inv->vms) names_[hypervisor + "/" + v.id] = {v.name, v.address};
                                     auto agents = std::move(waiting_[hypervisor]);
                                     waiting_.erase(hypervisor);
                                     for (const auto& [k, gen] : agents) {
                                       auto* ag = live(k, gen);
                                       if (!ag) continue;
                                       auto n = names_.find(k);
-                                      ag->desktop = n != names_.end() ? n->second : ag->vm;
+                                      ag->desktop = n != names_.end() ? n->second.name : ag->vm;
+                                      ag->address = n != names_.end() ? agent_address(n->second.address) : "";
                                       by_name_[ag->desktop] = k;
                                       register_round(k, gen, 0);
                                     }
@@ -191,6 +194,12 @@ class Vda final : public Plugin {
                                          ddc::Deregister{a.desktop, a.token, "shutdown"}, timeout(), [](Reply<ddc::Ack>) {});
     by_name_.erase(a.desktop);
     agents_.erase(it);
+  }
+
+  /// Where clients reach the agent: its VM's address with the ICA port; nothing when the VM has no address (the
+  /// agent does not make one up: the controller then hands out the desktop's name).
+  static std::string agent_address(const std::string& vm_address) {
+    return vm_address.empty() ? "" : vm_address + ":" + std::to_string(ddc::kIcaPort);
   }
 
   Agent* live(const std::string& key, std::uint64_t gen) {
@@ -229,6 +238,7 @@ class Vda final : public Plugin {
     reg.session_state = a->session_state;
     reg.user = a->user;
     reg.endpoint = a->endpoint;
+    reg.address = a->address;
     reg.signature = deskfarm::farm_key::sign(config_.farm_key.reveal(), reg.signing_text(controller));
     request<ddc::Register, ddc::Registered>(
         ctx_.bus(), ddc::subject(controller, "register"), reg, timeout(),
@@ -358,7 +368,11 @@ class Vda final : public Plugin {
   std::mt19937_64 rng_;
   std::mt19937_64 nonces_{std::random_device{}()};  ///< never the seed: two agents must not share nonces
   std::unordered_map<std::string, Agent> agents_;
-  std::unordered_map<std::string, std::string> names_;  ///< hypervisor/vm → VM name
+  struct VmName {
+    std::string name;
+    std::string address;  ///< the VM's lease ("" = none)
+  };
+  std::unordered_map<std::string, VmName> names_;  ///< hypervisor/vm → VM name and address
   std::unordered_map<std::string, std::string> by_name_;  ///< desktop name → agent key
   std::unordered_map<std::string, std::vector<std::pair<std::string, std::uint64_t>>> waiting_;  ///< agents waiting for names
   std::uint64_t generation_ = 0;

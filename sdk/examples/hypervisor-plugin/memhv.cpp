@@ -117,7 +117,7 @@ class Memhv final : public Plugin {
                                    !down_.contains(id)});
     }
     inv.templates = {kTemplate};
-    inv.networks = {hv::Network{kNetwork, config_.tftp_server, config_.boot_file}};
+    inv.networks = {hv::Network{kNetwork, config_.tftp_server, config_.boot_file, ""}};
     for (const auto& [id, vm] : vms_) inv.vms.push_back(vm);
     inv.max_in_progress = config_.max_in_progress;
     return inv;

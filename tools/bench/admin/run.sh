@@ -24,44 +24,10 @@ pid=
 cleanup() { if [[ -n "$pid" ]]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; rm -rf "$dir"; }
 trap cleanup EXIT
 
-group="groups = [{ name = \"pool\", kind = \"pooled-random\", desktops = [\"desktop-*\"], hypervisor = \"hv\", idle_peak = $desktops, idle_business = $desktops, idle_off_hours = $desktops }]
-pool_interval_s = 1
-max_starts_per_tick = 500
-farm_key = \"bench-key\"
-license = \"lic\""
-cat > "$dir/farm.toml" <<TOML
-[deployment]
-name = "farm"
-state_dir = "$dir/var"
-admin = "127.0.0.1:0"
-plugin_path = ["$(realpath "$plugins")"]
+source tools/bench/ddc/storm_farm.sh
+storm_farm "$dir/farm.toml" farm "$dir/var" "$desktops" pooled-random bench-key 10 $((desktops * 2))
 
-[instances.hv]
-plugin = "hypervisor-xen"
-max_vms = $desktops
-hosts = [{ id = "host-1", memory_mb = 16777216, vcpus = 65535 }]
-vms = [{ template = "desktop", count = $desktops, prefix = "desktop-" }]
-latencies = [{ action = "start", distribution = "constant", ms = 10 }]
-
-[instances.lic]
-plugin = "license"
-farms = [{ name = "farm", licenses = $((desktops * 2)) }]
-
-[instances.ddc-1]
-plugin = "ddc"
-$group
-
-[instances.ddc-2]
-plugin = "ddc"
-$group
-
-[instances.agents]
-plugin = "vda"
-controllers = ["ddc-1", "ddc-2"]
-farm_key = "bench-key"
-TOML
-
-"$deskfarm" run "$dir/farm.toml" --log-level warning >"$dir/run.log" 2>&1 &
+"$deskfarm" run "$dir/farm.toml" --plugin-path "$(realpath "$plugins")" --log-level warning >"$dir/run.log" 2>&1 &
 pid=$!
 # Ready when every desktop is started and registered (bounded: 300 s).
 for _ in $(seq 1 300); do
@@ -82,16 +48,20 @@ field() { grep -o "\"$1\":[0-9.e+-]*" "$dir/storm.json" | head -1 | cut -d: -f2;
 storm_rate=$(field decisions_per_s) storm_p50=$(field broker_p50_ms) storm_p99=$(field broker_p99_ms)
 
 # 2. the peer: curl, the same broker requests for other users, kept-alive connections, the same concurrency.
-# One section per request ("next" between them: without it curl joins every body into one).
+# One section per request, "next" between them (without it curl joins every body into one) but not after the last:
+# a trailing "next" opens an empty section, and curl's "no URL specified!" for it is a critical error that aborts
+# the transfers still running or not yet begun (status 000, "Transfer aborted due to critical error in another
+# transfer" / "Failed initialization"): the 32-41 answers curl lost in every earlier run, the endpoint not at fault.
 mkdir -p "$dir/bodies"
 for i in $(seq 1 "$users"); do
   printf '{"user": "curl-user-%d", "endpoint": "curl-%d"}' "$i" "$i" >"$dir/bodies/$i.json"
   printf 'url = "http://%s/request/ddc.ddc-%d.admin.broker"\ndata-binary = "@%s"\n' "$admin" "$((i % 2 + 1))" "$dir/bodies/$i.json"
   printf 'header = "Content-Type: application/json"\nheader = "X-Timeout-Ms: 10000"\noutput = "/dev/null"\n'
-  printf 'write-out = "%%{http_code} %%{time_total}\\n"\nnext\n'
+  printf 'write-out = "%%{http_code} %%{time_total} %%{errormsg}\\n"\n'
+  if [[ "$i" -lt "$users" ]]; then printf 'next\n'; fi
 done >"$dir/curl.cfg"
 start=$(date +%s.%N)
-curl --silent --parallel --parallel-max "$concurrency" --config "$dir/curl.cfg" >"$dir/curl.txt" 2>/dev/null || true
+curl --silent --show-error --no-progress-meter --parallel --parallel-max "$concurrency" --config "$dir/curl.cfg" >"$dir/curl.txt" 2>"$dir/curl.err" || true
 end=$(date +%s.%N)
 answered=$(grep -c '^200 ' "$dir/curl.txt" || true)
 if [[ "$answered" -eq 0 ]]; then echo "run.sh: curl got no 200; its status codes:" >&2; cut -d" " -f1 "$dir/curl.txt" | sort | uniq -c >&2; exit 1; fi
@@ -101,6 +71,9 @@ rank() { echo "$sorted" | sed -n "$(( (answered * $1 + 99) / 100 ))p"; }
 curl_p50=$(echo "$(rank 50) * 1000" | bc -l) curl_p99=$(echo "$(rank 99) * 1000" | bc -l)
 printf 'curl (peer): %d of %d broker requests answered 200 in %.2f s (status codes: %s)\n' "$answered" "$users" \
   "$(echo "$end - $start" | bc -l)" "$(cut -d' ' -f1 "$dir/curl.txt" | sort | uniq -c | xargs)"
+# Anything but 200 is shown with curl's own reason, and curl's complaints, so a lost answer is never silent.
+grep -v '^200 ' "$dir/curl.txt" | cut -d' ' -f1,3- | sort | uniq -c | head -5 || true
+if [[ -s "$dir/curl.err" ]]; then echo "curl said:"; head -5 "$dir/curl.err"; fi
 printf '\n| measurement | deskfarm storm | curl --parallel %d | ratio |\n|---|---|---|---|\n' "$concurrency"
 printf '| brokering decisions per second | %.0f | %.0f | %.2fx |\n' "$storm_rate" "$curl_rate" "$(echo "$storm_rate / $curl_rate" | bc -l)"
 printf '| p50 (ms) | %.2f | %.2f | %.2fx |\n' "$storm_p50" "$curl_p50" "$(echo "$storm_p50 / $curl_p50" | bc -l)"

@@ -43,44 +43,8 @@ trap cleanup EXIT
 pg_start_primary db "$work/db"
 
 desktops=$((users + 20))
-group="groups = [{ name = \"own\", kind = \"assigned\", desktops = [\"desktop-*\"], hypervisor = \"hv\", idle_peak = $desktops, idle_business = $desktops, idle_off_hours = $desktops }]
-pool_interval_s = 1
-max_starts_per_tick = $desktops
-farm_key = \"drill-key\"
-license = \"lic\"
-request_timeout_ms = 2000"
-cat >"$work/farm.toml" <<TOML
-[deployment]
-name = "store-drill"
-state_dir = "$work/var"
-data_store = "$db_url"
-admin = "127.0.0.1:0"
-
-[instances.hv]
-plugin = "hypervisor-xen"
-max_in_progress = 0
-max_vms = $desktops
-hosts = [{ id = "host-1", memory_mb = 1048576, vcpus = 1024 }]
-vms = [{ template = "desktop", count = $desktops, prefix = "desktop-" }]
-latencies = [{ action = "start", distribution = "constant", ms = 1 }]
-
-[instances.lic]
-plugin = "license"
-farms = [{ name = "farm", licenses = $((users * 2)) }]
-
-[instances.ddc-1]
-plugin = "ddc"
-$group
-
-[instances.ddc-2]
-plugin = "ddc"
-$group
-
-[instances.agents]
-plugin = "vda"
-controllers = ["ddc-1", "ddc-2"]
-farm_key = "drill-key"
-TOML
+source "$repo/tools/bench/ddc/storm_farm.sh"
+storm_farm "$work/farm.toml" store-drill "$work/var" "$desktops" assigned drill-key 1 $((users * 2)) "$db_url"
 "$deskfarm" run "$work/farm.toml" --plugin-path "$build/plugins" --log-level warning 2>"$work/run.log" &
 run_pid=$!
 

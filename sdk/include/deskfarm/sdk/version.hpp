@@ -3,7 +3,7 @@
 
 /// The plugin ABI: a plugin loads only into a kernel with exactly this number. Bump on any change to the
 /// descriptor, Context, Plugin, Bus, Clock, Executor, Logger, Metrics, Store or Config layout.
-#define DESKFARM_PLUGIN_ABI 3
+#define DESKFARM_PLUGIN_ABI 4
 /// The SDK's semantic version; features are added in minor versions within one ABI.
 #define DESKFARM_SDK_VERSION "0.2.0"
 

@@ -24,7 +24,7 @@ struct TemplateConf {
   bool ha = true;
 };
 struct NetworkConf {
-  std::string name, tftp_server, boot_file;
+  std::string name, tftp_server, boot_file, subnet;
 };
 struct LatencyConf {
   std::string action, distribution;
@@ -77,7 +77,8 @@ inline constexpr auto template_schema = sdk::schema<TemplateConf>(
 inline constexpr auto network_schema = sdk::schema<NetworkConf>(
     sdk::option("name", &NetworkConf::name, nullptr, "network name, unique in the instance"),
     sdk::option("tftp_server", &NetworkConf::tftp_server, "\"\"", "DHCP option 66: \"host\" or \"host:port\" of the TFTP server; \"\" = none"),
-    sdk::option("boot_file", &NetworkConf::boot_file, "\"\"", "DHCP option 67: the bootstrap file name; \"\" = none"));
+    sdk::option("boot_file", &NetworkConf::boot_file, "\"\"", "DHCP option 67: the bootstrap file name; \"\" = none"),
+    sdk::option("subnet", &NetworkConf::subnet, "\"\"", "IPv4 range its VMs lease addresses from, in order (\"10.1.0.0/16\"); \"\" = VMs have no address"));
 
 inline constexpr auto latency_schema = sdk::schema<LatencyConf>(
     sdk::option("action", &LatencyConf::action, nullptr,
@@ -111,7 +112,7 @@ inline constexpr auto adapter_schema = sdk::schema<AdapterConfig>(
     sdk::option("templates", &AdapterConfig::templates, "[{ name = \"desktop\" }]", "templates VMs are created from", template_schema),
     sdk::option("networks", &AdapterConfig::networks,
                 "[{ name = \"lan\", tftp_server = \"127.0.0.1:69\", boot_file = \"ARDBP32.BIN\" }]",
-                "networks with their DHCP options 66/67", network_schema),
+                "networks with their DHCP options 66/67 and address range", network_schema),
     sdk::option("isos", &AdapterConfig::isos, "[]", "the ISO library (names a VM's CD-ROM can take)"),
     sdk::option("latencies", &AdapterConfig::latencies, "[]", "per-action latency distributions overriding the defaults",
                 latency_schema),

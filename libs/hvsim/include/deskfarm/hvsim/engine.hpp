@@ -3,7 +3,7 @@
 // library, networks with DHCP options 66/67, VMs with deterministic MACs, lifecycle actions as asynchronous
 // tasks through a throttled per-connection queue, latencies drawn from seeded distributions, fault injection
 // (host crash with HA restart, task failure rate, slow storage), a boot hook for real firmware, and an
-// inventory file that survives a restart. The vendor's words come from its Personality.
+// inventory file that survives a restart. A network with a subnet leases each of its VMs an address, in order. The vendor's words come from its Personality.
 //
 // The engine owns no thread and no timer: whoever drives it gives it the time (`Callbacks::now`), is asked to
 // call run_due() at a time (`Callbacks::wake_at`), and receives its events. One thread at a time (the plugin's
@@ -17,6 +17,7 @@
 #include <optional>
 #include <queue>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -220,7 +221,17 @@ class Engine {
     bool alive = false;
     bool ha = false;
     std::uint8_t ha_stage = 0;  ///< 1 waiting for HA restart, 2 restarting, 3 booting through its firmware
+    std::uint32_t lease = 0;    ///< host number in its network's subnet (address = base + lease); 0 = none
     std::uint64_t task = 0;     ///< the started task acting on it
+  };
+  /// A network's subnet and its leases: host numbers 1..room, the lowest free one first, so the same history of
+  /// creates and destroys gives every VM the same address.
+  struct LeasePool {
+    std::uint32_t base = 0;          ///< the subnet's network address
+    std::uint32_t room = 0;          ///< host numbers 1..room; 0 = the network has no subnet
+    std::uint32_t next = 1;          ///< the lowest number never handed out
+    std::set<std::uint32_t> freed;   ///< numbers below `next` free again (their VMs were destroyed)
+    std::size_t free() const { return room == 0 ? 0 : room - (next - 1) + freed.size(); }
   };
   struct HostRec {
     HostSpec spec;
@@ -283,6 +294,13 @@ class Engine {
   BootTicket ticket(std::uint32_t vm, std::uint64_t task) const;
   void hand_to_backend(TaskRec& t);
   std::uint32_t new_vm(std::uint16_t template_idx, std::string name);
+  std::uint16_t network_of(std::uint16_t template_idx) const;
+  /// A lease on network `net` (0 when it has no subnet); the caller made sure one is free.
+  std::uint32_t take_lease(std::uint16_t net);
+  void release_lease(VmRec& vm);
+  std::string address_of(const VmRec& vm) const;
+  /// Creates on network `net` that wait in the queue (each takes a lease when it completes).
+  std::size_t pending_creates(std::uint16_t net) const;
   std::uint8_t encode_boot_order(const std::vector<std::string>& order, std::string_view subject) const;
   static std::vector<std::string> decode_boot_order(std::uint8_t packed);
   std::int16_t host_index(std::string_view id) const;
@@ -302,6 +320,7 @@ class Engine {
   std::vector<VmRec> vms_;
   std::size_t live_vms_ = 0;
   std::vector<HostRec> hosts_;
+  std::vector<LeasePool> leases_;  ///< one per network, in config_.networks order
   std::unordered_map<std::uint64_t, TaskRec> tasks_;
   std::deque<hv::Task> finished_;
   std::deque<std::uint64_t> queue_;

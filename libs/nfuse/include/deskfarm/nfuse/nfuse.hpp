@@ -124,8 +124,8 @@ struct AppDataReply {
 };
 
 struct AddressReply {
-  std::string server_address;        ///< "10.0.0.5" or "10.0.0.5:1494"
-  std::string address_type = "dot";  ///< dot | dot-port
+  std::string server_address;        ///< "10.0.0.5", "10.0.0.5:1494", or a host name ("desktop-3")
+  std::string address_type = "dot";  ///< dot | dot-port | dns | dns-port: address_type(server_address)
   std::string ticket_tag;
   std::string error_id;
   bool operator==(const AddressReply&) const = default;
@@ -138,6 +138,9 @@ struct TicketReply {
 };
 
 using Reply = std::variant<ValidateCredentialsReply, AppDataReply, AddressReply, TicketReply>;
+
+/// The NFuse addresstype of `address`: "dot" (IPv4), "dot-port" (IPv4:port), "dns" (a host name), "dns-port".
+std::string address_type(std::string_view address);
 
 /// Writes the reply document (Response<Type>); an error_id writes <ErrorId> instead of the data.
 std::string write_reply(const Reply& r, std::string_view version = kVersion);

@@ -41,10 +41,15 @@ inline constexpr const char* kNotEntitled = "not_entitled";       ///< the user 
 inline constexpr const char* kNoLicense = "no_license";           ///< the licence server refused a licence
 inline constexpr const char* kStarting = "starting";              ///< a desktop is being started: ask again
 
+/// The port a desktop's agent takes ICA connections on (Citrix's; session reliability's 2598 relays to it).
+inline constexpr int kIcaPort = 1494;
+
 // ---- agent → controller ----
 /// ddc.<controller>.register → Registered. `signature` = hex HMAC-SHA256 over signing_text() with the farm key
 /// (empty when the farm has no key). The current session rides along, so a controller that takes over after
-/// another one died knows who is logged on.
+/// another one died knows who is logged on. `address` is where clients reach the desktop's agent ("10.1.0.7:1494":
+/// its VM's lease from the hypervisor and kIcaPort); an agent older than the field, or a VM on a network without a
+/// subnet, sends "" and the controller hands out the desktop's name instead.
 struct Register {
   static constexpr std::string_view type_name = "deskfarm.ddc.Register";
   static constexpr std::uint32_t type_version = 1;
@@ -60,18 +65,21 @@ struct Register {
   std::string user;
   std::string endpoint;
   std::string agent_version = "1";
+  std::string address;  ///< added after version 1 went out: a sender without it is read as ""
   static constexpr auto fields() {
     return std::tuple{field("desktop", &Register::desktop),     field("vm", &Register::vm),
                       field("mac", &Register::mac),             field("hypervisor", &Register::hypervisor),
                       field("agent", &Register::agent),         field("nonce", &Register::nonce),
                       field("time_ms", &Register::time_ms),     field("signature", &Register::signature),
                       field("session_state", &Register::session_state), field("user", &Register::user),
-                      field("endpoint", &Register::endpoint),   field("agent_version", &Register::agent_version)};
+                      field("endpoint", &Register::endpoint),   field("agent_version", &Register::agent_version),
+                      field("address", &Register::address)};
   }
-  /// What the signature covers, in this order.
+  /// What the signature covers, in this order; the address when there is one (so nobody redirects a desktop's
+  /// clients by rewriting it, and an agent without the field signs what it always did).
   std::string signing_text(std::string_view controller) const {
     return "register|" + desktop + "|" + vm + "|" + mac + "|" + std::string(controller) + "|" + nonce + "|" +
-           std::to_string(time_ms);
+           std::to_string(time_ms) + (address.empty() ? "" : "|" + address);
   }
 };
 
@@ -205,7 +213,7 @@ struct BrokerDecision {
   std::string kind;        ///< logon or reconnect
   std::string controller;  ///< the controller that owns the desktop (decided)
   std::string broker;      ///< the controller that was asked
-  std::string address;     ///< where the client connects: the desktop's MAC-named host for now
+  std::string address;     ///< where the client connects: the address the agent registered, else the desktop's name
   std::string reason;
   std::string why;
   bool licensed = false;   ///< a licence was checked out, or granted in grace (`why` says so); false: no licence server
@@ -271,6 +279,7 @@ struct DesktopStatus {
   std::string assigned_to;  ///< assigned and pooled-static groups
   bool maintenance = false;
   std::int64_t since_ms = 0;  ///< when the owner last changed it (orders updates from two controllers)
+  std::string address;        ///< what its agent registered ("" = none: an older agent)
   static constexpr auto fields() {
     return std::tuple{field("desktop", &DesktopStatus::desktop),   field("group", &DesktopStatus::group),
                       field("registration", &DesktopStatus::registration),
@@ -279,7 +288,8 @@ struct DesktopStatus {
                       field("hypervisor", &DesktopStatus::hypervisor),
                       field("session_state", &DesktopStatus::session_state), field("user", &DesktopStatus::user),
                       field("endpoint", &DesktopStatus::endpoint), field("assigned_to", &DesktopStatus::assigned_to),
-                      field("maintenance", &DesktopStatus::maintenance), field("since_ms", &DesktopStatus::since_ms)};
+                      field("maintenance", &DesktopStatus::maintenance), field("since_ms", &DesktopStatus::since_ms),
+                      field("address", &DesktopStatus::address)};
   }
 };
 

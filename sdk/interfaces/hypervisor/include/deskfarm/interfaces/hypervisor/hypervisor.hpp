@@ -25,9 +25,12 @@ struct Network {
   std::string name;
   std::string tftp_server;  ///< DHCP option 66
   std::string boot_file;    ///< DHCP option 67
+  /// The network's IPv4 range ("10.1.0.0/16"), "" = none: its VMs lease addresses from it in order (the first
+  /// host address first, a destroyed VM's back to the lowest free), so a desktop has an address to register.
+  std::string subnet;
   static constexpr auto fields() {
     return std::tuple{field("name", &Network::name), field("tftp_server", &Network::tftp_server),
-                      field("boot_file", &Network::boot_file)};
+                      field("boot_file", &Network::boot_file), field("subnet", &Network::subnet)};
   }
 };
 
@@ -56,13 +59,14 @@ struct Vm {
   std::string network;
   std::string iso;                     ///< attached to the virtual CD-ROM, "" = none
   std::vector<std::string> boot_order;  ///< "network", "cdrom", "disk"
+  std::string address;  ///< its lease on its network's subnet ("10.1.0.7"); "" = the network has none
   static constexpr auto fields() {
     return std::tuple{field("id", &Vm::id),           field("name", &Vm::name),
                       field("mac", &Vm::mac),         field("host", &Vm::host),
                       field("power_state", &Vm::power_state), field("vendor_state", &Vm::vendor_state),
                       field("memory_mb", &Vm::memory_mb),     field("vcpus", &Vm::vcpus),
                       field("network", &Vm::network), field("iso", &Vm::iso),
-                      field("boot_order", &Vm::boot_order)};
+                      field("boot_order", &Vm::boot_order), field("address", &Vm::address)};
   }
 };
 

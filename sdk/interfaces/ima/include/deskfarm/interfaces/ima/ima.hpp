@@ -244,13 +244,16 @@ struct ZoneMove {
   static constexpr auto fields() { return std::tuple{field("zone", &ZoneMove::zone)}; }
 };
 
-/// ima.<instance>.admin.fault: "crash" makes the server silent at once, as kill -9 would (no resign, no leave),
-/// for drills inside one process.
+/// ima.<instance>.admin.fault, for drills inside one process: "crash" makes the server silent at once, as kill -9
+/// would (no resign, no leave); "partition" cuts it off from the servers in `peers` (it ignores their election,
+/// collector and change-notification messages, and its requests to them fail as timeouts) until "heal". A
+/// partition of two groups is one fault on each side, naming the other side.
 struct Fault {
   static constexpr std::string_view type_name = "deskfarm.ima.Fault";
   static constexpr std::uint32_t type_version = 1;
   std::string fault;
-  static constexpr auto fields() { return std::tuple{field("fault", &Fault::fault)}; }
+  std::vector<std::string> peers;  ///< with "partition": the servers cut off (a later field: absent reads as empty)
+  static constexpr auto fields() { return std::tuple{field("fault", &Fault::fault), field("peers", &Fault::peers)}; }
 };
 
 /// A farm server's static data (what the data store holds for it, and every server's local host cache a copy of).

@@ -396,7 +396,7 @@ std::vector<std::string> zdcs(Harness& h, const std::vector<std::string>& server
 }
 }  // namespace
 
-TEST_CASE("a zone split by a partition elects a ZDC on each side; healed, it ends with one ZDC holding every member's last change once") {
+TEST_CASE("a zone split by a partition elects a ZDC on each side, and once healed ends with one ZDC holding every member's last change once") {
   // p1, p2 on one side of the cut; q1, q2 on the other. q2 (host ID 40) is the ZDC before, p2 (30) the best of its side.
   const std::vector<std::string> p{"p1", "p2"}, q{"q1", "q2"}, all{"p1", "p2", "q1", "q2"};
   auto h = farm(server("p1", "a", "host_id = 10") + server("p2", "a", "host_id = 30") + server("q1", "a", "host_id = 20") +

@@ -23,7 +23,7 @@ inline constexpr const char* kNotPreferred = "not_preferred";
 /// Election.kind values.
 inline constexpr const char* kCall = "call";            ///< start a round at `epoch`: every member answers with a candidate
 inline constexpr const char* kCandidate = "candidate";  ///< a member's rank for the round `epoch`
-inline constexpr const char* kElected = "elected";      ///< the winner of round `epoch` takes office
+inline constexpr const char* kElected = "elected";      ///< the winner of round `epoch` takes office; repeated every half keep-alive
 inline constexpr const char* kResign = "resign";        ///< the ZDC shuts down gracefully: elect at once
 inline constexpr const char* kLeave = "leave";          ///< a member leaves the zone (shutdown, zone change)
 
@@ -85,7 +85,7 @@ struct Election {
   std::int64_t host_id = 0;
   std::string version;
   std::string preference;
-  std::string trigger;  ///< with kCall: start, lost, shutdown, zone_change, manual
+  std::string trigger;  ///< with kCall: start, lost, shutdown, zone_change, manual, merge (two collectors of one zone)
   static constexpr auto fields() {
     return std::tuple{field("kind", &Election::kind), field("farm", &Election::farm), field("zone", &Election::zone),
                       field("epoch", &Election::epoch), field("seq", &Election::seq),

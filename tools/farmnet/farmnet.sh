@@ -8,6 +8,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PG_WAIT_TENTHS=${PG_WAIT_TENTHS:-300}  # a PostgreSQL start on a loaded machine: at most 30 s
+PG_NO_FSYNC=1  # test data only: no waiting for the disk
 # shellcheck source=../lib/postgres.sh
 source "$here/../lib/postgres.sh"
 

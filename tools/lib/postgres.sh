@@ -17,7 +17,8 @@
 # again: pg_attach, or give the directory (anything with a '/') instead of the name to pg_stop, pg_start,
 # pg_running and pg_psql. Without a port a free one is picked (PostgreSQL cannot listen on port 0 and report it);
 # the address defaults to 127.0.0.1. Works under `ip netns exec NS` with the namespace's address given; or set
-# PG_NETNS=NS when a server is created and it (and every command that talks to it) runs in namespace NS. The
+# PG_NETNS=NS when a server is created and it (and every command that talks to it) runs in namespace NS;
+# PG_NO_FSYNC=1 and a primary runs with fsync off (drills on test data; benchmarks keep the default). The
 # server runs as nobody when the caller is root, so its directory's parents must be traversable by nobody (mktemp
 # -d makes 0700 directories: chmod 755 them).
 # Authentication is trust for every client and for replication: these servers hold test data only and listen on
@@ -28,6 +29,7 @@ PG_USER=nobody               # who runs the server when the caller is root (init
 PG_WAIT_TENTHS=${PG_WAIT_TENTHS:-150}   # every wait below: at most this many tenths of a second
 PG_INITDB_WAIT_TENTHS=${PG_INITDB_WAIT_TENTHS:-1200}   # initdb: at most this long (it takes 10-30 s on a loaded machine)
 PG_NETNS=${PG_NETNS:-}       # a network namespace for the servers created next ("": the caller's)
+PG_NO_FSYNC=${PG_NO_FSYNC:-0}   # 1: primaries created next run with fsync off (drills; benchmarks keep the default)
 _pg_started=()
 
 # pg_installed: true when the server is installed (sets PG_BINDIR, the newest version's bin directory).
@@ -212,8 +214,8 @@ pg_start_primary() {
   fi
   # Any client and any replica may connect (see the top of this file): netns callers come from other addresses.
   printf 'local all all trust\nhost all all all trust\nhost replication all all trust\n' >"$dir/data/pg_hba.conf"
-  # Test data only: no waiting for the disk (a crash of the server, not of the machine, loses nothing).
-  printf 'fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n' >>"$dir/data/postgresql.conf"
+  # Test data only, and asked for: no waiting for the disk (a crash of the server, not of the machine, loses nothing).
+  if [ "$PG_NO_FSYNC" = 1 ]; then printf 'fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n' >>"$dir/data/postgresql.conf"; fi
   _pg_launch "$name"
 }
 

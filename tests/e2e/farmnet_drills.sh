@@ -5,10 +5,14 @@
 # endpoint's requests:
 #   ZDC killed: SIGKILL to the process of the one-zone farm's ZDC; a new ZDC within one keep-alive (its log line's
 #              time against the kill's), holding the full dynamic state of the zone;
-#   data store: the PostgreSQL primary killed, every server works from its local host cache (lhc stale, changes
-#              still reach the ZDC); started again, the caches are fresh;
-#   partition: linkemu cuts site c; zone c keeps taking changes, so do the others; after heal every collector holds
-#              every server exactly once, with the last change each made (nothing lost, nothing duplicated).
+#   data store: the PostgreSQL primary killed, the servers of sites a and c work from their local host caches (lhc
+#              stale, changes still reach the ZDC) while site b's keep refreshing from the replica beside them
+#              (data_store_replica); started again, the caches are fresh; the replica killed, site b's reads fall
+#              back to the primary (counted) and its caches stay fresh;
+#   partition: linkemu cuts site c. Zone-per-site farm: zone c keeps taking changes, so do the others; after heal
+#              every collector holds every server exactly once, with the last change each made. One-zone farm: each
+#              side has a ZDC and takes changes; after heal the zone has one ZDC again (the election order's),
+#              every site sees it, and it holds each server's last change exactly once.
 # Usage: farmnet_drills.sh FARMNET_SH BUILD_BIN_DIR. Needs root, `ip netns`, nats-server and PostgreSQL: without
 # them it fails under CI=true and skips (exit 77) elsewhere, as every test with a real peer does.
 set -euo pipefail
@@ -74,6 +78,36 @@ holds() { zone_records "$1" | grep -qx "$2"; }
 records_are() { [ "$(zone_records "$1")" = "$2" ]; }
 lhc_of() { df "$1" status | sed -n 's/.*"lhc": *"\([^"]*\)".*/\1/p' | sort -u | tr '\n' ' ' | sed 's/ $//'; }
 lhc_is() { [ "$(lhc_of "$1")" = "$2" ]; }
+# The one-zone farm: what its collector holds (server sessions seq, sorted), and what each server holds as its own.
+farm_records() { df "$1" queryds | awk '$2 == "farm" && $1 ~ /^ima-/ && NF >= 7 { print $3, $5, $7 }' | sort; }
+farm_records_are() { [ "$(farm_records "$1")" = "$2" ]; }
+own_record() {
+  df "$1" request "ima.ima-$1.admin.queryds" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin).get("records", []):
+    if r["instance"] == sys.argv[1]: print(r["instance"], r["sessions"], r["seq"])' "ima-$1"
+}
+# The servers of the one-zone farm that say they are its ZDC, as site $1's status shows them (one line each).
+is_zdc_at() {
+  df "$1" status | python3 -c '
+import json, sys
+def walk(v):
+    if isinstance(v, dict):
+        if v.get("farm") == "farmnet" and v.get("is_zdc") is True: print(sys.argv[1])
+        for x in v.values(): walk(x)
+    elif isinstance(v, list):
+        for x in v: walk(x)
+walk(json.load(sys.stdin))' "ima-$1"
+}
+zdcs_of_farm() { for s in a b c; do is_zdc_at "$s"; done | sort | tr '\n' ' ' | sed 's/ $//'; }
+zdcs_are() { [ "$(zdcs_of_farm)" = "$1" ]; }
+fallbacks_above() { [ "$(metric_at b deskfarm_store_replica_fallbacks_total)" -gt "$1" ]; }
+metric_at() {  # SITE SERIES: the value of a metric on site SITE's admin endpoint (0 when absent)
+  local v
+  v=$("$farmnet" exec "$work/run" "$1" curl -fsS "http://$(cat "$work/run/sites/$1/var/admin.address")/metrics" |
+      awk -v m="$2" 'index($1, m) == 1 { s += $2 } END { print s + 0 }')
+  echo "${v:-0}"
+}
 
 start=$SECONDS
 up=$("$farmnet" up "$work/run" --bin "$bin" --zones both --keepalive-s $keepalive --gateway-s 2 2>&1) || { echo "$up"; fail "farmnet up"; }
@@ -109,21 +143,31 @@ pass "site c's deskfarm started again: ima-c is the ZDC again (highest host ID)"
 # ---- data store: the primary killed, the local host caches carry on -----------------------------------------
 for s in a b c; do eventually 10 lhc_is "$s" fresh || fail "site $s's local host cache is $(lhc_of "$s"), not fresh"; done
 "$farmnet" kill "$work/run" a pg
-for s in a b c; do eventually 15 lhc_is "$s" stale || fail "site $s did not notice the data store is gone (lhc: $(lhc_of "$s"))"; done
+for s in a c; do eventually 15 lhc_is "$s" stale || fail "site $s did not notice the data store is gone (lhc: $(lhc_of "$s"))"; done
 dc=$(zdc a)
 report a ima-a 4 40
 eventually 10 sh -c "\"$farmnet\" df \"$work/run\" ${dc#ima-} queryds | grep -Eq '^$dc +farm +ima-a +10 +4 '" ||
   fail "without the data store, ima-a's change did not reach its ZDC $dc"
-pass "data store down: every server works from its local host cache (lhc stale), changes still reach the ZDC"
+# Site b reads through its replica (hot standby, still serving reads): its refreshes (every 2 s) still succeed.
+lhc_is b fresh || fail "site b's local host cache is $(lhc_of b) with the primary down: its reads should go to the replica beside it"
+pass "primary down: sites a and c work from their local host caches (lhc stale), site b refreshes from its replica, changes still reach the ZDC"
 "$farmnet" start "$work/run" a pg
 for s in a b c; do eventually 15 lhc_is "$s" fresh || fail "site $s's local host cache is $(lhc_of "$s") after the data store came back"; done
 pass "data store back: every local host cache fresh again"
+fallbacks=$(metric_at b deskfarm_store_replica_fallbacks_total)
+"$farmnet" kill "$work/run" b pg
+eventually 15 fallbacks_above "$fallbacks" || fail "site b's reads did not fall back to the primary with its replica down (deskfarm_store_replica_fallbacks_total stays $fallbacks)"
+sleep 3  # a refresh or more (dcn_poll_s 2) through the primary
+lhc_is b fresh || fail "site b's local host cache is $(lhc_of b) with its replica down: its reads should fall back to the primary"
+"$farmnet" start "$work/run" b pg
+pass "replica down: site b's reads fall back to the primary ($(metric_at b deskfarm_store_replica_fallbacks_total) fallbacks), its cache stays fresh"
 
 # ---- partition: site c cut off, its zone keeps working, rejoins with nothing lost or duplicated -------------
 for s in a b c; do eventually 15 holds a "$s zone-$s 0 0" || fail "zone a's collector does not hold zone-$s before the partition"; done
 report a zone-a 1 10
 report c zone-c 1 10
 for s in a b c; do eventually 15 holds "$s" "c zone-c 1 1" || fail "zone $s's collector did not receive zone-c's change"; done
+eventually 15 zdcs_are ima-c || fail "before the partition the one-zone farm's ZDCs are '$(zdcs_of_farm)', expected ima-c alone"
 "$farmnet" cut "$work/run" c
 report c zone-c 2 20  # within the partition
 report c zone-c 3 30
@@ -133,12 +177,45 @@ holds c "c zone-c 3 3" || fail "zone c stopped working in the partition: $(zone_
 eventually 10 holds b "a zone-a 2 2" || fail "zone b missed zone-a's change during the partition"
 holds a "c zone-c 1 1" || fail "a change of zone c crossed the cut: $(zone_records a)"
 pass "partitioned zone c keeps its changes (seq 3) while zones a and b keep theirs"
+# The one-zone farm split in two: site c keeps its ZDC (ima-c), sites a and b lose it and elect ima-b; each side
+# takes changes.
+eventually 20 zdc_is a ima-b || fail "sites a and b did not elect a ZDC of their own in the partition (ima-a sees '$(zdc a)')"
+zdc_is c ima-c || fail "site c lost its ZDC in the partition (it sees '$(zdc c)')"
+report c ima-c 3 30
+report a ima-a 5 50
+report b ima-b 8 80
+report a ima-a 6 60
+eventually 10 sh -c "\"$farmnet\" df \"$work/run\" b queryds | grep -Eq '^ima-b +farm +ima-a +10 +6 '" || fail "ima-a's change did not reach ima-b in the partition"
+zdcs_are "ima-b ima-c" || fail "in the partition the one-zone farm's ZDCs are '$(zdcs_of_farm)', expected ima-b and ima-c"
+pass "one-zone farm partitioned: a ZDC on each side (ima-b, ima-c), each taking changes"
 "$farmnet" heal "$work/run" c
+healed_at=$EPOCHREALTIME
 expected=$(printf '%s\n' "a zone-a 2 2" "b zone-b 5 1" "c zone-c 3 3")
 for s in a b c; do
   eventually 30 records_are "$s" "$expected" ||
     fail "after heal, zone $s's collector holds: $(zone_records "$s" | tr '\n' ';') (expected: $(echo "$expected" | tr '\n' ';'))"
 done
 pass "after heal every collector holds each server once, with its last change (nothing lost, nothing duplicated)"
+# The one-zone farm: the two ZDCs hear each other's announcements and elect above both rounds: ima-c again (the
+# highest host ID), one ZDC seen by every site, holding each server's last change once.
+eventually 30 zdcs_are ima-c || fail "after heal the one-zone farm's ZDCs are '$(zdcs_of_farm)', expected ima-c alone"
+for s in a b c; do eventually 10 zdc_is "$s" ima-c || fail "after heal site $s sees ZDC '$(zdc "$s")', expected ima-c"; done
+expected=$(for s in a b c; do own_record "$s"; done | sort)
+[ "$(echo "$expected" | wc -l)" = 3 ] || fail "cannot read every server's own record: $expected"
+echo "$expected" | grep -qx "ima-a 6 [0-9]*" && echo "$expected" | grep -qx "ima-c 3 [0-9]*" ||
+  fail "a server lost its own change of the partition: $expected"
+for s in a b c; do
+  eventually 10 farm_records_are "$s" "$expected" ||
+    fail "after heal the one-zone farm's collector (seen from site $s) holds: $(farm_records "$s" | tr '\n' ';') (expected: $(echo "$expected" | tr '\n' ';'))"
+done
+zdcs_are ima-c || fail "the one-zone farm did not stay with one ZDC: '$(zdcs_of_farm)'"
+grep -q "has two collectors" "$work"/run/log/deskfarm-*.log || fail "no log line of the two collectors meeting"
+# How long after the heal ima-a took ima-c for its ZDC again: the NATS routes reconnect (about a second), the next
+# announcement (half a keep-alive), an election window.
+line=$(grep "ima-a: zone farm: ZDC ima-c" "$work/run/log/deskfarm-a.log" | tail -n 1)
+took=$(awk -v a="$healed_at" -v b="$(date -d "$(echo "$line" | cut -d' ' -f1)" +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+awk -v t="$took" -v k=$keepalive 'BEGIN { exit !(t > 0 && t <= 2 * k) }' ||
+  fail "one ZDC again $took s after the heal, not within two keep-alives ($keepalive s each): $line"
+pass "one-zone farm healed: one ZDC (ima-c) $took s after the heal, seen by every site, holding each server's last change once"
 
 echo "farmnet drills passed in $((SECONDS - start)) s"

@@ -7,6 +7,10 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PG_WAIT_TENTHS=${PG_WAIT_TENTHS:-300}  # a PostgreSQL start on a loaded machine: at most 30 s
+PG_NO_FSYNC=1  # test data only: no waiting for the disk
+# shellcheck source=../lib/postgres.sh
+source "$here/../lib/postgres.sh"
 
 usage() {
   cat <<'EOF'
@@ -17,7 +21,8 @@ usage: farmnet.sh COMMAND DIR [ARGS…]       (as root; DIR holds the run: its s
         Creates namespaces df-RUN-hub and df-RUN-SITE (RUN: --name, default random), links each site to the hub
         (veth, tbf at RATE both ways, default 100mbit; linkemu delays each link N ms one way, default 10, so a
         frame between two sites takes 2N), starts a nats-server per site (one cluster), PostgreSQL primary in the
-        first site and a streaming replica (pg_basebackup -R) in the second, then one `deskfarm run` per site
+        first site and a streaming replica (pg_basebackup -R) in the second (that site's data_store_replica),
+        then one `deskfarm run` per site
         with ima instance ima-SITE of farm "farmnet": one zone "farm" (--zones one, default) or zone SITE
         (--zones site); --zones both runs both shapes side by side: ima-SITE in farm "farmnet", zone "farm", and
         zone-SITE in farm "zones", zone SITE (querydc/queryds show the first; ask zone-SITE with
@@ -49,7 +54,7 @@ usage: farmnet.sh COMMAND DIR [ARGS…]       (as root; DIR holds the run: its s
 
 Addresses: site number i (1-based, in --sites order) is 10.77.i.1, on-link 10.77.0.0/16 through linkemu;
 nats-server on :4222 (cluster :6222, monitoring :8222), PostgreSQL on :5432, deskfarm's admin on 127.0.0.1 of
-its namespace. Logs in DIR/log/, PIDs in DIR/pid/.
+its namespace. Logs in DIR/log/, PIDs in DIR/pid/ (PostgreSQL's log and PID in DIR/sites/SITE/pg/).
 EOF
 }
 
@@ -79,7 +84,13 @@ site_index() {
 }
 addr() { echo "10.77.$(site_index "$1").1"; }
 pidfile() { echo "$dir/pid/$1.pid"; }
-alive() { [ -f "$(pidfile "$1")" ] && kill -0 "$(cat "$(pidfile "$1")")" 2>/dev/null; }
+alive() {  # NAME: its process runs (PostgreSQL's PID is in its directory's state file, tools/lib/postgres.sh)
+  case "$1" in
+    pg-*) pg_running "$(pg_dir "${1#pg-}")" ;;
+    *) [ -f "$(pidfile "$1")" ] && kill -0 "$(cat "$(pidfile "$1")")" 2>/dev/null ;;
+  esac
+}
+pid_of() { case "$1" in pg-*) pg_attach farmnet_pg "$(pg_dir "${1#pg-}")" && _pg_get farmnet_pg pid ;; *) cat "$(pidfile "$1")" ;; esac; }
 
 # Stops processes by their PID files: SIG (TERM, INT, KILL) to all at once, then waits at most 10 s for all of
 # them, then SIGKILL to those left. Usage: stop_procs SIG NAME…
@@ -143,41 +154,10 @@ nats_routes() {  # the cluster routes nats-server of site $1 reports, from its m
   ip netns exec "$(ns "$s")" curl -fsS "http://$(addr "$s"):8222/routez" | sed -n 's/.*"num_routes": *\([0-9]*\).*/\1/p'
 }
 
-start_pg() {
-  local s=$1 role=$2 a
-  a=$(addr "$s")
-  spawn "pg-$s" "$(ns "$s")" setpriv --reuid=nobody --regid=nogroup --clear-groups "$pg_bin/postgres" \
-    -D "$dir/sites/$s/pg" -h "$a" -p 5432 -k "$dir/sites/$s"
-  wait_for 20 "PostgreSQL $role of site $s" "$dir/log/pg-$s.log" ip netns exec "$(ns "$s")" "$pg_bin/pg_isready" -h "$a" -p 5432
-}
-
-# PostgreSQL: initdb of the primary's data directory in the background (the slowest step of `up`), the primary
-# started from it, and a streaming replica cloned from the primary with pg_basebackup -R. These three functions
-# are the only place that knows how PostgreSQL is started.
-pg_initdb() {
-  local s=$1
-  mkdir -p "$dir/sites/$s/pg"
-  chown nobody "$dir/sites/$s" "$dir/sites/$s/pg"
-  as_postgres "$pg_bin/initdb" -D "$dir/sites/$s/pg" -A trust -U deskfarm --no-sync >"$dir/log/initdb.log" 2>&1 &
-  echo $! >"$(pidfile initdb)"
-}
-pg_primary() {
-  local s=$1 pid
-  pid=$(cat "$(pidfile initdb)")
-  wait "$pid" || die "initdb for site $s failed (see $dir/log/initdb.log)"
-  rm -f "$(pidfile initdb)"
-  printf 'host all all 10.77.0.0/16 trust\nhost replication all 10.77.0.0/16 trust\n' >>"$dir/sites/$s/pg/pg_hba.conf"
-  printf "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n" >>"$dir/sites/$s/pg/postgresql.conf"
-  start_pg "$s" primary
-}
-pg_replica() {
-  local s=$1 primary=$2
-  chown nobody "$dir/sites/$s"
-  ip netns exec "$(ns "$s")" setpriv --reuid=nobody --regid=nogroup --clear-groups "$pg_bin/pg_basebackup" \
-    -h "$(addr "$primary")" -p 5432 -U deskfarm -D "$dir/sites/$s/pg" -R -X stream --checkpoint=fast --no-sync \
-    >"$dir/log/pg_basebackup.log" 2>&1 || die "pg_basebackup from site $primary to site $s failed (see $dir/log/pg_basebackup.log)"
-  start_pg "$s" replica
-}
+# PostgreSQL is tools/lib/postgres.sh's: site SITE's server lives in DIR/sites/SITE/pg (its state file there, so
+# `kill`, `start` and `down`, separate commands, find it again), in the site's namespace, on the site's address.
+pg_dir() { echo "$dir/sites/$1/pg"; }
+pg_has() { [ -f "$(pg_dir "$1")/pg.state" ]; }
 
 start_deskfarm() {
   local s=$1
@@ -212,10 +192,11 @@ set_link() {  # SITE FIELD(2=delay, 3=cut) VALUE
 }
 
 down_all() {
-  local s
+  local s i
   set +e
   stop_procs TERM "${sites[@]/#/deskfarm-}"
-  stop_procs INT "${sites[@]/#/pg-}" initdb  # PostgreSQL's fast shutdown
+  for ((i = ${#sites[@]} - 1; i >= 0; i--)); do pg_has "${sites[i]}" && pg_stop "$(pg_dir "${sites[i]}")"; done  # replica first
+  [ -n "$(_pg_get farmnet_db initdb_pid)" ] && kill "$(_pg_get farmnet_db initdb_pid)" 2>/dev/null  # `up` failed during initdb
   stop_procs TERM "${sites[@]/#/nats-}" linkemu
   for s in "${sites[@]}"; do ip netns del "$(ns "$s")" 2>/dev/null; done
   ip netns del "$(hub)" 2>/dev/null
@@ -310,10 +291,9 @@ cmd_up() {
   [[ "$delay" =~ ^[0-9]+$ ]] || { echo "farmnet: --delay-ms takes milliseconds, not '$delay'" >&2; exit 2; }
   [ "$(id -u)" = 0 ] || die "up needs root (network namespaces, veth, tc)"
   local tool
-  for tool in ip tc nats-server curl setpriv; do command -v "$tool" >/dev/null || die "$tool is not installed (scripts/setup.sh installs it)"; done
+  for tool in ip tc nats-server curl setpriv python3; do command -v "$tool" >/dev/null || die "$tool is not installed (scripts/setup.sh installs it)"; done
   [ -x "$bin/deskfarm" ] && [ -x "$bin/linkemu" ] || die "no deskfarm and linkemu in $bin: build first (cmake --build build), or give --bin"
-  pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
-  [ -n "$pg_bin" ] || die "the PostgreSQL server is not installed (scripts/setup.sh installs it)"
+  [ "$zones" = farm ] || pg_installed || die "the PostgreSQL server is not installed (scripts/setup.sh installs it)"
   IFS=, read -r -a sites <<<"$sites_arg"
   [ ${#sites[@]} -ge 2 ] && [ ${#sites[@]} -le 200 ] || die "--sites needs 2 to 200 sites, got '$sites_arg'"
   local s
@@ -331,14 +311,14 @@ cmd_up() {
 run=$run
 sites_list="$sites_list"
 bin=$bin
-pg_bin=$pg_bin
 zones=$zones
 desktops=$desktops
 EOF
   trap 'echo "farmnet: up failed: stopping what was started" >&2; down_all' EXIT
   local t0 i=0 ports=()
   t0=$EPOCHREALTIME
-  [ "$zones" = farm ] || pg_initdb "${sites[0]}"  # a farm per site keeps its data store in the site
+  # Meanwhile: the network. A farm per site keeps its data store in the site (SQLite).
+  [ "$zones" = farm ] || PG_NETNS=$(ns "${sites[0]}") pg_initdb farmnet_db "$(pg_dir "${sites[0]}")" "$(addr "${sites[0]}"):5432"
 
   # Network: the hub and one namespace per site; a veth pair each, tbf on both ends.
   ip netns add "$(hub)"
@@ -390,7 +370,11 @@ EOF
     start_nats "$s"
   done
   local want_routes=$((${#sites[@]} - 1))
-  if [ "$zones" = farm ]; then want_routes=0; else pg_primary "${sites[0]}"; fi
+  if [ "$zones" = farm ]; then
+    want_routes=0
+  else
+    pg_start_primary farmnet_db "$(pg_dir "${sites[0]}")" || die "PostgreSQL primary of site ${sites[0]} did not start (see $(pg_dir "${sites[0]}")/server.log)"
+  fi
   phase "network, nats-server, PostgreSQL primary"
   for s in "${sites[@]}"; do
     wait_for 20 "nats-server of site $s with routes to every other site" "$dir/log/nats-$s.log" routes_ready "$s" "$want_routes"
@@ -410,6 +394,9 @@ admin = "127.0.0.1:0"
 bus = "nats://$(addr "$s"):4222"
 data_store = "$([ "$zones" = farm ] && echo "sqlite:$dir/sites/$s/var/datastore.db" || echo "postgresql://deskfarm@$(addr "${sites[0]}"):5432/postgres?connect_timeout=2")"
 EOF
+      if [ "$zones" != farm ] && [ "$s" = "${sites[1]}" ]; then
+        echo "data_store_replica = \"postgresql://deskfarm@$(addr "$s"):5432/postgres?connect_timeout=2\""
+      fi
       case "$zones" in
         one|both) ima_instance "ima-$s" farmnet farm $((i * 10)) ;;
         site) ima_instance "ima-$s" farmnet "$s" $((i * 10)) ;;
@@ -421,7 +408,9 @@ EOF
     start_deskfarm "$s"
   done
   if [ "$zones" != farm ]; then
-    pg_replica "${sites[1]}" "${sites[0]}"  # while the deskfarms start: none of them needs the replica
+    # While the deskfarms start (the replica's site falls back to the primary until it answers).
+    PG_NETNS=$(ns "${sites[1]}") pg_start_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" "$(addr "${sites[1]}"):5432" ||
+      die "PostgreSQL replica of site ${sites[1]} did not start (see $(pg_dir "${sites[1]}")/server.log)"
     phase "PostgreSQL replica"
   fi
   for s in "${sites[@]}"; do wait_for 60 "deskfarm of site $s (a ZDC in its zone)" "$dir/log/deskfarm-$s.log" deskfarm_ready "$s"; done
@@ -455,7 +444,10 @@ case "$cmd" in
     [ $# -ge 1 ] || { echo "farmnet: kill DIR SITE [deskfarm|nats|pg]" >&2; exit 2; }
     load; site_index "$1" >/dev/null; p=$(service_name "$1" "${2:-}")
     alive "$p" || die "$p is not running"
-    stop_procs KILL "$p" ;;
+    case "$p" in
+      pg-*) pg_stop "$(pg_dir "$1")" kill ;;
+      *) stop_procs KILL "$p" ;;
+    esac ;;
   start)
     [ $# -ge 1 ] || { echo "farmnet: start DIR SITE [deskfarm|nats|pg]" >&2; exit 2; }
     load; site_index "$1" >/dev/null; p=$(service_name "$1" "${2:-}")
@@ -463,7 +455,7 @@ case "$cmd" in
     case "$p" in
       deskfarm-*) start_deskfarm "$1" ;;
       nats-*) start_nats "$1" ;;
-      pg-*) [ -d "$dir/sites/$1/pg" ] || die "site $1 runs no PostgreSQL"; start_pg "$1" server ;;
+      pg-*) pg_has "$1" || die "site $1 runs no PostgreSQL"; pg_start "$(pg_dir "$1")" || die "PostgreSQL of site $1 did not start" ;;
     esac ;;
   exec)
     [ $# -ge 2 ] || { echo "farmnet: exec DIR SITE CMD…" >&2; exit 2; }
@@ -479,7 +471,7 @@ case "$cmd" in
     echo "run $run: hub $(hub), zones $zones"
     for s in "${sites[@]}"; do
       printf '%-8s %-16s %-12s' "$s" "$(ns "$s")" "$(addr "$s")"
-      for p in deskfarm nats pg; do alive "$p-$s" && printf ' %s=%s' "$p" "$(cat "$(pidfile "$p-$s")")"; done
+      for p in deskfarm nats pg; do alive "$p-$s" && printf ' %s=%s' "$p" "$(pid_of "$p-$s")"; done
       echo
     done ;;
   *) echo "farmnet: unknown command '$cmd'" >&2; usage >&2; exit 2 ;;

@@ -3,22 +3,33 @@
 #   pg_installed                            # true when the server is installed
 #   pg_require                              # finds the server; not installed: exit 77 (skip), or exit 1 under CI=true
 #   pg_start_primary db "$work/db" [ADDR[:PORT]]    # initdb + start; sets db_pid db_host db_port db_url db_conninfo
+#   pg_initdb db "$work/db" [ADDR[:PORT]]   # initdb in the background; a later pg_start_primary db waits for it
 #   pg_start_replica rep db "$work/rep" [ADDR[:PORT]]   # pg_basebackup -R of db, started, waits until streaming
 #   pg_psql db -c "SELECT 1"                # psql on that server as the superuser deskfarm
-#   pg_stop db [fast|immediate]             # stops it by its PID (bounded); pg_start db starts it again, same port
+#   pg_stop db [fast|immediate|kill]        # stops it by its PID (bounded); pg_start db starts it again, same port
 #   pg_stop_all                             # every server started here: put it in the caller's EXIT trap
+#   pg_attach db "$work/db"                 # another command's server: its facts from the directory's state file
+#   pg_running db                           # true while its postmaster runs
 #
 # The first argument names the server: its facts are shell variables with that prefix (call these functions
-# directly, not inside $(...), or the variables stay in the subshell). Without a port a free one
-# is picked (PostgreSQL cannot listen on port 0 and report it); the address defaults to 127.0.0.1. Works under
-# `ip netns exec NS` with the namespace's address given. The server runs as nobody when the caller is root, so its
-# directory's parents must be traversable by nobody (mktemp -d makes 0700 directories: chmod 755 them).
+# directly, not inside $(...), or the variables stay in the subshell). A server's directory also keeps them, in
+# DIR/pg.state (written at every start), so a script made of separate commands (tools/farmnet) finds its servers
+# again: pg_attach, or give the directory (anything with a '/') instead of the name to pg_stop, pg_start,
+# pg_running and pg_psql. Without a port a free one is picked (PostgreSQL cannot listen on port 0 and report it);
+# the address defaults to 127.0.0.1. Works under `ip netns exec NS` with the namespace's address given; or set
+# PG_NETNS=NS when a server is created and it (and every command that talks to it) runs in namespace NS;
+# PG_NO_FSYNC=1 and a primary runs with fsync off (drills on test data; benchmarks keep the default). The
+# server runs as nobody when the caller is root, so its directory's parents must be traversable by nobody (mktemp
+# -d makes 0700 directories: chmod 755 them).
 # Authentication is trust for every client and for replication: these servers hold test data only and listen on
 # the one address given.
 
 PG_BINDIR=${PG_BINDIR:-}
 PG_USER=nobody               # who runs the server when the caller is root (initdb and postgres refuse root)
 PG_WAIT_TENTHS=${PG_WAIT_TENTHS:-150}   # every wait below: at most this many tenths of a second
+PG_INITDB_WAIT_TENTHS=${PG_INITDB_WAIT_TENTHS:-1200}   # initdb: at most this long (it takes 10-30 s on a loaded machine)
+PG_NETNS=${PG_NETNS:-}       # a network namespace for the servers created next ("": the caller's)
+PG_NO_FSYNC=${PG_NO_FSYNC:-0}   # 1: primaries created next run with fsync off (drills; benchmarks keep the default)
 _pg_started=()
 
 # pg_installed: true when the server is installed (sets PG_BINDIR, the newest version's bin directory).
@@ -51,6 +62,58 @@ _pg_free_port() {
 _pg_get() { local v="${1}_$2"; printf '%s' "${!v:-}"; }
 _pg_set() { printf -v "${1}_$2" '%s' "$3"; }
 
+# _pg_in NAME CMD…: CMD in the server's network namespace (if it has one).
+_pg_in() {
+  local netns
+  netns=$(_pg_get "$1" netns)
+  shift
+  if [ -n "$netns" ]; then ip netns exec "$netns" "$@"; else "$@"; fi
+}
+
+# The state file: what pg_attach reads back in another command. Written at every start and stop.
+_pg_save() {
+  local name=$1 dir k
+  dir=$(_pg_get "$name" dir)
+  for k in pid host port fixed_port netns; do printf '%s=%q\n' "$k" "$(_pg_get "$name" "$k")"; done >"$dir/pg.state.tmp"
+  mv "$dir/pg.state.tmp" "$dir/pg.state"
+}
+
+# pg_attach NAME DIR: NAME's facts from DIR/pg.state (a server another command started); the PID only while that
+# process is alive. Fails when DIR holds no server.
+pg_attach() {
+  local name=$1 dir=$2 pid="" host="" port="" fixed_port="" netns=""
+  [ -f "$dir/pg.state" ] || { echo "postgres.sh: $dir holds no server started by postgres.sh (no pg.state)" >&2; return 1; }
+  [ -n "$PG_BINDIR" ] || pg_installed || { echo "postgres.sh: the PostgreSQL server is not installed" >&2; return 1; }
+  # shellcheck disable=SC1091
+  . "$dir/pg.state"
+  [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null && pid=""
+  _pg_set "$name" dir "$dir"
+  _pg_set "$name" pid "$pid"
+  _pg_set "$name" host "$host"
+  _pg_set "$name" port "$port"
+  _pg_set "$name" fixed_port "$fixed_port"
+  _pg_set "$name" netns "$netns"
+  _pg_set "$name" url "postgresql://deskfarm@$host:$port/postgres"
+  _pg_set "$name" conninfo "host=$host port=$port user=deskfarm dbname=postgres"
+}
+
+# _pg_resolve NAME|DIR: sets _pg_n to the server's name; a directory is attached under a name derived from it.
+_pg_resolve() {
+  _pg_n=$1
+  [[ $1 == */* ]] || return 0
+  _pg_n=_pgdir_$(printf '%s' "$1" | cksum | cut -d' ' -f1)
+  pg_attach "$_pg_n" "$1"
+}
+
+# pg_running NAME|DIR: true while the server's postmaster runs.
+pg_running() {
+  local name pid
+  _pg_resolve "$1" 2>/dev/null || return 1
+  name=$_pg_n
+  pid=$(_pg_get "$name" pid)
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
 # _pg_prepare NAME DIR ADDR: the directory owned by the server's user, the address split into host and port.
 _pg_prepare() {
   local name=$1 dir=$2 addr=${3:-127.0.0.1}
@@ -66,6 +129,7 @@ _pg_prepare() {
   _pg_set "$name" dir "$dir"
   _pg_set "$name" host "$host"
   _pg_set "$name" fixed_port "$port"
+  _pg_set "$name" netns "$PG_NETNS"
 }
 
 # _pg_launch NAME: starts the server on its data directory; a port picked here that another process took
@@ -79,19 +143,23 @@ _pg_launch() {
     [ -n "$port" ] || port=$(_pg_get "$name" fixed_port)
     [ -n "$port" ] || port=$(_pg_free_port "$host")
     _pg_as_user_prefix
-    "${_pg_run[@]}" "$PG_BINDIR/postgres" -D "$dir/data" -h "$host" -p "$port" -k "$dir" >>"$dir/server.log" 2>&1 &
+    # `ip netns exec` execs in place too: $! stays the server's own PID.
+    local netns=()
+    [ -n "$(_pg_get "$name" netns)" ] && netns=(ip netns exec "$(_pg_get "$name" netns)")
+    "${netns[@]}" "${_pg_run[@]}" "$PG_BINDIR/postgres" -D "$dir/data" -h "$host" -p "$port" -k "$dir" >>"$dir/server.log" 2>&1 &
     pid=$!
     local i
     for ((i = 0; i < PG_WAIT_TENTHS; i++)); do
-      if "$PG_BINDIR/pg_isready" -q -h "$host" -p "$port" -U deskfarm || ! kill -0 "$pid" 2>/dev/null; then break; fi
+      if _pg_in "$name" "$PG_BINDIR/pg_isready" -q -h "$host" -p "$port" -U deskfarm || ! kill -0 "$pid" 2>/dev/null; then break; fi
       sleep 0.1
     done
-    if kill -0 "$pid" 2>/dev/null && "$PG_BINDIR/pg_isready" -q -h "$host" -p "$port" -U deskfarm; then
+    if kill -0 "$pid" 2>/dev/null && _pg_in "$name" "$PG_BINDIR/pg_isready" -q -h "$host" -p "$port" -U deskfarm; then
       _pg_set "$name" pid "$pid"
       _pg_set "$name" port "$port"
       _pg_set "$name" url "postgresql://deskfarm@$host:$port/postgres"
       _pg_set "$name" conninfo "host=$host port=$port user=deskfarm dbname=postgres"  # libpq keywords: Poco and psql
       _pg_started+=("$name")
+      _pg_save "$name"
       return 0
     fi
     kill -KILL "$pid" 2>/dev/null || true
@@ -109,14 +177,45 @@ _pg_launch() {
   return 1
 }
 
-pg_start_primary() {
+# pg_initdb NAME DIR [ADDR[:PORT]]: starts initdb in the background (the slowest step) and returns at once; the
+# caller does other work meanwhile, and pg_start_primary NAME DIR waits for it (at most PG_INITDB_WAIT_TENTHS).
+pg_initdb() {
   local name=$1 dir=$2
   [ -n "$PG_BINDIR" ] || pg_require
   _pg_prepare "$name" "$dir" "${3:-}" || return 1
-  _pg_as_user "$PG_BINDIR/initdb" -D "$dir/data" -A trust -U deskfarm --no-sync >"$dir/initdb.log" 2>&1 ||
-    { echo "postgres.sh: initdb of $dir/data failed:" >&2; cat "$dir/initdb.log" >&2; return 1; }
+  _pg_as_user_prefix
+  "${_pg_run[@]}" "$PG_BINDIR/initdb" -D "$dir/data" -A trust -U deskfarm --no-sync >"$dir/initdb.log" 2>&1 &
+  _pg_set "$name" initdb_pid $!
+}
+
+# _pg_initdb_done NAME: waits for NAME's background initdb (bounded: killed after PG_INITDB_WAIT_TENTHS).
+_pg_initdb_done() {
+  local name=$1 pid i code=0
+  pid=$(_pg_get "$name" initdb_pid)
+  _pg_set "$name" initdb_pid ""
+  for ((i = 0; i < PG_INITDB_WAIT_TENTHS; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "postgres.sh: initdb of $(_pg_get "$name" dir)/data still running after $((PG_INITDB_WAIT_TENTHS / 10)) s: killed" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" || code=$?
+  return $code
+}
+
+pg_start_primary() {
+  local name=$1 dir=$2
+  [ -n "$PG_BINDIR" ] || pg_require
+  if [ -n "$(_pg_get "$name" initdb_pid)" ]; then
+    _pg_initdb_done "$name" || { echo "postgres.sh: initdb of $dir/data failed:" >&2; cat "$dir/initdb.log" >&2; return 1; }
+  else
+    _pg_prepare "$name" "$dir" "${3:-}" || return 1
+    _pg_as_user "$PG_BINDIR/initdb" -D "$dir/data" -A trust -U deskfarm --no-sync >"$dir/initdb.log" 2>&1 ||
+      { echo "postgres.sh: initdb of $dir/data failed:" >&2; cat "$dir/initdb.log" >&2; return 1; }
+  fi
   # Any client and any replica may connect (see the top of this file): netns callers come from other addresses.
   printf 'local all all trust\nhost all all all trust\nhost replication all all trust\n' >"$dir/data/pg_hba.conf"
+  # Test data only, and asked for: no waiting for the disk (a crash of the server, not of the machine, loses nothing).
+  if [ "$PG_NO_FSYNC" = 1 ]; then printf 'fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n' >>"$dir/data/postgresql.conf"; fi
   _pg_launch "$name"
 }
 
@@ -126,8 +225,9 @@ pg_start_replica() {
   [ -n "$PG_BINDIR" ] || pg_require
   [ -n "$(_pg_get "$primary" pid)" ] || { echo "postgres.sh: primary '$primary' is not running here" >&2; return 1; }
   _pg_prepare "$name" "$dir" "${4:-}" || return 1
+  _pg_as_user_prefix
   # -R writes primary_conninfo and standby.signal; -X stream copies the WAL written during the copy too.
-  _pg_as_user "$PG_BINDIR/pg_basebackup" -h "$(_pg_get "$primary" host)" -p "$(_pg_get "$primary" port)" \
+  _pg_in "$name" "${_pg_run[@]}" "$PG_BINDIR/pg_basebackup" -h "$(_pg_get "$primary" host)" -p "$(_pg_get "$primary" port)" \
     -U deskfarm -D "$dir/data" -R -X stream -c fast --no-sync >"$dir/basebackup.log" 2>&1 ||
     { echo "postgres.sh: pg_basebackup of '$primary' into $dir/data failed:" >&2; cat "$dir/basebackup.log" >&2; return 1; }
   _pg_launch "$name" || return 1
@@ -141,21 +241,30 @@ pg_start_replica() {
   return 1
 }
 
-# pg_start NAME: starts a stopped server again on its data directory and port.
+# pg_start NAME|DIR: starts a stopped server again on its data directory and port.
 pg_start() {
-  local name=$1
+  local name
+  _pg_resolve "$1" || return 1
+  name=$_pg_n
   [ -z "$(_pg_get "$name" pid)" ] || { echo "postgres.sh: '$name' is running already" >&2; return 1; }
   [ -n "$(_pg_get "$name" port)" ] || { echo "postgres.sh: '$name' was never started here" >&2; return 1; }
   _pg_launch "$name"
 }
 
-# pg_stop NAME [fast|immediate]: fast (SIGINT) ends sessions and checkpoints; immediate (SIGQUIT) is a crash.
-# After the bounded wait the server is killed.
+# pg_stop NAME|DIR [fast|immediate|kill]: fast (SIGINT) ends sessions and checkpoints; immediate (SIGQUIT) is
+# PostgreSQL's own crash; kill (SIGKILL) a killed process. After the bounded wait the server is killed.
 pg_stop() {
-  local name=$1 mode=${2:-fast} pid sig=INT i
+  local name mode=${2:-fast} pid sig=INT i
+  _pg_resolve "$1" 2>/dev/null || return 0  # a directory without a server: nothing to stop
+  name=$_pg_n
   pid=$(_pg_get "$name" pid)
   [ -n "$pid" ] || return 0
-  [ "$mode" = immediate ] && sig=QUIT
+  case "$mode" in
+    fast) ;;
+    immediate) sig=QUIT ;;
+    kill) sig=KILL ;;
+    *) echo "postgres.sh: pg_stop mode '$mode': fast, immediate or kill" >&2; return 1 ;;
+  esac
   kill "-$sig" "$pid" 2>/dev/null || true
   for ((i = 0; i < PG_WAIT_TENTHS; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   if kill -0 "$pid" 2>/dev/null; then
@@ -164,6 +273,7 @@ pg_stop() {
   fi
   wait "$pid" 2>/dev/null || true
   _pg_set "$name" pid ""
+  _pg_save "$name"
 }
 
 # Replicas first: a primary's fast shutdown waits for its WAL senders.
@@ -173,7 +283,9 @@ pg_stop_all() {
 }
 
 pg_psql() {
-  local name=$1
+  local name
+  _pg_resolve "$1" || return 1
+  name=$_pg_n
   shift
-  "$PG_BINDIR/psql" -X -q -h "$(_pg_get "$name" host)" -p "$(_pg_get "$name" port)" -U deskfarm -d postgres "$@"
+  _pg_in "$name" "$PG_BINDIR/psql" -X -q -h "$(_pg_get "$name" host)" -p "$(_pg_get "$name" port)" -U deskfarm -d postgres "$@"
 }

@@ -151,9 +151,7 @@ class Ima final : public Plugin {
       return Empty{};
     }));
     serves_.push_back(serve<api::Fault, Empty>(bus, api::subject(me, "admin.fault"), [this](const api::Fault& f) {
-      if (f.fault != "crash") throw RequestError("bad_request", "fault '" + f.fault + "': the only fault is \"crash\"");
-      ctx_.log().warning("crash injected: silent from now on (no resign, no leave)");
-      silence();
+      fault(f);
       return Empty{};
     }));
     for (const auto& [request, recreate] : {std::pair{"admin.refreshlhc", false}, std::pair{"admin.recreatelhc", true}})
@@ -235,10 +233,11 @@ class Ima final : public Plugin {
     election_sub_ = ctx_.bus().subscribe(api::election_subject(config_.farm, zone_), [this](const Message& m) { on_election(m); });
   }
 
-  /// Opens a round above every round this server has seen; the call is the caller's own candidacy.
-  void call_election(const std::string& trigger) {
+  /// Opens a round above every round this server has seen (and above `above`: another collector's round); the
+  /// call is the caller's own candidacy.
+  void call_election(const std::string& trigger, std::int64_t above = 0) {
     if (lhc_expired()) return;  // said once when the cache expired
-    const auto epoch = std::max(epoch_, round_epoch_) + 1;
+    const auto epoch = std::max({epoch_, round_epoch_, above}) + 1;
     elections(trigger).inc();
     auto call = message(api::kCall, epoch, trigger);
     open_round(epoch);
@@ -259,7 +258,7 @@ class Ima final : public Plugin {
     auto body = decode<api::Election>(m);
     if (!body) return;
     const auto& e = *body;
-    if (e.instance == ctx_.name()) return;  // our own, delivered to us too
+    if (e.instance == ctx_.name() || cut_.contains(e.instance)) return;  // our own, delivered to us too; or across a cut
     if (api::preference_rank(e.kind == api::kCall || e.kind == api::kCandidate || e.kind == api::kElected ? e.preference : api::kDefault) < 0 ||
         e.farm != config_.farm || e.zone != zone_ || e.instance.empty() || e.epoch < 1 || e.seq < 1 ||
         (e.kind != api::kCall && e.kind != api::kCandidate && e.kind != api::kElected && e.kind != api::kResign && e.kind != api::kLeave))
@@ -303,8 +302,16 @@ class Ima final : public Plugin {
       }
     } else if (e.kind == api::kElected) {
       if (e.epoch < epoch_) return reject("stale_epoch", "elected " + e.instance + " for epoch " + std::to_string(e.epoch) + ", now " + std::to_string(epoch_));
-      if (e.epoch == epoch_ && e.instance == zdc_) last_heard_zdc_ = ctx_.clock().now();
-      // Two winners of one round (each missed the other's candidate): both yield to the better one.
+      if (e.epoch == epoch_ && e.instance == zdc_) last_heard_zdc_ = ctx_.clock().now();  // its announcement
+      else if (is_zdc() && !in_round()) {
+        // Two collectors of one zone see each other: a healed partition (each side elected its own), or two winners
+        // of one round. A round above both settles it by the election order, and its winner asks every member for
+        // its full state, so the changes either side took meanwhile reach it once.
+        ctx_.log().warning("zone " + zone_ + " has two collectors: this server (epoch " + std::to_string(epoch_) + ") and " +
+                           e.instance + " (epoch " + std::to_string(e.epoch) + "): electing above both");
+        call_election("merge", e.epoch);
+      }
+      // Two winners of one round (each missed the other's candidate): members yield to the better one.
       else if (e.epoch > epoch_ || zdc_.empty() || api::outranks(rank, candidate_rank(zdc_))) take_office(e.instance, e.epoch, rank);
     } else if (e.kind == api::kResign) {
       if (e.instance == zdc_) {
@@ -339,7 +346,7 @@ class Ima final : public Plugin {
     const auto members = candidates_;
     take_office(winner.instance, epoch, winner);
     if (is_zdc()) {
-      send(message(api::kElected, epoch));
+      announce_office();
       for (const auto& [name, rank] : members)
         if (name != ctx_.name()) members_[name].last_heard = ctx_.clock().now();
       ask_full_state();
@@ -376,13 +383,12 @@ class Ima final : public Plugin {
   /// A newly elected ZDC asks every member for its full state.
   void ask_full_state() {
     for (const auto& [name, m] : members_) {
-      request<Empty, api::Change>(ctx_.bus(), api::subject(name, "state"), Empty{}, ping_timeout(),
-                                  [this, name, epoch = epoch_](Reply<api::Change> r) {
-                                    if (silent_ || !is_zdc() || epoch != epoch_) return;
-                                    if (!r) return lose_member(name, r.error().message);
-                                    members_[name].last_heard = ctx_.clock().now();
-                                    accept(*r, false);
-                                  });
+      call<Empty, api::Change>(name, "state", Empty{}, [this, name, epoch = epoch_](Reply<api::Change> r) {
+        if (silent_ || !is_zdc() || epoch != epoch_) return;
+        if (!r) return lose_member(name, r.error().message);
+        members_[name].last_heard = ctx_.clock().now();
+        accept(*r, false);
+      });
     }
   }
 
@@ -428,7 +434,7 @@ class Ima final : public Plugin {
   void send_own() {
     if (is_zdc()) return void(accept(own_, false));
     if (zdc_.empty()) return;  // the next ZDC asks for it
-    request<api::Change, api::Ack>(ctx_.bus(), api::subject(zdc_, "change"), own_, ping_timeout(), [this, to = zdc_](Reply<api::Ack> r) {
+    call<api::Change, api::Ack>(zdc_, "change", own_, [this, to = zdc_](Reply<api::Ack> r) {
       if (silent_ || to != zdc_) return;
       if (r && r->accepted) return void(last_heard_zdc_ = ctx_.clock().now());
       zdc_lost(r ? to + " says it is not the ZDC" : r.error().message);
@@ -475,12 +481,11 @@ class Ima final : public Plugin {
       return;
     }
     changes("forwarded").inc();
-    request<api::Change, api::Ack>(ctx_.bus(), api::subject(p.c.instance, "forward"), c, ping_timeout(),
-                                   [this, zone = p.c.zone, to = p.c.instance, c](Reply<api::Ack> r) {
-                                     auto it = peers_.find(zone);
-                                     if (silent_ || !is_zdc() || it == peers_.end() || it->second.c.instance != to || r) return;
-                                     unreachable(it->second, c, r.error().message);
-                                   });
+    call<api::Change, api::Ack>(p.c.instance, "forward", c, [this, zone = p.c.zone, to = p.c.instance, c](Reply<api::Ack> r) {
+      auto it = peers_.find(zone);
+      if (silent_ || !is_zdc() || it == peers_.end() || it->second.c.instance != to || r) return;
+      unreachable(it->second, c, r.error().message);
+    });
   }
 
   void unreachable(Peer& p, const api::Change& c, const std::string& why) {
@@ -517,7 +522,7 @@ class Ima final : public Plugin {
     const auto& c = *body;
     if (c.farm != config_.farm || !subject_token(c.zone) || c.instance.empty() || c.epoch < 1)
       return reject("garbled", "collector '" + c.instance + "' of zone '" + c.zone + "', farm " + c.farm);
-    if (c.zone == zone_) return;  // this zone's ZDC is known from its election
+    if (c.zone == zone_ || cut_.contains(c.instance)) return;  // this zone's ZDC is known from its election
     auto it = peers_.find(c.zone);
     // The same server announcing itself again from a newer incarnation was restarted: a zone of one server starts
     // again at epoch 1, so its epoch says nothing; it holds nothing of the other zones and knows none of them.
@@ -564,7 +569,7 @@ class Ima final : public Plugin {
     if (!is_zdc()) {
       if (pinging_zdc_ || now - last_heard_zdc_ < keepalive_ / 2) return;
       pinging_zdc_ = true;
-      request<Empty, api::Ack>(ctx_.bus(), api::subject(zdc_, "ping"), Empty{}, ping_timeout(), [this, to = zdc_](Reply<api::Ack> r) {
+      call<Empty, api::Ack>(zdc_, "ping", Empty{}, [this, to = zdc_](Reply<api::Ack> r) {
         if (silent_ || to != zdc_) return;
         pinging_zdc_ = false;
         if (r && r->accepted) return void(last_heard_zdc_ = ctx_.clock().now());
@@ -572,10 +577,13 @@ class Ima final : public Plugin {
       });
       return;
     }
+    // The ZDC announces itself every half keep-alive: its members need not ping it, and a second collector of the
+    // zone (a healed partition) hears it within that.
+    if (now - announced_office_ >= keepalive_ / 2) announce_office();
     for (auto& [name, m] : members_) {
       if (m.pinging || now - m.last_heard < keepalive_) continue;
       m.pinging = true;
-      request<Empty, api::Ack>(ctx_.bus(), api::subject(name, "ping"), Empty{}, ping_timeout(), [this, name](Reply<api::Ack> r) {
+      call<Empty, api::Ack>(name, "ping", Empty{}, [this, name](Reply<api::Ack> r) {
         auto it = members_.find(name);
         if (silent_ || !is_zdc() || it == members_.end()) return;
         it->second.pinging = false;
@@ -598,6 +606,48 @@ class Ima final : public Plugin {
     members_lost_->inc();
     ctx_.log().warning("member " + name + " did not answer (" + why + "): its dynamic data is dropped");
     drop_record(name);
+  }
+
+  /// The winner of round epoch_ announces itself (`elected`): once on taking office, then every half keep-alive.
+  void announce_office() {
+    announced_office_ = ctx_.clock().now();
+    send(message(api::kElected, epoch_));
+  }
+
+  /// A request to another server's ima.<to>.<what>, answered within ping_timeout(); across a partition fault it
+  /// fails as a timeout would, after as long.
+  template <class Req, class Rep>
+  void call(const std::string& to, const char* what, const Req& req, std::function<void(Reply<Rep>)> done) {
+    if (!cut_.contains(to))
+      return request<Req, Rep>(ctx_.bus(), api::subject(to, what), req, ping_timeout(), std::move(done));
+    ctx_.after(ping_timeout(), [done = std::move(done), subject = api::subject(to, what)] {
+      done(Reply<Rep>(Error{"timeout", "no reply on " + subject + " (a partition fault cuts this server off from it)"}));
+    });
+  }
+
+  // ---- faults ----------------------------------------------------------------------------------------------
+
+  /// "crash": silent at once, as kill -9 would be. "partition": the servers in f.peers can no longer be heard or
+  /// reached (until "heal"); give each side of a drill the other side's names.
+  void fault(const api::Fault& f) {
+    if (f.fault == "crash") {
+      ctx_.log().warning("crash injected: silent from now on (no resign, no leave)");
+      return silence();
+    }
+    if (f.fault == "partition") {
+      if (f.peers.empty()) throw RequestError("bad_request", "fault \"partition\" of " + ctx_.name() + ": name the servers cut off in \"peers\"");
+      std::string names;
+      for (const auto& p : f.peers) {
+        cut_.insert(p);
+        names += (names.empty() ? "" : ", ") + p;
+      }
+      return ctx_.log().warning("partition injected: " + names + " can no longer be heard or reached (until the fault \"heal\")");
+    }
+    if (f.fault == "heal") {
+      ctx_.log().info("partition healed: " + std::to_string(cut_.size()) + " servers reachable again");
+      return cut_.clear();
+    }
+    throw RequestError("bad_request", "fault '" + f.fault + "' on " + ctx_.name() + ": one of \"crash\", \"partition\" (with \"peers\"), \"heal\"");
   }
 
   // ---- zones and shutdown ----------------------------------------------------------------------------------
@@ -898,7 +948,7 @@ class Ima final : public Plugin {
     if (!body) return;
     if (body->farm != config_.farm || body->instance.empty())
       return reject("garbled", "change notification of '" + body->instance + "' for farm " + body->farm);
-    if (body->instance != ctx_.name()) refresh_lhc(false);
+    if (body->instance != ctx_.name() && !cut_.contains(body->instance)) refresh_lhc(false);
   }
 
   api::Lhc lhc_info() const {
@@ -924,6 +974,8 @@ class Ima final : public Plugin {
   std::string zdc_;
   api::Collector zdc_info_;
   TimePoint last_heard_zdc_{};
+  TimePoint announced_office_{};  ///< as ZDC: when its `elected` went out last
+  std::set<std::string> cut_;     ///< servers a partition fault cuts this one off from
   bool pinging_zdc_ = false;
   std::vector<Responder<api::Collectors>> elect_waiting_;
   std::string announced_zdc_;  ///< what ima.<instance>.zdc.updates said last

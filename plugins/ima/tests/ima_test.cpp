@@ -377,3 +377,106 @@ TEST_CASE("sessions reported by a controller reach the ZDC of another zone, and 
   REQUIRE(zdc);
   CHECK(zdc->instance == "a2");
 }
+
+namespace {
+/// Cuts each server of `side` off from every server of `other`, and the other way round (a fault on each).
+void partition(Harness& h, const std::vector<std::string>& side, const std::vector<std::string>& other) {
+  for (const auto& [from, to] : {std::pair{side, other}, std::pair{other, side}})
+    for (const auto& s : from) REQUIRE(h.request<api::Fault, Empty>(api::subject(s, "admin.fault"), api::Fault{"partition", to}));
+}
+void heal(Harness& h, const std::vector<std::string>& servers) {
+  for (const auto& s : servers) REQUIRE(h.request<api::Fault, Empty>(api::subject(s, "admin.fault"), api::Fault{"heal", {}}));
+}
+/// The servers among `servers` that say they are their zone's ZDC.
+std::vector<std::string> zdcs(Harness& h, const std::vector<std::string>& servers) {
+  std::vector<std::string> out;
+  for (const auto& s : servers)
+    if (h.instance_status(s)["is_zdc"].as_bool()) out.push_back(s);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("a zone split by a partition elects a ZDC on each side, and once healed ends with one ZDC holding every member's last change once") {
+  // p1, p2 on one side of the cut; q1, q2 on the other. q2 (host ID 40) is the ZDC before, p2 (30) the best of its side.
+  const std::vector<std::string> p{"p1", "p2"}, q{"q1", "q2"}, all{"p1", "p2", "q1", "q2"};
+  auto h = farm(server("p1", "a", "host_id = 10") + server("p2", "a", "host_id = 30") + server("q1", "a", "host_id = 20") +
+                server("q2", "a", "host_id = 40"));
+  for (const auto& s : all) REQUIRE(zdc_of(*h, s) == "q2");
+  for (const auto& s : all) report(*h, s, 1, 10);
+  h->advance(1s);
+  const auto epoch_before = collectors(*h, "p1").collectors[0].epoch;
+
+  partition(*h, p, q);
+  // The cut side keeps working: p1 and p2 lose their ZDC and elect p2; q2 keeps office and drops p1 and p2.
+  until(*h, [&] { return zdc_of(*h, "p1") == "p2" && zdc_of(*h, "p2") == "p2"; }, 120s, 500ms);
+  REQUIRE(zdc_of(*h, "p1") == "p2");
+  CHECK(zdc_of(*h, "q1") == "q2");
+  CHECK(zdcs(*h, all) == std::vector<std::string>{"p2", "q2"});
+  h->advance(60s);  // q2's keep-alive pings of p1 and p2 fail: their records go
+  // Changes on both sides during the partition: each reaches its own side's ZDC only.
+  report(*h, "p1", 5, 50);
+  report(*h, "p1", 7, 70);
+  report(*h, "p2", 8, 80);
+  report(*h, "q1", 6, 60);
+  report(*h, "q2", 9, 90);
+  h->advance(1s);
+  REQUIRE(record(data(*h, "p2"), "p1") != nullptr);
+  CHECK(record(data(*h, "p2"), "p1")->sessions == 7);
+  CHECK(record(data(*h, "q2"), "p1") == nullptr);
+  CHECK(record(data(*h, "q2"), "q1")->sessions == 6);
+  CHECK(record(data(*h, "p2"), "q1") == nullptr);
+
+  heal(*h, all);
+  const auto took = until(*h, [&] {
+    if (zdcs(*h, all).size() != 1) return false;
+    for (const auto& s : all)
+      if (zdc_of(*h, s) != "q2") return false;
+    return true;
+  }, 600s, 500ms);
+  INFO("one ZDC " << std::chrono::duration<double>(took).count() << " s after the heal");
+  CHECK(zdcs(*h, all) == std::vector<std::string>{"q2"});  // the election order: the highest host ID, not the newest round
+  CHECK(took <= 60s + 1s);                                   // within one keep-alive and an election window
+  CHECK(collectors(*h, "p1").collectors[0].epoch > epoch_before + 1);  // a round above both sides' rounds
+  CHECK(h->logged("has two collectors"));
+  double merges = 0;
+  for (const auto& s : all)
+    merges += sample(h->metrics_text(), "deskfarm_ima_elections_total{instance=\"" + s + "\",trigger=\"merge\"}");
+  CHECK(merges >= 1);
+
+  h->advance(2s);  // the full-state answers
+  const auto d = data(*h, "q2");
+  REQUIRE(d.zdc);
+  for (const auto& s : all) {
+    INFO("server " << s);
+    CHECK(std::count_if(d.records.begin(), d.records.end(), [&](const api::Change& c) { return c.instance == s; }) == 1);
+    const auto own = data(*h, s).records;  // a member's own record; the ZDC's all of them
+    const auto* mine = record(api::DynamicData{s, "a", false, own}, s);
+    REQUIRE(mine != nullptr);
+    REQUIRE(record(d, s) != nullptr);
+    CHECK(record(d, s)->seq == mine->seq);  // its last change, exactly as the server holds it
+    CHECK(record(d, s)->sessions == mine->sessions);
+  }
+  CHECK(record(d, "p1")->sessions == 7);
+  CHECK(record(d, "p2")->sessions == 8);
+  CHECK(record(d, "q1")->sessions == 6);
+  CHECK(record(d, "q2")->sessions == 9);
+
+  // The zone stays settled: the ZDC's periodic announcements start no election, and an old collector's `elected`
+  // (a round long past) is counted as stale and changes nothing.
+  const auto epoch = collectors(*h, "p1").collectors[0].epoch;
+  h->publish(api::election_subject("corp", "a"), api::Election{api::kElected, "corp", "a", epoch - 1, 1, 1, "old-zdc", 99, "9.0.0", "most_preferred", ""});
+  h->advance(120s);
+  CHECK(zdcs(*h, all) == std::vector<std::string>{"q2"});
+  CHECK(collectors(*h, "p1").collectors[0].epoch == epoch);
+  for (const auto& s : all) CHECK(rejected(*h, s, "stale_epoch") >= 1);
+  report(*h, "p1", 11, 110);
+  h->advance(100ms);
+  CHECK(record(data(*h, "q2"), "p1")->sessions == 11);
+}
+
+TEST_CASE("the partition fault: unknown faults and a partition naming nobody are refused") {
+  auto h = farm(server("s1", "a"));
+  CHECK(h->request<api::Fault, Empty>(api::subject("s1", "admin.fault"), api::Fault{"partition", {}}).error().code == "bad_request");
+  CHECK(h->request<api::Fault, Empty>(api::subject("s1", "admin.fault"), api::Fault{"melt", {}}).error().code == "bad_request");
+  CHECK(h->request<api::Fault, Empty>(api::subject("s1", "admin.fault"), api::Fault{"heal", {}}));
+}

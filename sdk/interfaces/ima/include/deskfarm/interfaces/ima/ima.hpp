@@ -23,7 +23,7 @@ inline constexpr const char* kNotPreferred = "not_preferred";
 /// Election.kind values.
 inline constexpr const char* kCall = "call";            ///< start a round at `epoch`: every member answers with a candidate
 inline constexpr const char* kCandidate = "candidate";  ///< a member's rank for the round `epoch`
-inline constexpr const char* kElected = "elected";      ///< the winner of round `epoch` takes office
+inline constexpr const char* kElected = "elected";      ///< the winner of round `epoch` takes office; repeated every half keep-alive
 inline constexpr const char* kResign = "resign";        ///< the ZDC shuts down gracefully: elect at once
 inline constexpr const char* kLeave = "leave";          ///< a member leaves the zone (shutdown, zone change)
 
@@ -85,7 +85,7 @@ struct Election {
   std::int64_t host_id = 0;
   std::string version;
   std::string preference;
-  std::string trigger;  ///< with kCall: start, lost, shutdown, zone_change, manual
+  std::string trigger;  ///< with kCall: start, lost, shutdown, zone_change, manual, merge (two collectors of one zone)
   static constexpr auto fields() {
     return std::tuple{field("kind", &Election::kind), field("farm", &Election::farm), field("zone", &Election::zone),
                       field("epoch", &Election::epoch), field("seq", &Election::seq),
@@ -244,13 +244,16 @@ struct ZoneMove {
   static constexpr auto fields() { return std::tuple{field("zone", &ZoneMove::zone)}; }
 };
 
-/// ima.<instance>.admin.fault: "crash" makes the server silent at once, as kill -9 would (no resign, no leave),
-/// for drills inside one process.
+/// ima.<instance>.admin.fault, for drills inside one process: "crash" makes the server silent at once, as kill -9
+/// would (no resign, no leave); "partition" cuts it off from the servers in `peers` (it ignores their election,
+/// collector and change-notification messages, and its requests to them fail as timeouts) until "heal". A
+/// partition of two groups is one fault on each side, naming the other side.
 struct Fault {
   static constexpr std::string_view type_name = "deskfarm.ima.Fault";
   static constexpr std::uint32_t type_version = 1;
   std::string fault;
-  static constexpr auto fields() { return std::tuple{field("fault", &Fault::fault)}; }
+  std::vector<std::string> peers;  ///< with "partition": the servers cut off (a later field: absent reads as empty)
+  static constexpr auto fields() { return std::tuple{field("fault", &Fault::fault), field("peers", &Fault::peers)}; }
 };
 
 /// A farm server's static data (what the data store holds for it, and every server's local host cache a copy of).

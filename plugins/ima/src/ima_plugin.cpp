@@ -299,6 +299,13 @@ class Ima final : public Plugin {
         call_election(e.trigger.empty() ? "start" : e.trigger);
       } else if (e.kind == api::kCall) {
         send(message(api::kCandidate, round_epoch_));  // the caller missed our round's candidates: it joins on this
+      } else if (is_zdc() && !in_round() && e.epoch == epoch_ &&
+                 api::outranks(rank, api::Rank{version_, config_.preference, host_id_, ctx_.name()})) {
+        // A server that started during our round joined it late (its candidacy crossed our `elected`, across a WAN
+        // link): it outranks this collector, so the round's outcome is wrong. Elect again; it answers the call.
+        ctx_.log().info("candidate " + e.instance + " for epoch " + std::to_string(e.epoch) +
+                        " came after the round closed and outranks this collector: electing again");
+        call_election("start");
       }
     } else if (e.kind == api::kElected) {
       if (e.epoch < epoch_) return reject("stale_epoch", "elected " + e.instance + " for epoch " + std::to_string(e.epoch) + ", now " + std::to_string(epoch_));

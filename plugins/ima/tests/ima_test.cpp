@@ -268,6 +268,24 @@ TEST_CASE("manual election and a zone change: the order decides again, each zone
   CHECK(h->request<api::ZoneMove, Empty>(api::subject("s2", "admin.zone"), api::ZoneMove{"no.such"}).error().code == "bad_request");
 }
 
+TEST_CASE("a candidacy that arrives after its round closed and outranks the new collector starts a new round") {
+  auto h = farm(three);
+  REQUIRE(zdc_of(*h, "s1") == "s2");
+  const auto epoch = collectors(*h, "s1").collectors[0].epoch;
+  // A server that started during the round (host ID 99 outranks s2's 30) answered it too late for its window.
+  h->publish(api::election_subject("corp", "a"),
+             api::Election{api::kCandidate, "corp", "a", epoch, 1, 1, "late", 99, "1.0.0", "default", ""});
+  h->advance(2s);
+  // s2 called a round above: "late" is no real server and does not answer it, so s2 wins again, a round later.
+  CHECK(collectors(*h, "s1").collectors[0].epoch == epoch + 1);
+  CHECK(zdc_of(*h, "s1") == "s2");
+  // A late candidacy that does not outrank the collector changes nothing.
+  h->publish(api::election_subject("corp", "a"),
+             api::Election{api::kCandidate, "corp", "a", epoch + 1, 1, 1, "low", 1, "1.0.0", "default", ""});
+  h->advance(2s);
+  CHECK(collectors(*h, "s1").collectors[0].epoch == epoch + 1);
+}
+
 TEST_CASE("bad input on the ima subjects: foreign, garbled, replayed and version-inflating messages are counted, nothing changes") {
   auto h = farm(three);
   REQUIRE(zdc_of(*h, "s1") == "s2");

@@ -216,9 +216,9 @@ done
 zdcs_are "$winner" || fail "the one-zone farm did not stay with one ZDC: '$(zdcs_of_farm)'"
 grep -qE "has two collectors|came after the round closed and outranks" "$work"/run/log/deskfarm-*.log ||
   echo "note: no merge election logged (a side took the other's newer collector)"
-# How long after the heal ima-a took the winner for its ZDC: the NATS routes reconnect (about a second), the next
-# announcement (half a keep-alive), an election window.
-line=$(grep "ima-a: zone farm: ZDC $winner" "$work/run/log/deskfarm-a.log" | tail -n 1)
+# How long after the heal the last site took the winner for its ZDC: the NATS routes reconnect (about a second),
+# the next announcement (half a keep-alive), an election window.
+line=$(cat "$work"/run/log/deskfarm-[abc].log | grep -E "ima-[abc]: zone farm: ZDC $winner " | sort | tail -n 1)
 took=$(awk -v a="$healed_at" -v b="$(date -d "$(echo "$line" | cut -d' ' -f1)" +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
 awk -v t="$took" -v k=$keepalive 'BEGIN { exit !(t > 0 && t <= 2 * k) }' ||
   fail "one ZDC again $took s after the heal, not within two keep-alives ($keepalive s each): $line"

@@ -363,6 +363,7 @@ class Ima final : public Plugin {
   /// `zdc` holds office for `epoch` in this zone.
   void take_office(const std::string& zdc, std::int64_t epoch, const api::Rank& rank) {
     const bool was = is_zdc();
+    const bool new_zdc = zdc != zdc_;
     epoch_ = epoch;
     if (round_epoch_ < epoch) round_epoch_ = epoch;
     zdc_ = zdc;
@@ -383,6 +384,11 @@ class Ima final : public Plugin {
       for (auto& [zone, p] : peers_) send_zone_state(p);
     }
     announce_zdc();
+    // A member reports its own record to a collector it follows anew: the collector asks only the candidates of
+    // the round it won, and a member that took it from an announcement (a healed partition, rounds racing across
+    // a WAN) was none of them. The collector keeps one record per server, so a report it also asked for is no
+    // duplicate.
+    if (!is_zdc() && new_zdc) send_own();
     auto waiting = std::exchange(elect_waiting_, {});
     for (auto& r : waiting) r.ok(collectors());
   }

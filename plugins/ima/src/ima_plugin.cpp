@@ -215,6 +215,8 @@ class Ima final : public Plugin {
     std::int64_t incarnation = 0;
     std::int64_t seq = 0;
     std::string version;  ///< what it advertised first in this incarnation
+    api::Rank rank;               ///< as its last call, candidacy or announcement gave it
+    bool rank_unanswered = false;  ///< heard since the collector last checked it against its own
   };
 
   bool is_zdc() const { return !zdc_.empty() && zdc_ == ctx_.name(); }
@@ -277,6 +279,10 @@ class Ima final : public Plugin {
     s.seq = e.seq;
     if (ranked && s.version.empty()) s.version = e.version;
     const api::Rank rank{e.version, e.preference, e.host_id, e.instance};
+    if (ranked) {
+      s.rank = rank;
+      s.rank_unanswered = true;
+    }
     // A server whose local host cache expired stands in no election: it neither answers nor opens rounds.
     if (lhc_expired() && (e.kind == api::kCall || e.kind == api::kCandidate)) return;
 
@@ -305,19 +311,21 @@ class Ima final : public Plugin {
         // link): it outranks this collector, so the round's outcome is wrong. Elect again; it answers the call.
         ctx_.log().info("candidate " + e.instance + " for epoch " + std::to_string(e.epoch) +
                         " came after the round closed and outranks this collector: electing again");
+        s.rank_unanswered = false;  // this election is the answer to it
         call_election("start");
       }
     } else if (e.kind == api::kElected) {
-      if (e.epoch < epoch_) return reject("stale_epoch", "elected " + e.instance + " for epoch " + std::to_string(e.epoch) + ", now " + std::to_string(epoch_));
-      if (e.epoch == epoch_ && e.instance == zdc_) last_heard_zdc_ = ctx_.clock().now();  // its announcement
-      else if (is_zdc() && !in_round()) {
-        // Two collectors of one zone see each other: a healed partition (each side elected its own), or two winners
-        // of one round. A round above both settles it by the election order, and its winner asks every member for
-        // its full state, so the changes either side took meanwhile reach it once.
-        ctx_.log().warning("zone " + zone_ + " has two collectors: this server (epoch " + std::to_string(epoch_) + ") and " +
-                           e.instance + " (epoch " + std::to_string(e.epoch) + "): electing above both");
-        call_election("merge", e.epoch);
+      if (e.epoch < epoch_) {
+        reject("stale_epoch", "elected " + e.instance + " for epoch " + std::to_string(e.epoch) + ", now " + std::to_string(epoch_));
+        // An announcement of an older round: from a server no longer in office (counted, nothing else), or from the
+        // collector of the other side of a healed partition, whose messages reached this side first (the links
+        // come back one direction at a time: a route reconnecting, TCP retransmitting after its back-off). A
+        // collector asks the announcer rather than trust the message, and merges if it still holds office.
+        if (is_zdc() && !in_round()) ask_if_collector(e.instance);
+        return;
       }
+      if (e.epoch == epoch_ && e.instance == zdc_) last_heard_zdc_ = ctx_.clock().now();  // its announcement
+      else if (is_zdc() && !in_round()) merge_with(e.instance, e.epoch);
       // Two winners of one round (each missed the other's candidate): members yield to the better one.
       else if (e.epoch > epoch_ || zdc_.empty() || api::outranks(rank, candidate_rank(zdc_))) take_office(e.instance, e.epoch, rank);
     } else if (e.kind == api::kResign) {
@@ -332,6 +340,42 @@ class Ima final : public Plugin {
       candidates_.erase(e.instance);
       drop_record(e.instance);
     }
+  }
+
+  /// Two collectors of one zone see each other: a healed partition (each side elected its own), or two winners of
+  /// one round. A round above both settles it by the election order, and its winner asks every member for its full
+  /// state, so the changes either side took meanwhile reach it once.
+  void merge_with(const std::string& other, std::int64_t other_epoch) {
+    ctx_.log().warning("zone " + zone_ + " has two collectors: this server (epoch " + std::to_string(epoch_) + ") and " +
+                       other + " (epoch " + std::to_string(other_epoch) + "): electing above both");
+    call_election("merge", other_epoch);
+  }
+
+  void ask_if_collector(const std::string& other) {
+    if (!asking_.insert(other).second) return;  // one question at a time per server
+    call<Empty, api::Ack>(other, "ping", Empty{}, [this, other](Reply<api::Ack> r) {
+      asking_.erase(other);
+      if (silent_ || !is_zdc() || in_round() || !r || !r->accepted) return;
+      merge_with(other, r->epoch);
+    });
+  }
+
+  /// A member that outranks this collector missed the round it won (merge rounds called from both sides of a healed
+  /// partition race across the WAN, and a side may take the other's collector from its `elected` before its own
+  /// round closes). The collector elects again, once for each time such a member was heard from: one that does
+  /// not stand (its cache expired) starts no stream of elections.
+  bool elect_if_outranked() {
+    const api::Rank mine{version_, config_.preference, host_id_, ctx_.name()};
+    for (auto& [name, s] : senders_) {
+      if (!s.rank_unanswered || !members_.contains(name)) continue;
+      s.rank_unanswered = false;
+      if (!api::outranks(s.rank, mine)) continue;
+      ctx_.log().info("member " + name + " outranks this collector (it was no candidate of round " + std::to_string(epoch_) +
+                      "): electing again");
+      call_election("merge");
+      return true;
+    }
+    return false;
   }
 
   api::Rank candidate_rank(const std::string& instance) const {
@@ -592,6 +636,7 @@ class Ima final : public Plugin {
     }
     // The ZDC announces itself every half keep-alive: its members need not ping it, and a second collector of the
     // zone (a healed partition) hears it within that.
+    if (elect_if_outranked()) return;
     if (now - announced_office_ >= keepalive_ / 2) announce_office();
     for (auto& [name, m] : members_) {
       if (m.pinging || now - m.last_heard < keepalive_) continue;
@@ -994,6 +1039,7 @@ class Ima final : public Plugin {
   std::string announced_zdc_;  ///< what ima.<instance>.zdc.updates said last
   std::int64_t announced_epoch_ = 0;
   std::map<std::string, Sender> senders_;
+  std::set<std::string> asking_;  ///< as ZDC: announcers of an older round asked whether they still hold office
 
   api::Change own_;
   std::map<std::string, Member> members_;         ///< as ZDC: the zone's other servers

@@ -492,6 +492,58 @@ TEST_CASE("a zone split by a partition elects a ZDC on each side, and once heale
   CHECK(record(data(*h, "q2"), "p1")->sessions == 11);
 }
 
+TEST_CASE("a collector that hears an older round's collector asks it, and merges when it still holds office") {
+  // q1 (host ID 20) is the ZDC; cut off, p1 (10) elects itself a round later. The link comes back one direction
+  // first: p1 hears q1's announcements of the older round, q1 hears nothing of p1 yet.
+  auto h = farm(server("p1", "a", "host_id = 10") + server("q1", "a", "host_id = 20"));
+  REQUIRE(zdc_of(*h, "p1") == "q1");
+  partition(*h, {"p1"}, {"q1"});
+  until(*h, [&] { return zdc_of(*h, "p1") == "p1"; }, 120s, 500ms);
+  REQUIRE(zdcs(*h, {"p1", "q1"}) == std::vector<std::string>{"p1", "q1"});
+  const auto p1_epoch = collectors(*h, "p1").collectors[0].epoch;
+  REQUIRE(p1_epoch > collectors(*h, "q1").collectors[0].epoch);
+  heal(*h, {"p1"});
+  const auto merges = [&](const std::string& s) {
+    return sample(h->metrics_text(), "deskfarm_ima_elections_total{instance=\"" + s + "\",trigger=\"merge\"}");
+  };
+  const auto took = until(*h, [&] { return merges("p1") >= 1; }, 120s, 500ms);
+  INFO("p1 merged " << std::chrono::duration<double>(took).count() << " s after its side healed");
+  CHECK(merges("p1") >= 1);  // it asked q1, which still holds office: two collectors
+  CHECK(took <= 60s);        // q1's next announcement (half a keep-alive) and the question's answer
+  CHECK(rejected(*h, "p1", "stale_epoch") >= 1);
+  CHECK(h->logged("zone a has two collectors"));  // only p1 hears the other yet
+  // Once q1 hears p1 again, the election order settles it: q1, the highest host ID.
+  heal(*h, {"q1"});
+  until(*h, [&] { return zdcs(*h, {"p1", "q1"}).size() == 1 && zdc_of(*h, "p1") == "q1"; }, 120s, 500ms);
+  CHECK(zdcs(*h, {"p1", "q1"}) == std::vector<std::string>{"q1"});
+  CHECK(zdc_of(*h, "p1") == "q1");
+}
+
+TEST_CASE("a member that outranks its collector was no candidate of the round it won: the collector elects again, once") {
+  auto h = farm(three);
+  REQUIRE(zdc_of(*h, "s1") == "s2");
+  auto f = send<Empty, api::Collectors>(*h, api::subject("s1", "admin.elect"), Empty{});
+  h->advance(1s);
+  REQUIRE(f.wait_for(5s) == std::future_status::ready);
+  const auto epoch = collectors(*h, "s1").collectors[0].epoch;
+  REQUIRE(epoch >= 2);
+  // "x" (host ID 99) follows s2 (it reports its record) and is heard in a round long past: it missed s2's round.
+  REQUIRE(h->request<api::Change, api::Ack>(api::subject("s2", "change"), api::Change{"corp", "a", "x", 99, 1, 1, 2, 5, false, ""}));
+  h->publish(api::election_subject("corp", "a"), api::Election{api::kCandidate, "corp", "a", epoch - 1, 1, 1, "x", 99, "1.0.0", "default", ""});
+  h->advance(10s);  // the collector's next keep-alive tick (an eighth of keepalive_s) and the election window
+  CHECK(h->logged("member x outranks this collector"));
+  // x is no real server and does not stand: s2 wins again, a round later, and elects no more for that one message.
+  CHECK(collectors(*h, "s1").collectors[0].epoch == epoch + 1);
+  CHECK(zdc_of(*h, "s1") == "s2");
+  h->advance(30s);
+  CHECK(collectors(*h, "s1").collectors[0].epoch == epoch + 1);
+  // A member that does not outrank it changes nothing.
+  REQUIRE(h->request<api::Change, api::Ack>(api::subject("s2", "change"), api::Change{"corp", "a", "y", 1, 1, 1, 2, 5, false, ""}));
+  h->publish(api::election_subject("corp", "a"), api::Election{api::kCandidate, "corp", "a", epoch - 1, 1, 1, "y", 1, "1.0.0", "default", ""});
+  h->advance(10s);
+  CHECK(collectors(*h, "s1").collectors[0].epoch == epoch + 1);
+}
+
 TEST_CASE("the partition fault: unknown faults and a partition naming nobody are refused") {
   auto h = farm(server("s1", "a"));
   CHECK(h->request<api::Fault, Empty>(api::subject("s1", "admin.fault"), api::Fault{"partition", {}}).error().code == "bad_request");

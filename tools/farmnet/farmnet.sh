@@ -265,8 +265,12 @@ desktops_ready() {  # ddc-$1 has its site's desktops registered and idle
     grep -q "\"idle\":$desktops[,}]"
 }
 
-phase() {  # one line per step of `up`, with the seconds since it began
-  echo "farmnet: $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%6.2f s", b - a }') $1" >&2
+phase() {  # one line per step of `up`, with the seconds since it began; the step's own seconds kept for the last line
+  local now
+  now=$EPOCHREALTIME
+  echo "farmnet: $(awk -v a="$t0" -v b="$now" 'BEGIN { printf "%6.2f s", b - a }') $1" >&2
+  steps+="${steps:+, }$2 $(awk -v a="$t_step" -v b="$now" 'BEGIN { printf "%.2f", b - a }')"
+  t_step=$now
 }
 
 cmd_up() {
@@ -315,34 +319,40 @@ zones=$zones
 desktops=$desktops
 EOF
   trap 'echo "farmnet: up failed: stopping what was started" >&2; down_all' EXIT
-  local t0 i=0 ports=()
+  local t0 t_step steps="" i=0 ports=()
   t0=$EPOCHREALTIME
+  t_step=$t0
   # Meanwhile: the network. A farm per site keeps its data store in the site (SQLite).
   [ "$zones" = farm ] || PG_NETNS=$(ns "${sites[0]}") pg_initdb farmnet_db "$(pg_dir "${sites[0]}")" "$(addr "${sites[0]}"):5432"
 
-  # Network: the hub and one namespace per site; a veth pair each, tbf on both ends.
-  ip netns add "$(hub)"
-  ip -n "$(hub)" link set lo up
+  # Network: the hub and one namespace per site; a veth pair each, tbf on both ends. One `ip -batch` (or `tc
+  # -batch`) per namespace instead of a process per command: on a loaded machine each process costs 50 ms.
+  local hub_ns site_ns root_cmds="" hub_cmds="link set lo up" hub_tc=""
+  hub_ns=$(hub)
+  root_cmds="netns add $hub_ns"
   : >"$dir/links"
   for s in "${sites[@]}"; do
-    i=$((i + 1))
-    ip netns add "$(ns "$s")"
-    ip -n "$(ns "$s")" link set lo up
-    ip link add wan0 netns "$(ns "$s")" type veth peer name "p-$s" netns "$(hub)"
-    ip -n "$(ns "$s")" addr add "10.77.$i.1/16" dev wan0
-    ip -n "$(ns "$s")" link set wan0 up
-    ip -n "$(hub)" link set "p-$s" up
-    tc -n "$(ns "$s")" qdisc add dev wan0 root tbf rate "$rate" burst 64kb latency 100ms
-    tc -n "$(hub)" qdisc add dev "p-$s" root tbf rate "$rate" burst 64kb latency 100ms
+    site_ns=df-$run-$s
+    root_cmds+=$'\n'"netns add $site_ns"$'\n'"link add wan0 netns $site_ns type veth peer name p-$s netns $hub_ns"
+    hub_cmds+=$'\n'"link set p-$s up"
+    hub_tc+="qdisc add dev p-$s root tbf rate $rate burst 64kb latency 100ms"$'\n'
     ports+=(--port "p-$s")
     echo "$s $delay 0" >>"$dir/links"
     mkdir -p "$dir/sites/$s/var"
   done
+  ip -batch - <<<"$root_cmds"
+  for s in "${sites[@]}"; do
+    i=$((i + 1))
+    site_ns=df-$run-$s
+    printf 'link set lo up\naddr add 10.77.%s.1/16 dev wan0\nlink set wan0 up\n' "$i" | ip -n "$site_ns" -batch -
+    tc -n "$site_ns" qdisc add dev wan0 root tbf rate "$rate" burst 64kb latency 100ms
+  done
+  ip -n "$hub_ns" -batch - <<<"$hub_cmds"
+  tc -n "$hub_ns" -batch - <<<"$hub_tc"
   # The hub's own stack stays silent (no IPv6 neighbour discovery of its own on the ports).
-  ip netns exec "$(hub)" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+  ip netns exec "$hub_ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
   write_control
-  spawn linkemu "$(hub)" "$bin/linkemu" "${ports[@]}" --control "$dir/linkemu.control" --stats "$dir/linkemu.stats"
-  wait_for 5 linkemu "$dir/log/linkemu.log" test -f "$dir/linkemu.stats"
+  spawn linkemu "$hub_ns" "$bin/linkemu" "${ports[@]}" --control "$dir/linkemu.control" --stats "$dir/linkemu.stats"
 
   # NATS: one server per site, routes to every other site.
   for s in "${sites[@]}"; do
@@ -369,16 +379,27 @@ EOF
     } >"$dir/sites/$s/nats.conf"
     start_nats "$s"
   done
+  wait_for 5 linkemu "$dir/log/linkemu.log" test -f "$dir/linkemu.stats"
+  phase "network, linkemu, nats-servers started" network
   local want_routes=$((${#sites[@]} - 1))
   if [ "$zones" = farm ]; then
     want_routes=0
   else
+    # The replica is seeded from a copy of the primary's directory made here, between its initdb and its first
+    # start (as an operator seeds a standby from a snapshot), not by a pg_basebackup through the WAN link: only
+    # the streaming crosses the link. Both servers start at once; the standby retries its primary every 0.1 s.
+    PG_NETNS=$(ns "${sites[1]}") pg_seed_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" "$(addr "${sites[1]}"):5432" ||
+      die "PostgreSQL replica of site ${sites[1]} could not be seeded from the primary's initdb (see $(pg_dir "${sites[0]}")/initdb.log)"
+    phase "PostgreSQL initdb done, replica seeded" initdb
+    pg_launch_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" ||
+      die "PostgreSQL replica of site ${sites[1]} did not start (see $(pg_dir "${sites[1]}")/server.log)"
     pg_start_primary farmnet_db "$(pg_dir "${sites[0]}")" || die "PostgreSQL primary of site ${sites[0]} did not start (see $(pg_dir "${sites[0]}")/server.log)"
+    phase "PostgreSQL primary (the replica starting beside it)" primary
   fi
-  phase "network, nats-server, PostgreSQL primary"
   for s in "${sites[@]}"; do
     wait_for 20 "nats-server of site $s with routes to every other site" "$dir/log/nats-$s.log" routes_ready "$s" "$want_routes"
   done
+  phase "nats-servers with their routes" routes
 
   # deskfarm: one per site, its ima server on its own site's nats-server, the data store on the primary.
   i=0
@@ -407,21 +428,21 @@ EOF
     } >"$dir/sites/$s/site.toml"
     start_deskfarm "$s"
   done
+  phase "deskfarms started" deskfarm-start
   if [ "$zones" != farm ]; then
-    # While the deskfarms start (the replica's site falls back to the primary until it answers).
-    PG_NETNS=$(ns "${sites[1]}") pg_start_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" "$(addr "${sites[1]}"):5432" ||
-      die "PostgreSQL replica of site ${sites[1]} did not start (see $(pg_dir "${sites[1]}")/server.log)"
-    phase "PostgreSQL replica"
+    # While the deskfarms start (the replica's site falls back to the primary until the replica answers).
+    pg_wait_streaming farmnet_replica || die "PostgreSQL replica of site ${sites[1]} is not streaming (see $(pg_dir "${sites[1]}")/server.log)"
+    phase "PostgreSQL replica streaming" streaming
   fi
   for s in "${sites[@]}"; do wait_for 60 "deskfarm of site $s (a ZDC in its zone)" "$dir/log/deskfarm-$s.log" deskfarm_ready "$s"; done
-  phase "every site with a zone data collector"
+  phase "every site with a zone data collector" zdc
   if [ "$desktops" != 0 ]; then
     for s in "${sites[@]}"; do wait_for 90 "ddc-$s with its $desktops desktops idle" "$dir/log/deskfarm-$s.log" desktops_ready "$s"; done
-    phase "every site's desktops started and registered"
+    phase "every site's desktops started and registered" desktops
   fi
   trap - EXIT
-  printf 'farmnet: up in %.2f s: %d sites (%s), zones %s, %s ms one way per link, %s; run %s in %s\n' \
-    "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')" "${#sites[@]}" "$sites_list" "$zones" "$delay" "$rate" "$run" "$dir"
+  printf 'farmnet: up in %.2f s: %d sites (%s), zones %s, %s ms one way per link, %s; run %s in %s; steps (s): %s\n' \
+    "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')" "${#sites[@]}" "$sites_list" "$zones" "$delay" "$rate" "$run" "$dir" "$steps"
 }
 
 service_name() {  # SITE [deskfarm|nats|pg] → the process name

@@ -379,29 +379,8 @@ EOF
     } >"$dir/sites/$s/nats.conf"
     start_nats "$s"
   done
-  wait_for 5 linkemu "$dir/log/linkemu.log" test -f "$dir/linkemu.stats"
-  phase "network, linkemu, nats-servers started" network
-  local want_routes=$((${#sites[@]} - 1))
-  if [ "$zones" = farm ]; then
-    want_routes=0
-  else
-    # The replica is seeded from a copy of the primary's directory made here, between its initdb and its first
-    # start (as an operator seeds a standby from a snapshot), not by a pg_basebackup through the WAN link: only
-    # the streaming crosses the link. Both servers start at once; the standby retries its primary every 0.1 s.
-    PG_NETNS=$(ns "${sites[1]}") pg_seed_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" "$(addr "${sites[1]}"):5432" ||
-      die "PostgreSQL replica of site ${sites[1]} could not be seeded from the primary's initdb (see $(pg_dir "${sites[0]}")/initdb.log)"
-    phase "PostgreSQL initdb done, replica seeded" initdb
-    pg_launch_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" ||
-      die "PostgreSQL replica of site ${sites[1]} did not start (see $(pg_dir "${sites[1]}")/server.log)"
-    pg_start_primary farmnet_db "$(pg_dir "${sites[0]}")" || die "PostgreSQL primary of site ${sites[0]} did not start (see $(pg_dir "${sites[0]}")/server.log)"
-    phase "PostgreSQL primary (the replica starting beside it)" primary
-  fi
-  for s in "${sites[@]}"; do
-    wait_for 20 "nats-server of site $s with routes to every other site" "$dir/log/nats-$s.log" routes_ready "$s" "$want_routes"
-  done
-  phase "nats-servers with their routes" routes
-
-  # deskfarm: one per site, its ima server on its own site's nats-server, the data store on the primary.
+  # deskfarm's manifests (started once the primary answers): one per site, its ima server on its own site's
+  # nats-server, the data store on the primary. Written now, while initdb runs.
   i=0
   for s in "${sites[@]}"; do
     i=$((i + 1))
@@ -426,8 +405,30 @@ EOF
       [ "$zones" != both ] || ima_instance "zone-$s" zones "$s" $((i * 10))
       [ "$desktops" = 0 ] || desktop_instances "$s"
     } >"$dir/sites/$s/site.toml"
-    start_deskfarm "$s"
   done
+  wait_for 5 linkemu "$dir/log/linkemu.log" test -f "$dir/linkemu.stats"
+  phase "network, linkemu, nats-servers started, manifests written" network
+  local want_routes=$((${#sites[@]} - 1))
+  if [ "$zones" = farm ]; then
+    want_routes=0
+  else
+    # The replica is seeded from a copy of the primary's directory made here, between its initdb and its first
+    # start (as an operator seeds a standby from a snapshot), not by a pg_basebackup through the WAN link: only
+    # the streaming crosses the link. Both servers start at once; the standby retries its primary every 0.1 s.
+    PG_NETNS=$(ns "${sites[1]}") pg_seed_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" "$(addr "${sites[1]}"):5432" ||
+      die "PostgreSQL replica of site ${sites[1]} could not be seeded from the primary's initdb (see $(pg_dir "${sites[0]}")/initdb.log)"
+    phase "PostgreSQL initdb done, replica seeded" initdb
+    pg_launch_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" ||
+      die "PostgreSQL replica of site ${sites[1]} did not start (see $(pg_dir "${sites[1]}")/server.log)"
+    pg_start_primary farmnet_db "$(pg_dir "${sites[0]}")" || die "PostgreSQL primary of site ${sites[0]} did not start (see $(pg_dir "${sites[0]}")/server.log)"
+    phase "PostgreSQL primary (the replica starting beside it)" primary
+  fi
+  for s in "${sites[@]}"; do
+    wait_for 20 "nats-server of site $s with routes to every other site" "$dir/log/nats-$s.log" routes_ready "$s" "$want_routes"
+  done
+  phase "nats-servers with their routes" routes
+
+  for s in "${sites[@]}"; do start_deskfarm "$s"; done
   phase "deskfarms started" deskfarm-start
   if [ "$zones" != farm ]; then
     # While the deskfarms start (the replica's site falls back to the primary until the replica answers).

@@ -17,12 +17,13 @@ usage() {
 usage: farmnet.sh COMMAND DIR [ARGS…]       (as root; DIR holds the run: its state, logs and PID files)
 
   up DIR [--sites a,b,c] [--zones one|site|both|farm] [--desktops N] [--delay-ms N] [--rate RATE] [--keepalive-s N]
-         [--gateway-s N] [--bin BUILD_BIN_DIR] [--name RUN]
+         [--gateway-s N] [--bin BUILD_BIN_DIR] [--name RUN] [--replica-copy local|basebackup]
         Creates namespaces df-RUN-hub and df-RUN-SITE (RUN: --name, default random), links each site to the hub
         (veth, tbf at RATE both ways, default 100mbit; linkemu delays each link N ms one way, default 10, so a
         frame between two sites takes 2N), starts a nats-server per site (one cluster), PostgreSQL primary in the
-        first site and a streaming replica (pg_basebackup -R) in the second (that site's data_store_replica),
-        then one `deskfarm run` per site
+        first site and a streaming replica in the second (that site's data_store_replica), seeded from a copy of
+        the primary's initdb made on this machine (--replica-copy local, default) or cloned through the link by
+        pg_basebackup -R once the primary runs (basebackup: slower), then one `deskfarm run` per site
         with ima instance ima-SITE of farm "farmnet": one zone "farm" (--zones one, default) or zone SITE
         (--zones site); --zones both runs both shapes side by side: ima-SITE in farm "farmnet", zone "farm", and
         zone-SITE in farm "zones", zone SITE (querydc/queryds show the first; ask zone-SITE with
@@ -35,7 +36,8 @@ usage: farmnet.sh COMMAND DIR [ARGS…]       (as root; DIR holds the run: its s
         licence server: lic in the first site (beside the data store) for a farm spanning the sites, lic-SITE in
         each site for --zones farm. keepalive_s (default 4), gateway_validation_s
         (default 2), dcn_poll_s 2, election_window_ms 300. DIR must not exist or be
-        empty. Waits until every site has a zone data collector; prints the time it took. On any failure
+        empty. Waits until every site has a zone data collector and the replica streams; prints the time it
+        took, with each step's seconds. On any failure
         everything already started is stopped and the namespaces deleted.
   down DIR              Stops every process of the run by its PID (SIGTERM; PostgreSQL SIGINT, its fast shutdown;
                         SIGKILL to what is left after 10 s), deletes its namespaces. DIR (logs) stays: remove it.
@@ -274,7 +276,7 @@ phase() {  # one line per step of `up`, with the seconds since it began; the ste
 }
 
 cmd_up() {
-  local sites_arg=a,b,c zones=one desktops=0 delay=10 rate=100mbit keepalive=4 gateway=2 name=""
+  local sites_arg=a,b,c zones=one desktops=0 delay=10 rate=100mbit keepalive=4 gateway=2 name="" replica_copy=local
   bin=$(cd "$here/../.." && pwd)/build/bin
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -287,10 +289,12 @@ cmd_up() {
       --gateway-s) gateway=$2; shift 2 ;;
       --bin) bin=$(cd "$2" && pwd); shift 2 ;;
       --name) name=$2; shift 2 ;;
+      --replica-copy) replica_copy=$2; shift 2 ;;
       *) echo "farmnet: up: unknown option '$1'" >&2; usage >&2; exit 2 ;;
     esac
   done
   case "$zones" in one|site|both|farm) ;; *) echo "farmnet: --zones is one, site, both or farm, not '$zones'" >&2; exit 2 ;; esac
+  case "$replica_copy" in local|basebackup) ;; *) echo "farmnet: --replica-copy is local or basebackup, not '$replica_copy'" >&2; exit 2 ;; esac
   [[ "$desktops" =~ ^[0-9]+$ ]] && [ "$desktops" -le 10000 ] || { echo "farmnet: --desktops takes 0 to 10000 desktops per site, not '$desktops'" >&2; exit 2; }
   [[ "$delay" =~ ^[0-9]+$ ]] || { echo "farmnet: --delay-ms takes milliseconds, not '$delay'" >&2; exit 2; }
   [ "$(id -u)" = 0 ] || die "up needs root (network namespaces, veth, tc)"
@@ -415,13 +419,24 @@ EOF
     # The replica is seeded from a copy of the primary's directory made here, between its initdb and its first
     # start (as an operator seeds a standby from a snapshot), not by a pg_basebackup through the WAN link: only
     # the streaming crosses the link. Both servers start at once; the standby retries its primary every 0.1 s.
-    PG_NETNS=$(ns "${sites[1]}") pg_seed_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" "$(addr "${sites[1]}"):5432" ||
-      die "PostgreSQL replica of site ${sites[1]} could not be seeded from the primary's initdb (see $(pg_dir "${sites[0]}")/initdb.log)"
-    phase "PostgreSQL initdb done, replica seeded" initdb
-    pg_launch_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" ||
-      die "PostgreSQL replica of site ${sites[1]} did not start (see $(pg_dir "${sites[1]}")/server.log)"
+    # (--replica-copy basebackup: the replica cloned through the link once the primary runs, as before; the peer
+    # tools/bench/farmnet/up.sh measures against.)
+    if [ "$replica_copy" = local ]; then
+      PG_NETNS=$(ns "${sites[1]}") pg_seed_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" "$(addr "${sites[1]}"):5432" ||
+        die "PostgreSQL replica of site ${sites[1]} could not be seeded from the primary's initdb (see $(pg_dir "${sites[0]}")/initdb.log)"
+      phase "PostgreSQL initdb done, replica seeded" initdb
+      pg_launch_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" ||
+        die "PostgreSQL replica of site ${sites[1]} did not start (see $(pg_dir "${sites[1]}")/server.log)"
+    fi
     pg_start_primary farmnet_db "$(pg_dir "${sites[0]}")" || die "PostgreSQL primary of site ${sites[0]} did not start (see $(pg_dir "${sites[0]}")/server.log)"
-    phase "PostgreSQL primary (the replica starting beside it)" primary
+    if [ "$replica_copy" = basebackup ]; then
+      phase "PostgreSQL primary" primary
+      PG_NETNS=$(ns "${sites[1]}") pg_launch_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" "$(addr "${sites[1]}"):5432" ||
+        die "PostgreSQL replica of site ${sites[1]} did not start (see $(pg_dir "${sites[1]}")/server.log)"
+      phase "PostgreSQL replica cloned through the link (pg_basebackup) and started" basebackup
+    else
+      phase "PostgreSQL primary (the replica starting beside it)" primary
+    fi
   fi
   for s in "${sites[@]}"; do
     wait_for 20 "nats-server of site $s with routes to every other site" "$dir/log/nats-$s.log" routes_ready "$s" "$want_routes"

@@ -162,6 +162,14 @@ _pg_launch_failed() {
   return 1
 }
 
+# _pg_pm_ready FILE PID: postmaster.pid names PID (not a killed predecessor's file) and says it accepts connections
+# (line 8: "ready", or "standby" for a hot standby that does).
+_pg_pm_ready() {
+  local lines=()
+  [ -f "$1" ] && mapfile -t -n 8 lines <"$1" 2>/dev/null || return 1
+  [ "${lines[0]:-}" = "$2" ] && [[ ${lines[7]:-} == ready* || ${lines[7]:-} == standby* ]]
+}
+
 # _pg_spawn NAME PORT: the postmaster started in the background, its PID and port recorded at once (so that a
 # failure before it answers still stops it by its PID); _pg_await NAME then waits for it to answer.
 _pg_spawn() {
@@ -180,15 +188,17 @@ _pg_spawn() {
   _pg_save "$name"
 }
 
-# _pg_await NAME: true once the spawned server answers pg_isready (checked every 0.05 s: a server starts in a few
-# tenths of a second and every step of a start-up waits for it), at most PG_WAIT_TENTHS; otherwise it is killed.
+# _pg_await NAME: true once the spawned server answers pg_isready, at most PG_WAIT_TENTHS; otherwise it is killed.
+# Until then it reads the status the postmaster writes into postmaster.pid every 0.05 s (a server starts in a few
+# tenths of a second and every step of a start-up waits for it): a file read, where a pg_isready in a namespace
+# costs two processes, and on a loaded machine that polling competes with the server it waits for.
 _pg_await() {
   local name=$1 pid host port i
   pid=$(_pg_get "$name" pid)
   host=$(_pg_get "$name" host)
   port=$(_pg_get "$name" port)
   for ((i = 0; i < 2 * PG_WAIT_TENTHS; i++)); do
-    if _pg_in "$name" "$PG_BINDIR/pg_isready" -q -h "$host" -p "$port" -U deskfarm || ! kill -0 "$pid" 2>/dev/null; then break; fi
+    if _pg_pm_ready "$(_pg_get "$name" dir)/data/postmaster.pid" "$pid" || ! kill -0 "$pid" 2>/dev/null; then break; fi
     sleep 0.05
   done
   _pg_set "$name" spawned ""
@@ -316,6 +326,8 @@ pg_wait_streaming() {
   local name=$1 i state=""
   if [ "$(_pg_get "$name" spawned)" = 1 ]; then _pg_await "$name" || { _pg_launch_failed "$name"; return 1; }; fi
   for ((i = 0; i < 2 * PG_WAIT_TENTHS; i++)); do
+    # Asked only once its log says it streams (a grep, where psql in a namespace is two processes a poll).
+    if ! grep -q "started streaming WAL" "$(_pg_get "$name" dir)/server.log" 2>/dev/null; then sleep 0.05; continue; fi
     state=$(pg_psql "$name" -tAc "SELECT pg_is_in_recovery()::text || ' ' || coalesce((SELECT status FROM pg_stat_wal_receiver), 'none')" 2>/dev/null || true)
     [ "$state" = "true streaming" ] && return 0
     sleep 0.05

@@ -6,7 +6,7 @@
 #   pg_initdb db "$work/db" [ADDR[:PORT]]   # initdb in the background; a later pg_start_primary db waits for it
 #   pg_start_replica rep db "$work/rep" [ADDR[:PORT]]   # pg_basebackup -R of db, started, waits until streaming
 #   pg_seed_replica rep db "$work/rep" [ADDR[:PORT]]    # before db's first start: rep's data a copy of db's
-#   pg_launch_replica rep db; pg_wait_streaming rep     # pg_start_replica in two halves, other work between them
+#   pg_launch_replica rep db "$work/rep" [ADDR[:PORT]]; pg_wait_streaming rep   # the same in two halves
 #   pg_psql db -c "SELECT 1"                # psql on that server as the superuser deskfarm
 #   pg_stop db [fast|immediate|kill]        # stops it by its PID (bounded); pg_start db starts it again, same port
 #   pg_stop_all                             # every server started here: put it in the caller's EXIT trap
@@ -182,6 +182,7 @@ _pg_spawn() {
   [ -n "$(_pg_get "$name" netns)" ] && netns=(ip netns exec "$(_pg_get "$name" netns)")
   "${netns[@]}" "${_pg_run[@]}" "$PG_BINDIR/postgres" -D "$dir/data" -h "$host" -p "$port" -k "$dir" >>"$dir/server.log" 2>&1 &
   _pg_set "$name" pid $!
+  [[ " ${_pg_started[*]} " == *" $name "* ]] || _pg_started+=("$name")  # pg_stop_all stops it even before it answers
   _pg_set "$name" port "$port"
   _pg_set "$name" url "postgresql://deskfarm@$host:$port/postgres"
   _pg_set "$name" conninfo "host=$host port=$port user=deskfarm dbname=postgres"  # libpq keywords: Poco and psql
@@ -203,7 +204,6 @@ _pg_await() {
   done
   _pg_set "$name" spawned ""
   if kill -0 "$pid" 2>/dev/null && _pg_in "$name" "$PG_BINDIR/pg_isready" -q -h "$host" -p "$port" -U deskfarm; then
-    _pg_started+=("$name")
     return 0
   fi
   kill -KILL "$pid" 2>/dev/null || true

@@ -17,12 +17,13 @@ usage() {
 usage: farmnet.sh COMMAND DIR [ARGS…]       (as root; DIR holds the run: its state, logs and PID files)
 
   up DIR [--sites a,b,c] [--zones one|site|both|farm] [--desktops N] [--delay-ms N] [--rate RATE] [--keepalive-s N]
-         [--gateway-s N] [--bin BUILD_BIN_DIR] [--name RUN]
+         [--gateway-s N] [--bin BUILD_BIN_DIR] [--name RUN] [--replica-copy local|basebackup]
         Creates namespaces df-RUN-hub and df-RUN-SITE (RUN: --name, default random), links each site to the hub
         (veth, tbf at RATE both ways, default 100mbit; linkemu delays each link N ms one way, default 10, so a
         frame between two sites takes 2N), starts a nats-server per site (one cluster), PostgreSQL primary in the
-        first site and a streaming replica (pg_basebackup -R) in the second (that site's data_store_replica),
-        then one `deskfarm run` per site
+        first site and a streaming replica in the second (that site's data_store_replica), seeded from a copy of
+        the primary's initdb made on this machine (--replica-copy local, default) or cloned through the link by
+        pg_basebackup -R once the primary runs (basebackup: slower), then one `deskfarm run` per site
         with ima instance ima-SITE of farm "farmnet": one zone "farm" (--zones one, default) or zone SITE
         (--zones site); --zones both runs both shapes side by side: ima-SITE in farm "farmnet", zone "farm", and
         zone-SITE in farm "zones", zone SITE (querydc/queryds show the first; ask zone-SITE with
@@ -35,7 +36,8 @@ usage: farmnet.sh COMMAND DIR [ARGS…]       (as root; DIR holds the run: its s
         licence server: lic in the first site (beside the data store) for a farm spanning the sites, lic-SITE in
         each site for --zones farm. keepalive_s (default 4), gateway_validation_s
         (default 2), dcn_poll_s 2, election_window_ms 300. DIR must not exist or be
-        empty. Waits until every site has a zone data collector; prints the time it took. On any failure
+        empty. Waits until every site has a zone data collector and the replica streams; prints the time it
+        took, with each step's seconds. On any failure
         everything already started is stopped and the namespaces deleted.
   down DIR              Stops every process of the run by its PID (SIGTERM; PostgreSQL SIGINT, its fast shutdown;
                         SIGKILL to what is left after 10 s), deletes its namespaces. DIR (logs) stays: remove it.
@@ -265,12 +267,16 @@ desktops_ready() {  # ddc-$1 has its site's desktops registered and idle
     grep -q "\"idle\":$desktops[,}]"
 }
 
-phase() {  # one line per step of `up`, with the seconds since it began
-  echo "farmnet: $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%6.2f s", b - a }') $1" >&2
+phase() {  # one line per step of `up`, with the seconds since it began; the step's own seconds kept for the last line
+  local now
+  now=$EPOCHREALTIME
+  echo "farmnet: $(awk -v a="$t0" -v b="$now" 'BEGIN { printf "%6.2f s", b - a }') $1" >&2
+  steps+="${steps:+, }$2 $(awk -v a="$t_step" -v b="$now" 'BEGIN { printf "%.2f", b - a }')"
+  t_step=$now
 }
 
 cmd_up() {
-  local sites_arg=a,b,c zones=one desktops=0 delay=10 rate=100mbit keepalive=4 gateway=2 name=""
+  local sites_arg=a,b,c zones=one desktops=0 delay=10 rate=100mbit keepalive=4 gateway=2 name="" replica_copy=local
   bin=$(cd "$here/../.." && pwd)/build/bin
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -283,10 +289,12 @@ cmd_up() {
       --gateway-s) gateway=$2; shift 2 ;;
       --bin) bin=$(cd "$2" && pwd); shift 2 ;;
       --name) name=$2; shift 2 ;;
+      --replica-copy) replica_copy=$2; shift 2 ;;
       *) echo "farmnet: up: unknown option '$1'" >&2; usage >&2; exit 2 ;;
     esac
   done
   case "$zones" in one|site|both|farm) ;; *) echo "farmnet: --zones is one, site, both or farm, not '$zones'" >&2; exit 2 ;; esac
+  case "$replica_copy" in local|basebackup) ;; *) echo "farmnet: --replica-copy is local or basebackup, not '$replica_copy'" >&2; exit 2 ;; esac
   [[ "$desktops" =~ ^[0-9]+$ ]] && [ "$desktops" -le 10000 ] || { echo "farmnet: --desktops takes 0 to 10000 desktops per site, not '$desktops'" >&2; exit 2; }
   [[ "$delay" =~ ^[0-9]+$ ]] || { echo "farmnet: --delay-ms takes milliseconds, not '$delay'" >&2; exit 2; }
   [ "$(id -u)" = 0 ] || die "up needs root (network namespaces, veth, tc)"
@@ -315,34 +323,40 @@ zones=$zones
 desktops=$desktops
 EOF
   trap 'echo "farmnet: up failed: stopping what was started" >&2; down_all' EXIT
-  local t0 i=0 ports=()
+  local t0 t_step steps="" i=0 ports=()
   t0=$EPOCHREALTIME
+  t_step=$t0
   # Meanwhile: the network. A farm per site keeps its data store in the site (SQLite).
   [ "$zones" = farm ] || PG_NETNS=$(ns "${sites[0]}") pg_initdb farmnet_db "$(pg_dir "${sites[0]}")" "$(addr "${sites[0]}"):5432"
 
-  # Network: the hub and one namespace per site; a veth pair each, tbf on both ends.
-  ip netns add "$(hub)"
-  ip -n "$(hub)" link set lo up
+  # Network: the hub and one namespace per site; a veth pair each, tbf on both ends. One `ip -batch` (or `tc
+  # -batch`) per namespace instead of a process per command: on a loaded machine each process costs 50 ms.
+  local hub_ns site_ns root_cmds="" hub_cmds="link set lo up" hub_tc=""
+  hub_ns=$(hub)
+  root_cmds="netns add $hub_ns"
   : >"$dir/links"
   for s in "${sites[@]}"; do
-    i=$((i + 1))
-    ip netns add "$(ns "$s")"
-    ip -n "$(ns "$s")" link set lo up
-    ip link add wan0 netns "$(ns "$s")" type veth peer name "p-$s" netns "$(hub)"
-    ip -n "$(ns "$s")" addr add "10.77.$i.1/16" dev wan0
-    ip -n "$(ns "$s")" link set wan0 up
-    ip -n "$(hub)" link set "p-$s" up
-    tc -n "$(ns "$s")" qdisc add dev wan0 root tbf rate "$rate" burst 64kb latency 100ms
-    tc -n "$(hub)" qdisc add dev "p-$s" root tbf rate "$rate" burst 64kb latency 100ms
+    site_ns=df-$run-$s
+    root_cmds+=$'\n'"netns add $site_ns"$'\n'"link add wan0 netns $site_ns type veth peer name p-$s netns $hub_ns"
+    hub_cmds+=$'\n'"link set p-$s up"
+    hub_tc+="qdisc add dev p-$s root tbf rate $rate burst 64kb latency 100ms"$'\n'
     ports+=(--port "p-$s")
     echo "$s $delay 0" >>"$dir/links"
     mkdir -p "$dir/sites/$s/var"
   done
+  ip -batch - <<<"$root_cmds"
+  for s in "${sites[@]}"; do
+    i=$((i + 1))
+    site_ns=df-$run-$s
+    printf 'link set lo up\naddr add 10.77.%s.1/16 dev wan0\nlink set wan0 up\n' "$i" | ip -n "$site_ns" -batch -
+    tc -n "$site_ns" qdisc add dev wan0 root tbf rate "$rate" burst 64kb latency 100ms
+  done
+  ip -n "$hub_ns" -batch - <<<"$hub_cmds"
+  tc -n "$hub_ns" -batch - <<<"$hub_tc"
   # The hub's own stack stays silent (no IPv6 neighbour discovery of its own on the ports).
-  ip netns exec "$(hub)" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+  ip netns exec "$hub_ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
   write_control
-  spawn linkemu "$(hub)" "$bin/linkemu" "${ports[@]}" --control "$dir/linkemu.control" --stats "$dir/linkemu.stats"
-  wait_for 5 linkemu "$dir/log/linkemu.log" test -f "$dir/linkemu.stats"
+  spawn linkemu "$hub_ns" "$bin/linkemu" "${ports[@]}" --control "$dir/linkemu.control" --stats "$dir/linkemu.stats"
 
   # NATS: one server per site, routes to every other site.
   for s in "${sites[@]}"; do
@@ -369,18 +383,8 @@ EOF
     } >"$dir/sites/$s/nats.conf"
     start_nats "$s"
   done
-  local want_routes=$((${#sites[@]} - 1))
-  if [ "$zones" = farm ]; then
-    want_routes=0
-  else
-    pg_start_primary farmnet_db "$(pg_dir "${sites[0]}")" || die "PostgreSQL primary of site ${sites[0]} did not start (see $(pg_dir "${sites[0]}")/server.log)"
-  fi
-  phase "network, nats-server, PostgreSQL primary"
-  for s in "${sites[@]}"; do
-    wait_for 20 "nats-server of site $s with routes to every other site" "$dir/log/nats-$s.log" routes_ready "$s" "$want_routes"
-  done
-
-  # deskfarm: one per site, its ima server on its own site's nats-server, the data store on the primary.
+  # deskfarm's manifests (started once the primary answers): one per site, its ima server on its own site's
+  # nats-server, the data store on the primary. Written now, while initdb runs.
   i=0
   for s in "${sites[@]}"; do
     i=$((i + 1))
@@ -405,23 +409,56 @@ EOF
       [ "$zones" != both ] || ima_instance "zone-$s" zones "$s" $((i * 10))
       [ "$desktops" = 0 ] || desktop_instances "$s"
     } >"$dir/sites/$s/site.toml"
-    start_deskfarm "$s"
   done
+  wait_for 5 linkemu "$dir/log/linkemu.log" test -f "$dir/linkemu.stats"
+  phase "network, linkemu, nats-servers started, manifests written" network
+  local want_routes=$((${#sites[@]} - 1))
+  if [ "$zones" = farm ]; then
+    want_routes=0
+  else
+    # The replica is seeded from a copy of the primary's directory made here, between its initdb and its first
+    # start (as an operator seeds a standby from a snapshot), not by a pg_basebackup through the WAN link: only
+    # the streaming crosses the link. Both servers start at once; the standby retries its primary every 0.1 s.
+    # (--replica-copy basebackup: the replica cloned through the link once the primary runs, as before; the peer
+    # tools/bench/farmnet/up.sh measures against.)
+    if [ "$replica_copy" = local ]; then
+      PG_NETNS=$(ns "${sites[1]}") pg_seed_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" "$(addr "${sites[1]}"):5432" ||
+        die "PostgreSQL replica of site ${sites[1]} could not be seeded from the primary's initdb (see $(pg_dir "${sites[0]}")/initdb.log)"
+      phase "PostgreSQL initdb done, replica seeded" initdb
+      pg_launch_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" ||
+        die "PostgreSQL replica of site ${sites[1]} did not start (see $(pg_dir "${sites[1]}")/server.log)"
+    fi
+    pg_start_primary farmnet_db "$(pg_dir "${sites[0]}")" || die "PostgreSQL primary of site ${sites[0]} did not start (see $(pg_dir "${sites[0]}")/server.log)"
+    if [ "$replica_copy" = basebackup ]; then
+      phase "PostgreSQL primary" primary
+      PG_NETNS=$(ns "${sites[1]}") pg_launch_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" "$(addr "${sites[1]}"):5432" ||
+        die "PostgreSQL replica of site ${sites[1]} did not start (see $(pg_dir "${sites[1]}")/server.log)"
+      phase "PostgreSQL replica cloned through the link (pg_basebackup) and started" basebackup
+    else
+      phase "PostgreSQL primary (the replica starting beside it)" primary
+    fi
+  fi
+  for s in "${sites[@]}"; do
+    wait_for 20 "nats-server of site $s with routes to every other site" "$dir/log/nats-$s.log" routes_ready "$s" "$want_routes"
+  done
+  phase "nats-servers with their routes" routes
+
+  for s in "${sites[@]}"; do start_deskfarm "$s"; done
+  phase "deskfarms started" deskfarm-start
   if [ "$zones" != farm ]; then
-    # While the deskfarms start (the replica's site falls back to the primary until it answers).
-    PG_NETNS=$(ns "${sites[1]}") pg_start_replica farmnet_replica farmnet_db "$(pg_dir "${sites[1]}")" "$(addr "${sites[1]}"):5432" ||
-      die "PostgreSQL replica of site ${sites[1]} did not start (see $(pg_dir "${sites[1]}")/server.log)"
-    phase "PostgreSQL replica"
+    # While the deskfarms start (the replica's site falls back to the primary until the replica answers).
+    pg_wait_streaming farmnet_replica || die "PostgreSQL replica of site ${sites[1]} is not streaming (see $(pg_dir "${sites[1]}")/server.log)"
+    phase "PostgreSQL replica streaming" streaming
   fi
   for s in "${sites[@]}"; do wait_for 60 "deskfarm of site $s (a ZDC in its zone)" "$dir/log/deskfarm-$s.log" deskfarm_ready "$s"; done
-  phase "every site with a zone data collector"
+  phase "every site with a zone data collector" zdc
   if [ "$desktops" != 0 ]; then
     for s in "${sites[@]}"; do wait_for 90 "ddc-$s with its $desktops desktops idle" "$dir/log/deskfarm-$s.log" desktops_ready "$s"; done
-    phase "every site's desktops started and registered"
+    phase "every site's desktops started and registered" desktops
   fi
   trap - EXIT
-  printf 'farmnet: up in %.2f s: %d sites (%s), zones %s, %s ms one way per link, %s; run %s in %s\n' \
-    "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')" "${#sites[@]}" "$sites_list" "$zones" "$delay" "$rate" "$run" "$dir"
+  printf 'farmnet: up in %.2f s: %d sites (%s), zones %s, %s ms one way per link, %s; run %s in %s; steps (s): %s\n' \
+    "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')" "${#sites[@]}" "$sites_list" "$zones" "$delay" "$rate" "$run" "$dir" "$steps"
 }
 
 service_name() {  # SITE [deskfarm|nats|pg] → the process name

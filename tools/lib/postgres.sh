@@ -5,6 +5,8 @@
 #   pg_start_primary db "$work/db" [ADDR[:PORT]]    # initdb + start; sets db_pid db_host db_port db_url db_conninfo
 #   pg_initdb db "$work/db" [ADDR[:PORT]]   # initdb in the background; a later pg_start_primary db waits for it
 #   pg_start_replica rep db "$work/rep" [ADDR[:PORT]]   # pg_basebackup -R of db, started, waits until streaming
+#   pg_seed_replica rep db "$work/rep" [ADDR[:PORT]]    # before db's first start: rep's data a copy of db's
+#   pg_launch_replica rep db "$work/rep" [ADDR[:PORT]]; pg_wait_streaming rep   # the same in two halves
 #   pg_psql db -c "SELECT 1"                # psql on that server as the superuser deskfarm
 #   pg_stop db [fast|immediate|kill]        # stops it by its PID (bounded); pg_start db starts it again, same port
 #   pg_stop_all                             # every server started here: put it in the caller's EXIT trap
@@ -31,6 +33,8 @@ PG_INITDB_WAIT_TENTHS=${PG_INITDB_WAIT_TENTHS:-1200}   # initdb: at most this lo
 PG_NETNS=${PG_NETNS:-}       # a network namespace for the servers created next ("": the caller's)
 PG_NO_FSYNC=${PG_NO_FSYNC:-0}   # 1: primaries created next run with fsync off (drills; benchmarks keep the default)
 _pg_started=()
+# shellcheck source=net.sh
+source "$(dirname "${BASH_SOURCE[0]}")/net.sh"
 
 # pg_installed: true when the server is installed (sets PG_BINDIR, the newest version's bin directory).
 pg_installed() {
@@ -54,10 +58,6 @@ _pg_as_user_prefix() {
   return 0
 }
 _pg_as_user() { _pg_as_user_prefix; "${_pg_run[@]}" "$@"; }
-
-_pg_free_port() {
-  python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"
-}
 
 _pg_get() { local v="${1}_$2"; printf '%s' "${!v:-}"; }
 _pg_set() { printf -v "${1}_$2" '%s' "$3"; }
@@ -135,45 +135,81 @@ _pg_prepare() {
 # _pg_launch NAME: starts the server on its data directory; a port picked here that another process took
 # meanwhile (ctest -j) is replaced, at most 5 times. Returns once pg_isready answers.
 _pg_launch() {
-  local name=$1 dir host port pid attempt
+  local name=$1 dir port attempt picked
   dir=$(_pg_get "$name" dir)
-  host=$(_pg_get "$name" host)
   for attempt in 1 2 3 4 5; do
+    picked=0
     port=$(_pg_get "$name" port)
     [ -n "$port" ] || port=$(_pg_get "$name" fixed_port)
-    [ -n "$port" ] || port=$(_pg_free_port "$host")
-    _pg_as_user_prefix
-    # `ip netns exec` execs in place too: $! stays the server's own PID.
-    local netns=()
-    [ -n "$(_pg_get "$name" netns)" ] && netns=(ip netns exec "$(_pg_get "$name" netns)")
-    "${netns[@]}" "${_pg_run[@]}" "$PG_BINDIR/postgres" -D "$dir/data" -h "$host" -p "$port" -k "$dir" >>"$dir/server.log" 2>&1 &
-    pid=$!
-    local i
-    for ((i = 0; i < PG_WAIT_TENTHS; i++)); do
-      if _pg_in "$name" "$PG_BINDIR/pg_isready" -q -h "$host" -p "$port" -U deskfarm || ! kill -0 "$pid" 2>/dev/null; then break; fi
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null && _pg_in "$name" "$PG_BINDIR/pg_isready" -q -h "$host" -p "$port" -U deskfarm; then
-      _pg_set "$name" pid "$pid"
-      _pg_set "$name" port "$port"
-      _pg_set "$name" url "postgresql://deskfarm@$host:$port/postgres"
-      _pg_set "$name" conninfo "host=$host port=$port user=deskfarm dbname=postgres"  # libpq keywords: Poco and psql
-      _pg_started+=("$name")
-      _pg_save "$name"
-      return 0
-    fi
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    [ -n "$port" ] || { port=$(free_port tcp "$(_pg_get "$name" host)"); picked=1; }
+    _pg_spawn "$name" "$port"
+    _pg_await "$name" && return 0
     # Only a port picked here may be replaced; a given one (or the one a restart must keep) is an error.
-    if [ -z "$(_pg_get "$name" fixed_port)$(_pg_get "$name" port)" ] &&
-       tail -n 20 "$dir/server.log" | grep -q "could not bind\|Address already in use"; then
-      echo "postgres.sh: port $port on $host was taken meanwhile; trying another ($name)" >&2
+    if [ "$picked" = 1 ] && tail -n 20 "$dir/server.log" | grep -q "could not bind\|Address already in use"; then
+      echo "postgres.sh: port $port was taken meanwhile; trying another ($name)" >&2
+      _pg_set "$name" port ""
       continue
     fi
     break
   done
-  echo "postgres.sh: PostgreSQL '$name' did not start on $host:$port; its log ($dir/server.log) ends:" >&2
+  _pg_launch_failed "$name"
+}
+_pg_launch_failed() {
+  local dir
+  dir=$(_pg_get "$1" dir)
+  echo "postgres.sh: PostgreSQL '$1' did not start on $(_pg_get "$1" host):$(_pg_get "$1" port); its log ($dir/server.log) ends:" >&2
   tail -n 20 "$dir/server.log" >&2
+  return 1
+}
+
+# _pg_pm_ready FILE PID: postmaster.pid names PID (not a killed predecessor's file) and says it accepts connections
+# (line 8: "ready", or "standby" for a hot standby that does).
+_pg_pm_ready() {
+  local lines=()
+  [ -f "$1" ] && mapfile -t -n 8 lines <"$1" 2>/dev/null || return 1
+  [ "${lines[0]:-}" = "$2" ] && [[ ${lines[7]:-} == ready* || ${lines[7]:-} == standby* ]]
+}
+
+# _pg_spawn NAME PORT: the postmaster started in the background, its PID and port recorded at once (so that a
+# failure before it answers still stops it by its PID); _pg_await NAME then waits for it to answer.
+_pg_spawn() {
+  local name=$1 port=$2 dir host
+  dir=$(_pg_get "$name" dir)
+  host=$(_pg_get "$name" host)
+  _pg_as_user_prefix
+  # `ip netns exec` execs in place too: $! stays the server's own PID.
+  local netns=()
+  [ -n "$(_pg_get "$name" netns)" ] && netns=(ip netns exec "$(_pg_get "$name" netns)")
+  "${netns[@]}" "${_pg_run[@]}" "$PG_BINDIR/postgres" -D "$dir/data" -h "$host" -p "$port" -k "$dir" >>"$dir/server.log" 2>&1 &
+  _pg_set "$name" pid $!
+  [[ " ${_pg_started[*]} " == *" $name "* ]] || _pg_started+=("$name")  # pg_stop_all stops it even before it answers
+  _pg_set "$name" port "$port"
+  _pg_set "$name" url "postgresql://deskfarm@$host:$port/postgres"
+  _pg_set "$name" conninfo "host=$host port=$port user=deskfarm dbname=postgres"  # libpq keywords: Poco and psql
+  _pg_save "$name"
+}
+
+# _pg_await NAME: true once the spawned server answers pg_isready, at most PG_WAIT_TENTHS; otherwise it is killed.
+# Until then it reads the status the postmaster writes into postmaster.pid every 0.05 s (a server starts in a few
+# tenths of a second and every step of a start-up waits for it): a file read, where a pg_isready in a namespace
+# costs two processes, and on a loaded machine that polling competes with the server it waits for.
+_pg_await() {
+  local name=$1 pid host port i
+  pid=$(_pg_get "$name" pid)
+  host=$(_pg_get "$name" host)
+  port=$(_pg_get "$name" port)
+  for ((i = 0; i < 2 * PG_WAIT_TENTHS; i++)); do
+    if _pg_pm_ready "$(_pg_get "$name" dir)/data/postmaster.pid" "$pid" || ! kill -0 "$pid" 2>/dev/null; then break; fi
+    sleep 0.05
+  done
+  _pg_set "$name" spawned ""
+  if kill -0 "$pid" 2>/dev/null && _pg_in "$name" "$PG_BINDIR/pg_isready" -q -h "$host" -p "$port" -U deskfarm; then
+    return 0
+  fi
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  _pg_set "$name" pid ""
+  _pg_save "$name"
   return 1
 }
 
@@ -202,9 +238,17 @@ _pg_initdb_done() {
   return $code
 }
 
+# pg_start_primary NAME DIR [ADDR[:PORT]]: initdb (or waits for pg_initdb's), then starts the server.
 pg_start_primary() {
   local name=$1 dir=$2
   [ -n "$PG_BINDIR" ] || pg_require
+  [ "$(_pg_get "$name" configured)" = 1 ] || _pg_configure_primary "$name" "$dir" "${3:-}" || return 1
+  _pg_launch "$name"
+}
+
+# _pg_configure_primary NAME DIR [ADDR[:PORT]]: NAME's data directory initialised and configured, not started.
+_pg_configure_primary() {
+  local name=$1 dir=$2
   if [ -n "$(_pg_get "$name" initdb_pid)" ]; then
     _pg_initdb_done "$name" || { echo "postgres.sh: initdb of $dir/data failed:" >&2; cat "$dir/initdb.log" >&2; return 1; }
   else
@@ -216,13 +260,56 @@ pg_start_primary() {
   printf 'local all all trust\nhost all all all trust\nhost replication all all trust\n' >"$dir/data/pg_hba.conf"
   # Test data only, and asked for: no waiting for the disk (a crash of the server, not of the machine, loses nothing).
   if [ "$PG_NO_FSYNC" = 1 ]; then printf 'fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n' >>"$dir/data/postgresql.conf"; fi
-  _pg_launch "$name"
+  # A standby made from this directory retries a failed connection to its primary after 0.1 s, not the default 5 s
+  # (a replica may start before its primary; the setting means nothing to a primary).
+  printf "wal_retrieve_retry_interval = '100ms'\n" >>"$dir/data/postgresql.conf"
+  _pg_set "$name" configured 1
 }
 
-# pg_start_replica NAME PRIMARY DIR [ADDR[:PORT]]: a hot standby streaming from PRIMARY (already started here).
+# pg_start_replica NAME PRIMARY DIR [ADDR[:PORT]]: a hot standby streaming from PRIMARY (already started here):
+# pg_basebackup -R of it (unless pg_seed_replica made the directory), started; returns once it streams.
 pg_start_replica() {
-  local name=$1 primary=$2 dir=$3 i
+  pg_launch_replica "$@" && pg_wait_streaming "$1"
+}
+
+# pg_seed_replica NAME PRIMARY DIR [ADDR[:PORT]]: NAME's data directory a copy of PRIMARY's, made after PRIMARY's
+# initdb (pg_initdb) and before its first start, as an operator seeds a standby from a snapshot: a cleanly shut down
+# cluster is a valid base backup, and copying it on this machine takes a tenth of what pg_basebackup through a slow
+# link does. Only what the standby streams afterwards crosses the network. PRIMARY needs a fixed port (ADDR:PORT,
+# written into NAME's primary_conninfo now). Then pg_launch_replica NAME PRIMARY (before or after PRIMARY's start).
+pg_seed_replica() {
+  local name=$1 primary=$2 dir=$3 pdir
   [ -n "$PG_BINDIR" ] || pg_require
+  [ -z "$(_pg_get "$primary" pid)" ] || { echo "postgres.sh: primary '$primary' has started: seed '$name' before, or use pg_start_replica" >&2; return 1; }
+  [ -n "$(_pg_get "$primary" fixed_port)" ] || { echo "postgres.sh: primary '$primary' has no fixed port (give ADDR:PORT to pg_initdb) for '$name' to stream from" >&2; return 1; }
+  [ "$(_pg_get "$primary" configured)" = 1 ] || _pg_configure_primary "$primary" "$(_pg_get "$primary" dir)" || return 1
+  _pg_prepare "$name" "$dir" "${4:-}" || return 1
+  local port
+  port=$(_pg_get "$name" fixed_port)
+  [ -n "$port" ] || port=$(free_port tcp "$(_pg_get "$name" host)")
+  _pg_set "$name" port "$port"  # pg_launch_replica spawns it on this port without waiting
+  pdir=$(_pg_get "$primary" dir)
+  # cp -a keeps the owner (the server's user) and the 0700 mode PostgreSQL insists on.
+  cp -a "$pdir/data" "$dir/data" || { echo "postgres.sh: copying $pdir/data to $dir/data failed" >&2; return 1; }
+  touch "$dir/data/standby.signal"
+  printf "primary_conninfo = 'host=%s port=%s user=deskfarm application_name=%s'\n" \
+    "$(_pg_get "$primary" host)" "$(_pg_get "$primary" fixed_port)" "$name" >>"$dir/data/postgresql.auto.conf"
+  [ "$(id -u)" = 0 ] && chown "$PG_USER" "$dir/data/standby.signal"
+  _pg_set "$name" seeded 1
+}
+
+# pg_launch_replica NAME PRIMARY DIR [ADDR[:PORT]]: the first half of pg_start_replica. A seeded NAME is only
+# spawned (it starts beside its primary, whose start it need not wait for); otherwise PRIMARY (running) is copied
+# with pg_basebackup -R and NAME started. pg_wait_streaming NAME is the second half.
+pg_launch_replica() {
+  local name=$1 primary=$2 dir=$3
+  [ -n "$PG_BINDIR" ] || pg_require
+  _pg_set "$name" primary "$primary"
+  if [ "$(_pg_get "$name" seeded)" = 1 ]; then
+    _pg_spawn "$name" "$(_pg_get "$name" port)"
+    _pg_set "$name" spawned 1
+    return 0
+  fi
   [ -n "$(_pg_get "$primary" pid)" ] || { echo "postgres.sh: primary '$primary' is not running here" >&2; return 1; }
   _pg_prepare "$name" "$dir" "${4:-}" || return 1
   _pg_as_user_prefix
@@ -230,14 +317,22 @@ pg_start_replica() {
   _pg_in "$name" "${_pg_run[@]}" "$PG_BINDIR/pg_basebackup" -h "$(_pg_get "$primary" host)" -p "$(_pg_get "$primary" port)" \
     -U deskfarm -D "$dir/data" -R -X stream -c fast --no-sync >"$dir/basebackup.log" 2>&1 ||
     { echo "postgres.sh: pg_basebackup of '$primary' into $dir/data failed:" >&2; cat "$dir/basebackup.log" >&2; return 1; }
-  _pg_launch "$name" || return 1
-  local state=""
-  for ((i = 0; i < PG_WAIT_TENTHS; i++)); do
+  _pg_launch "$name"
+}
+
+# pg_wait_streaming NAME: the second half: returns once NAME answers, is in recovery and its WAL receiver streams
+# (checked every 0.05 s, at most PG_WAIT_TENTHS each).
+pg_wait_streaming() {
+  local name=$1 i state=""
+  if [ "$(_pg_get "$name" spawned)" = 1 ]; then _pg_await "$name" || { _pg_launch_failed "$name"; return 1; }; fi
+  for ((i = 0; i < 2 * PG_WAIT_TENTHS; i++)); do
+    # Asked only once its log says it streams (a grep, where psql in a namespace is two processes a poll).
+    if ! grep -q "started streaming WAL" "$(_pg_get "$name" dir)/server.log" 2>/dev/null; then sleep 0.05; continue; fi
     state=$(pg_psql "$name" -tAc "SELECT pg_is_in_recovery()::text || ' ' || coalesce((SELECT status FROM pg_stat_wal_receiver), 'none')" 2>/dev/null || true)
     [ "$state" = "true streaming" ] && return 0
-    sleep 0.1
+    sleep 0.05
   done
-  echo "postgres.sh: replica '$name' is not streaming from '$primary' (recovery, receiver: ${state:-no answer}); see $dir/server.log" >&2
+  echo "postgres.sh: replica '$name' is not streaming from '$(_pg_get "$name" primary)' (recovery, receiver: ${state:-no answer}); see $(_pg_get "$name" dir)/server.log" >&2
   return 1
 }
 

@@ -2,6 +2,8 @@
 // relayed by the BPF program on loopback; the map's counters, the idle timeout and the filter's removal, seen
 // from outside (status, `tc filter show`). Needs root and BPF: elsewhere each test says why it skipped (CI may
 // lack BPF, so even under CI=true this is a skip, never a silent pass).
+#include <csignal>
+
 #include "tftp_lb_lab.hpp"
 
 using namespace tftp_lb_test;
@@ -118,4 +120,32 @@ TEST_CASE("tc-bpf: a session idle past its timeout leaves the BPF map, and a wro
   CHECK(dt::eventually([&] { return lab.relay("sessions_idle_closed") == 1; }, 5s));
   CHECK(dt::eventually([&] { return lab.relay("kernel_entries") == 0; }, 2s));
   CHECK(lab.relay("sessions_active") == 0);
+}
+
+TEST_CASE("tc-bpf: a balancer killed with SIGKILL leaves its filter attached, and the next tc-bpf balancer detaches it") {
+  if (!require_tc_bpf() || !require_program("in.tftpd") || !require_program("tc")) return;
+  Lab lab("tc-bpf");
+  lab.start_hpa();
+  // The first balancer in a process of its own (vip on 127.0.0.5, so the second one's priority differs).
+  const auto first_toml = lab.dir.path() / "first.toml";
+  dt::write_text(first_toml, lab.manifest("monitor = \"none\"\ndiscover = false\nvip = \"127.0.0.5:0\"\n"));
+  const auto first_log = lab.dir.path() / "first.log";
+  std::uint32_t priority = 0;
+  {
+    dt::ChildProcess first({DESKFARM_BIN, "--plugin-path", PLUGIN_DIR, "run", first_toml.string()}, first_log);
+    REQUIRE(dt::eventually([&] { return dt::read_text(first_log).find("virtual server") != std::string::npos; }, 30s));
+    const auto text = dt::read_text(first_log);
+    INFO(text);
+    const auto at = text.find("ingress, priority ");
+    REQUIRE(at != std::string::npos);
+    priority = static_cast<std::uint32_t>(std::stoul(text.substr(at + 18)));
+    REQUIRE(filter_listed(priority));
+    first.signal(SIGKILL);
+    REQUIRE(first.wait(10s) == 128 + SIGKILL);
+  }
+  CHECK(filter_listed(priority));  // nothing ran at the kill: the filter and its program stay in the kernel
+  lab.start("monitor = \"none\"\ndiscover = false\n");  // the next tc-bpf balancer, on 127.0.0.2
+  CHECK(lab.relay("tc_priority") != static_cast<std::int64_t>(priority));
+  CHECK_FALSE(filter_listed(priority));
+  CHECK(filter_listed(static_cast<std::uint32_t>(lab.relay("tc_priority"))));
 }

@@ -122,6 +122,21 @@ else
   echo "run.sh: perf cannot count raw_syscalls:sys_enter here (perf_event_paranoid?): no system-call counts" >&2
 fi
 cpu_of() { [[ -z ${1:-} ]] && { echo 0; return; }; awk '{ printf "%.3f", ($14 + $15) / '"$(getconf CLK_TCK)"' }' "/proc/$1/stat"; }
+# tc-bpf: its BPF program runs in the senders' context, not the balancer's; with kernel.bpf_stats_enabled (set for
+# the run, restored after) its run time counts as the balancer's too. It runs for every datagram on lo, so the
+# direct path's and the other balancers' lookups are in it as well while they are measured: only the tc-bpf
+# path's rounds are charged.
+bpf_stats_was=""
+if [[ " ${relays[*]} " == *" tc-bpf"* ]] && [[ -w /proc/sys/kernel/bpf_stats_enabled ]] && command -v bpftool >/dev/null; then
+  bpf_stats_was=$(cat /proc/sys/kernel/bpf_stats_enabled)
+  echo 1 > /proc/sys/kernel/bpf_stats_enabled
+  trap 'echo "$bpf_stats_was" > /proc/sys/kernel/bpf_stats_enabled; cleanup' EXIT
+fi
+bpf_s() {  # seconds the tftp-lb BPF programs have run
+  [[ -z $bpf_stats_was ]] && { echo 0; return; }
+  bpftool -j prog show 2>/dev/null | python3 -c 'import json, sys
+print("%.6f" % (sum(p.get("run_time_ns", 0) for p in json.load(sys.stdin) if p.get("name") == "tftp_lb_ingress") / 1e9))'
+}
 lb_rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$lb_pid/status"; }
 
 rows=("1x32MiB|1|f32m" "64x1MiB|64|f1m" "256x64KiB|256|f64k")
@@ -132,12 +147,14 @@ for ((r = 1; r <= repeat; r++)); do
     IFS='|' read -r label clients file <<<"$row"
     for path in "${paths[@]}"; do
       before=$(cpu_of "${balancer[$path]:-}")
+      [[ $path == tc-bpf* ]] && before=$(awk -v a="$before" -v b="$(bpf_s)" 'BEGIN { printf "%.6f", a + b }')
       if ! out=$("$bin/tftp_load" --server "${target[$path]}" --file "$file" --clients "$clients" --blksize 1468 \
             --expect-sha256 "${sha[$file]}" --deadline-s 120); then
         echo "run.sh: round $r $path $label failed: $out" >&2
         continue
       fi
       after=$(cpu_of "${balancer[$path]:-}")
+      [[ $path == tc-bpf* ]] && after=$(awk -v a="$after" -v b="$(bpf_s)" 'BEGIN { printf "%.6f", a + b }')
       # rate p50 p99 balancer-s/GiB generator-s/GiB generator-share-of-a-core
       line=$(awk -v out="$out" -v a="$before" -v b="$after" -v c="$clients" -v f="$file" 'BEGIN {
         match(out, /: [0-9.]+ MiB\/s/); rate = substr(out, RSTART + 2, RLENGTH - 8) + 0

@@ -34,6 +34,8 @@ packages=(
   iproute2
   # the TFTP load balancer's io_uring relay
   liburing-dev
+  # its tc-bpf relay: libbpf (clang, above, compiles the BPF program; bpftool inspects its map)
+  libbpf-dev bpftool
 )
 # Benchmark peers: dnsmasq as a package; atftpd conflicts with tftpd-hpa, so it is unpacked
 # privately into /tmp/atftpd, where tools/bench/tftp/run.sh looks for it.

@@ -22,6 +22,7 @@
 #include <deskfarm/tftp/packet.hpp>
 
 #include "busy_poll.hpp"
+#include "tc_bpf.hpp"
 
 namespace deskfarm::tftp_lb {
 
@@ -69,6 +70,7 @@ std::optional<RelayEngine> relay_engine_from(std::string_view name) {
   if (name == "auto") return RelayEngine::automatic;
   if (name == "io_uring") return RelayEngine::io_uring;
   if (name == "epoll") return RelayEngine::epoll;
+  if (name == "tc-bpf") return RelayEngine::tc_bpf;
   return std::nullopt;
 }
 
@@ -175,6 +177,11 @@ struct Relay::Session {
   sockaddr_in client{};
   std::uint32_t backend = 0;
   std::uint16_t tid = 0;  // backend transfer port, network order; 0 until its first reply
+  std::uint16_t port = 0;  // the session socket's port, network order (tc-bpf: the map's keys)
+  bool in_kernel = false;  // tc-bpf: its two map entries are installed
+  std::uint64_t kernel_packets[2] = {0, 0};  // tc-bpf: the map's counters at the last poll, to backend / to client
+  std::uint64_t kernel_bytes = 0;            // tc-bpf: bytes to the client at the last poll
+  tftp_lb_key kernel_keys[2] = {};           // tc-bpf: client -> backend, backend -> client, as installed
   std::uint16_t blksize = tftp::default_blksize;
   std::int32_t last_block = -1;  // block number of the short DATA that ends the transfer
   Clock::time_point last{};
@@ -289,6 +296,19 @@ void Relay::start() {
       log("relay on " + where + ": epoll, because io_uring is unavailable: " + why);
     }
   }
+  if (options_.engine == RelayEngine::tc_bpf) {
+    std::string why;
+    sockaddr_in bound_vip = options_.vip;
+    bound_vip.sin_port = htons(port_);
+    tc_ = TcBpf::open(bound_vip, options_.max_sessions, log, why);
+    if (tc_)
+      log("relay on " + to_string(bound_vip) + ": tc-bpf, established sessions relayed in the kernel (tc filter on " +
+          tc_->device() + " ingress, priority " + std::to_string(tc_->priority()) + "), the rest on " +
+          (engine_ == RelayEngine::io_uring ? "io_uring" : "epoll"));
+    else
+      log("relay on " + to_string(bound_vip) + ": tc-bpf unavailable, relaying in user space with " +
+          (engine_ == RelayEngine::io_uring ? "io_uring" : "epoll") + ": " + why);
+  }
   stopping_ = false;
   thread_ = std::thread([this] { loop(); });
 }
@@ -300,6 +320,7 @@ void Relay::stop() {
     (void)!::write(wake_fd_, &one, sizeof one);
     thread_.join();
   }
+  tc_.reset();  // detaches the filter first: no datagram is rewritten towards a socket about to close
   ring_.reset();
   if (state_)
     for (auto& s : state_->sessions) close_fd(s.fd);
@@ -319,6 +340,8 @@ void Relay::set_backends(std::vector<RelayBackend> backends) {
     (void)!::write(wake_fd_, &one, sizeof one);
   }
 }
+
+std::uint32_t Relay::tc_priority() const { return tc_ ? tc_->priority() : 0; }
 
 RelayStats Relay::stats() const {
   std::lock_guard lock(mutex_);
@@ -363,6 +386,58 @@ void Relay::loop() {
     st.lingering.push_back({i, s.gen, now + options_.linger});
   };
   Ring* const ring = ring_.get();
+  TcBpf* const tc = tc_.get();
+  // tc-bpf: adds what the program relayed since the last look at this entry; the datagrams it moved, 0 if none.
+  const auto kernel_account = [&](std::uint32_t i, const tftp_lb_value& v) -> std::uint64_t {
+    auto& s = st.sessions[i];
+    const unsigned dir = v.to_client ? 1 : 0;
+    const std::uint64_t moved = v.packets - s.kernel_packets[dir];
+    s.kernel_packets[dir] = v.packets;
+    if (dir == 1) {
+      stats.packets_to_client += moved;
+      stats.kernel_packets_to_client += moved;
+      stats.bytes_to_client += v.bytes - s.kernel_bytes;
+      s.kernel_bytes = v.bytes;
+    } else {
+      stats.packets_to_backend += moved;
+      stats.kernel_packets_to_backend += moved;
+    }
+    return moved;
+  };
+  // tc-bpf: an established session (the backend's transfer ID known) goes to the kernel, both directions.
+  const auto to_kernel = [&](std::uint32_t i) {
+    auto& s = st.sessions[i];
+    const auto& backend = st.backends[s.backend].config.address;
+    const std::uint32_t vip = options_.vip.sin_addr.s_addr;
+    s.kernel_keys[0] = tftp_lb_key{s.client.sin_addr.s_addr, vip, s.client.sin_port, s.port};
+    s.kernel_keys[1] = tftp_lb_key{backend.sin_addr.s_addr, vip, s.tid, s.port};
+    tftp_lb_value to_backend{};
+    to_backend.new_saddr = vip;
+    to_backend.new_daddr = backend.sin_addr.s_addr;
+    to_backend.new_sport = s.port;
+    to_backend.new_dport = s.tid;
+    to_backend.session = i;
+    to_backend.gen = s.gen;
+    to_backend.blksize = s.blksize;
+    to_backend.last_block = s.last_block;  // a one-block file: its short DATA already went through user space
+    tftp_lb_value to_client = to_backend;
+    to_client.new_daddr = s.client.sin_addr.s_addr;
+    to_client.new_dport = s.client.sin_port;
+    to_client.to_client = 1;
+    to_client.last_block = -1;
+    if (!tc->put(s.kernel_keys[0], to_backend) || !tc->put(s.kernel_keys[1], to_client)) {
+      const int e = errno;
+      tc->erase(s.kernel_keys[0]);
+      tc->erase(s.kernel_keys[1]);
+      if (++stats.kernel_install_errors == 1 || stats.kernel_install_errors % 1000 == 0)
+        log("tc-bpf: session of " + to_string(s.client) + " stays in user space: the BPF map refused it: " +
+            std::strerror(e) + " (" + std::to_string(stats.kernel_install_errors) + " so far)");
+      return;
+    }
+    s.in_kernel = true;
+    s.kernel_packets[0] = s.kernel_packets[1] = s.kernel_bytes = 0;
+    ++stats.kernel_sessions;
+  };
   // io_uring: a submission slot, submitting what is queued when the queue is full (only a turn of thousands).
   const auto sqe = [&]() -> io_uring_sqe* {
     io_uring_sqe* q = io_uring_get_sqe(&ring->ring);
@@ -386,6 +461,16 @@ void Relay::loop() {
   };
   const auto close_session = [&](std::uint32_t i) {
     auto& s = st.sessions[i];
+    if (s.in_kernel) {
+      // The counts since the last poll, then the entries: later datagrams of this 4-tuple reach the socket (or,
+      // once it is closed, get an ICMP error), as they would without the kernel path.
+      for (const auto& key : s.kernel_keys) {
+        tftp_lb_value v;
+        if (tc->get(key, v)) kernel_account(i, v);
+        tc->erase(key);
+      }
+      s.in_kernel = false;
+    }
     if (ring) {
       // The multishot receive holds the socket: cancel it, and close the descriptor only after this turn's
       // submissions are in, so no queued send can land on a new socket that reused the number.
@@ -549,6 +634,11 @@ void Relay::loop() {
       st.sessions.emplace_back();
     }
     auto& s = st.sessions[i];
+    sockaddr_in bound{};
+    socklen_t bound_len = sizeof bound;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &bound_len);
+    s.port = bound.sin_port;
+    s.in_kernel = false;
     s.fd = fd;
     s.in_use = true;
     s.finished = false;
@@ -591,6 +681,13 @@ void Relay::loop() {
       return;
     }
     const auto found = st.by_client.find(key_of(from));
+    if (found != st.by_client.end() && st.sessions[found->second].in_kernel && !st.sessions[found->second].finished) {
+      // tc-bpf: the kernel may have seen this transfer end since the last poll (UEFI's ERROR 8 after the tsize
+      // probe, then a new request at once): ask the map now, so the request starts a new session.
+      tftp_lb_value v;
+      for (const auto& key : st.sessions[found->second].kernel_keys)
+        if (tc->get(key, v) && v.state != TFTP_LB_RUNNING) finish(found->second, now);
+    }
     if (found != st.by_client.end() && st.sessions[found->second].finished) {
       // A new request from the port of a finished transfer (UEFI asks for tsize, aborts, asks again from the
       // same port): a new session, with a new transfer port on the backend.
@@ -663,6 +760,7 @@ void Relay::loop() {
         }
         queue(s.client, data, n, State::Out::to_client);
         if (std::holds_alternative<tftp::Error>(*packet)) finish(i, now);
+        else if (tc && !s.in_kernel && !s.finished) to_kernel(i);
       } else if (from.sin_addr.s_addr == s.client.sin_addr.s_addr || from.sin_addr.s_addr == backend.sin_addr.s_addr) {
         ++stats.wrong_tid;  // RFC 1350: a packet from an unknown port gets ERROR 5 and the transfer goes on
         queue(from, st.unknown_tid.data(), st.unknown_tid.size(), State::Out::error);
@@ -699,6 +797,17 @@ void Relay::loop() {
     }
     if (now >= next_sweep) {
       next_sweep = now + std::chrono::milliseconds(100);
+      if (tc) {
+        // The kernel's share: its counts, activity for the idle timeout, and the transfers it saw end.
+        stats.kernel_entries = tc->for_each([&](const tftp_lb_key&, const tftp_lb_value& v) {
+          const auto i = v.session;
+          if (i >= st.sessions.size() || !st.sessions[i].in_use || !st.sessions[i].in_kernel ||
+              st.sessions[i].gen != v.gen)
+            return;
+          if (kernel_account(i, v) > 0) touch(i, now);
+          if (v.state != TFTP_LB_RUNNING) finish(i, now);
+        });
+      }
       while (!st.lingering.empty() && st.lingering.front().until <= now) {
         const auto l = st.lingering.front();
         st.lingering.pop_front();

@@ -22,10 +22,14 @@
 
 namespace deskfarm::tftp_lb {
 
+class TcBpf;
+
 /// Which engine moves the datagrams: `automatic` takes io_uring when the kernel allows it (6.0+, not refused by
-/// seccomp or kernel.io_uring_disabled) and epoll otherwise.
-enum class RelayEngine : std::uint8_t { automatic, io_uring, epoll };
-/// "auto", "io_uring", "epoll" (the manifest's `relay` key); nullopt for anything else.
+/// seccomp or kernel.io_uring_disabled) and epoll otherwise. `tc_bpf` relays established sessions in the kernel
+/// (a tc ingress program on loopback, tc_bpf.hpp) and everything else as `automatic` does; without BPF it is
+/// `automatic`, with the reason logged.
+enum class RelayEngine : std::uint8_t { automatic, io_uring, epoll, tc_bpf };
+/// "auto", "io_uring", "epoll", "tc-bpf" (the manifest's `relay` key); nullopt for anything else.
 std::optional<RelayEngine> relay_engine_from(std::string_view name);
 
 struct RelayOptions {
@@ -81,6 +85,12 @@ struct RelayStats {
   std::uint64_t ring_enters = 0;    ///< io_uring engine: io_uring_enter calls (one per turn: all receives and sends)
   std::uint64_t busy_polls = 0;      ///< waits that polled without sleeping (io_uring_enter or epoll_wait, timeout 0)
   std::uint64_t busy_poll_hits = 0;  ///< of those, the ones that found datagrams (each a wake-up saved)
+  // tc-bpf engine (all counted by the BPF program in its map, read every 100 ms; included in packets_to_* above)
+  std::uint64_t kernel_sessions = 0;            ///< sessions handed to the kernel once established
+  std::uint64_t kernel_entries = 0;             ///< entries in the BPF map at the last poll (two per session)
+  std::uint64_t kernel_packets_to_client = 0;   ///< relayed by the BPF program, never reaching a socket
+  std::uint64_t kernel_packets_to_backend = 0;
+  std::uint64_t kernel_install_errors = 0;      ///< map full or refused: the session stays in user space
   std::vector<RelayBackendStats> backends;
 };
 
@@ -97,8 +107,12 @@ class Relay {
   /// Binds the virtual server (throws std::runtime_error naming the address), chooses the engine (throws when
   /// io_uring is forced and refused, saying why) and starts the loop.
   void start();
-  /// "io_uring" or "epoll" once started.
-  std::string_view engine() const { return engine_ == RelayEngine::io_uring ? "io_uring" : "epoll"; }
+  /// "tc-bpf", "io_uring" or "epoll" once started (tc-bpf: its user-space half runs on io_uring or epoll).
+  std::string_view engine() const {
+    return tc_ ? "tc-bpf" : engine_ == RelayEngine::io_uring ? "io_uring" : "epoll";
+  }
+  /// tc-bpf: the tc filter's priority on loopback ingress (`tc filter show dev lo ingress`); 0 otherwise.
+  std::uint32_t tc_priority() const;
   void stop();
   std::uint16_t port() const { return port_; }
   void set_backends(std::vector<RelayBackend> backends);
@@ -123,6 +137,7 @@ class Relay {
   RelayStats published_;
   std::unique_ptr<State> state_;      // owned by the loop thread while it runs
   std::unique_ptr<Ring> ring_;        // the io_uring engine's ring and buffers; null with epoll
+  std::unique_ptr<TcBpf> tc_;         // the tc-bpf engine's program and map; null without it
   RelayEngine engine_ = RelayEngine::epoll;
 };
 

@@ -76,8 +76,10 @@ constexpr auto lb_schema = schema<LbConfig>(
     option("relay", &LbConfig::relay, "\"auto\"",
            "the relay's engine: io_uring (one system call per turn for all sessions' datagrams), epoll (one recvmmsg "
            "and one sendmmsg per ready socket), auto = io_uring where the kernel allows it (6.0+, not refused by "
-           "seccomp or kernel.io_uring_disabled), else epoll (logged)")
-        .one_of("auto|io_uring|epoll"),
+           "seccomp or kernel.io_uring_disabled), else epoll (logged); tc-bpf = an established session's datagrams "
+           "are relayed in the kernel by a tc ingress program on loopback (root, virtual server on 127.0.0.0/8), "
+           "the rest as auto; falls back to auto with the reason logged when BPF is unavailable")
+        .one_of("auto|io_uring|epoll|tc-bpf"),
     option("busy_poll_us", &LbConfig::busy_poll_us, "0",
            "after a turn that relayed datagrams, poll for the next ones this long without sleeping (a lockstep "
            "transfer's next datagram comes one round trip later; a sleep costs a wake-up per hop); 0 = never (the "
@@ -269,6 +271,14 @@ class TftpLb final : public Plugin {
       r.set("ring_enters", s.ring_enters);
       r.set("busy_polls", s.busy_polls);
       r.set("busy_poll_hits", s.busy_poll_hits);
+      if (relay_->tc_priority() != 0) {
+        r.set("kernel_sessions", s.kernel_sessions);
+        r.set("kernel_entries", s.kernel_entries);
+        r.set("kernel_packets_to_client", s.kernel_packets_to_client);
+        r.set("kernel_packets_to_backend", s.kernel_packets_to_backend);
+        r.set("kernel_install_errors", s.kernel_install_errors);
+        r.set("tc_priority", static_cast<std::int64_t>(relay_->tc_priority()));
+      }
       out.set("relay", std::move(r));
     }
     Value backends = Value::array();

@@ -18,6 +18,8 @@
 #include <deskfarm/tftp/client.hpp>
 #include <deskfarm/tftp/packet.hpp>
 
+#include "tc_bpf.hpp"
+
 namespace tftp_lb_test {
 
 using namespace deskfarm;
@@ -51,6 +53,29 @@ inline std::vector<std::byte> ack(std::uint16_t block) {
 
 /// The relay engines a test that moves datagrams runs with, one run each (Catch2 GENERATE).
 #define TFTP_LB_ENGINE() GENERATE(as<std::string>{}, "io_uring", "epoll")
+
+/// Why the tc-bpf engine cannot load and attach here (not root, no BPF, no clsact on lo); nullopt when it can.
+/// Probed once per process by attaching the real program to lo and detaching it again.
+inline const std::optional<std::string>& tc_bpf_unavailable() {
+  static const std::optional<std::string> why = []() -> std::optional<std::string> {
+    sockaddr_in vip{};
+    vip.sin_family = AF_INET;
+    vip.sin_addr.s_addr = htonl(0x7f000009);  // 127.0.0.9:1, a priority no balancer of the tests uses
+    vip.sin_port = htons(1);
+    std::string reason;
+    if (tftp_lb::TcBpf::open(vip, 1, {}, reason)) return std::nullopt;
+    return reason;
+  }();
+  return why;
+}
+/// The engines plus tc-bpf where it can attach: for the tests of what a transfer looks like from outside, which
+/// must hold whichever way the datagrams go. Where it cannot, tc_bpf_test.cpp reports the skip and why.
+inline std::vector<std::string> engines_with_tc_bpf() {
+  std::vector<std::string> e{"io_uring", "epoll"};
+  if (!tc_bpf_unavailable()) e.emplace_back("tc-bpf");
+  return e;
+}
+#define TFTP_LB_ENGINE_OR_TC_BPF() GENERATE(from_range(engines_with_tc_bpf()))
 
 struct Lab {
   /// The balancer's `relay` key: a test that moves datagrams sets it from TFTP_LB_ENGINE(), and start() checks

@@ -22,7 +22,7 @@ TEST_CASE("tftp-hpa, curl and atftp fetch through the virtual server from the pv
   if (!require_program("tftp") || !require_program("curl") || !require_program("atftp") ||
       !require_program("in.tftpd"))
     return;
-  Lab lab(TFTP_LB_ENGINE());
+  Lab lab(TFTP_LB_ENGINE_OR_TC_BPF());
   lab.start_hpa();
   lab.start(fast_udp_ecv);
   REQUIRE(lab.all_in({"pvs-1", "hpa"}, api::kUp));
@@ -57,7 +57,7 @@ TEST_CASE("tftp-hpa, curl and atftp fetch through the virtual server from the pv
 
 TEST_CASE("the client sees only the virtual server, and a wrong port gets ERROR 5, strangers and junk are dropped and counted") {
   if (!require_program("in.tftpd")) return;
-  Lab lab(TFTP_LB_ENGINE());
+  Lab lab(TFTP_LB_ENGINE_OR_TC_BPF());
   lab.start_hpa();
   lab.start("monitor = \"none\"\ndiscover = false\n");
   REQUIRE(lab.all_in({"hpa"}, api::kUp));
@@ -115,7 +115,7 @@ TEST_CASE("the client sees only the virtual server, and a wrong port gets ERROR 
 
 TEST_CASE("UEFI's tsize probe, its abort and the download from the same port are two sessions on the same backend") {
   if (!require_program("in.tftpd")) return;
-  Lab lab(TFTP_LB_ENGINE());
+  Lab lab(TFTP_LB_ENGINE_OR_TC_BPF());
   lab.start_hpa();
   lab.start("method = \"source_ip\"\nmonitor = \"udp-ecv\"\ninterval_ms = 500\nresponse_timeout_ms = 400\n");
   REQUIRE(lab.all_in({"pvs-1", "hpa"}, api::kUp));

@@ -4,7 +4,8 @@
 # 256 x 64 KiB at blksize 1468. Prints min/median MiB/s, median p50/p99 per transfer, the ratios VIP/direct, and
 # the balancer's CPU seconds per GiB relayed. Then holds SESSIONS (default 10000) stalled transfers open through the
 # virtual server and prints the balancer's resident memory per session.
-# RELAYS (default "io_uring epoll") names the relay engines to compare: one balancer per engine (`relay` key), the
+# RELAYS (default "tc-bpf io_uring epoll" as root, else "io_uring epoll") names the relay engines to compare:
+# one balancer per engine (`relay` key; tc-bpf needs root and BPF, and a balancer that fell back stops the run), the
 # first on 127.0.0.2 (it also holds the sessions), the next on 127.0.0.6, .7, .8, ..., all in front of the same
 # backend and measured in the same rounds. ENGINE:US sets that balancer's busy_poll_us as well ("io_uring:0
 # io_uring:50 epoll:50"); without it the plugin's default holds. Per balancer, `perf stat` counts its system calls and context switches over all the
@@ -79,7 +80,9 @@ TOML
   grep -q "virtual server" "$work/$name.log" || { cat "$work/$name.log" >&2; exit 1; }
   started_port=$port
 }
-read -r -a relays <<<"${RELAYS:-io_uring epoll}"
+default_relays="io_uring epoll"
+(( EUID == 0 )) && default_relays="tc-bpf io_uring epoll"
+read -r -a relays <<<"${RELAYS:-$default_relays}"
 declare -A target=([direct]=127.0.0.1:$backend)
 declare -A balancer=()
 declare -A manifest=()
@@ -119,6 +122,21 @@ else
   echo "run.sh: perf cannot count raw_syscalls:sys_enter here (perf_event_paranoid?): no system-call counts" >&2
 fi
 cpu_of() { [[ -z ${1:-} ]] && { echo 0; return; }; awk '{ printf "%.3f", ($14 + $15) / '"$(getconf CLK_TCK)"' }' "/proc/$1/stat"; }
+# tc-bpf: its BPF program runs in the senders' context, not the balancer's; with kernel.bpf_stats_enabled (set for
+# the run, restored after) its run time counts as the balancer's too. It runs for every datagram on lo, so the
+# direct path's and the other balancers' lookups are in it as well while they are measured: only the tc-bpf
+# path's rounds are charged.
+bpf_stats_was=""
+if [[ " ${relays[*]} " == *" tc-bpf"* ]] && [[ -w /proc/sys/kernel/bpf_stats_enabled ]] && command -v bpftool >/dev/null; then
+  bpf_stats_was=$(cat /proc/sys/kernel/bpf_stats_enabled)
+  echo 1 > /proc/sys/kernel/bpf_stats_enabled
+  trap 'echo "$bpf_stats_was" > /proc/sys/kernel/bpf_stats_enabled; cleanup' EXIT
+fi
+bpf_s() {  # seconds the tftp-lb BPF programs have run
+  [[ -z $bpf_stats_was ]] && { echo 0; return; }
+  bpftool -j prog show 2>/dev/null | python3 -c 'import json, sys
+print("%.6f" % (sum(p.get("run_time_ns", 0) for p in json.load(sys.stdin) if p.get("name") == "tftp_lb_ingress") / 1e9))'
+}
 lb_rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$lb_pid/status"; }
 
 rows=("1x32MiB|1|f32m" "64x1MiB|64|f1m" "256x64KiB|256|f64k")
@@ -129,12 +147,14 @@ for ((r = 1; r <= repeat; r++)); do
     IFS='|' read -r label clients file <<<"$row"
     for path in "${paths[@]}"; do
       before=$(cpu_of "${balancer[$path]:-}")
+      [[ $path == tc-bpf* ]] && before=$(awk -v a="$before" -v b="$(bpf_s)" 'BEGIN { printf "%.6f", a + b }')
       if ! out=$("$bin/tftp_load" --server "${target[$path]}" --file "$file" --clients "$clients" --blksize 1468 \
             --expect-sha256 "${sha[$file]}" --deadline-s 120); then
         echo "run.sh: round $r $path $label failed: $out" >&2
         continue
       fi
       after=$(cpu_of "${balancer[$path]:-}")
+      [[ $path == tc-bpf* ]] && after=$(awk -v a="$after" -v b="$(bpf_s)" 'BEGIN { printf "%.6f", a + b }')
       # rate p50 p99 balancer-s/GiB generator-s/GiB generator-share-of-a-core
       line=$(awk -v out="$out" -v a="$before" -v b="$after" -v c="$clients" -v f="$file" 'BEGIN {
         match(out, /: [0-9.]+ MiB\/s/); rate = substr(out, RSTART + 2, RLENGTH - 8) + 0
@@ -203,6 +223,9 @@ except OSError:
 calls = "io_uring_enter %d (%.3f per datagram)" % (r.get("ring_enters", 0), r.get("ring_enters", 0) / max(1, n)) if r.get("ring_enters") else \
         "recvmmsg %d (%.2f datagrams each), send calls %d (%.2f each)" % (r["receive_calls"], n / max(1, r["receive_calls"]), r["send_calls"], n / max(1, r["send_calls"]))
 line = "%-8s engine %s: %d datagrams relayed; %s" % (path, i.get("relay_engine", "?"), n, calls)
+if "kernel_sessions" in r:  # tc-bpf: what its BPF program moved (its CPU is charged to the senders, not the balancer)
+    k = r["kernel_packets_to_client"] + r["kernel_packets_to_backend"]
+    line += "; in the kernel: %d datagrams (%.1f%%) of %d sessions" % (k, 100.0 * k / max(1, n), r["kernel_sessions"])
 if r.get("busy_polls"):
     line += "; busy polls %d (%.2f per datagram), %.0f%% found datagrams" % (r["busy_polls"], r["busy_polls"] / max(1, n), 100.0 * r.get("busy_poll_hits", 0) / r["busy_polls"])
 if "raw_syscalls:sys_enter" in counts and n:

@@ -75,6 +75,7 @@ using MsgPtr = std::unique_ptr<natsMsg, MsgDeleter>;
 constexpr std::string_view header_status_line = "NATS/1.0";
 constexpr std::string_view header_end = "\r\n\r\n";
 constexpr std::size_t max_header_block = 64 * 1024;
+constexpr std::size_t max_kept_encoding = 64 * 1024;  // what a thread's reused send buffer may keep between sends
 
 /// The encoded header block of a received message ("NATS/1.0\r\nKey: value\r\n…\r\n"), read in place; empty when
 /// it has none or does not look like one. libnats 3.x keeps a received message in one block: subject, NUL, reply,
@@ -299,6 +300,7 @@ void NatsTransport::send(const std::string& subject, const char* reply_to, const
                        reply_to == nullptr ? 0 : static_cast<int>(std::strlen(reply_to)), encoded.data(),
                        static_cast<int>(encoded.size()), static_cast<int>(header_length));
   }
+  if (encoded.capacity() > max_kept_encoding) std::string().swap(encoded);  // one large message keeps no memory
   MsgPtr msg(raw);
   // A round trip waits for each hop: without the direct flush each would wait for the flusher (~1 ms per hop).
   if (s == NATS_OK) s = natsConn_publish(nc_, raw, nullptr, at_once);

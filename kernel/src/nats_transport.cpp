@@ -135,6 +135,7 @@ struct NatsCallbacks {
   }
   static void disconnected(natsConnection*, void* self) { static_cast<NatsTransport*>(self)->handle_disconnected(); }
   static void reconnected(natsConnection*, void* self) { static_cast<NatsTransport*>(self)->handle_reconnected(); }
+  static void closed(natsConnection*, void* self) { static_cast<NatsTransport*>(self)->handle_closed(); }
   static void error(natsConnection*, natsSubscription* sub, natsStatus s, void* self) {
     std::string what = natsStatus_GetText(s);
     if (sub != nullptr) what += " on '" + std::string(natsSubscription_GetSubject(sub)) + "'";
@@ -203,6 +204,7 @@ void NatsTransport::connect() {
     check(natsOptions_SetDisconnectedCB(opts.get(), &NatsCallbacks::disconnected, this), "bus: callbacks");
     check(natsOptions_SetReconnectedCB(opts.get(), &NatsCallbacks::reconnected, this), "bus: callbacks");
     check(natsOptions_SetErrorHandler(opts.get(), &NatsCallbacks::error, this), "bus: callbacks");
+    check(natsOptions_SetClosedCB(opts.get(), &NatsCallbacks::closed, this), "bus: callbacks");
   } catch (const std::runtime_error& e) {
     throw std::runtime_error(redact_secrets_(e.what()));
   }
@@ -242,6 +244,17 @@ void NatsTransport::close() {
   if (connected_) natsConnection_FlushTimeout(nc_, 1000);
   natsConnection_Close(nc_);
   connected_ = false;
+  // The callbacks libnats queued before its closed callback (a disconnect among them) run first; bounded, because
+  // a callback that never returns must not hold the deployment's stop forever.
+  std::unique_lock lock(closed_mutex_);
+  if (!closed_cv_.wait_for(lock, std::chrono::seconds(5), [&] { return closed_; }))
+    log(sdk::LogLevel::warning, "libnats did not report the connection closed within 5 s; stopping anyway");
+}
+
+void NatsTransport::handle_closed() {
+  std::lock_guard lock(closed_mutex_);
+  closed_ = true;
+  closed_cv_.notify_all();
 }
 
 void NatsTransport::subscribe_locked(const std::string& pattern, natsSubscription*& sub) {

@@ -134,12 +134,15 @@ void BusCore::unsubscribe(const std::shared_ptr<Subscriber>& sub) {
 
 void BusCore::deliver_remote(const std::string& pattern, sdk::Message&& message) {
   std::shared_ptr<const Subscribers> subs;
+  SubjectStats* stats = nullptr;  // never freed while the bus lives, so it may be kept outside the lock
   {
+    // One look under one lock per message: a stream from another process comes through here message by message.
     std::shared_lock lock(mutex_);
     if (auto it = by_pattern_.find(pattern); it != by_pattern_.end()) subs = it->second;
+    if (auto it = routes_.find(message.subject); subs && it != routes_.end()) stats = it->second->stats;
   }
   if (!subs) return;  // its last subscriber just ended
-  SubjectStats* stats = route(message.subject)->stats;  // the transport checked the subject
+  if (stats == nullptr) stats = route(message.subject)->stats;  // the transport checked the subject
   stats->delivered.fetch_add(deliver(*subs, std::move(message)), std::memory_order_relaxed);
 }
 

@@ -3,7 +3,9 @@
 #include <nats/nats.h>
 
 #include <charconv>
+#include <cstring>
 #include <memory>
+#include <optional>
 #include <set>
 #include <stdexcept>
 
@@ -18,6 +20,14 @@
 #error "libnats other than 3.x: check natsConn_publish's signature in its src/conn.h, then widen this check"
 #endif
 extern "C" natsStatus natsConn_publish(natsConnection* nc, natsMsg* msg, const char* reply, bool directFlush);
+// Two more of its exported internals (src/msg.h, the same from 2.x to the newest 3.x). natsMsg_create makes a message
+// whose headers are given as their encoded text (what a received message holds); natsConn_publish sends that text as
+// it is. natsMsgHeader_Set instead builds a hash map per message (five allocations for our two headers) that the
+// publish walks to encode. natsMsg_free frees a message on the calling thread; natsMsg_Destroy hands it to the
+// library's collector thread, one more thread hand-off and a cross-thread free per message.
+extern "C" natsStatus natsMsg_create(natsMsg** msg, const char* subject, int subject_length, const char* reply,
+                                     int reply_length, const char* buf, int buf_length, int header_length);
+extern "C" void natsMsg_free(void* msg);
 
 namespace deskfarm::kernel {
 
@@ -58,9 +68,59 @@ void check(natsStatus s, const std::string& what) {
 }
 
 struct MsgDeleter {
-  void operator()(natsMsg* m) const { natsMsg_Destroy(m); }
+  void operator()(natsMsg* m) const { natsMsg_free(m); }
 };
 using MsgPtr = std::unique_ptr<natsMsg, MsgDeleter>;
+
+constexpr std::string_view header_status_line = "NATS/1.0";
+constexpr std::string_view header_end = "\r\n\r\n";
+constexpr std::size_t max_header_block = 64 * 1024;
+constexpr std::size_t max_kept_encoding = 64 * 1024;  // what a thread's reused send buffer may keep between sends
+
+/// The encoded header block of a received message ("NATS/1.0\r\nKey: value\r\n…\r\n"), read in place; empty when
+/// it has none or does not look like one. libnats 3.x keeps a received message in one block: subject, NUL, reply,
+/// NUL, the header block, NUL, the data (src/msg.c, natsMsg_create), so the block lies between the reply (or the
+/// subject) and the data. Reading it there spares the library's header map per message; anything unexpected
+/// (another layout, headers the library has already parsed in place) leaves it to natsMsgHeader_Get.
+std::string_view header_block(natsMsg* msg) {
+  const char* subject = natsMsg_GetSubject(msg);
+  const char* reply = natsMsg_GetReply(msg);
+  const char* data = natsMsg_GetData(msg);
+  if (subject == nullptr || data == nullptr) return {};
+  const char* start = reply != nullptr ? reply + std::strlen(reply) + 1 : subject + std::strlen(subject) + 1;
+  const auto from = reinterpret_cast<std::uintptr_t>(start);
+  const auto to = reinterpret_cast<std::uintptr_t>(data);
+  if (to <= from || to - from > max_header_block) return {};
+  const std::string_view block(start, static_cast<std::size_t>(to - from) - 1);  // then the NUL before the data
+  if (data[-1] != '\0' || !block.starts_with(header_status_line) || !block.ends_with(header_end)) return {};
+  return block;
+}
+
+bool header_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f'; }
+
+/// The first value of `key` in an encoded header block, trimmed as libnats trims it; nullopt when it is absent or
+/// written in a way only libnats's own parser reads exactly (a value folded onto the next line).
+std::optional<std::string_view> header_value(std::string_view block, std::string_view key) {
+  std::size_t at = block.find("\r\n");  // past the status line
+  while (at != std::string_view::npos && at + 2 < block.size()) {
+    const std::size_t begin = at + 2;
+    const std::size_t end = block.find("\r\n", begin);
+    if (end == std::string_view::npos || end == begin) return std::nullopt;  // the last, empty line
+    const std::string_view line = block.substr(begin, end - begin);
+    if (line.size() > key.size() && line[key.size()] == ':' && line.starts_with(key)) {
+      if (end + 2 < block.size() && (block[end + 2] == ' ' || block[end + 2] == '\t')) return std::nullopt;
+      std::string_view value = line.substr(key.size() + 1);
+      while (!value.empty() && header_space(value.front())) value.remove_prefix(1);
+      while (!value.empty() && header_space(value.back())) value.remove_suffix(1);
+      return value;
+    }
+    at = end;
+  }
+  return std::nullopt;
+}
+
+/// True when `text` can be a header value as it is (no line breaks).
+bool header_safe(std::string_view text) { return text.find_first_of("\r\n") == std::string_view::npos; }
 }  // namespace
 
 /// libnats calls these on its own threads.
@@ -75,6 +135,7 @@ struct NatsCallbacks {
   }
   static void disconnected(natsConnection*, void* self) { static_cast<NatsTransport*>(self)->handle_disconnected(); }
   static void reconnected(natsConnection*, void* self) { static_cast<NatsTransport*>(self)->handle_reconnected(); }
+  static void closed(natsConnection*, void* self) { static_cast<NatsTransport*>(self)->handle_closed(); }
   static void error(natsConnection*, natsSubscription* sub, natsStatus s, void* self) {
     std::string what = natsStatus_GetText(s);
     if (sub != nullptr) what += " on '" + std::string(natsSubscription_GetSubject(sub)) + "'";
@@ -143,6 +204,7 @@ void NatsTransport::connect() {
     check(natsOptions_SetDisconnectedCB(opts.get(), &NatsCallbacks::disconnected, this), "bus: callbacks");
     check(natsOptions_SetReconnectedCB(opts.get(), &NatsCallbacks::reconnected, this), "bus: callbacks");
     check(natsOptions_SetErrorHandler(opts.get(), &NatsCallbacks::error, this), "bus: callbacks");
+    check(natsOptions_SetClosedCB(opts.get(), &NatsCallbacks::closed, this), "bus: callbacks");
   } catch (const std::runtime_error& e) {
     throw std::runtime_error(redact_secrets_(e.what()));
   }
@@ -182,6 +244,17 @@ void NatsTransport::close() {
   if (connected_) natsConnection_FlushTimeout(nc_, 1000);
   natsConnection_Close(nc_);
   connected_ = false;
+  // The callbacks libnats queued before its closed callback (a disconnect among them) run first; bounded, because
+  // a callback that never returns must not hold the deployment's stop forever.
+  std::unique_lock lock(closed_mutex_);
+  if (!closed_cv_.wait_for(lock, std::chrono::seconds(5), [&] { return closed_; }))
+    log(sdk::LogLevel::warning, "libnats did not report the connection closed within 5 s; stopping anyway");
+}
+
+void NatsTransport::handle_closed() {
+  std::lock_guard lock(closed_mutex_);
+  closed_ = true;
+  closed_cv_.notify_all();
 }
 
 void NatsTransport::subscribe_locked(const std::string& pattern, natsSubscription*& sub) {
@@ -224,14 +297,24 @@ void NatsTransport::settle() {
 void NatsTransport::send(const std::string& subject, const char* reply_to, const sdk::Message& message, bool at_once) {
   if (nc_ == nullptr) return;  // not connected yet (a constructor publishing) or already closed
   const std::string body = message.encoded();
-  const std::string type(message.type);
   char version[16];
-  *std::to_chars(version, version + sizeof version - 1, message.version).ptr = '\0';
+  const std::string_view version_text(version, static_cast<std::size_t>(
+      std::to_chars(version, version + sizeof version, message.version).ptr - version));
+  // The headers in their encoded form, then the body: one buffer per thread, reused, and one allocation in libnats.
+  thread_local std::string encoded;
+  encoded.assign(header_status_line).append("\r\n").append(nats_type_header).append(": ").append(message.type);
+  encoded.append("\r\n").append(nats_version_header).append(": ").append(version_text).append(header_end);
+  const std::size_t header_length = encoded.size();
+  encoded.append(body);
   natsMsg* raw = nullptr;
-  natsStatus s = natsMsg_Create(&raw, subject.c_str(), reply_to, body.data(), static_cast<int>(body.size()));
+  natsStatus s = NATS_INVALID_ARG;  // a type name with a line break would end the headers early
+  if (header_safe(message.type)) {
+    s = natsMsg_create(&raw, subject.data(), static_cast<int>(subject.size()), reply_to,
+                       reply_to == nullptr ? 0 : static_cast<int>(std::strlen(reply_to)), encoded.data(),
+                       static_cast<int>(encoded.size()), static_cast<int>(header_length));
+  }
+  if (encoded.capacity() > max_kept_encoding) std::string().swap(encoded);  // one large message keeps no memory
   MsgPtr msg(raw);
-  if (s == NATS_OK) s = natsMsgHeader_Set(raw, nats_type_header, type.c_str());
-  if (s == NATS_OK) s = natsMsgHeader_Set(raw, nats_version_header, version);
   // A round trip waits for each hop: without the direct flush each would wait for the flusher (~1 ms per hop).
   if (s == NATS_OK) s = natsConn_publish(nc_, raw, nullptr, at_once);
   if (s == NATS_OK) {
@@ -265,28 +348,42 @@ void NatsTransport::foreign(std::string_view subject, const std::string& why) {
 
 bool NatsTransport::to_message(natsMsg* msg, sdk::Message& out) {
   const std::string_view subject = natsMsg_GetSubject(msg);
-  const char* type = nullptr;
-  const char* version = nullptr;
-  if (natsMsgHeader_Get(msg, nats_type_header, &type) != NATS_OK ||
-      natsMsgHeader_Get(msg, nats_version_header, &version) != NATS_OK) {
-    foreign(subject, "no Deskfarm-Type and Deskfarm-Version headers (not published by a deskfarm process)");
-    return false;
+  std::string_view t, v;
+  const std::string_view block = header_block(msg);
+  const auto raw_type = block.empty() ? std::nullopt : header_value(block, nats_type_header);
+  const auto raw_version = raw_type ? header_value(block, nats_version_header) : std::nullopt;
+  if (raw_type && raw_version) {
+    t = *raw_type;
+    v = *raw_version;
+  } else {  // libnats's own parser decides: no headers, or headers written otherwise than deskfarm writes them
+    const char* type = nullptr;
+    const char* version = nullptr;
+    if (natsMsgHeader_Get(msg, nats_type_header, &type) != NATS_OK ||
+        natsMsgHeader_Get(msg, nats_version_header, &version) != NATS_OK) {
+      foreign(subject, "no Deskfarm-Type and Deskfarm-Version headers (not published by a deskfarm process)");
+      return false;
+    }
+    t = type;
+    v = version;
   }
-  const std::string_view v(version);
   std::uint32_t n = 0;
   if (v.empty() || std::from_chars(v.data(), v.data() + v.size(), n).ptr != v.data() + v.size()) {
     foreign(subject, "Deskfarm-Version '" + std::string(v.substr(0, 20)) + "' is not a number");
     return false;
   }
-  const std::string_view t(type);
   const std::string* name = t.empty() || t.size() > max_type_name ? nullptr : intern_type(t);
   if (name == nullptr) {
     foreign(subject, "Deskfarm-Type is empty, longer than 200 characters, or one of more than 4096 distinct names");
     return false;
   }
-  if (auto error = sdk::subject_error(subject, false); !error.empty()) {
-    foreign(subject, error);
-    return false;
+  // A stream mostly repeats its subject: the last one this thread found well formed is not checked again.
+  thread_local std::string last_subject;
+  if (subject != last_subject) {
+    if (auto error = sdk::subject_error(subject, false); !error.empty()) {
+      foreign(subject, error);
+      return false;
+    }
+    last_subject.assign(subject);
   }
   out.subject.assign(subject);
   out.type = *name;

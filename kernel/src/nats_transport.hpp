@@ -4,6 +4,7 @@
 // encoding, with the type name and version in NATS headers.
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -80,6 +81,7 @@ class NatsTransport final : public RemoteTransport {
   void handle_disconnected();
   void handle_reconnected();
   void handle_error(const std::string& what);
+  void handle_closed();
   /// Sends one message, to the socket before returning when `at_once` (requests, replies), else buffered for the
   /// flusher (publications); counts a failure (the reconnect buffer is full, the connection closed).
   void send(const std::string& subject, const char* reply_to, const sdk::Message& message, bool at_once);
@@ -106,6 +108,11 @@ class NatsTransport final : public RemoteTransport {
   std::atomic<std::uint64_t> sent_{0}, received_{0}, send_failed_{0}, foreign_{0}, disconnects_{0}, reconnects_{0},
       async_errors_{0};
   std::atomic<bool> dropping_{false};  // a drop was logged in this disconnection already
+  // libnats runs the connection's callbacks (disconnected, reconnected, errors, closed) on its own thread, in order,
+  // after natsConnection_Close returns: close() waits for the last of them, so none runs on a destroyed transport.
+  std::mutex closed_mutex_;
+  std::condition_variable closed_cv_;
+  bool closed_ = false;  // guarded by closed_mutex_
 };
 
 }  // namespace deskfarm::kernel

@@ -4,10 +4,13 @@
 
 #include <atomic>
 #include <cstdlib>
-#include <memory>
+#include <cstring>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include <catch2/catch.hpp>
 
@@ -231,6 +234,44 @@ TEST_CASE("a receiver with another version of a type refuses it clearly and coun
       [&] { return sample(a.metrics_text(), "deskfarm_bus_nats_dropped_total{reason=\"foreign\"}") == 1; }, 5s));
   CHECK(a.logged("no Deskfarm-Type and Deskfarm-Version headers"));
   CHECK(b.request<Sum, Total>("adder.adder.sum", Sum{{2, 3}})->total == 5);
+}
+
+TEST_CASE("type headers as libnats's own encoder writes them (an older deskfarm build) are read like ours, garbled ones refused") {
+  TwoSites sites;
+  if (!sites.up) return;
+  auto& a = *sites.a;
+  auto seen = a.probe("farm.headers");
+  natsConnection* nc = nullptr;
+  REQUIRE(natsConnection_ConnectTo(&nc, sites.server->url().c_str()) == NATS_OK);
+  // Sends `body` on farm.headers with `headers` set through libnats's header map (its order, its encoding).
+  const auto send = [&](const std::vector<std::pair<const char*, const char*>>& headers, const char* body) {
+    natsMsg* m = nullptr;
+    REQUIRE(natsMsg_Create(&m, "farm.headers", nullptr, body, static_cast<int>(std::strlen(body))) == NATS_OK);
+    for (const auto& [key, value] : headers) REQUIRE(natsMsgHeader_Set(m, key, value) == NATS_OK);
+    REQUIRE(natsConnection_PublishMsg(nc, m) == NATS_OK);
+    natsMsg_Destroy(m);
+  };
+  send({{"Trace-Id", "abc"}, {"Deskfarm-Version", " 1 "}, {"Deskfarm-Type", "deskfarm.text"}}, "first");
+  send({{"Deskfarm-Type", "deskfarm.text"}, {"Deskfarm-Version", "7"}}, "second");
+  send({{"Deskfarm-Type", "deskfarm.text"}, {"Deskfarm-Version", "seven"}}, "garbled");
+  send({{"deskfarm-type", "deskfarm.text"}, {"deskfarm-version", "1"}}, "other case");  // header names are exact
+  send({{"Deskfarm-Type", "deskfarm.text"}, {"Deskfarm-Version", "1"}}, "last");
+  CHECK(natsConnection_FlushTimeout(nc, 2000) == NATS_OK);
+  natsConnection_Destroy(nc);
+  const auto first = seen.await(5s);
+  REQUIRE(first);
+  CHECK(first->type == "deskfarm.text");
+  CHECK(first->version == 1);  // the value trimmed, as libnats trims it
+  CHECK(text_of(*first) == "first");
+  const auto second = seen.await(5s);
+  REQUIRE(second);
+  CHECK(second->version == 7);
+  CHECK_THROWS_WITH(sdk::body_of<sdk::Text>(*second), Catch::Contains("understands version 1"));
+  const auto last = seen.await(5s);
+  REQUIRE(last);
+  CHECK(text_of(*last) == "last");  // the two in between were refused, and in order
+  CHECK(sample(a.metrics_text(), "deskfarm_bus_nats_dropped_total{reason=\"foreign\"}") == 2);
+  CHECK(a.logged("Deskfarm-Version 'seven' is not a number"));
 }
 
 TEST_CASE("a nats-server restart is survived: publishes are buffered within the bound, dropped and counted beyond it") {

@@ -2,10 +2,13 @@
 // bare libnats publisher/subscriber pair and a bare libnats request/reply pair, all through one local
 // nats-server started (and stopped by its PID) by this run:
 //   nats_bench [--messages N] [--round-trips N] [--size BYTES] [--runs N]
-// Throughput: messages/s at the subscriber, first to last message. Request/reply: p50 and p99 of one request at a
-// time. Each figure is the median of --runs runs; the ratios compare deskfarm with bare libnats.
+// Throughput: messages/s at the subscriber, first to last message, and the CPU time each side's process spends per
+// message (every thread of it: the subscriber's from its first message to its last, the publisher's over its publish
+// loop), which a machine shared with other work disturbs far less than a rate. Request/reply: p50 and p99 of one
+// request at a time. Each figure is the median of --runs runs; the ratios compare deskfarm with bare libnats.
 // The same binary plays every role in its child processes (--role …).
 #include <nats/nats.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
@@ -55,6 +58,13 @@ void ready() {
   std::fflush(stdout);
 }
 
+/// CPU time (user and system, every thread) this process has used so far, in microseconds.
+double process_cpu_us() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e6 + static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
 /// p50 and p99 in microseconds.
 std::pair<double, double> percentiles(std::vector<double> us) {
   std::sort(us.begin(), us.end());
@@ -77,13 +87,18 @@ void bare_sub(const Options& o) {
   check(natsConnection_Flush(nc), "flush");
   ready();
   Steady::time_point first;
+  double first_cpu = 0;
   for (long long i = 0; i < o.messages; ++i) {
     natsMsg* m = nullptr;
     check(natsSubscription_NextMsg(&m, sub, 30000), "next message");
-    if (i == 0) first = Steady::now();
+    if (i == 0) {
+      first = Steady::now();
+      first_cpu = process_cpu_us();
+    }
     natsMsg_Destroy(m);
   }
-  result(static_cast<double>(o.messages - 1) / std::chrono::duration<double>(Steady::now() - first).count());
+  const auto seconds = std::chrono::duration<double>(Steady::now() - first).count();
+  result(static_cast<double>(o.messages - 1) / seconds, (process_cpu_us() - first_cpu) / static_cast<double>(o.messages - 1));
   natsSubscription_Destroy(sub);
   natsConnection_Destroy(nc);
 }
@@ -91,7 +106,9 @@ void bare_sub(const Options& o) {
 void bare_pub(const Options& o) {
   natsConnection* nc = bare_connect(o.url);
   const std::string body(static_cast<std::size_t>(o.size), 'x');
+  const double cpu = process_cpu_us();
   for (long long i = 0; i < o.messages; ++i) check(natsConnection_Publish(nc, "bench.flow", body.data(), static_cast<int>(body.size())), "publish");
+  result(0, (process_cpu_us() - cpu) / static_cast<double>(o.messages));
   check(natsConnection_FlushTimeout(nc, 30000), "flush");
   natsConnection_Destroy(nc);
 }
@@ -161,29 +178,39 @@ void df_sub(const Options& o) {
   Kernel k(o.url);
   std::atomic<long long> n{0};
   Steady::time_point first;
+  double first_cpu = 0, last_cpu = 0;
   std::promise<Steady::time_point> last;
   sdk::Subscription sub;
   k.on_strand([&] {
     sub = k.client->bus.subscribe("bench.flow", [&](const sdk::Message& m) {
       if (sdk::body_of<sdk::Text>(m)->value.size() != static_cast<std::size_t>(o.size)) fail("a message of another size");
       const auto i = n.fetch_add(1);
-      if (i == 0) first = Steady::now();
-      if (i + 1 == o.messages) last.set_value(Steady::now());
+      if (i == 0) {
+        first = Steady::now();
+        first_cpu = process_cpu_us();
+      }
+      if (i + 1 == o.messages) {
+        last_cpu = process_cpu_us();
+        last.set_value(Steady::now());
+      }
     }, sdk::SubscribeOptions{1 << 20, sdk::Overflow::block});
   });
   ready();
   auto done = last.get_future();
   if (done.wait_for(std::chrono::seconds(120)) != std::future_status::ready) fail("the subscriber did not get every message within 120 s");
-  result(static_cast<double>(o.messages - 1) / std::chrono::duration<double>(done.get() - first).count());
+  const auto seconds = std::chrono::duration<double>(done.get() - first).count();
+  result(static_cast<double>(o.messages - 1) / seconds, (last_cpu - first_cpu) / static_cast<double>(o.messages - 1));
   k.on_strand([&] { sub.reset(); });
 }
 
 void df_pub(const Options& o) {
   Kernel k(o.url);
   const std::string body(static_cast<std::size_t>(o.size), 'x');
+  const double cpu = process_cpu_us();
   k.on_strand([&] {
     for (long long i = 0; i < o.messages; ++i) sdk::publish(k.client->bus, "bench.flow", sdk::Text{body});
   });
+  result(0, (process_cpu_us() - cpu) / static_cast<double>(o.messages));
   // Stopping flushes what libnats still buffers (close() in the transport).
 }
 
@@ -243,10 +270,20 @@ std::string read_all(const std::filesystem::path& p) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+/// The two numbers of the "result" line in `text`, from `who`.
+std::pair<double, double> result_of(const std::string& text, const std::string& who) {
+  const auto at = text.find("result ");
+  if (at == std::string::npos) fail("no result from " + who + ": " + text);
+  double a = 0, b = 0;
+  std::sscanf(text.c_str() + at, "result %lf %lf", &a, &b);
+  return {a, b};
+}
+
 /// Starts `server_role` (waits for its "ready"), runs `client_role` to its end, and returns the "result" line
-/// of `measured` (the server or the client).
+/// of `measured` (the server or the client); `other`, when given, gets the other one's.
 std::pair<double, double> pair_run(const Options& o, const testing::TempDir& dir, const std::string& server_role,
-                                   const std::string& client_role, bool server_measures) {
+                                   const std::string& client_role, bool server_measures,
+                                   std::pair<double, double>* other = nullptr) {
   const auto server_out = dir / (server_role + ".out");
   const auto client_out = dir / (client_role + ".out");
   auto server = spawn(o, server_role, server_out);
@@ -257,12 +294,10 @@ std::pair<double, double> pair_run(const Options& o, const testing::TempDir& dir
   auto client = spawn(o, client_role, client_out);
   if (client->wait(std::chrono::seconds(180)) != 0) fail(client_role + " failed: " + read_all(client_out));
   if (server->wait(std::chrono::seconds(180)) != 0) fail(server_role + " failed: " + read_all(server_out));
-  const auto text = read_all(server_measures ? server_out : client_out);
-  const auto at = text.find("result ");
-  if (at == std::string::npos) fail("no result from " + (server_measures ? server_role : client_role) + ": " + text);
-  double a = 0, b = 0;
-  std::sscanf(text.c_str() + at, "result %lf %lf", &a, &b);
-  return {a, b};
+  if (other != nullptr) {
+    *other = result_of(read_all(server_measures ? client_out : server_out), server_measures ? client_role : server_role);
+  }
+  return result_of(read_all(server_measures ? server_out : client_out), server_measures ? server_role : client_role);
 }
 
 }  // namespace
@@ -303,10 +338,17 @@ int main(int argc, char** argv) {
   testing::TempDir dir;
   testing::NatsServer server(program, dir / "nats-server.log");
   o.url = server.url();
-  std::vector<double> bare_rate, df_rate, bare_p50, bare_p99, df_p50, df_p99;
+  std::vector<double> bare_rate, df_rate, bare_p50, bare_p99, df_p50, df_p99, bare_sub_cpu, df_sub_cpu, bare_pub_cpu, df_pub_cpu;
   for (long long run = 0; run < o.runs; ++run) {
-    bare_rate.push_back(pair_run(o, dir, "bare-sub", "bare-pub", true).first);
-    df_rate.push_back(pair_run(o, dir, "df-sub", "df-pub", true).first);
+    std::pair<double, double> pub;
+    const auto bare = pair_run(o, dir, "bare-sub", "bare-pub", true, &pub);
+    bare_rate.push_back(bare.first);
+    bare_sub_cpu.push_back(bare.second);
+    bare_pub_cpu.push_back(pub.second);
+    const auto df = pair_run(o, dir, "df-sub", "df-pub", true, &pub);
+    df_rate.push_back(df.first);
+    df_sub_cpu.push_back(df.second);
+    df_pub_cpu.push_back(pub.second);
     const auto b = pair_run(o, dir, "bare-echo", "bare-req", false);
     const auto d = pair_run(o, dir, "df-echo", "df-req", false);
     bare_p50.push_back(b.first);
@@ -319,6 +361,10 @@ int main(int argc, char** argv) {
   std::printf("%-34s %14s %14s %8s\n", "", "bare libnats", "deskfarm", "ratio");
   std::printf("%-34s %14.0f %14.0f %7.2fx\n", "pub/sub messages/s (2 processes)", median(bare_rate), median(df_rate),
               median(df_rate) / median(bare_rate));
+  std::printf("%-34s %14.2f %14.2f %7.2fx\n", "subscriber CPU us/message (lower=b.)", median(bare_sub_cpu),
+              median(df_sub_cpu), median(bare_sub_cpu) / median(df_sub_cpu));
+  std::printf("%-34s %14.2f %14.2f %7.2fx\n", "publisher CPU us/message (lower=b.)", median(bare_pub_cpu),
+              median(df_pub_cpu), median(bare_pub_cpu) / median(df_pub_cpu));
   std::printf("%-34s %14.1f %14.1f %7.2fx\n", "request/reply p50 us (lower=better)", median(bare_p50), median(df_p50),
               median(bare_p50) / median(df_p50));
   std::printf("%-34s %14.1f %14.1f %7.2fx\n", "request/reply p99 us (lower=better)", median(bare_p99), median(df_p99),

@@ -227,7 +227,7 @@ struct AdminServer::Shared {
   sdk::Counter& reused = metrics.counter("deskfarm_admin_reused_total",
                                          "Requests on a kept-alive connection that had answered before.", {});
   sdk::Histogram& latency = metrics.histogram("deskfarm_admin_request_seconds", "Seconds from a whole request received to its answer begun.",
-                                              std::vector<double>(latency_bounds.begin(), latency_bounds.end()), {});
+                                              {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10}, {});
   static constexpr const char* kRefusedHelp =
       "Requests answered 503 by reason: inflight (admin_inflight reached), queue (workers' queue full).";
   static constexpr const char* kDroppedHelp =
@@ -277,24 +277,6 @@ AdminServer::~AdminServer() {
 std::string AdminServer::address() const {
   const std::string host = host_.find(':') != std::string::npos ? "[" + host_ + "]" : host_;
   return host + ":" + std::to_string(listener_.address().port());
-}
-
-AdminServer::Counters AdminServer::counters() const {
-  const auto& m = *shared_;
-  Counters c;
-  std::lock_guard lock(shared_->mutex);
-  c.inflight = static_cast<std::size_t>(m.inflight_now.value());
-  c.inflight_peak = static_cast<std::size_t>(m.inflight_peak.value());
-  c.refused_inflight = m.refused_inflight.value();
-  c.refused_queue = m.refused_queue.value();
-  c.late_replies = m.dropped_late.value();
-  c.orphaned = m.dropped_orphaned.value();
-  c.reused = m.reused.value();
-  for (const auto& [code, counter] : m.by_code)
-    if (counter->value()) c.answers[code] = counter->value();
-  for (std::size_t i = 0; i < c.latency_buckets.size(); ++i) c.latency_buckets[i] = m.latency.bucket(i);
-  c.latency_sum_s = m.latency.sum();
-  return c;
 }
 
 std::string AdminServer::metrics_text() const { return shared_->metrics.render(); }

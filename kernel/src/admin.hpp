@@ -1,8 +1,6 @@
 #pragma once
-#include <array>
 #include <chrono>
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -64,27 +62,9 @@ class AdminServer {
   /// The address actually bound ("127.0.0.1:43123").
   std::string address() const;
 
-  /// What the endpoint has done so far (tests, and a look from a debugger).
-  struct Counters {
-    std::size_t inflight = 0;       ///< bus requests waiting for their reply now
-    std::size_t inflight_peak = 0;  ///< the most at once
-    std::uint64_t refused_inflight = 0;  ///< 503: admin_inflight reached
-    std::uint64_t refused_queue = 0;     ///< 503: the workers' queue was full
-    std::uint64_t late_replies = 0;      ///< a reply after its request was answered 504 (dropped)
-    std::uint64_t orphaned = 0;          ///< an answer whose client had gone (dropped)
-    std::uint64_t reused = 0;            ///< requests on a connection that had answered before
-    std::map<int, std::uint64_t> answers;  ///< answers begun, by HTTP status (an orphaned one is not among them)
-    /// Seconds from a whole request received to its answer begun: counts at or below each of latency_bounds,
-    /// then the rest (+Inf); and their sum.
-    std::array<std::uint64_t, 13> latency_buckets{};
-    double latency_sum_s = 0;
-  };
-  /// The upper bounds (seconds) of Counters::latency_buckets but the last.
-  static constexpr std::array<double, 12> latency_bounds{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
-  Counters counters() const;
   /// The endpoint's own metrics (Prometheus text, rendered by its MetricsRegistry): answers by status, in flight
   /// now and at most, refusals, answers dropped, requests on reused connections, the latency histogram. GET
-  /// /metrics serves them after the deployment's.
+  /// /metrics serves them after the deployment's; tests read them here (deskfarm::testing::metric_sample).
   std::string metrics_text() const;
 
  private:

@@ -25,7 +25,6 @@ std::string shortest(double v) {
   const auto r = std::to_chars(buf, buf + sizeof buf, v);
   return std::string(buf, r.ptr);
 }
-const char* kind_name(int k) { return k == 0 ? "counter" : k == 1 ? "gauge" : "histogram"; }
 }  // namespace
 
 std::string render_labels(const sdk::Labels& labels) {
@@ -46,6 +45,15 @@ std::string render_labels(const sdk::Labels& labels) {
   return out + "}";
 }
 
+const char* MetricsRegistry::kind_name(Kind kind) {
+  switch (kind) {
+    case Kind::counter: return "counter";
+    case Kind::gauge: return "gauge";
+    case Kind::histogram: return "histogram";
+  }
+  return "histogram";  // not reached: the switch names every Kind (-Wswitch says when one is added)
+}
+
 MetricsRegistry::Family& MetricsRegistry::family(const std::string& name, const std::string& help, Kind kind) {
   if (!valid_metric_name(name)) throw std::invalid_argument("metrics: '" + name + "' is not a valid Prometheus metric name");
   auto [it, inserted] = families_.try_emplace(name);
@@ -53,7 +61,7 @@ MetricsRegistry::Family& MetricsRegistry::family(const std::string& name, const 
     it->second.help = help;
     it->second.kind = kind;
   } else if (it->second.kind != kind) {
-    throw std::invalid_argument("metrics: '" + name + "' is already registered as a " + kind_name(static_cast<int>(it->second.kind)));
+    throw std::invalid_argument("metrics: '" + name + "' is already registered as a " + kind_name(it->second.kind));
   }
   return it->second;
 }
@@ -115,7 +123,7 @@ std::string MetricsRegistry::render() const {
   std::lock_guard lock(mutex_);
   std::string out;
   for (const auto& [name, f] : families_) {
-    out += "# HELP " + name + " " + f.help + "\n# TYPE " + name + " " + kind_name(static_cast<int>(f.kind)) + "\n";
+    out += "# HELP " + name + " " + f.help + "\n# TYPE " + name + " " + kind_name(f.kind) + "\n";
     for (const auto& [labels, c] : f.counters) out += name + labels + " " + std::to_string(c->value()) + "\n";
     for (const auto& [labels, g] : f.gauges) out += name + labels + " " + format_number(g->value()) + "\n";
     for (const auto& [labels, s] : f.histograms) {

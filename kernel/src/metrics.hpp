@@ -27,6 +27,8 @@ class MetricsRegistry {
 
  private:
   enum class Kind { counter, gauge, histogram };
+  /// The Prometheus TYPE word of `kind`.
+  static const char* kind_name(Kind kind);
   struct HistogramSeries {
     sdk::Labels labels;  ///< kept to render `le` among them
     std::unique_ptr<sdk::Histogram> histogram;

@@ -56,6 +56,8 @@ struct Endpoint {
     return -1;
   }
   Poco::Net::SocketAddress address() const { return Poco::Net::SocketAddress(admin->address()); }
+  /// One series of the endpoint's own metrics ("deskfarm_admin_inflight"); -1 when it is not there.
+  double metric(const std::string& series) const { return deskfarm::testing::metric_sample(admin->metrics_text(), series); }
 
   deskfarm::testing::TempDir scratch{"deskfarm-admin"};
   LogSink log{sdk::LogLevel::warning};
@@ -151,7 +153,7 @@ TEST_CASE("admin keep-alive: one connection serves requests in turn and pipeline
   CHECK(fifth.body.find("\"total\":42") != std::string::npos);
   CHECK(fifth.head.find("\r\nConnection: close\r\n") != std::string::npos);
   CHECK(closed_by_peer(s, 2s));
-  CHECK(e.admin->counters().reused == 4);
+  CHECK(e.metric("deskfarm_admin_reused_total") == 4);
 
   // A body larger than a head may be (8 KiB) still arrives whole.
   std::string terms = "1";
@@ -196,7 +198,7 @@ TEST_CASE("admin keep-alive: 16 clients sending 2,000 requests on kept connectio
   CHECK(wrong == 0);
   CHECK(lost == 0);
   CHECK(closing == 0);
-  CHECK(e.admin->counters().reused == static_cast<std::uint64_t>(clients * (each - 1)));
+  CHECK(e.metric("deskfarm_admin_reused_total") == clients * (each - 1));
   // Pipelined: 100 requests in one write on one connection, 100 answers in order.
   std::string burst;
   for (int i = 0; i < 100; ++i) burst += post("adder.adder.sum", "{\"terms\":[" + std::to_string(i) + ",1000]}");
@@ -207,7 +209,7 @@ TEST_CASE("admin keep-alive: 16 clients sending 2,000 requests on kept connectio
     in_order += a.status == 200 && a.body.find("\"total\":" + std::to_string(i + 1000)) != std::string::npos;
   }
   CHECK(in_order == 100);
-  CHECK(e.admin->counters().answers[200] == static_cast<std::uint64_t>(clients * each + 100));
+  CHECK(e.metric("deskfarm_admin_requests_total{code=\"200\"}") == clients * each + 100);
 }
 
 TEST_CASE("admin keep-alive: an idle connection is closed after the idle timeout, without an answer") {
@@ -258,7 +260,7 @@ TEST_CASE("admin: a responder answering after the bus deadline gets 504 at the d
   std::string rest;
   CHECK(read_answer(s, rest, 300ms).status == 0);
   CHECK(rest.empty());
-  CHECK(e.admin->counters().inflight == 0);
+  CHECK(e.metric("deskfarm_admin_inflight") == 0);
 }
 
 TEST_CASE("admin: when the deployment clock never fires a bus timeout (virtual), the endpoint's backstop answers 504, "
@@ -269,10 +271,10 @@ TEST_CASE("admin: when the deployment clock never fires a bus timeout (virtual),
   INFO(late.head << late.body);
   CHECK(late.status == 504);
   CHECK(late.body.find("no reply within 100 ms") != std::string::npos);
-  CHECK(e.admin->counters().inflight == 0);
+  CHECK(e.metric("deskfarm_admin_inflight") == 0);
   // Now simulated time passes: the bus's own timeout and the responder's answer come, after the HTTP answer went.
   e.deployment.virtual_clock()->advance(std::chrono::seconds(1));
-  CHECK(deskfarm::testing::eventually([&] { return e.admin->counters().late_replies == 1; }, 5s));
+  CHECK(deskfarm::testing::eventually([&] { return e.metric("deskfarm_admin_dropped_total{reason=\"late\"}") == 1; }, 5s));
   CHECK(ask(s, post("adder.adder.sum", "{\"terms\":[2,3]}")).body.find("\"total\":5") != std::string::npos);
 }
 
@@ -281,13 +283,13 @@ TEST_CASE("admin: clients that close before their answer: the answers are droppe
   for (int i = 0; i < 20; ++i) {
     Poco::Net::StreamSocket s(e.address());
     send_text(s, post("adder.adder.later", "{\"terms\":[1]}", 5000));
-    CHECK(deskfarm::testing::eventually([&] { return e.admin->counters().inflight_peak > 0; }, 5s));
+    CHECK(deskfarm::testing::eventually([&] { return e.metric("deskfarm_admin_inflight_peak") > 0; }, 5s));
     s.close();  // gone before the responder answers
   }
   CHECK(deskfarm::testing::eventually([&] { return e.fixture("later_answered") == 20; }, 10s));
-  CHECK(deskfarm::testing::eventually([&] { return e.admin->counters().inflight == 0; }, 5s));
+  CHECK(deskfarm::testing::eventually([&] { return e.metric("deskfarm_admin_inflight") == 0; }, 5s));
   // The I/O thread drops an orphaned answer after the reply freed its slot: wait for it as for the slot.
-  CHECK(deskfarm::testing::eventually([&] { return e.admin->counters().orphaned == 20; }, 5s));
+  CHECK(deskfarm::testing::eventually([&] { return e.metric("deskfarm_admin_dropped_total{reason=\"orphaned\"}") == 20; }, 5s));
   Poco::Net::StreamSocket next(e.address());
   CHECK(ask(next, post("adder.adder.sum", "{\"terms\":[2,3]}")).status == 200);
 }
@@ -325,13 +327,12 @@ TEST_CASE("admin: 1,000 concurrent requests against a slow responder stay within
   CHECK(ok >= 100);
   CHECK(busy > 0);
   CHECK(first_busy.find("100 bus requests already wait for their replies (admin_inflight") != std::string::npos);
-  const auto counters = e.admin->counters();
-  CHECK(counters.inflight_peak == 100);
+  CHECK(e.metric("deskfarm_admin_inflight_peak") == 100);
   const auto held = e.fixture("later_peak");  // what the responder itself held at once
   CHECK(held > 0);
   CHECK(held <= 100);
-  CHECK(counters.refused_inflight == static_cast<std::uint64_t>(busy));
-  CHECK(counters.inflight == 0);
+  CHECK(e.metric("deskfarm_admin_refused_total{reason=\"inflight\"}") == busy);
+  CHECK(e.metric("deskfarm_admin_inflight") == 0);
 }
 
 TEST_CASE("admin /metrics (read with curl): answers by status 200, 404, 503, 504, in flight now and at most, and the latency histogram") {
@@ -356,7 +357,7 @@ TEST_CASE("admin /metrics (read with curl): answers by status 200, 404, 503, 504
   // runs into its 1.5 s deadline, 504 (long enough for the second curl to start on a loaded machine).
   std::string slow;
   std::thread holder([&] { slow = curl(post_args("adder.adder.later", "1500")); });
-  const bool held = deskfarm::testing::eventually([&] { return e.admin->counters().inflight == 1; }, 5s);
+  const bool held = deskfarm::testing::eventually([&] { return e.metric("deskfarm_admin_inflight") == 1; }, 5s);
   const auto busy = curl(post_args("adder.adder.sum", "2000"));
   holder.join();
   REQUIRE(held);
@@ -385,5 +386,5 @@ TEST_CASE("admin /metrics (read with curl): answers by status 200, 404, 503, 504
   CHECK(deskfarm::testing::metric_sample(again.out, "deskfarm_admin_requests_total{code=\"200\"}") == 2);
   // The responder answers after the 504 (the bus drops that reply); the endpoint still holds nothing.
   CHECK(deskfarm::testing::eventually([&] { return e.fixture("later_answered") == 1; }, 10s));
-  CHECK(e.admin->counters().inflight == 0);
+  CHECK(e.metric("deskfarm_admin_inflight") == 0);
 }

@@ -17,6 +17,8 @@ TEST_CASE("a declared labelled family is listed with HELP and TYPE before its fi
         std::string::npos);
   CHECK_THROWS_WITH(registry.declare_gauge("pvs_device_reads_total", "x"),
                     "metrics: 'pvs_device_reads_total' is already registered as a counter");
+  CHECK_THROWS_WITH(registry.counter("pvs_device_cache_bytes", "x", {}),
+                    "metrics: 'pvs_device_cache_bytes' is already registered as a gauge");
 }
 
 TEST_CASE("an instance's declared family is listed too") {

@@ -1,7 +1,6 @@
 // The simulation engine: see engine.hpp. Everything runs on the caller's thread; time comes from Callbacks.
 #include "deskfarm/hvsim/engine.hpp"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -42,20 +41,6 @@ std::optional<State> transient(Action a) {
     case Action::shutdown: return State::stopping;
     default: return std::nullopt;
   }
-}
-
-/// "a.b.c.d" → the address in host order; nullopt for anything else.
-std::optional<std::uint32_t> ipv4(const std::string& text) {
-  in_addr a{};
-  if (::inet_pton(AF_INET, text.c_str(), &a) != 1) return std::nullopt;
-  return ntohl(a.s_addr);
-}
-
-std::string dotted(std::uint32_t address) {
-  in_addr a{};
-  a.s_addr = htonl(address);
-  char buf[INET_ADDRSTRLEN];
-  return ::inet_ntop(AF_INET, &a, buf, sizeof buf) ? buf : "";
 }
 
 }  // namespace
@@ -131,18 +116,11 @@ Engine::Engine(const Personality& vendor, EngineConfig config, Callbacks callbac
     LeasePool pool;
     if (!n.subnet.empty()) {
       // The network and broadcast addresses are not leased; a /31 or /32 leaves nothing to lease.
-      const auto slash = n.subnet.find('/');
-      const auto bad = std::invalid_argument("networks: '" + n.name + "' has subnet '" + n.subnet +
-                                             "', not an IPv4 range ADDRESS/8..30 with no host bits set (e.g. \"10.1.0.0/16\")");
-      const auto base = slash == std::string::npos ? std::nullopt : ipv4(n.subnet.substr(0, slash));
-      const auto bits = slash == std::string::npos ? std::string() : n.subnet.substr(slash + 1);
-      if (!base || bits.empty() || bits.size() > 2 || bits.find_first_not_of("0123456789") != std::string::npos) throw bad;
-      const int prefix = std::stoi(bits);
-      if (prefix < 8 || prefix > 30) throw bad;
-      const std::uint32_t host_mask = (1u << (32 - prefix)) - 1;
-      if (*base & host_mask) throw bad;
-      pool.base = *base;
-      pool.room = host_mask - 1;
+      pool.subnet = n.subnet.find('/') == std::string::npos ? std::nullopt : net::Subnet::parse(n.subnet);
+      if (!pool.subnet || pool.subnet->family() != net::Family::ipv4 || pool.subnet->prefix() < 8 || pool.subnet->prefix() > 30)
+        throw std::invalid_argument("networks: '" + n.name + "' has subnet '" + n.subnet +
+                                    "', not an IPv4 range ADDRESS/8..30 with no host bits set (e.g. \"10.1.0.0/16\")");
+      pool.room = pool.subnet->host_count();
     }
     leases_.push_back(std::move(pool));
   }
@@ -983,7 +961,9 @@ void Engine::release_lease(VmRec& vm) {
 }
 
 std::string Engine::address_of(const VmRec& vm) const {
-  return vm.lease == 0 || leases_.empty() ? std::string() : dotted(leases_[vm.network].base + vm.lease);
+  const auto address = vm.lease == 0 || leases_.empty() || !leases_[vm.network].subnet ? std::nullopt
+                                                                                       : leases_[vm.network].subnet->host(vm.lease);
+  return address ? address->text() : std::string();
 }
 
 std::size_t Engine::pending_creates(std::uint16_t net) const {
@@ -1129,11 +1109,11 @@ void Engine::load(const std::filesystem::path& file) {
     v.ha = f[9] == "1";
     v.name = f[10];
     if (f.size() == 12 && f[11] != "-") {
-      const auto a = ipv4(f[11]);
-      if (!a) throw bad("address '" + f[11] + "' is not an IPv4 address");
+      const auto a = net::Subnet::address(f[11]);
+      if (!a || a->family() != net::Family::ipv4) throw bad("address '" + f[11] + "' is not an IPv4 address");
       const auto& pool = leases_.empty() ? LeasePool{} : leases_[v.network];
       // Outside the network's subnet (the manifest changed it): the VM gets a new lease below.
-      if (pool.room && *a > pool.base && *a - pool.base <= pool.room) v.lease = *a - pool.base;
+      if (const auto host = pool.subnet ? pool.subnet->host_number(*a) : std::nullopt) v.lease = *host;
       else if (cb_.log) cb_.log("inventory: VM " + vm_id(static_cast<std::uint32_t>(index)) + " had address " + f[11] + ", outside its network's subnet now; it gets a new lease");
     }
     v.alive = true;
@@ -1152,7 +1132,7 @@ void Engine::load(const std::filesystem::path& file) {
     auto& u = used[net];
     std::sort(u.begin(), u.end());
     if (std::adjacent_find(u.begin(), u.end()) != u.end())
-      throw bad("two VMs hold address " + dotted(leases_[net].base + *std::adjacent_find(u.begin(), u.end())) + " of network '" +
+      throw bad("two VMs hold address " + leases_[net].subnet->host(*std::adjacent_find(u.begin(), u.end()))->text() + " of network '" +
                 config_.networks[net].name + "'");
     auto& pool = leases_[net];
     pool.freed.clear();

@@ -107,9 +107,9 @@ Options make_options(const PvsConfig& c, const std::filesystem::path& state_dir)
     throw ConfigError("stream_tls", "stream_tls = \"" + o.stream_tls +
                                         "\" needs tls_certificate and tls_key, or tls_psk_file (\"identity:hexkey\" lines)");
   auto subnets = [](const char* key, const std::vector<std::string>& texts) {
-    std::vector<Subnet> out;
+    std::vector<net::Subnet> out;
     for (std::size_t i = 0; i < texts.size(); ++i) {
-      auto n = Subnet::parse(texts[i]);
+      auto n = net::Subnet::parse(texts[i]);
       if (!n)
         throw ConfigError(key, std::string(key) + "[" + std::to_string(i) + "] '" + texts[i] +
                                    "' is not an IPv4 or IPv6 network (\"10.1.0.0/16\", \"fd00::/64\", or an address)");
@@ -119,7 +119,7 @@ Options make_options(const PvsConfig& c, const std::filesystem::path& state_dir)
   };
   auto device_subnets = subnets("device_subnets", c.device_subnets);
   auto maintenance_from = subnets("maintenance_from", c.maintenance_from);
-  std::map<std::string, Subnet> device_ip;
+  std::map<std::string, net::Subnet> device_ip;
   o.store = c.store.empty() ? state_dir.parent_path() / "vdisks" : std::filesystem::path(c.store);
   o.write_cache_dir = c.write_cache_dir.empty() ? state_dir / "write-cache" : std::filesystem::path(c.write_cache_dir);
   o.write_cache_ram = static_cast<std::uint64_t>(c.write_cache_ram_mb) << 20;
@@ -159,7 +159,7 @@ Options make_options(const PvsConfig& c, const std::filesystem::path& state_dir)
     if (!names.contains(d.vdisk) && !valid_vdisk_name(d.vdisk))
       throw ConfigError("devices", at + ".vdisk '" + d.vdisk + "' is not a vDisk name");
     if (!d.ip.empty()) {
-      auto ip = Subnet::address(d.ip);
+      auto ip = net::Subnet::address(d.ip);
       if (!ip) throw ConfigError("devices", at + ".ip '" + d.ip + "' is not an IPv4 or IPv6 address");
       device_ip.emplace(d.mac, std::move(*ip));
     }

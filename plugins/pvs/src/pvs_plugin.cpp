@@ -258,7 +258,7 @@ class Pvs final : public Plugin {
         std::move(lister));
     nbd_->start();
     stream_port_ = nbd_->bound_port();
-    if (!pvs::is_loopback(options_.stream.host) && options_.access.devices_open_to_any())
+    if (!net::is_loopback(options_.stream.host) && options_.access.devices_open_to_any())
       ctx_.log().warning("the streaming port " + options_.stream.host + ":" + std::to_string(stream_port_) +
                          " serves devices to any address that names their MAC; set device_subnets (and devices[].ip) "
                          "to the networks devices boot from");

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include <deskfarm/interfaces/hypervisor/hypervisor.hpp>
+#include <deskfarm/net/subnet.hpp>
 
 #include "deskfarm/hvsim/personality.hpp"
 
@@ -221,14 +222,14 @@ class Engine {
     bool alive = false;
     bool ha = false;
     std::uint8_t ha_stage = 0;  ///< 1 waiting for HA restart, 2 restarting, 3 booting through its firmware
-    std::uint32_t lease = 0;    ///< host number in its network's subnet (address = base + lease); 0 = none
+    std::uint32_t lease = 0;    ///< host number in its network's subnet (address = subnet.host(lease)); 0 = none
     std::uint64_t task = 0;     ///< the started task acting on it
   };
   /// A network's subnet and its leases: host numbers 1..room, the lowest free one first, so the same history of
   /// creates and destroys gives every VM the same address.
   struct LeasePool {
-    std::uint32_t base = 0;          ///< the subnet's network address
-    std::uint32_t room = 0;          ///< host numbers 1..room; 0 = the network has no subnet
+    std::optional<net::Subnet> subnet;  ///< nullopt: the network has no subnet
+    std::uint32_t room = 0;          ///< host numbers 1..room (subnet->host_count()); 0 = the network has no subnet
     std::uint32_t next = 1;          ///< the lowest number never handed out
     std::set<std::uint32_t> freed;   ///< numbers below `next` free again (their VMs were destroyed)
     std::size_t free() const { return room == 0 ? 0 : room - (next - 1) + freed.size(); }

@@ -1,8 +1,10 @@
 /* tc (clsact) ingress program of the tc-bpf relay engine (README "tc-bpf"). An established TFTP session's
- * datagrams are rewritten here, both ways, and sent back into the interface's ingress, so they never wake the
- * balancer: client addr:port -> balancer:session port becomes balancer:session port -> backend:TID, and back,
- * and continues to the new destination's socket.
- * Anything without an entry passes untouched to the balancer's sockets (requests, wrong ports, strangers). */
+ * datagrams are rewritten here, both ways, so they never wake the balancer: client addr:port -> balancer:session
+ * port becomes balancer:session port -> backend:TID, and back, and the datagram continues to the new
+ * destination's socket.
+ * Anything without an entry goes on untouched (requests, wrong ports, strangers) with TC_ACT_UNSPEC, not
+ * TC_ACT_OK: a verdict ends the interface's filter chain, and the next filter may be another balancer's (several
+ * share loopback's clsact) or another tool's. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -57,27 +59,27 @@ static __always_inline int set_port(struct __sk_buff *skb, int off, __u16 from, 
 
 SEC("tc")
 int tftp_lb_ingress(struct __sk_buff *skb) {
-  if (skb->protocol != bpf_htons(ETH_P_IP)) return TC_ACT_OK;
+  if (skb->protocol != bpf_htons(ETH_P_IP)) return TC_ACT_UNSPEC;
   /* Referenced, so the owner map is listed with the program (an array lookup is inlined: no cost). */
   const __u32 zero = 0;
-  if (!bpf_map_lookup_elem(&tftp_lb_owner, &zero)) return TC_ACT_OK;
+  if (!bpf_map_lookup_elem(&tftp_lb_owner, &zero)) return TC_ACT_UNSPEC;
   void *data = (void *)(long)skb->data;
   void *end = (void *)(long)skb->data_end;
   struct iphdr *ip = data + ETH_HLEN;
   struct udphdr *udp = data + UDP_OFF;
-  if ((void *)(udp + 1) > end) return TC_ACT_OK;
+  if ((void *)(udp + 1) > end) return TC_ACT_UNSPEC;
   /* Options or fragments: the balancer's sockets handle them (TFTP never sends either). */
-  if (ip->protocol != IPPROTO_UDP || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff))) return TC_ACT_OK;
+  if (ip->protocol != IPPROTO_UDP || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff))) return TC_ACT_UNSPEC;
   struct tftp_lb_key key = {ip->saddr, ip->daddr, udp->source, udp->dest};
   struct tftp_lb_value *v = bpf_map_lookup_elem(&tftp_lb_sessions, &key);
-  if (!v) return TC_ACT_OK;
+  if (!v) return TC_ACT_UNSPEC;
   const __u32 payload = bpf_ntohs(udp->len) - sizeof(struct udphdr);
   __u8 tftp[4];
   /* Only DATA, ACK and ERROR belong to an established transfer. Anything else from the right 4-tuple (junk, a
    * short datagram, a stray request) goes to the balancer's socket, whose parser drops and counts it. */
   if (payload < 4 || payload > 65535 || bpf_skb_load_bytes(skb, UDP_OFF + sizeof(struct udphdr), tftp, 4) != 0 ||
       tftp[0] != 0 || tftp[1] < 3 || tftp[1] > 5 || (tftp[1] == 4 && payload != 4))
-    return TC_ACT_OK;
+    return TC_ACT_UNSPEC;
   {
     const __u16 block = ((__u16)tftp[2] << 8) | tftp[3];
     if (tftp[1] == 5) {

@@ -122,6 +122,29 @@ TEST_CASE("tc-bpf: a session idle past its timeout leaves the BPF map, and a wro
   CHECK(lab.relay("sessions_active") == 0);
 }
 
+TEST_CASE("tc-bpf: two balancers on loopback at once each relay their own sessions in the kernel (a filter passes on what it does not know)") {
+  // Each balancer's filter hangs on loopback's one clsact; the one with the lower priority sees every datagram
+  // first and must let the other's go on (TC_ACT_UNSPEC), or the other's sessions never reach its program.
+  if (!require_tc_bpf() || !require_program("tftp") || !require_program("in.tftpd")) return;
+  Lab a("tc-bpf");
+  Lab b("tc-bpf");
+  a.start_hpa();
+  b.start_hpa();
+  a.start("monitor = \"none\"\ndiscover = false\n");
+  b.start("monitor = \"none\"\ndiscover = false\n");
+  REQUIRE(a.relay("tc_priority") != b.relay("tc_priority"));
+  for (Lab* lab : {&a, &b}) {
+    INFO("the balancer with filter priority " << lab->relay("tc_priority"));
+    const auto got = (lab->dir.path() / "got").string();
+    const auto r = dt::run_child({"tftp", "-m", "binary", vip_host, std::to_string(lab->vip_port()), "-c", "get", "big.bin", got},
+                                 std::chrono::seconds(60));
+    INFO(r.out << r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(dt::sha256_file(got) == dt::sha256_file(lab->root() / "big.bin"));
+    CHECK(dt::eventually([&] { return lab->relay("kernel_packets_to_client") > 100; }, 5s));
+  }
+}
+
 TEST_CASE("tc-bpf: a balancer killed with SIGKILL leaves its filter attached, and the next tc-bpf balancer detaches it") {
   if (!require_tc_bpf() || !require_program("in.tftpd") || !require_program("tc")) return;
   Lab lab("tc-bpf");
@@ -133,7 +156,8 @@ TEST_CASE("tc-bpf: a balancer killed with SIGKILL leaves its filter attached, an
   std::uint32_t priority = 0;
   {
     dt::ChildProcess first({DESKFARM_BIN, "--plugin-path", PLUGIN_DIR, "run", first_toml.string()}, first_log);
-    REQUIRE(dt::eventually([&] { return dt::read_text(first_log).find("virtual server") != std::string::npos; }, 30s));
+    // The relay thread logs its filter's priority once it runs (after the "virtual server" line).
+    REQUIRE(dt::eventually([&] { return dt::read_text(first_log).find("ingress, priority ") != std::string::npos; }, 30s));
     const auto text = dt::read_text(first_log);
     INFO(text);
     const auto at = text.find("ingress, priority ");

@@ -251,7 +251,7 @@ class Ima final : public Plugin {
     round_started_ = ctx_.clock().now();
     answered_round_ = false;
     candidates_.clear();
-    candidates_[ctx_.name()] = api::Rank{version_, config_.preference, host_id_, ctx_.name()};
+    candidates_[ctx_.name()] = own_rank();
     ctx_.after(std::chrono::milliseconds(config_.election_window_ms), [this, epoch] { close_round(epoch); });
   }
 
@@ -306,7 +306,7 @@ class Ima final : public Plugin {
       } else if (e.kind == api::kCall) {
         send(message(api::kCandidate, round_epoch_));  // the caller missed our round's candidates: it joins on this
       } else if (is_zdc() && !in_round() && e.epoch == epoch_ &&
-                 api::outranks(rank, api::Rank{version_, config_.preference, host_id_, ctx_.name()})) {
+                 api::outranks(rank, own_rank())) {
         // A server that started during our round joined it late (its candidacy crossed our `elected`, across a WAN
         // link): it outranks this collector, so the round's outcome is wrong. Elect again; it answers the call.
         ctx_.log().info("candidate " + e.instance + " for epoch " + std::to_string(e.epoch) +
@@ -365,7 +365,7 @@ class Ima final : public Plugin {
   /// round closes). The collector elects again, once for each time such a member was heard from: one that does
   /// not stand (its cache expired) starts no stream of elections.
   bool elect_if_outranked() {
-    const api::Rank mine{version_, config_.preference, host_id_, ctx_.name()};
+    const auto mine = own_rank();
     for (auto& [name, s] : senders_) {
       if (!s.rank_unanswered || !members_.contains(name)) continue;
       s.rank_unanswered = false;
@@ -377,6 +377,8 @@ class Ima final : public Plugin {
     }
     return false;
   }
+
+  api::Rank own_rank() const { return api::Rank{version_, config_.preference, host_id_, ctx_.name()}; }
 
   api::Rank candidate_rank(const std::string& instance) const {
     if (instance == zdc_info_.instance) return api::Rank{zdc_info_.version, zdc_info_.preference, zdc_info_.host_id, instance};
@@ -634,9 +636,9 @@ class Ima final : public Plugin {
       });
       return;
     }
+    if (elect_if_outranked()) return;
     // The ZDC announces itself every half keep-alive: its members need not ping it, and a second collector of the
     // zone (a healed partition) hears it within that.
-    if (elect_if_outranked()) return;
     if (now - announced_office_ >= keepalive_ / 2) announce_office();
     for (auto& [name, m] : members_) {
       if (m.pinging || now - m.last_heard < keepalive_) continue;

@@ -301,13 +301,12 @@ void Relay::start() {
     sockaddr_in bound_vip = options_.vip;
     bound_vip.sin_port = htons(port_);
     tc_ = TcBpf::open(bound_vip, options_.max_sessions, log, why);
+    const std::string user_space = engine_ == RelayEngine::io_uring ? "io_uring" : "epoll";
     if (tc_)
       log("relay on " + to_string(bound_vip) + ": tc-bpf, established sessions relayed in the kernel (tc filter on " +
-          tc_->device() + " ingress, priority " + std::to_string(tc_->priority()) + "), the rest on " +
-          (engine_ == RelayEngine::io_uring ? "io_uring" : "epoll"));
+          tc_->device() + " ingress, priority " + std::to_string(tc_->priority()) + "), the rest on " + user_space);
     else
-      log("relay on " + to_string(bound_vip) + ": tc-bpf unavailable, relaying in user space with " +
-          (engine_ == RelayEngine::io_uring ? "io_uring" : "epoll") + ": " + why);
+      log("relay on " + to_string(bound_vip) + ": tc-bpf unavailable, relaying in user space with " + user_space + ": " + why);
   }
   stopping_ = false;
   thread_ = std::thread([this] { loop(); });

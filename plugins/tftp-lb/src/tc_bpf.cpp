@@ -65,6 +65,10 @@ void detach_stale(const std::function<void(const std::string&)>& log) {
         continue;  // no owner recorded yet, or its balancer still runs (EPERM: alive, someone else's)
       DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(owner.ifindex),
                           .attach_point = BPF_TC_INGRESS);
+      DECLARE_LIBBPF_OPTS(bpf_tc_opts, query, .handle = owner.handle, .priority = owner.priority);
+      // Only if that filter still runs the dead balancer's program: a live balancer restarted on the same virtual
+      // server may have replaced it (same handle and priority) since this loop listed the program.
+      if (bpf_tc_query(&hook, &query) != 0 || query.prog_id != id) continue;
       DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .handle = owner.handle, .priority = owner.priority);
       if (bpf_tc_detach(&hook, &opts) == 0 && log)
         log("tc-bpf: detached a stale filter (priority " + std::to_string(owner.priority) + ") of balancer PID " +
@@ -78,8 +82,8 @@ void detach_stale(const std::function<void(const std::string&)>& log) {
 std::unique_ptr<TcBpf> TcBpf::open(const sockaddr_in& vip, std::size_t max_sessions,
                                    const std::function<void(const std::string&)>& log, std::string& why) {
   if ((ntohl(vip.sin_addr.s_addr) >> 24) != 127) {
-    // On loopback a rewritten datagram is delivered by re-entering the same ingress. Another device would need
-    // an egress redirect with a FIB lookup and new MAC addresses: not built.
+    // On loopback a rewritten datagram keeps its local-delivery route and goes on to the new destination's socket.
+    // Another device would need an egress redirect with a FIB lookup and new MAC addresses: not built.
     why = "the virtual server is not on loopback (127.0.0.0/8); the tc-bpf engine relays on loopback only";
     return nullptr;
   }

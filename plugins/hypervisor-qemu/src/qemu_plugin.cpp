@@ -7,13 +7,16 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <string_view>
 #include <thread>
 #include <utility>
@@ -55,7 +58,7 @@ constexpr auto qemu_schema = hvsim::extend_schema<QemuConfig>(
     hvsim::adapter_schema,
     sdk::option("qemu", &QemuConfig::qemu, "\"qemu-system-x86_64\"", "the QEMU program (looked up in PATH)"),
     sdk::option("qemu_img", &QemuConfig::qemu_img, "\"qemu-img\"", "the qemu-img program that makes disk overlays"),
-    sdk::option("accel", &QemuConfig::accel, "\"auto\"", "auto: KVM when /dev/kvm opens, else TCG (software emulation); kvm; tcg")
+    sdk::option("accel", &QemuConfig::accel, "\"auto\"", "auto: KVM when /dev/kvm opens and the CPU has vmx or svm, else TCG (software emulation); kvm; tcg")
         .one_of("auto|kvm|tcg"),
     sdk::option("images", &QemuConfig::images, "[]", "disk images of templates (a template without one gives diskless VMs)", image_schema),
     sdk::option("shutdown_timeout_s", &QemuConfig::shutdown_timeout_s, "30",
@@ -78,11 +81,23 @@ std::optional<std::pair<std::string, std::string>> nbd_server(const std::string&
   return std::pair{rest.substr(0, colon), rest.substr(colon + 1)};
 }
 
-bool kvm_usable() {
+/// Why `accel = "auto"` does not take KVM on this machine, or empty when it does. /dev/kvm must open, and the CPU
+/// must show hardware virtualisation (vmx or svm among /proc/cpuinfo's flags): a /dev/kvm without it (a nested,
+/// paravirtual KVM such as PVM) runs only guest kernels built for it, and SeaBIOS's boot of ISOLINUX hangs there.
+std::string kvm_unusable_reason() {
   const int fd = ::open("/dev/kvm", O_RDWR | O_CLOEXEC);
-  if (fd < 0) return false;
+  if (fd < 0) return std::string("/dev/kvm does not open (") + std::strerror(errno) + ")";
   ::close(fd);
-  return true;
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (!line.starts_with("flags")) continue;
+    std::istringstream flags(line.substr(std::min(line.size(), line.find(':') + 1)));
+    for (std::string flag; flags >> flag;)
+      if (flag == "vmx" || flag == "svm") return {};
+    break;
+  }
+  return "/dev/kvm opens but the CPU shows no hardware virtualisation (no vmx or svm flag): a paravirtual KVM runs "
+         "only guests built for it";
 }
 
 /// Runs a program to its end (qemu-img); throws with its output when it fails. Bounded: qemu-img create is quick.
@@ -107,7 +122,12 @@ void run_program(const std::vector<std::string>& args, const std::filesystem::pa
 class Qemu final : public hvsim::Adapter {
  public:
   explicit Qemu(sdk::Context& ctx) : Adapter(ctx, hvsim::qemu()), config_(qemu_schema.bind(ctx.config())) {
-    accel_ = config_.accel == "auto" ? (kvm_usable() ? "kvm" : "tcg") : config_.accel;
+    if (config_.accel == "auto") {
+      auto_reason_ = kvm_unusable_reason();
+      accel_ = auto_reason_.empty() ? "kvm" : "tcg";
+    } else {
+      accel_ = config_.accel;
+    }
   }
   ~Qemu() override { end_monitor(); }
 
@@ -139,7 +159,8 @@ class Qemu final : public hvsim::Adapter {
     for (const auto& vm : engine().inventory().vms)
       if (vm.power_state != hv::kOff) engine().observed(vm.id, State::off, "host_failure", "the deployment restarted");
     monitor_ = std::jthread([this, line = context().lifeline()](std::stop_token stop) { monitor(stop, line); });
-    context().log().info("QEMU with " + accel_ + ", machines in " + machines_dir_.string());
+    context().log().info("QEMU with " + accel_ + (auto_reason_.empty() ? "" : " (" + auto_reason_ + ")") + ", machines in " +
+                         machines_dir_.string());
   }
 
  protected:
@@ -421,6 +442,7 @@ class Qemu final : public hvsim::Adapter {
 
   QemuConfig config_;
   std::string accel_;
+  std::string auto_reason_;  ///< why accel = "auto" took TCG, for the log
   std::filesystem::path machines_dir_;
   mutable std::mutex machines_mutex_;
   std::map<std::string, std::shared_ptr<Machine>> machines_;
@@ -433,5 +455,5 @@ class Qemu final : public hvsim::Adapter {
 }  // namespace deskfarm::qemu
 
 DESKFARM_PLUGIN(deskfarm::qemu::Qemu, "hypervisor-qemu", "1.0.0",
-                "QEMU: real qemu-system-x86_64 virtual machines (KVM where /dev/kvm opens, else TCG) driven over QMP", deskfarm::qemu::provides,
+                "QEMU: real qemu-system-x86_64 virtual machines (KVM where the CPU and /dev/kvm allow it, else TCG) driven over QMP", deskfarm::qemu::provides,
                 nullptr, deskfarm::qemu::qemu_schema)

@@ -1,6 +1,7 @@
-// hypervisor-qemu against real qemu-system-x86_64 processes (TCG here; KVM where /dev/kvm opens): the conformance
-// suite where it applies to a real machine, the BDM ISO booted from the CD-ROM into iPXE, reboot, eject, power
-// off, a killed QEMU reported off, and a QEMU that cannot start reported with its own message.
+// hypervisor-qemu against real qemu-system-x86_64 processes (TCG here; KVM where /dev/kvm opens and the CPU has
+// vmx or svm): the conformance suite where it applies to a real machine, the BDM ISO booted from the CD-ROM into
+// iPXE, reboot, eject, power off, a killed QEMU reported off, and a QEMU that cannot start reported with its own
+// message.
 #include <signal.h>
 
 #include <catch2/catch.hpp>

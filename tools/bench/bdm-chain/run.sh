@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# BDM boot chain bench: a real QEMU VM (TCG unless /dev/kvm opens) boots a marker vDisk from pvs, same run,
+# BDM boot chain bench: a real QEMU VM (TCG unless /dev/kvm opens and the CPU has vmx or svm) boots a marker vDisk from pvs, same run,
 # interleaved rounds (REPEAT, default 5): the whole chain (BDM ISO on the CD-ROM → iPXE → DHCP → TFTP boot script
 # from pvs → sanboot of the NBD disk), the same chain with a static address instead of DHCP, and the peer: SeaBIOS
 # booting the same NBD disk directly. Prints min/median seconds from QEMU's start to the marker on the serial line
@@ -27,7 +27,8 @@ cleanup() {
 }
 trap cleanup EXIT
 accel=tcg
-[[ -r /dev/kvm && -w /dev/kvm ]] && accel=kvm
+# A /dev/kvm without vmx/svm (a paravirtual nested KVM) cannot run SeaBIOS's boot of ISOLINUX: TCG there.
+[[ -r /dev/kvm && -w /dev/kvm ]] && grep -qwE 'vmx|svm' /proc/cpuinfo && accel=kvm
 mac=52:54:00:00:0c:01
 marker="deskfarm bench marker"
 

@@ -571,7 +571,7 @@ hv::Task Engine::submit(const hv::VmAction& a) {
                     "room for a VM (max_vms " + std::to_string(config_.max_vms) + " reached; mac_prefix leaves room for " +
                         std::to_string(mac_room_) + ")");
     const auto net = network_of(*ti);
-    if (!leases_.empty() && leases_[net].room && leases_[net].free() <= pending_creates(net))
+    if (!leases_.empty() && leases_[net].room && leases_[net].free() <= leases_[net].creating)
       throw refused(Failure::not_enough_memory, a.template_name,
                     "a free address on network '" + config_.networks[net].name + "' (subnet " + config_.networks[net].subnet +
                         " is fully leased; destroy VMs or give the network a larger subnet)");
@@ -602,6 +602,7 @@ hv::Task Engine::submit(const hv::VmAction& a) {
     }
   }
   auto& stored = tasks_.emplace(t.num, std::move(t)).first->second;
+  count_create(stored, true);
   queue_.push_back(stored.num);
   const auto id = task_id(stored.num);
   pump();
@@ -803,6 +804,7 @@ void Engine::finish(TaskRec& t, TaskState s, std::optional<VendorError> error) {
   const auto view = task_view(t);
   finished_.push_back(view);
   if (finished_.size() > config_.task_history) finished_.pop_front();
+  count_create(t, false);
   tasks_.erase(num);
   if (cb_.on_task) cb_.on_task(view);
 }
@@ -966,11 +968,10 @@ std::string Engine::address_of(const VmRec& vm) const {
   return address ? address->text() : std::string();
 }
 
-std::size_t Engine::pending_creates(std::uint16_t net) const {
-  std::size_t n = 0;
-  for (const auto& [num, t] : tasks_)
-    if (t.action == Action::create && (t.state == TaskState::pending || t.state == TaskState::started) && network_of(t.template_idx) == net) ++n;
-  return n;
+void Engine::count_create(const TaskRec& t, bool queued) {
+  if (t.action != Action::create || leases_.empty()) return;
+  auto& creating = leases_[network_of(t.template_idx)].creating;
+  queued ? ++creating : --creating;
 }
 
 std::vector<std::string> Engine::seed(const std::string& template_name, std::size_t count, const std::string& prefix) {
@@ -982,7 +983,7 @@ std::vector<std::string> Engine::seed(const std::string& template_name, std::siz
                       ", and mac_prefix leaves room for " + std::to_string(mac_room_) + ")");
   if (!leases_.empty()) {
     const auto net = network_of(*ti);
-    if (leases_[net].room && leases_[net].free() < count + pending_creates(net))
+    if (leases_[net].room && leases_[net].free() < count + leases_[net].creating)
       throw refused(Failure::not_enough_memory, template_name,
                     "room for " + std::to_string(count) + " more addresses on network '" + config_.networks[net].name + "' (subnet " +
                         config_.networks[net].subnet + " has " + std::to_string(leases_[net].free()) + " free)");

@@ -380,6 +380,24 @@ TEST_CASE("a network's subnet leases its VMs addresses in order, a destroyed VM'
   }
 }
 
+TEST_CASE("queued creates hold their network's addresses: one more is refused, a cancelled one gives its address back") {
+  auto c = Sim::config();
+  c.networks[0].subnet = "10.1.0.0/29";  // host numbers 1..6
+  Sim s(xen(), c);
+  std::vector<std::string> queued;
+  for (int i = 0; i < 6; ++i) queued.push_back(s.act("create", "").id);  // none has completed: no lease taken yet
+  CHECK_THROWS_WITH(s.act("create", ""), Catch::Contains("10.1.0.0/29 is fully leased"));
+  CHECK_THROWS_WITH(s.engine->seed("desktop", 1, "f"), Catch::Contains("subnet 10.1.0.0/29 has 6 free"));
+  CHECK(s.engine->cancel(queued.back()).state == "cancelled");
+  queued.back() = s.act("create", "").id;  // the cancelled create's address is free again
+  s.advance(10s);
+  std::set<std::string> addresses;
+  for (const auto& t : s.tasks)
+    if (t.state == "completed") addresses.insert(s.engine->vm(t.vm)->address);
+  CHECK(addresses == std::set<std::string>{"10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6"});
+  CHECK_THROWS_WITH(s.act("create", ""), Catch::Contains("10.1.0.0/29 is fully leased"));
+}
+
 TEST_CASE("leases survive the inventory file, and a file written without addresses leases in VM order") {
   deskfarm::testing::TempDir dir;
   const auto file = dir.path() / "inventory";

@@ -232,6 +232,7 @@ class Engine {
     std::uint32_t room = 0;          ///< host numbers 1..room (subnet->host_count()); 0 = the network has no subnet
     std::uint32_t next = 1;          ///< the lowest number never handed out
     std::set<std::uint32_t> freed;   ///< numbers below `next` free again (their VMs were destroyed)
+    std::size_t creating = 0;        ///< create tasks queued or running for the network: each will take a number
     std::size_t free() const { return room == 0 ? 0 : room - (next - 1) + freed.size(); }
   };
   struct HostRec {
@@ -300,8 +301,9 @@ class Engine {
   std::uint32_t take_lease(std::uint16_t net);
   void release_lease(VmRec& vm);
   std::string address_of(const VmRec& vm) const;
-  /// Creates on network `net` that wait in the queue (each takes a lease when it completes).
-  std::size_t pending_creates(std::uint16_t net) const;
+  /// Counts a create task in or out of its network's `creating` (each takes a lease when it completes): called
+  /// where create tasks enter and leave tasks_.
+  void count_create(const TaskRec& t, bool queued);
   std::uint8_t encode_boot_order(const std::vector<std::string>& order, std::string_view subject) const;
   static std::vector<std::string> decode_boot_order(std::uint8_t packed);
   std::int16_t host_index(std::string_view id) const;

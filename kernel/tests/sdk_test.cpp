@@ -6,6 +6,7 @@
 #include <Poco/Data/DataException.h>
 #include <catch2/catch.hpp>
 #include <deskfarm/sdk/plugin.hpp>
+#include <deskfarm/sdk/time_text.hpp>
 #include <deskfarm/testing/files.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
 
@@ -96,6 +97,15 @@ TEST_CASE("a record converts to JSON and back, and a value of the wrong kind nam
                     Catch::Contains("deskfarm.test.Outer.items[1].name: expected a string, found integer"));
   CHECK_THROWS_WITH(sdk::decode_body<Outer>(R"({"port":70000})"), Catch::Contains("port: expected an integer in 0..65535"));
   CHECK_THROWS_WITH(sdk::Value::parse_json("{\"a\": }"), Catch::Contains("invalid JSON"));
+}
+
+TEST_CASE("iso8601 writes deployment time in UTC to the second or to the millisecond") {
+  const sdk::TimePoint t{std::chrono::seconds(1'796'040'000) + std::chrono::milliseconds(7) + std::chrono::microseconds(999)};
+  CHECK(sdk::iso8601(t) == "2026-11-30T12:00:00Z");
+  CHECK(sdk::iso8601(t, true) == "2026-11-30T12:00:00.007Z");
+  CHECK(sdk::iso8601(sdk::TimePoint{}, true) == "1970-01-01T00:00:00.000Z");
+  // Before the epoch the milliseconds still count forward from the second.
+  CHECK(sdk::iso8601(sdk::TimePoint{} - std::chrono::milliseconds(1), true) == "1969-12-31T23:59:59.999Z");
 }
 
 TEST_CASE("error_text gives a Poco exception's message, not only its class name") {

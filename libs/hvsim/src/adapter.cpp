@@ -1,7 +1,7 @@
 // The plugin side of the simulated hypervisors: see adapter.hpp.
 #include "deskfarm/hvsim/adapter.hpp"
 
-#include <ctime>
+#include <deskfarm/sdk/time_text.hpp>
 
 #if __has_include(<deskfarm/firmware/firmware.hpp>)
 #include <deskfarm/firmware/firmware.hpp>
@@ -78,16 +78,6 @@ void check_engine(const Personality& vendor, const EngineConfig& e) {
   }
 }
 
-std::string iso8601(std::chrono::system_clock::time_point t) {
-  const auto secs = std::chrono::system_clock::to_time_t(t);
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count() % 1000;
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                tm.tm_min, tm.tm_sec, static_cast<int>(ms));
-  return buf;
-}
 
 }  // namespace
 
@@ -289,7 +279,7 @@ void Adapter::boot(const BootTicket& ticket) {
   ctx_.run_blocking(
       [plan, line, ticket, adapter, this](std::stop_token stop) {
         return firmware::boot(plan, stop, [line, ticket, adapter, this](const firmware::Step& s) {
-          hv::BootProgress p{ticket.vm, ticket.mac, ticket.task_id, s.name, s.state, iso8601(s.at),
+          hv::BootProgress p{ticket.vm, ticket.mac, ticket.task_id, s.name, s.state, sdk::iso8601(s.at, true),
                              static_cast<std::int64_t>(s.took.count()), s.detail, adapter};
           line->post([this, p] { sdk::publish(ctx_.bus(), hv::boot_subject(ctx_.name(), p.vm), p); });
         });
@@ -306,7 +296,6 @@ void Adapter::boot(const BootTicket& ticket) {
   // validate() refuses firmware = true in a build without the firmware library; never reached.
   if (ticket.task == 0) engine_->ha_boot_finished(ticket.vm, false, "no firmware library in this build");
   else engine_->boot_finished(ticket.task, false, "no firmware library in this build");
-  (void)iso8601;
 #endif
 }
 

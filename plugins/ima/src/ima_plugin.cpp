@@ -6,7 +6,6 @@
 // sequence number changes nothing (counted). All of it runs on the instance's executor, so it needs no locks.
 // The farm's static data (each server's record) lives in the data store; every server keeps a local host cache of
 // it (lhc.hpp), refreshed on the blocking pool, and works from it while the store is unreachable.
-#include <ctime>
 #include <future>
 #include <map>
 #include <set>
@@ -14,6 +13,7 @@
 #include <deskfarm/interfaces/ima/ima.hpp>
 #include <deskfarm/sdk/plugin.hpp>
 #include <deskfarm/sdk/store.hpp>
+#include <deskfarm/sdk/time_text.hpp>
 
 #include "lhc.hpp"
 
@@ -89,15 +89,6 @@ std::int64_t derived_host_id(const std::string& name) {
   std::uint32_t h = 2166136261u;
   for (unsigned char c : name) h = (h ^ c) * 16777619u;
   return static_cast<std::int64_t>(h % 65535u) + 1;
-}
-
-std::string iso8601(TimePoint t) {
-  const std::time_t s = std::chrono::system_clock::to_time_t(std::chrono::time_point_cast<std::chrono::system_clock::duration>(t));
-  std::tm tm{};
-  gmtime_r(&s, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 class Ima final : public Plugin {

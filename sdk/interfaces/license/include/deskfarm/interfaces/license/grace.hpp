@@ -6,8 +6,6 @@
 // grace and checkins the server missed are sent to it once it answers. Header-only: a controller includes it,
 // constructs one client per licence server on its executor, and calls it from there.
 #include <chrono>
-#include <cstdio>
-#include <ctime>
 #include <deque>
 #include <functional>
 #include <map>
@@ -19,6 +17,7 @@
 
 #include <deskfarm/sdk/clock.hpp>
 #include <deskfarm/sdk/service.hpp>
+#include <deskfarm/sdk/time_text.hpp>
 
 #include "deskfarm/interfaces/license/license.hpp"
 
@@ -27,15 +26,7 @@ namespace deskfarm::interfaces::license {
 /// 30 days, in hours as Citrix counts it (LicensingGraceHoursLeft).
 inline constexpr std::chrono::hours kGracePeriod{720};
 
-/// ISO 8601 UTC, to the second.
-inline std::string iso8601(sdk::TimePoint t) {
-  const std::time_t s = std::chrono::system_clock::to_time_t(std::chrono::time_point_cast<std::chrono::system_clock::duration>(t));
-  std::tm tm{};
-  gmtime_r(&s, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
+using sdk::iso8601;
 
 /// The grace rule alone: no answer since `since` → sessions allowed while now < since + period.
 class Grace {

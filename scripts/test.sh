@@ -15,6 +15,8 @@ esac
 if $asan; then
   # Unoptimised (Debug): about half the build time of -O2 under ASan, and reports point at exact lines.
   export BUILD_DIR=${BUILD_DIR:-build-asan} SANITIZE=address,undefined BUILD_TYPE=${BUILD_TYPE:-Debug}
+  # The benchmarks compile in the plain run; under the sanitizers they would only add build time.
+  export BENCHMARKS=${BENCHMARKS:-OFF}
   # halt_on_error: the first finding ends the process with a non-zero code, so the test fails.
   # Plugins are dlopen()ed: fast_unwind_on_malloc=0 keeps their frames in reports. A leak outside deskfarm's
   # code that has to be tolerated goes into tests/sanitizers/lsan.supp with its reason.

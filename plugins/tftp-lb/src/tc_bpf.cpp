@@ -113,7 +113,7 @@ std::unique_ptr<TcBpf> TcBpf::open(const sockaddr_in& vip, std::size_t max_sessi
     why = "the BPF object lacks its map or program (a build problem)";
     return nullptr;
   }
-  bpf_map__set_max_entries(sessions, static_cast<std::uint32_t>(std::max<std::size_t>(2 * max_sessions, 16)));
+  bpf_map__set_max_entries(sessions, static_cast<std::uint32_t>(std::max<std::size_t>(3 * max_sessions, 16)));
   if (const int e = bpf_object__load(t->object_); e != 0) {
     why = "loading the BPF program: " + error_text(e) + " (needs a kernel with BPF and CAP_BPF; see dmesg)";
     return nullptr;
@@ -159,6 +159,10 @@ bool TcBpf::get(const tftp_lb_key& key, tftp_lb_value& value) const {
 }
 
 void TcBpf::erase(const tftp_lb_key& key) { bpf_map_delete_elem(map_fd_, &key); }
+
+bool TcBpf::take(const tftp_lb_key& key, tftp_lb_value& value) {
+  return bpf_map_lookup_and_delete_elem(map_fd_, &key, &value) == 0;
+}
 
 std::size_t TcBpf::for_each(const std::function<void(const tftp_lb_key&, const tftp_lb_value&)>& visit) const {
   constexpr std::uint32_t kChunk = 256;

@@ -273,6 +273,7 @@ class TftpLb final : public Plugin {
       r.set("busy_poll_hits", s.busy_poll_hits);
       if (relay_->tc_priority() != 0) {
         r.set("kernel_sessions", s.kernel_sessions);
+        r.set("kernel_first_replies", s.kernel_first_replies);
         r.set("kernel_entries", s.kernel_entries);
         r.set("kernel_packets_to_client", s.kernel_packets_to_client);
         r.set("kernel_packets_to_backend", s.kernel_packets_to_backend);

@@ -58,6 +58,9 @@ std::uint64_t key_of(const sockaddr_in& a) {
 bool same(const sockaddr_in& a, const sockaddr_in& b) {
   return a.sin_addr.s_addr == b.sin_addr.s_addr && a.sin_port == b.sin_port;
 }
+bool same_key(const tftp_lb_key& a, const tftp_lb_key& b) {
+  return a.saddr == b.saddr && a.daddr == b.daddr && a.sport == b.sport && a.dport == b.dport;
+}
 
 void close_fd(int& fd) {
   if (fd >= 0) ::close(fd);
@@ -210,6 +213,7 @@ struct Relay::State {
   // tc-bpf poll: entries of sessions the program completed but user space had not adopted yet when it read them
   // (the PENDING entry comes later in the same read): accounted once the read is over.
   std::vector<std::pair<std::uint32_t, tftp_lb_value>> deferred;
+  std::vector<tftp_lb_key> orphans;  // tc-bpf poll: entries no session accounts for, deleted after the read
   std::vector<Backend> backends;
   std::vector<Candidate> candidates;
   Picker picker;
@@ -870,22 +874,33 @@ void Relay::loop() {
         // The kernel's share: its counts, activity for the idle timeout, and the transfers it saw end.
         st.deferred.clear();
         stats.kernel_entries = tc->for_each([&](const tftp_lb_key& key, const tftp_lb_value& v) {
+          // An entry user space does not account for is an orphan: the program completed a session in the very
+          // moment user space let go of its PENDING entry (a session closed, or a reply it handles itself, on
+          // another CPU). Deleted after this read: that session's datagrams then reach its socket (or, closed, get
+          // an ICMP error), and a live session goes back to the kernel with the backend's next reply.
+          const auto orphan = [&] {
+            if (st.orphans.size() < 65536) st.orphans.push_back(key);
+          };
           const auto i = v.session;
-          if (i >= st.sessions.size() || !st.sessions[i].in_use || st.sessions[i].gen != v.gen) return;
+          if (i >= st.sessions.size() || !st.sessions[i].in_use || st.sessions[i].gen != v.gen) return orphan();
           auto& s = st.sessions[i];
           if (v.state == TFTP_LB_PENDING) {
             // Completed by the program since the last poll: user space adopts it (one delete, no lookup).
             if (s.pending && (v.tid & TFTP_LB_INSTALLED)) {
               tc->erase(key);
               adopt(i, v);
+            } else if (!s.pending) {
+              orphan();
             }
             return;
           }
-          if (s.in_kernel) {
+          if (s.in_kernel && (same_key(key, s.kernel_keys[0]) || same_key(key, s.kernel_keys[1]))) {
             if (kernel_account(i, v) > 0) touch(i, now);
             if (v.state != TFTP_LB_RUNNING) finish(i, now);
-          } else if (s.pending && st.deferred.size() < 65536) {
-            st.deferred.emplace_back(i, v);  // its PENDING entry may come later in this read
+          } else if (s.pending) {
+            if (st.deferred.size() < 65536) st.deferred.emplace_back(i, v);  // its PENDING entry may come later
+          } else {
+            orphan();
           }
         });
         for (const auto& [i, v] : st.deferred) {
@@ -893,6 +908,9 @@ void Relay::loop() {
           if (kernel_account(i, v) > 0) touch(i, now);
           if (v.state != TFTP_LB_RUNNING) finish(i, now);
         }
+        for (const auto& key : st.orphans) tc->erase(key);
+        stats.kernel_orphans_deleted += st.orphans.size();
+        st.orphans.clear();
       }
       while (!st.lingering.empty() && st.lingering.front().until <= now) {
         const auto l = st.lingering.front();

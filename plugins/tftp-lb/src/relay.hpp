@@ -93,6 +93,8 @@ struct RelayStats {
   std::uint64_t kernel_packets_to_client = 0;   ///< relayed by the BPF program, never reaching a socket
   std::uint64_t kernel_packets_to_backend = 0;
   std::uint64_t kernel_install_errors = 0;      ///< map full or refused: the session stays in user space
+  std::uint64_t kernel_orphans_deleted = 0;     ///< entries no session accounted for (a race of the program completing
+                                                ///< a session with user space letting go of it), deleted by the poll
   std::vector<RelayBackendStats> backends;
 };
 

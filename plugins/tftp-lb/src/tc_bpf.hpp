@@ -38,6 +38,10 @@ class TcBpf {
   /// Every entry, read in batches (a few system calls for the whole map). Returns the entries visited.
   std::size_t for_each(const std::function<void(const tftp_lb_key&, const tftp_lb_value&)>& visit) const;
 
+  /// A descriptor of the session map of the tc-bpf balancer in process `pid` whose filter has `priority`, or -1
+  /// (for tests, which plant entries in it).
+  static int session_map_of(std::uint32_t pid, std::uint32_t priority);
+
   std::uint32_t priority() const { return priority_; }
   const std::string& device() const { return device_; }
 

@@ -3,7 +3,9 @@
 // sendmmsg). These tests blast datagrams and check that nothing is reordered, lost or sent to the wrong session,
 // and that the session rules still hold.
 #include <arpa/inet.h>
+#include <bpf/bpf.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 
@@ -485,5 +487,30 @@ TEST_CASE("relay tc-bpf: the program completes a read request's session from the
   CHECK(s.sessions_active == 0);
   CHECK(s.kernel_entries == 0);
   CHECK(s.sessions_idle_closed == 2);  // b and d
+  CHECK(s.kernel_orphans_deleted == 0);  // no entry was ever left without its session
   relay.stop();
+}
+
+TEST_CASE("relay tc-bpf: an entry no session accounts for (the program completing a session user space let go of) is deleted by the next poll") {
+  if (const auto& why = tc_bpf_unavailable()) {
+    WARN(dt::skip_marker << ": the tc-bpf engine cannot attach on this machine: " << *why);
+    return;
+  }
+  RelayLab lab("tc-bpf");
+  const int map = tftp_lb::TcBpf::session_map_of(static_cast<std::uint32_t>(::getpid()), lab.relay.tc_priority());
+  REQUIRE(map >= 0);
+  // What the program leaves when it installs a session just as user space closes it: entries of a session index
+  // and generation user space no longer has, rewriting a 4-tuple towards a socket that is gone.
+  tftp_lb_key key{htonl(0x7f000009), htonl(0x7f000002), htons(4242), htons(4343)};
+  tftp_lb_value value{};
+  value.session = 0;
+  value.gen = 77;
+  value.state = TFTP_LB_RUNNING;
+  value.last_block = -1;
+  REQUIRE(bpf_map_update_elem(map, &key, &value, BPF_NOEXIST) == 0);
+  const auto s = lab.stats_when([](const RelayStats& now) { return now.kernel_orphans_deleted == 1; });
+  CHECK(s.kernel_orphans_deleted == 1);
+  tftp_lb_value left{};
+  CHECK(bpf_map_lookup_elem(map, &key, &left) != 0);  // gone
+  ::close(map);
 }

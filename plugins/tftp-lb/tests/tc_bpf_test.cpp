@@ -77,6 +77,7 @@ TEST_CASE("tc-bpf: tftp and curl fetch byte-identical files, the kernel complete
   CHECK(lab.relay("bytes_to_client") >= static_cast<std::int64_t>(2 * big_size));
   CHECK(lab.relay("wrong_tid") == 0);
   CHECK(lab.relay("kernel_install_errors") == 0);
+  CHECK(lab.relay("kernel_orphans_deleted") == 0);
 
   lab.h.reset();  // stops the deployment: the plugin detaches its filter
   CHECK_FALSE(filter_listed(priority));

@@ -58,6 +58,9 @@ std::uint64_t key_of(const sockaddr_in& a) {
 bool same(const sockaddr_in& a, const sockaddr_in& b) {
   return a.sin_addr.s_addr == b.sin_addr.s_addr && a.sin_port == b.sin_port;
 }
+bool same_key(const tftp_lb_key& a, const tftp_lb_key& b) {
+  return a.saddr == b.saddr && a.daddr == b.daddr && a.sport == b.sport && a.dport == b.dport;
+}
 
 void close_fd(int& fd) {
   if (fd >= 0) ::close(fd);
@@ -179,6 +182,8 @@ struct Relay::Session {
   std::uint16_t tid = 0;  // backend transfer port, network order; 0 until its first reply
   std::uint16_t port = 0;  // the session socket's port, network order (tc-bpf: the map's keys)
   bool in_kernel = false;  // tc-bpf: its two map entries are installed
+  bool pending = false;    // tc-bpf: its PENDING entry is in the map (a read request, no transfer ID learnt yet)
+  tftp_lb_key pending_key{};  // tc-bpf: backend address, VIP, any port, session port
   std::uint64_t kernel_packets[2] = {0, 0};  // tc-bpf: the map's counters at the last poll, to backend / to client
   std::uint64_t kernel_bytes = 0;            // tc-bpf: bytes to the client at the last poll
   tftp_lb_key kernel_keys[2] = {};           // tc-bpf: client -> backend, backend -> client, as installed
@@ -205,6 +210,10 @@ struct Relay::State {
     Clock::time_point until;
   };
   std::deque<Lingering> lingering;  // finished sessions in finishing order (the linger is constant)
+  // tc-bpf poll: entries of sessions the program completed but user space had not adopted yet when it read them
+  // (the PENDING entry comes later in the same read): accounted once the read is over.
+  std::vector<std::pair<std::uint32_t, tftp_lb_value>> deferred;
+  std::vector<tftp_lb_key> orphans;  // tc-bpf poll: entries no session accounts for, deleted after the read
   std::vector<Backend> backends;
   std::vector<Candidate> candidates;
   Picker picker;
@@ -437,6 +446,58 @@ void Relay::loop() {
     s.kernel_packets[0] = s.kernel_packets[1] = s.kernel_bytes = 0;
     ++stats.kernel_sessions;
   };
+  // tc-bpf: a read request's session waits in the map for the backend's first reply (its PENDING entry, keyed by
+  // the backend's address and the session port, any source port), so the program can complete the session itself
+  // and relay that reply: then no datagram of the transfer reaches user space. Written before the request leaves.
+  const auto await_first_reply = [&](std::uint32_t i) {
+    auto& s = st.sessions[i];
+    const auto& backend = st.backends[s.backend].config.address;
+    const std::uint32_t vip = options_.vip.sin_addr.s_addr;
+    s.pending_key = tftp_lb_key{backend.sin_addr.s_addr, vip, TFTP_LB_ANY_PORT, s.port};
+    tftp_lb_value v{};
+    v.new_saddr = vip;
+    v.new_daddr = s.client.sin_addr.s_addr;
+    v.new_sport = s.port;
+    v.new_dport = s.client.sin_port;
+    v.session = i;
+    v.gen = s.gen;
+    v.to_client = 1;
+    v.state = TFTP_LB_PENDING;
+    v.last_block = -1;
+    s.pending = tc->put(s.pending_key, v);  // refused (full): the first reply goes through user space, as before
+  };
+  // tc-bpf: the program completed the session (`v`, its PENDING entry, says how); user space takes it over as if
+  // it had installed it. The PENDING entry is already gone.
+  const auto adopt = [&](std::uint32_t i, const tftp_lb_value& v) {
+    auto& s = st.sessions[i];
+    const auto& backend = st.backends[s.backend].config.address;
+    const std::uint32_t vip = options_.vip.sin_addr.s_addr;
+    s.pending = false;
+    s.tid = static_cast<std::uint16_t>(v.tid & 0xffffu);
+    s.blksize = v.blksize;
+    s.last_block = v.last_block;
+    s.kernel_keys[0] = tftp_lb_key{s.client.sin_addr.s_addr, vip, s.client.sin_port, s.port};
+    s.kernel_keys[1] = tftp_lb_key{backend.sin_addr.s_addr, vip, s.tid, s.port};
+    s.in_kernel = true;
+    s.kernel_packets[0] = s.kernel_packets[1] = s.kernel_bytes = 0;
+    ++stats.kernel_sessions;
+    ++stats.kernel_first_replies;
+  };
+  // tc-bpf: the PENDING entry goes; if the program completed the session meanwhile, user space adopts it (its
+  // entries are in the map and must be accounted and deleted with the session).
+  const auto end_pending = [&](std::uint32_t i) {
+    auto& s = st.sessions[i];
+    if (!s.pending) return;
+    s.pending = false;
+    tftp_lb_value v;
+    if (tc->take(s.pending_key, v) && (v.tid & TFTP_LB_INSTALLED)) adopt(i, v);
+  };
+  // tc-bpf: before user space decides anything about a pending session, has the program completed it?
+  const auto sync_pending = [&](std::uint32_t i) {
+    auto& s = st.sessions[i];
+    tftp_lb_value v;
+    if (s.pending && tc->get(s.pending_key, v) && (v.tid & TFTP_LB_INSTALLED)) end_pending(i);
+  };
   // io_uring: a submission slot, submitting what is queued when the queue is full (only a turn of thousands).
   const auto sqe = [&]() -> io_uring_sqe* {
     io_uring_sqe* q = io_uring_get_sqe(&ring->ring);
@@ -460,13 +521,13 @@ void Relay::loop() {
   };
   const auto close_session = [&](std::uint32_t i) {
     auto& s = st.sessions[i];
+    if (s.pending) end_pending(i);
     if (s.in_kernel) {
-      // The counts since the last poll, then the entries: later datagrams of this 4-tuple reach the socket (or,
-      // once it is closed, get an ICMP error), as they would without the kernel path.
+      // The counts since the last poll, and the entries, in one system call each: later datagrams of this
+      // 4-tuple reach the socket (or, once it is closed, get an ICMP error), as they would without the kernel path.
       for (const auto& key : s.kernel_keys) {
         tftp_lb_value v;
-        if (tc->get(key, v)) kernel_account(i, v);
-        tc->erase(key);
+        if (tc->take(key, v)) kernel_account(i, v);
       }
       s.in_kernel = false;
     }
@@ -593,7 +654,8 @@ void Relay::loop() {
     st.picker.reserve(st.backends.size());
   };
 
-  const auto new_session = [&](const sockaddr_in& client, const std::byte* data, std::size_t n, Clock::time_point now) {
+  const auto new_session = [&](const sockaddr_in& client, const std::byte* data, std::size_t n, bool read,
+                               Clock::time_point now) {
     const std::uint32_t ip = ntohl(client.sin_addr.s_addr);
     const auto chosen = st.picker.pick(st.candidates, ip);
     if (!chosen) {
@@ -638,6 +700,7 @@ void Relay::loop() {
     ::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &bound_len);
     s.port = bound.sin_port;
     s.in_kernel = false;
+    s.pending = false;
     s.fd = fd;
     s.in_use = true;
     s.finished = false;
@@ -662,6 +725,7 @@ void Relay::loop() {
     ++stats.sessions_started;
     ++stats.sessions_active;
     stats.sessions_peak = std::max(stats.sessions_peak, stats.sessions_active);
+    if (tc && read) await_first_reply(i);
     send_now(fd, st.backends[*chosen].config.address, data, n, State::Out::to_backend);
   };
 
@@ -675,11 +739,14 @@ void Relay::loop() {
       ++stats.malformed_client;
       return;
     }
-    if (!std::holds_alternative<tftp::Request>(*packet)) {
+    const auto* request = std::get_if<tftp::Request>(packet);
+    if (!request) {
       ++stats.not_a_request;  // no reply: an answer here would let anyone reflect traffic off the VIP
       return;
     }
+    const bool read = request->opcode == tftp::Opcode::rrq;
     const auto found = st.by_client.find(key_of(from));
+    if (found != st.by_client.end()) sync_pending(found->second);
     if (found != st.by_client.end() && st.sessions[found->second].in_kernel && !st.sessions[found->second].finished) {
       // tc-bpf: the kernel may have seen this transfer end since the last poll (UEFI's ERROR 8 after the tsize
       // probe, then a new request at once): ask the map now, so the request starts a new session.
@@ -691,11 +758,11 @@ void Relay::loop() {
       // A new request from the port of a finished transfer (UEFI asks for tsize, aborts, asks again from the
       // same port): a new session, with a new transfer port on the backend.
       close_session(found->second);
-      new_session(from, data, n, now);
+      new_session(from, data, n, read, now);
       return;
     }
     if (found == st.by_client.end()) {
-      new_session(from, data, n, now);
+      new_session(from, data, n, read, now);
       return;
     }
     // The client resent its request (our backend's first reply is slow or lost): the same backend gets it,
@@ -726,6 +793,13 @@ void Relay::loop() {
     do {  // once: `continue` drops the datagram
       auto& s = st.sessions[i];
       const auto& backend = st.backends[s.backend].config.address;
+      if (s.pending) {
+        // tc-bpf: the program may have completed this session (then its transfer ID is known here too). A datagram
+        // from the backend that it left to user space (an ERROR, an OACK it does not parse, a full map) ends the
+        // PENDING entry: user space learns the transfer ID from it, as without the kernel path.
+        if (from.sin_addr.s_addr == backend.sin_addr.s_addr) end_pending(i);
+        else sync_pending(i);
+      }
       if (same(from, s.client)) {
         const auto parsed = tftp::parse_packet(std::span(data, n));
         const auto* packet = std::get_if<tftp::Packet>(&parsed);
@@ -798,14 +872,45 @@ void Relay::loop() {
       next_sweep = now + std::chrono::milliseconds(100);
       if (tc) {
         // The kernel's share: its counts, activity for the idle timeout, and the transfers it saw end.
-        stats.kernel_entries = tc->for_each([&](const tftp_lb_key&, const tftp_lb_value& v) {
+        st.deferred.clear();
+        stats.kernel_entries = tc->for_each([&](const tftp_lb_key& key, const tftp_lb_value& v) {
+          // An entry user space does not account for is an orphan: the program completed a session in the very
+          // moment user space let go of its PENDING entry (a session closed, or a reply it handles itself, on
+          // another CPU). Deleted after this read: that session's datagrams then reach its socket (or, closed, get
+          // an ICMP error), and a live session goes back to the kernel with the backend's next reply.
+          const auto orphan = [&] {
+            if (st.orphans.size() < 65536) st.orphans.push_back(key);
+          };
           const auto i = v.session;
-          if (i >= st.sessions.size() || !st.sessions[i].in_use || !st.sessions[i].in_kernel ||
-              st.sessions[i].gen != v.gen)
+          if (i >= st.sessions.size() || !st.sessions[i].in_use || st.sessions[i].gen != v.gen) return orphan();
+          auto& s = st.sessions[i];
+          if (v.state == TFTP_LB_PENDING) {
+            // Completed by the program since the last poll: user space adopts it (one delete, no lookup).
+            if (s.pending && (v.tid & TFTP_LB_INSTALLED)) {
+              tc->erase(key);
+              adopt(i, v);
+            } else if (!s.pending) {
+              orphan();
+            }
             return;
+          }
+          if (s.in_kernel && (same_key(key, s.kernel_keys[0]) || same_key(key, s.kernel_keys[1]))) {
+            if (kernel_account(i, v) > 0) touch(i, now);
+            if (v.state != TFTP_LB_RUNNING) finish(i, now);
+          } else if (s.pending) {
+            if (st.deferred.size() < 65536) st.deferred.emplace_back(i, v);  // its PENDING entry may come later
+          } else {
+            orphan();
+          }
+        });
+        for (const auto& [i, v] : st.deferred) {
+          if (!st.sessions[i].in_use || !st.sessions[i].in_kernel || st.sessions[i].gen != v.gen) continue;
           if (kernel_account(i, v) > 0) touch(i, now);
           if (v.state != TFTP_LB_RUNNING) finish(i, now);
-        });
+        }
+        for (const auto& key : st.orphans) tc->erase(key);
+        stats.kernel_orphans_deleted += st.orphans.size();
+        st.orphans.clear();
       }
       while (!st.lingering.empty() && st.lingering.front().until <= now) {
         const auto l = st.lingering.front();

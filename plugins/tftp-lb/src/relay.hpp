@@ -87,10 +87,14 @@ struct RelayStats {
   std::uint64_t busy_poll_hits = 0;  ///< of those, the ones that found datagrams (each a wake-up saved)
   // tc-bpf engine (all counted by the BPF program in its map, read every 100 ms; included in packets_to_* above)
   std::uint64_t kernel_sessions = 0;            ///< sessions handed to the kernel once established
+  std::uint64_t kernel_first_replies = 0;       ///< of those, sessions the program completed itself: it relayed the
+                                                ///< backend's first reply and learnt its transfer ID (read requests)
   std::uint64_t kernel_entries = 0;             ///< entries in the BPF map at the last poll (two per session)
   std::uint64_t kernel_packets_to_client = 0;   ///< relayed by the BPF program, never reaching a socket
   std::uint64_t kernel_packets_to_backend = 0;
   std::uint64_t kernel_install_errors = 0;      ///< map full or refused: the session stays in user space
+  std::uint64_t kernel_orphans_deleted = 0;     ///< entries no session accounted for (a race of the program completing
+                                                ///< a session with user space letting go of it), deleted by the poll
   std::vector<RelayBackendStats> backends;
 };
 

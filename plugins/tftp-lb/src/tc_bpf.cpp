@@ -35,9 +35,9 @@ std::uint32_t priority_of(const sockaddr_in& vip) {
   return 1 + h % 0xbfff;
 }
 
-/// Detaches every filter of this program whose owner process no longer exists. Bounded by the number of BPF
-/// programs loaded on the machine (at most 65,536 looked at).
-void detach_stale(const std::function<void(const std::string&)>& log) {
+/// Every loaded program of this plugin (by name), with the ids of its maps (at most 4: it has two). Bounded by the
+/// number of BPF programs loaded on the machine (at most 65,536 looked at).
+void each_program(const std::function<void(std::uint32_t prog, const std::uint32_t* maps, std::uint32_t n)>& visit) {
   std::uint32_t id = 0;
   for (int n = 0; n < 65536 && bpf_prog_get_next_id(id, &id) == 0; ++n) {
     const int fd = bpf_prog_get_fd_by_id(id);
@@ -49,32 +49,51 @@ void detach_stale(const std::function<void(const std::string&)>& log) {
     std::uint32_t len = sizeof info;
     const bool ours = bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && std::strcmp(info.name, kProgram) == 0;
     ::close(fd);
-    if (!ours) continue;
-    for (std::uint32_t m = 0; m < std::min<std::uint32_t>(info.nr_map_ids, 4); ++m) {
-      const int mfd = bpf_map_get_fd_by_id(map_ids[m]);
-      if (mfd < 0) continue;
-      bpf_map_info minfo{};
-      std::uint32_t mlen = sizeof minfo;
-      tftp_lb_owner owner{};
-      const std::uint32_t zero = 0;
-      const bool is_owner = bpf_obj_get_info_by_fd(mfd, &minfo, &mlen) == 0 &&
-                            std::strcmp(minfo.name, "tftp_lb_owner") == 0 &&
-                            bpf_map_lookup_elem(mfd, &zero, &owner) == 0;
-      ::close(mfd);
-      if (!is_owner || owner.pid == 0 || ::kill(static_cast<pid_t>(owner.pid), 0) == 0 || errno != ESRCH)
-        continue;  // no owner recorded yet, or its balancer still runs (EPERM: alive, someone else's)
-      DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(owner.ifindex),
-                          .attach_point = BPF_TC_INGRESS);
-      DECLARE_LIBBPF_OPTS(bpf_tc_opts, query, .handle = owner.handle, .priority = owner.priority);
-      // Only if that filter still runs the dead balancer's program: a live balancer restarted on the same virtual
-      // server may have replaced it (same handle and priority) since this loop listed the program.
-      if (bpf_tc_query(&hook, &query) != 0 || query.prog_id != id) continue;
-      DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .handle = owner.handle, .priority = owner.priority);
-      if (bpf_tc_detach(&hook, &opts) == 0 && log)
-        log("tc-bpf: detached a stale filter (priority " + std::to_string(owner.priority) + ") of balancer PID " +
-            std::to_string(owner.pid) + ", which is gone");
-    }
+    if (ours) visit(id, map_ids, std::min<std::uint32_t>(info.nr_map_ids, 4));
   }
+}
+
+/// A descriptor of map `id` when its name starts with `prefix` (the kernel keeps 15 characters), else -1.
+int map_named(std::uint32_t id, const char* prefix) {
+  const int fd = bpf_map_get_fd_by_id(id);
+  if (fd < 0) return -1;
+  bpf_map_info info{};
+  std::uint32_t len = sizeof info;
+  if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && std::strncmp(info.name, prefix, std::strlen(prefix)) == 0)
+    return fd;
+  ::close(fd);
+  return -1;
+}
+
+/// The owner recorded in one of a program's maps; false when none of them is the owner map or it is empty.
+bool owner_of(const std::uint32_t* maps, std::uint32_t n, tftp_lb_owner& owner) {
+  for (std::uint32_t m = 0; m < n; ++m) {
+    const int fd = map_named(maps[m], "tftp_lb_owner");
+    if (fd < 0) continue;
+    const std::uint32_t zero = 0;
+    const bool found = bpf_map_lookup_elem(fd, &zero, &owner) == 0;
+    ::close(fd);
+    return found;
+  }
+  return false;
+}
+
+/// Detaches every filter of this program whose owner process no longer exists.
+void detach_stale(const std::function<void(const std::string&)>& log) {
+  each_program([&](std::uint32_t id, const std::uint32_t* maps, std::uint32_t n) {
+    tftp_lb_owner owner{};
+    if (!owner_of(maps, n, owner) || owner.pid == 0 || ::kill(static_cast<pid_t>(owner.pid), 0) == 0 || errno != ESRCH)
+      return;  // no owner recorded yet, or its balancer still runs (EPERM: alive, someone else's)
+    DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(owner.ifindex), .attach_point = BPF_TC_INGRESS);
+    DECLARE_LIBBPF_OPTS(bpf_tc_opts, query, .handle = owner.handle, .priority = owner.priority);
+    // Only if that filter still runs the dead balancer's program: a live balancer restarted on the same virtual
+    // server may have replaced it (same handle and priority) since this loop listed the program.
+    if (bpf_tc_query(&hook, &query) != 0 || query.prog_id != id) return;
+    DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .handle = owner.handle, .priority = owner.priority);
+    if (bpf_tc_detach(&hook, &opts) == 0 && log)
+      log("tc-bpf: detached a stale filter (priority " + std::to_string(owner.priority) + ") of balancer PID " +
+          std::to_string(owner.pid) + ", which is gone");
+  });
 }
 
 }  // namespace
@@ -113,7 +132,7 @@ std::unique_ptr<TcBpf> TcBpf::open(const sockaddr_in& vip, std::size_t max_sessi
     why = "the BPF object lacks its map or program (a build problem)";
     return nullptr;
   }
-  bpf_map__set_max_entries(sessions, static_cast<std::uint32_t>(std::max<std::size_t>(2 * max_sessions, 16)));
+  bpf_map__set_max_entries(sessions, static_cast<std::uint32_t>(std::max<std::size_t>(3 * max_sessions, 16)));
   if (const int e = bpf_object__load(t->object_); e != 0) {
     why = "loading the BPF program: " + error_text(e) + " (needs a kernel with BPF and CAP_BPF; see dmesg)";
     return nullptr;
@@ -150,6 +169,16 @@ TcBpf::~TcBpf() {
   if (object_) bpf_object__close(object_);  // closes the program and map descriptors: the kernel frees them
 }
 
+int TcBpf::session_map_of(std::uint32_t pid, std::uint32_t priority) {
+  int found = -1;
+  each_program([&](std::uint32_t, const std::uint32_t* maps, std::uint32_t n) {
+    tftp_lb_owner owner{};
+    if (found >= 0 || !owner_of(maps, n, owner) || owner.pid != pid || owner.priority != priority) return;
+    for (std::uint32_t m = 0; m < n && found < 0; ++m) found = map_named(maps[m], "tftp_lb_sess");
+  });
+  return found;
+}
+
 bool TcBpf::put(const tftp_lb_key& key, const tftp_lb_value& value) {
   return bpf_map_update_elem(map_fd_, &key, &value, BPF_ANY) == 0;
 }
@@ -159,6 +188,10 @@ bool TcBpf::get(const tftp_lb_key& key, tftp_lb_value& value) const {
 }
 
 void TcBpf::erase(const tftp_lb_key& key) { bpf_map_delete_elem(map_fd_, &key); }
+
+bool TcBpf::take(const tftp_lb_key& key, tftp_lb_value& value) {
+  return bpf_map_lookup_and_delete_elem(map_fd_, &key, &value) == 0;
+}
 
 std::size_t TcBpf::for_each(const std::function<void(const tftp_lb_key&, const tftp_lb_value&)>& visit) const {
   constexpr std::uint32_t kChunk = 256;

@@ -18,7 +18,7 @@ namespace deskfarm::tftp_lb {
 
 class TcBpf {
  public:
-  /// Loads the program with a map for `max_sessions` sessions (two entries each) and attaches it to the ingress
+  /// Loads the program with a map for `max_sessions` sessions (three entries each: two established, one pending) and attaches it to the ingress
   /// of the device that carries `vip` (loopback only, see README) at a priority derived from the virtual server's
   /// address and port. First detaches filters of this program whose balancer process is gone (a SIGKILL leaves
   /// them). Null, with `why` saying what failed, when BPF is unavailable (not root, no clsact, a kernel without BPF).
@@ -33,8 +33,14 @@ class TcBpf {
   /// The entry's current value; false when there is none.
   bool get(const tftp_lb_key& key, tftp_lb_value& value) const;
   void erase(const tftp_lb_key& key);
+  /// Reads and deletes an entry in one system call; false when there is none.
+  bool take(const tftp_lb_key& key, tftp_lb_value& value);
   /// Every entry, read in batches (a few system calls for the whole map). Returns the entries visited.
   std::size_t for_each(const std::function<void(const tftp_lb_key&, const tftp_lb_value&)>& visit) const;
+
+  /// A descriptor of the session map of the tc-bpf balancer in process `pid` whose filter has `priority`, or -1
+  /// (for tests, which plant entries in it).
+  static int session_map_of(std::uint32_t pid, std::uint32_t priority);
 
   std::uint32_t priority() const { return priority_; }
   const std::string& device() const { return device_; }

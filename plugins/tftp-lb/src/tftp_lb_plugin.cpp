@@ -273,10 +273,12 @@ class TftpLb final : public Plugin {
       r.set("busy_poll_hits", s.busy_poll_hits);
       if (relay_->tc_priority() != 0) {
         r.set("kernel_sessions", s.kernel_sessions);
+        r.set("kernel_first_replies", s.kernel_first_replies);
         r.set("kernel_entries", s.kernel_entries);
         r.set("kernel_packets_to_client", s.kernel_packets_to_client);
         r.set("kernel_packets_to_backend", s.kernel_packets_to_backend);
         r.set("kernel_install_errors", s.kernel_install_errors);
+        r.set("kernel_orphans_deleted", s.kernel_orphans_deleted);
         r.set("tc_priority", static_cast<std::int64_t>(relay_->tc_priority()));
       }
       out.set("relay", std::move(r));

@@ -3,7 +3,9 @@
 // sendmmsg). These tests blast datagrams and check that nothing is reordered, lost or sent to the wrong session,
 // and that the session rules still hold.
 #include <arpa/inet.h>
+#include <bpf/bpf.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 
@@ -379,4 +381,136 @@ TEST_CASE("relay: with busy polling on, an idle balancer stops polling and uses 
               << before.busy_polls << " -> " << after.busy_polls);
   CHECK(after.busy_polls == before.busy_polls);  // no datagram, no poll
   CHECK(cpu < 40ms);                              // a spinning relay would burn most of the 2 s
+}
+
+TEST_CASE("relay tc-bpf: the program completes a read request's session from the backend's first reply, and leaves to user space what it does not know") {
+  if (const auto& why = tc_bpf_unavailable()) {
+    WARN(dt::skip_marker << ": the tc-bpf engine cannot attach on this machine: " << *why);
+    return;
+  }
+  auto options = RelayLab::options("tc-bpf", std::nullopt);
+  options.idle_timeout = 1s;
+  options.linger = 200ms;
+  dt::UdpSocket backend("127.0.0.1");
+  Relay relay(options);
+  relay.start();
+  REQUIRE(relay.engine() == "tc-bpf");
+  relay.set_backends({{"b", endpoint("127.0.0.1", backend.port()), 1, true}});
+  const auto stats_when = [&](auto done) {
+    RelayStats s;
+    dt::eventually([&] { return done(s = relay.stats()); }, 5s);
+    return s;
+  };
+  const auto request = [&](dt::UdpSocket& client) {
+    client.send_to("127.0.0.2", relay.port(), rrq("f"));
+    const auto r = backend.receive(5s);
+    REQUIRE(r);
+    return r->port;  // the session's port on the virtual server
+  };
+
+  // 1. An OACK (blksize 2000, the name in mixed case) from a new port completes the session in the kernel. A
+  // stranger's reply before it changes nothing: only the chosen backend's address may give the transfer ID.
+  dt::UdpSocket a("127.0.0.4");
+  const auto pa = request(a);
+  dt::UdpSocket stranger("127.0.0.5"), tid("127.0.0.1"), other_port("127.0.0.1");
+  stranger.send_to("127.0.0.2", pa, data(1, 10));
+  std::vector<std::byte> oack;
+  tftp::encode_oack(oack, {{"BlkSize", "2000"}, {"tsize", "3000"}});
+  tid.send_to("127.0.0.2", pa, oack);
+  auto got = a.receive(5s);
+  REQUIRE(got);
+  CHECK(got->host == "127.0.0.2");
+  CHECK(got->port == pa);
+  CHECK(got->bytes == oack);
+  a.send_to("127.0.0.2", pa, ack(0));
+  auto at_backend = tid.receive(5s);  // through the kernel: from the session port
+  REQUIRE(at_backend);
+  CHECK(at_backend->host == "127.0.0.2");
+  CHECK(at_backend->port == pa);
+  CHECK(packet_of<tftp::Ack>(at_backend->bytes).block == 0);
+  // Another port of the backend, now that the program knows the transfer ID: ERROR 5 from user space.
+  other_port.send_to("127.0.0.2", pa, data(1, 10));
+  const auto e5 = other_port.receive(5s);
+  REQUIRE(e5);
+  CHECK(packet_of<tftp::Error>(e5->bytes).code == tftp::ErrorCode::unknown_tid);
+  // 1,000 bytes is short of the OACK's 2,000: the last block, and the program saw its ACK end the transfer.
+  tid.send_to("127.0.0.2", pa, data(1, 1000));
+  got = a.receive(5s);
+  REQUIRE(got);
+  CHECK(packet_of<tftp::Data>(got->bytes).block == 1);
+  a.send_to("127.0.0.2", pa, ack(1));
+  REQUIRE(tid.receive(5s));
+  auto s = stats_when([](const RelayStats& now) { return now.sessions_finished == 1; });
+  CHECK(s.sessions_finished == 1);
+  CHECK(s.kernel_first_replies == 1);
+  CHECK(s.kernel_sessions == 1);
+  CHECK(s.packets_to_client == 2);  // the OACK and DATA 1, both by the program
+  CHECK(s.kernel_packets_to_client == 2);
+  CHECK(s.foreign_dropped == 1);
+  CHECK(s.wrong_tid == 1);
+
+  // 2. A first reply the program does not take: an OACK with NUL padding (user space's parser allows it), then
+  // an ERROR. User space relays them, learns the transfer ID, and hands the session to the kernel as before.
+  dt::UdpSocket b("127.0.0.4"), c("127.0.0.4");
+  const auto pb = request(b);
+  dt::UdpSocket tid_b("127.0.0.1");
+  std::vector<std::byte> padded;
+  tftp::encode_oack(padded, {{"tsize", "3000"}});
+  padded.resize(padded.size() + 3);
+  tid_b.send_to("127.0.0.2", pb, padded);
+  got = b.receive(5s);
+  REQUIRE(got);
+  CHECK(got->port == pb);
+  CHECK(got->bytes == padded);
+  b.send_to("127.0.0.2", pb, ack(0));
+  at_backend = tid_b.receive(5s);
+  REQUIRE(at_backend);
+  CHECK(at_backend->port == pb);
+  const auto pc = request(c);
+  dt::UdpSocket tid_c("127.0.0.1");
+  std::vector<std::byte> refusal;
+  tftp::encode_error(refusal, tftp::ErrorCode::file_not_found, "no f");
+  tid_c.send_to("127.0.0.2", pc, refusal);
+  got = c.receive(5s);
+  REQUIRE(got);
+  CHECK(packet_of<tftp::Error>(got->bytes).code == tftp::ErrorCode::file_not_found);
+  s = stats_when([](const RelayStats& now) { return now.kernel_sessions == 2 && now.sessions_finished == 2; });
+  CHECK(s.kernel_first_replies == 1);
+  CHECK(s.kernel_sessions == 2);  // b's, installed by user space
+  CHECK(s.sessions_finished == 2);  // c's ERROR
+
+  // 3. A request nobody answers: its session idles out and its PENDING entry leaves the map with it; so do the
+  // others' entries (a's and c's after the linger, b's at the idle timeout).
+  dt::UdpSocket d("127.0.0.4");
+  request(d);
+  s = stats_when([](const RelayStats& now) { return now.sessions_active == 0 && now.kernel_entries == 0; });
+  CHECK(s.sessions_active == 0);
+  CHECK(s.kernel_entries == 0);
+  CHECK(s.sessions_idle_closed == 2);  // b and d
+  CHECK(s.kernel_orphans_deleted == 0);  // no entry was ever left without its session
+  relay.stop();
+}
+
+TEST_CASE("relay tc-bpf: an entry no session accounts for (the program completing a session user space let go of) is deleted by the next poll") {
+  if (const auto& why = tc_bpf_unavailable()) {
+    WARN(dt::skip_marker << ": the tc-bpf engine cannot attach on this machine: " << *why);
+    return;
+  }
+  RelayLab lab("tc-bpf");
+  const int map = tftp_lb::TcBpf::session_map_of(static_cast<std::uint32_t>(::getpid()), lab.relay.tc_priority());
+  REQUIRE(map >= 0);
+  // What the program leaves when it installs a session just as user space closes it: entries of a session index
+  // and generation user space no longer has, rewriting a 4-tuple towards a socket that is gone.
+  tftp_lb_key key{htonl(0x7f000009), htonl(0x7f000002), htons(4242), htons(4343)};
+  tftp_lb_value value{};
+  value.session = 0;
+  value.gen = 77;
+  value.state = TFTP_LB_RUNNING;
+  value.last_block = -1;
+  REQUIRE(bpf_map_update_elem(map, &key, &value, BPF_NOEXIST) == 0);
+  const auto s = lab.stats_when([](const RelayStats& now) { return now.kernel_orphans_deleted == 1; });
+  CHECK(s.kernel_orphans_deleted == 1);
+  tftp_lb_value left{};
+  CHECK(bpf_map_lookup_elem(map, &key, &left) != 0);  // gone
+  ::close(map);
 }

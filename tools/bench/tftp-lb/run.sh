@@ -11,9 +11,12 @@
 # io_uring:50 epoll:50"); without it the plugin's default holds. Per balancer, `perf stat` counts its system calls and context switches over all the
 # rounds, printed per datagram relayed (the balancers take turns, so each one's counts are its own traffic).
 # BASELINE=DIR (a folder holding another build's tftp-lb.so, e.g. the previous commit's) adds a balancer on
-# 127.0.0.5 with that plugin (its default engine) in front of the same backend, measured in the same rounds ("base").
+# 127.0.0.5 with that plugin (its default engine, or BASELINE_RELAY, e.g. "tc-bpf") in front of the same backend,
+# measured in the same rounds ("base").
 # Per cell also the load generator's CPU (s/GiB, and its share of one core while it ran): a generator near one
 # core would be the limit, not the balancer.
+# SETUP=N adds a row of N transfers of a 1 KiB file one after another by one client ("Nx1KiB-seq"): each is a
+# session's set-up and end and nothing else, so its p50/p99 is what one session costs on each path.
 # usage: tools/bench/tftp-lb/run.sh [BUILD_DIR]     (reuses tools/bench/tftp's tftp_serve and tftp_load)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -41,8 +44,9 @@ ulimit -n "$(ulimit -Hn)"
 head -c $((32 << 20)) /dev/urandom > "$root/f32m"
 head -c $((1 << 20)) /dev/urandom > "$root/f1m"
 head -c $((64 << 10)) /dev/urandom > "$root/f64k"
+head -c 1024 /dev/urandom > "$root/f1k"
 declare -A sha
-for f in f32m f1m f64k; do sha[$f]=$(sha256sum "$root/$f" | cut -c1-64); done
+for f in f32m f1m f64k f1k; do sha[$f]=$(sha256sum "$root/$f" | cut -c1-64); done
 # shellcheck source=tools/lib/net.sh
 source tools/lib/net.sh
 
@@ -104,7 +108,9 @@ for k in "${!relays[@]}"; do
 done
 if [[ -n ${BASELINE:-} ]]; then
   [[ -f $BASELINE/tftp-lb.so ]] || { echo "run.sh: BASELINE=$BASELINE holds no tftp-lb.so" >&2; exit 2; }
-  start_balancer base 127.0.0.5 "$BASELINE"
+  start_balancer base 127.0.0.5 "$BASELINE" "${BASELINE_RELAY:-}"
+  [[ -z ${BASELINE_RELAY:-} ]] || grep -q "relay ${BASELINE_RELAY%%:*}" "$work/base.log" ||
+    { echo "run.sh: base did not start the $BASELINE_RELAY relay:" >&2; cat "$work/base.log" >&2; exit 1; }
   target[base]=127.0.0.5:$started_port
   balancer[base]=$started_pid
   manifest[base]=$work/base.toml
@@ -127,7 +133,7 @@ cpu_of() { [[ -z ${1:-} ]] && { echo 0; return; }; awk '{ printf "%.3f", ($14 + 
 # direct path's and the other balancers' lookups are in it as well while they are measured: only the tc-bpf
 # path's rounds are charged.
 bpf_stats_was=""
-if [[ " ${relays[*]} " == *" tc-bpf"* ]] && [[ -w /proc/sys/kernel/bpf_stats_enabled ]] && command -v bpftool >/dev/null; then
+if [[ " ${relays[*]} ${BASELINE_RELAY:-} " == *" tc-bpf"* ]] && [[ -w /proc/sys/kernel/bpf_stats_enabled ]] && command -v bpftool >/dev/null; then
   bpf_stats_was=$(cat /proc/sys/kernel/bpf_stats_enabled)
   echo 1 > /proc/sys/kernel/bpf_stats_enabled
   trap 'echo "$bpf_stats_was" > /proc/sys/kernel/bpf_stats_enabled; cleanup' EXIT
@@ -139,30 +145,32 @@ print("%.6f" % (sum(p.get("run_time_ns", 0) for p in json.load(sys.stdin) if p.g
 }
 lb_rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$lb_pid/status"; }
 
-rows=("1x32MiB|1|f32m" "64x1MiB|64|f1m" "256x64KiB|256|f64k")
+rows=("1x32MiB|1|f32m" "64x1MiB|64|f1m" "256x64KiB|256|f64k")  # label|clients|file[|transfers, default clients]
+[[ -n ${SETUP:-} ]] && rows+=("${SETUP}x1KiB-seq|1|f1k|$SETUP")
 declare -A samples
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $repeat rounds; backend tftp_serve 127.0.0.1:$backend;$(for p in "${paths[@]:1}"; do printf ' %s VIP %s' "$p" "${target[$p]}"; done)"
 for ((r = 1; r <= repeat; r++)); do
   for row in "${rows[@]}"; do
-    IFS='|' read -r label clients file <<<"$row"
+    IFS='|' read -r label clients file transfers <<<"$row"
+    transfers=${transfers:-$clients}
     for path in "${paths[@]}"; do
       before=$(cpu_of "${balancer[$path]:-}")
-      [[ $path == tc-bpf* ]] && before=$(awk -v a="$before" -v b="$(bpf_s)" 'BEGIN { printf "%.6f", a + b }')
-      if ! out=$("$bin/tftp_load" --server "${target[$path]}" --file "$file" --clients "$clients" --blksize 1468 \
+      [[ $path == tc-bpf* || ($path == base && ${BASELINE_RELAY:-} == tc-bpf*) ]] && before=$(awk -v a="$before" -v b="$(bpf_s)" 'BEGIN { printf "%.6f", a + b }')
+      if ! out=$("$bin/tftp_load" --server "${target[$path]}" --file "$file" --clients "$clients" --transfers "$transfers" --blksize 1468 \
             --expect-sha256 "${sha[$file]}" --deadline-s 120); then
         echo "run.sh: round $r $path $label failed: $out" >&2
         continue
       fi
       after=$(cpu_of "${balancer[$path]:-}")
-      [[ $path == tc-bpf* ]] && after=$(awk -v a="$after" -v b="$(bpf_s)" 'BEGIN { printf "%.6f", a + b }')
+      [[ $path == tc-bpf* || ($path == base && ${BASELINE_RELAY:-} == tc-bpf*) ]] && after=$(awk -v a="$after" -v b="$(bpf_s)" 'BEGIN { printf "%.6f", a + b }')
       # rate p50 p99 balancer-s/GiB generator-s/GiB generator-share-of-a-core
-      line=$(awk -v out="$out" -v a="$before" -v b="$after" -v c="$clients" -v f="$file" 'BEGIN {
+      line=$(awk -v out="$out" -v a="$before" -v b="$after" -v c="$transfers" -v f="$file" 'BEGIN {
         match(out, /: [0-9.]+ MiB\/s/); rate = substr(out, RSTART + 2, RLENGTH - 8) + 0
         match(out, /p50 [0-9.]+ ms/); p50 = substr(out, RSTART + 4, RLENGTH - 7) + 0
         match(out, /p99 [0-9.]+ ms/); p99 = substr(out, RSTART + 4, RLENGTH - 7) + 0
         match(out, /MiB in [0-9.]+ s/); wall = substr(out, RSTART + 7, RLENGTH - 9) + 0
         match(out, /load CPU [0-9.]+ s/); gen = substr(out, RSTART + 9, RLENGTH - 11) + 0
-        size = (f == "f32m") ? 32 : (f == "f1m") ? 1 : 0.0625
+        size = (f == "f32m") ? 32 : (f == "f1m") ? 1 : (f == "f1k") ? 1 / 1024 : 0.0625
         gib = c * size / 1024
         printf "%.1f %.1f %.1f %.2f %.2f %.2f", rate, p50, p99, (b - a) / gib, gen / gib, (wall > 0) ? gen / wall : 0 }')
       samples[$path,$label]+="$line"$'\n'

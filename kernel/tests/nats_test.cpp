@@ -135,7 +135,8 @@ TEST_CASE("two kernels share subjects and wildcards through nats-server: each su
   }
   CHECK(in_order == 500);
   CHECK(sample(a.metrics_text(), "deskfarm_bus_nats_connected") == 1);
-  CHECK(sample(b.metrics_text(), "deskfarm_bus_nats_messages_total{direction=\"received\"}") >= 503);
+  // Once per message, though "farm.vm1.state" matches three of b's patterns: they are one queue group at the server.
+  CHECK(sample(b.metrics_text(), "deskfarm_bus_nats_messages_total{direction=\"received\"}") >= 502);
 }
 
 TEST_CASE("100,000 buffered publications on one subject from one publisher reach a subscriber of another kernel, all in order") {

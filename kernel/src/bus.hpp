@@ -67,7 +67,9 @@ class BusCore {
   /// transport receives each message once, however many of this process's patterns match it). Never waits: when
   /// a subscriber that waits for room has a full queue, or `now` is false (earlier messages are still being
   /// finished, and order is kept), what is left is returned for finish_remote(); nullptr when nothing is.
-  std::unique_ptr<RemoteRest> deliver_remote(sdk::Message&& message, bool now);
+  /// `cache` is the caller's (one per thread): the route of the subject it last delivered.
+  struct RouteCache;
+  std::unique_ptr<RemoteRest> deliver_remote(sdk::Message&& message, bool now, RouteCache& cache);
   /// Delivers what deliver_remote() left, waiting for room as long as the bus's block timeout allows.
   void finish_remote(RemoteRest& rest);
   /// The answer to request `id` from another process, or (`no_responders`) the transport's word that no other
@@ -94,6 +96,11 @@ class BusCore {
     std::shared_ptr<const Route> route;
     std::shared_ptr<const sdk::Message> message;
     std::size_t next = 0;
+  };
+  struct RouteCache {
+    std::string subject;
+    std::shared_ptr<const Route> route;
+    std::uint64_t generation = 0;
   };
 
  private:
@@ -124,6 +131,7 @@ class BusCore {
   // (10,000 instances subscribed to one pattern would cost 10,000 matches per subject).
   std::unordered_map<std::string, std::size_t> patterns_;
   std::unordered_map<std::string, std::shared_ptr<const Route>> routes_;  // cache, cleared on (un)subscribe
+  std::atomic<std::uint64_t> routes_generation_{0};  // counts the (un)subscriptions: a RouteCache is then stale
   using Subscribers = std::vector<std::shared_ptr<Subscriber>>;
   RemoteTransport* remote_ = nullptr;
   std::unordered_map<std::string, std::unique_ptr<SubjectStats>> stats_;

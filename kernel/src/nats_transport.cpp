@@ -141,12 +141,14 @@ struct NatsCallbacks {
   static void filter(natsConnection*, natsMsg** msg, void* self) {
     MsgPtr owned(*msg);
     *msg = nullptr;
-    static_cast<NatsTransport*>(self)->take(owned.get());
+    auto* transport = static_cast<NatsTransport*>(self);
+    transport->take(owned.get(), transport->reader_routes_);
   }
   /// A subscription's callback: what the filter takes never comes here; anything else is handled the same way.
   static void message(natsConnection*, natsSubscription*, natsMsg* msg, void* self) {
     MsgPtr owned(msg);
-    static_cast<NatsTransport*>(self)->take(msg);
+    BusCore::RouteCache routes;  // a delivery thread's, not the reader's
+    static_cast<NatsTransport*>(self)->take(msg, routes);
   }
   static void disconnected(natsConnection*, void* self) { static_cast<NatsTransport*>(self)->handle_disconnected(); }
   static void reconnected(natsConnection*, void* self) { static_cast<NatsTransport*>(self)->handle_reconnected(); }
@@ -257,6 +259,7 @@ void NatsTransport::close() {
     std::unique_lock lock(gate_);  // waits for callbacks that are handing a message to the bus
     if (!open_) return;
     open_ = false;
+    reader_routes_ = {};  // the subscribers it pins go with the bus's
   }
   {
     std::lock_guard lock(overflow_mutex_);
@@ -420,7 +423,7 @@ bool NatsTransport::to_message(natsMsg* msg, sdk::Message& out) {
   return true;
 }
 
-void NatsTransport::take(natsMsg* msg) {
+void NatsTransport::take(natsMsg* msg, BusCore::RouteCache& cache) {
   std::shared_lock lock(gate_);
   if (!open_) return;
   const std::string_view subject = natsMsg_GetSubject(msg);
@@ -433,7 +436,7 @@ void NatsTransport::take(natsMsg* msg) {
   sdk::Message m;
   if (!to_message(msg, m)) return;
   // Only the reader thread adds to the overflow, so while it finds it empty nothing is ahead of this message.
-  auto rest = bus_.deliver_remote(std::move(m), overflowing_.load(std::memory_order_acquire) == 0);
+  auto rest = bus_.deliver_remote(std::move(m), overflowing_.load(std::memory_order_acquire) == 0, cache);
   if (rest) overflow(std::move(rest));
 }
 

@@ -82,7 +82,7 @@ class NatsTransport final : public RemoteTransport {
  private:
   friend struct NatsCallbacks;  // libnats's callbacks, in the .cpp (they need its types)
   /// A message from NATS, on libnats's reader thread: for the bus's subscribers, or a reply to this process.
-  void take(__natsMsg* msg);
+  void take(__natsMsg* msg, BusCore::RouteCache& cache);
   void handle_inbox(__natsMsg* msg);
   /// Hands what a full subscriber queue left to the overflow thread (the reader thread never waits).
   void overflow(std::unique_ptr<BusCore::RemoteRest> rest);
@@ -108,6 +108,7 @@ class NatsTransport final : public RemoteTransport {
   __natsConnection* nc_ = nullptr;  // destroyed with the transport; publishes after close() fail harmlessly
   std::string inbox_prefix_;        // "_INBOX.<nuid>." — replies to this process's requests
   std::string queue_;               // the queue group of every subscription of this connection
+  BusCore::RouteCache reader_routes_;  // the reader thread's; cleared by close()
   __natsSubscription* inbox_sub_ = nullptr;
   mutable std::mutex mutex_;  // guards watched_ and the subscriptions
   std::map<std::string, __natsSubscription*> watched_;  // nullptr until connected

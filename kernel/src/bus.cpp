@@ -103,7 +103,6 @@ std::shared_ptr<Subscriber> BusCore::subscribe(std::string pattern, sdk::Handler
       watched = true;
     }
     routes_.clear();
-    routes_generation_.fetch_add(1, std::memory_order_release);
   }
   // A subscription made before another process publishes gets that publication: it is in place at the
   // NATS server when subscribe() returns.
@@ -121,18 +120,18 @@ void BusCore::unsubscribe(const std::shared_ptr<Subscriber>& sub) {
     }
   }
   routes_.clear();
-  routes_generation_.fetch_add(1, std::memory_order_release);
 }
 
 std::unique_ptr<BusCore::RemoteRest> BusCore::deliver_remote(sdk::Message&& message, bool now, RouteCache& cache) {
-  // A stream mostly repeats its subject: its route is kept until a subscription comes or goes.
-  const auto generation = routes_generation_.load(std::memory_order_acquire);
-  if (!cache.route || cache.generation != generation || cache.subject != message.subject) {
-    cache.route = route(message.subject);  // the transport checked the subject
+  // A stream mostly repeats its subject: its route is looked up again only once a subscription came or went (which
+  // clears routes_, the route's owner: a weak reference pins no subscriber of a stopped instance).
+  std::shared_ptr<const Route> r;
+  if (cache.subject == message.subject) r = cache.route.lock();
+  if (!r) {
+    r = route(message.subject);  // the transport checked the subject
     cache.subject = message.subject;
-    cache.generation = generation;
+    cache.route = r;
   }
-  const auto& r = cache.route;
   const auto& subs = r->subs;
   std::uint64_t delivered = 0;
   std::unique_ptr<RemoteRest> rest;

@@ -99,8 +99,7 @@ class BusCore {
   };
   struct RouteCache {
     std::string subject;
-    std::shared_ptr<const Route> route;
-    std::uint64_t generation = 0;
+    std::weak_ptr<const Route> route;  // expires when routes_ is cleared
   };
 
  private:
@@ -131,7 +130,6 @@ class BusCore {
   // (10,000 instances subscribed to one pattern would cost 10,000 matches per subject).
   std::unordered_map<std::string, std::size_t> patterns_;
   std::unordered_map<std::string, std::shared_ptr<const Route>> routes_;  // cache, cleared on (un)subscribe
-  std::atomic<std::uint64_t> routes_generation_{0};  // counts the (un)subscriptions: a RouteCache is then stale
   using Subscribers = std::vector<std::shared_ptr<Subscriber>>;
   RemoteTransport* remote_ = nullptr;
   std::unordered_map<std::string, std::unique_ptr<SubjectStats>> stats_;

@@ -259,7 +259,7 @@ void NatsTransport::close() {
     std::unique_lock lock(gate_);  // waits for callbacks that are handing a message to the bus
     if (!open_) return;
     open_ = false;
-    reader_routes_ = {};  // the subscribers it pins go with the bus's
+    reader_routes_ = {};
   }
   {
     std::lock_guard lock(overflow_mutex_);

@@ -102,10 +102,6 @@ std::shared_ptr<Subscriber> BusCore::subscribe(std::string pattern, sdk::Handler
       remote_->watch(sub->pattern);
       watched = true;
     }
-    auto& same = by_pattern_[sub->pattern];
-    auto list = same ? std::make_shared<Subscribers>(*same) : std::make_shared<Subscribers>();
-    list->push_back(sub);
-    same = std::move(list);
     routes_.clear();
   }
   // A subscription made before another process publishes gets that publication: it is in place at the
@@ -122,28 +118,52 @@ void BusCore::unsubscribe(const std::shared_ptr<Subscriber>& sub) {
       patterns_.erase(it);
       if (remote_) remote_->unwatch(sub->pattern);
     }
-    if (auto it = by_pattern_.find(sub->pattern); it != by_pattern_.end()) {
-      auto list = std::make_shared<Subscribers>(*it->second);
-      std::erase(*list, sub);
-      if (list->empty()) by_pattern_.erase(it);
-      else it->second = std::move(list);
-    }
   }
   routes_.clear();
 }
 
-void BusCore::deliver_remote(const std::string& pattern, sdk::Message&& message) {
-  std::shared_ptr<const Subscribers> subs;
-  SubjectStats* stats = nullptr;  // never freed while the bus lives, so it may be kept outside the lock
-  {
-    // One look under one lock per message: a stream from another process comes through here message by message.
-    std::shared_lock lock(mutex_);
-    if (auto it = by_pattern_.find(pattern); it != by_pattern_.end()) subs = it->second;
-    if (auto it = routes_.find(message.subject); subs && it != routes_.end()) stats = it->second->stats;
+std::unique_ptr<BusCore::RemoteRest> BusCore::deliver_remote(sdk::Message&& message, bool now, RouteCache& cache) {
+  // A stream mostly repeats its subject: its route is looked up again only once a subscription came or went (which
+  // clears routes_, the route's owner: a weak reference pins no subscriber of a stopped instance).
+  std::shared_ptr<const Route> r;
+  if (cache.subject == message.subject) r = cache.route.lock();
+  if (!r) {
+    r = route(message.subject);  // the transport checked the subject
+    cache.subject = message.subject;
+    cache.route = r;
   }
-  if (!subs) return;  // its last subscriber just ended
-  if (stats == nullptr) stats = route(message.subject)->stats;  // the transport checked the subject
-  stats->delivered.fetch_add(deliver(*subs, std::move(message)), std::memory_order_relaxed);
+  const auto& subs = r->subs;
+  std::uint64_t delivered = 0;
+  std::unique_ptr<RemoteRest> rest;
+  if (!now) {
+    rest.reset(new RemoteRest{r, std::make_shared<const sdk::Message>(std::move(message)), 0});
+  } else if (subs.size() == 1) {  // one receiver, the common case: the message moves into its queue
+    const auto offered = subs.front()->strand->offer(std::move(message), subs.front());
+    if (offered == Strand::Offer::queued) delivered = 1;
+    // A full queue left the message as it was.
+    else if (offered == Strand::Offer::full) rest.reset(new RemoteRest{r, std::make_shared<const sdk::Message>(std::move(message)), 0});
+  } else if (!subs.empty()) {
+    const auto shared = std::make_shared<const sdk::Message>(std::move(message));
+    for (std::size_t i = 0; i < subs.size(); ++i) {
+      const auto offered = subs[i]->strand->offer(shared, subs[i]);
+      if (offered == Strand::Offer::queued) ++delivered;
+      if (offered == Strand::Offer::full) {
+        rest.reset(new RemoteRest{r, shared, i});
+        break;
+      }
+    }
+  }
+  if (delivered > 0) r->stats->delivered.fetch_add(delivered, std::memory_order_relaxed);
+  return rest;
+}
+
+void BusCore::finish_remote(RemoteRest& rest) {
+  const auto& subs = rest.route->subs;
+  std::uint64_t delivered = 0;
+  for (std::size_t i = rest.next; i < subs.size(); ++i) {
+    if (subs[i]->strand->deliver(rest.message, subs[i], block_timeout_)) ++delivered;
+  }
+  rest.route->stats->delivered.fetch_add(delivered, std::memory_order_relaxed);
 }
 
 void BusCore::request(sdk::Message message, std::chrono::nanoseconds timeout, sdk::ReplyHandler on_reply,
@@ -248,13 +268,13 @@ void BusCore::complete_locked(std::unordered_map<std::uint64_t, Pending>::iterat
   pending_.erase(it);
 }
 
-void BusCore::remote_reply(std::uint64_t id, sdk::Message&& reply, bool no_responders) {
+void BusCore::remote_reply(std::uint64_t id, sdk::Message&& reply, bool no_responders, bool count_late) {
   std::shared_ptr<sdk::Message> message;
   if (!no_responders) message = std::make_shared<sdk::Message>(std::move(reply));
   std::lock_guard lock(pending_mutex_);
   auto it = pending_.find(id);
   if (it == pending_.end()) {
-    if (!no_responders) late_replies_.fetch_add(1, std::memory_order_relaxed);
+    if (!no_responders && count_late) late_replies_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
   if (!no_responders) return complete_locked(it, std::move(message));

@@ -60,13 +60,22 @@ class BusCore {
 
   /// Carries the bus to other processes too; set before anything subscribes, kept until the bus is destroyed.
   void attach(RemoteTransport* remote) { remote_ = remote; }
-  /// A message from another process on `pattern` (a subscription watched on the transport): queued for this
-  /// process's subscribers of exactly that pattern, so one with overlapping patterns gets it once per pattern,
-  /// as in NATS, and never a second copy through another route.
-  void deliver_remote(const std::string& pattern, sdk::Message&& message);
+  /// What a delivery from another process left for a thread that may wait: the subscriber `next` of `route`
+  /// (whose queue was full and who waits for room) and the ones after it.
+  struct RemoteRest;
+  /// A message from another process, for every subscriber in this process whose pattern matches its subject (the
+  /// transport receives each message once, however many of this process's patterns match it). Never waits: when
+  /// a subscriber that waits for room has a full queue, or `now` is false (earlier messages are still being
+  /// finished, and order is kept), what is left is returned for finish_remote(); nullptr when nothing is.
+  /// `cache` is the caller's (one per thread): the route of the subject it last delivered.
+  struct RouteCache;
+  std::unique_ptr<RemoteRest> deliver_remote(sdk::Message&& message, bool now, RouteCache& cache);
+  /// Delivers what deliver_remote() left, waiting for room as long as the bus's block timeout allows.
+  void finish_remote(RemoteRest& rest);
   /// The answer to request `id` from another process, or (`no_responders`) the transport's word that no other
   /// process subscribes to its subject: that fails the request only when none in this process does either.
-  void remote_reply(std::uint64_t id, sdk::Message&& reply, bool no_responders);
+  /// `count_late` false: the transport may bring this reply twice, and a second copy is no late reply.
+  void remote_reply(std::uint64_t id, sdk::Message&& reply, bool no_responders, bool count_late = true);
 
   /// A snapshot of the per-subject counters: {published, delivered}.
   std::map<std::string, std::array<std::uint64_t, 2>> subject_counters() const;
@@ -81,6 +90,19 @@ class BusCore {
     std::vector<std::shared_ptr<Subscriber>> subs;
     SubjectStats* stats;
   };
+
+ public:
+  struct RemoteRest {
+    std::shared_ptr<const Route> route;
+    std::shared_ptr<const sdk::Message> message;
+    std::size_t next = 0;
+  };
+  struct RouteCache {
+    std::string subject;
+    std::weak_ptr<const Route> route;  // expires when routes_ is cleared
+  };
+
+ private:
   struct Pending {
     sdk::ReplyHandler on_reply;
     Strand* requester = nullptr;
@@ -108,10 +130,7 @@ class BusCore {
   // (10,000 instances subscribed to one pattern would cost 10,000 matches per subject).
   std::unordered_map<std::string, std::size_t> patterns_;
   std::unordered_map<std::string, std::shared_ptr<const Route>> routes_;  // cache, cleared on (un)subscribe
-  // The subscribers of each pattern, in subscription order, for messages from other processes; replaced (never
-  // changed in place) on (un)subscribe, so a delivery holds one pointer instead of copying the list.
   using Subscribers = std::vector<std::shared_ptr<Subscriber>>;
-  std::unordered_map<std::string, std::shared_ptr<const Subscribers>> by_pattern_;
   RemoteTransport* remote_ = nullptr;
   std::unordered_map<std::string, std::unique_ptr<SubjectStats>> stats_;
   std::unordered_map<std::string, std::unique_ptr<std::atomic<std::uint64_t>>> dropped_;  // by pattern

@@ -117,6 +117,26 @@ bool Strand::deliver(sdk::Message&& message, const std::shared_ptr<Subscriber>& 
   return true;
 }
 
+template <class M>
+Strand::Offer Strand::offer_impl(M&& message, const std::shared_ptr<Subscriber>& sub) {
+  auto lock = lock_briefly_held(mutex_);
+  if (!closed_ && sub->overflow == sdk::Overflow::block && sub->queued >= sub->limit) return Offer::full;
+  if (!make_room_locked(lock, sub, std::chrono::milliseconds(0))) return Offer::dropped;  // never waits here
+  ++sub->queued;
+  hold_locked(sub);
+  queue_.emplace_back(sub.get(), std::forward<M>(message));
+  added_locked();
+  return Offer::queued;
+}
+
+Strand::Offer Strand::offer(sdk::Message&& message, const std::shared_ptr<Subscriber>& sub) {
+  return offer_impl(std::move(message), sub);
+}
+
+Strand::Offer Strand::offer(const std::shared_ptr<const sdk::Message>& message, const std::shared_ptr<Subscriber>& sub) {
+  return offer_impl(message, sub);
+}
+
 void Strand::hold_locked(const std::shared_ptr<Subscriber>& sub) {
   if (sub->outstanding++ == 0) sub->pin = sub;
 }

@@ -33,6 +33,13 @@ class Strand final : public sdk::Executor {
                std::chrono::milliseconds block_timeout);
   /// As above, for a message with this one receiver: it is queued by value, with no shared copy.
   bool deliver(sdk::Message&& message, const std::shared_ptr<Subscriber>& sub, std::chrono::milliseconds block_timeout);
+  /// What offer() did with a message.
+  enum class Offer { queued, dropped, full };
+  /// As deliver(), for a thread that must never wait (a transport's reader): when `sub` waits for room (its
+  /// overflow policy is block) and its queue is full, the message is left as it was, nothing is counted, and
+  /// `full` says to deliver it from a thread that may wait. The other policies drop as deliver() does.
+  Offer offer(sdk::Message&& message, const std::shared_ptr<Subscriber>& sub);
+  Offer offer(const std::shared_ptr<const sdk::Message>& message, const std::shared_ptr<Subscriber>& sub);
   /// Refuses further work and drops what is queued (the instance stopped).
   void close();
   /// Lets what is queued run, then closes: waits until nothing is queued or running, or `timeout`.
@@ -54,6 +61,8 @@ class Strand final : public sdk::Executor {
     sdk::Message message;                        // the message itself when it has one receiver
     const sdk::Message& delivered() const { return shared ? *shared : message; }
   };
+  template <class M>
+  Offer offer_impl(M&& message, const std::shared_ptr<Subscriber>& sub);
   /// Counts a new item for `sub`, pinning it while it has any.
   static void hold_locked(const std::shared_ptr<Subscriber>& sub);
   /// Uncounts `n` items of `sub`; the pin, if that was the last, goes to `released` (freed unlocked).

@@ -28,6 +28,19 @@ extern "C" natsStatus natsConn_publish(natsConnection* nc, natsMsg* msg, const c
 extern "C" natsStatus natsMsg_create(natsMsg** msg, const char* subject, int subject_length, const char* reply,
                                      int reply_length, const char* buf, int buf_length, int header_length);
 extern "C" void natsMsg_free(void* msg);
+// The connection's message filter (src/conn.h, from 3.2 to the newest 3.x): libnats calls it on its reader thread
+// with each message it has just parsed, before it queues the message for a delivery thread, and the filter may
+// take the message (setting it to NULL, then freeing it itself). The public API delivers only on libnats's delivery
+// threads: one more thread per message between the socket and a subscriber's strand, a lock the reader and that
+// thread take per message, and each message freed on another thread than made it — about half of what the
+// receiving process spent per message. Taking messages here, the reader thread queues them to the strands itself.
+// What the filter does not see is the subscription (the sid) a message came for, hence one queue group per
+// connection (subscribe_locked): each message comes once and goes to every subscriber whose pattern matches.
+#if NATS_VERSION_MINOR < 2
+#error "libnats before 3.2 has no natsConn_setFilterWithClosure"
+#endif
+extern "C" void natsConn_setFilterWithClosure(natsConnection* nc, void (*filter)(natsConnection*, natsMsg**, void*),
+                                              void* closure);
 
 namespace deskfarm::kernel {
 
@@ -35,11 +48,10 @@ namespace {
 constexpr std::string_view remote_inbox = "_INBOX.";
 constexpr std::size_t max_type_names = 4096;
 constexpr std::size_t max_type_name = 200;
-// What libnats holds per subscription for its delivery thread before it drops (a slow consumer, counted in
-// deskfarm_bus_nats_errors_total). Its default, 65,536 messages, was below one burst of buffered publishes from
-// a single strand (about a million a second) while the delivery thread hands them to strands at a third of that.
-constexpr int pending_messages = 1 << 20;
-constexpr int pending_bytes = 256 << 20;
+// How many messages wait for subscribers whose queues are full before the next is dropped (counted in
+// deskfarm_bus_nats_errors_total); libnats's own limit, when it still held messages for its delivery thread, was
+// raised to this from 65,536, below one burst of buffered publishes from a single strand.
+constexpr std::size_t pending_messages = 1 << 20;
 
 /// A stable home for the type names of messages from other processes (sdk::Message::type is a view): each
 /// distinct name is kept once for the life of the process, and their number is bounded against a peer that
@@ -125,13 +137,18 @@ bool header_safe(std::string_view text) { return text.find_first_of("\r\n") == s
 
 /// libnats calls these on its own threads.
 struct NatsCallbacks {
-  static void message(natsConnection*, natsSubscription* sub, natsMsg* msg, void* self) {
-    MsgPtr owned(msg);
-    static_cast<NatsTransport*>(self)->handle_message(sub, msg);
+  /// On the reader thread, every message of the connection.
+  static void filter(natsConnection*, natsMsg** msg, void* self) {
+    MsgPtr owned(*msg);
+    *msg = nullptr;
+    auto* transport = static_cast<NatsTransport*>(self);
+    transport->take(owned.get(), transport->reader_routes_);
   }
-  static void inbox(natsConnection*, natsSubscription*, natsMsg* msg, void* self) {
+  /// A subscription's callback: what the filter takes never comes here; anything else is handled the same way.
+  static void message(natsConnection*, natsSubscription*, natsMsg* msg, void* self) {
     MsgPtr owned(msg);
-    static_cast<NatsTransport*>(self)->handle_inbox(msg);
+    BusCore::RouteCache routes;  // a delivery thread's, not the reader's
+    static_cast<NatsTransport*>(self)->take(msg, routes);
   }
   static void disconnected(natsConnection*, void* self) { static_cast<NatsTransport*>(self)->handle_disconnected(); }
   static void reconnected(natsConnection*, void* self) { static_cast<NatsTransport*>(self)->handle_reconnected(); }
@@ -198,8 +215,8 @@ void NatsTransport::connect() {
     check(natsOptions_SetPingInterval(opts.get(), 5000), "bus: ping interval");
     check(natsOptions_SetMaxPingsOut(opts.get(), 2), "bus: pings out");
     check(natsOptions_SetTimeout(opts.get(), 2000), "bus: connect timeout");
-    // One delivery thread per subscription would be one thread per subject a plugin serves; the library's
-    // pool keeps each subscription on one thread, which is what per-subscriber order needs.
+    // Messages are taken on the reader thread (natsConn_setFilterWithClosure above); the delivery threads would
+    // only see what the filter leaves, and one per subscription would be one thread per subject a plugin serves.
     check(natsOptions_UseGlobalMessageDelivery(opts.get(), true), "bus: message delivery");
     check(natsOptions_SetDisconnectedCB(opts.get(), &NatsCallbacks::disconnected, this), "bus: callbacks");
     check(natsOptions_SetReconnectedCB(opts.get(), &NatsCallbacks::reconnected, this), "bus: callbacks");
@@ -221,8 +238,12 @@ void NatsTransport::connect() {
   natsInbox* inbox = nullptr;
   check(natsInbox_Create(&inbox), "bus: inbox");
   inbox_prefix_ = std::string(inbox) + ".";
+  queue_ = "deskfarm." + std::string(inbox).substr(remote_inbox.size());  // unique to this connection
   natsInbox_Destroy(inbox);
-  check(natsConnection_Subscribe(&inbox_sub_, nc_, (inbox_prefix_ + "*").c_str(), &NatsCallbacks::inbox, this),
+  overflow_thread_ = std::thread([this] { run_overflow(); });
+  natsConn_setFilterWithClosure(nc_, &NatsCallbacks::filter, this);  // before the first subscription
+  // Not in the queue group: the server sends "no responders" only to a plain subscription of the reply subject.
+  check(natsConnection_Subscribe(&inbox_sub_, nc_, (inbox_prefix_ + "*").c_str(), &NatsCallbacks::message, this),
         "bus: subscribing to the reply inbox");
   {
     std::lock_guard lock(mutex_);
@@ -238,7 +259,14 @@ void NatsTransport::close() {
     std::unique_lock lock(gate_);  // waits for callbacks that are handing a message to the bus
     if (!open_) return;
     open_ = false;
+    reader_routes_ = {};
   }
+  {
+    std::lock_guard lock(overflow_mutex_);
+    overflow_stop_ = true;
+  }
+  overflow_cv_.notify_all();
+  if (overflow_thread_.joinable()) overflow_thread_.join();  // what it still held for a full queue is dropped
   if (nc_ == nullptr) return;
   // Publications of the last moments (kernel.instance.down, a plugin's farewell) leave before the close.
   if (connected_) natsConnection_FlushTimeout(nc_, 1000);
@@ -259,8 +287,9 @@ void NatsTransport::handle_closed() {
 
 void NatsTransport::subscribe_locked(const std::string& pattern, natsSubscription*& sub) {
   if (nc_ == nullptr || sub != nullptr) return;
-  natsStatus s = natsConnection_Subscribe(&sub, nc_, pattern.c_str(), &NatsCallbacks::message, this);
-  if (s == NATS_OK) s = natsSubscription_SetPendingLimits(sub, pending_messages, pending_bytes);
+  // A queue group of this connection alone: a message that matches several of its patterns comes once.
+  natsStatus s = natsConnection_QueueSubscribe(&sub, nc_, pattern.c_str(), queue_.c_str(), &NatsCallbacks::message, this);
+  if (s == NATS_OK && sdk::subject_matches(pattern, inbox_prefix_ + "1")) inbox_watchers_.fetch_add(1);
   if (s != NATS_OK) {
     if (sub != nullptr) natsSubscription_Destroy(sub);
     sub = nullptr;
@@ -285,6 +314,7 @@ void NatsTransport::unwatch(const std::string& pattern) {
     watched_.erase(it);
   }
   if (sub != nullptr) {
+    if (sdk::subject_matches(pattern, inbox_prefix_ + "1")) inbox_watchers_.fetch_sub(1);
     natsSubscription_Unsubscribe(sub);
     natsSubscription_Destroy(sub);
   }
@@ -393,20 +423,58 @@ bool NatsTransport::to_message(natsMsg* msg, sdk::Message& out) {
   return true;
 }
 
-void NatsTransport::handle_message(natsSubscription* sub, natsMsg* msg) {
+void NatsTransport::take(natsMsg* msg, BusCore::RouteCache& cache) {
   std::shared_lock lock(gate_);
   if (!open_) return;
-  // Replies to another process's requests are its business; this process's own arrive on its inbox.
-  if (std::string_view(natsMsg_GetSubject(msg)).starts_with(remote_inbox)) return;
+  const std::string_view subject = natsMsg_GetSubject(msg);
+  if (subject.starts_with(remote_inbox)) {
+    // Replies to another process's requests are its business (a subscription of "_INBOX.>" or ">" brings them).
+    if (subject.starts_with(inbox_prefix_)) handle_inbox(msg);
+    return;
+  }
   received_.fetch_add(1, std::memory_order_relaxed);
   sdk::Message m;
   if (!to_message(msg, m)) return;
-  bus_.deliver_remote(natsSubscription_GetSubject(sub), std::move(m));
+  // Only the reader thread adds to the overflow, so while it finds it empty nothing is ahead of this message.
+  auto rest = bus_.deliver_remote(std::move(m), overflowing_.load(std::memory_order_acquire) == 0, cache);
+  if (rest) overflow(std::move(rest));
+}
+
+void NatsTransport::overflow(std::unique_ptr<BusCore::RemoteRest> rest) {
+  {
+    std::lock_guard lock(overflow_mutex_);
+    if (!overflow_stop_ && overflow_.size() < pending_messages) {
+      overflowing_.fetch_add(1, std::memory_order_relaxed);
+      overflow_.push_back(std::move(rest));
+      overflow_cv_.notify_one();
+      return;
+    }
+  }
+  async_errors_.fetch_add(1, std::memory_order_relaxed);
+  if (!overflow_logged_.exchange(true)) {
+    log(sdk::LogLevel::warning, "a subscriber's queue stayed full while " + std::to_string(pending_messages) +
+                                    " messages from NATS waited for it: dropping (counted in deskfarm_bus_nats_errors_total)");
+  }
+}
+
+void NatsTransport::run_overflow() {
+  std::unique_lock lock(overflow_mutex_);
+  while (true) {
+    overflow_cv_.wait(lock, [&] { return overflow_stop_ || !overflow_.empty(); });
+    if (overflow_stop_) break;
+    auto rest = std::move(overflow_.front());
+    overflow_.pop_front();
+    lock.unlock();
+    bus_.finish_remote(*rest);  // may wait for room, up to the bus's block timeout per subscriber
+    rest.reset();
+    overflowing_.fetch_sub(1, std::memory_order_release);
+    lock.lock();
+  }
+  overflowing_.fetch_sub(overflow_.size(), std::memory_order_relaxed);
+  overflow_.clear();
 }
 
 void NatsTransport::handle_inbox(natsMsg* msg) {
-  std::shared_lock lock(gate_);
-  if (!open_) return;
   received_.fetch_add(1, std::memory_order_relaxed);
   const std::string_view subject = natsMsg_GetSubject(msg);
   std::uint64_t id = 0;
@@ -418,7 +486,7 @@ void NatsTransport::handle_inbox(natsMsg* msg) {
   if (natsMsg_IsNoResponders(msg)) return bus_.remote_reply(id, {}, true);
   sdk::Message m;
   if (!to_message(msg, m)) return;
-  bus_.remote_reply(id, std::move(m), false);
+  bus_.remote_reply(id, std::move(m), false, inbox_watchers_.load(std::memory_order_relaxed) == 0);
 }
 
 void NatsTransport::handle_disconnected() {

@@ -6,11 +6,14 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <memory>
 #include <map>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <Poco/JSON/Object.h>
@@ -44,9 +47,11 @@ struct NatsSettings {
 };
 
 /// One libnats connection carrying a BusCore to other processes. Each pattern this process subscribes to is
-/// one NATS subscription; the connection echoes nothing back (NoEcho), so a process never receives its own
-/// publications twice. libnats reconnects by itself (resubscribing), buffers publishes within
-/// `reconnect_buffer_bytes` meanwhile, and this counts the rest.
+/// one NATS subscription, all of them (and the reply inbox) members of one queue group of this connection's own,
+/// so the server sends each message once however many of the patterns match it; the connection echoes nothing
+/// back (NoEcho). Messages are taken on libnats's reader thread and queued to the subscribers' strands there.
+/// libnats reconnects by itself (resubscribing), buffers publishes within `reconnect_buffer_bytes` meanwhile,
+/// and this counts the rest.
 class NatsTransport final : public RemoteTransport {
  public:
   NatsTransport(NatsSettings settings, BusCore& bus, LogSink& log, std::vector<std::string> secrets);
@@ -76,8 +81,12 @@ class NatsTransport final : public RemoteTransport {
 
  private:
   friend struct NatsCallbacks;  // libnats's callbacks, in the .cpp (they need its types)
-  void handle_message(__natsSubscription* sub, __natsMsg* msg);
+  /// A message from NATS, on libnats's reader thread: for the bus's subscribers, or a reply to this process.
+  void take(__natsMsg* msg, BusCore::RouteCache& cache);
   void handle_inbox(__natsMsg* msg);
+  /// Hands what a full subscriber queue left to the overflow thread (the reader thread never waits).
+  void overflow(std::unique_ptr<BusCore::RemoteRest> rest);
+  void run_overflow();
   void handle_disconnected();
   void handle_reconnected();
   void handle_error(const std::string& what);
@@ -98,9 +107,14 @@ class NatsTransport final : public RemoteTransport {
   std::vector<std::string> secrets_;
   __natsConnection* nc_ = nullptr;  // destroyed with the transport; publishes after close() fail harmlessly
   std::string inbox_prefix_;        // "_INBOX.<nuid>." — replies to this process's requests
+  std::string queue_;               // the queue group of every subscription of this connection
+  BusCore::RouteCache reader_routes_;  // the reader thread's; cleared by close()
   __natsSubscription* inbox_sub_ = nullptr;
   mutable std::mutex mutex_;  // guards watched_ and the subscriptions
   std::map<std::string, __natsSubscription*> watched_;  // nullptr until connected
+  // Subscriptions of watched_ that match this process's reply inbox: each reply then comes twice (the inbox is no
+  // member of the queue group: the server answers "no responders" only to a plain subscription).
+  std::atomic<int> inbox_watchers_{0};
   // Callbacks hold it shared while they hand a message to the bus; close() takes it exclusively.
   std::shared_mutex gate_;
   bool open_ = false;  // guarded by gate_
@@ -108,6 +122,15 @@ class NatsTransport final : public RemoteTransport {
   std::atomic<std::uint64_t> sent_{0}, received_{0}, send_failed_{0}, foreign_{0}, disconnects_{0}, reconnects_{0},
       async_errors_{0};
   std::atomic<bool> dropping_{false};  // a drop was logged in this disconnection already
+  // Messages for subscribers whose queue was full, delivered in order by overflow_thread_, which may wait for room;
+  // while any is there or being delivered (overflowing_ > 0), the reader thread queues every message behind them.
+  std::mutex overflow_mutex_;
+  std::condition_variable overflow_cv_;
+  std::deque<std::unique_ptr<BusCore::RemoteRest>> overflow_;  // guarded by overflow_mutex_
+  bool overflow_stop_ = false;                                 // guarded by overflow_mutex_
+  std::atomic<std::size_t> overflowing_{0};
+  std::atomic<bool> overflow_logged_{false};
+  std::thread overflow_thread_;
   // libnats runs the connection's callbacks (disconnected, reconnected, errors, closed) on its own thread, in order,
   // after natsConnection_Close returns: close() waits for the last of them, so none runs on a destroyed transport.
   std::mutex closed_mutex_;

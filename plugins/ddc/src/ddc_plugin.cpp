@@ -619,12 +619,15 @@ class Ddc final : public Plugin, public nfuse::Broker {
         deregistered_->inc();
         unregister(d, "no heartbeat for " + std::to_string(config_.deregister_after_s) + " s");
       }
-      if (d.start_requested != TimePoint{} && d.s.registration != ddc::kRegistered &&
-          t - d.start_requested > std::chrono::seconds(config_.boot_timeout_s)) {
+      if (booting(d) && t - d.start_requested > std::chrono::seconds(config_.boot_timeout_s)) {
         d.start_requested = {};
         failed_registration(d, "started but never registered");
       }
     }
+    std::erase_if(started_for_, [&](const auto& e) {
+      auto d = desks_.find(e.second);
+      return d == desks_.end() || !booting(d->second);
+    });
     retry_unsaved();
     std::erase_if(nonces_, [&](const auto& n) { return n.second < t; });
     std::erase_if(launches_, [&](const auto& l) { return l.second.expires <= t; });
@@ -1022,16 +1025,27 @@ class Ddc final : public Plugin, public nfuse::Broker {
       return starting(d, r.desktop + " is assigned to " + r.user + " and not registered; it is " + (already ? "starting" : "being started") +
                              " through " + d.s.hypervisor + ": ask again");
     }
+    // A user who asks again while the desktop started for them boots gets that one, not one more start each time.
+    if (auto it = started_for_.find(r.user); it != started_for_.end()) {
+      auto d = desks_.find(it->second);
+      if (d != desks_.end() && booting(d->second) && std::find(r.groups.begin(), r.groups.end(), d->second.s.group) != r.groups.end())
+        return starting(d->second, d->first + " is starting for " + r.user + ": ask again");
+      started_for_.erase(it);
+    }
     for (const auto& name : r.groups) {
       auto g = groups_.find(name);
       if (g == groups_.end() || g->second.conf.hypervisor.empty()) continue;
       if (Desk* d = startable(g->second)) {
         power(*d, "start");
+        if (!r.user.empty()) started_for_[r.user] = d->s.desktop;
         return starting(*d, "no idle desktop in group " + name + "; started " + d->s.desktop + " through " + g->second.conf.hypervisor + ": ask again");
       }
     }
     return refusal(ddc::kNoDesktop, "the pool master " + ctx_.name() + " has nothing left to start");
   }
+
+  /// Started by the pool and not registered yet (within boot_timeout_s: past it the sweep gives up on the start).
+  static bool booting(const Desk& d) { return d.start_requested != TimePoint{} && d.s.registration != ddc::kRegistered; }
 
   /// An off desktop of the group the pool may start (known from the hypervisor's inventory).
   Desk* startable(const Group& g) {
@@ -1085,12 +1099,10 @@ class Ddc final : public Plugin, public nfuse::Broker {
     for (auto& [name, g] : groups_) {
       if (g.conf.hypervisor != hypervisor || g.maintenance) continue;
       const std::int64_t want = target(g);
-      std::int64_t booting = 0;
+      std::int64_t boots = 0;
       for (const auto& [dn, d] : desks_)
-        if (d.s.group == name && d.s.registration != ddc::kRegistered && d.start_requested != TimePoint{} &&
-            t - d.start_requested <= std::chrono::seconds(config_.boot_timeout_s))
-          ++booting;
-      std::int64_t deficit = want - static_cast<std::int64_t>(g.idle.size()) - booting;
+        if (d.s.group == name && booting(d) && t - d.start_requested <= std::chrono::seconds(config_.boot_timeout_s)) ++boots;
+      std::int64_t deficit = want - static_cast<std::int64_t>(g.idle.size()) - boots;
       std::vector<std::string> started;
       while (deficit > 0 && budget > 0) {
         Desk* d = startable(g);
@@ -1343,6 +1355,9 @@ class Ddc final : public Plugin, public nfuse::Broker {
   std::map<std::string, Group> groups_;
   std::unordered_map<std::string, Desk> desks_;
   std::unordered_map<std::string, std::set<std::string>> user_desks_;  ///< user → desktops holding a session of theirs
+  /// Master side: user → the pooled desktop last started for them; an entry whose desktop is no longer booting is
+  /// dropped when that user asks again or by the sweep.
+  std::unordered_map<std::string, std::string> started_for_;
   std::unordered_map<std::string, std::set<std::string>> assigned_;    ///< user → desktops assigned to them
   std::unordered_map<std::string, TimePoint> nonces_;                  ///< registration nonces seen, until they expire
   std::unordered_map<std::string, hv::Inventory> inventories_;

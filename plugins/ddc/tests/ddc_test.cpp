@@ -466,6 +466,33 @@ TEST_CASE("brokering checks a licence out of the licence server per user and bac
   CHECK(again.licensed);
 }
 
+TEST_CASE("a user who asks again while the desktop started for them boots is told it is starting, and nothing more starts") {
+  Farm f;
+  f.vms = 3;
+  f.group += ", idle_peak = 0, idle_business = 0, idle_off_hours = 0";
+  Harness h(f.manifest(), options());
+  h.start();
+  h.advance(30s);  // the pool service has read the inventory; with targets of 0 it starts nothing
+  const auto first = broker(h, "alice", "a1", "ddc-2");
+  REQUIRE(first.outcome == "starting");
+  // alice's client asks again and again while her desktop boots (2 s): the same desktop, no second start.
+  for (int i = 0; i < 3; ++i) {
+    const auto again = broker(h, "alice", "a1", i % 2 == 0 ? "ddc-1" : "ddc-2");
+    INFO(again.why);
+    CHECK(again.outcome == "starting");
+    CHECK(again.desktop == first.desktop);
+  }
+  CHECK(h.metrics_text().find("deskfarm_ddc_power_starts_total{instance=\"ddc-1\"} 1") != std::string::npos);
+  // Another user still gets a start of their own.
+  const auto bob = broker(h, "bob", "b1", "ddc-1");
+  CHECK(bob.outcome == "starting");
+  CHECK(bob.desktop != first.desktop);
+  h.advance(10s);  // both boot and register: alice connects to an idle one, and the third machine stays off
+  CHECK(broker(h, "alice", "a1", "ddc-2").outcome == "connect");
+  CHECK(registered(h) == 2);
+  CHECK(h.metrics_text().find("deskfarm_ddc_power_starts_total{instance=\"ddc-1\"} 2") != std::string::npos);
+}
+
 TEST_CASE("only the pool master starts machines: a desktop asked for through either controller starts once") {
   Farm f;
   f.vms = 3;

@@ -55,6 +55,14 @@ struct Farm {
   }
 };
 
+/// Three desktops of a pooled group whose idle targets are 0: nothing starts until a user asks.
+Farm no_idle_targets() {
+  Farm f;
+  f.vms = 3;
+  f.group += ", idle_peak = 0, idle_business = 0, idle_off_hours = 0";
+  return f;
+}
+
 deskfarm::testing::HarnessOptions options(const std::filesystem::path& state = {}) {
   deskfarm::testing::HarnessOptions o;
   o.plugin_path = {PLUGIN_DIR};
@@ -467,10 +475,7 @@ TEST_CASE("brokering checks a licence out of the licence server per user and bac
 }
 
 TEST_CASE("a user who asks again while the desktop started for them boots is told it is starting, and nothing more starts") {
-  Farm f;
-  f.vms = 3;
-  f.group += ", idle_peak = 0, idle_business = 0, idle_off_hours = 0";
-  Harness h(f.manifest(), options());
+  Harness h(no_idle_targets().manifest(), options());
   h.start();
   h.advance(30s);  // the pool service has read the inventory; with targets of 0 it starts nothing
   const auto first = broker(h, "alice", "a1", "ddc-2");
@@ -494,10 +499,7 @@ TEST_CASE("a user who asks again while the desktop started for them boots is tol
 }
 
 TEST_CASE("only the pool master starts machines: a desktop asked for through either controller starts once") {
-  Farm f;
-  f.vms = 3;
-  f.group += ", idle_peak = 0, idle_business = 0, idle_off_hours = 0";
-  Harness h(f.manifest(), options());
+  Harness h(no_idle_targets().manifest(), options());
   h.start();
   h.advance(30s);  // the pool service has read the inventory; with targets of 0 it starts nothing
   REQUIRE(registered(h) == 0);
@@ -563,10 +565,8 @@ TEST_CASE("a data store that refuses writes does not stop brokering: the assignm
 TEST_CASE("with ima the pool master is the controller beside the ZDC: with none there a start is done here and counted, "
           "the ZDC dies and this controller is master, sessions go to its ima server and on to the ZDC") {
   namespace ima = deskfarm::interfaces::ima;
-  Farm f;
-  f.vms = 3;
+  auto f = no_idle_targets();
   f.controllers = 1;
-  f.group += ", idle_peak = 0, idle_business = 0, idle_off_hours = 0";
   f.ddc_extra = "ima = \"ima-b\"\n";
   // ima-a wins the election on its host ID; no controller runs beside it.
   f.more = "[instances.ima-a]\nplugin = \"ima\"\nhost_id = 2\nkeepalive_s = 10\n\n[instances.ima-b]\nplugin = \"ima\"\nhost_id = 1\nkeepalive_s = 10\n";

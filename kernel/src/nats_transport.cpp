@@ -285,11 +285,15 @@ void NatsTransport::handle_closed() {
   closed_cv_.notify_all();
 }
 
+bool NatsTransport::watches_inbox(const std::string& pattern) const {
+  return sdk::subject_matches(pattern, inbox_prefix_ + "1");  // any subject of the inbox: they differ in the last token
+}
+
 void NatsTransport::subscribe_locked(const std::string& pattern, natsSubscription*& sub) {
   if (nc_ == nullptr || sub != nullptr) return;
   // A queue group of this connection alone: a message that matches several of its patterns comes once.
   natsStatus s = natsConnection_QueueSubscribe(&sub, nc_, pattern.c_str(), queue_.c_str(), &NatsCallbacks::message, this);
-  if (s == NATS_OK && sdk::subject_matches(pattern, inbox_prefix_ + "1")) inbox_watchers_.fetch_add(1);
+  if (s == NATS_OK && watches_inbox(pattern)) inbox_watchers_.fetch_add(1);
   if (s != NATS_OK) {
     if (sub != nullptr) natsSubscription_Destroy(sub);
     sub = nullptr;
@@ -314,7 +318,7 @@ void NatsTransport::unwatch(const std::string& pattern) {
     watched_.erase(it);
   }
   if (sub != nullptr) {
-    if (sdk::subject_matches(pattern, inbox_prefix_ + "1")) inbox_watchers_.fetch_sub(1);
+    if (watches_inbox(pattern)) inbox_watchers_.fetch_sub(1);
     natsSubscription_Unsubscribe(sub);
     natsSubscription_Destroy(sub);
   }

@@ -97,6 +97,8 @@ class NatsTransport final : public RemoteTransport {
   /// A message from NATS as the bus sees it; false (counted, logged) when it is foreign or garbled.
   bool to_message(__natsMsg* msg, sdk::Message& out);
   void subscribe_locked(const std::string& pattern, __natsSubscription*& sub);
+  /// Whether a subscription of `pattern` also brings this process's replies (counted in inbox_watchers_).
+  bool watches_inbox(const std::string& pattern) const;
   void foreign(std::string_view subject, const std::string& why);
   void log(sdk::LogLevel level, const std::string& text) { log_.write(level, "bus", redact_secrets_(text)); }
   std::string redact_secrets_(std::string text) const;

@@ -567,6 +567,7 @@ void Relay::loop() {
   int current_fd = -1;
   unsigned current_buffer = 0;
   bool buffer_taken = false;
+  unsigned sends_queued = 0;  // since the last io_uring_enter: each completes at once (MSG_DONTWAIT)
   const auto ring_send = [&](int fd, const sockaddr_in& to, const std::byte* data, std::size_t n, State::Out kind) {
     io_uring_sqe* q = buffer_taken ? nullptr : sqe();
     if (!q) {
@@ -582,6 +583,7 @@ void Relay::loop() {
     // sends on one socket leave in the order they were queued.
     io_uring_prep_sendmsg(q, fd, &ring->tx_msg[b], MSG_DONTWAIT);
     io_uring_sqe_set_data64(q, tag(kSend, b));
+    ++sends_queued;
     count_sent(kind, n);  // now, with the datagram's other effects; a failed send takes it back
   };
   const auto queue = [&](const sockaddr_in& to, const std::byte* data, std::size_t n, State::Out kind) {
@@ -1034,10 +1036,14 @@ void Relay::loop() {
       ++stats.busy_polls;
       io_uring_submit_and_get_events(&ring->ring);
     } else {
+      // Wait for one completion beyond the sends this call submits: a MSG_DONTWAIT send completes during the
+      // submission, so waiting for just one would return at once with only send completions and cost a second
+      // call before the next datagram (two calls per datagram in a lockstep transfer).
       __kernel_timespec wait{0, 100'000'000};
       io_uring_cqe* first = nullptr;
-      io_uring_submit_and_wait_timeout(&ring->ring, &first, 1, &wait, nullptr);
+      io_uring_submit_and_wait_timeout(&ring->ring, &first, 1 + sends_queued, &wait, nullptr);
     }
+    sends_queued = 0;
     for (int fd : ring->to_close) ::close(fd);  // their last submissions are in
     ring->to_close.clear();
     const auto now = Clock::now();

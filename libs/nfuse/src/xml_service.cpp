@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <chrono>
 #include <optional>
 #include <variant>
 #include <future>
@@ -59,6 +60,22 @@ bool read_bounded(std::istream& in, std::string& body) {
   return true;
 }
 
+/// An oversized body's rest is read and dropped before the answer (at most kMaxDrained bytes and kDrainTime):
+/// closing a socket with unread data resets the connection, and the reset can destroy the answer in the
+/// client's receive buffer before the client reads it. A longer body gets the answer and the reset.
+constexpr std::streamsize kMaxDrained = 4 * 1024 * 1024;
+constexpr auto kDrainTime = std::chrono::seconds(2);
+
+void discard_rest(Poco::Net::HTTPServerRequest& req) {
+  if (req.getContentLength() > kMaxDrained) return;
+  std::istream& in = req.stream();
+  char buf[16384];
+  std::streamsize drained = 0;
+  const auto end = std::chrono::steady_clock::now() + kDrainTime;
+  while (drained < kMaxDrained && std::chrono::steady_clock::now() < end && (in.read(buf, sizeof buf) || in.gcount() > 0))
+    drained += in.gcount();
+}
+
 class Handler final : public Poco::Net::HTTPRequestHandler {
  public:
   Handler(std::shared_ptr<Broker> broker, std::shared_ptr<Counters> counters, std::chrono::milliseconds timeout)
@@ -82,7 +99,8 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
     std::string body;
     if (req.getContentLength() > static_cast<std::streamsize>(kMaxDocument) || !read_bounded(req.stream(), body)) {
       ++counters_->protocol_errors;
-      res.setKeepAlive(false);  // the unread rest of the body would be taken for the next request
+      discard_rest(req);
+      res.setKeepAlive(false);  // an undrained rest of the body would be taken for the next request
       return xml(res, write_error(ProtocolError("", "request body is larger than " + std::to_string(kMaxDocument) + " bytes")));
     }
     Document d;

@@ -8,8 +8,13 @@
 #include <deskfarm/testing/process.hpp>
 #include <deskfarm/testing/temp_dir.hpp>
 
+#include <Poco/Net/SocketAddress.h>
+#include <Poco/Net/StreamSocket.h>
+
+#include <chrono>
 #include <fstream>
 #include <mutex>
+#include <thread>
 
 #include "deskfarm/nfuse/xml_service.hpp"
 
@@ -130,6 +135,31 @@ TEST_CASE("the XML service answers the four requests over HTTP, read by curl and
   CHECK(st.protocol_errors == 2);
   CHECK(st.not_found == 2);
   service.stop();
+}
+
+TEST_CASE("a body over the limit still on its way is read to its end, so the client gets the answer, not a reset", "[nfuse][http]") {
+  XmlService service(XmlServiceOptions{}, std::make_shared<TestBroker>());
+  service.start();
+  Poco::Net::StreamSocket s(Poco::Net::SocketAddress("127.0.0.1", service.port()));
+  s.setReceiveTimeout(Poco::Timespan(10, 0));
+  constexpr int pieces = 16;
+  const std::string piece(16 * 1024, ' ');
+  const std::string head = "POST /scripts/WPnBr.dll HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\nContent-Length: " +
+                           std::to_string(pieces * piece.size()) + "\r\n\r\n";
+  REQUIRE(s.sendBytes(head.data(), static_cast<int>(head.size())) == static_cast<int>(head.size()));
+  // The service can answer from the head alone; the client goes on sending, as curl does, in pieces.
+  for (int k = 0; k < pieces; ++k) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    INFO("piece " << k);
+    REQUIRE_NOTHROW(s.sendBytes(piece.data(), static_cast<int>(piece.size())));
+  }
+  std::string answer;
+  char buf[4096];
+  for (int n; answer.size() < 1'000'000 && (n = s.receiveBytes(buf, sizeof buf)) > 0;) answer.append(buf, static_cast<std::size_t>(n));
+  CHECK(answer.starts_with("HTTP/1.1 200"));
+  CHECK(answer.find("Connection: Close") != std::string::npos);
+  CHECK(answer.find("request body is larger than 65536 bytes") != std::string::npos);
+  CHECK(service.stats().protocol_errors == 1);
 }
 
 TEST_CASE("a broker that does not answer gets the request's error reply after answer_timeout", "[nfuse][http]") {

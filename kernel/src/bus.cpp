@@ -135,20 +135,24 @@ std::unique_ptr<BusCore::RemoteRest> BusCore::deliver_remote(sdk::Message&& mess
   const auto& subs = r->subs;
   std::uint64_t delivered = 0;
   std::unique_ptr<RemoteRest> rest;
+  // What is left for finish_remote(): the subscribers from `next` on.
+  const auto leave = [&](std::shared_ptr<const sdk::Message> m, std::size_t next) {
+    rest = std::make_unique<RemoteRest>(RemoteRest{r, std::move(m), next});
+  };
   if (!now) {
-    rest.reset(new RemoteRest{r, std::make_shared<const sdk::Message>(std::move(message)), 0});
+    leave(std::make_shared<const sdk::Message>(std::move(message)), 0);
   } else if (subs.size() == 1) {  // one receiver, the common case: the message moves into its queue
     const auto offered = subs.front()->strand->offer(std::move(message), subs.front());
     if (offered == Strand::Offer::queued) delivered = 1;
     // A full queue left the message as it was.
-    else if (offered == Strand::Offer::full) rest.reset(new RemoteRest{r, std::make_shared<const sdk::Message>(std::move(message)), 0});
+    else if (offered == Strand::Offer::full) leave(std::make_shared<const sdk::Message>(std::move(message)), 0);
   } else if (!subs.empty()) {
     const auto shared = std::make_shared<const sdk::Message>(std::move(message));
     for (std::size_t i = 0; i < subs.size(); ++i) {
       const auto offered = subs[i]->strand->offer(shared, subs[i]);
       if (offered == Strand::Offer::queued) ++delivered;
       if (offered == Strand::Offer::full) {
-        rest.reset(new RemoteRest{r, shared, i});
+        leave(shared, i);
         break;
       }
     }

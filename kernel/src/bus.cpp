@@ -54,13 +54,35 @@ std::shared_ptr<const BusCore::Route> BusCore::route(const std::string& subject)
     }
   }
   r->stats = stats_for_locked(subject);
-  if (routes_.size() >= max_cached_routes) routes_.clear();
+  if (routes_.size() >= max_cached_routes) clear_routes_locked();
   routes_.emplace(subject, r);
   return r;
 }
 
+void BusCore::clear_routes_locked() {
+  routes_.clear();
+  routes_epoch_.fetch_add(1, std::memory_order_release);
+}
+
+std::shared_ptr<const BusCore::Route> BusCore::route(const std::string& subject, RouteCache& cache) {
+  // A subscription that came before this call cleared the routes first: the epoch read here is then newer than
+  // the cached one, and the route is looked up again.
+  const auto epoch = routes_epoch_.load(std::memory_order_acquire);
+  std::shared_ptr<const Route> r;
+  if (cache.owner == this && cache.epoch == epoch && cache.subject == subject) r = cache.route.lock();
+  if (!r) {
+    r = route(subject);
+    cache.owner = this;
+    cache.epoch = epoch;
+    cache.subject = subject;
+    cache.route = r;
+  }
+  return r;
+}
+
 void BusCore::publish(sdk::Message message) {
-  const auto r = route(message.subject);
+  thread_local RouteCache cache;
+  const auto r = route(message.subject, cache);
   r->stats->published.fetch_add(1, std::memory_order_relaxed);
   if (remote_) remote_->publish(message);  // other processes get the encoding; this one keeps the object
   if (r->subs.empty()) return;
@@ -102,7 +124,7 @@ std::shared_ptr<Subscriber> BusCore::subscribe(std::string pattern, sdk::Handler
       remote_->watch(sub->pattern);
       watched = true;
     }
-    routes_.clear();
+    clear_routes_locked();
   }
   // A subscription made before another process publishes gets that publication: it is in place at the
   // NATS server when subscribe() returns.
@@ -119,19 +141,11 @@ void BusCore::unsubscribe(const std::shared_ptr<Subscriber>& sub) {
       if (remote_) remote_->unwatch(sub->pattern);
     }
   }
-  routes_.clear();
+  clear_routes_locked();
 }
 
 std::unique_ptr<BusCore::RemoteRest> BusCore::deliver_remote(sdk::Message&& message, bool now, RouteCache& cache) {
-  // A stream mostly repeats its subject: its route is looked up again only once a subscription came or went (which
-  // clears routes_, the route's owner: a weak reference pins no subscriber of a stopped instance).
-  std::shared_ptr<const Route> r;
-  if (cache.subject == message.subject) r = cache.route.lock();
-  if (!r) {
-    r = route(message.subject);  // the transport checked the subject
-    cache.subject = message.subject;
-    cache.route = r;
-  }
+  const auto r = route(message.subject, cache);  // the transport checked the subject
   const auto& subs = r->subs;
   std::uint64_t delivered = 0;
   std::unique_ptr<RemoteRest> rest;

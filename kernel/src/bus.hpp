@@ -97,9 +97,12 @@ class BusCore {
     std::shared_ptr<const sdk::Message> message;
     std::size_t next = 0;
   };
+  /// The route of the subject a thread used last, for one BusCore (a process may run several).
   struct RouteCache {
+    const BusCore* owner = nullptr;
+    std::uint64_t epoch = 0;  // routes_epoch_ when it was looked up
     std::string subject;
-    std::weak_ptr<const Route> route;  // expires when routes_ is cleared
+    std::weak_ptr<const Route> route;
   };
 
  private:
@@ -112,6 +115,12 @@ class BusCore {
     std::size_t local_responders = 0;  // subscribers in this process the request was queued to
   };
   std::shared_ptr<const Route> route(const std::string& subject);
+  /// Empties routes_ and starts a new epoch; mutex_ held exclusively.
+  void clear_routes_locked();
+  /// route(), through `cache`: a stream mostly repeats its subject, and its route is looked up again only once a
+  /// subscription came or went (a new routes_epoch_; the reference is weak, so it pins no subscriber of a stopped
+  /// instance).
+  std::shared_ptr<const Route> route(const std::string& subject, RouteCache& cache);
   /// Hands `message` to request `it`'s requester and forgets the request; pending_mutex_ held.
   void complete_locked(std::unordered_map<std::uint64_t, Pending>::iterator it, std::shared_ptr<sdk::Message> message);
   /// Queues `message` for every one of `subs`; returns how many took it.
@@ -130,6 +139,7 @@ class BusCore {
   // (10,000 instances subscribed to one pattern would cost 10,000 matches per subject).
   std::unordered_map<std::string, std::size_t> patterns_;
   std::unordered_map<std::string, std::shared_ptr<const Route>> routes_;  // cache, cleared on (un)subscribe
+  std::atomic<std::uint64_t> routes_epoch_{0};  // counts the clears of routes_ (written under mutex_)
   using Subscribers = std::vector<std::shared_ptr<Subscriber>>;
   RemoteTransport* remote_ = nullptr;
   std::unordered_map<std::string, std::unique_ptr<SubjectStats>> stats_;

@@ -8,6 +8,8 @@
 #include <optional>
 #include <set>
 #include <stdexcept>
+#include <tuple>
+#include <utility>
 
 #include "metrics.hpp"
 #include "redact.hpp"
@@ -129,6 +131,31 @@ std::optional<std::string_view> header_value(std::string_view block, std::string
     at = end;
   }
   return std::nullopt;
+}
+
+/// The type and version of a block exactly as send() writes it ("NATS/1.0\r\nDeskfarm-Type: T\r\n
+/// Deskfarm-Version: V\r\n\r\n"), read without a search per header; nullopt for any other block (then
+/// header_value reads it).
+std::optional<std::pair<std::string_view, std::string_view>> own_headers(std::string_view block) {
+  const auto field = [&](std::string_view name) -> std::optional<std::string_view> {
+    if (!block.starts_with(name) || block.size() <= name.size() + 2 || block[name.size()] != ':' || block[name.size() + 1] != ' ')
+      return std::nullopt;
+    block.remove_prefix(name.size() + 2);
+    const auto end = block.find("\r\n");
+    if (end == std::string_view::npos) return std::nullopt;
+    const auto value = block.substr(0, end);
+    block.remove_prefix(end + 2);
+    return value;
+  };
+  if (!block.starts_with(header_status_line) || block.substr(header_status_line.size(), 2) != "\r\n") return std::nullopt;
+  block.remove_prefix(header_status_line.size() + 2);
+  const auto type = field(nats_type_header);
+  const auto version = type ? field(nats_version_header) : std::nullopt;
+  // The values as header_value would trim them: deskfarm writes none with spaces at either end.
+  if (!version || block != "\r\n" || type->empty() || header_space(type->front()) || header_space(type->back()) ||
+      version->empty() || header_space(version->front()) || header_space(version->back()))
+    return std::nullopt;
+  return std::pair{*type, *version};
 }
 
 /// True when `text` can be a header value as it is (no line breaks).
@@ -330,19 +357,32 @@ void NatsTransport::settle() {
 
 void NatsTransport::send(const std::string& subject, const char* reply_to, const sdk::Message& message, bool at_once) {
   if (nc_ == nullptr) return;  // not connected yet (a constructor publishing) or already closed
-  const std::string body = message.encoded();
-  char version[16];
-  const std::string_view version_text(version, static_cast<std::size_t>(
-      std::to_chars(version, version + sizeof version, message.version).ptr - version));
-  // The headers in their encoded form, then the body: one buffer per thread, reused, and one allocation in libnats.
+  // The encoded header block of the type and version this thread sent last, built when they change: a stream of
+  // one type costs one compare per message instead of the block's formatting.
+  struct Headers {
+    std::string type;
+    std::uint32_t version = 0;
+    bool safe = false;  // a type name with a line break would end the headers early: such messages are refused
+    std::string block;  // "NATS/1.0\r\nDeskfarm-Type: …\r\nDeskfarm-Version: …\r\n\r\n"
+  };
+  thread_local Headers headers;
+  if (headers.block.empty() || message.version != headers.version || message.type != headers.type) {
+    char version[16];
+    const auto version_end = std::to_chars(version, version + sizeof version, message.version).ptr;
+    headers.type.assign(message.type);
+    headers.version = message.version;
+    headers.safe = header_safe(message.type);
+    headers.block.assign(header_status_line).append("\r\n").append(nats_type_header).append(": ").append(message.type);
+    headers.block.append("\r\n").append(nats_version_header).append(": ").append(version, version_end).append(header_end);
+  }
+  // The headers, then the body: one buffer per thread, reused, and one allocation in libnats.
   thread_local std::string encoded;
-  encoded.assign(header_status_line).append("\r\n").append(nats_type_header).append(": ").append(message.type);
-  encoded.append("\r\n").append(nats_version_header).append(": ").append(version_text).append(header_end);
+  encoded.assign(headers.block);
   const std::size_t header_length = encoded.size();
-  encoded.append(body);
+  encoded.append(message.encoded());
   natsMsg* raw = nullptr;
-  natsStatus s = NATS_INVALID_ARG;  // a type name with a line break would end the headers early
-  if (header_safe(message.type)) {
+  natsStatus s = NATS_INVALID_ARG;
+  if (headers.safe) {
     s = natsMsg_create(&raw, subject.data(), static_cast<int>(subject.size()), reply_to,
                        reply_to == nullptr ? 0 : static_cast<int>(std::strlen(reply_to)), encoded.data(),
                        static_cast<int>(encoded.size()), static_cast<int>(header_length));
@@ -384,9 +424,12 @@ bool NatsTransport::to_message(natsMsg* msg, sdk::Message& out) {
   const std::string_view subject = natsMsg_GetSubject(msg);
   std::string_view t, v;
   const std::string_view block = header_block(msg);
-  const auto raw_type = block.empty() ? std::nullopt : header_value(block, nats_type_header);
+  const auto own = block.empty() ? std::nullopt : own_headers(block);
+  const auto raw_type = own || block.empty() ? std::nullopt : header_value(block, nats_type_header);
   const auto raw_version = raw_type ? header_value(block, nats_version_header) : std::nullopt;
-  if (raw_type && raw_version) {
+  if (own) {
+    std::tie(t, v) = *own;
+  } else if (raw_type && raw_version) {
     t = *raw_type;
     v = *raw_version;
   } else {  // libnats's own parser decides: no headers, or headers written otherwise than deskfarm writes them

@@ -244,3 +244,22 @@ TEST_CASE("a subject reaches every pattern that matches it, one subscriber per i
   REQUIRE(f.pool.wait_idle(2s));
   CHECK(got.empty());
 }
+
+TEST_CASE("a subscription made while an older route of its subject is still held gets the next message from another process") {
+  Fixture f;
+  Strand a(f.pool, "a"), b(f.pool, "b");
+  std::atomic<int> got_a{0}, got_b{0};
+  auto sa = f.bus.subscribe("farm.x", [&](const sdk::Message&) { ++got_a; }, {}, a);
+  BusCore::RouteCache cache;  // the transport reader's
+  // A message left for later (as when earlier ones are still being finished) holds the route it was routed by.
+  auto held = f.bus.deliver_remote(sdk::make_message("farm.x", sdk::Text{"1"}), false, cache);
+  REQUIRE(held);
+  auto sb = f.bus.subscribe("farm.x", [&](const sdk::Message&) { ++got_b; }, {}, b);
+  // The next message comes after the subscription: both subscribers get it, though the cached route is alive.
+  CHECK_FALSE(f.bus.deliver_remote(sdk::make_message("farm.x", sdk::Text{"2"}), true, cache));
+  f.bus.finish_remote(*held);
+  CHECK(eventually([&] { return got_a == 2 && got_b == 1; }));
+  std::this_thread::sleep_for(50ms);
+  CHECK(got_a == 2);
+  CHECK(got_b == 1);
+}

@@ -1,7 +1,6 @@
 // memhv's test: the SDK's conformance suite for the hypervisor role, run from the installed test kit. Everything
 // the contract asks of an adapter (transitions, vendor errors, capacity, throttling, cancellation, host failure
 // and HA restart, persistence) is checked by the suite; this file only says how to start the adapter.
-#define CATCH_CONFIG_MAIN
 #include <catch2/catch.hpp>
 
 #include <deskfarm/testing/conformance_catch.hpp>

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "metrics.hpp"
+#include "nats_headers.hpp"
 #include "redact.hpp"
 
 // libnats's own publish, with its flush control: `directFlush` writes the connection's buffer to the socket before
@@ -86,8 +87,6 @@ struct MsgDeleter {
 };
 using MsgPtr = std::unique_ptr<natsMsg, MsgDeleter>;
 
-constexpr std::string_view header_status_line = "NATS/1.0";
-constexpr std::string_view header_end = "\r\n\r\n";
 constexpr std::size_t max_header_block = 64 * 1024;
 constexpr std::size_t max_kept_encoding = 64 * 1024;  // what a thread's reused send buffer may keep between sends
 
@@ -106,60 +105,10 @@ std::string_view header_block(natsMsg* msg) {
   const auto to = reinterpret_cast<std::uintptr_t>(data);
   if (to <= from || to - from > max_header_block) return {};
   const std::string_view block(start, static_cast<std::size_t>(to - from) - 1);  // then the NUL before the data
-  if (data[-1] != '\0' || !block.starts_with(header_status_line) || !block.ends_with(header_end)) return {};
+  if (data[-1] != '\0' || !block.starts_with(nats_header_status_line) || !block.ends_with(nats_header_end)) return {};
   return block;
 }
 
-bool header_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f'; }
-
-/// The first value of `key` in an encoded header block, trimmed as libnats trims it; nullopt when it is absent or
-/// written in a way only libnats's own parser reads exactly (a value folded onto the next line).
-std::optional<std::string_view> header_value(std::string_view block, std::string_view key) {
-  std::size_t at = block.find("\r\n");  // past the status line
-  while (at != std::string_view::npos && at + 2 < block.size()) {
-    const std::size_t begin = at + 2;
-    const std::size_t end = block.find("\r\n", begin);
-    if (end == std::string_view::npos || end == begin) return std::nullopt;  // the last, empty line
-    const std::string_view line = block.substr(begin, end - begin);
-    if (line.size() > key.size() && line[key.size()] == ':' && line.starts_with(key)) {
-      if (end + 2 < block.size() && (block[end + 2] == ' ' || block[end + 2] == '\t')) return std::nullopt;
-      std::string_view value = line.substr(key.size() + 1);
-      while (!value.empty() && header_space(value.front())) value.remove_prefix(1);
-      while (!value.empty() && header_space(value.back())) value.remove_suffix(1);
-      return value;
-    }
-    at = end;
-  }
-  return std::nullopt;
-}
-
-/// The type and version of a block exactly as send() writes it ("NATS/1.0\r\nDeskfarm-Type: T\r\n
-/// Deskfarm-Version: V\r\n\r\n"), read without a search per header; nullopt for any other block (then
-/// header_value reads it).
-std::optional<std::pair<std::string_view, std::string_view>> own_headers(std::string_view block) {
-  const auto field = [&](std::string_view name) -> std::optional<std::string_view> {
-    if (!block.starts_with(name) || block.size() <= name.size() + 2 || block[name.size()] != ':' || block[name.size() + 1] != ' ')
-      return std::nullopt;
-    block.remove_prefix(name.size() + 2);
-    const auto end = block.find("\r\n");
-    if (end == std::string_view::npos) return std::nullopt;
-    const auto value = block.substr(0, end);
-    block.remove_prefix(end + 2);
-    return value;
-  };
-  if (!block.starts_with(header_status_line) || block.substr(header_status_line.size(), 2) != "\r\n") return std::nullopt;
-  block.remove_prefix(header_status_line.size() + 2);
-  const auto type = field(nats_type_header);
-  const auto version = type ? field(nats_version_header) : std::nullopt;
-  // The values as header_value would trim them: deskfarm writes none with spaces at either end.
-  if (!version || block != "\r\n" || type->empty() || header_space(type->front()) || header_space(type->back()) ||
-      version->empty() || header_space(version->front()) || header_space(version->back()))
-    return std::nullopt;
-  return std::pair{*type, *version};
-}
-
-/// True when `text` can be a header value as it is (no line breaks).
-bool header_safe(std::string_view text) { return text.find_first_of("\r\n") == std::string_view::npos; }
 }  // namespace
 
 /// libnats calls these on its own threads.
@@ -367,13 +316,10 @@ void NatsTransport::send(const std::string& subject, const char* reply_to, const
   };
   thread_local Headers headers;
   if (headers.block.empty() || message.version != headers.version || message.type != headers.type) {
-    char version[16];
-    const auto version_end = std::to_chars(version, version + sizeof version, message.version).ptr;
     headers.type.assign(message.type);
     headers.version = message.version;
     headers.safe = header_safe(message.type);
-    headers.block.assign(header_status_line).append("\r\n").append(nats_type_header).append(": ").append(message.type);
-    headers.block.append("\r\n").append(nats_version_header).append(": ").append(version, version_end).append(header_end);
+    encode_headers(headers.block, message.type, message.version);
   }
   // The headers, then the body: one buffer per thread, reused, and one allocation in libnats.
   thread_local std::string encoded;
@@ -435,8 +381,8 @@ bool NatsTransport::to_message(natsMsg* msg, sdk::Message& out) {
   } else {  // libnats's own parser decides: no headers, or headers written otherwise than deskfarm writes them
     const char* type = nullptr;
     const char* version = nullptr;
-    if (natsMsgHeader_Get(msg, nats_type_header, &type) != NATS_OK ||
-        natsMsgHeader_Get(msg, nats_version_header, &version) != NATS_OK) {
+    if (natsMsgHeader_Get(msg, nats_type_header.data(), &type) != NATS_OK ||
+        natsMsgHeader_Get(msg, nats_version_header.data(), &version) != NATS_OK) {
       foreign(subject, "no Deskfarm-Type and Deskfarm-Version headers (not published by a deskfarm process)");
       return false;
     }

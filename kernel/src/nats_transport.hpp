@@ -27,10 +27,6 @@ struct __natsMsg;
 
 namespace deskfarm::kernel {
 
-/// NATS headers that carry a typed body's identity.
-inline constexpr const char* nats_type_header = "Deskfarm-Type";
-inline constexpr const char* nats_version_header = "Deskfarm-Version";
-
 /// How to reach the NATS servers: from `bus = "nats://host:port[,host:port…]"` and the `nats_*` keys of [deployment].
 struct NatsSettings {
   std::vector<std::string> servers;  ///< "nats://host:port" or "tls://host:port", each as written

@@ -370,8 +370,8 @@ bool NatsTransport::to_message(natsMsg* msg, sdk::Message& out) {
   const std::string_view subject = natsMsg_GetSubject(msg);
   std::string_view t, v;
   const std::string_view block = header_block(msg);
-  const auto own = block.empty() ? std::nullopt : own_headers(block);
-  const auto raw_type = own || block.empty() ? std::nullopt : header_value(block, nats_type_header);
+  const auto own = own_headers(block);  // both readers find nothing in an empty block
+  const auto raw_type = own ? std::nullopt : header_value(block, nats_type_header);
   const auto raw_version = raw_type ? header_value(block, nats_version_header) : std::nullopt;
   if (own) {
     std::tie(t, v) = *own;

@@ -412,13 +412,26 @@ void Relay::loop() {
     }
     return moved;
   };
+  // tc-bpf: the keys of an established session's two entries (client -> backend, backend -> client).
+  const auto set_kernel_keys = [&](Session& s) {
+    const auto& backend = st.backends[s.backend].config.address;
+    const std::uint32_t vip = options_.vip.sin_addr.s_addr;
+    s.kernel_keys[0] = tftp_lb_key{s.client.sin_addr.s_addr, vip, s.client.sin_port, s.port};
+    s.kernel_keys[1] = tftp_lb_key{backend.sin_addr.s_addr, vip, s.tid, s.port};
+  };
+  // tc-bpf: both entries are in the map (installed by user space or by the program): the kernel relays the session,
+  // and its counters there start from zero.
+  const auto now_in_kernel = [&](Session& s) {
+    s.in_kernel = true;
+    s.kernel_packets[0] = s.kernel_packets[1] = s.kernel_bytes = 0;
+    ++stats.kernel_sessions;
+  };
   // tc-bpf: an established session (the backend's transfer ID known) goes to the kernel, both directions.
   const auto to_kernel = [&](std::uint32_t i) {
     auto& s = st.sessions[i];
     const auto& backend = st.backends[s.backend].config.address;
     const std::uint32_t vip = options_.vip.sin_addr.s_addr;
-    s.kernel_keys[0] = tftp_lb_key{s.client.sin_addr.s_addr, vip, s.client.sin_port, s.port};
-    s.kernel_keys[1] = tftp_lb_key{backend.sin_addr.s_addr, vip, s.tid, s.port};
+    set_kernel_keys(s);
     tftp_lb_value to_backend{};
     to_backend.new_saddr = vip;
     to_backend.new_daddr = backend.sin_addr.s_addr;
@@ -442,9 +455,7 @@ void Relay::loop() {
             std::strerror(e) + " (" + std::to_string(stats.kernel_install_errors) + " so far)");
       return;
     }
-    s.in_kernel = true;
-    s.kernel_packets[0] = s.kernel_packets[1] = s.kernel_bytes = 0;
-    ++stats.kernel_sessions;
+    now_in_kernel(s);
   };
   // tc-bpf: a read request's session waits in the map for the backend's first reply (its PENDING entry, keyed by
   // the backend's address and the session port, any source port), so the program can complete the session itself
@@ -470,17 +481,12 @@ void Relay::loop() {
   // it had installed it. The PENDING entry is already gone.
   const auto adopt = [&](std::uint32_t i, const tftp_lb_value& v) {
     auto& s = st.sessions[i];
-    const auto& backend = st.backends[s.backend].config.address;
-    const std::uint32_t vip = options_.vip.sin_addr.s_addr;
     s.pending = false;
     s.tid = static_cast<std::uint16_t>(v.tid & 0xffffu);
     s.blksize = v.blksize;
     s.last_block = v.last_block;
-    s.kernel_keys[0] = tftp_lb_key{s.client.sin_addr.s_addr, vip, s.client.sin_port, s.port};
-    s.kernel_keys[1] = tftp_lb_key{backend.sin_addr.s_addr, vip, s.tid, s.port};
-    s.in_kernel = true;
-    s.kernel_packets[0] = s.kernel_packets[1] = s.kernel_bytes = 0;
-    ++stats.kernel_sessions;
+    set_kernel_keys(s);
+    now_in_kernel(s);
     ++stats.kernel_first_replies;
   };
   // tc-bpf: the PENDING entry goes; if the program completed the session meanwhile, user space adopts it (its

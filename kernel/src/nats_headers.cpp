@@ -28,26 +28,29 @@ std::optional<std::string_view> header_value(std::string_view block, std::string
   return std::nullopt;
 }
 
-std::optional<std::pair<std::string_view, std::string_view>> own_headers(std::string_view block) {
-  const auto field = [&](std::string_view name) -> std::optional<std::string_view> {
-    if (!block.starts_with(name) || block.size() <= name.size() + 2 || block[name.size()] != ':' || block[name.size() + 1] != ' ')
-      return std::nullopt;
-    block.remove_prefix(name.size() + 2);
-    const auto end = block.find("\r\n");
-    if (end == std::string_view::npos) return std::nullopt;
-    const auto value = block.substr(0, end);
-    block.remove_prefix(end + 2);
-    return value;
-  };
+std::optional<std::string_view> own_type_header(std::string_view block) {
   if (!block.starts_with(nats_header_status_line) || block.substr(nats_header_status_line.size(), 2) != "\r\n") return std::nullopt;
   block.remove_prefix(nats_header_status_line.size() + 2);
-  const auto type = field(nats_type_header);
-  const auto version = type ? field(nats_version_header) : std::nullopt;
-  // The values as header_value would trim them: deskfarm writes none with spaces at either end.
-  if (!version || block != "\r\n" || type->empty() || header_space(type->front()) || header_space(type->back()) ||
-      version->empty() || header_space(version->front()) || header_space(version->back()))
+  if (!block.starts_with(nats_type_header) || block.size() <= nats_type_header.size() + 2 ||
+      block[nats_type_header.size()] != ':' || block[nats_type_header.size() + 1] != ' ')
     return std::nullopt;
-  return std::pair{*type, *version};
+  block.remove_prefix(nats_type_header.size() + 2);
+  const auto end = block.find("\r\n");
+  if (end == std::string_view::npos || block.substr(end) != nats_header_end) return std::nullopt;
+  const auto value = block.substr(0, end);
+  // The value as header_value would trim it: deskfarm writes none with spaces at either end.
+  if (value.empty() || header_space(value.front()) || header_space(value.back())) return std::nullopt;
+  return value;
+}
+
+std::optional<TypeAndVersion> split_type(std::string_view value) {
+  const auto at = value.rfind('@');
+  if (at == std::string_view::npos || at == 0 || at + 1 == value.size()) return std::nullopt;
+  TypeAndVersion out{value.substr(0, at)};
+  const char* end = value.data() + value.size();
+  const auto [stop, error] = std::from_chars(value.data() + at + 1, end, out.version);
+  if (error != std::errc() || stop != end) return std::nullopt;
+  return out;
 }
 
 bool header_safe(std::string_view text) { return text.find_first_of("\r\n") == std::string_view::npos; }
@@ -56,7 +59,7 @@ void encode_headers(std::string& out, std::string_view type, std::uint32_t versi
   char digits[16];
   const auto end = std::to_chars(digits, digits + sizeof digits, version).ptr;
   out.assign(nats_header_status_line).append("\r\n").append(nats_type_header).append(": ").append(type);
-  out.append("\r\n").append(nats_version_header).append(": ").append(digits, end).append(nats_header_end);
+  out.append(1, '@').append(digits, end).append(nats_header_end);
 }
 
 }  // namespace deskfarm::kernel

@@ -312,7 +312,7 @@ void NatsTransport::send(const std::string& subject, const char* reply_to, const
     std::string type;
     std::uint32_t version = 0;
     bool safe = false;  // a type name with a line break would end the headers early: such messages are refused
-    std::string block;  // "NATS/1.0\r\nDeskfarm-Type: …\r\nDeskfarm-Version: …\r\n\r\n"
+    std::string block;  // "NATS/1.0\r\nDeskfarm-Type: <type>@<version>\r\n\r\n"
   };
   thread_local Headers headers;
   if (headers.block.empty() || message.version != headers.version || message.type != headers.type) {
@@ -368,35 +368,27 @@ void NatsTransport::foreign(std::string_view subject, const std::string& why) {
 
 bool NatsTransport::to_message(natsMsg* msg, sdk::Message& out) {
   const std::string_view subject = natsMsg_GetSubject(msg);
-  std::string_view t, v;
   const std::string_view block = header_block(msg);
-  const auto own = own_headers(block);  // both readers find nothing in an empty block
-  const auto raw_type = own ? std::nullopt : header_value(block, nats_type_header);
-  const auto raw_version = raw_type ? header_value(block, nats_version_header) : std::nullopt;
-  if (own) {
-    std::tie(t, v) = *own;
-  } else if (raw_type && raw_version) {
-    t = *raw_type;
-    v = *raw_version;
-  } else {  // libnats's own parser decides: no headers, or headers written otherwise than deskfarm writes them
+  // Deskfarm's own layout read in place, any other layout searched, and libnats's parser for what only it reads
+  // exactly (a value folded onto the next line); every reader finds nothing in an empty block.
+  auto value = own_type_header(block);
+  if (!value) value = header_value(block, nats_type_header);
+  if (!value) {
     const char* type = nullptr;
-    const char* version = nullptr;
-    if (natsMsgHeader_Get(msg, nats_type_header.data(), &type) != NATS_OK ||
-        natsMsgHeader_Get(msg, nats_version_header.data(), &version) != NATS_OK) {
-      foreign(subject, "no Deskfarm-Type and Deskfarm-Version headers (not published by a deskfarm process)");
+    if (natsMsgHeader_Get(msg, nats_type_header.data(), &type) != NATS_OK) {
+      foreign(subject, "no Deskfarm-Type header (not published by a deskfarm process)");
       return false;
     }
-    t = type;
-    v = version;
+    value = type;
   }
-  std::uint32_t n = 0;
-  if (v.empty() || std::from_chars(v.data(), v.data() + v.size(), n).ptr != v.data() + v.size()) {
-    foreign(subject, "Deskfarm-Version '" + std::string(v.substr(0, 20)) + "' is not a number");
+  const auto typed = split_type(*value);
+  if (!typed) {
+    foreign(subject, "Deskfarm-Type '" + std::string(value->substr(0, 60)) + "' is not <type>@<version>");
     return false;
   }
-  const std::string* name = t.empty() || t.size() > max_type_name ? nullptr : intern_type(t);
+  const std::string* name = typed->type.size() > max_type_name ? nullptr : intern_type(typed->type);
   if (name == nullptr) {
-    foreign(subject, "Deskfarm-Type is empty, longer than 200 characters, or one of more than 4096 distinct names");
+    foreign(subject, "Deskfarm-Type names a type longer than 200 characters, or one of more than 4096 distinct names");
     return false;
   }
   // A stream mostly repeats its subject: the last one this thread found well formed is not checked again.
@@ -410,7 +402,7 @@ bool NatsTransport::to_message(natsMsg* msg, sdk::Message& out) {
   }
   out.subject.assign(subject);
   out.type = *name;
-  out.version = n;
+  out.version = typed->version;
   out.bytes.assign(natsMsg_GetData(msg), static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
   if (const char* reply = natsMsg_GetReply(msg); reply != nullptr) out.reply_to = reply;
   return true;

@@ -65,6 +65,22 @@ double process_cpu_us() {
   return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e6 + static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
 
+/// CPU time process `pid` has used so far, in microseconds: the sum of its threads' run time in
+/// /proc/PID/task/*/schedstat (nanoseconds; /proc/PID/stat counts 10 ms ticks, too coarse for a run of 0.1 s).
+/// nats-server's threads live as long as it does, so none of its time leaves with an ended thread.
+double process_cpu_us(pid_t pid) {
+  const std::filesystem::path tasks = "/proc/" + std::to_string(pid) + "/task";
+  std::error_code error;
+  double ns = 0;
+  for (const auto& task : std::filesystem::directory_iterator(tasks, error)) {
+    std::ifstream in(task.path() / "schedstat");
+    double run_ns = 0;
+    if (in >> run_ns) ns += run_ns;
+  }
+  if (error) fail("cannot read " + tasks.string() + ": " + error.message());
+  return ns / 1e3;
+}
+
 /// p50 and p99 in microseconds.
 std::pair<double, double> percentiles(std::vector<double> us) {
   std::sort(us.begin(), us.end());
@@ -338,14 +354,24 @@ int main(int argc, char** argv) {
   testing::TempDir dir;
   testing::NatsServer server(program, dir / "nats-server.log");
   o.url = server.url();
-  std::vector<double> bare_rate, df_rate, bare_p50, bare_p99, df_p50, df_p99, bare_sub_cpu, df_sub_cpu, bare_pub_cpu, df_pub_cpu;
+  std::vector<double> bare_rate, df_rate, bare_p50, bare_p99, df_p50, df_p99, bare_sub_cpu, df_sub_cpu, bare_pub_cpu, df_pub_cpu,
+      bare_server_cpu, df_server_cpu;
+  // The server's CPU per message over a whole pub/sub run (start-up and subscription included: a small share of it).
+  auto server_cpu_per_message = [&, before = 0.0](bool start) mutable {
+    if (start) before = process_cpu_us(server.pid());
+    return (process_cpu_us(server.pid()) - before) / static_cast<double>(o.messages);
+  };
   for (long long run = 0; run < o.runs; ++run) {
     std::pair<double, double> pub;
+    server_cpu_per_message(true);
     const auto bare = pair_run(o, dir, "bare-sub", "bare-pub", true, &pub);
+    bare_server_cpu.push_back(server_cpu_per_message(false));
     bare_rate.push_back(bare.first);
     bare_sub_cpu.push_back(bare.second);
     bare_pub_cpu.push_back(pub.second);
+    server_cpu_per_message(true);
     const auto df = pair_run(o, dir, "df-sub", "df-pub", true, &pub);
+    df_server_cpu.push_back(server_cpu_per_message(false));
     df_rate.push_back(df.first);
     df_sub_cpu.push_back(df.second);
     df_pub_cpu.push_back(pub.second);
@@ -365,6 +391,8 @@ int main(int argc, char** argv) {
               median(df_sub_cpu), median(bare_sub_cpu) / median(df_sub_cpu));
   std::printf("%-34s %14.2f %14.2f %7.2fx\n", "publisher CPU us/message (lower=b.)", median(bare_pub_cpu),
               median(df_pub_cpu), median(bare_pub_cpu) / median(df_pub_cpu));
+  std::printf("%-34s %14.2f %14.2f %7.2fx\n", "nats-server CPU us/message (lower=b.)", median(bare_server_cpu),
+              median(df_server_cpu), median(bare_server_cpu) / median(df_server_cpu));
   std::printf("%-34s %14.1f %14.1f %7.2fx\n", "request/reply p50 us (lower=better)", median(bare_p50), median(df_p50),
               median(bare_p50) / median(df_p50));
   std::printf("%-34s %14.1f %14.1f %7.2fx\n", "request/reply p99 us (lower=better)", median(bare_p99), median(df_p99),

@@ -2,17 +2,16 @@
 
 #include <nats/nats.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 #include <memory>
-#include <optional>
 #include <set>
 #include <stdexcept>
-#include <tuple>
 #include <utility>
 
 #include "metrics.hpp"
-#include "nats_headers.hpp"
+#include "nats_envelope.hpp"
 #include "redact.hpp"
 
 // libnats's own publish, with its flush control: `directFlush` writes the connection's buffer to the socket before
@@ -23,11 +22,10 @@
 #error "libnats other than 3.x: check natsConn_publish's signature in its src/conn.h, then widen this check"
 #endif
 extern "C" natsStatus natsConn_publish(natsConnection* nc, natsMsg* msg, const char* reply, bool directFlush);
-// Two more of its exported internals (src/msg.h, the same from 2.x to the newest 3.x). natsMsg_create makes a message
-// whose headers are given as their encoded text (what a received message holds); natsConn_publish sends that text as
-// it is. natsMsgHeader_Set instead builds a hash map per message (five allocations for our two headers) that the
-// publish walks to encode. natsMsg_free frees a message on the calling thread; natsMsg_Destroy hands it to the
-// library's collector thread, one more thread hand-off and a cross-thread free per message.
+// Two more of its exported internals (src/msg.h, the same from 2.x to the newest 3.x). natsMsg_create makes the
+// message of a request or a reply, which natsConn_publish sends with its direct flush. natsMsg_free frees a message
+// on the calling thread; natsMsg_Destroy hands it to the library's collector thread, one more thread hand-off and a
+// cross-thread free per message.
 extern "C" natsStatus natsMsg_create(natsMsg** msg, const char* subject, int subject_length, const char* reply,
                                      int reply_length, const char* buf, int buf_length, int header_length);
 extern "C" void natsMsg_free(void* msg);
@@ -50,7 +48,6 @@ namespace deskfarm::kernel {
 namespace {
 constexpr std::string_view remote_inbox = "_INBOX.";
 constexpr std::size_t max_type_names = 4096;
-constexpr std::size_t max_type_name = 200;
 // How many messages wait for subscribers whose queues are full before the next is dropped (counted in
 // deskfarm_bus_nats_errors_total); libnats's own limit, when it still held messages for its delivery thread, was
 // raised to this from 65,536, below one burst of buffered publishes from a single strand.
@@ -87,27 +84,7 @@ struct MsgDeleter {
 };
 using MsgPtr = std::unique_ptr<natsMsg, MsgDeleter>;
 
-constexpr std::size_t max_header_block = 64 * 1024;
 constexpr std::size_t max_kept_encoding = 64 * 1024;  // what a thread's reused send buffer may keep between sends
-
-/// The encoded header block of a received message ("NATS/1.0\r\nKey: value\r\n…\r\n"), read in place; empty when
-/// it has none or does not look like one. libnats 3.x keeps a received message in one block: subject, NUL, reply,
-/// NUL, the header block, NUL, the data (src/msg.c, natsMsg_create), so the block lies between the reply (or the
-/// subject) and the data. Reading it there spares the library's header map per message; anything unexpected
-/// (another layout, headers the library has already parsed in place) leaves it to natsMsgHeader_Get.
-std::string_view header_block(natsMsg* msg) {
-  const char* subject = natsMsg_GetSubject(msg);
-  const char* reply = natsMsg_GetReply(msg);
-  const char* data = natsMsg_GetData(msg);
-  if (subject == nullptr || data == nullptr) return {};
-  const char* start = reply != nullptr ? reply + std::strlen(reply) + 1 : subject + std::strlen(subject) + 1;
-  const auto from = reinterpret_cast<std::uintptr_t>(start);
-  const auto to = reinterpret_cast<std::uintptr_t>(data);
-  if (to <= from || to - from > max_header_block) return {};
-  const std::string_view block(start, static_cast<std::size_t>(to - from) - 1);  // then the NUL before the data
-  if (data[-1] != '\0' || !block.starts_with(nats_header_status_line) || !block.ends_with(nats_header_end)) return {};
-  return block;
-}
 
 }  // namespace
 
@@ -306,37 +283,39 @@ void NatsTransport::settle() {
 
 void NatsTransport::send(const std::string& subject, const char* reply_to, const sdk::Message& message, bool at_once) {
   if (nc_ == nullptr) return;  // not connected yet (a constructor publishing) or already closed
-  // The encoded header block of the type and version this thread sent last, built when they change: a stream of
-  // one type costs one compare per message instead of the block's formatting.
-  struct Headers {
+  // The envelope line of the type and version this thread sent last, written when they change: a stream of one
+  // type costs one compare per message instead of the line's formatting.
+  struct Line {
     std::string type;
     std::uint32_t version = 0;
-    bool safe = false;  // a type name with a line break would end the headers early: such messages are refused
-    std::string block;  // "NATS/1.0\r\nDeskfarm-Type: <type>@<version>\r\n\r\n"
+    bool safe = false;  // a type name no receiver would read (a line break, over 200 characters) is refused
+    std::string text;   // "<type>@<version>\n"
   };
-  thread_local Headers headers;
-  if (headers.block.empty() || message.version != headers.version || message.type != headers.type) {
-    headers.type.assign(message.type);
-    headers.version = message.version;
-    headers.safe = header_safe(message.type);
-    encode_headers(headers.block, message.type, message.version);
+  thread_local Line line;
+  if (line.text.empty() || message.version != line.version || message.type != line.type) {
+    line.type.assign(message.type);
+    line.version = message.version;
+    line.safe = envelope_safe(message.type);
+    encode_envelope(line.text, message.type, message.version);
   }
-  // The headers, then the body: one buffer per thread, reused, and one allocation in libnats.
+  // The line, then the body: one buffer per thread, reused.
   thread_local std::string encoded;
-  encoded.assign(headers.block);
-  const std::size_t header_length = encoded.size();
+  encoded.assign(line.text);
   encoded.append(message.encoded());
-  natsMsg* raw = nullptr;
   natsStatus s = NATS_INVALID_ARG;
-  if (headers.safe) {
+  if (line.safe && !at_once && reply_to == nullptr) {
+    // A publication: libnats copies it into its write buffer from here, with no message of its own to allocate.
+    s = natsConnection_Publish(nc_, subject.c_str(), encoded.data(), static_cast<int>(encoded.size()));
+  } else if (line.safe) {
+    // A request or a reply: it leaves at once (the direct flush), without waiting for the flusher (~1 ms per hop).
+    natsMsg* raw = nullptr;
     s = natsMsg_create(&raw, subject.data(), static_cast<int>(subject.size()), reply_to,
                        reply_to == nullptr ? 0 : static_cast<int>(std::strlen(reply_to)), encoded.data(),
-                       static_cast<int>(encoded.size()), static_cast<int>(header_length));
+                       static_cast<int>(encoded.size()), 0);
+    MsgPtr msg(raw);
+    if (s == NATS_OK) s = natsConn_publish(nc_, raw, nullptr, at_once);
   }
   if (encoded.capacity() > max_kept_encoding) std::string().swap(encoded);  // one large message keeps no memory
-  MsgPtr msg(raw);
-  // A round trip waits for each hop: without the direct flush each would wait for the flusher (~1 ms per hop).
-  if (s == NATS_OK) s = natsConn_publish(nc_, raw, nullptr, at_once);
   if (s == NATS_OK) {
     sent_.fetch_add(1, std::memory_order_relaxed);
     return;
@@ -368,27 +347,19 @@ void NatsTransport::foreign(std::string_view subject, const std::string& why) {
 
 bool NatsTransport::to_message(natsMsg* msg, sdk::Message& out) {
   const std::string_view subject = natsMsg_GetSubject(msg);
-  const std::string_view block = header_block(msg);
-  // Deskfarm's own layout read in place, any other layout searched, and libnats's parser for what only it reads
-  // exactly (a value folded onto the next line); every reader finds nothing in an empty block.
-  auto value = own_type_header(block);
-  if (!value) value = header_value(block, nats_type_header);
-  if (!value) {
-    const char* type = nullptr;
-    if (natsMsgHeader_Get(msg, nats_type_header.data(), &type) != NATS_OK) {
-      foreign(subject, "no Deskfarm-Type header (not published by a deskfarm process)");
-      return false;
-    }
-    value = type;
-  }
-  const auto typed = split_type(*value);
-  if (!typed) {
-    foreign(subject, "Deskfarm-Type '" + std::string(value->substr(0, 60)) + "' is not <type>@<version>");
+  const std::string_view payload(natsMsg_GetData(msg), static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
+  const auto envelope = open_envelope(payload);
+  if (!envelope) {
+    // The payload's first few characters, when they are text, show an operator what came instead.
+    const auto head = payload.substr(0, std::min<std::size_t>(payload.find('\n'), 40));
+    const bool text = !head.empty() && std::all_of(head.begin(), head.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
+    foreign(subject, "its payload does not begin with a '<type>@<version>' line" + (text ? " ('" + std::string(head) + "')" : "") +
+                         " (not published by a deskfarm process)");
     return false;
   }
-  const std::string* name = typed->type.size() > max_type_name ? nullptr : intern_type(typed->type);
+  const std::string* name = intern_type(envelope->type);
   if (name == nullptr) {
-    foreign(subject, "Deskfarm-Type names a type longer than 200 characters, or one of more than 4096 distinct names");
+    foreign(subject, "more than 4096 distinct type names");
     return false;
   }
   // A stream mostly repeats its subject: the last one this thread found well formed is not checked again.
@@ -402,8 +373,8 @@ bool NatsTransport::to_message(natsMsg* msg, sdk::Message& out) {
   }
   out.subject.assign(subject);
   out.type = *name;
-  out.version = typed->version;
-  out.bytes.assign(natsMsg_GetData(msg), static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
+  out.version = envelope->version;
+  out.bytes.assign(envelope->body);
   if (const char* reply = natsMsg_GetReply(msg); reply != nullptr) out.reply_to = reply;
   return true;
 }
@@ -539,7 +510,7 @@ std::string NatsTransport::metrics_text() const {
   out += "deskfarm_bus_nats_messages_total{direction=\"received\"} " + std::to_string(received_.load()) + "\n";
   family("deskfarm_bus_nats_dropped_total", "counter",
          "Messages lost between this process and NATS: not_sent (reconnect buffer full, connection closed), "
-         "foreign (no deskfarm type headers, or garbled).");
+         "foreign (no deskfarm envelope line, or a garbled one).");
   out += "deskfarm_bus_nats_dropped_total{reason=\"not_sent\"} " + std::to_string(send_failed_.load()) + "\n";
   out += "deskfarm_bus_nats_dropped_total{reason=\"foreign\"} " + std::to_string(foreign_.load()) + "\n";
   family("deskfarm_bus_nats_disconnects_total", "counter", "Times the connection to NATS was lost.");

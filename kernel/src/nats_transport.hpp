@@ -1,7 +1,7 @@
 #pragma once
 // The bus across processes: every deskfarm process of a farm connects to the same NATS servers with libnats,
 // and the bus's subjects, wildcards and requests travel there as they are. Typed bodies cross as their
-// encoding, with the type name and version in NATS headers.
+// encoding after a line with the type name and version (nats_envelope.hpp).
 #include <atomic>
 #include <chrono>
 #include <condition_variable>

@@ -36,7 +36,7 @@ using Steady = std::chrono::steady_clock;
 namespace {
 
 struct Options {
-  long long messages = 200'000;
+  long long messages = 1'000'000;
   long long round_trips = 5'000;
   long long size = 64;
   long long runs = 3;
@@ -321,7 +321,7 @@ std::pair<double, double> pair_run(const Options& o, const testing::TempDir& dir
 int main(int argc, char** argv) {
   namespace po = boost::program_options;
   po::options_description desc("nats_bench options");
-  desc.add_options()("messages", po::value<long long>()->default_value(200'000), "messages per throughput run")(
+  desc.add_options()("messages", po::value<long long>()->default_value(1'000'000), "messages per throughput run")(
       "round-trips", po::value<long long>()->default_value(5'000), "requests per latency run")(
       "size", po::value<long long>()->default_value(64), "body bytes")("runs", po::value<long long>()->default_value(3), "runs per figure")(
       "role", po::value<std::string>()->default_value(""), "(internal) the part a child process plays")(

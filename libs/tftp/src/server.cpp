@@ -201,9 +201,7 @@ void Server::Impl::start() {
   } else {
     ::setsockopt(listener_.get(), IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on);
   }
-  // A PXE storm sends hundreds of RRQs at once; the default buffer holds only ~200 datagrams.
-  const int receive_buffer = 4 << 20;
-  ::setsockopt(listener_.get(), SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
+  set_receive_buffer(listener_.get(), storm_receive_buffer);
   if (::bind(listener_.get(), reinterpret_cast<const sockaddr*>(&listen_address_), address->second) != 0) {
     throw ServerError("tftp: cannot bind " + where + ": " + errno_text(errno));
   }

@@ -1,5 +1,7 @@
 #include "socket.hpp"
 
+#include "deskfarm/tftp/server.hpp"
+
 #include <charconv>
 #include <cstring>
 
@@ -107,3 +109,17 @@ std::string errno_text(int error) {
 }
 
 }  // namespace deskfarm::tftp::detail
+
+namespace deskfarm::tftp {
+
+int set_receive_buffer(int fd, int bytes) {
+  if (::setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof bytes) != 0) {
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+  }
+  int granted = 0;
+  socklen_t length = sizeof granted;
+  if (::getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &granted, &length) != 0) return 0;
+  return granted / 2;
+}
+
+}  // namespace deskfarm::tftp

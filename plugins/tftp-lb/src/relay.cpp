@@ -20,6 +20,7 @@
 #include <variant>
 
 #include <deskfarm/tftp/packet.hpp>
+#include <deskfarm/tftp/server.hpp>
 
 #include "busy_poll.hpp"
 #include "tc_bpf.hpp"
@@ -262,6 +263,8 @@ void Relay::start() {
   const std::string where = to_string(options_.vip);
   listen_fd_ = ::socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (listen_fd_ < 0) throw std::runtime_error("tftp-lb: socket for " + where + ": " + std::strerror(errno));
+  // A boot storm's read requests all come here at once: with Linux's default buffer most would be lost.
+  const int receive_buffer = tftp::set_receive_buffer(listen_fd_, tftp::storm_receive_buffer);
   if (::bind(listen_fd_, reinterpret_cast<const sockaddr*>(&options_.vip), sizeof options_.vip) != 0) {
     const int e = errno;
     close_fd(listen_fd_);
@@ -290,6 +293,12 @@ void Relay::start() {
   const auto log = [this](const std::string& line) {
     if (options_.log) options_.log(line);
   };
+  if (receive_buffer < tftp::storm_receive_buffer) {
+    log("relay on " + where + ": the virtual server's receive buffer is " + std::to_string(receive_buffer / 1024) +
+        " KiB, not " + std::to_string(tftp::storm_receive_buffer / 1024) +
+        " KiB: a storm of read requests beyond it is lost until its clients resend (raise net.core.rmem_max, or run "
+        "with CAP_NET_ADMIN)");
+  }
   if (options_.engine != RelayEngine::epoll) {
     std::string why;
     ring_ = Ring::open(why);

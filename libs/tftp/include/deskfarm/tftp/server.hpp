@@ -15,6 +15,16 @@
 
 namespace deskfarm::tftp {
 
+/// The receive buffer a socket that takes a storm's read requests asks for (the server's listener, a load
+/// balancer's virtual server): a PXE boot storm sends thousands of requests at once, and Linux's default
+/// (net.core.rmem_default, 208 KiB) holds about 200 of them; the rest are lost until their clients resend.
+inline constexpr int storm_receive_buffer = 4 << 20;
+
+/// Sets `fd`'s receive buffer to `bytes`: SO_RCVBUFFORCE where the process may (CAP_NET_ADMIN), else SO_RCVBUF,
+/// which the kernel caps at net.core.rmem_max. Returns the size granted, in the measure of `bytes` (Linux reports
+/// twice that, its bookkeeping included), or 0 when it cannot be read.
+int set_receive_buffer(int fd, int bytes);
+
 /// Server configuration; every default is safe for PXE on a LAN.
 struct ServerOptions {
   /// Where to listen; the family follows the literal: "127.0.0.1", "0.0.0.0", "::1", "[::1]", "[::]" (IPv6 and,

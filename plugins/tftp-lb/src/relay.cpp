@@ -294,7 +294,7 @@ void Relay::start() {
     if (options_.log) options_.log(line);
   };
   if (receive_buffer < tftp::storm_receive_buffer) {
-    log("relay on " + where + ": the virtual server's receive buffer is " + std::to_string(receive_buffer / 1024) +
+    log("relay on " + to_string(bound) + ": the virtual server's receive buffer is " + std::to_string(receive_buffer / 1024) +
         " KiB, not " + std::to_string(tftp::storm_receive_buffer / 1024) +
         " KiB: a storm of read requests beyond it is lost until its clients resend (raise net.core.rmem_max, or run "
         "with CAP_NET_ADMIN)");

@@ -354,27 +354,25 @@ int main(int argc, char** argv) {
   testing::TempDir dir;
   testing::NatsServer server(program, dir / "nats-server.log");
   o.url = server.url();
-  std::vector<double> bare_rate, df_rate, bare_p50, bare_p99, df_p50, df_p99, bare_sub_cpu, df_sub_cpu, bare_pub_cpu, df_pub_cpu,
-      bare_server_cpu, df_server_cpu;
-  // The server's CPU per message over a whole pub/sub run (start-up and subscription included: a small share of it).
-  auto server_cpu_per_message = [&, before = 0.0](bool start) mutable {
-    if (start) before = process_cpu_us(server.pid());
-    return (process_cpu_us(server.pid()) - before) / static_cast<double>(o.messages);
+  // Per pub/sub pair and run: the subscriber's rate and the three processes' CPU per message.
+  struct Flow {
+    std::vector<double> rate, sub_cpu, pub_cpu, server_cpu;
+  } bare, df;
+  std::vector<double> bare_p50, bare_p99, df_p50, df_p99;
+  // One run of a pair; the server's CPU is taken over the whole run (start-up and subscription included: a small
+  // share of it).
+  const auto pub_sub = [&](const std::string& sub_role, const std::string& pub_role, Flow& flow) {
+    const double server_before = process_cpu_us(server.pid());
+    std::pair<double, double> pub;
+    const auto sub = pair_run(o, dir, sub_role, pub_role, true, &pub);
+    flow.server_cpu.push_back((process_cpu_us(server.pid()) - server_before) / static_cast<double>(o.messages));
+    flow.rate.push_back(sub.first);
+    flow.sub_cpu.push_back(sub.second);
+    flow.pub_cpu.push_back(pub.second);
   };
   for (long long run = 0; run < o.runs; ++run) {
-    std::pair<double, double> pub;
-    server_cpu_per_message(true);
-    const auto bare = pair_run(o, dir, "bare-sub", "bare-pub", true, &pub);
-    bare_server_cpu.push_back(server_cpu_per_message(false));
-    bare_rate.push_back(bare.first);
-    bare_sub_cpu.push_back(bare.second);
-    bare_pub_cpu.push_back(pub.second);
-    server_cpu_per_message(true);
-    const auto df = pair_run(o, dir, "df-sub", "df-pub", true, &pub);
-    df_server_cpu.push_back(server_cpu_per_message(false));
-    df_rate.push_back(df.first);
-    df_sub_cpu.push_back(df.second);
-    df_pub_cpu.push_back(pub.second);
+    pub_sub("bare-sub", "bare-pub", bare);
+    pub_sub("df-sub", "df-pub", df);
     const auto b = pair_run(o, dir, "bare-echo", "bare-req", false);
     const auto d = pair_run(o, dir, "df-echo", "df-req", false);
     bare_p50.push_back(b.first);
@@ -385,14 +383,14 @@ int main(int argc, char** argv) {
   std::printf("nats_bench: %lld messages of %lld bytes, %lld round trips, median of %lld runs, nats-server %s\n", o.messages,
               o.size, o.round_trips, o.runs, server.url().c_str());
   std::printf("%-34s %14s %14s %8s\n", "", "bare libnats", "deskfarm", "ratio");
-  std::printf("%-34s %14.0f %14.0f %7.2fx\n", "pub/sub messages/s (2 processes)", median(bare_rate), median(df_rate),
-              median(df_rate) / median(bare_rate));
-  std::printf("%-34s %14.2f %14.2f %7.2fx\n", "subscriber CPU us/message (lower=b.)", median(bare_sub_cpu),
-              median(df_sub_cpu), median(bare_sub_cpu) / median(df_sub_cpu));
-  std::printf("%-34s %14.2f %14.2f %7.2fx\n", "publisher CPU us/message (lower=b.)", median(bare_pub_cpu),
-              median(df_pub_cpu), median(bare_pub_cpu) / median(df_pub_cpu));
-  std::printf("%-34s %14.2f %14.2f %7.2fx\n", "nats-server CPU us/message (lower=b.)", median(bare_server_cpu),
-              median(df_server_cpu), median(bare_server_cpu) / median(df_server_cpu));
+  std::printf("%-34s %14.0f %14.0f %7.2fx\n", "pub/sub messages/s (2 processes)", median(bare.rate), median(df.rate),
+              median(df.rate) / median(bare.rate));
+  std::printf("%-34s %14.2f %14.2f %7.2fx\n", "subscriber CPU us/message (lower=b.)", median(bare.sub_cpu),
+              median(df.sub_cpu), median(bare.sub_cpu) / median(df.sub_cpu));
+  std::printf("%-34s %14.2f %14.2f %7.2fx\n", "publisher CPU us/message (lower=b.)", median(bare.pub_cpu),
+              median(df.pub_cpu), median(bare.pub_cpu) / median(df.pub_cpu));
+  std::printf("%-34s %14.2f %14.2f %7.2fx\n", "nats-server CPU us/message (lower=b.)", median(bare.server_cpu),
+              median(df.server_cpu), median(bare.server_cpu) / median(df.server_cpu));
   std::printf("%-34s %14.1f %14.1f %7.2fx\n", "request/reply p50 us (lower=better)", median(bare_p50), median(df_p50),
               median(bare_p50) / median(df_p50));
   std::printf("%-34s %14.1f %14.1f %7.2fx\n", "request/reply p99 us (lower=better)", median(bare_p99), median(df_p99),
